@@ -1,0 +1,593 @@
+//! The node config file: parsed once, here, into each plane's plain `Config`.
+//!
+//! `raw::*` mirrors what was typed (serde, unknown fields refused, spans kept); `NodeConfig`
+//! is what the planes get. Every problem is reported as `file:line:col: setting = value: what
+//! is wrong`, and validation collects all problems before giving up.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use palisade_proxy::access_log::{LogFormat, LogTarget};
+use palisade_proxy::http1::HeadLimits;
+use palisade_proxy::resolve::ResolverSettings;
+use palisade_proxy::upstream::PoolSettings;
+use toml::Spanned;
+
+/// The whole validated node configuration.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub hostname: String,
+    pub data_dir: PathBuf,
+    pub listen: Vec<SocketAddr>,
+    pub test_listen: Vec<SocketAddr>,
+    pub admin_listen: SocketAddr,
+    pub worker_threads: usize,
+    pub drain_timeout: Duration,
+    pub proxy: palisade_proxy::Config,
+    /// `None`: `<data_dir>/policy.toml`, created from the built-in default when missing.
+    pub policy_file: Option<PathBuf>,
+    pub policy_poll_interval: Duration,
+    pub log_level: String,
+    pub log_json: bool,
+    pub access_log: LogTarget,
+    pub access_log_format: LogFormat,
+}
+
+/// One problem in a config file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
+    }
+}
+
+/// All problems of a config file, one per line.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, error) in self.0.iter().enumerate() {
+            if index > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+mod raw {
+    use serde::Deserialize;
+    use toml::Spanned;
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct File {
+        #[serde(default)]
+        pub node: Node,
+        #[serde(default)]
+        pub proxy: Proxy,
+        #[serde(default)]
+        pub dns: Dns,
+        #[serde(default)]
+        pub policy: Policy,
+        #[serde(default)]
+        pub admin: Admin,
+        #[serde(default)]
+        pub log: Log,
+        #[serde(default)]
+        pub access_log: AccessLog,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Node {
+        pub hostname: Option<Spanned<String>>,
+        pub data_dir: Option<Spanned<String>>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Proxy {
+        pub listen: Option<Spanned<Vec<Spanned<String>>>>,
+        pub test_listen: Option<Spanned<Vec<Spanned<String>>>>,
+        pub max_connections: Option<Spanned<i64>>,
+        pub max_head_bytes: Option<Spanned<i64>>,
+        pub max_headers: Option<Spanned<i64>>,
+        pub connect_timeout: Option<Spanned<String>>,
+        pub read_timeout: Option<Spanned<String>>,
+        pub client_idle_timeout: Option<Spanned<String>>,
+        pub tunnel_idle_timeout: Option<Spanned<String>>,
+        pub drain_timeout: Option<Spanned<String>>,
+        pub worker_threads: Option<Spanned<i64>>,
+        #[serde(default)]
+        pub upstream_pool: UpstreamPool,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct UpstreamPool {
+        pub max_idle_per_host: Option<Spanned<i64>>,
+        pub max_idle_total: Option<Spanned<i64>>,
+        pub idle_timeout: Option<Spanned<String>>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Dns {
+        pub servers: Option<Vec<Spanned<String>>>,
+        pub cache_size: Option<Spanned<i64>>,
+        pub timeout: Option<Spanned<String>>,
+        pub max_ttl: Option<Spanned<String>>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Policy {
+        pub file: Option<Spanned<String>>,
+        pub poll_interval: Option<Spanned<String>>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Admin {
+        pub listen: Option<Spanned<String>>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Log {
+        pub level: Option<Spanned<String>>,
+        pub format: Option<Spanned<String>>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct AccessLog {
+        pub path: Option<Spanned<String>>,
+        pub format: Option<Spanned<String>>,
+    }
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<NodeConfig, ConfigErrors> {
+    let display = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        ConfigErrors(vec![ConfigError {
+            file: display.clone(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read config file: {error}"),
+        }])
+    })?;
+    parse(&text, &display)
+}
+
+/// The embedded defaults (no config file).
+pub fn defaults() -> NodeConfig {
+    // An empty document is valid by construction; the test `empty_config_is_valid` holds
+    // this invariant.
+    match parse("", "<defaults>") {
+        Ok(config) => config,
+        Err(errors) => unreachable!("embedded defaults invalid: {errors}"),
+    }
+}
+
+/// Validates config text; `file` names it in errors.
+pub fn parse(text: &str, file: &str) -> Result<NodeConfig, ConfigErrors> {
+    let raw: raw::File = toml::from_str(text).map_err(|error| {
+        let (line, column) = error
+            .span()
+            .map(|span| line_col(text, span.start))
+            .unwrap_or((1, 1));
+        ConfigErrors(vec![ConfigError {
+            file: file.to_owned(),
+            line,
+            column,
+            message: error.message().trim_end().to_owned(),
+        }])
+    })?;
+    let mut check = Checker {
+        text,
+        file,
+        errors: Vec::new(),
+    };
+    let config = check.node_config(raw);
+    if check.errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(check.errors))
+    }
+}
+
+struct Checker<'a> {
+    text: &'a str,
+    file: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    fn error<T>(&mut self, value: &Spanned<T>, setting: &str, shown: &str, problem: &str) {
+        let (line, column) = line_col(self.text, value.span().start);
+        self.errors.push(ConfigError {
+            file: self.file.to_owned(),
+            line,
+            column,
+            message: format!("{setting} = {shown}: {problem}"),
+        });
+    }
+
+    fn socket_addr(&mut self, value: &Spanned<String>, setting: &str) -> Option<SocketAddr> {
+        match value.get_ref().parse::<SocketAddr>() {
+            Ok(addr) if addr.port() != 0 => Some(addr),
+            Ok(_) => {
+                self.error(value, setting, &format!("{:?}", value.get_ref()), "port must not be 0");
+                None
+            }
+            Err(_) => {
+                self.error(
+                    value,
+                    setting,
+                    &format!("{:?}", value.get_ref()),
+                    "not a socket address (expected IP:PORT, IPv6 as [addr]:port)",
+                );
+                None
+            }
+        }
+    }
+
+    fn socket_addrs(
+        &mut self,
+        value: Option<Spanned<Vec<Spanned<String>>>>,
+        setting: &str,
+        default: &str,
+    ) -> Vec<SocketAddr> {
+        let Some(list) = value else {
+            return default.parse().map(|addr| vec![addr]).unwrap_or_default();
+        };
+        let mut addrs = Vec::new();
+        for (index, item) in list.get_ref().iter().enumerate() {
+            if let Some(addr) = self.socket_addr(item, &format!("{setting}[{index}]")) {
+                addrs.push(addr);
+            }
+        }
+        addrs
+    }
+
+    fn duration(&mut self, value: Option<Spanned<String>>, setting: &str, default: Duration) -> Duration {
+        let Some(value) = value else {
+            return default;
+        };
+        match parse_duration(value.get_ref()) {
+            Some(duration) if !duration.is_zero() => duration,
+            Some(_) => {
+                self.error(&value, setting, &format!("{:?}", value.get_ref()), "must be greater than zero");
+                default
+            }
+            None => {
+                self.error(
+                    &value,
+                    setting,
+                    &format!("{:?}", value.get_ref()),
+                    "not a duration (examples: \"500ms\", \"10s\", \"5m\", \"1h\")",
+                );
+                default
+            }
+        }
+    }
+
+    fn integer(
+        &mut self,
+        value: Option<Spanned<i64>>,
+        setting: &str,
+        range: std::ops::RangeInclusive<i64>,
+        default: i64,
+    ) -> i64 {
+        let Some(value) = value else {
+            return default;
+        };
+        let number = *value.get_ref();
+        if range.contains(&number) {
+            number
+        } else {
+            self.error(
+                &value,
+                setting,
+                &number.to_string(),
+                &format!("must be {}..={}", range.start(), range.end()),
+            );
+            default
+        }
+    }
+
+    fn choice<T: Copy>(
+        &mut self,
+        value: Option<Spanned<String>>,
+        setting: &str,
+        options: &[(&str, T)],
+        default: T,
+    ) -> T {
+        let Some(value) = value else {
+            return default;
+        };
+        if let Some((_, chosen)) = options.iter().find(|(name, _)| *name == value.get_ref()) {
+            return *chosen;
+        }
+        let names: Vec<String> = options.iter().map(|(name, _)| format!("{name:?}")).collect();
+        self.error(
+            &value,
+            setting,
+            &format!("{:?}", value.get_ref()),
+            &format!("must be one of {}", names.join(", ")),
+        );
+        default
+    }
+
+    fn node_config(&mut self, raw: raw::File) -> NodeConfig {
+        let hostname = match raw.node.hostname {
+            Some(value) => {
+                let name = value.get_ref().clone();
+                let valid = !name.is_empty()
+                    && name.len() <= 253
+                    && name
+                        .bytes()
+                        .all(|byte| byte.is_ascii_alphanumeric() || b"-._".contains(&byte));
+                if !valid {
+                    self.error(
+                        &value,
+                        "node.hostname",
+                        &format!("{name:?}"),
+                        "must be a host name (letters, digits, '-', '.', '_')",
+                    );
+                }
+                name
+            }
+            None => system_hostname(),
+        };
+        let data_dir = raw
+            .node
+            .data_dir
+            .map(|value| PathBuf::from(value.into_inner()))
+            .unwrap_or_else(|| PathBuf::from("palisade-data"));
+
+        let listen = self.socket_addrs(raw.proxy.listen, "proxy.listen", "127.0.0.1:9090");
+        let test_listen =
+            self.socket_addrs(raw.proxy.test_listen, "proxy.test_listen", "127.0.0.1:9091");
+        let admin_listen = match raw.admin.listen {
+            Some(value) => self
+                .socket_addr(&value, "admin.listen")
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4711))),
+            None => SocketAddr::from(([127, 0, 0, 1], 4711)),
+        };
+        let max_connections =
+            self.integer(raw.proxy.max_connections, "proxy.max_connections", 1..=1_000_000, 10_000);
+        let max_head_bytes =
+            self.integer(raw.proxy.max_head_bytes, "proxy.max_head_bytes", 1024..=1_048_576, 65_536);
+        let max_headers = self.integer(raw.proxy.max_headers, "proxy.max_headers", 8..=1000, 100);
+        let worker_threads = self.integer(raw.proxy.worker_threads, "proxy.worker_threads", 0..=1024, 0);
+        let pool = PoolSettings {
+            max_idle_per_host: self.integer(
+                raw.proxy.upstream_pool.max_idle_per_host,
+                "proxy.upstream_pool.max_idle_per_host",
+                0..=100_000,
+                32,
+            ) as usize,
+            max_idle_total: self.integer(
+                raw.proxy.upstream_pool.max_idle_total,
+                "proxy.upstream_pool.max_idle_total",
+                0..=1_000_000,
+                1024,
+            ) as usize,
+            idle_timeout: self.duration(
+                raw.proxy.upstream_pool.idle_timeout,
+                "proxy.upstream_pool.idle_timeout",
+                Duration::from_secs(30),
+            ),
+        };
+        let mut dns_servers = Vec::new();
+        for (index, server) in raw.dns.servers.unwrap_or_default().iter().enumerate() {
+            // A bare IP means port 53.
+            let text = server.get_ref();
+            let parsed = text
+                .parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+                .ok()
+                .or_else(|| self.socket_addr(server, &format!("dns.servers[{index}]")));
+            dns_servers.extend(parsed);
+        }
+        let resolver = ResolverSettings {
+            servers: dns_servers,
+            cache_size: self.integer(raw.dns.cache_size, "dns.cache_size", 0..=10_000_000, 4096) as u64,
+            timeout: self.duration(raw.dns.timeout, "dns.timeout", Duration::from_secs(2)),
+            max_ttl: self.duration(raw.dns.max_ttl, "dns.max_ttl", Duration::from_secs(300)),
+        };
+        let mut own_ports: Vec<u16> = listen
+            .iter()
+            .chain(&test_listen)
+            .chain(std::iter::once(&admin_listen))
+            .map(SocketAddr::port)
+            .collect();
+        own_ports.sort_unstable();
+        own_ports.dedup();
+        let proxy = palisade_proxy::Config {
+            node_hostname: hostname.clone(),
+            head_limits: HeadLimits {
+                max_head_bytes: max_head_bytes as usize,
+                max_headers: max_headers as usize,
+            },
+            max_connections: max_connections as usize,
+            connect_timeout: self.duration(raw.proxy.connect_timeout, "proxy.connect_timeout", Duration::from_secs(10)),
+            read_timeout: self.duration(raw.proxy.read_timeout, "proxy.read_timeout", Duration::from_secs(60)),
+            client_idle_timeout: self.duration(
+                raw.proxy.client_idle_timeout,
+                "proxy.client_idle_timeout",
+                Duration::from_secs(60),
+            ),
+            tunnel_idle_timeout: self.duration(
+                raw.proxy.tunnel_idle_timeout,
+                "proxy.tunnel_idle_timeout",
+                Duration::from_secs(600),
+            ),
+            pool,
+            resolver,
+            own_ports,
+        };
+        let drain_timeout = self.duration(raw.proxy.drain_timeout, "proxy.drain_timeout", Duration::from_secs(30));
+        let policy_file = raw.policy.file.map(|value| PathBuf::from(value.into_inner()));
+        let policy_poll_interval =
+            self.duration(raw.policy.poll_interval, "policy.poll_interval", Duration::from_secs(1));
+        let log_level = raw
+            .log
+            .level
+            .map(Spanned::into_inner)
+            .unwrap_or_else(|| "info".to_owned());
+        let log_json = self.choice(raw.log.format, "log.format", &[("text", false), ("json", true)], false);
+        let access_log = match raw.access_log.path.map(Spanned::into_inner) {
+            None => LogTarget::File(data_dir.join("access.log")),
+            Some(path) if path == "off" => LogTarget::Off,
+            Some(path) if path == "-" => LogTarget::Stdout,
+            Some(path) => LogTarget::File(data_dir.join(path)),
+        };
+        let access_log_format = self.choice(
+            raw.access_log.format,
+            "access_log.format",
+            &[("json", LogFormat::Json), ("squid", LogFormat::Squid)],
+            LogFormat::Json,
+        );
+        NodeConfig {
+            hostname,
+            data_dir,
+            listen,
+            test_listen,
+            admin_listen,
+            worker_threads: worker_threads as usize,
+            drain_timeout,
+            proxy,
+            policy_file,
+            policy_poll_interval,
+            log_level,
+            log_json,
+            access_log,
+            access_log_format,
+        }
+    }
+}
+
+/// "500ms", "10s", "5m", "1h".
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let split = text.find(|ch: char| !ch.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    Some(match unit {
+        "ms" => Duration::from_millis(number),
+        "s" => Duration::from_secs(number),
+        "m" => Duration::from_secs(number.checked_mul(60)?),
+        "h" => Duration::from_secs(number.checked_mul(3600)?),
+        _ => return None,
+    })
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(before.len(), |newline| before.len() - newline - 1) + 1;
+    (line, column)
+}
+
+fn system_hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "palisade".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn check_errors(text: &str, expected: &[&str]) {
+        match parse(text, "palisade.toml") {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(errors) => {
+                let got: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+                assert_eq!(got, expected);
+            }
+        }
+    }
+
+    #[test]
+    fn empty_config_is_valid() {
+        let config = defaults();
+        assert_eq!(config.listen, vec![SocketAddr::from(([127, 0, 0, 1], 9090))]);
+        assert_eq!(config.test_listen, vec![SocketAddr::from(([127, 0, 0, 1], 9091))]);
+        assert_eq!(config.admin_listen, SocketAddr::from(([127, 0, 0, 1], 4711)));
+        assert_eq!(config.proxy.own_ports, vec![4711, 9090, 9091]);
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../../../examples/palisade.toml");
+        if let Err(errors) = parse(text, "examples/palisade.toml") {
+            panic!("{errors}");
+        }
+    }
+
+    #[test]
+    fn errors_name_line_and_setting() {
+        check_errors(
+            "[proxy]\nlisten = [\"127.0.0.1:9090\", \"nonsense\"]\nconnect_timeout = \"10 s\"\n",
+            &[
+                "palisade.toml:2:30: proxy.listen[1] = \"nonsense\": not a socket address (expected IP:PORT, IPv6 as [addr]:port)",
+                "palisade.toml:3:19: proxy.connect_timeout = \"10 s\": not a duration (examples: \"500ms\", \"10s\", \"5m\", \"1h\")",
+            ],
+        );
+        check_errors(
+            "[proxy]\nmax_connections = 0\n",
+            &["palisade.toml:2:19: proxy.max_connections = 0: must be 1..=1000000"],
+        );
+        check_errors(
+            "[access_log]\nformat = \"apache\"\n",
+            &["palisade.toml:2:10: access_log.format = \"apache\": must be one of \"json\", \"squid\""],
+        );
+    }
+
+    #[test]
+    fn syntax_and_unknown_fields_name_line() {
+        match parse("[proxy]\nlisten_port = 1\n", "p.toml") {
+            Err(errors) => {
+                let text = errors.to_string();
+                assert!(text.starts_with("p.toml:2:1: unknown field `listen_port`"), "{text}");
+            }
+            Ok(_) => panic!("unknown field accepted"),
+        }
+        match parse("[proxy\n", "p.toml") {
+            Err(errors) => assert!(errors.to_string().starts_with("p.toml:1:"), "{errors}"),
+            Ok(_) => panic!("syntax error accepted"),
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("s"), None);
+        assert_eq!(parse_duration("-1s"), None);
+    }
+}

@@ -1,0 +1,58 @@
+//! The `palisade` binary: parse flags, load the config, build the node, run until SIGTERM,
+//! drain, exit.
+
+mod config;
+mod node;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// palisade: a high-availability forward proxy (secure web gateway) in one binary.
+#[derive(Parser)]
+#[command(name = "palisade", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node. Without --config: proxy on 127.0.0.1:9090, test port 127.0.0.1:9091,
+    /// admin and metrics on 127.0.0.1:4711, state in ./palisade-data.
+    Run {
+        /// Node config file (TOML); see examples/palisade.toml.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a node config file and the policy it names; print every problem.
+    CheckConfig {
+        /// Node config file (TOML).
+        file: PathBuf,
+        /// Also validate this policy document (default: the one the config names, if any).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+    },
+    /// Print the version.
+    Version,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => node::run(config),
+        Command::CheckConfig { file, policy } => node::check_config(&file, policy.as_deref()),
+        Command::Version => {
+            println!("palisade {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("palisade: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}

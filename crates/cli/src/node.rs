@@ -1,0 +1,242 @@
+//! Wiring a node: data directory, policy, planes, signals, drain.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, anyhow};
+use arc_swap::ArcSwap;
+use palisade_policy::{CompiledPolicy, NodeIdentity};
+use palisade_proxy::access_log::AccessLog;
+use palisade_proxy::metrics::ProxyMetrics;
+use palisade_proxy::ssrf::OwnAddresses;
+use palisade_proxy::{Proxy, bind_listener};
+use prometheus_client::registry::Registry;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{self, NodeConfig};
+
+pub fn check_config(file: &Path, policy: Option<&Path>) -> anyhow::Result<()> {
+    let config = config::load(file).map_err(|errors| anyhow!("invalid configuration:\n{errors}"))?;
+    let policy_file = policy.map(Path::to_path_buf).or(config.policy_file.clone());
+    if let Some(policy_file) = policy_file {
+        load_policy(&policy_file, &identity(&config))?;
+        println!("{}: ok (policy {}: ok)", file.display(), policy_file.display());
+    } else {
+        println!("{}: ok", file.display());
+    }
+    Ok(())
+}
+
+pub fn run(config_file: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = match &config_file {
+        Some(file) => config::load(file).map_err(|errors| anyhow!("invalid configuration:\n{errors}"))?,
+        None => config::defaults(),
+    };
+    init_tracing(&config);
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let policy_file = match &config.policy_file {
+        Some(file) => file.clone(),
+        None => {
+            let file = config.data_dir.join("policy.toml");
+            if !file.exists() {
+                std::fs::write(&file, palisade_policy::default_source())
+                    .with_context(|| format!("cannot write {}", file.display()))?;
+                tracing::info!(path = %file.display(), "wrote the built-in default policy");
+            }
+            file
+        }
+    };
+    let node_identity = identity(&config);
+    let policy = load_policy(&policy_file, &node_identity)?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all().thread_name("palisade");
+    if config.worker_threads > 0 {
+        runtime.worker_threads(config.worker_threads);
+    }
+    let runtime = runtime.build().context("cannot start the async runtime")?;
+    runtime.block_on(serve(config, policy_file, node_identity, policy))
+}
+
+fn identity(config: &NodeConfig) -> NodeIdentity {
+    let mut proxy_ips: Vec<_> = config
+        .listen
+        .iter()
+        .chain(&config.test_listen)
+        .map(|addr| addr.ip())
+        .collect();
+    proxy_ips.sort();
+    proxy_ips.dedup();
+    NodeIdentity {
+        hostname: config.hostname.clone(),
+        proxy_ips,
+    }
+}
+
+fn load_policy(path: &Path, node: &NodeIdentity) -> anyhow::Result<CompiledPolicy> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read policy {}", path.display()))?;
+    palisade_policy::compile(&text, path, node).map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        anyhow!("invalid policy:\n{}", lines.join("\n"))
+    })
+}
+
+fn init_tracing(config: &NodeConfig) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(&config.log_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if config.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn serve(
+    config: NodeConfig,
+    policy_file: PathBuf,
+    node_identity: NodeIdentity,
+    policy: CompiledPolicy,
+) -> anyhow::Result<()> {
+    let summary = policy.summary();
+    let policy = Arc::new(ArcSwap::from_pointee(policy));
+    let mut registry = Registry::with_prefix("");
+    let metrics = ProxyMetrics::new(&mut registry);
+    let access_log = AccessLog::start(
+        config.access_log.clone(),
+        config.access_log_format,
+        metrics.access_log_dropped.clone(),
+    )
+    .context("cannot start the access log")?;
+    let proxy = Proxy::new(
+        config.proxy.clone(),
+        policy.clone(),
+        metrics,
+        access_log.clone(),
+        OwnAddresses::from_interfaces(),
+    )
+    .context("cannot start the proxy")?;
+
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    for (addr, kind) in config
+        .listen
+        .iter()
+        .map(|addr| (addr, "redirect port"))
+        .chain(config.test_listen.iter().map(|addr| (addr, "test port")))
+    {
+        let listener = bind_listener(*addr).with_context(|| format!("cannot listen on {addr} ({kind})"))?;
+        tracing::info!(%addr, kind, "Proxy listening");
+        tokio::spawn(proxy.clone().serve(listener, shutdown.clone(), tracker.clone()));
+    }
+    let admin_listener = bind_listener(config.admin_listen)
+        .with_context(|| format!("cannot listen on {} (admin)", config.admin_listen))?;
+    tracing::info!(addr = %config.admin_listen, "Admin interface listening (/metrics, /healthz)");
+    let admin_state = palisade_admin::AdminState {
+        registry: Arc::new(registry),
+        node: Arc::from(config.hostname.as_str()),
+    };
+    let admin_shutdown = CancellationToken::new();
+    tokio::spawn(palisade_admin::serve(admin_listener, admin_state, admin_shutdown.clone()));
+    tracing::info!(
+        node = %config.hostname,
+        policy = %policy_file.display(),
+        rulesets = summary.rulesets,
+        rules = summary.rules,
+        "palisade node started"
+    );
+
+    {
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                proxy.sweep_pool();
+            }
+        });
+    }
+    tokio::spawn(watch_policy(
+        policy_file,
+        node_identity,
+        policy,
+        access_log,
+        config.policy_poll_interval,
+    ));
+
+    let mut terminate = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM: draining"),
+        _ = interrupt.recv() => tracing::info!("SIGINT: draining"),
+    }
+    shutdown.cancel();
+    tracker.close();
+    let in_flight = tracker.len();
+    tracing::info!(connections = in_flight, timeout = ?config.drain_timeout, "stopped accepting; waiting for in-flight requests");
+    if tokio::time::timeout(config.drain_timeout, tracker.wait()).await.is_err() {
+        tracing::warn!(connections = tracker.len(), "drain timeout reached; closing remaining connections");
+    } else {
+        tracing::info!("drained");
+    }
+    admin_shutdown.cancel();
+    Ok(())
+}
+
+/// Reloads the policy when its file changes (checked every `interval`) or on SIGHUP. A
+/// policy that does not compile is refused with its errors and the old one stays live.
+async fn watch_policy(
+    path: PathBuf,
+    node: NodeIdentity,
+    live: Arc<ArcSwap<CompiledPolicy>>,
+    access_log: AccessLog,
+    interval: Duration,
+) {
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(hangup) => Some(hangup),
+        Err(error) => {
+            tracing::error!(%error, "cannot install SIGHUP handler; policy reloads only on file change");
+            None
+        }
+    };
+    let mut seen = file_stamp(&path);
+    loop {
+        let forced = tokio::select! {
+            _ = tokio::time::sleep(interval) => false,
+            Some(()) = async { match hangup.as_mut() { Some(hangup) => hangup.recv().await, None => std::future::pending().await } } => true,
+        };
+        if forced {
+            access_log.reopen();
+        }
+        let stamp = file_stamp(&path);
+        if !forced && stamp == seen {
+            continue;
+        }
+        seen = stamp;
+        let node = node.clone();
+        let reload_path = path.clone();
+        let compiled = tokio::task::spawn_blocking(move || load_policy(&reload_path, &node)).await;
+        match compiled {
+            Ok(Ok(policy)) => {
+                let summary = policy.summary();
+                live.store(Arc::new(policy));
+                tracing::info!(path = %path.display(), rulesets = summary.rulesets, rules = summary.rules, "policy reloaded");
+            }
+            Ok(Err(error)) => {
+                tracing::error!(path = %path.display(), "policy reload refused, previous policy stays live: {error:#}");
+            }
+            Err(error) => tracing::error!(%error, "policy reload task failed"),
+        }
+    }
+}
+
+/// Modification time and size: enough to notice an edit or an atomic rename.
+fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let metadata = std::fs::metadata(path).ok()?;
+    Some((metadata.modified().ok()?, metadata.len()))
+}

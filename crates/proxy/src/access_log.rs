@@ -1,0 +1,340 @@
+//! The access log: one line per request, JSON lines or Squid's native format.
+//!
+//! Requests hand a record to a bounded channel and move on; a dedicated thread formats and
+//! writes. If the writer falls behind (slow disk), records are dropped and counted rather than
+//! letting memory grow or requests wait on a disk.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::{RecvTimeoutError, SyncSender, TrySendError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::metrics::counter::Counter;
+
+/// Output format of the access log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Squid,
+}
+
+/// Where the access log goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogTarget {
+    Off,
+    Stdout,
+    File(PathBuf),
+}
+
+/// What was decided about a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Forwarded (or tunnelled) to the origin.
+    Allow,
+    /// A policy rule blocked it.
+    Block,
+    /// Refused before policy: client not allowed, destination address denied, port denied.
+    Deny,
+    /// Malformed request, upstream failure, limits.
+    Error,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Block => "block",
+            Decision::Deny => "deny",
+            Decision::Error => "error",
+        }
+    }
+}
+
+/// One access log line.
+#[derive(Clone, Debug)]
+pub struct AccessRecord {
+    pub time: SystemTime,
+    pub client: SocketAddr,
+    pub method: String,
+    /// Absolute URL, or the authority for CONNECT.
+    pub url: String,
+    pub status: u16,
+    pub bytes_from_client: u64,
+    pub bytes_to_client: u64,
+    pub duration: Duration,
+    pub rule: Arc<str>,
+    pub decision: Decision,
+    /// Why a request was denied or failed (empty when allowed).
+    pub reason: String,
+    pub upstream: Option<SocketAddr>,
+    pub node: Arc<str>,
+    pub request_id: String,
+}
+
+enum Message {
+    Record(Box<AccessRecord>),
+    Reopen,
+}
+
+/// Handle to the access log writer; cheap to clone.
+#[derive(Clone)]
+pub struct AccessLog {
+    sender: Option<SyncSender<Message>>,
+    dropped: Counter,
+}
+
+impl AccessLog {
+    /// Starts the writer thread. Fails if the log file cannot be opened.
+    pub fn start(
+        target: LogTarget,
+        format: LogFormat,
+        dropped: Counter,
+    ) -> std::io::Result<AccessLog> {
+        if target == LogTarget::Off {
+            return Ok(AccessLog {
+                sender: None,
+                dropped,
+            });
+        }
+        let mut sink = open(&target)?;
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<Message>(16 * 1024);
+        std::thread::Builder::new()
+            .name("access-log".to_owned())
+            .spawn(move || {
+                let mut line = String::with_capacity(512);
+                loop {
+                    let message = match receiver.recv_timeout(Duration::from_millis(200)) {
+                        Ok(message) => message,
+                        Err(RecvTimeoutError::Timeout) => {
+                            let _ = sink.flush();
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    };
+                    match message {
+                        Message::Record(record) => {
+                            line.clear();
+                            match format {
+                                LogFormat::Json => format_json(&record, &mut line),
+                                LogFormat::Squid => format_squid(&record, &mut line),
+                            }
+                            line.push('\n');
+                            if let Err(error) = sink.write_all(line.as_bytes()) {
+                                tracing::error!(%error, "access log write failed");
+                            }
+                        }
+                        Message::Reopen => {
+                            let _ = sink.flush();
+                            match open(&target) {
+                                Ok(reopened) => sink = reopened,
+                                Err(error) => {
+                                    tracing::error!(%error, "access log reopen failed")
+                                }
+                            }
+                        }
+                    }
+                }
+                let _ = sink.flush();
+            })?;
+        Ok(AccessLog {
+            sender: Some(sender),
+            dropped,
+        })
+    }
+
+    /// A log that writes nothing (tests, `access_log = "off"`).
+    pub fn off() -> AccessLog {
+        AccessLog {
+            sender: None,
+            dropped: Counter::default(),
+        }
+    }
+
+    pub fn log(&self, record: AccessRecord) {
+        let Some(sender) = &self.sender else {
+            return;
+        };
+        match sender.try_send(Message::Record(Box::new(record))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.inc();
+            }
+        }
+    }
+
+    /// Reopens the file (after rotation: SIGHUP).
+    pub fn reopen(&self) {
+        if let Some(sender) = &self.sender {
+            let _ = sender.try_send(Message::Reopen);
+        }
+    }
+}
+
+fn open(target: &LogTarget) -> std::io::Result<Box<dyn std::io::Write + Send>> {
+    Ok(match target {
+        LogTarget::Off | LogTarget::Stdout => {
+            Box::new(std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()))
+        }
+        LogTarget::File(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|error| {
+                    std::io::Error::new(
+                        error.kind(),
+                        format!("cannot open access log {}: {error}", path.display()),
+                    )
+                })?;
+            Box::new(std::io::BufWriter::with_capacity(64 * 1024, file))
+        }
+    })
+}
+
+pub fn format_json(record: &AccessRecord, out: &mut String) {
+    let value = serde_json::json!({
+        "time": rfc3339(record.time),
+        "client": record.client.to_string(),
+        "method": record.method,
+        "url": record.url,
+        "status": record.status,
+        "bytes_from_client": record.bytes_from_client,
+        "bytes_to_client": record.bytes_to_client,
+        "duration_ms": (record.duration.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+        "rule": &*record.rule,
+        "decision": record.decision.as_str(),
+        "reason": record.reason,
+        "upstream": record.upstream.map(|addr| addr.to_string()),
+        "node": &*record.node,
+        "request_id": record.request_id,
+    });
+    let _ = write!(out, "{value}");
+}
+
+/// Squid's native format (`logformat squid`), then palisade's fields appended:
+/// `time elapsed client code/status bytes method url user hierarchy/peer type` +
+/// `bytes_from_client rule decision node request_id`.
+pub fn format_squid(record: &AccessRecord, out: &mut String) {
+    let since_epoch = record.time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let code = match (record.decision, record.method.as_str()) {
+        (Decision::Allow, "CONNECT") => "TCP_TUNNEL",
+        (Decision::Allow, _) => "TCP_MISS",
+        (Decision::Block | Decision::Deny, _) => "TCP_DENIED",
+        (Decision::Error, _) => "NONE_NONE",
+    };
+    let hierarchy = match record.upstream {
+        Some(addr) => format!("HIER_DIRECT/{}", addr.ip()),
+        None => "HIER_NONE/-".to_owned(),
+    };
+    let _ = write!(
+        out,
+        "{}.{:03} {:>6} {} {}/{:03} {} {} {} - {} - {} {} {} {} {}",
+        since_epoch.as_secs(),
+        since_epoch.subsec_millis(),
+        record.duration.as_millis(),
+        record.client.ip(),
+        code,
+        record.status,
+        record.bytes_to_client,
+        record.method,
+        record.url,
+        hierarchy,
+        record.bytes_from_client,
+        record.rule,
+        record.decision.as_str(),
+        record.node,
+        record.request_id,
+    );
+}
+
+/// `2026-11-21T07:26:00.123Z` without pulling in a date crate.
+pub fn rfc3339(time: SystemTime) -> String {
+    let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since_epoch.as_secs();
+    let days = (secs / 86_400) as i64;
+    let (year, month, day) = civil_from_days(days);
+    let rem = secs % 86_400;
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60,
+        since_epoch.subsec_millis()
+    )
+}
+
+/// Howard Hinnant's days-to-civil algorithm.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> AccessRecord {
+        AccessRecord {
+            time: UNIX_EPOCH + Duration::from_millis(1_795_000_000_123),
+            client: SocketAddr::from(([127, 0, 0, 1], 5555)),
+            method: "GET".to_owned(),
+            url: "http://a.test/x".to_owned(),
+            status: 200,
+            bytes_from_client: 80,
+            bytes_to_client: 1234,
+            duration: Duration::from_micros(4500),
+            rule: Arc::from("default"),
+            decision: Decision::Allow,
+            reason: String::new(),
+            upstream: Some(SocketAddr::from(([127, 0, 0, 2], 80))),
+            node: Arc::from("node-a"),
+            request_id: "abc".to_owned(),
+        }
+    }
+
+    #[test]
+    fn time_format() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_millis(1_795_000_000_123)),
+            "2026-11-18T11:06:40.123Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00.000Z"
+        );
+    }
+
+    #[test]
+    fn squid_format() {
+        let mut line = String::new();
+        format_squid(&record(), &mut line);
+        assert_eq!(
+            line,
+            "1795000000.123      4 127.0.0.1 TCP_MISS/200 1234 GET http://a.test/x - HIER_DIRECT/127.0.0.2 - 80 default allow node-a abc"
+        );
+    }
+
+    #[test]
+    fn json_format() {
+        let mut line = String::new();
+        format_json(&record(), &mut line);
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        assert_eq!(value["status"], 200);
+        assert_eq!(value["request_id"], "abc");
+        assert_eq!(value["decision"], "allow");
+        assert_eq!(value["duration_ms"], 4.5);
+        assert_eq!(value["upstream"], "127.0.0.2:80");
+    }
+}

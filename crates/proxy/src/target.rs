@@ -1,0 +1,269 @@
+//! Request targets a forward proxy accepts: absolute-form `http://` URIs and CONNECT's
+//! authority-form (RFC 9112 section 3.2), parsed strictly.
+//!
+//! Strictness here is an SSRF defence: every host the policy and the address vetting see must
+//! mean exactly one thing. So numeric shorthands (`127.1`, `0x7f.0.0.1`, `2130706433`),
+//! percent-encoding, user info, zone identifiers and bracketed names are refused rather than
+//! interpreted the way some other parser might.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// A destination host: a lower-case DNS name (no trailing dot) or an address literal.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Host {
+    Name(String),
+    Ip(IpAddr),
+}
+
+impl Host {
+    /// The host as the policy sees it: a name, or an address without brackets.
+    pub fn policy_form(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Host::Name(name) => std::borrow::Cow::Borrowed(name),
+            Host::Ip(ip) => std::borrow::Cow::Owned(ip.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for Host {
+    /// URI form: IPv6 literals in brackets.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Name(name) => f.write_str(name),
+            Host::Ip(IpAddr::V6(v6)) => write!(f, "[{v6}]"),
+            Host::Ip(IpAddr::V4(v4)) => write!(f, "{v4}"),
+        }
+    }
+}
+
+/// A destination: host and port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Authority {
+    pub host: Host,
+    pub port: u16,
+}
+
+impl fmt::Display for Authority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+impl Authority {
+    /// The value for a `Host` header: the port is left out when it is the scheme default.
+    pub fn host_header(&self) -> String {
+        if self.port == 80 {
+            self.host.to_string()
+        } else {
+            self.to_string()
+        }
+    }
+}
+
+/// A parsed absolute-form target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AbsoluteTarget {
+    pub authority: Authority,
+    /// Path and query, never empty (an empty path becomes "/").
+    pub path_and_query: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    #[error("only absolute-form http:// targets are accepted by a forward proxy")]
+    NotAbsoluteHttp,
+    #[error("https:// targets must use CONNECT")]
+    HttpsScheme,
+    #[error("user information in the target is not allowed")]
+    UserInfo,
+    #[error("fragment in the request target")]
+    Fragment,
+    #[error("invalid host")]
+    InvalidHost,
+    #[error("invalid port")]
+    InvalidPort,
+    #[error("CONNECT target must be host:port")]
+    InvalidConnectTarget,
+}
+
+/// Parses `http://authority[/path][?query]`.
+pub fn parse_absolute(target: &str) -> Result<AbsoluteTarget, TargetError> {
+    let Some((scheme, rest)) = target.split_once("://") else {
+        return Err(TargetError::NotAbsoluteHttp);
+    };
+    if scheme.eq_ignore_ascii_case("https") {
+        return Err(TargetError::HttpsScheme);
+    }
+    if !scheme.eq_ignore_ascii_case("http") {
+        return Err(TargetError::NotAbsoluteHttp);
+    }
+    if rest.contains('#') {
+        return Err(TargetError::Fragment);
+    }
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let authority = parse_authority(authority, Some(80))?;
+    let path_and_query = if path.is_empty() {
+        "/".to_owned()
+    } else if path.starts_with('?') {
+        format!("/{path}")
+    } else {
+        path.to_owned()
+    };
+    Ok(AbsoluteTarget {
+        authority,
+        path_and_query,
+    })
+}
+
+/// Parses CONNECT's `host:port` (the port is mandatory).
+pub fn parse_connect(target: &str) -> Result<Authority, TargetError> {
+    if target.contains(['/', '?', '#']) {
+        return Err(TargetError::InvalidConnectTarget);
+    }
+    parse_authority(target, None)
+}
+
+/// `host [":" port]`; `default_port` of `None` makes the port mandatory.
+pub fn parse_authority(authority: &str, default_port: Option<u16>) -> Result<Authority, TargetError> {
+    if authority.contains('@') {
+        return Err(TargetError::UserInfo);
+    }
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let Some((literal, after)) = rest.split_once(']') else {
+            return Err(TargetError::InvalidHost);
+        };
+        // A bracketed name ("[example.com]") is not an IPv6 literal; neither is a zone id.
+        let ip: Ipv6Addr = literal.parse().map_err(|_| TargetError::InvalidHost)?;
+        let port = match after {
+            "" => None,
+            _ => Some(after.strip_prefix(':').ok_or(TargetError::InvalidHost)?),
+        };
+        (Host::Ip(IpAddr::V6(ip)), port)
+    } else {
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        };
+        (parse_host(host)?, port)
+    };
+    let port = match (port, default_port) {
+        (Some(port), _) => parse_port(port)?,
+        (None, Some(default)) => default,
+        (None, None) => return Err(TargetError::InvalidConnectTarget),
+    };
+    Ok(Authority { host, port })
+}
+
+fn parse_port(port: &str) -> Result<u16, TargetError> {
+    if port.is_empty() || port.len() > 5 || !port.bytes().all(|byte| byte.is_ascii_digit()) {
+        return Err(TargetError::InvalidPort);
+    }
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => Err(TargetError::InvalidPort),
+        Ok(port) => Ok(port),
+    }
+}
+
+/// A DNS name or a canonical dotted-quad IPv4 address.
+fn parse_host(host: &str) -> Result<Host, TargetError> {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty() || host.len() > 253 {
+        return Err(TargetError::InvalidHost);
+    }
+    let labels: Vec<&str> = host.split('.').collect();
+    for label in &labels {
+        let valid_label = !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !valid_label {
+            return Err(TargetError::InvalidHost);
+        }
+    }
+    // A last label that looks numeric makes the host an IPv4 address or nothing: URL parsers
+    // disagree on "127.1" and "0x7f.1", so only the canonical form is accepted.
+    let last = labels.last().copied().unwrap_or_default();
+    let numeric_looking = last.bytes().all(|byte| byte.is_ascii_digit())
+        || (last.len() > 2 && last[..2].eq_ignore_ascii_case("0x"));
+    if numeric_looking {
+        let ip: Ipv4Addr = host.parse().map_err(|_| TargetError::InvalidHost)?;
+        // std accepts only canonical dotted decimal without leading zeros.
+        return Ok(Host::Ip(IpAddr::V4(ip)));
+    }
+    Ok(Host::Name(host.to_ascii_lowercase()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn check_absolute(target: &str, expected: Result<(&str, u16, &str), TargetError>) {
+        let got = parse_absolute(target).map(|parsed| {
+            (
+                parsed.authority.host.to_string(),
+                parsed.authority.port,
+                parsed.path_and_query,
+            )
+        });
+        let expected = expected.map(|(host, port, path)| (host.to_owned(), port, path.to_owned()));
+        assert_eq!(got, expected, "{target}");
+    }
+
+    #[test]
+    fn absolute_form() {
+        use TargetError::*;
+        check_absolute("http://Example.COM/a?b", Ok(("example.com", 80, "/a?b")));
+        check_absolute("HTTP://example.com.", Ok(("example.com", 80, "/")));
+        check_absolute("http://example.com?x", Ok(("example.com", 80, "/?x")));
+        check_absolute("http://127.0.0.1:8080/", Ok(("127.0.0.1", 8080, "/")));
+        check_absolute("http://[::1]:8080/", Ok(("[::1]", 8080, "/")));
+        check_absolute("http://[::ffff:10.0.0.1]/", Ok(("[::ffff:10.0.0.1]", 80, "/")));
+        check_absolute("https://example.com/", Err(HttpsScheme));
+        check_absolute("ftp://example.com/", Err(NotAbsoluteHttp));
+        check_absolute("/relative", Err(NotAbsoluteHttp));
+        check_absolute("http://user:pw@example.com/", Err(UserInfo));
+        check_absolute("http://example.com/#frag", Err(Fragment));
+        check_absolute("http://[example.com]/", Err(InvalidHost));
+        check_absolute("http://[fe80::1%25eth0]/", Err(InvalidHost));
+        check_absolute("http://127.1/", Err(InvalidHost));
+        check_absolute("http://0x7f.0.0.1/", Err(InvalidHost));
+        check_absolute("http://2130706433/", Err(InvalidHost));
+        check_absolute("http://0177.0.0.1/", Err(InvalidHost));
+        check_absolute("http://exa%6dple.com/", Err(InvalidHost));
+        check_absolute("http://ex ample.com/", Err(InvalidHost));
+        check_absolute("http://-bad.com/", Err(InvalidHost));
+        check_absolute("http://a..b/", Err(InvalidHost));
+        check_absolute("http://example.com:0/", Err(InvalidPort));
+        check_absolute("http://example.com:65536/", Err(InvalidPort));
+        check_absolute("http://example.com:/", Err(InvalidPort));
+        check_absolute("http://example.com:+80/", Err(InvalidPort));
+        check_absolute("http:///", Err(InvalidHost));
+    }
+
+    #[test]
+    fn connect_form() {
+        assert_eq!(
+            parse_connect("example.com:443").map(|a| a.to_string()),
+            Ok("example.com:443".to_owned())
+        );
+        assert_eq!(
+            parse_connect("[2001:db8::1]:443").map(|a| a.to_string()),
+            Ok("[2001:db8::1]:443".to_owned())
+        );
+        assert_eq!(
+            parse_connect("example.com"),
+            Err(TargetError::InvalidConnectTarget)
+        );
+        assert_eq!(
+            parse_connect("http://example.com:443"),
+            Err(TargetError::InvalidConnectTarget)
+        );
+        assert_eq!(parse_connect("example.com:x"), Err(TargetError::InvalidPort));
+    }
+}
