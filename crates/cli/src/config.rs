@@ -46,7 +46,11 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )
     }
 }
 
@@ -233,7 +237,12 @@ impl Checker<'_> {
         match value.get_ref().parse::<SocketAddr>() {
             Ok(addr) if addr.port() != 0 => Some(addr),
             Ok(_) => {
-                self.error(value, setting, &format!("{:?}", value.get_ref()), "port must not be 0");
+                self.error(
+                    value,
+                    setting,
+                    &format!("{:?}", value.get_ref()),
+                    "port must not be 0",
+                );
                 None
             }
             Err(_) => {
@@ -266,14 +275,24 @@ impl Checker<'_> {
         addrs
     }
 
-    fn duration(&mut self, value: Option<Spanned<String>>, setting: &str, default: Duration) -> Duration {
+    fn duration(
+        &mut self,
+        value: Option<Spanned<String>>,
+        setting: &str,
+        default: Duration,
+    ) -> Duration {
         let Some(value) = value else {
             return default;
         };
         match parse_duration(value.get_ref()) {
             Some(duration) if !duration.is_zero() => duration,
             Some(_) => {
-                self.error(&value, setting, &format!("{:?}", value.get_ref()), "must be greater than zero");
+                self.error(
+                    &value,
+                    setting,
+                    &format!("{:?}", value.get_ref()),
+                    "must be greater than zero",
+                );
                 default
             }
             None => {
@@ -325,7 +344,10 @@ impl Checker<'_> {
         if let Some((_, chosen)) = options.iter().find(|(name, _)| *name == value.get_ref()) {
             return *chosen;
         }
-        let names: Vec<String> = options.iter().map(|(name, _)| format!("{name:?}")).collect();
+        let names: Vec<String> = options
+            .iter()
+            .map(|(name, _)| format!("{name:?}"))
+            .collect();
         self.error(
             &value,
             setting,
@@ -371,12 +393,25 @@ impl Checker<'_> {
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4711))),
             None => SocketAddr::from(([127, 0, 0, 1], 4711)),
         };
-        let max_connections =
-            self.integer(raw.proxy.max_connections, "proxy.max_connections", 1..=1_000_000, 10_000);
-        let max_head_bytes =
-            self.integer(raw.proxy.max_head_bytes, "proxy.max_head_bytes", 1024..=1_048_576, 65_536);
+        let max_connections = self.integer(
+            raw.proxy.max_connections,
+            "proxy.max_connections",
+            1..=1_000_000,
+            10_000,
+        );
+        let max_head_bytes = self.integer(
+            raw.proxy.max_head_bytes,
+            "proxy.max_head_bytes",
+            1024..=1_048_576,
+            65_536,
+        );
         let max_headers = self.integer(raw.proxy.max_headers, "proxy.max_headers", 8..=1000, 100);
-        let worker_threads = self.integer(raw.proxy.worker_threads, "proxy.worker_threads", 0..=1024, 0);
+        let worker_threads = self.integer(
+            raw.proxy.worker_threads,
+            "proxy.worker_threads",
+            0..=1024,
+            0,
+        );
         let pool = PoolSettings {
             max_idle_per_host: self.integer(
                 raw.proxy.upstream_pool.max_idle_per_host,
@@ -409,7 +444,8 @@ impl Checker<'_> {
         }
         let resolver = ResolverSettings {
             servers: dns_servers,
-            cache_size: self.integer(raw.dns.cache_size, "dns.cache_size", 0..=10_000_000, 4096) as u64,
+            cache_size: self.integer(raw.dns.cache_size, "dns.cache_size", 0..=10_000_000, 4096)
+                as u64,
             timeout: self.duration(raw.dns.timeout, "dns.timeout", Duration::from_secs(2)),
             max_ttl: self.duration(raw.dns.max_ttl, "dns.max_ttl", Duration::from_secs(300)),
         };
@@ -428,8 +464,16 @@ impl Checker<'_> {
                 max_headers: max_headers as usize,
             },
             max_connections: max_connections as usize,
-            connect_timeout: self.duration(raw.proxy.connect_timeout, "proxy.connect_timeout", Duration::from_secs(10)),
-            read_timeout: self.duration(raw.proxy.read_timeout, "proxy.read_timeout", Duration::from_secs(60)),
+            connect_timeout: self.duration(
+                raw.proxy.connect_timeout,
+                "proxy.connect_timeout",
+                Duration::from_secs(10),
+            ),
+            read_timeout: self.duration(
+                raw.proxy.read_timeout,
+                "proxy.read_timeout",
+                Duration::from_secs(60),
+            ),
             client_idle_timeout: self.duration(
                 raw.proxy.client_idle_timeout,
                 "proxy.client_idle_timeout",
@@ -444,16 +488,31 @@ impl Checker<'_> {
             resolver,
             own_ports,
         };
-        let drain_timeout = self.duration(raw.proxy.drain_timeout, "proxy.drain_timeout", Duration::from_secs(30));
-        let policy_file = raw.policy.file.map(|value| PathBuf::from(value.into_inner()));
-        let policy_poll_interval =
-            self.duration(raw.policy.poll_interval, "policy.poll_interval", Duration::from_secs(1));
+        let drain_timeout = self.duration(
+            raw.proxy.drain_timeout,
+            "proxy.drain_timeout",
+            Duration::from_secs(30),
+        );
+        let policy_file = raw
+            .policy
+            .file
+            .map(|value| PathBuf::from(value.into_inner()));
+        let policy_poll_interval = self.duration(
+            raw.policy.poll_interval,
+            "policy.poll_interval",
+            Duration::from_secs(1),
+        );
         let log_level = raw
             .log
             .level
             .map(Spanned::into_inner)
             .unwrap_or_else(|| "info".to_owned());
-        let log_json = self.choice(raw.log.format, "log.format", &[("text", false), ("json", true)], false);
+        let log_json = self.choice(
+            raw.log.format,
+            "log.format",
+            &[("text", false), ("json", true)],
+            false,
+        );
         let access_log = match raw.access_log.path.map(Spanned::into_inner) {
             None => LogTarget::File(data_dir.join("access.log")),
             Some(path) if path == "off" => LogTarget::Off,
@@ -502,7 +561,10 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before.rfind('\n').map_or(before.len(), |newline| before.len() - newline - 1) + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |newline| before.len() - newline - 1)
+        + 1;
     (line, column)
 }
 
@@ -532,9 +594,18 @@ mod tests {
     #[test]
     fn empty_config_is_valid() {
         let config = defaults();
-        assert_eq!(config.listen, vec![SocketAddr::from(([127, 0, 0, 1], 9090))]);
-        assert_eq!(config.test_listen, vec![SocketAddr::from(([127, 0, 0, 1], 9091))]);
-        assert_eq!(config.admin_listen, SocketAddr::from(([127, 0, 0, 1], 4711)));
+        assert_eq!(
+            config.listen,
+            vec![SocketAddr::from(([127, 0, 0, 1], 9090))]
+        );
+        assert_eq!(
+            config.test_listen,
+            vec![SocketAddr::from(([127, 0, 0, 1], 9091))]
+        );
+        assert_eq!(
+            config.admin_listen,
+            SocketAddr::from(([127, 0, 0, 1], 4711))
+        );
         assert_eq!(config.proxy.own_ports, vec![4711, 9090, 9091]);
     }
 
@@ -561,7 +632,9 @@ mod tests {
         );
         check_errors(
             "[access_log]\nformat = \"apache\"\n",
-            &["palisade.toml:2:10: access_log.format = \"apache\": must be one of \"json\", \"squid\""],
+            &[
+                "palisade.toml:2:10: access_log.format = \"apache\": must be one of \"json\", \"squid\"",
+            ],
         );
     }
 
@@ -570,7 +643,10 @@ mod tests {
         match parse("[proxy]\nlisten_port = 1\n", "p.toml") {
             Err(errors) => {
                 let text = errors.to_string();
-                assert!(text.starts_with("p.toml:2:1: unknown field `listen_port`"), "{text}");
+                assert!(
+                    text.starts_with("p.toml:2:1: unknown field `listen_port`"),
+                    "{text}"
+                );
             }
             Ok(_) => panic!("unknown field accepted"),
         }

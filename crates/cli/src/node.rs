@@ -19,11 +19,16 @@ use tokio_util::task::TaskTracker;
 use crate::config::{self, NodeConfig};
 
 pub fn check_config(file: &Path, policy: Option<&Path>) -> anyhow::Result<()> {
-    let config = config::load(file).map_err(|errors| anyhow!("invalid configuration:\n{errors}"))?;
+    let config =
+        config::load(file).map_err(|errors| anyhow!("invalid configuration:\n{errors}"))?;
     let policy_file = policy.map(Path::to_path_buf).or(config.policy_file.clone());
     if let Some(policy_file) = policy_file {
         load_policy(&policy_file, &identity(&config))?;
-        println!("{}: ok (policy {}: ok)", file.display(), policy_file.display());
+        println!(
+            "{}: ok (policy {}: ok)",
+            file.display(),
+            policy_file.display()
+        );
     } else {
         println!("{}: ok", file.display());
     }
@@ -32,7 +37,9 @@ pub fn check_config(file: &Path, policy: Option<&Path>) -> anyhow::Result<()> {
 
 pub fn run(config_file: Option<PathBuf>) -> anyhow::Result<()> {
     let config = match &config_file {
-        Some(file) => config::load(file).map_err(|errors| anyhow!("invalid configuration:\n{errors}"))?,
+        Some(file) => {
+            config::load(file).map_err(|errors| anyhow!("invalid configuration:\n{errors}"))?
+        }
         None => config::defaults(),
     };
     init_tracing(&config);
@@ -87,9 +94,11 @@ fn load_policy(path: &Path, node: &NodeIdentity) -> anyhow::Result<CompiledPolic
 
 fn init_tracing(config: &NodeConfig) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(&config.log_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if config.log_json {
         builder.json().init();
     } else {
@@ -105,7 +114,7 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let summary = policy.summary();
     let policy = Arc::new(ArcSwap::from_pointee(policy));
-    let mut registry = Registry::with_prefix("");
+    let mut registry = Registry::default();
     let metrics = ProxyMetrics::new(&mut registry);
     let access_log = AccessLog::start(
         config.access_log.clone(),
@@ -130,9 +139,14 @@ async fn serve(
         .map(|addr| (addr, "redirect port"))
         .chain(config.test_listen.iter().map(|addr| (addr, "test port")))
     {
-        let listener = bind_listener(*addr).with_context(|| format!("cannot listen on {addr} ({kind})"))?;
+        let listener =
+            bind_listener(*addr).with_context(|| format!("cannot listen on {addr} ({kind})"))?;
         tracing::info!(%addr, kind, "Proxy listening");
-        tokio::spawn(proxy.clone().serve(listener, shutdown.clone(), tracker.clone()));
+        tokio::spawn(
+            proxy
+                .clone()
+                .serve(listener, shutdown.clone(), tracker.clone()),
+        );
     }
     let admin_listener = bind_listener(config.admin_listen)
         .with_context(|| format!("cannot listen on {} (admin)", config.admin_listen))?;
@@ -142,7 +156,11 @@ async fn serve(
         node: Arc::from(config.hostname.as_str()),
     };
     let admin_shutdown = CancellationToken::new();
-    tokio::spawn(palisade_admin::serve(admin_listener, admin_state, admin_shutdown.clone()));
+    tokio::spawn(palisade_admin::serve(
+        admin_listener,
+        admin_state,
+        admin_shutdown.clone(),
+    ));
     tracing::info!(
         node = %config.hostname,
         policy = %policy_file.display(),
@@ -169,7 +187,8 @@ async fn serve(
         config.policy_poll_interval,
     ));
 
-    let mut terminate = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
     tokio::select! {
         _ = terminate.recv() => tracing::info!("SIGTERM: draining"),
@@ -179,8 +198,14 @@ async fn serve(
     tracker.close();
     let in_flight = tracker.len();
     tracing::info!(connections = in_flight, timeout = ?config.drain_timeout, "stopped accepting; waiting for in-flight requests");
-    if tokio::time::timeout(config.drain_timeout, tracker.wait()).await.is_err() {
-        tracing::warn!(connections = tracker.len(), "drain timeout reached; closing remaining connections");
+    if tokio::time::timeout(config.drain_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            connections = tracker.len(),
+            "drain timeout reached; closing remaining connections"
+        );
     } else {
         tracing::info!("drained");
     }

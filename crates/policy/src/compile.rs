@@ -34,11 +34,6 @@ pub(crate) struct Compiler<'a> {
     errors: Vec<PolicyError>,
 }
 
-/// A named list, ready for rules to share.
-struct NamedList {
-    set: Arc<DomainSet>,
-}
-
 impl<'a> Compiler<'a> {
     pub(crate) fn new(
         source: &'a str,
@@ -62,10 +57,15 @@ impl<'a> Compiler<'a> {
             // The recovered tree would only add confusing follow-up errors.
             for err in syntax_errors {
                 let span = err.span().unwrap_or(0..0);
-                self.error(
-                    span,
-                    PolicyErrorKind::Toml(err.message().trim_end().to_string()),
-                );
+                let mut message = err.message().trim_end().to_string();
+                // The TOML reader does not say which key; with two lists or tables of the same
+                // name, which one is the question.
+                if message == "duplicate key"
+                    && let Some(key) = self.source.get(span.clone())
+                {
+                    message = format!("duplicate key `{}`", key.trim());
+                }
+                self.error(span, PolicyErrorKind::Toml(message));
             }
             return Err(self.finish_errors());
         }
@@ -243,7 +243,7 @@ impl<'a> Compiler<'a> {
         &mut self,
         lists: Vec<raw::List>,
         summary: &mut PolicySummary,
-    ) -> HashMap<String, NamedList> {
+    ) -> HashMap<String, Arc<DomainSet>> {
         let mut named = HashMap::with_capacity(lists.len());
         for list in lists {
             self.name(&list.name, "list");
@@ -253,15 +253,16 @@ impl<'a> Compiler<'a> {
             };
             summary.lists += 1;
             summary.list_entries += set.len();
-            named.insert(list.name.into_inner(), NamedList { set: Arc::new(set) });
+            named.insert(list.name.into_inner(), Arc::new(set));
         }
         named
     }
 
     fn inline_patterns(&mut self, values: Vec<Spanned<String>>) -> DomainSet {
-        let mut set = DomainSet::with_capacity(values.len());
+        let mut set = DomainSet::with_capacity(values.len(), 0);
+        let mut buf = String::new();
         for value in values {
-            match parse_host_pattern(value.get_ref()) {
+            match parse_host_pattern(value.get_ref(), &mut buf) {
                 Ok(pattern) => set.insert(pattern),
                 Err(reason) => self.error(
                     value.span(),
@@ -295,9 +296,11 @@ impl<'a> Compiler<'a> {
             }
         };
         let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-        // One entry per line, so the line count is a tight capacity and saves rehashing a
-        // million-entry table several times over.
-        let mut set = DomainSet::with_capacity(text.bytes().filter(|&b| b == b'\n').count() + 1);
+        // One entry per line, so the line count and file size are tight capacities, and save
+        // growing a million-entry table several times over.
+        let n_lines = text.bytes().filter(|&b| b == b'\n').count() + 1;
+        let mut set = DomainSet::with_capacity(n_lines, text.len());
+        let mut buf = String::new();
         let mut n_bad = 0;
         for (line_idx, line) in text.lines().enumerate() {
             let content = line.find('#').map_or(line, |hash| &line[..hash]);
@@ -305,7 +308,7 @@ impl<'a> Compiler<'a> {
             if entry.is_empty() {
                 continue;
             }
-            match parse_host_pattern(entry) {
+            match parse_host_pattern(entry, &mut buf) {
                 Ok(pattern) => set.insert(pattern),
                 Err(reason) => {
                     n_bad += 1;
@@ -339,7 +342,7 @@ impl<'a> Compiler<'a> {
     fn rulesets(
         &mut self,
         rulesets: Vec<raw::Ruleset>,
-        lists: &HashMap<String, NamedList>,
+        lists: &HashMap<String, Arc<DomainSet>>,
         summary: &mut PolicySummary,
     ) -> Vec<Rule> {
         let mut compiled = Vec::new();
@@ -385,7 +388,7 @@ impl<'a> Compiler<'a> {
         &mut self,
         raw: raw::Rule,
         ruleset_name: &str,
-        lists: &HashMap<String, NamedList>,
+        lists: &HashMap<String, Arc<DomainSet>>,
     ) -> Option<(Rule, bool)> {
         let n_errors = self.errors.len();
         self.name(&raw.name, "rule");
@@ -460,10 +463,10 @@ impl<'a> Compiler<'a> {
     fn list_ref(
         &mut self,
         name: &Spanned<String>,
-        lists: &HashMap<String, NamedList>,
+        lists: &HashMap<String, Arc<DomainSet>>,
     ) -> Option<Arc<DomainSet>> {
         if let Some(list) = lists.get(name.get_ref()) {
-            return Some(Arc::clone(&list.set));
+            return Some(Arc::clone(list));
         }
         let mut known: Vec<&str> = lists.keys().map(String::as_str).collect();
         known.sort_unstable();

@@ -6,11 +6,15 @@
 //! - `*.cdn.*`: a glob, `*` matching any run of characters, dots included;
 //! - `192.0.2.7`, `2001:db8::1` or `[2001:db8::1]`: that IP-literal host only.
 //!
-//! Names and suffixes live in one hash map, so a lookup costs one probe per label of the host
-//! however large the set; globs cannot be hashed and sit in a short vec scanned in order.
+//! Names and suffixes live in one hash table, so a lookup costs one probe per label of the host
+//! however large the set; globs cannot be hashed and sit in a short vec scanned in order, and
+//! IP literals in a hash set of their own.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::hash::BuildHasher;
 use std::net::IpAddr;
+
+use hashbrown::{DefaultHashBuilder, HashTable};
 
 /// A host as the request names it, classified once per request.
 #[derive(Clone, Copy, Debug)]
@@ -38,12 +42,12 @@ impl<'a> Host<'a> {
     }
 }
 
-/// One validated pattern.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum HostPattern {
-    Exact(Box<str>),
-    Suffix(Box<str>),
-    Glob(Box<str>),
+/// One validated pattern, borrowing the lowercased text from the caller's buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HostPattern<'a> {
+    Exact(&'a str),
+    Suffix(&'a str),
+    Glob(&'a str),
     Ip(IpAddr),
 }
 
@@ -53,7 +57,13 @@ const MAX_NAME_LEN: usize = 253;
 const MAX_LABEL_LEN: usize = 63;
 
 /// Validates and normalises (lowercases) one pattern; `Err` is the reason, for an error message.
-pub(crate) fn parse_host_pattern(text: &str) -> Result<HostPattern, String> {
+///
+/// The lowercased text goes into `buf`, reused across calls, because a list file can hold a
+/// million patterns and a temporary allocation for each would add up.
+pub(crate) fn parse_host_pattern<'b>(
+    text: &str,
+    buf: &'b mut String,
+) -> Result<HostPattern<'b>, String> {
     if text.is_empty() {
         return Err("empty pattern".to_string());
     }
@@ -63,23 +73,27 @@ pub(crate) fn parse_host_pattern(text: &str) -> Result<HostPattern, String> {
             .map(|ip| HostPattern::Ip(IpAddr::V6(ip).to_canonical()))
             .map_err(|_| "brackets must hold an IPv6 address".to_string());
     }
-    if let Ok(ip) = text.parse::<IpAddr>() {
+    // Same cheap test as `Host::classify`: only these can be addresses.
+    let maybe_ip = text.contains(':') || text.as_bytes().last().is_some_and(u8::is_ascii_digit);
+    if maybe_ip && let Ok(ip) = text.parse::<IpAddr>() {
         return Ok(HostPattern::Ip(ip.to_canonical()));
     }
-    let lower = text.to_ascii_lowercase();
-    if let Some(domain) = lower.strip_prefix('.') {
+    buf.clear();
+    buf.push_str(text);
+    buf.make_ascii_lowercase();
+    if let Some(domain) = buf.strip_prefix('.') {
         if domain.contains('*') {
             return Err("a \".suffix\" pattern cannot also hold \"*\"".to_string());
         }
         check_name(domain, false)?;
-        return Ok(HostPattern::Suffix(domain.into()));
+        return Ok(HostPattern::Suffix(domain));
     }
-    let is_glob = lower.contains('*');
-    check_name(&lower, is_glob)?;
+    let is_glob = buf.contains('*');
+    check_name(buf, is_glob)?;
     Ok(if is_glob {
-        HostPattern::Glob(lower.into())
+        HostPattern::Glob(buf)
     } else {
-        HostPattern::Exact(lower.into())
+        HostPattern::Exact(buf)
     })
 }
 
@@ -93,6 +107,13 @@ pub(crate) fn check_name(name: &str, allow_star: bool) -> Result<(), String> {
     if name.len() > MAX_NAME_LEN {
         return Err(format!("longer than {MAX_NAME_LEN} characters"));
     }
+    let allowed = |b: u8| {
+        b.is_ascii_lowercase()
+            || b.is_ascii_digit()
+            || b == b'-'
+            || b == b'_'
+            || (allow_star && b == b'*')
+    };
     for label in name.split('.') {
         if label.is_empty() {
             return Err("empty label (\"..\", or a leading or trailing dot)".to_string());
@@ -102,77 +123,77 @@ pub(crate) fn check_name(name: &str, allow_star: bool) -> Result<(), String> {
                 "label \"{label}\" is longer than {MAX_LABEL_LEN} characters"
             ));
         }
-        let allowed = |c: char| {
-            c.is_ascii_lowercase()
-                || c.is_ascii_digit()
-                || c == '-'
-                || c == '_'
-                || (allow_star && c == '*')
-        };
-        let bad = label.chars().find(|&c| !allowed(c));
-        match bad {
-            None => {}
-            Some(' ') => return Err("contains a space".to_string()),
-            Some(c) if !c.is_ascii() => {
-                return Err(format!(
-                    "non-ASCII character '{c}': write the name in its xn-- (punycode) form"
-                ));
-            }
-            Some(c) => return Err(format!("invalid character '{c}'")),
+        if label.bytes().all(allowed) {
+            continue;
         }
+        // Slow path, errors only: find the offending character for the message.
+        let bad = label.chars().find(|&c| !c.is_ascii() || !allowed(c as u8));
+        return Err(match bad {
+            Some(' ') => "contains a space".to_string(),
+            Some(c) if !c.is_ascii() => {
+                format!("non-ASCII character '{c}': write the name in its xn-- (punycode) form")
+            }
+            Some(c) => format!("invalid character '{c}'"),
+            None => "invalid character".to_string(),
+        });
     }
     Ok(())
 }
 
-/// Bits of [`DomainSet::names`] values.
+/// Bits of [`NameEntry::kinds`].
 const EXACT: u8 = 1;
 const SUFFIX: u8 = 2;
 
 /// A set of host patterns, matched in well under a microsecond however many it holds.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct DomainSet {
-    /// Name -> `EXACT` and/or `SUFFIX`.
-    names: HashMap<Box<str>, u8>,
-    /// Whether any value has `SUFFIX`; without one the label walk is skipped.
+    names: NameTable,
+    /// Whether any name is a suffix; without one the label walk is skipped.
     has_suffix: bool,
     globs: Vec<Box<str>>,
     ips: HashSet<IpAddr>,
+    n_patterns: usize,
+}
+
+impl std::fmt::Debug for DomainSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DomainSet")
+            .field("patterns", &self.n_patterns)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DomainSet {
-    pub(crate) fn with_capacity(n: usize) -> Self {
+    /// `n` is the expected number of names, to size the table once.
+    pub(crate) fn with_capacity(n: usize, name_bytes: usize) -> Self {
         DomainSet {
-            names: HashMap::with_capacity(n),
+            names: NameTable::with_capacity(n, name_bytes),
             ..DomainSet::default()
         }
     }
 
-    pub(crate) fn insert(&mut self, pattern: HostPattern) {
-        match pattern {
-            HostPattern::Exact(name) => *self.names.entry(name).or_default() |= EXACT,
+    pub(crate) fn insert(&mut self, pattern: HostPattern<'_>) {
+        let added = match pattern {
+            HostPattern::Exact(name) => self.names.insert(name, EXACT),
             HostPattern::Suffix(name) => {
                 self.has_suffix = true;
-                *self.names.entry(name).or_default() |= SUFFIX;
+                self.names.insert(name, SUFFIX)
             }
             HostPattern::Glob(glob) => {
-                if !self.globs.contains(&glob) {
-                    self.globs.push(glob);
+                let added = !self.globs.iter().any(|g| **g == *glob);
+                if added {
+                    self.globs.push(glob.into());
                 }
+                added
             }
-            HostPattern::Ip(ip) => {
-                self.ips.insert(ip);
-            }
-        }
+            HostPattern::Ip(ip) => self.ips.insert(ip),
+        };
+        self.n_patterns += usize::from(added);
     }
 
     /// Distinct patterns held.
     pub(crate) fn len(&self) -> usize {
-        self.names
-            .values()
-            .map(|bits| bits.count_ones() as usize)
-            .sum::<usize>()
-            + self.globs.len()
-            + self.ips.len()
+        self.n_patterns
     }
 
     pub(crate) fn matches(&self, host: Host<'_>) -> bool {
@@ -184,7 +205,7 @@ impl DomainSet {
     }
 
     fn matches_name(&self, name: &str) -> bool {
-        if self.names.contains_key(name) {
+        if self.names.get(name).is_some() {
             return true;
         }
         if self.has_suffix {
@@ -192,7 +213,11 @@ impl DomainSet {
             let mut rest = name;
             while let Some(dot) = rest.find('.') {
                 rest = &rest[dot + 1..];
-                if self.names.get(rest).is_some_and(|bits| bits & SUFFIX != 0) {
+                if self
+                    .names
+                    .get(rest)
+                    .is_some_and(|kinds| kinds & SUFFIX != 0)
+                {
                     return true;
                 }
             }
@@ -200,6 +225,76 @@ impl DomainSet {
         self.globs
             .iter()
             .any(|glob| glob_match(glob.as_bytes(), name.as_bytes()))
+    }
+}
+
+/// A hash set of names with a bit set per name, every name stored in one string.
+#[derive(Default)]
+struct NameTable {
+    arena: String,
+    table: HashTable<NameEntry>,
+    hasher: DefaultHashBuilder,
+}
+
+#[derive(Clone, Copy)]
+struct NameEntry {
+    start: usize,
+    /// Names are at most `MAX_NAME_LEN` (253) bytes, checked before insertion.
+    len: u8,
+    kinds: u8,
+}
+
+impl NameTable {
+    fn with_capacity(n: usize, name_bytes: usize) -> Self {
+        NameTable {
+            arena: String::with_capacity(name_bytes),
+            table: HashTable::with_capacity(n),
+            hasher: DefaultHashBuilder::default(),
+        }
+    }
+
+    fn name(&self, entry: &NameEntry) -> &str {
+        &self.arena[entry.start..entry.start + usize::from(entry.len)]
+    }
+
+    /// Adds `kinds` to `name`'s bits; whether that added anything.
+    fn insert(&mut self, name: &str, kinds: u8) -> bool {
+        let Ok(len) = u8::try_from(name.len()) else {
+            // Unreachable after `check_name`; refusing beats truncating.
+            return false;
+        };
+        let hash = self.hasher.hash_one(name);
+        let NameTable {
+            arena,
+            table,
+            hasher,
+        } = self;
+        let entry = table.entry(
+            hash,
+            |e| &arena[e.start..e.start + usize::from(e.len)] == name,
+            |e| hasher.hash_one(&arena[e.start..e.start + usize::from(e.len)]),
+        );
+        match entry {
+            hashbrown::hash_table::Entry::Occupied(mut occupied) => {
+                let existing = occupied.get_mut();
+                let added = existing.kinds & kinds != kinds;
+                existing.kinds |= kinds;
+                added
+            }
+            hashbrown::hash_table::Entry::Vacant(vacant) => {
+                let start = arena.len();
+                arena.push_str(name);
+                vacant.insert(NameEntry { start, len, kinds });
+                true
+            }
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<u8> {
+        let hash = self.hasher.hash_one(name);
+        self.table
+            .find(hash, |e| self.name(e) == name)
+            .map(|e| e.kinds)
     }
 }
 
@@ -237,17 +332,22 @@ mod tests {
     use super::*;
 
     #[track_caller]
-    fn check_pattern(text: &str, expected: Result<HostPattern, &str>) {
-        assert_eq!(parse_host_pattern(text), expected.map_err(str::to_string));
+    fn check_pattern(text: &str, expected: Result<HostPattern<'_>, &str>) {
+        let mut buf = String::new();
+        assert_eq!(
+            parse_host_pattern(text, &mut buf),
+            expected.map_err(str::to_string)
+        );
     }
 
     #[test]
     fn patterns() {
         use HostPattern::*;
-        check_pattern("Example.COM", Ok(Exact("example.com".into())));
-        check_pattern(".example.com", Ok(Suffix("example.com".into())));
-        check_pattern("*.cdn.*", Ok(Glob("*.cdn.*".into())));
-        check_pattern("_dmarc.x-y.org", Ok(Exact("_dmarc.x-y.org".into())));
+        check_pattern("Example.COM", Ok(Exact("example.com")));
+        check_pattern(".example.com", Ok(Suffix("example.com")));
+        check_pattern("*.cdn.*", Ok(Glob("*.cdn.*")));
+        check_pattern("_dmarc.x-y.org", Ok(Exact("_dmarc.x-y.org")));
+        check_pattern("www.example.123", Ok(Exact("www.example.123")));
         check_pattern("10.0.0.1", Ok(Ip("10.0.0.1".parse().unwrap())));
         check_pattern("::1", Ok(Ip("::1".parse().unwrap())));
         check_pattern("[2001:DB8::1]", Ok(Ip("2001:db8::1".parse().unwrap())));
@@ -290,8 +390,9 @@ mod tests {
     #[track_caller]
     fn check_set(patterns: &[&str], host: &str, expected: bool) {
         let mut set = DomainSet::default();
+        let mut buf = String::new();
         for p in patterns {
-            set.insert(parse_host_pattern(p).unwrap());
+            set.insert(parse_host_pattern(p, &mut buf).unwrap());
         }
         assert_eq!(
             set.matches(Host::classify(host)),
@@ -324,6 +425,25 @@ mod tests {
         check_set(&["10.0.0.1"], "::ffff:10.0.0.1", true);
         // A name whose last label is numeric is not an address: it is matched as a name.
         check_set(&[".example.123"], "www.example.123", true);
+    }
+
+    #[test]
+    fn set_counts_distinct_patterns() {
+        let mut set = DomainSet::default();
+        let mut buf = String::new();
+        for p in [
+            "a.example",
+            "A.example",
+            ".a.example",
+            "*.x",
+            "*.x",
+            "10.0.0.1",
+            "::ffff:10.0.0.1",
+        ] {
+            set.insert(parse_host_pattern(p, &mut buf).unwrap());
+        }
+        // "a.example" exact and suffix count as two patterns; duplicates count once.
+        assert_eq!(set.len(), 4);
     }
 
     #[track_caller]

@@ -2,8 +2,9 @@
 //! [`Verdict`] per request.
 //!
 //! **Architecture Invariant:** evaluation is pure. [`CompiledPolicy::evaluate`] and the other
-//! per-request queries do no I/O, take no locks, read no clock and allocate nothing; all
-//! parsing, validation and file reading happens once, in [`compile`]. The proxy holds the
+//! per-request queries do no I/O, read no clock and allocate nothing (a `path_regex` only
+//! borrows scratch space from the `regex` crate's pool); all parsing, validation and file
+//! reading happens once, in [`compile`]. The proxy holds the
 //! compiled policy in an `Arc` behind an atomic swap, so a new policy is either fully valid
 //! and live at once or refused with every problem listed, and the last good one keeps serving.
 //!

@@ -646,6 +646,18 @@ fn toml_syntax_errors() {
 }
 
 #[test]
+fn duplicate_list_names_are_duplicate_keys() {
+    check_errors(
+        "[lists]\nsocial = [\"a.example\"]\nsocial = [\"b.example\"]\n",
+        &["/etc/palisade/policy.toml:3:1: duplicate key `social`"],
+    );
+    check_errors(
+        "[lists]\nsocial = [\"a.example\"]\n[lists]\nother = []\n",
+        &["/etc/palisade/policy.toml:3:2: duplicate key `lists`"],
+    );
+}
+
+#[test]
 fn unknown_keys_and_wrong_types_name_the_key() {
     check_errors(
         r#"default_acton = "block"

@@ -175,9 +175,10 @@ impl AccessLog {
 
 fn open(target: &LogTarget) -> std::io::Result<Box<dyn std::io::Write + Send>> {
     Ok(match target {
-        LogTarget::Off | LogTarget::Stdout => {
-            Box::new(std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()))
-        }
+        LogTarget::Off | LogTarget::Stdout => Box::new(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stdout(),
+        )),
         LogTarget::File(path) => {
             let file = std::fs::OpenOptions::new()
                 .create(true)

@@ -65,7 +65,15 @@ pub(crate) async fn serve_connection(
             HeadRead::Invalid(error) => {
                 let mut exchange = Exchange::new(&proxy, &client, "-", "-".to_owned());
                 exchange.reason = error.to_string();
-                respond_error(&proxy, &mut client, &mut exchange, error.status(), &error.to_string(), true).await;
+                respond_error(
+                    &proxy,
+                    &mut client,
+                    &mut exchange,
+                    error.status(),
+                    &error.to_string(),
+                    true,
+                )
+                .await;
                 proxy.finish(exchange);
                 break;
             }
@@ -274,7 +282,17 @@ async fn handle_request(
     let client_ip = canonical(client.addr.ip());
     if !policy.client_allowed(client_ip) {
         let reason = format!("client {client_ip} is not allowed to use this proxy");
-        return refuse(proxy, client, exchange, &head, 403, Decision::Deny, reason, true).await;
+        return refuse(
+            proxy,
+            client,
+            exchange,
+            &head,
+            403,
+            Decision::Deny,
+            reason,
+            true,
+        )
+        .await;
     }
     if head.method() == "CONNECT" {
         return handle_connect(proxy, client, head, exchange, &policy).await;
@@ -282,18 +300,48 @@ async fn handle_request(
     let target = match parse_absolute(head.target()) {
         Ok(target) => target,
         Err(error) => {
-            return refuse(proxy, client, exchange, &head, 400, Decision::Error, error.to_string(), true).await;
+            return refuse(
+                proxy,
+                client,
+                exchange,
+                &head,
+                400,
+                Decision::Error,
+                error.to_string(),
+                true,
+            )
+            .await;
         }
     };
     if is_our_via(proxy, &head) {
         let reason = "forwarding loop detected (our own Via header)".to_owned();
-        return refuse(proxy, client, exchange, &head, 508, Decision::Deny, reason, true).await;
+        return refuse(
+            proxy,
+            client,
+            exchange,
+            &head,
+            508,
+            Decision::Deny,
+            reason,
+            true,
+        )
+        .await;
     }
     let max_forwards = match max_forwards(&head) {
         Ok(value) => value,
         Err(()) => {
             let reason = "invalid Max-Forwards".to_owned();
-            return refuse(proxy, client, exchange, &head, 400, Decision::Error, reason, true).await;
+            return refuse(
+                proxy,
+                client,
+                exchange,
+                &head,
+                400,
+                Decision::Error,
+                reason,
+                true,
+            )
+            .await;
         }
     };
     if max_forwards == Some(0) {
@@ -316,10 +364,30 @@ async fn handle_request(
         Ok(addresses) => addresses,
         Err(refusal) => {
             let (status, decision) = refusal.status();
-            return refuse(proxy, client, exchange, &head, status, decision, refusal.to_string(), false).await;
+            return refuse(
+                proxy,
+                client,
+                exchange,
+                &head,
+                status,
+                decision,
+                refusal.to_string(),
+                false,
+            )
+            .await;
         }
     };
-    forward(proxy, client, head, target, &addresses, exchange, max_forwards, shutdown).await
+    forward(
+        proxy,
+        client,
+        head,
+        target,
+        &addresses,
+        exchange,
+        max_forwards,
+        shutdown,
+    )
+    .await
 }
 
 /// Our Via entry already present means this request went round a loop back to us.
@@ -347,7 +415,9 @@ fn max_forwards(head: &Head) -> Result<Option<u64>, ()> {
     if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
         return Err(());
     }
-    Ok(Some(value.iter().fold(0u64, |acc, digit| acc * 10 + u64::from(digit - b'0'))))
+    Ok(Some(value.iter().fold(0u64, |acc, digit| {
+        acc * 10 + u64::from(digit - b'0')
+    })))
 }
 
 /// RFC 9110 9.3.7/9.3.8: with Max-Forwards 0 the proxy is the final recipient.
@@ -359,13 +429,32 @@ async fn answer_max_forwards(
 ) -> bool {
     if head.framing != Framing::Empty {
         let reason = "OPTIONS/TRACE with a body is not supported".to_owned();
-        return refuse(proxy, client, exchange, head, 400, Decision::Error, reason, true).await;
+        return refuse(
+            proxy,
+            client,
+            exchange,
+            head,
+            400,
+            Decision::Error,
+            reason,
+            true,
+        )
+        .await;
     }
     let keep_alive = client_wants_keep_alive(head);
-    let connection = if keep_alive { "" } else { "Connection: close\r\n" };
+    let connection = if keep_alive {
+        ""
+    } else {
+        "Connection: close\r\n"
+    };
     let response = if head.method() == "TRACE" {
         // Echo the request, minus credentials (RFC 9110 9.3.8 SHOULD).
-        let mut echo = format!("{} {} {}\r\n", head.method(), head.target(), head.version.as_str());
+        let mut echo = format!(
+            "{} {} {}\r\n",
+            head.method(),
+            head.target(),
+            head.version.as_str()
+        );
         for (name, value) in head.headers() {
             let name = String::from_utf8_lossy(name);
             if ["authorization", "proxy-authorization", "cookie"]
@@ -471,11 +560,13 @@ async fn vet_destination(
             });
             continue;
         }
-        let class = if proxy.own_addresses.contains(judged) {
-            Some(DeniedClass::OwnAddress)
-        } else {
-            classify(judged)
-        };
+        // The specific class (loopback, private, ...) tells the operator more than "own".
+        let class = classify(judged).or_else(|| {
+            proxy
+                .own_addresses
+                .contains(judged)
+                .then_some(DeniedClass::OwnAddress)
+        });
         match class {
             None => vetted.push(ip),
             Some(_) if policy.destination_exempt(judged) => vetted.push(ip),
@@ -534,18 +625,51 @@ async fn handle_connect(
     let authority = match parse_connect(head.target()) {
         Ok(authority) => authority,
         Err(error) => {
-            refuse(proxy, client, exchange, &head, 400, Decision::Error, error.to_string(), true).await;
+            refuse(
+                proxy,
+                client,
+                exchange,
+                &head,
+                400,
+                Decision::Error,
+                error.to_string(),
+                true,
+            )
+            .await;
             return false;
         }
     };
     if head.framing != Framing::Empty {
         let reason = "CONNECT with a request body".to_owned();
-        refuse(proxy, client, exchange, &head, 400, Decision::Error, reason, true).await;
+        refuse(
+            proxy,
+            client,
+            exchange,
+            &head,
+            400,
+            Decision::Error,
+            reason,
+            true,
+        )
+        .await;
         return false;
     }
     if !policy.connect_port_allowed(authority.port) {
-        let reason = format!("CONNECT to port {} is not allowed by policy", authority.port);
-        refuse(proxy, client, exchange, &head, 403, Decision::Deny, reason, true).await;
+        let reason = format!(
+            "CONNECT to port {} is not allowed by policy",
+            authority.port
+        );
+        refuse(
+            proxy,
+            client,
+            exchange,
+            &head,
+            403,
+            Decision::Deny,
+            reason,
+            true,
+        )
+        .await;
         return false;
     }
     let host = authority.host.policy_form();
@@ -567,7 +691,17 @@ async fn handle_connect(
         Ok(addresses) => addresses,
         Err(refusal) => {
             let (status, decision) = refusal.status();
-            refuse(proxy, client, exchange, &head, status, decision, refusal.to_string(), true).await;
+            refuse(
+                proxy,
+                client,
+                exchange,
+                &head,
+                status,
+                decision,
+                refusal.to_string(),
+                true,
+            )
+            .await;
             return false;
         }
     };
@@ -579,7 +713,17 @@ async fn handle_connect(
         Ok(upstream) => upstream,
         Err(error) => {
             let status = connect_failure(&error);
-            refuse(proxy, client, exchange, &head, status, Decision::Error, error.to_string(), true).await;
+            refuse(
+                proxy,
+                client,
+                exchange,
+                &head,
+                status,
+                Decision::Error,
+                error.to_string(),
+                true,
+            )
+            .await;
             return false;
         }
     };
@@ -694,14 +838,35 @@ async fn forward(
                 Ok(conn) => conn,
                 Err(error) => {
                     let status = connect_failure(&error);
-                    return refuse(proxy, client, exchange, &head, status, Decision::Error, error.to_string(), false).await;
+                    return refuse(
+                        proxy,
+                        client,
+                        exchange,
+                        &head,
+                        status,
+                        Decision::Error,
+                        error.to_string(),
+                        false,
+                    )
+                    .await;
                 }
             },
         };
-        match send_request(proxy, client, &mut upstream, &head, &request_head, &mut exchange).await {
+        match send_request(
+            proxy,
+            client,
+            &mut upstream,
+            &head,
+            &request_head,
+            &mut exchange,
+        )
+        .await
+        {
             Ok((response, body_state)) => break (upstream, response, body_state),
             Err(error)
-                if upstream.reused && head.framing == Framing::Empty && error.is_stale_connection() =>
+                if upstream.reused
+                    && head.framing == Framing::Empty
+                    && error.is_stale_connection() =>
             {
                 // Only bodiless requests are retried, so nothing the client sent is lost.
                 allow_reuse = false;
@@ -714,7 +879,15 @@ async fn forward(
                     error,
                     ExchangeError::ClientIo(_) | ExchangeError::ClientClosedEarly
                 ) {
-                    respond_error(proxy, client, &mut exchange, error.status(), &error.to_string(), close).await;
+                    respond_error(
+                        proxy,
+                        client,
+                        &mut exchange,
+                        error.status(),
+                        &error.to_string(),
+                        close,
+                    )
+                    .await;
                 } else {
                     exchange.status = 499;
                 }
@@ -742,13 +915,19 @@ async fn forward(
     // The request body is complete, or abandoned because the origin answered early; in
     // that case neither connection can be reused.
     let request_complete = body_state == BodyState::Complete;
-    let client_keep_alive = request_complete
-        && client_wants_keep_alive(&head)
-        && !shutdown.is_cancelled();
+    let client_keep_alive =
+        request_complete && client_wants_keep_alive(&head) && !shutdown.is_cancelled();
     let (client_framing, client_keep_alive) =
         client_framing(&response, head.version, client_keep_alive);
     let mut out = BytesMut::with_capacity(512);
-    write_response_head(proxy, &response, head.version, client_framing, client_keep_alive, &mut out);
+    write_response_head(
+        proxy,
+        &response,
+        head.version,
+        client_framing,
+        client_keep_alive,
+        &mut out,
+    );
     let result = copy_response_body(
         proxy,
         &mut upstream,
@@ -910,9 +1089,15 @@ where
                     Decoded::Data(data) => {
                         out.clear();
                         encode_chunk_header(data.len(), &mut out);
-                        to.write_all(&out).await.map_err(ExchangeError::UpstreamIo)?;
-                        to.write_all(&data).await.map_err(ExchangeError::UpstreamIo)?;
-                        to.write_all(b"\r\n").await.map_err(ExchangeError::UpstreamIo)?;
+                        to.write_all(&out)
+                            .await
+                            .map_err(ExchangeError::UpstreamIo)?;
+                        to.write_all(&data)
+                            .await
+                            .map_err(ExchangeError::UpstreamIo)?;
+                        to.write_all(b"\r\n")
+                            .await
+                            .map_err(ExchangeError::UpstreamIo)?;
                     }
                     Decoded::NeedMore => {
                         fill(from, buf, BODY_CHUNK, read_timeout)
@@ -995,7 +1180,9 @@ where
             match fill(from, buf, READ_CHUNK, read_timeout).await {
                 Ok(_) => {}
                 // A reused connection closed before any byte of the response: stale.
-                Err(FillError::Closed) if was_empty => return Err(ExchangeError::UpstreamClosedEarly),
+                Err(FillError::Closed) if was_empty => {
+                    return Err(ExchangeError::UpstreamClosedEarly);
+                }
                 Err(FillError::Closed) => {
                     return Err(ExchangeError::BadResponse(HeadError::InvalidStatusLine));
                 }
@@ -1010,7 +1197,10 @@ where
         }
         // Interim responses: relay to HTTP/1.1 clients only (RFC 9110 15.2).
         if request.version == Version::Http11 {
-            let line = format!("HTTP/1.1 {status} {}\r\n\r\n", String::from_utf8_lossy(response.reason()));
+            let line = format!(
+                "HTTP/1.1 {status} {}\r\n\r\n",
+                String::from_utf8_lossy(response.reason())
+            );
             client
                 .write_all(line.as_bytes())
                 .await
@@ -1029,7 +1219,11 @@ enum ClientFraming {
     UntilClose,
 }
 
-fn client_framing(response: &Head, client_version: Version, keep_alive: bool) -> (ClientFraming, bool) {
+fn client_framing(
+    response: &Head,
+    client_version: Version,
+    keep_alive: bool,
+) -> (ClientFraming, bool) {
     match response.framing {
         Framing::Empty => (ClientFraming::Empty, keep_alive),
         Framing::Length(length) => (ClientFraming::Length(length), keep_alive),

@@ -67,7 +67,11 @@ pub fn error_response(status: u16, detail: &str, stamp: Stamp<'_>, close: bool) 
         escape(stamp.node),
         escape(stamp.request_id),
     );
-    let extra = if status == 503 { "Retry-After: 5\r\n" } else { "" };
+    let extra = if status == 503 {
+        "Retry-After: 5\r\n"
+    } else {
+        ""
+    };
     html_response(status, &body, stamp, close, extra)
 }
 

@@ -73,15 +73,25 @@ impl ProxyMetrics {
         metrics
     }
 
-    pub fn record_request(&self, decision: &'static str, status: u16, from_client: u64, to_client: u64) {
+    pub fn record_request(
+        &self,
+        decision: &'static str,
+        status: u16,
+        from_client: u64,
+        to_client: u64,
+    ) {
         self.requests
             .get_or_create(&RequestLabels { decision, status })
             .inc();
         self.bytes
-            .get_or_create(&DirectionLabels { direction: "from_client" })
+            .get_or_create(&DirectionLabels {
+                direction: "from_client",
+            })
             .inc_by(from_client);
         self.bytes
-            .get_or_create(&DirectionLabels { direction: "to_client" })
+            .get_or_create(&DirectionLabels {
+                direction: "to_client",
+            })
             .inc_by(to_client);
     }
 }

@@ -140,9 +140,7 @@ impl OwnAddresses {
 /// IPv4-mapped IPv6 addresses become IPv4; everything else is unchanged.
 pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(IpAddr::V6(v6), IpAddr::V4),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     }
 }
@@ -197,8 +195,18 @@ mod tests {
 
     #[test]
     fn own_addresses_match_mapped_forms() {
-        let own = OwnAddresses::new(vec!["192.0.2.7".parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))]);
-        assert!(own.contains("::ffff:192.0.2.7".parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))));
+        let own = OwnAddresses::new(vec![
+            "192.0.2.7"
+                .parse()
+                .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        ]);
+        assert!(
+            own.contains(
+                "::ffff:192.0.2.7"
+                    .parse()
+                    .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+            )
+        );
         assert!(!own.contains(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 8))));
     }
 

@@ -126,7 +126,10 @@ pub fn parse_connect(target: &str) -> Result<Authority, TargetError> {
 }
 
 /// `host [":" port]`; `default_port` of `None` makes the port mandatory.
-pub fn parse_authority(authority: &str, default_port: Option<u16>) -> Result<Authority, TargetError> {
+pub fn parse_authority(
+    authority: &str,
+    default_port: Option<u16>,
+) -> Result<Authority, TargetError> {
     if authority.contains('@') {
         return Err(TargetError::UserInfo);
     }
@@ -223,7 +226,10 @@ mod tests {
         check_absolute("http://example.com?x", Ok(("example.com", 80, "/?x")));
         check_absolute("http://127.0.0.1:8080/", Ok(("127.0.0.1", 8080, "/")));
         check_absolute("http://[::1]:8080/", Ok(("[::1]", 8080, "/")));
-        check_absolute("http://[::ffff:10.0.0.1]/", Ok(("[::ffff:10.0.0.1]", 80, "/")));
+        check_absolute(
+            "http://[::ffff:10.0.0.1]/",
+            Ok(("[::ffff:10.0.0.1]", 80, "/")),
+        );
         check_absolute("https://example.com/", Err(HttpsScheme));
         check_absolute("ftp://example.com/", Err(NotAbsoluteHttp));
         check_absolute("/relative", Err(NotAbsoluteHttp));
@@ -264,6 +270,9 @@ mod tests {
             parse_connect("http://example.com:443"),
             Err(TargetError::InvalidConnectTarget)
         );
-        assert_eq!(parse_connect("example.com:x"), Err(TargetError::InvalidPort));
+        assert_eq!(
+            parse_connect("example.com:x"),
+            Err(TargetError::InvalidPort)
+        );
     }
 }

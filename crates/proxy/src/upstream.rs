@@ -148,7 +148,8 @@ impl Pool {
                 state.total -= 1;
                 idle
             };
-            if now.duration_since(idle.since) >= self.settings.idle_timeout || !is_alive(&idle.stream)
+            if now.duration_since(idle.since) >= self.settings.idle_timeout
+                || !is_alive(&idle.stream)
             {
                 continue;
             }

@@ -22,7 +22,9 @@ enum State {
     /// Expecting the CRLF that ends chunk data.
     DataEnd,
     /// After the last chunk: trailer lines until an empty line.
-    Trailers { seen: usize },
+    Trailers {
+        seen: usize,
+    },
     Done,
 }
 
@@ -161,7 +163,9 @@ fn parse_size_line(line: &[u8]) -> Result<u64, ChunkError> {
     }
     let mut size: u64 = 0;
     for digit in &line[..digits_end] {
-        let value = (*digit as char).to_digit(16).ok_or(ChunkError::InvalidSize)?;
+        let value = (*digit as char)
+            .to_digit(16)
+            .ok_or(ChunkError::InvalidSize)?;
         size = size
             .checked_mul(16)
             .and_then(|size| size.checked_add(u64::from(value)))

@@ -173,6 +173,9 @@ pub fn find_head_end(
                 }
                 // "\r\n\r\n" ends the head.
                 if index >= 3 && &buf[index - 3..index] == b"\r\n\r" {
+                    if index + 1 > max_head_bytes {
+                        return Err(HeadError::TooLarge);
+                    }
                     *scanned = index + 1;
                     return Ok(Some(index + 1));
                 }
@@ -192,6 +195,9 @@ pub fn find_head_end(
             _ => {}
         }
         index += 1;
+        if index > max_head_bytes {
+            return Err(HeadError::TooLarge);
+        }
     }
     *scanned = index;
     if index >= max_head_bytes {
@@ -221,7 +227,11 @@ pub fn parse_request(raw: Bytes, limits: HeadLimits) -> Result<Head, HeadError> 
     if target.is_empty() || !target.bytes().all(|byte| (0x21..=0x7e).contains(&byte)) {
         return Err(HeadError::InvalidTarget);
     }
-    let version = if minor == 1 { Version::Http11 } else { Version::Http10 };
+    let version = if minor == 1 {
+        Version::Http11
+    } else {
+        Version::Http10
+    };
     let first = range_of(&raw, method.as_bytes());
     let second = range_of(&raw, target.as_bytes());
     let headers = header_positions(&raw, request.headers)?;
@@ -265,7 +275,11 @@ pub fn parse_response(
         return Err(HeadError::InvalidStatusLine);
     }
     let reason = response.reason.unwrap_or("");
-    let version = if minor == 1 { Version::Http11 } else { Version::Http10 };
+    let version = if minor == 1 {
+        Version::Http11
+    } else {
+        Version::Http10
+    };
     // httparse checked the status is exactly three digits; find them after the version.
     let code_start = "HTTP/1.x ".len() as u32;
     let first = (code_start, code_start + 3);
@@ -310,8 +324,7 @@ fn request_framing(head: &Head) -> Result<Framing, HeadError> {
         (None, None) => {
             // An HTTP/1.0 client sending a body without a length means "until I close", which a
             // request cannot be: refuse instead of guessing where the next request starts.
-            if head.version == Version::Http10
-                && matches!(head.method(), "POST" | "PUT" | "PATCH")
+            if head.version == Version::Http10 && matches!(head.method(), "POST" | "PUT" | "PATCH")
             {
                 return Err(HeadError::CloseDelimitedRequestBody);
             }
@@ -532,22 +545,52 @@ mod tests {
     fn smuggling_shapes_are_refused() {
         use HeadError::*;
         let cases: &[(&str, HeadError)] = &[
-            ("Content-Length: 5\r\nTransfer-Encoding: chunked\r\n", ContentLengthWithTransferEncoding),
-            ("Content-Length: 5\r\nContent-Length: 5\r\n", DuplicateContentLength),
+            (
+                "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+                ContentLengthWithTransferEncoding,
+            ),
+            (
+                "Content-Length: 5\r\nContent-Length: 5\r\n",
+                DuplicateContentLength,
+            ),
             ("Content-Length: 5, 5\r\n", DuplicateContentLength),
-            ("Content-Length: 5\r\nContent-Length: 6\r\n", DuplicateContentLength),
+            (
+                "Content-Length: 5\r\nContent-Length: 6\r\n",
+                DuplicateContentLength,
+            ),
             ("Content-Length: \r\n", InvalidContentLength),
             ("Content-Length: +5\r\n", InvalidContentLength),
             ("Content-Length: -5\r\n", InvalidContentLength),
             ("Content-Length: 0x5\r\n", InvalidContentLength),
             ("Content-Length: 5 5\r\n", InvalidContentLength),
-            ("Content-Length: 99999999999999999999\r\n", InvalidContentLength),
-            ("Transfer-Encoding: gzip, chunked\r\n", UnsupportedTransferEncoding),
-            ("Transfer-Encoding: chunked, chunked\r\n", UnsupportedTransferEncoding),
-            ("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", UnsupportedTransferEncoding),
-            ("Transfer-Encoding: identity\r\n", UnsupportedTransferEncoding),
-            ("Transfer-Encoding: xchunked\r\n", UnsupportedTransferEncoding),
-            ("Transfer-Encoding: \"chunked\"\r\n", UnsupportedTransferEncoding),
+            (
+                "Content-Length: 99999999999999999999\r\n",
+                InvalidContentLength,
+            ),
+            (
+                "Transfer-Encoding: gzip, chunked\r\n",
+                UnsupportedTransferEncoding,
+            ),
+            (
+                "Transfer-Encoding: chunked, chunked\r\n",
+                UnsupportedTransferEncoding,
+            ),
+            (
+                "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+                UnsupportedTransferEncoding,
+            ),
+            (
+                "Transfer-Encoding: identity\r\n",
+                UnsupportedTransferEncoding,
+            ),
+            (
+                "Transfer-Encoding: xchunked\r\n",
+                UnsupportedTransferEncoding,
+            ),
+            (
+                "Transfer-Encoding: \"chunked\"\r\n",
+                UnsupportedTransferEncoding,
+            ),
             ("X-A: b\r\n c\r\n", InvalidHeaderName),
             ("Content-Length : 5\r\n", InvalidHeaderName),
             ("X-A\x01: b\r\n", InvalidHeaderName),
@@ -572,14 +615,23 @@ mod tests {
         check_err("GET http://a.test/ HTTP/1.1\nHost: a\n\n", BareLf);
         check_err("GET http://a.test/ HTTP/1.1\r\nHost: a\r\n\n", BareLf);
         check_err("GET http://a.test/ HTTP/1.1\rHost: a\r\n\r\n", BareCr);
-        check_err("GET http://a.test/ HTTP/2.0\r\nHost: a\r\n\r\n", UnsupportedVersion);
+        check_err(
+            "GET http://a.test/ HTTP/2.0\r\nHost: a\r\n\r\n",
+            UnsupportedVersion,
+        );
         check_err("GET http://a.test/ HTTP/1.1\r\n\r\n", MissingHost);
         check_err(
             "POST http://a.test/ HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
             TransferEncodingInHttp10,
         );
-        check_err("POST http://a.test/ HTTP/1.0\r\n\r\n", CloseDelimitedRequestBody);
-        check_err("GET http://a.test/\x7f HTTP/1.1\r\nHost: a\r\n\r\n", InvalidRequestLine);
+        check_err(
+            "POST http://a.test/ HTTP/1.0\r\n\r\n",
+            CloseDelimitedRequestBody,
+        );
+        check_err(
+            "GET http://a.test/\x7f HTTP/1.1\r\nHost: a\r\n\r\n",
+            InvalidRequestLine,
+        );
     }
 
     #[test]
@@ -626,7 +678,9 @@ mod tests {
             )
         };
         let head = response("HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n", "GET");
-        assert!(matches!(head, Ok(ref head) if head.framing == Framing::Length(7) && head.status() == 200 && head.reason() == b"OK"));
+        assert!(
+            matches!(head, Ok(ref head) if head.framing == Framing::Length(7) && head.status() == 200 && head.reason() == b"OK")
+        );
         let head = response("HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n", "HEAD");
         assert!(matches!(head, Ok(ref head) if head.framing == Framing::Empty));
         let head = response("HTTP/1.1 204 No Content\r\n\r\n", "GET");

@@ -1,0 +1,205 @@
+//! A palisade node as a child process, with its own data directory and free ports.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
+
+/// A free port on 127.0.0.1 (bound and released; a race with another process is possible
+/// but the start-up check below would report it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .unwrap_or_else(|error| panic!("no free port: {error}"))
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            NEXT_DIR.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap_or_else(|error| panic!("temp dir: {error}"));
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub struct NodeProcess {
+    child: Child,
+    pub dir: TempDir,
+    pub proxy: SocketAddr,
+    pub test_port: SocketAddr,
+    pub admin: SocketAddr,
+    pub policy_path: PathBuf,
+}
+
+impl NodeProcess {
+    /// Starts `binary run` with a config of free ports plus `extra_config` (TOML appended
+    /// to the `[proxy]` table unless it opens its own tables), and `policy` as policy file.
+    pub fn start(binary: &str, extra_config: &str, policy: &str) -> NodeProcess {
+        let dir = TempDir::new("palisade-e2e");
+        let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let test_port = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let policy_path = dir.0.join("policy.toml");
+        std::fs::write(&policy_path, policy).unwrap_or_else(|error| panic!("policy: {error}"));
+        let config = format!(
+            "[node]\nhostname = \"test-node\"\ndata_dir = {data:?}\n\n[policy]\nfile = {policy:?}\npoll_interval = \"100ms\"\n\n[admin]\nlisten = \"{admin}\"\n\n[proxy]\nlisten = [\"{proxy}\"]\ntest_listen = [\"{test_port}\"]\n{extra_config}\n",
+            data = dir.0.join("data"),
+            policy = policy_path,
+        );
+        let config_path = dir.0.join("palisade.toml");
+        std::fs::write(&config_path, config).unwrap_or_else(|error| panic!("config: {error}"));
+        let stderr = std::fs::File::create(dir.0.join("stderr.log"))
+            .unwrap_or_else(|error| panic!("stderr log: {error}"));
+        let child = Command::new(binary)
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start {binary}: {error}"));
+        let mut node = NodeProcess {
+            child,
+            dir,
+            proxy,
+            test_port,
+            admin,
+            policy_path,
+        };
+        node.wait_listening();
+        node
+    }
+
+    fn wait_listening(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("palisade exited at start ({status}):\n{}", self.stderr());
+            }
+            let up = [self.proxy, self.test_port, self.admin]
+                .iter()
+                .all(|addr| std::net::TcpStream::connect(addr).is_ok());
+            if up {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("palisade did not listen within 15 s:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("stderr.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name ("TERM", "HUP", "KILL").
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap_or_else(|error| panic!("kill: {error}"));
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit; `None` if it is still running at the deadline.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The access log records written so far (JSON lines).
+    pub fn access_log(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.0.join("data").join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+
+    /// Waits until an access log record satisfies `predicate`.
+    pub fn wait_access_log(
+        &self,
+        predicate: impl Fn(&serde_json::Value) -> bool,
+        timeout: Duration,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(record) = self
+                .access_log()
+                .into_iter()
+                .find(|record| predicate(record))
+            {
+                return record;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no matching access log record within {timeout:?}; have:\n{:#?}",
+                    self.access_log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until the diagnostic log contains `text`.
+    pub fn wait_stderr(&self, text: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.stderr().contains(text) {
+            if Instant::now() > deadline {
+                panic!("{text:?} not logged within {timeout:?}:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Resident memory of the process, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
