@@ -243,16 +243,34 @@ async fn respond_error(
 
 /// Refuses a request without forwarding it. Returns whether the connection stays usable:
 /// only when the request had no body (nothing left unread) and `close` was not asked for.
+/// A refusal: status, how the access log classes it, and why.
+struct Denial {
+    status: u16,
+    decision: Decision,
+    reason: String,
+}
+
+fn denial(status: u16, decision: Decision, reason: impl Into<String>) -> Denial {
+    Denial {
+        status,
+        decision,
+        reason: reason.into(),
+    }
+}
+
 async fn refuse(
     proxy: &Proxy,
     client: &mut Client,
     mut exchange: Exchange,
     head: &Head,
-    status: u16,
-    decision: Decision,
-    reason: String,
+    denial: Denial,
     close: bool,
 ) -> bool {
+    let Denial {
+        status,
+        decision,
+        reason,
+    } = denial;
     let close = close || head.framing != Framing::Empty || !client_wants_keep_alive(head);
     exchange.decision = decision;
     respond_error(proxy, client, &mut exchange, status, &reason, close).await;
@@ -287,9 +305,7 @@ async fn handle_request(
             client,
             exchange,
             &head,
-            403,
-            Decision::Deny,
-            reason,
+            denial(403, Decision::Deny, reason),
             true,
         )
         .await;
@@ -305,9 +321,7 @@ async fn handle_request(
                 client,
                 exchange,
                 &head,
-                400,
-                Decision::Error,
-                error.to_string(),
+                denial(400, Decision::Error, error.to_string()),
                 true,
             )
             .await;
@@ -320,9 +334,7 @@ async fn handle_request(
             client,
             exchange,
             &head,
-            508,
-            Decision::Deny,
-            reason,
+            denial(508, Decision::Deny, reason),
             true,
         )
         .await;
@@ -336,9 +348,7 @@ async fn handle_request(
                 client,
                 exchange,
                 &head,
-                400,
-                Decision::Error,
-                reason,
+                denial(400, Decision::Error, reason),
                 true,
             )
             .await;
@@ -369,9 +379,7 @@ async fn handle_request(
                 client,
                 exchange,
                 &head,
-                status,
-                decision,
-                refusal.to_string(),
+                denial(status, decision, refusal.to_string()),
                 false,
             )
             .await;
@@ -434,9 +442,7 @@ async fn answer_max_forwards(
             client,
             exchange,
             head,
-            400,
-            Decision::Error,
-            reason,
+            denial(400, Decision::Error, reason),
             true,
         )
         .await;
@@ -630,9 +636,7 @@ async fn handle_connect(
                 client,
                 exchange,
                 &head,
-                400,
-                Decision::Error,
-                error.to_string(),
+                denial(400, Decision::Error, error.to_string()),
                 true,
             )
             .await;
@@ -646,9 +650,7 @@ async fn handle_connect(
             client,
             exchange,
             &head,
-            400,
-            Decision::Error,
-            reason,
+            denial(400, Decision::Error, reason),
             true,
         )
         .await;
@@ -664,9 +666,7 @@ async fn handle_connect(
             client,
             exchange,
             &head,
-            403,
-            Decision::Deny,
-            reason,
+            denial(403, Decision::Deny, reason),
             true,
         )
         .await;
@@ -696,9 +696,7 @@ async fn handle_connect(
                 client,
                 exchange,
                 &head,
-                status,
-                decision,
-                refusal.to_string(),
+                denial(status, decision, refusal.to_string()),
                 true,
             )
             .await;
@@ -718,9 +716,7 @@ async fn handle_connect(
                 client,
                 exchange,
                 &head,
-                status,
-                Decision::Error,
-                error.to_string(),
+                denial(status, Decision::Error, error.to_string()),
                 true,
             )
             .await;
@@ -843,9 +839,7 @@ async fn forward(
                         client,
                         exchange,
                         &head,
-                        status,
-                        Decision::Error,
-                        error.to_string(),
+                        denial(status, Decision::Error, error.to_string()),
                         false,
                     )
                     .await;
@@ -1316,12 +1310,10 @@ fn build_upstream_request(
         Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         Framing::Empty | Framing::UntilClose => {}
     }
-    if upgrade {
-        if let Some(value) = head.header("upgrade") {
-            out.extend_from_slice(b"Connection: upgrade\r\nUpgrade: ");
-            out.extend_from_slice(value);
-            out.extend_from_slice(b"\r\n");
-        }
+    if let (true, Some(value)) = (upgrade, head.header("upgrade")) {
+        out.extend_from_slice(b"Connection: upgrade\r\nUpgrade: ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
     out
@@ -1406,14 +1398,14 @@ async fn copy_response_body(
             }
             send!(&out);
             while remaining > 0 {
-                if buf.is_empty() {
-                    if let Err(error) = fill(stream, buf, BODY_CHUNK, read_timeout).await {
-                        let error = match error {
-                            FillError::Closed => ExchangeError::UpstreamBodyTruncated,
-                            other => upstream_read_error(other, read_timeout),
-                        };
-                        return Err((sent, error));
-                    }
+                if buf.is_empty()
+                    && let Err(error) = fill(stream, buf, BODY_CHUNK, read_timeout).await
+                {
+                    let error = match error {
+                        FillError::Closed => ExchangeError::UpstreamBodyTruncated,
+                        other => upstream_read_error(other, read_timeout),
+                    };
+                    return Err((sent, error));
                 }
                 let take = remaining.min(buf.len() as u64) as usize;
                 send!(&buf[..take]);

@@ -57,8 +57,9 @@ pub struct ConnectionFlags {
 #[derive(Clone, Debug)]
 pub struct Head {
     raw: Bytes,
-    /// Request: method. Response: status code digits.
+    /// Request: method. Response: empty.
     first: (u32, u32),
+    status: u16,
     /// Request: target. Response: reason phrase.
     second: (u32, u32),
     pub version: Version,
@@ -83,11 +84,9 @@ impl Head {
         std::str::from_utf8(self.slice(self.second)).unwrap_or("")
     }
 
-    /// Response status code.
+    /// Response status code (0 for requests).
     pub fn status(&self) -> u16 {
-        self.slice(self.first)
-            .iter()
-            .fold(0u16, |acc, digit| acc * 10 + u16::from(digit - b'0'))
+        self.status
     }
 
     /// Response reason phrase (may be empty).
@@ -238,6 +237,7 @@ pub fn parse_request(raw: Bytes, limits: HeadLimits) -> Result<Head, HeadError> 
     let mut head = Head {
         raw,
         first,
+        status: 0,
         second,
         version,
         headers,
@@ -280,18 +280,16 @@ pub fn parse_response(
     } else {
         Version::Http10
     };
-    // httparse checked the status is exactly three digits; find them after the version.
-    let code_start = "HTTP/1.x ".len() as u32;
-    let first = (code_start, code_start + 3);
     let second = if reason.is_empty() {
-        (first.1, first.1)
+        (0, 0)
     } else {
         range_of(&raw, reason.as_bytes())
     };
     let headers = header_positions(&raw, response.headers)?;
     let mut head = Head {
         raw,
-        first,
+        first: (0, 0),
+        status: code,
         second,
         version,
         headers,
@@ -698,6 +696,9 @@ mod tests {
         assert!(matches!(head, Ok(ref head) if head.framing == Framing::Length(3)));
         let head = response("HTTP/1.1 200 OK\r\nContent-Length: 3, 4\r\n\r\n", "GET");
         assert_eq!(head.err(), Some(HeadError::DuplicateContentLength));
+        // Found by the http_response_head fuzz target: leading empty lines are skipped.
+        let head = response("\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n", "GET");
+        assert!(matches!(head, Ok(ref head) if head.status() == 200 && head.reason() == b"OK"));
         let head = response("HTTP/1.1 200\r\n\r\n", "GET");
         assert!(matches!(head, Ok(ref head) if head.status() == 200 && head.reason().is_empty()));
     }

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Runs every palisade test on a fresh Debian machine: installs what the tests use (curl,
+# python3, iproute2, ...), then formatting, lints, unit, property and end-to-end tests.
+#
+# PALISADE_REQUIRE_ALL=1 (set by CI) turns "skipped: needs root / network namespaces" into a
+# failure, so multi-host tests can never be skipped silently.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+require_all="${PALISADE_REQUIRE_ALL:-0}"
+
+# --- what the tests need -------------------------------------------------------------
+packages=()
+command -v curl >/dev/null || packages+=(curl)
+command -v python3 >/dev/null || packages+=(python3)
+command -v ip >/dev/null || packages+=(iproute2)
+command -v kill >/dev/null || packages+=(procps)
+if [ ${#packages[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "==> installing ${packages[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
+  else
+    echo "missing ${packages[*]} and not root to install them" >&2
+    exit 1
+  fi
+fi
+if [ "$require_all" = 1 ] && [ "$(id -u)" != 0 ]; then
+  echo "PALISADE_REQUIRE_ALL=1 but not root: the multi-host tests would be skipped" >&2
+  exit 1
+fi
+export PALISADE_REQUIRE_ALL="$require_all"
+
+# --- the tests ----------------------------------------------------------------------
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "==> cargo test (unit, property, end-to-end)"
+cargo test --workspace --all-targets --locked
+echo "==> fuzz targets build and replay their seed corpus"
+scripts/fuzz-smoke.sh
