@@ -622,7 +622,7 @@ mod tests {
         check_errors(
             "[proxy]\nlisten = [\"127.0.0.1:9090\", \"nonsense\"]\nconnect_timeout = \"10 s\"\n",
             &[
-                "palisade.toml:2:30: proxy.listen[1] = \"nonsense\": not a socket address (expected IP:PORT, IPv6 as [addr]:port)",
+                "palisade.toml:2:29: proxy.listen[1] = \"nonsense\": not a socket address (expected IP:PORT, IPv6 as [addr]:port)",
                 "palisade.toml:3:19: proxy.connect_timeout = \"10 s\": not a duration (examples: \"500ms\", \"10s\", \"5m\", \"1h\")",
             ],
         );
