@@ -103,6 +103,9 @@ async fn read_request_head(
 ) -> HeadRead {
     let limits = proxy.config.head_limits;
     let mut scanned = 0;
+    // Once a head has started it must be complete within read_timeout, however slowly its
+    // bytes trickle in (slowloris).
+    let mut head_deadline = (!client.buf.is_empty()).then(|| Instant::now() + proxy.config.read_timeout);
     loop {
         match find_head_end(&client.buf, &mut scanned, limits.max_head_bytes) {
             Ok(Some(end)) => {
@@ -130,15 +133,13 @@ async fn read_request_head(
             }
         }
         client.buf.reserve(READ_CHUNK);
-        let read = tokio::time::timeout(
-            proxy.config.client_idle_timeout,
-            client.stream.read_buf(&mut client.buf),
-        )
-        .await;
+        let deadline = head_deadline.unwrap_or_else(|| Instant::now() + proxy.config.client_idle_timeout);
+        let read = tokio::time::timeout_at(deadline, client.stream.read_buf(&mut client.buf)).await;
         match read {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return HeadRead::Closed,
             Ok(Ok(_)) => {}
         }
+        head_deadline.get_or_insert_with(|| Instant::now() + proxy.config.read_timeout);
     }
 }
 

@@ -83,6 +83,8 @@ pub struct Proxy {
     node: Arc<str>,
     /// "<node> (palisade)": our entry in `Via`, also used to spot loops.
     via_token: String,
+    via_http10: String,
+    via_http11: String,
     request_id_prefix: u32,
     request_counter: AtomicU64,
 }
@@ -119,6 +121,8 @@ impl Proxy {
             metrics,
             access_log,
             node,
+            via_http10: format!("1.0 {via_token}"),
+            via_http11: format!("1.1 {via_token}"),
             via_token,
             request_id_prefix,
             request_counter: AtomicU64::new(0),
@@ -131,12 +135,11 @@ impl Proxy {
     }
 
     /// Our `Via` entry for a message received with `version`.
-    fn via_for(&self, version: Version) -> String {
-        let protocol = match version {
-            Version::Http10 => "1.0",
-            Version::Http11 => "1.1",
-        };
-        format!("{protocol} {}", self.via_token)
+    fn via_for(&self, version: Version) -> &str {
+        match version {
+            Version::Http10 => &self.via_http10,
+            Version::Http11 => &self.via_http11,
+        }
     }
 
     pub fn metrics(&self) -> &ProxyMetrics {
