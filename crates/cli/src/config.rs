@@ -417,13 +417,13 @@ impl Checker<'_> {
                 raw.proxy.upstream_pool.max_idle_per_host,
                 "proxy.upstream_pool.max_idle_per_host",
                 0..=100_000,
-                32,
+                256,
             ) as usize,
             max_idle_total: self.integer(
                 raw.proxy.upstream_pool.max_idle_total,
                 "proxy.upstream_pool.max_idle_total",
                 0..=1_000_000,
-                1024,
+                4096,
             ) as usize,
             idle_timeout: self.duration(
                 raw.proxy.upstream_pool.idle_timeout,

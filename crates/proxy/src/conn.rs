@@ -78,7 +78,9 @@ pub(crate) async fn serve_connection(
                 break;
             }
         };
-        let keep_alive = handle_request(&proxy, &mut client, head, &shutdown).await;
+        // Boxed: the request future is large, and an idle kept-alive connection should not
+        // carry its space while it waits for the next request.
+        let keep_alive = Box::pin(handle_request(&proxy, &mut client, head, &shutdown)).await;
         if !keep_alive {
             break;
         }
@@ -105,7 +107,8 @@ async fn read_request_head(
     let mut scanned = 0;
     // Once a head has started it must be complete within read_timeout, however slowly its
     // bytes trickle in (slowloris).
-    let mut head_deadline = (!client.buf.is_empty()).then(|| Instant::now() + proxy.config.read_timeout);
+    let mut head_deadline =
+        (!client.buf.is_empty()).then(|| Instant::now() + proxy.config.read_timeout);
     loop {
         match find_head_end(&client.buf, &mut scanned, limits.max_head_bytes) {
             Ok(Some(end)) => {
@@ -133,7 +136,8 @@ async fn read_request_head(
             }
         }
         client.buf.reserve(READ_CHUNK);
-        let deadline = head_deadline.unwrap_or_else(|| Instant::now() + proxy.config.client_idle_timeout);
+        let deadline =
+            head_deadline.unwrap_or_else(|| Instant::now() + proxy.config.client_idle_timeout);
         let read = tokio::time::timeout_at(deadline, client.stream.read_buf(&mut client.buf)).await;
         match read {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return HeadRead::Closed,
@@ -816,12 +820,18 @@ async fn forward(
     };
     let wants_upgrade = head.connection.upgrade && head.header("upgrade").is_some();
     let request_head = build_upstream_request(proxy, &head, &target, max_forwards, wants_upgrade);
+    // RFC 9110 9.2.2: only idempotent requests may be retried automatically, and only
+    // bodiless ones can be, since the body is streamed, not kept.
+    let retryable = matches!(
+        head.method(),
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+    ) && head.framing == Framing::Empty;
     let mut allow_reuse = true;
     let (mut upstream, response, body_state) = loop {
         let pooled = if allow_reuse {
             proxy
                 .pool
-                .checkout(&key)
+                .checkout(&key, !retryable)
                 .filter(|conn| addresses.contains(&conn.peer.ip()))
         } else {
             None
@@ -858,12 +868,8 @@ async fn forward(
         .await
         {
             Ok((response, body_state)) => break (upstream, response, body_state),
-            Err(error)
-                if upstream.reused
-                    && head.framing == Framing::Empty
-                    && error.is_stale_connection() =>
-            {
-                // Only bodiless requests are retried, so nothing the client sent is lost.
+            Err(error) if upstream.reused && retryable && error.is_stale_connection() => {
+                // A pooled connection the origin closed as we reused it: once more, fresh.
                 allow_reuse = false;
                 continue;
             }
