@@ -1,0 +1,822 @@
+//! Forwarding an admitted absolute-form request: the request goes out re-framed, the
+//! response comes back re-framed, interim responses are relayed, upgrades become tunnels, and
+//! both connections are kept alive only when every byte of both messages was accounted for.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Client, Denial, Exchange, READ_CHUNK, client_wants_keep_alive, connect_failure,
+    connect_upstream, refuse, respond_error,
+};
+use crate::Proxy;
+use crate::access_log::Decision;
+use crate::http1::chunked::{LAST_CHUNK, encode_chunk_header};
+use crate::http1::head::{find_head_end, parse_response};
+use crate::http1::{ChunkError, ChunkedDecoder, Decoded, Framing, Head, HeadError, Version};
+use crate::target::AbsoluteTarget;
+use crate::tunnel;
+use crate::upstream::{PoolKey, UpstreamConn};
+
+/// Read size while streaming large bodies.
+const BODY_CHUNK: usize = 64 * 1024;
+/// Response bodies up to this size that are already buffered go out in the same write as
+/// the head.
+const COALESCE_LIMIT: usize = 16 * 1024;
+
+/// What admission decided for a request that is to be forwarded.
+pub(super) struct Plan {
+    pub target: AbsoluteTarget,
+    /// Vetted addresses of the origin; only these are dialled.
+    pub addresses: Vec<IpAddr>,
+    pub max_forwards: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ExchangeError {
+    #[error("upstream closed the connection before responding")]
+    UpstreamClosedEarly,
+    #[error("upstream I/O error: {0}")]
+    UpstreamIo(std::io::Error),
+    #[error("upstream did not respond within {0:?}")]
+    UpstreamTimeout(Duration),
+    #[error("malformed response from upstream: {0}")]
+    BadResponse(HeadError),
+    #[error("upstream answered 101 to a request that asked for no upgrade")]
+    UnexpectedUpgrade,
+    #[error("client connection failed: {0}")]
+    ClientIo(std::io::Error),
+    #[error("client closed before sending the whole body")]
+    ClientClosedEarly,
+    #[error("client body timed out")]
+    ClientTimeout,
+    #[error("malformed chunked request body: {0}")]
+    BadRequestBody(ChunkError),
+    #[error("malformed chunked response body: {0}")]
+    BadResponseBody(ChunkError),
+    #[error("upstream closed before the whole body was sent")]
+    UpstreamBodyTruncated,
+}
+
+impl ExchangeError {
+    /// Status for the client if no response has been started yet.
+    fn status(&self) -> u16 {
+        match self {
+            ExchangeError::UpstreamTimeout(_) => 504,
+            ExchangeError::BadRequestBody(_) => 400,
+            ExchangeError::ClientIo(_)
+            | ExchangeError::ClientClosedEarly
+            | ExchangeError::ClientTimeout => 400,
+            _ => 502,
+        }
+    }
+
+    /// The request failed in a way that retrying on a fresh connection can fix: a pooled
+    /// connection the origin had closed just as we reused it.
+    fn is_stale_connection(&self) -> bool {
+        matches!(
+            self,
+            ExchangeError::UpstreamClosedEarly | ExchangeError::UpstreamIo(_)
+        )
+    }
+}
+
+pub(super) async fn forward(
+    proxy: &Arc<Proxy>,
+    client: &mut Client,
+    head: Head,
+    plan: Plan,
+    mut exchange: Exchange,
+    shutdown: &CancellationToken,
+) -> bool {
+    let Plan {
+        target,
+        addresses,
+        max_forwards,
+    } = plan;
+    let addresses = &addresses[..];
+    let key = PoolKey {
+        host: target.authority.host.to_string(),
+        port: target.authority.port,
+    };
+    let wants_upgrade = head.connection.upgrade && head.header("upgrade").is_some();
+    let request_head = build_upstream_request(proxy, &head, &target, max_forwards, wants_upgrade);
+    // RFC 9110 9.2.2: only idempotent requests may be retried automatically, and only
+    // bodiless ones can be, since the body is streamed, not kept.
+    let retryable = matches!(
+        head.method(),
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+    ) && head.framing == Framing::Empty;
+    let mut allow_reuse = true;
+    let (mut upstream, response, body_state) = loop {
+        let pooled = if allow_reuse {
+            proxy
+                .pool
+                .checkout(&key, !retryable)
+                .filter(|conn| addresses.contains(&conn.peer.ip()))
+        } else {
+            None
+        };
+        let mut upstream = match pooled {
+            Some(conn) => {
+                exchange.upstream = Some(conn.peer);
+                conn
+            }
+            None => match connect_upstream(proxy, &mut exchange, addresses, &key).await {
+                Ok(conn) => conn,
+                Err(error) => {
+                    let status = connect_failure(&error);
+                    let denial = Denial::new(status, Decision::Error, error.to_string());
+                    return refuse(proxy, client, exchange, &head, denial).await;
+                }
+            },
+        };
+        match send_request(
+            proxy,
+            client,
+            &mut upstream,
+            &head,
+            &request_head,
+            &mut exchange,
+        )
+        .await
+        {
+            Ok((response, body_state)) => break (upstream, response, body_state),
+            Err(error) if upstream.reused && retryable && error.is_stale_connection() => {
+                // A pooled connection the origin closed as we reused it: once more, fresh.
+                allow_reuse = false;
+                continue;
+            }
+            Err(error) => {
+                exchange.decision = Decision::Error;
+                let close = true;
+                if !matches!(
+                    error,
+                    ExchangeError::ClientIo(_) | ExchangeError::ClientClosedEarly
+                ) {
+                    respond_error(
+                        proxy,
+                        client,
+                        &mut exchange,
+                        error.status(),
+                        &error.to_string(),
+                        close,
+                    )
+                    .await;
+                } else {
+                    exchange.status = 499;
+                }
+                exchange.reason = error.to_string();
+                proxy.finish(exchange);
+                return false;
+            }
+        }
+    };
+    exchange.decision = Decision::Allow;
+    exchange.status = response.status();
+
+    if response.status() == 101 {
+        if !wants_upgrade {
+            let error = ExchangeError::UnexpectedUpgrade;
+            respond_error(proxy, client, &mut exchange, 502, &error.to_string(), true).await;
+            exchange.decision = Decision::Error;
+            exchange.reason = error.to_string();
+            proxy.finish(exchange);
+            return false;
+        }
+        return relay_upgrade(proxy, client, upstream, &response, exchange).await;
+    }
+
+    // The request body is complete, or abandoned because the origin answered early; in
+    // that case neither connection can be reused.
+    let request_complete = body_state == BodyState::Complete;
+    let client_keep_alive =
+        request_complete && client_wants_keep_alive(&head) && !shutdown.is_cancelled();
+    let (client_framing, client_keep_alive) =
+        client_framing(&response, head.version, client_keep_alive);
+    let mut out = BytesMut::with_capacity(512);
+    write_response_head(
+        proxy,
+        &response,
+        head.version,
+        client_framing,
+        client_keep_alive,
+        &mut out,
+    );
+    let result = copy_response_body(
+        proxy,
+        &mut upstream,
+        &mut client.stream,
+        response.framing,
+        client_framing,
+        out,
+    )
+    .await;
+    match result {
+        Ok(sent) => {
+            exchange.to_client += sent;
+            let upstream_reusable = request_complete
+                && response.framing != Framing::UntilClose
+                && upstream_keep_alive(&response);
+            if upstream_reusable {
+                proxy.pool.checkin(upstream);
+            }
+            proxy.finish(exchange);
+            client_keep_alive && client_framing != ClientFraming::UntilClose
+        }
+        Err((sent, error)) => {
+            exchange.to_client += sent;
+            exchange.reason = error.to_string();
+            proxy.finish(exchange);
+            false
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BodyState {
+    Complete,
+    Abandoned,
+}
+
+/// Writes the request (head and body) and reads the response head, relaying interim 1xx
+/// responses. The body is sent concurrently with waiting for the response, so
+/// `Expect: 100-continue` and early responses work.
+async fn send_request(
+    proxy: &Proxy,
+    client: &mut Client,
+    upstream: &mut UpstreamConn,
+    head: &Head,
+    request_head: &[u8],
+    exchange: &mut Exchange,
+) -> Result<(Head, BodyState), ExchangeError> {
+    let read_timeout = proxy.config.read_timeout;
+    let limits = proxy.config.head_limits;
+    if head.framing == Framing::Empty {
+        upstream
+            .stream
+            .write_all(request_head)
+            .await
+            .map_err(ExchangeError::UpstreamIo)?;
+        let (mut upstream_read, _) = upstream.stream.split();
+        let response = read_response_head(
+            &mut upstream_read,
+            &mut upstream.buf,
+            &mut client.stream,
+            head,
+            limits,
+            read_timeout,
+            &mut exchange.to_client,
+        )
+        .await?;
+        return Ok((response, BodyState::Complete));
+    }
+    upstream
+        .stream
+        .write_all(request_head)
+        .await
+        .map_err(ExchangeError::UpstreamIo)?;
+    let (mut client_read, mut client_write) = client.stream.split();
+    let (mut upstream_read, mut upstream_write) = upstream.stream.split();
+    let mut from_client = 0u64;
+    let mut to_client = 0u64;
+    let outcome = {
+        let body = copy_request_body(
+            &mut client.buf,
+            &mut client_read,
+            &mut upstream_write,
+            head.framing,
+            read_timeout,
+            &mut from_client,
+        );
+        let response = read_response_head(
+            &mut upstream_read,
+            &mut upstream.buf,
+            &mut client_write,
+            head,
+            limits,
+            read_timeout,
+            &mut to_client,
+        );
+        tokio::pin!(body);
+        tokio::pin!(response);
+        let mut body_done = false;
+        loop {
+            tokio::select! {
+                result = &mut body, if !body_done => {
+                    result?;
+                    body_done = true;
+                }
+                result = &mut response => {
+                    let response = result?;
+                    let state = if body_done { BodyState::Complete } else { BodyState::Abandoned };
+                    break Ok::<_, ExchangeError>((response, state));
+                }
+            }
+        }
+    };
+    exchange.from_client += from_client;
+    exchange.to_client += to_client;
+    outcome
+}
+
+/// Streams the request body to the origin, re-framed: Content-Length bodies byte-exact,
+/// chunked bodies decoded strictly and re-encoded by us.
+async fn copy_request_body<R, W>(
+    buf: &mut BytesMut,
+    from: &mut R,
+    to: &mut W,
+    framing: Framing,
+    read_timeout: Duration,
+    counted: &mut u64,
+) -> Result<(), ExchangeError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    match framing {
+        Framing::Empty | Framing::UntilClose => Ok(()),
+        Framing::Length(mut remaining) => {
+            while remaining > 0 {
+                if buf.is_empty() {
+                    fill(from, buf, BODY_CHUNK, read_timeout)
+                        .await
+                        .map_err(client_read_error)?;
+                }
+                let take = remaining.min(buf.len() as u64) as usize;
+                to.write_all(&buf[..take])
+                    .await
+                    .map_err(ExchangeError::UpstreamIo)?;
+                buf.advance(take);
+                remaining -= take as u64;
+                *counted += take as u64;
+            }
+            Ok(())
+        }
+        Framing::Chunked => {
+            let mut decoder = ChunkedDecoder::new();
+            let mut out = BytesMut::new();
+            loop {
+                let before = buf.len();
+                let step = decoder.decode(buf).map_err(ExchangeError::BadRequestBody)?;
+                *counted += (before - buf.len()) as u64;
+                match step {
+                    Decoded::Data(data) => {
+                        out.clear();
+                        encode_chunk_header(data.len(), &mut out);
+                        to.write_all(&out)
+                            .await
+                            .map_err(ExchangeError::UpstreamIo)?;
+                        to.write_all(&data)
+                            .await
+                            .map_err(ExchangeError::UpstreamIo)?;
+                        to.write_all(b"\r\n")
+                            .await
+                            .map_err(ExchangeError::UpstreamIo)?;
+                    }
+                    Decoded::NeedMore => {
+                        fill(from, buf, BODY_CHUNK, read_timeout)
+                            .await
+                            .map_err(client_read_error)?;
+                    }
+                    Decoded::Done => {
+                        to.write_all(LAST_CHUNK)
+                            .await
+                            .map_err(ExchangeError::UpstreamIo)?;
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum FillError {
+    Closed,
+    Io(std::io::Error),
+    Timeout,
+}
+
+fn client_read_error(error: FillError) -> ExchangeError {
+    match error {
+        FillError::Closed => ExchangeError::ClientClosedEarly,
+        FillError::Io(error) => ExchangeError::ClientIo(error),
+        FillError::Timeout => ExchangeError::ClientTimeout,
+    }
+}
+
+fn upstream_read_error(error: FillError, read_timeout: Duration) -> ExchangeError {
+    match error {
+        FillError::Closed => ExchangeError::UpstreamClosedEarly,
+        FillError::Io(error) => ExchangeError::UpstreamIo(error),
+        FillError::Timeout => ExchangeError::UpstreamTimeout(read_timeout),
+    }
+}
+
+/// Reads at least one byte into `buf`.
+async fn fill<R: AsyncRead + Unpin>(
+    from: &mut R,
+    buf: &mut BytesMut,
+    chunk: usize,
+    read_timeout: Duration,
+) -> Result<usize, FillError> {
+    buf.reserve(chunk);
+    match tokio::time::timeout(read_timeout, from.read_buf(buf)).await {
+        Ok(Ok(0)) => Err(FillError::Closed),
+        Ok(Ok(read)) => Ok(read),
+        Ok(Err(error)) => Err(FillError::Io(error)),
+        Err(_) => Err(FillError::Timeout),
+    }
+}
+
+/// Reads the final response head, relaying 100/102/103 to HTTP/1.1 clients.
+async fn read_response_head<R, W>(
+    from: &mut R,
+    buf: &mut BytesMut,
+    client: &mut W,
+    request: &Head,
+    limits: crate::http1::HeadLimits,
+    read_timeout: Duration,
+    to_client: &mut u64,
+) -> Result<Head, ExchangeError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        let mut scanned = 0;
+        let raw = loop {
+            match find_head_end(buf, &mut scanned, limits.max_head_bytes) {
+                Ok(Some(end)) => break buf.split_to(end).freeze(),
+                Ok(None) => {}
+                Err(error) => return Err(ExchangeError::BadResponse(error)),
+            }
+            let was_empty = buf.is_empty();
+            match fill(from, buf, READ_CHUNK, read_timeout).await {
+                Ok(_) => {}
+                // A reused connection closed before any byte of the response: stale.
+                Err(FillError::Closed) if was_empty => {
+                    return Err(ExchangeError::UpstreamClosedEarly);
+                }
+                Err(FillError::Closed) => {
+                    return Err(ExchangeError::BadResponse(HeadError::InvalidStatusLine));
+                }
+                Err(error) => return Err(upstream_read_error(error, read_timeout)),
+            }
+        };
+        let response =
+            parse_response(raw, limits, request.method()).map_err(ExchangeError::BadResponse)?;
+        let status = response.status();
+        if status == 101 || !(100..200).contains(&status) {
+            return Ok(response);
+        }
+        // Interim responses: relay to HTTP/1.1 clients only (RFC 9110 15.2).
+        if request.version == Version::Http11 {
+            let line = format!(
+                "HTTP/1.1 {status} {}\r\n\r\n",
+                String::from_utf8_lossy(response.reason())
+            );
+            client
+                .write_all(line.as_bytes())
+                .await
+                .map_err(ExchangeError::ClientIo)?;
+            *to_client += line.len() as u64;
+        }
+    }
+}
+
+/// How the response body is framed towards the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ClientFraming {
+    Empty,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+fn client_framing(
+    response: &Head,
+    client_version: Version,
+    keep_alive: bool,
+) -> (ClientFraming, bool) {
+    match response.framing {
+        Framing::Empty => (ClientFraming::Empty, keep_alive),
+        Framing::Length(length) => (ClientFraming::Length(length), keep_alive),
+        Framing::Chunked | Framing::UntilClose => match client_version {
+            // Re-chunking keeps an HTTP/1.1 client's connection alive even when the origin
+            // delimits by closing.
+            Version::Http11 => (ClientFraming::Chunked, keep_alive),
+            Version::Http10 => (ClientFraming::UntilClose, false),
+        },
+    }
+}
+
+fn upstream_keep_alive(response: &Head) -> bool {
+    let both_framings = response.header("transfer-encoding").is_some()
+        && response.header("content-length").is_some();
+    !both_framings
+        && match response.version {
+            Version::Http11 => !response.connection.close,
+            Version::Http10 => response.connection.keep_alive && !response.connection.close,
+        }
+}
+
+/// Hop-by-hop fields (RFC 9110 7.6.1) plus the framing fields we always set ourselves.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "content-length",
+];
+
+/// Whether a header must not be forwarded: hop-by-hop, or named by `Connection`.
+fn is_hop_by_hop(name: &[u8], head: &Head) -> bool {
+    if HOP_BY_HOP
+        .iter()
+        .any(|hop| name.eq_ignore_ascii_case(hop.as_bytes()))
+    {
+        return true;
+    }
+    head.header_all("connection").any(|value| {
+        value
+            .split(|byte| *byte == b',')
+            .any(|token| crate::http1::head::trim_ows(token).eq_ignore_ascii_case(name))
+    })
+}
+
+fn build_upstream_request(
+    proxy: &Proxy,
+    head: &Head,
+    target: &AbsoluteTarget,
+    max_forwards: Option<u64>,
+    upgrade: bool,
+) -> BytesMut {
+    let mut out = BytesMut::with_capacity(head.len() + 128);
+    out.extend_from_slice(head.method().as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(target.path_and_query.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+    out.extend_from_slice(target.authority.host_header().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in head.headers() {
+        if is_hop_by_hop(name, head)
+            || name.eq_ignore_ascii_case(b"host")
+            || (max_forwards.is_some() && name.eq_ignore_ascii_case(b"max-forwards"))
+            // An HTTP/1.0 client's Expect must be ignored (RFC 9110 10.1.1).
+            || (head.version == Version::Http10 && name.eq_ignore_ascii_case(b"expect"))
+        {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(max_forwards) = max_forwards {
+        out.extend_from_slice(format!("Max-Forwards: {}\r\n", max_forwards - 1).as_bytes());
+    }
+    out.extend_from_slice(b"Via: ");
+    out.extend_from_slice(proxy.via_for(head.version).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    match head.framing {
+        Framing::Length(length) => {
+            out.extend_from_slice(format!("Content-Length: {length}\r\n").as_bytes());
+        }
+        Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        Framing::Empty | Framing::UntilClose => {}
+    }
+    if let (true, Some(value)) = (upgrade, head.header("upgrade")) {
+        out.extend_from_slice(b"Connection: upgrade\r\nUpgrade: ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+fn write_response_head(
+    proxy: &Proxy,
+    response: &Head,
+    client_version: Version,
+    framing: ClientFraming,
+    keep_alive: bool,
+    out: &mut BytesMut,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(format!("{} ", response.status()).as_bytes());
+    out.extend_from_slice(response.reason());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in response.headers() {
+        let keep_length =
+            framing == ClientFraming::Empty && name.eq_ignore_ascii_case(b"content-length");
+        if is_hop_by_hop(name, response) && !keep_length {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"Via: ");
+    out.extend_from_slice(proxy.via_for(response.version).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    match framing {
+        ClientFraming::Length(length) => {
+            out.extend_from_slice(format!("Content-Length: {length}\r\n").as_bytes());
+        }
+        ClientFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        ClientFraming::Empty | ClientFraming::UntilClose => {}
+    }
+    if !keep_alive || framing == ClientFraming::UntilClose {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if client_version == Version::Http10 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Streams the response body; `out` holds the response head, which goes out with the first
+/// piece of body. Returns bytes written to the client.
+async fn copy_response_body(
+    proxy: &Proxy,
+    upstream: &mut UpstreamConn,
+    client: &mut TcpStream,
+    framing: Framing,
+    client_framing: ClientFraming,
+    mut out: BytesMut,
+) -> Result<u64, (u64, ExchangeError)> {
+    let read_timeout = proxy.config.read_timeout;
+    let mut sent = 0u64;
+    let buf = &mut upstream.buf;
+    let stream = &mut upstream.stream;
+    macro_rules! send {
+        ($bytes:expr) => {{
+            let bytes: &[u8] = $bytes;
+            if let Err(error) = client.write_all(bytes).await {
+                return Err((sent, ExchangeError::ClientIo(error)));
+            }
+            sent += bytes.len() as u64;
+        }};
+    }
+    let chunked_out = client_framing == ClientFraming::Chunked;
+    match framing {
+        Framing::Empty => {
+            send!(&out);
+        }
+        Framing::Length(mut remaining) => {
+            // Coalesce the head with a small body already received.
+            let take = remaining.min(buf.len() as u64) as usize;
+            if take <= COALESCE_LIMIT {
+                out.extend_from_slice(&buf[..take]);
+                buf.advance(take);
+                remaining -= take as u64;
+            }
+            send!(&out);
+            while remaining > 0 {
+                if buf.is_empty()
+                    && let Err(error) = fill(stream, buf, BODY_CHUNK, read_timeout).await
+                {
+                    let error = match error {
+                        FillError::Closed => ExchangeError::UpstreamBodyTruncated,
+                        other => upstream_read_error(other, read_timeout),
+                    };
+                    return Err((sent, error));
+                }
+                let take = remaining.min(buf.len() as u64) as usize;
+                send!(&buf[..take]);
+                buf.advance(take);
+                remaining -= take as u64;
+            }
+        }
+        Framing::Chunked => {
+            let mut decoder = ChunkedDecoder::new();
+            loop {
+                match decoder.decode(buf) {
+                    Ok(Decoded::Data(data)) => {
+                        if chunked_out {
+                            encode_chunk_header(data.len(), &mut out);
+                        }
+                        out.extend_from_slice(&data);
+                        if chunked_out {
+                            out.extend_from_slice(b"\r\n");
+                        }
+                        if out.len() >= COALESCE_LIMIT {
+                            send!(&out);
+                            out.clear();
+                        }
+                    }
+                    Ok(Decoded::NeedMore) => {
+                        if !out.is_empty() {
+                            send!(&out);
+                            out.clear();
+                        }
+                        if let Err(error) = fill(stream, buf, BODY_CHUNK, read_timeout).await {
+                            let error = match error {
+                                FillError::Closed => ExchangeError::UpstreamBodyTruncated,
+                                other => upstream_read_error(other, read_timeout),
+                            };
+                            return Err((sent, error));
+                        }
+                    }
+                    Ok(Decoded::Done) => {
+                        if chunked_out {
+                            out.extend_from_slice(LAST_CHUNK);
+                        }
+                        send!(&out);
+                        break;
+                    }
+                    Err(error) => return Err((sent, ExchangeError::BadResponseBody(error))),
+                }
+            }
+        }
+        Framing::UntilClose => {
+            loop {
+                if !buf.is_empty() {
+                    if chunked_out {
+                        encode_chunk_header(buf.len(), &mut out);
+                    }
+                    out.extend_from_slice(buf);
+                    buf.clear();
+                    if chunked_out {
+                        out.extend_from_slice(b"\r\n");
+                    }
+                }
+                if !out.is_empty() {
+                    send!(&out);
+                    out.clear();
+                }
+                match fill(stream, buf, BODY_CHUNK, read_timeout).await {
+                    Ok(_) => {}
+                    Err(FillError::Closed) => break,
+                    Err(other) => return Err((sent, upstream_read_error(other, read_timeout))),
+                }
+            }
+            if chunked_out {
+                send!(LAST_CHUNK);
+            }
+        }
+    }
+    Ok(sent)
+}
+
+/// 101 Switching Protocols: relay the response head, then tunnel bytes both ways.
+async fn relay_upgrade(
+    proxy: &Proxy,
+    client: &mut Client,
+    mut upstream: UpstreamConn,
+    response: &Head,
+    mut exchange: Exchange,
+) -> bool {
+    let mut out = BytesMut::with_capacity(256);
+    out.extend_from_slice(b"HTTP/1.1 101 ");
+    out.extend_from_slice(response.reason());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in response.headers() {
+        if is_hop_by_hop(name, response) {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(upgrade) = response.header("upgrade") {
+        out.extend_from_slice(b"Connection: upgrade\r\nUpgrade: ");
+        out.extend_from_slice(upgrade);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"Via: ");
+    out.extend_from_slice(proxy.via_for(response.version).as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+    if client.stream.write_all(&out).await.is_err() {
+        proxy.finish(exchange);
+        return false;
+    }
+    exchange.to_client += out.len() as u64;
+    let client_pending = std::mem::take(&mut client.buf);
+    let upstream_pending = std::mem::take(&mut upstream.buf);
+    let bytes = tunnel::run(
+        &mut client.stream,
+        client_pending,
+        &mut upstream.stream,
+        upstream_pending,
+        proxy.config.tunnel_idle_timeout,
+    )
+    .await;
+    exchange.from_client += bytes.from_client;
+    exchange.to_client += bytes.to_client;
+    proxy.finish(exchange);
+    false
+}
