@@ -273,6 +273,23 @@ async fn connect_tunnel_and_port_policy() {
     let record = node.wait_access_log(|record| record["method"] == "CONNECT", WAIT);
     assert_eq!(record["status"], 200);
     assert_eq!(record["decision"], "allow");
+    // Large bodies both ways through the tunnel (spliced in the kernel).
+    let upload = node.dir.0.join("upload.bin");
+    let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&upload, &payload).unwrap_or_else(|error| panic!("{error}"));
+    let output = curl(&[
+        "-p",
+        "-x",
+        &proxy,
+        "--data-binary",
+        &format!("@{}", upload.display()),
+        &origin.url("/echo"),
+    ]);
+    assert_eq!(output.status, 200, "{}", output.stderr);
+    assert_eq!(output.body, payload);
+    let output = curl(&["-p", "-x", &proxy, &origin.url("/big/50000000")]);
+    assert_eq!(output.status, 200, "{}", output.stderr);
+    assert_eq!(output.body.len(), 50_000_000);
 
     // Port 22 is not in connect_ports: refused, connection closed, nothing dialled.
     let (response, closed) = raw_exchange(

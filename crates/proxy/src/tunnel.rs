@@ -1,18 +1,27 @@
-//! Byte tunnels for CONNECT and protocol upgrades: both directions copied concurrently, a
+//! Byte tunnels for CONNECT and protocol upgrades: both directions moved concurrently, a
 //! half-close passed on, and the tunnel closed once neither side has sent anything for the
 //! idle timeout.
+//!
+//! Bytes move socket -> pipe -> socket with `splice(2)`, inside the kernel: no copy through
+//! user space and no user buffer per tunnel. If a pipe cannot be made (descriptor limit),
+//! the tunnel falls back to copying through a small buffer.
 
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use nix::fcntl::{OFlag, SpliceFFlags, splice};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::time::Instant;
 
-/// Per-direction copy buffer. Allocated only while a tunnel is open.
-const TUNNEL_BUFFER: usize = 32 * 1024;
+/// Per-direction copy buffer of the fallback path.
+const COPY_BUFFER: usize = 32 * 1024;
+/// Bytes asked of one splice into the pipe (the pipe holds 64 KiB by default).
+const SPLICE_CHUNK: usize = 64 * 1024;
 
 /// Bytes moved by a finished tunnel.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -21,7 +30,7 @@ pub struct TunnelBytes {
     pub to_client: u64,
 }
 
-/// Copies until both directions are closed or the tunnel was idle for `idle`.
+/// Moves bytes until both directions are closed or the tunnel was idle for `idle`.
 ///
 /// `client_pending` are bytes the client sent after its request head (optimistic data);
 /// `upstream_pending` are bytes the origin sent after its response head.
@@ -32,29 +41,148 @@ pub async fn run(
     upstream_pending: BytesMut,
     idle: Duration,
 ) -> TunnelBytes {
-    let last_activity = Activity::new();
-    let (mut client_read, mut client_write) = client.split();
-    let (mut upstream_read, mut upstream_write) = upstream.split();
-    let (from_client, to_client) = tokio::join!(
-        copy_direction(
-            &mut client_read,
-            &mut upstream_write,
-            client_pending,
-            idle,
-            &last_activity
-        ),
-        copy_direction(
-            &mut upstream_read,
-            &mut client_write,
-            upstream_pending,
-            idle,
-            &last_activity
-        ),
-    );
-    TunnelBytes {
-        from_client,
-        to_client,
+    let activity = Activity::new();
+    match (Pipe::new(), Pipe::new()) {
+        (Ok(up_pipe), Ok(down_pipe)) => {
+            let client = &*client;
+            let upstream = &*upstream;
+            let (from_client, to_client) = tokio::join!(
+                splice_direction(client, upstream, client_pending, up_pipe, idle, &activity),
+                splice_direction(
+                    upstream,
+                    client,
+                    upstream_pending,
+                    down_pipe,
+                    idle,
+                    &activity
+                ),
+            );
+            TunnelBytes {
+                from_client,
+                to_client,
+            }
+        }
+        _ => {
+            let (mut client_read, mut client_write) = client.split();
+            let (mut upstream_read, mut upstream_write) = upstream.split();
+            let (from_client, to_client) = tokio::join!(
+                copy_direction(
+                    &mut client_read,
+                    &mut upstream_write,
+                    client_pending,
+                    idle,
+                    &activity
+                ),
+                copy_direction(
+                    &mut upstream_read,
+                    &mut client_write,
+                    upstream_pending,
+                    idle,
+                    &activity
+                ),
+            );
+            TunnelBytes {
+                from_client,
+                to_client,
+            }
+        }
     }
+}
+
+/// A non-blocking pipe used as the in-kernel buffer of one direction.
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Pipe> {
+        let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+        Ok(Pipe { read, write })
+    }
+}
+
+async fn splice_direction(
+    from: &TcpStream,
+    to: &TcpStream,
+    pending: BytesMut,
+    pipe: Pipe,
+    idle: Duration,
+    activity: &Activity,
+) -> u64 {
+    let mut moved = 0u64;
+    if !pending.is_empty() {
+        if write_all_shared(to, &pending).await.is_err() {
+            return moved;
+        }
+        moved += pending.len() as u64;
+    }
+    drop(pending);
+    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+    'tunnel: loop {
+        // Socket -> pipe. The pipe is empty here, so EAGAIN means "no data yet".
+        let in_pipe = loop {
+            match tokio::time::timeout(idle, from.readable()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => break 'tunnel,
+                Err(_) if activity.idle_for() >= idle => break 'tunnel,
+                Err(_) => continue,
+            }
+            let result = from.try_io(Interest::READABLE, || {
+                splice(
+                    from.as_fd(),
+                    None,
+                    pipe.write.as_fd(),
+                    None,
+                    SPLICE_CHUNK,
+                    flags,
+                )
+                .map_err(io::Error::from)
+            });
+            match result {
+                Ok(0) => break 'tunnel,
+                Ok(spliced) => break spliced,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(_) => break 'tunnel,
+            }
+        };
+        activity.touch();
+        // Pipe -> socket, until the pipe is empty again.
+        let mut left = in_pipe;
+        while left > 0 {
+            if to.writable().await.is_err() {
+                break 'tunnel;
+            }
+            let result = to.try_io(Interest::WRITABLE, || {
+                splice(pipe.read.as_fd(), None, to.as_fd(), None, left, flags)
+                    .map_err(io::Error::from)
+            });
+            match result {
+                Ok(written) => {
+                    left -= written;
+                    moved += written as u64;
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(_) => break 'tunnel,
+            }
+        }
+    }
+    // Pass the half-close on; the other direction keeps running until it ends too.
+    let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
+    moved
+}
+
+/// `write_all` through a shared reference (both directions hold both sockets).
+async fn write_all_shared(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(bytes) {
+            Ok(written) => bytes = &bytes[written..],
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
 }
 
 async fn copy_direction(
@@ -62,7 +190,7 @@ async fn copy_direction(
     to: &mut WriteHalf<'_>,
     pending: BytesMut,
     idle: Duration,
-    last_activity: &Activity,
+    activity: &Activity,
 ) -> u64 {
     let mut copied = 0u64;
     if !pending.is_empty() {
@@ -72,26 +200,25 @@ async fn copy_direction(
         copied += pending.len() as u64;
     }
     drop(pending);
-    let mut buf = vec![0u8; TUNNEL_BUFFER];
+    let mut buf = vec![0u8; COPY_BUFFER];
     loop {
         let read = match tokio::time::timeout(idle, from.read(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => break,
             Ok(Ok(read)) => read,
             Err(_) => {
                 // Idle only if the other direction was quiet too.
-                if last_activity.idle_for() >= idle {
+                if activity.idle_for() >= idle {
                     break;
                 }
                 continue;
             }
         };
-        last_activity.touch();
+        activity.touch();
         if to.write_all(&buf[..read]).await.is_err() {
             break;
         }
         copied += read as u64;
     }
-    // Pass the half-close on; the other direction keeps running until it ends too.
     let _ = to.shutdown().await;
     copied
 }
