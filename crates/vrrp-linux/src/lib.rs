@@ -1,0 +1,3 @@
+pub mod announce;
+pub mod netlink;
+pub mod socket;
