@@ -110,6 +110,7 @@ mod raw {
         pub max_connections: Option<Spanned<i64>>,
         pub max_head_bytes: Option<Spanned<i64>>,
         pub max_headers: Option<Spanned<i64>>,
+        pub max_request_line: Option<Spanned<i64>>,
         pub connect_timeout: Option<Spanned<String>>,
         pub read_timeout: Option<Spanned<String>>,
         pub client_idle_timeout: Option<Spanned<String>>,
@@ -406,6 +407,12 @@ impl Checker<'_> {
             65_536,
         );
         let max_headers = self.integer(raw.proxy.max_headers, "proxy.max_headers", 8..=1000, 100);
+        let max_request_line = self.integer(
+            raw.proxy.max_request_line,
+            "proxy.max_request_line",
+            256..=1_048_576,
+            16_384,
+        );
         let worker_threads = self.integer(
             raw.proxy.worker_threads,
             "proxy.worker_threads",
@@ -461,6 +468,7 @@ impl Checker<'_> {
             node_hostname: hostname.clone(),
             head_limits: HeadLimits {
                 max_head_bytes: max_head_bytes as usize,
+                max_request_line: max_request_line as usize,
                 max_headers: max_headers as usize,
             },
             max_connections: max_connections as usize,

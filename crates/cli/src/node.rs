@@ -176,6 +176,7 @@ async fn serve(
             loop {
                 tick.tick().await;
                 proxy.sweep_pool();
+                proxy.refresh_own_addresses();
             }
         });
     }

@@ -1096,3 +1096,116 @@ fn version_and_help() {
         assert!(help.contains(command), "{help}");
     }
 }
+
+// === regressions from the review of 2026-11-21 ===
+
+/// An upload that takes longer than read_timeout succeeds: the wait for the response starts
+/// when the body is complete, not when the request starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_upload_longer_than_read_timeout_succeeds() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start().await;
+    let node = NodeProcess::start(BIN, "read_timeout = \"1s\"", POLICY);
+    let mut stream = tokio::net::TcpStream::connect(node.proxy)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nConnection: close\r\n\r\n",
+        origin.url("/echo")
+    );
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    // Six bytes over ~2.4 s: every gap is below read_timeout, the whole is above it.
+    for byte in b"sloooo" {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        stream
+            .write_all(&[*byte])
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+    }
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut response)).await;
+    assert_eq!(status_of(&response), 200, "{}", body_text(&response));
+    assert!(body_text(&response).ends_with("sloooo"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_websocket_upgrades_and_no_underscore_headers_are_forwarded() {
+    let origin = Origin::start().await;
+    let node = node();
+    let output = curl(&[
+        "-x",
+        &proxy_url(&node),
+        "-H",
+        "Connection: Upgrade, HTTP2-Settings",
+        "-H",
+        "Upgrade: h2c",
+        "-H",
+        "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA",
+        "-H",
+        "Content_Length: 5",
+        "-H",
+        "X_Forwarded_For: 1.2.3.4",
+        &origin.url("/small"),
+    ]);
+    assert_eq!(output.status, 200, "{}", output.stderr);
+    let request = &origin.requests()[0];
+    for header in [
+        "upgrade",
+        "http2-settings",
+        "content_length",
+        "x_forwarded_for",
+    ] {
+        assert_eq!(request.header(header), None, "{header} was forwarded");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encoded_paths_cannot_slip_past_path_rules() {
+    let origin = Origin::start().await;
+    let node = node();
+    for path in [
+        "/%62locked/x",
+        "/a/../blocked/x",
+        "/./blocked",
+        "/%2e%2e/blocked",
+    ] {
+        let request = format!(
+            "GET {}{path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            origin.url("")
+        );
+        let (response, _) = raw_exchange(node.proxy, request.as_bytes(), WAIT).await;
+        assert_eq!(
+            status_of(&response),
+            403,
+            "{path}: {}",
+            body_text(&response)
+        );
+    }
+    assert_eq!(origin.connections(), 0);
+    // What is forwarded is the normalised path.
+    let request = format!(
+        "GET {}/x/../%73mall HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        origin.url("")
+    );
+    let (response, _) = raw_exchange(node.proxy, request.as_bytes(), WAIT).await;
+    assert_eq!(status_of(&response), 200);
+    assert_eq!(origin.requests()[0].uri, "/small");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_request_line_gets_414() {
+    let origin = Origin::start().await;
+    let node = NodeProcess::start(BIN, "max_request_line = 1024", POLICY);
+    let request = format!(
+        "GET {}/{} HTTP/1.1\r\nHost: x\r\n\r\n",
+        origin.url(""),
+        "a".repeat(2000)
+    );
+    let (response, closed) = raw_exchange(node.proxy, request.as_bytes(), WAIT).await;
+    assert_eq!(status_of(&response), 414);
+    assert!(closed);
+    assert_eq!(origin.connections(), 0);
+}

@@ -31,6 +31,12 @@ mod forward;
 
 /// Read size for heads and small bodies.
 const READ_CHUNK: usize = 8 * 1024;
+/// URLs longer than this are cut in the access log.
+const MAX_LOGGED_URL: usize = 4096;
+/// After a refusal, unread input is drained for at most this long before closing, so the
+/// close does not turn into a reset that destroys the error response (RFC 9112 9.6).
+const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
+const LINGER_BYTES: usize = 64 * 1024;
 
 /// The client side of a connection.
 struct Client {
@@ -85,7 +91,26 @@ pub(crate) async fn serve_connection(
             client.buf = BytesMut::new();
         }
     }
+    linger_close(client.stream).await;
     tracing::trace!(client.addr = %addr, "Connection closed");
+}
+
+/// Closes gracefully: send FIN, then read and discard what the client still sends for a
+/// moment. Closing with unread input makes the kernel send a reset, and a client that gets
+/// a reset may never read the response we just wrote.
+async fn linger_close(mut stream: TcpStream) {
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut scratch = [0u8; 4096];
+    let mut drained = 0;
+    let deadline = Instant::now() + LINGER;
+    while drained < LINGER_BYTES {
+        match tokio::time::timeout_at(deadline, stream.read(&mut scratch)).await {
+            Ok(Ok(read)) if read > 0 => drained += read,
+            _ => break,
+        }
+    }
 }
 
 enum HeadRead {
@@ -161,7 +186,17 @@ struct Exchange {
 }
 
 impl Exchange {
-    fn new(proxy: &Proxy, client: &Client, method: &str, url: String) -> Exchange {
+    fn new(proxy: &Proxy, client: &Client, method: &str, mut url: String) -> Exchange {
+        // Records wait in a bounded queue for the log writer; long URLs must not make that
+        // queue large.
+        if url.len() > MAX_LOGGED_URL {
+            let mut cut = MAX_LOGGED_URL;
+            while !url.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            url.truncate(cut);
+            url.push_str("...");
+        }
         Exchange {
             request_id: proxy.next_request_id(),
             time: SystemTime::now(),
@@ -612,8 +647,8 @@ async fn vet_destination(
     let mut first_refusal = None;
     for ip in candidates {
         let judged = canonical(ip);
-        if proxy.own_addresses.contains(judged) && proxy.config.own_ports.contains(&authority.port)
-        {
+        let own_addresses = proxy.own_addresses.load();
+        if own_addresses.reaches_us(judged) && proxy.config.own_ports.contains(&authority.port) {
             first_refusal.get_or_insert(Refusal::SelfConnection {
                 addr: SocketAddr::new(judged, authority.port),
             });
@@ -621,8 +656,7 @@ async fn vet_destination(
         }
         // The specific class (loopback, private, ...) tells the operator more than "own".
         let class = classify(judged).or_else(|| {
-            proxy
-                .own_addresses
+            own_addresses
                 .contains(judged)
                 .then_some(DeniedClass::OwnAddress)
         });
@@ -663,6 +697,7 @@ async fn connect_upstream(
         peer,
         key: key.clone(),
         reused: false,
+        verify_on_reuse: false,
     })
 }
 

@@ -77,7 +77,8 @@ pub struct Proxy {
     policy: Arc<ArcSwap<CompiledPolicy>>,
     resolver: Resolver,
     pool: Pool,
-    own_addresses: OwnAddresses,
+    /// Refreshed periodically: VIPs come and go with VRRP.
+    own_addresses: ArcSwap<OwnAddresses>,
     metrics: ProxyMetrics,
     access_log: AccessLog,
     node: Arc<str>,
@@ -117,7 +118,7 @@ impl Proxy {
             policy,
             resolver,
             pool,
-            own_addresses,
+            own_addresses: ArcSwap::from_pointee(own_addresses),
             metrics,
             access_log,
             node,
@@ -151,6 +152,12 @@ impl Proxy {
         self.pool.sweep();
     }
 
+    /// Re-reads this machine's addresses (a VIP added or removed since the last look).
+    pub fn refresh_own_addresses(&self) {
+        self.own_addresses
+            .store(std::sync::Arc::new(OwnAddresses::from_interfaces()));
+    }
+
     /// Accepts connections on `listener` until `shutdown` fires. Each connection runs on
     /// its own task, tracked by `tracker` so a drain can wait for them.
     pub async fn serve(
@@ -178,12 +185,14 @@ impl Proxy {
                 self.shed(stream);
                 continue;
             }
+            // Counted before the task starts, so a burst of accepts cannot overshoot the
+            // limit; uncounted by a guard, so even a panicking task gives its slot back.
+            let slot = ConnectionSlot::take(&self.metrics.active_connections);
             let proxy = self.clone();
             let shutdown = shutdown.clone();
             tracker.spawn(async move {
-                proxy.metrics.active_connections.inc();
-                conn::serve_connection(proxy.clone(), stream, client, shutdown).await;
-                proxy.metrics.active_connections.dec();
+                let _slot = slot;
+                conn::serve_connection(proxy, stream, client, shutdown).await;
             });
         }
     }
@@ -203,6 +212,26 @@ impl Proxy {
             true,
         );
         let _ = stream.try_write(&response);
+    }
+}
+
+/// One counted client connection; gives the count back when dropped.
+struct ConnectionSlot {
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl ConnectionSlot {
+    fn take(gauge: &prometheus_client::metrics::gauge::Gauge) -> ConnectionSlot {
+        gauge.inc();
+        ConnectionSlot {
+            gauge: gauge.clone(),
+        }
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.gauge.dec();
     }
 }
 

@@ -93,11 +93,20 @@ fn classify_v6(ip: Ipv6Addr) -> Option<DeniedClass> {
         [first, ..] if first & 0xffc0 == 0xfec0 => DeniedClass::Reserved, // site-local
         [first, ..] if first & 0xff00 == 0xff00 => DeniedClass::Multicast,
         [0x2001, 0x0db8, ..] => DeniedClass::Documentation,
+        // Teredo tunnels to an IPv4 address of the relay's choosing.
+        [0x2001, 0x0000, ..] => DeniedClass::Reserved,
+        // 6to4 and SIIT (::ffff:0:a.b.c.d) carry an IPv4 address: judge that.
+        [0x2002, high, low, ..] => return classify_v4(embedded_v4(high, low)),
+        [0, 0, 0, 0, 0xffff, 0, high, low] => return classify_v4(embedded_v4(high, low)),
         // IPv4-compatible ::a.b.c.d (deprecated) and the discard prefix 100::/64.
         [0, 0, 0, 0, 0, 0, _, _] => DeniedClass::Reserved,
         [0x0100, 0, 0, 0, ..] => DeniedClass::Reserved,
         _ => return None,
     })
+}
+
+fn embedded_v4(high: u16, low: u16) -> Ipv4Addr {
+    Ipv4Addr::from((u32::from(high) << 16) | u32::from(low))
 }
 
 /// The addresses of this machine, judged as [`DeniedClass::OwnAddress`].
@@ -134,6 +143,13 @@ impl OwnAddresses {
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
         self.addresses.iter().any(|own| canonical(*own) == ip)
+    }
+
+    /// Whether a connection to `ip` would reach this machine: its addresses, and any
+    /// loopback or unspecified address (a proxy listening on 0.0.0.0 answers on 127.0.0.2).
+    pub fn reaches_us(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        ip.is_loopback() || ip.is_unspecified() || self.contains(ip)
     }
 }
 
@@ -191,6 +207,11 @@ mod tests {
         check("::127.0.0.1", Some(Reserved));
         check("2606:4700::1111", None);
         check("2001:db8::1", Some(Documentation));
+        check("2001:0:4136:e378::1", Some(Reserved)); // Teredo
+        check("2002:7f00:1::1", Some(Loopback)); // 6to4 of 127.0.0.1
+        check("2002:a9fe:a9fe::1", Some(LinkLocal)); // 6to4 of 169.254.169.254
+        check("2002:0808:0808::1", None); // 6to4 of 8.8.8.8
+        check("::ffff:0:a00:1", Some(Private)); // SIIT of 10.0.0.1
     }
 
     #[test]

@@ -109,12 +109,90 @@ pub fn parse_absolute(target: &str) -> Result<AbsoluteTarget, TargetError> {
     } else if path.starts_with('?') {
         format!("/{path}")
     } else {
-        path.to_owned()
+        normalize_path(path)
     };
     Ok(AbsoluteTarget {
         authority,
         path_and_query,
     })
+}
+
+/// RFC 3986 6.2.2 normalisation of the path (the query is left alone): percent-encoded
+/// unreserved characters are decoded, other escapes get upper-case hex, and dot segments
+/// are removed (5.2.4). The result means the same resource to any conforming origin, and it
+/// is what both the policy and the origin see, so `/%61dmin` or `/x/../admin` cannot slip
+/// past a rule on `/admin`.
+pub fn normalize_path(path_and_query: &str) -> String {
+    let (path, query) = match path_and_query.find('?') {
+        Some(at) => path_and_query.split_at(at),
+        None => (path_and_query, ""),
+    };
+    let mut decoded = String::with_capacity(path.len());
+    let bytes = path.as_bytes();
+    let mut index = 0;
+    while index < bytes.len() {
+        let byte = bytes[index];
+        let escape = (byte == b'%')
+            .then(|| bytes.get(index + 1..index + 3))
+            .flatten()
+            .filter(|hex| hex.iter().all(u8::is_ascii_hexdigit));
+        match escape {
+            Some(hex) => {
+                let value = hex.iter().fold(0u8, |acc, digit| {
+                    acc * 16 + (*digit as char).to_digit(16).unwrap_or(0) as u8
+                });
+                if value.is_ascii_alphanumeric() || b"-._~".contains(&value) {
+                    decoded.push(value as char);
+                } else {
+                    decoded.push('%');
+                    decoded.push(hex[0].to_ascii_uppercase() as char);
+                    decoded.push(hex[1].to_ascii_uppercase() as char);
+                }
+                index += 3;
+            }
+            None => {
+                decoded.push(byte as char);
+                index += 1;
+            }
+        }
+    }
+    let mut output = remove_dot_segments(&decoded);
+    if output.is_empty() {
+        output.push('/');
+    }
+    output.push_str(query);
+    output
+}
+
+/// RFC 3986 5.2.4.
+fn remove_dot_segments(path: &str) -> String {
+    let mut output: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').collect();
+    let last = segments.len().saturating_sub(1);
+    for (position, segment) in segments.iter().enumerate() {
+        match *segment {
+            "." => {
+                if position == last {
+                    output.push("");
+                }
+            }
+            ".." => {
+                if output.len() > 1 {
+                    output.pop();
+                }
+                if position == last {
+                    output.push("");
+                }
+            }
+            other => output.push(other),
+        }
+    }
+    let joined = output.join("/");
+    if path.starts_with('/') && !joined.starts_with('/') {
+        format!("/{joined}")
+    } else {
+        joined
+    }
 }
 
 /// Parses CONNECT's `host:port` (the port is mandatory).
@@ -250,6 +328,28 @@ mod tests {
         check_absolute("http://example.com:/", Err(InvalidPort));
         check_absolute("http://example.com:+80/", Err(InvalidPort));
         check_absolute("http:///", Err(InvalidHost));
+    }
+
+    #[test]
+    fn paths_are_normalised() {
+        for (raw, expected) in [
+            ("/admin", "/admin"),
+            ("/%61dmin", "/admin"),
+            ("/%2e%2e/admin", "/admin"),
+            ("/x/../admin", "/admin"),
+            ("/./admin", "/admin"),
+            ("/a/b/../../admin?x=/../y", "/admin?x=/../y"),
+            ("/a/./b/", "/a/b/"),
+            ("/a/..", "/"),
+            ("/..", "/"),
+            ("/%2fadmin", "/%2Fadmin"),
+            ("/%zz", "/%zz"),
+            ("/%", "/%"),
+            ("//admin", "//admin"),
+            ("/a%7Eb", "/a~b"),
+        ] {
+            assert_eq!(normalize_path(raw), expected, "{raw}");
+        }
     }
 
     #[test]

@@ -116,7 +116,8 @@ async fn splice_direction(
 ) -> u64 {
     let mut moved = 0u64;
     if !pending.is_empty() {
-        if write_all_shared(to, &pending).await.is_err() {
+        let written = tokio::time::timeout(idle, write_all_shared(to, &pending)).await;
+        if !matches!(written, Ok(Ok(()))) {
             return moved;
         }
         moved += pending.len() as u64;
@@ -154,8 +155,12 @@ async fn splice_direction(
         // Pipe -> socket, until the pipe is empty again.
         let mut left = in_pipe;
         while left > 0 {
-            if to.writable().await.is_err() {
-                break 'tunnel;
+            // A peer that stops reading must not hold the tunnel open forever either.
+            match tokio::time::timeout(idle, to.writable()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => break 'tunnel,
+                Err(_) if activity.idle_for() >= idle => break 'tunnel,
+                Err(_) => continue,
             }
             let result = to.try_io(Interest::WRITABLE, || {
                 splice(pipe.read.as_fd(), None, to.as_fd(), None, left, flags)
@@ -218,7 +223,8 @@ async fn copy_direction(
             }
         };
         activity.touch();
-        if to.write_all(&buf[..read]).await.is_err() {
+        let written = tokio::time::timeout(idle, to.write_all(&buf[..read])).await;
+        if !matches!(written, Ok(Ok(()))) {
             break;
         }
         copied += read as u64;

@@ -28,6 +28,9 @@ pub struct UpstreamConn {
     pub key: PoolKey,
     /// Taken from the idle pool (so it may have been closed by the origin meanwhile).
     pub reused: bool,
+    /// The last response's end was inferred (HEAD, 204, 304), not framed: an origin that
+    /// disagreed may still send body bytes, so check for stray bytes before reuse.
+    pub verify_on_reuse: bool,
 }
 
 /// Why dialling failed, mapped to 502 or 504 by the caller.
@@ -111,6 +114,7 @@ struct Idle {
     stream: TcpStream,
     peer: SocketAddr,
     since: Instant,
+    verify: bool,
 }
 
 /// Idle keep-alive connections to origins, bounded per origin and in total.
@@ -154,7 +158,7 @@ impl Pool {
                 idle
             };
             if now.duration_since(idle.since) >= self.settings.idle_timeout
-                || (verify_alive && !is_alive(&idle.stream))
+                || ((verify_alive || idle.verify) && !is_alive(&idle.stream))
             {
                 continue;
             }
@@ -164,6 +168,7 @@ impl Pool {
                 peer: idle.peer,
                 key: key.clone(),
                 reused: true,
+                verify_on_reuse: false,
             });
         }
     }
@@ -187,6 +192,7 @@ impl Pool {
             stream: conn.stream,
             peer: conn.peer,
             since: Instant::now(),
+            verify: conn.verify_on_reuse,
         });
         state.total += 1;
     }

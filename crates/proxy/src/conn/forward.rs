@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -62,6 +63,8 @@ enum ExchangeError {
     BadResponseBody(ChunkError),
     #[error("upstream closed before the whole body was sent")]
     UpstreamBodyTruncated,
+    #[error("upstream sent more than {MAX_INTERIM_RESPONSES} interim responses")]
+    TooManyInterimResponses,
 }
 
 impl ExchangeError {
@@ -105,7 +108,14 @@ pub(super) async fn forward(
         host: target.authority.host.to_string(),
         port: target.authority.port,
     };
-    let wants_upgrade = head.connection.upgrade && head.header("upgrade").is_some();
+    // Only WebSocket is tunnelled: after a 101 the client speaks to the origin unchecked, so
+    // an h2c upgrade (h2c smuggling) or any other protocol is not offered; the request goes
+    // on as a plain one without its Upgrade header.
+    let wants_upgrade = head.method() == "GET"
+        && head.connection.upgrade
+        && head
+            .header("upgrade")
+            .is_some_and(|value| value.eq_ignore_ascii_case(b"websocket"));
     let request_head = build_upstream_request(proxy, &head, &target, max_forwards, wants_upgrade);
     // RFC 9110 9.2.2: only idempotent requests may be retried automatically, and only
     // bodiless ones can be, since the body is streamed, not kept.
@@ -225,6 +235,8 @@ pub(super) async fn forward(
                 && response.framing != Framing::UntilClose
                 && upstream_keep_alive(&response);
             if upstream_reusable {
+                let mut upstream = upstream;
+                upstream.verify_on_reuse = response.framing == Framing::Empty;
                 proxy.pool.checkin(upstream);
             }
             proxy.finish(exchange);
@@ -258,12 +270,10 @@ async fn send_request(
 ) -> Result<(Head, BodyState), ExchangeError> {
     let read_timeout = proxy.config.read_timeout;
     let limits = proxy.config.head_limits;
+    write_all_timed(&mut upstream.stream, request_head, read_timeout)
+        .await
+        .map_err(upstream_write_error)?;
     if head.framing == Framing::Empty {
-        upstream
-            .stream
-            .write_all(request_head)
-            .await
-            .map_err(ExchangeError::UpstreamIo)?;
         let (mut upstream_read, _) = upstream.stream.split();
         let response = read_response_head(
             &mut upstream_read,
@@ -271,17 +281,12 @@ async fn send_request(
             &mut client.stream,
             head,
             limits,
-            read_timeout,
+            ResponseWait::Deadline(Instant::now() + read_timeout, read_timeout),
             &mut exchange.to_client,
         )
         .await?;
         return Ok((response, BodyState::Complete));
     }
-    upstream
-        .stream
-        .write_all(request_head)
-        .await
-        .map_err(ExchangeError::UpstreamIo)?;
     let (mut client_read, mut client_write) = client.stream.split();
     let (mut upstream_read, mut upstream_write) = upstream.stream.split();
     let mut from_client = 0u64;
@@ -295,28 +300,37 @@ async fn send_request(
             read_timeout,
             &mut from_client,
         );
+        // The origin may answer only once it has the whole body, however long the upload
+        // takes: the wait for its response starts counting when the body is complete (the
+        // upload itself is bounded by per-read and per-write timeouts).
         let response = read_response_head(
             &mut upstream_read,
             &mut upstream.buf,
             &mut client_write,
             head,
             limits,
-            read_timeout,
+            ResponseWait::Unbounded,
             &mut to_client,
         );
         tokio::pin!(body);
         tokio::pin!(response);
         let mut body_done = false;
+        let response_deadline = tokio::time::sleep(Duration::MAX / 4);
+        tokio::pin!(response_deadline);
         loop {
             tokio::select! {
                 result = &mut body, if !body_done => {
                     result?;
                     body_done = true;
+                    response_deadline.as_mut().reset(Instant::now() + read_timeout);
                 }
                 result = &mut response => {
                     let response = result?;
                     let state = if body_done { BodyState::Complete } else { BodyState::Abandoned };
                     break Ok::<_, ExchangeError>((response, state));
+                }
+                () = &mut response_deadline, if body_done => {
+                    break Err(ExchangeError::UpstreamTimeout(read_timeout));
                 }
             }
         }
@@ -324,6 +338,38 @@ async fn send_request(
     exchange.from_client += from_client;
     exchange.to_client += to_client;
     outcome
+}
+
+/// `write_all` bounded in time: a peer that stops reading cannot hold a task forever.
+async fn write_all_timed<W: AsyncWrite + Unpin>(
+    to: &mut W,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Result<(), WriteError> {
+    match tokio::time::timeout(timeout, to.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(WriteError::Io(error)),
+        Err(_) => Err(WriteError::Timeout(timeout)),
+    }
+}
+
+enum WriteError {
+    Io(std::io::Error),
+    Timeout(Duration),
+}
+
+fn upstream_write_error(error: WriteError) -> ExchangeError {
+    match error {
+        WriteError::Io(error) => ExchangeError::UpstreamIo(error),
+        WriteError::Timeout(timeout) => ExchangeError::UpstreamTimeout(timeout),
+    }
+}
+
+fn client_write_error(error: WriteError) -> ExchangeError {
+    match error {
+        WriteError::Io(error) => ExchangeError::ClientIo(error),
+        WriteError::Timeout(_) => ExchangeError::ClientTimeout,
+    }
 }
 
 /// Streams the request body to the origin, re-framed: Content-Length bodies byte-exact,
@@ -350,9 +396,9 @@ where
                         .map_err(client_read_error)?;
                 }
                 let take = remaining.min(buf.len() as u64) as usize;
-                to.write_all(&buf[..take])
+                write_all_timed(to, &buf[..take], read_timeout)
                     .await
-                    .map_err(ExchangeError::UpstreamIo)?;
+                    .map_err(upstream_write_error)?;
                 buf.advance(take);
                 remaining -= take as u64;
                 *counted += take as u64;
@@ -370,15 +416,11 @@ where
                     Decoded::Data(data) => {
                         out.clear();
                         encode_chunk_header(data.len(), &mut out);
-                        to.write_all(&out)
+                        out.extend_from_slice(&data);
+                        out.extend_from_slice(b"\r\n");
+                        write_all_timed(to, &out, read_timeout)
                             .await
-                            .map_err(ExchangeError::UpstreamIo)?;
-                        to.write_all(&data)
-                            .await
-                            .map_err(ExchangeError::UpstreamIo)?;
-                        to.write_all(b"\r\n")
-                            .await
-                            .map_err(ExchangeError::UpstreamIo)?;
+                            .map_err(upstream_write_error)?;
                     }
                     Decoded::NeedMore => {
                         fill(from, buf, BODY_CHUNK, read_timeout)
@@ -386,9 +428,9 @@ where
                             .map_err(client_read_error)?;
                     }
                     Decoded::Done => {
-                        to.write_all(LAST_CHUNK)
+                        write_all_timed(to, LAST_CHUNK, read_timeout)
                             .await
-                            .map_err(ExchangeError::UpstreamIo)?;
+                            .map_err(upstream_write_error)?;
                         return Ok(());
                     }
                 }
@@ -435,21 +477,35 @@ async fn fill<R: AsyncRead + Unpin>(
     }
 }
 
-/// Reads the final response head, relaying 100/102/103 to HTTP/1.1 clients.
+/// How long to wait for a response head.
+#[derive(Clone, Copy)]
+enum ResponseWait {
+    /// The whole head (interim responses included) by this instant; the duration is for
+    /// the error message.
+    Deadline(Instant, Duration),
+    /// The caller bounds the wait.
+    Unbounded,
+}
+
+/// More interim responses than this for one request is an origin playing games.
+const MAX_INTERIM_RESPONSES: usize = 8;
+
+/// Reads the final response head, relaying interim responses (100, 102, 103) to HTTP/1.1
+/// clients with their fields (103 Early Hints carries `Link`).
 async fn read_response_head<R, W>(
     from: &mut R,
     buf: &mut BytesMut,
     client: &mut W,
     request: &Head,
     limits: crate::http1::HeadLimits,
-    read_timeout: Duration,
+    wait: ResponseWait,
     to_client: &mut u64,
 ) -> Result<Head, ExchangeError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    loop {
+    for _ in 0..=MAX_INTERIM_RESPONSES {
         let mut scanned = 0;
         let raw = loop {
             match find_head_end(buf, &mut scanned, limits.max_head_bytes) {
@@ -458,16 +514,24 @@ where
                 Err(error) => return Err(ExchangeError::BadResponse(error)),
             }
             let was_empty = buf.is_empty();
-            match fill(from, buf, READ_CHUNK, read_timeout).await {
-                Ok(_) => {}
-                // A reused connection closed before any byte of the response: stale.
-                Err(FillError::Closed) if was_empty => {
+            buf.reserve(READ_CHUNK);
+            let read = match wait {
+                ResponseWait::Deadline(deadline, timeout) => {
+                    match tokio::time::timeout_at(deadline, from.read_buf(buf)).await {
+                        Ok(read) => read,
+                        Err(_) => return Err(ExchangeError::UpstreamTimeout(timeout)),
+                    }
+                }
+                ResponseWait::Unbounded => from.read_buf(buf).await,
+            };
+            match read {
+                Ok(0) if was_empty => {
+                    // A reused connection closed before any byte of the response: stale.
                     return Err(ExchangeError::UpstreamClosedEarly);
                 }
-                Err(FillError::Closed) => {
-                    return Err(ExchangeError::BadResponse(HeadError::InvalidStatusLine));
-                }
-                Err(error) => return Err(upstream_read_error(error, read_timeout)),
+                Ok(0) => return Err(ExchangeError::BadResponse(HeadError::InvalidStatusLine)),
+                Ok(_) => {}
+                Err(error) => return Err(ExchangeError::UpstreamIo(error)),
             }
         };
         let response =
@@ -478,17 +542,27 @@ where
         }
         // Interim responses: relay to HTTP/1.1 clients only (RFC 9110 15.2).
         if request.version == Version::Http11 {
-            let line = format!(
-                "HTTP/1.1 {status} {}\r\n\r\n",
-                String::from_utf8_lossy(response.reason())
-            );
+            let mut out = BytesMut::with_capacity(256);
+            out.extend_from_slice(format!("HTTP/1.1 {status} ").as_bytes());
+            out.extend_from_slice(response.reason());
+            out.extend_from_slice(b"\r\n");
+            for (name, value) in response.headers() {
+                if !is_hop_by_hop(name, &response) {
+                    out.extend_from_slice(name);
+                    out.extend_from_slice(b": ");
+                    out.extend_from_slice(value);
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
+            out.extend_from_slice(b"\r\n");
             client
-                .write_all(line.as_bytes())
+                .write_all(&out)
                 .await
                 .map_err(ExchangeError::ClientIo)?;
-            *to_client += line.len() as u64;
+            *to_client += out.len() as u64;
         }
     }
+    Err(ExchangeError::TooManyInterimResponses)
 }
 
 /// How the response body is framed towards the client.
@@ -572,6 +646,10 @@ fn build_upstream_request(
     out.extend_from_slice(b"\r\n");
     for (name, value) in head.headers() {
         if is_hop_by_hop(name, head)
+            // Backends in the CGI tradition read `Content_Length` as Content-Length:
+            // names with underscores are dropped, as nginx does by default.
+            || name.contains(&b'_')
+            || name.eq_ignore_ascii_case(b"http2-settings")
             || name.eq_ignore_ascii_case(b"host")
             || (max_forwards.is_some() && name.eq_ignore_ascii_case(b"max-forwards"))
             // An HTTP/1.0 client's Expect must be ignored (RFC 9110 10.1.1).
@@ -664,8 +742,8 @@ async fn copy_response_body(
     macro_rules! send {
         ($bytes:expr) => {{
             let bytes: &[u8] = $bytes;
-            if let Err(error) = client.write_all(bytes).await {
-                return Err((sent, ExchangeError::ClientIo(error)));
+            if let Err(error) = write_all_timed(client, bytes, read_timeout).await {
+                return Err((sent, client_write_error(error)));
             }
             sent += bytes.len() as u64;
         }};

@@ -104,7 +104,9 @@ impl ChunkedDecoder {
                     self.state = State::Size;
                 }
                 State::Trailers { seen } => {
-                    let Some(line_end) = find_crlf(buf, MAX_TRAILERS - seen)? else {
+                    // `seen + line + CRLF` never exceeds MAX_TRAILERS, so this cannot wrap.
+                    let budget = MAX_TRAILERS.saturating_sub(seen + 2);
+                    let Some(line_end) = find_crlf(buf, budget)? else {
                         return Ok(Decoded::NeedMore);
                     };
                     if line_end == 0 {
@@ -124,9 +126,13 @@ impl ChunkedDecoder {
     }
 }
 
-/// Position of the CR of the first CRLF; bare CR, bare LF and NUL are errors.
+/// Position of the CR of the first CRLF within `limit` bytes of line content; bare CR, bare
+/// LF and NUL are errors, and so is a line longer than `limit`.
 fn find_crlf(buf: &[u8], limit: usize) -> Result<Option<usize>, ChunkError> {
     for (index, byte) in buf.iter().enumerate() {
+        if index > limit {
+            return Err(ChunkError::LineTooLong);
+        }
         match byte {
             b'\r' => match buf.get(index + 1) {
                 Some(b'\n') => return Ok(Some(index)),
@@ -136,9 +142,6 @@ fn find_crlf(buf: &[u8], limit: usize) -> Result<Option<usize>, ChunkError> {
             b'\n' => return Err(ChunkError::BareLf),
             0 => return Err(ChunkError::InvalidLine),
             _ => {}
-        }
-        if index >= limit {
-            return Err(ChunkError::LineTooLong);
         }
     }
     if buf.len() > limit {
@@ -274,6 +277,35 @@ mod tests {
         check("5;a\x01\r\nhello\r\n0\r\n\r\n", Err(InvalidExtension));
         check("0\r\nbad trailer\r\n\r\n", Err(InvalidTrailer));
         check("0\r\nX: 1\n\r\n", Err(BareLf));
+    }
+
+    /// Found in review: a trailer line of exactly the remaining budget made the next budget
+    /// wrap (a panic in debug, an unbounded buffer in release).
+    #[test]
+    fn trailer_budget_is_enforced_without_wrapping() {
+        for line_len in [
+            MAX_TRAILERS - 4,
+            MAX_TRAILERS - 3,
+            MAX_TRAILERS - 2,
+            MAX_TRAILERS,
+        ] {
+            let mut input = b"0\r\nX:".to_vec();
+            input.extend(std::iter::repeat_n(b'a', line_len.saturating_sub(2)));
+            input.extend_from_slice(b"\r\n");
+            input.extend(std::iter::repeat_n(b'a', 2 * MAX_TRAILERS));
+            let mut decoder = ChunkedDecoder::new();
+            let mut buf = BytesMut::from(&input[..]);
+            let mut result = decoder.decode(&mut buf);
+            // Feed more junk: the decoder must refuse, not ask for more forever.
+            for _ in 0..4 {
+                if !matches!(result, Ok(Decoded::NeedMore)) {
+                    break;
+                }
+                buf.extend(std::iter::repeat_n(b'a', MAX_TRAILERS));
+                result = decoder.decode(&mut buf);
+            }
+            assert_eq!(result, Err(ChunkError::LineTooLong), "line of {line_len}");
+        }
     }
 
     #[test]

@@ -139,6 +139,8 @@ impl Head {
 pub struct HeadLimits {
     /// Maximum bytes of request line plus all header lines.
     pub max_head_bytes: usize,
+    /// Maximum bytes of a request target (414 above it).
+    pub max_request_line: usize,
     /// Maximum number of header fields.
     pub max_headers: usize,
 }
@@ -147,6 +149,7 @@ impl Default for HeadLimits {
     fn default() -> Self {
         HeadLimits {
             max_head_bytes: 64 * 1024,
+            max_request_line: 16 * 1024,
             max_headers: 100,
         }
     }
@@ -207,6 +210,10 @@ pub fn find_head_end(
 
 /// Parses a complete request head (as delimited by [`find_head_end`]).
 pub fn parse_request(raw: Bytes, limits: HeadLimits) -> Result<Head, HeadError> {
+    let line_end = memchr::memmem::find(raw.trim_ascii_start(), b"\r\n").unwrap_or(raw.len());
+    if line_end > limits.max_request_line {
+        return Err(HeadError::RequestLineTooLong);
+    }
     let mut storage = vec![httparse::EMPTY_HEADER; limits.max_headers];
     let mut request = httparse::Request::new(&mut storage);
     let status = request.parse(&raw).map_err(|error| match error {
@@ -333,29 +340,20 @@ fn request_framing(head: &Head) -> Result<Framing, HeadError> {
 
 /// RFC 9112 section 6.3, in order.
 fn response_framing(head: &Head, code: u16, request_method: &str) -> Result<Framing, HeadError> {
-    if request_method.eq_ignore_ascii_case("HEAD")
-        || (100..200).contains(&code)
-        || code == 204
-        || code == 304
-    {
+    // Methods are case-sensitive (RFC 9110 9.1): "head" is not HEAD, and an origin that
+    // thinks so sends a body we must read.
+    if request_method == "HEAD" || (100..200).contains(&code) || code == 204 || code == 304 {
         return Ok(Framing::Empty);
     }
-    let mut saw_transfer_encoding = false;
-    let mut last_coding_chunked = false;
-    for value in head.header_all("transfer-encoding") {
-        saw_transfer_encoding = true;
-        if let Some(last) = value.split(|byte| *byte == b',').map(trim_ows).next_back() {
-            last_coding_chunked = last.eq_ignore_ascii_case(b"chunked");
+    // Stricter than 6.3 item 4: only a single `chunked` is relayed. Other codings (gzip as a
+    // transfer coding is all but unused) would reach the client undeclared once we re-frame,
+    // and Transfer-Encoding in HTTP/1.0 means faulty framing (6.1): both are a 502.
+    if single_transfer_encoding(head)?.is_some() {
+        if head.version == Version::Http10 {
+            return Err(HeadError::TransferEncodingInHttp10);
         }
-    }
-    if saw_transfer_encoding {
-        // 6.3 item 4: chunked last -> chunked; otherwise read until close. A Content-Length
-        // alongside is ignored (and the caller must not reuse the connection).
-        return Ok(if last_coding_chunked && head.version == Version::Http11 {
-            Framing::Chunked
-        } else {
-            Framing::UntilClose
-        });
+        // A Content-Length alongside is ignored; the caller does not reuse the connection.
+        return Ok(Framing::Chunked);
     }
     let mut length: Option<u64> = None;
     for value in head.header_all("content-length") {
@@ -648,6 +646,21 @@ mod tests {
     }
 
     #[test]
+    fn long_request_lines_get_414() {
+        let raw = format!(
+            "GET http://a.test/{} HTTP/1.1\r\nHost: a\r\n\r\n",
+            "a".repeat(100)
+        );
+        let limits = HeadLimits {
+            max_request_line: 64,
+            ..HeadLimits::default()
+        };
+        let parsed = parse_request(Bytes::from(raw), limits);
+        assert_eq!(parsed.err(), Some(HeadError::RequestLineTooLong));
+        assert_eq!(HeadError::RequestLineTooLong.status(), 414);
+    }
+
+    #[test]
     fn oversized_heads_are_refused() {
         let raw = format!("GET http://a.test/{} HTTP/1.1\r\n", "a".repeat(100));
         let mut scanned = 0;
@@ -684,12 +697,25 @@ mod tests {
         let head = response("HTTP/1.1 204 No Content\r\n\r\n", "GET");
         assert!(matches!(head, Ok(ref head) if head.framing == Framing::Empty));
         let head = response(
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
             "GET",
         );
         assert!(matches!(head, Ok(ref head) if head.framing == Framing::Chunked));
+        let head = response(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "GET",
+        );
+        assert_eq!(head.err(), Some(HeadError::UnsupportedTransferEncoding));
         let head = response("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", "GET");
-        assert!(matches!(head, Ok(ref head) if head.framing == Framing::UntilClose));
+        assert_eq!(head.err(), Some(HeadError::UnsupportedTransferEncoding));
+        let head = response(
+            "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET",
+        );
+        assert_eq!(head.err(), Some(HeadError::TransferEncodingInHttp10));
+        // Found in review: "head" is not HEAD; its response body must be read.
+        let head = response("HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n", "head");
+        assert!(matches!(head, Ok(ref head) if head.framing == Framing::Length(7)));
         let head = response("HTTP/1.0 200 OK\r\n\r\n", "GET");
         assert!(matches!(head, Ok(ref head) if head.framing == Framing::UntilClose));
         let head = response("HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\n", "GET");

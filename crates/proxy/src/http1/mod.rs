@@ -16,6 +16,8 @@ pub enum HeadError {
     TooLarge,
     #[error("more header fields than the configured limit")]
     TooManyHeaders,
+    #[error("request line longer than the configured limit")]
+    RequestLineTooLong,
     #[error("bare LF in message head")]
     BareLf,
     #[error("bare CR in message head")]
@@ -57,6 +59,7 @@ impl HeadError {
     pub fn status(self) -> u16 {
         match self {
             HeadError::TooLarge | HeadError::TooManyHeaders => 431,
+            HeadError::RequestLineTooLong => 414,
             HeadError::UnsupportedVersion => 505,
             _ => 400,
         }
