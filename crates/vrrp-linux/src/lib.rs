@@ -1,3 +1,4 @@
 pub mod announce;
+pub mod heartbeat;
 pub mod netlink;
 pub mod socket;
