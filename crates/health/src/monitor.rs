@@ -107,7 +107,10 @@ mod tests {
         )
         .await
         .map(|result| result.map(|state| *state));
-        assert!(matches!(failed, Ok(Ok(Health::Failed))), "never reported failure");
+        assert!(
+            matches!(failed, Ok(Ok(Health::Failed))),
+            "never reported failure"
+        );
         let _again = tokio::net::TcpListener::bind(addr).await;
         let healthy = tokio::time::timeout(
             Duration::from_secs(5),
@@ -115,7 +118,10 @@ mod tests {
         )
         .await
         .map(|result| result.map(|state| *state));
-        assert!(matches!(healthy, Ok(Ok(Health::Healthy))), "never recovered");
+        assert!(
+            matches!(healthy, Ok(Ok(Health::Healthy))),
+            "never recovered"
+        );
         task.abort();
     }
 }

@@ -1,4 +1,5 @@
 pub mod announce;
+pub mod driver;
 pub mod heartbeat;
 pub mod netlink;
 pub mod socket;

@@ -1,0 +1,462 @@
+//! The VRRP driver: one task per HA group that feeds the sans-IO [`Router`] with packets,
+//! timers, health and commands, and applies the actions it returns (quinn's
+//! `ConnectionDriver` shape). Every decision is the router's; this file only does I/O and
+//! keeps the log lines operators grep for (keepalived's: `VRRP_Instance(NAME) Transition to
+//! MASTER STATE`, `Entering BACKUP STATE`, `Received higher prio advert`, `Sending gratuitous
+//! ARPs on IFACE for VIP`).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use palisade_vrrp::{
+    Action, Command, DecodeContext, Instant, Reason, Router, RouterConfig, RxError, State,
+    Transition,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::announce::{ArpSender, NaSender};
+use crate::netlink::Addresses;
+use crate::socket::VrrpSocket;
+
+/// Everything one HA group needs (node-local config).
+#[derive(Clone, Debug)]
+pub struct GroupSpec {
+    /// Instance name in logs and notify hooks (keepalived's `vrrp_instance` name).
+    pub name: String,
+    pub interface: String,
+    pub router: RouterConfig,
+    /// Prefix length the VIPs are added with.
+    pub vip_prefix_len: u8,
+    /// Send adverts to these peers instead of the multicast group (clouds without
+    /// multicast); adverts from any other source are ignored.
+    pub unicast_peers: Vec<IpAddr>,
+    pub notify: NotifyHooks,
+}
+
+/// Commands run (through `sh -c`) on entering a state, keepalived style: the arguments are
+/// `INSTANCE <name> <STATE> <priority>`.
+#[derive(Clone, Debug, Default)]
+pub struct NotifyHooks {
+    pub master: Option<String>,
+    pub backup: Option<String>,
+    pub fault: Option<String>,
+}
+
+/// A group's state for `palisade status` and the admin API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupStatus {
+    pub name: String,
+    pub vrid: u8,
+    pub interface: String,
+    pub state: State,
+    pub priority: u8,
+    pub master: Option<IpAddr>,
+    pub master_priority: Option<u8>,
+    /// Master_Adver_Interval in centiseconds.
+    pub advert_interval_cs: u16,
+    pub vips: Vec<IpAddr>,
+}
+
+pub enum GroupCommand {
+    /// Leave the group (priority 0 if Master, VIPs released); answers when done.
+    Shutdown(oneshot::Sender<()>),
+    /// Become Master now (explicit handover from a leaving master).
+    TakeOver,
+}
+
+/// Talks to a running group task.
+#[derive(Clone)]
+pub struct GroupHandle {
+    pub commands: mpsc::Sender<GroupCommand>,
+    pub status: watch::Receiver<GroupStatus>,
+}
+
+impl GroupHandle {
+    /// Graceful leave: returns once the priority-0 advert is out and the VIPs are released.
+    pub async fn shutdown(&self) {
+        let (done, wait) = oneshot::channel();
+        if self
+            .commands
+            .send(GroupCommand::Shutdown(done))
+            .await
+            .is_ok()
+        {
+            let _ = tokio::time::timeout(Duration::from_secs(2), wait).await;
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("VRRP_Instance({name}): interface {interface}: {source}")]
+    Interface {
+        name: String,
+        interface: String,
+        source: nix::errno::Errno,
+    },
+    #[error("VRRP_Instance({name}): {source}")]
+    Netlink {
+        name: String,
+        source: crate::netlink::NetlinkError,
+    },
+    #[error("VRRP_Instance({name}): cannot open the VRRP socket on {interface}: {source}")]
+    Socket {
+        name: String,
+        interface: String,
+        source: std::io::Error,
+    },
+    #[error("VRRP_Instance({name}): cannot open the announcement socket on {interface}: {source}")]
+    Announce {
+        name: String,
+        interface: String,
+        source: std::io::Error,
+    },
+    #[error("VRRP_Instance({name}): invalid configuration: {source}")]
+    Config {
+        name: String,
+        source: palisade_vrrp::ConfigErrors,
+    },
+}
+
+enum Announcer {
+    V4(ArpSender),
+    V6(NaSender),
+}
+
+/// Opens the sockets and starts the group's task. `faulty` is the node's tracked health
+/// (`true` = the proxy is not serving): a faulty node never holds or takes the VIP.
+pub async fn spawn(
+    spec: GroupSpec,
+    faulty: watch::Receiver<bool>,
+) -> Result<(GroupHandle, tokio::task::JoinHandle<()>), DriverError> {
+    let name = spec.name.clone();
+    let ifindex = nix::net::if_::if_nametoindex(spec.interface.as_str()).map_err(|source| {
+        DriverError::Interface {
+            name: name.clone(),
+            interface: spec.interface.clone(),
+            source,
+        }
+    })?;
+    let addresses = Addresses::open().map_err(|source| DriverError::Netlink {
+        name: name.clone(),
+        source,
+    })?;
+    let primary = spec.router.primary_address;
+    let socket = VrrpSocket::open(
+        &spec.interface,
+        ifindex,
+        primary,
+        spec.unicast_peers.is_empty(),
+    )
+    .map_err(|source| DriverError::Socket {
+        name: name.clone(),
+        interface: spec.interface.clone(),
+        source,
+    })?;
+    let announcer = match primary {
+        IpAddr::V4(_) => ArpSender::open(&spec.interface, ifindex).map(Announcer::V4),
+        IpAddr::V6(_) => NaSender::open(&spec.interface, ifindex).map(Announcer::V6),
+    }
+    .map_err(|source| DriverError::Announce {
+        name: name.clone(),
+        interface: spec.interface.clone(),
+        source,
+    })?;
+    let epoch = std::time::Instant::now();
+    let router = Router::new(spec.router.clone(), Instant::ZERO)
+        .map_err(|source| DriverError::Config { name, source })?;
+    let (commands_tx, commands) = mpsc::channel(8);
+    let (status_tx, status) = watch::channel(status_of(&spec, &router));
+    let driver = Driver {
+        spec,
+        ifindex,
+        addresses,
+        socket,
+        announcer,
+        router,
+        epoch,
+        status: status_tx,
+        last_rx_warning: None,
+    };
+    let task = tokio::spawn(driver.run(faulty, commands));
+    Ok((
+        GroupHandle {
+            commands: commands_tx,
+            status,
+        },
+        task,
+    ))
+}
+
+struct Driver {
+    spec: GroupSpec,
+    ifindex: u32,
+    addresses: Addresses,
+    socket: VrrpSocket,
+    announcer: Announcer,
+    router: Router,
+    epoch: std::time::Instant,
+    status: watch::Sender<GroupStatus>,
+    last_rx_warning: Option<std::time::Instant>,
+}
+
+impl Driver {
+    fn now(&self) -> Instant {
+        Instant::from_epoch(self.epoch.elapsed())
+    }
+
+    async fn run(
+        mut self,
+        mut faulty: watch::Receiver<bool>,
+        mut commands: mpsc::Receiver<GroupCommand>,
+    ) {
+        if *faulty.borrow_and_update() {
+            let now = self.now();
+            let _ = self.router.handle_command(now, Command::Fault(true));
+        }
+        let now = self.now();
+        // Startup removes any VIP of this group a crash left on the interface.
+        self.router.handle_startup(now);
+        self.drive_actions().await;
+        let mut health_open = true;
+        loop {
+            let deadline = self
+                .router
+                .poll_timeout()
+                .map(|at| tokio::time::Instant::from_std(self.epoch + at.since_epoch()));
+            tokio::select! {
+                received = self.socket.recv() => match received {
+                    Ok(packet) => self.handle_packet(packet),
+                    Err(error) => {
+                        tracing::error!(instance = %self.spec.name, %error, "VRRP receive failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                () = sleep_until(deadline) => {
+                    let now = self.now();
+                    self.router.handle_timeout(now);
+                }
+                changed = faulty.changed(), if health_open => {
+                    if changed.is_err() {
+                        health_open = false;
+                    } else {
+                        let unhealthy = *faulty.borrow_and_update();
+                        let now = self.now();
+                        let _ = self.router.handle_command(now, Command::Fault(unhealthy));
+                    }
+                }
+                command = commands.recv() => match command {
+                    Some(GroupCommand::Shutdown(done)) => {
+                        let now = self.now();
+                        let _ = self.router.handle_command(now, Command::Shutdown);
+                        self.drive_actions().await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(GroupCommand::TakeOver) => {
+                        let now = self.now();
+                        if let Err(error) = self.router.handle_command(now, Command::TakeOver) {
+                            tracing::info!(instance = %self.spec.name, %error, "take-over not done");
+                        }
+                    }
+                    None => return,
+                },
+            }
+            self.drive_actions().await;
+        }
+    }
+
+    fn handle_packet(&mut self, packet: crate::socket::Received) {
+        if !self.spec.unicast_peers.is_empty() && !self.spec.unicast_peers.contains(&packet.source)
+        {
+            return;
+        }
+        let ctx = DecodeContext::new(packet.source, packet.destination, packet.ttl);
+        let now = self.now();
+        match self.router.handle_packet(now, &ctx, &packet.payload) {
+            Ok(()) => {}
+            // Adverts of other groups on the same segment are normal.
+            Err(RxError::OtherVrid { .. }) | Err(RxError::OwnAdvert) => {}
+            Err(error) => {
+                // Peer garbage: counted in the router's stats, logged at most every 10 s.
+                let quiet = self
+                    .last_rx_warning
+                    .is_some_and(|last| last.elapsed() < Duration::from_secs(10));
+                if !quiet {
+                    self.last_rx_warning = Some(std::time::Instant::now());
+                    tracing::warn!(instance = %self.spec.name, source = %packet.source, %error, "VRRP packet discarded");
+                }
+            }
+        }
+    }
+
+    /// Applies the router's actions in order, then publishes the status.
+    async fn drive_actions(&mut self) {
+        while let Some(action) = self.router.poll_action() {
+            self.apply(action).await;
+        }
+        let status = status_of(&self.spec, &self.router);
+        self.status.send_if_modified(|current| {
+            if *current == status {
+                false
+            } else {
+                *current = status;
+                true
+            }
+        });
+    }
+
+    async fn apply(&mut self, action: Action) {
+        let name = &self.spec.name;
+        match action {
+            Action::SendAdvert(advert) => {
+                let primary = self.spec.router.primary_address;
+                let destinations = if self.spec.unicast_peers.is_empty() {
+                    vec![palisade_vrrp::packet::multicast_group(primary)]
+                } else {
+                    self.spec.unicast_peers.clone()
+                };
+                for destination in destinations {
+                    match advert.encode(primary, destination) {
+                        Ok(bytes) => {
+                            if let Err(error) = self.socket.send(&bytes, destination).await {
+                                tracing::error!(instance = %name, %destination, %error, "VRRP advert not sent");
+                            }
+                        }
+                        Err(error) => {
+                            tracing::error!(instance = %name, %error, "VRRP advert not encoded")
+                        }
+                    }
+                }
+            }
+            Action::AddVip(vip) => {
+                tracing::info!("VRRP_Instance({name}) setting protocol VIPs.");
+                if let Err(error) = self
+                    .addresses
+                    .add(
+                        self.ifindex,
+                        &self.spec.interface,
+                        vip,
+                        self.spec.vip_prefix_len,
+                    )
+                    .await
+                {
+                    tracing::error!(instance = %name, %error, "cannot add VIP");
+                }
+            }
+            Action::RemoveVip(vip) => {
+                if let Err(error) = self
+                    .addresses
+                    .remove(self.ifindex, &self.spec.interface, vip)
+                    .await
+                {
+                    tracing::error!(instance = %name, %error, "cannot remove VIP");
+                }
+            }
+            Action::SendGratuitous { vip, repeat } => {
+                let interface = &self.spec.interface;
+                tracing::info!(
+                    "VRRP_Instance({name}) Sending gratuitous ARPs on {interface} for {vip}"
+                );
+                for _ in 0..repeat {
+                    let sent = match (&self.announcer, vip) {
+                        (Announcer::V4(arp), IpAddr::V4(v4)) => arp.send(v4),
+                        (Announcer::V6(na), IpAddr::V6(v6)) => na.send(v6),
+                        _ => Ok(()),
+                    };
+                    if let Err(error) = sent {
+                        tracing::error!(instance = %name, %vip, %error, "announcement not sent");
+                        break;
+                    }
+                }
+            }
+            Action::Notify(transition) => self.notify(transition),
+        }
+    }
+
+    fn notify(&self, transition: Transition) {
+        let name = &self.spec.name;
+        let reason = transition.reason.as_str();
+        match (transition.from, transition.to) {
+            (from, State::Master) if from != State::Master => {
+                tracing::info!(reason, "VRRP_Instance({name}) Transition to MASTER STATE");
+                tracing::info!(reason, "VRRP_Instance({name}) Entering MASTER STATE");
+            }
+            (_, State::Master) => {
+                tracing::info!(reason, "VRRP_Instance({name}) Re-announcing MASTER STATE");
+            }
+            (_, State::Backup) => {
+                if transition.reason == Reason::HigherPriorityAdvert {
+                    tracing::info!(reason, "VRRP_Instance({name}) Received higher prio advert");
+                }
+                tracing::info!(reason, "VRRP_Instance({name}) Entering BACKUP STATE");
+            }
+            (_, State::Fault) => {
+                tracing::warn!(reason, "VRRP_Instance({name}) Entering FAULT STATE");
+            }
+            (_, State::Initialize) => {
+                tracing::info!(reason, "VRRP_Instance({name}) Stopped (INIT STATE)");
+            }
+        }
+        let hook = match transition.to {
+            State::Master => self.spec.notify.master.as_ref(),
+            State::Backup => self.spec.notify.backup.as_ref(),
+            State::Fault => self.spec.notify.fault.as_ref(),
+            State::Initialize => None,
+        };
+        if let Some(command) = hook {
+            let child = tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(command)
+                .arg("palisade-notify")
+                .arg("INSTANCE")
+                .arg(name)
+                .arg(transition.to.to_string())
+                .arg(self.router.priority().get().to_string())
+                .kill_on_drop(false)
+                .spawn();
+            match child {
+                Ok(mut child) => {
+                    let name = name.clone();
+                    // Reap it; a hook that fails is the operator's to see, not ours to retry.
+                    tokio::spawn(async move {
+                        match child.wait().await {
+                            Ok(status) if !status.success() => {
+                                tracing::warn!(instance = %name, %status, "notify hook failed");
+                            }
+                            Err(error) => {
+                                tracing::warn!(instance = %name, %error, "notify hook lost")
+                            }
+                            Ok(_) => {}
+                        }
+                    });
+                }
+                Err(error) => tracing::error!(instance = %name, %error, "cannot run notify hook"),
+            }
+        }
+    }
+}
+
+fn status_of(spec: &GroupSpec, router: &Router) -> GroupStatus {
+    GroupStatus {
+        name: spec.name.clone(),
+        vrid: router.vrid().get(),
+        interface: spec.interface.clone(),
+        state: router.state(),
+        priority: router.priority().get(),
+        master: match router.state() {
+            State::Master => Some(spec.router.primary_address),
+            _ => router.master_address(),
+        },
+        master_priority: router.master_priority().map(|priority| priority.get()),
+        advert_interval_cs: router.master_adver_interval().get(),
+        vips: spec.router.vips.clone(),
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
