@@ -20,12 +20,15 @@ use tokio_util::sync::CancellationToken;
 pub struct AdminState {
     pub registry: Arc<Registry>,
     pub node: Arc<str>,
+    /// The node's HA state as JSON (built by the binary, which knows the planes).
+    pub status: Arc<dyn Fn() -> serde_json::Value + Send + Sync>,
 }
 
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .route("/status", get(status))
         .with_state(state)
 }
 
@@ -57,6 +60,15 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
             format!("cannot encode metrics: {error}\n"),
         ),
     }
+}
+
+async fn status(State(state): State<AdminState>) -> impl IntoResponse {
+    let body = (state.status)().to_string();
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
 }
 
 async fn healthz(State(state): State<AdminState>) -> impl IntoResponse {

@@ -33,6 +33,39 @@ pub struct NodeConfig {
     pub log_json: bool,
     pub access_log: LogTarget,
     pub access_log_format: LogFormat,
+    /// HA groups this node takes part in (empty: a single node without a VIP).
+    pub vrrp: Vec<VrrpGroup>,
+    pub health: HealthConfig,
+}
+
+/// One HA group (VRRP instance), validated.
+#[derive(Clone, Debug)]
+pub struct VrrpGroup {
+    pub name: String,
+    pub vrid: u8,
+    pub interface: String,
+    pub priority: u8,
+    pub advert_interval_cs: u16,
+    pub vips: Vec<std::net::IpAddr>,
+    pub vip_prefix_len: u8,
+    /// `None`: the interface's first address of the VIPs' family.
+    pub primary_address: Option<std::net::IpAddr>,
+    pub preempt: bool,
+    pub preempt_delay: Duration,
+    pub version: u8,
+    pub unicast_peers: Vec<std::net::IpAddr>,
+    pub notify_master: Option<String>,
+    pub notify_backup: Option<String>,
+    pub notify_fault: Option<String>,
+}
+
+/// The in-process port monitor that drives FAULT state.
+#[derive(Clone, Debug)]
+pub struct HealthConfig {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
 }
 
 /// One problem in a config file.
@@ -93,6 +126,38 @@ mod raw {
         pub log: Log,
         #[serde(default)]
         pub access_log: AccessLog,
+        #[serde(default)]
+        pub vrrp: Vec<Vrrp>,
+        #[serde(default)]
+        pub health: Health,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Vrrp {
+        pub name: Option<Spanned<String>>,
+        pub vrid: Spanned<i64>,
+        pub interface: Option<Spanned<String>>,
+        pub priority: Option<Spanned<i64>>,
+        pub advert_interval: Option<Spanned<String>>,
+        pub vips: Spanned<Vec<Spanned<String>>>,
+        pub primary_address: Option<Spanned<String>>,
+        pub preempt: Option<bool>,
+        pub preempt_delay: Option<Spanned<String>>,
+        pub version: Option<Spanned<i64>>,
+        pub unicast_peers: Option<Vec<Spanned<String>>>,
+        pub notify_master: Option<String>,
+        pub notify_backup: Option<String>,
+        pub notify_fault: Option<String>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Health {
+        pub interval: Option<Spanned<String>>,
+        pub timeout: Option<Spanned<String>>,
+        pub rise: Option<Spanned<i64>>,
+        pub fall: Option<Spanned<i64>>,
     }
 
     #[derive(Deserialize, Default)]
@@ -358,6 +423,151 @@ impl Checker<'_> {
         default
     }
 
+    fn vrrp_group(&mut self, raw: raw::Vrrp) -> Option<VrrpGroup> {
+        let before = self.errors.len();
+        let vrid = self.integer(Some(raw.vrid.clone()), "vrrp.vrid", 1..=255, 51) as u8;
+        let name = raw
+            .name
+            .map(Spanned::into_inner)
+            .unwrap_or_else(|| format!("VI_{vrid}"));
+        let interface = raw
+            .interface
+            .map(Spanned::into_inner)
+            .unwrap_or_else(|| "eth0".to_owned());
+        let priority = self.integer(raw.priority, "vrrp.priority", 1..=255, 100) as u8;
+        let version = self.integer(raw.version, "vrrp.version", 2..=3, 3) as u8;
+        let interval = self.duration(
+            raw.advert_interval.clone(),
+            "vrrp.advert_interval",
+            Duration::from_secs(1),
+        );
+        let centiseconds = interval.as_millis() / 10;
+        let advert_interval_cs = if let Some(value) = &raw.advert_interval
+            && (!interval.as_millis().is_multiple_of(10) || !(1..=4095).contains(&centiseconds))
+        {
+            self.error(
+                value,
+                "vrrp.advert_interval",
+                &format!("{:?}", value.get_ref()),
+                "must be a multiple of 10ms between 10ms and 40.95s (VRRPv3 centiseconds)",
+            );
+            100
+        } else if version == 2 && !centiseconds.is_multiple_of(100) {
+            if let Some(value) = &raw.advert_interval {
+                self.error(
+                    value,
+                    "vrrp.advert_interval",
+                    &format!("{:?}", value.get_ref()),
+                    "VRRPv2 needs whole seconds",
+                );
+            }
+            100
+        } else {
+            centiseconds as u16
+        };
+        let mut vips = Vec::new();
+        let mut prefix = None;
+        for (index, vip) in raw.vips.get_ref().iter().enumerate() {
+            let text = vip.get_ref();
+            let (address, length) = match text.split_once('/') {
+                Some((address, length)) => (address, length.parse::<u8>().ok()),
+                None => (text.as_str(), None),
+            };
+            match address.parse::<std::net::IpAddr>() {
+                Ok(ip) => {
+                    let max = if ip.is_ipv4() { 32 } else { 128 };
+                    let length = match (text.contains('/'), length) {
+                        (false, _) => max,
+                        (true, Some(length)) if length <= max => length,
+                        (true, _) => {
+                            self.error(
+                                vip,
+                                &format!("vrrp.vips[{index}]"),
+                                &format!("{text:?}"),
+                                "invalid prefix length",
+                            );
+                            max
+                        }
+                    };
+                    if prefix.is_some_and(|prefix| prefix != length) {
+                        self.error(
+                            vip,
+                            &format!("vrrp.vips[{index}]"),
+                            &format!("{text:?}"),
+                            "all VIPs of a group need the same prefix length",
+                        );
+                    }
+                    prefix = Some(length);
+                    vips.push(ip);
+                }
+                Err(_) => self.error(
+                    vip,
+                    &format!("vrrp.vips[{index}]"),
+                    &format!("{text:?}"),
+                    "not an IP address (ADDRESS or ADDRESS/PREFIX)",
+                ),
+            }
+        }
+        if vips.is_empty() && self.errors.len() == before {
+            self.error(
+                &raw.vips,
+                "vrrp.vips",
+                "[]",
+                "a group needs at least one VIP",
+            );
+        }
+        let primary_address = raw
+            .primary_address
+            .and_then(|value| match value.get_ref().parse() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    self.error(
+                        &value,
+                        "vrrp.primary_address",
+                        &format!("{:?}", value.get_ref()),
+                        "not an IP address",
+                    );
+                    None
+                }
+            });
+        let mut unicast_peers = Vec::new();
+        for (index, peer) in raw.unicast_peers.unwrap_or_default().iter().enumerate() {
+            match peer.get_ref().parse() {
+                Ok(ip) => unicast_peers.push(ip),
+                Err(_) => self.error(
+                    peer,
+                    &format!("vrrp.unicast_peers[{index}]"),
+                    &format!("{:?}", peer.get_ref()),
+                    "not an IP address",
+                ),
+            }
+        }
+        let preempt_delay = match raw.preempt_delay {
+            Some(value) if value.get_ref() == "0s" => Duration::ZERO,
+            other => self.duration(other, "vrrp.preempt_delay", Duration::ZERO),
+        };
+        if self.errors.len() != before {
+            return None;
+        }
+        Some(VrrpGroup {
+            name,
+            vrid,
+            interface,
+            priority,
+            advert_interval_cs,
+            vips,
+            vip_prefix_len: prefix.unwrap_or(32),
+            primary_address,
+            preempt: raw.preempt.unwrap_or(true),
+            preempt_delay,
+            version,
+            unicast_peers,
+            notify_master: raw.notify_master,
+            notify_backup: raw.notify_backup,
+            notify_fault: raw.notify_fault,
+        })
+    }
+
     fn node_config(&mut self, raw: raw::File) -> NodeConfig {
         let hostname = match raw.node.hostname {
             Some(value) => {
@@ -533,7 +743,41 @@ impl Checker<'_> {
             &[("json", LogFormat::Json), ("squid", LogFormat::Squid)],
             LogFormat::Json,
         );
+        let mut vrrp = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for group in raw.vrrp {
+            if let Some(group) = self.vrrp_group(group) {
+                if !seen.insert((group.interface.clone(), group.vrid)) {
+                    self.errors.push(ConfigError {
+                        file: self.file.to_owned(),
+                        line: 0,
+                        column: 0,
+                        message: format!(
+                            "vrrp: two groups with vrid {} on {}: VRIDs must differ per interface",
+                            group.vrid, group.interface
+                        ),
+                    });
+                }
+                vrrp.push(group);
+            }
+        }
+        let health = HealthConfig {
+            interval: self.duration(
+                raw.health.interval,
+                "health.interval",
+                Duration::from_millis(200),
+            ),
+            timeout: self.duration(
+                raw.health.timeout,
+                "health.timeout",
+                Duration::from_millis(500),
+            ),
+            rise: self.integer(raw.health.rise, "health.rise", 1..=100, 2) as u32,
+            fall: self.integer(raw.health.fall, "health.fall", 1..=100, 2) as u32,
+        };
         NodeConfig {
+            vrrp,
+            health,
             hostname,
             data_dir,
             listen,
@@ -662,6 +906,33 @@ mod tests {
             Err(errors) => assert!(errors.to_string().starts_with("p.toml:1:"), "{errors}"),
             Ok(_) => panic!("syntax error accepted"),
         }
+    }
+
+    #[test]
+    fn vrrp_groups() {
+        let config = parse(
+            "[[vrrp]]\nvrid = 7\npriority = 150\nadvert_interval = \"100ms\"\nvips = [\"10.0.0.100/24\", \"10.0.0.101/24\"]\n",
+            "p.toml",
+        );
+        match config {
+            Ok(config) => {
+                let group = &config.vrrp[0];
+                assert_eq!(group.name, "VI_7");
+                assert_eq!(group.advert_interval_cs, 10);
+                assert_eq!(group.vip_prefix_len, 24);
+                assert_eq!(group.vips.len(), 2);
+                assert_eq!(group.interface, "eth0");
+            }
+            Err(errors) => panic!("{errors}"),
+        }
+        check_errors(
+            "[[vrrp]]\nvrid = 300\nadvert_interval = \"15ms\"\nvips = [\"10.0.0.1/24\", \"nope\"]\n",
+            &[
+                "palisade.toml:2:8: vrrp.vrid = 300: must be 1..=255",
+                "palisade.toml:3:19: vrrp.advert_interval = \"15ms\": must be a multiple of 10ms between 10ms and 40.95s (VRRPv3 centiseconds)",
+                "palisade.toml:4:24: vrrp.vips[1] = \"nope\": not an IP address (ADDRESS or ADDRESS/PREFIX)",
+            ],
+        );
     }
 
     #[test]

@@ -34,6 +34,15 @@ enum Command {
         #[arg(long)]
         policy: Option<PathBuf>,
     },
+    /// Show this node's HA groups: state, current master, priorities, advert interval.
+    Status {
+        /// Admin address of the node to ask.
+        #[arg(long, default_value = "127.0.0.1:4711")]
+        admin: std::net::SocketAddr,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the version.
     Version,
 }
@@ -43,6 +52,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => node::run(config),
         Command::CheckConfig { file, policy } => node::check_config(&file, policy.as_deref()),
+        Command::Status { admin, json } => node::status(admin, json),
         Command::Version => {
             println!("palisade {}", env!("CARGO_PKG_VERSION"));
             Ok(())

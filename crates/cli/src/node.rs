@@ -6,13 +6,18 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, anyhow};
 use arc_swap::ArcSwap;
+use palisade_health::{Health, PortMonitor, PortMonitorConfig};
 use palisade_policy::{CompiledPolicy, NodeIdentity};
 use palisade_proxy::access_log::AccessLog;
 use palisade_proxy::metrics::ProxyMetrics;
 use palisade_proxy::ssrf::OwnAddresses;
 use palisade_proxy::{Proxy, bind_listener};
+use palisade_vrrp::{Centiseconds, RouterConfig, Version, Vrid, VrrpPriority};
+use palisade_vrrp_linux::driver::{GroupHandle, GroupSpec, NotifyHooks};
 use prometheus_client::registry::Registry;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -31,6 +36,67 @@ pub fn check_config(file: &Path, policy: Option<&Path>) -> anyhow::Result<()> {
         );
     } else {
         println!("{}: ok", file.display());
+    }
+    Ok(())
+}
+
+/// `palisade status`: asks a node's admin API and prints its HA groups.
+pub fn status(admin: SocketAddr, json: bool) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(3))
+        .with_context(|| format!("cannot reach the admin API at {admin} (is the node running?)"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET /status HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("malformed response from the admin API")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        anyhow::bail!(
+            "admin API answered: {}",
+            head.lines().next().unwrap_or_default()
+        );
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(body).context("admin API sent invalid JSON")?;
+    if json {
+        println!("{value:#}");
+        return Ok(());
+    }
+    let node = value["node"].as_str().unwrap_or("?");
+    let groups = value["groups"].as_array().cloned().unwrap_or_default();
+    if groups.is_empty() {
+        println!("node {node}: no HA groups configured");
+        return Ok(());
+    }
+    println!("node {node}");
+    println!(
+        "{:<12} {:>4} {:<8} {:<7} {:>4} {:<16} {:>11} {:>9}  VIPs",
+        "INSTANCE", "VRID", "IFACE", "STATE", "PRIO", "MASTER", "MASTER PRIO", "ADVERT"
+    );
+    for group in groups {
+        let vips: Vec<&str> = group["vips"]
+            .as_array()
+            .map(|vips| vips.iter().filter_map(|vip| vip.as_str()).collect())
+            .unwrap_or_default();
+        println!(
+            "{:<12} {:>4} {:<8} {:<7} {:>4} {:<16} {:>11} {:>7}ms  {}",
+            group["name"].as_str().unwrap_or("?"),
+            group["vrid"],
+            group["interface"].as_str().unwrap_or("?"),
+            group["state"].as_str().unwrap_or("?"),
+            group["priority"],
+            group["master"].as_str().unwrap_or("-"),
+            group["master_priority"]
+                .as_u64()
+                .map_or("-".to_owned(), |priority| priority.to_string()),
+            group["advert_interval_ms"],
+            vips.join(" "),
+        );
     }
     Ok(())
 }
@@ -148,12 +214,16 @@ async fn serve(
                 .serve(listener, shutdown.clone(), tracker.clone()),
         );
     }
+    let groups = start_ha_groups(&config).await?;
     let admin_listener = bind_listener(config.admin_listen)
         .with_context(|| format!("cannot listen on {} (admin)", config.admin_listen))?;
     tracing::info!(addr = %config.admin_listen, "Admin interface listening (/metrics, /healthz)");
+    let status_groups = groups.clone();
+    let status_node = config.hostname.clone();
     let admin_state = palisade_admin::AdminState {
         registry: Arc::new(registry),
         node: Arc::from(config.hostname.as_str()),
+        status: Arc::new(move || status_json(&status_node, &status_groups)),
     };
     let admin_shutdown = CancellationToken::new();
     tokio::spawn(palisade_admin::serve(
@@ -195,6 +265,11 @@ async fn serve(
         _ = terminate.recv() => tracing::info!("SIGTERM: draining"),
         _ = interrupt.recv() => tracing::info!("SIGINT: draining"),
     }
+    // Leave the HA groups first (priority 0: a backup takes over after Skew_Time), then
+    // drain what this node still serves.
+    for group in &groups {
+        group.shutdown().await;
+    }
     shutdown.cancel();
     tracker.close();
     let in_flight = tracker.len();
@@ -212,6 +287,155 @@ async fn serve(
     }
     admin_shutdown.cancel();
     Ok(())
+}
+
+/// Starts the health monitor and one VRRP driver per configured HA group.
+async fn start_ha_groups(config: &NodeConfig) -> anyhow::Result<Vec<GroupHandle>> {
+    if config.vrrp.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The redirect and test ports must all accept connections, as swg-mon demands.
+    let ports = config
+        .listen
+        .iter()
+        .chain(&config.test_listen)
+        .map(|addr| {
+            let ip = match addr.ip() {
+                IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                ip => ip,
+            };
+            SocketAddr::new(ip, addr.port())
+        })
+        .collect();
+    let monitor = PortMonitor::new(PortMonitorConfig {
+        ports,
+        interval: config.health.interval,
+        timeout: config.health.timeout,
+        rise: config.health.rise,
+        fall: config.health.fall,
+    });
+    let initially_healthy = monitor.probe().await;
+    let initial = if initially_healthy {
+        Health::Healthy
+    } else {
+        Health::Failed
+    };
+    let (health_tx, mut health_rx) = watch::channel(initial);
+    tokio::spawn(monitor.run(initial, health_tx));
+    let (faulty_tx, faulty_rx) = watch::channel(initial == Health::Failed);
+    tokio::spawn(async move {
+        while health_rx.changed().await.is_ok() {
+            let failed = *health_rx.borrow_and_update() == Health::Failed;
+            if faulty_tx.send(failed).is_err() {
+                break;
+            }
+        }
+    });
+    let mut handles = Vec::new();
+    for group in &config.vrrp {
+        let spec = group_spec(group)?;
+        let (handle, _task) = palisade_vrrp_linux::driver::spawn(spec, faulty_rx.clone())
+            .await
+            .with_context(|| format!("cannot start HA group {}", group.name))?;
+        tracing::info!(
+            instance = %group.name,
+            vrid = group.vrid,
+            interface = %group.interface,
+            priority = group.priority,
+            vips = ?group.vips,
+            "VRRP instance started"
+        );
+        handles.push(handle);
+    }
+    Ok(handles)
+}
+
+fn group_spec(group: &crate::config::VrrpGroup) -> anyhow::Result<GroupSpec> {
+    let ipv6 = group.vips.first().is_some_and(IpAddr::is_ipv6);
+    let primary = match group.primary_address {
+        Some(primary) => primary,
+        None => interface_address(&group.interface, ipv6).with_context(|| {
+            format!(
+                "HA group {}: interface {} has no {} address to send adverts from (set vrrp.primary_address)",
+                group.name,
+                group.interface,
+                if ipv6 { "IPv6 link-local" } else { "IPv4" }
+            )
+        })?,
+    };
+    let vrid = Vrid::new(group.vrid).context("VRID 0 is not valid")?;
+    let mut router = RouterConfig::new(
+        vrid,
+        VrrpPriority(group.priority),
+        primary,
+        group.vips.clone(),
+    );
+    router.advert_interval = Centiseconds(group.advert_interval_cs);
+    router.preempt = group.preempt;
+    router.preempt_delay = group.preempt_delay;
+    router.version = if group.version == 2 {
+        Version::V2
+    } else {
+        Version::V3
+    };
+    Ok(GroupSpec {
+        name: group.name.clone(),
+        interface: group.interface.clone(),
+        router,
+        vip_prefix_len: group.vip_prefix_len,
+        unicast_peers: group.unicast_peers.clone(),
+        notify: NotifyHooks {
+            master: group.notify_master.clone(),
+            backup: group.notify_backup.clone(),
+            fault: group.notify_fault.clone(),
+        },
+    })
+}
+
+/// The interface's first IPv4 address, or its IPv6 link-local address.
+fn interface_address(interface: &str, ipv6: bool) -> Option<IpAddr> {
+    let addresses = nix::ifaddrs::getifaddrs().ok()?;
+    for address in addresses {
+        if address.interface_name != interface {
+            continue;
+        }
+        let Some(storage) = address.address else {
+            continue;
+        };
+        if !ipv6 {
+            if let Some(v4) = storage.as_sockaddr_in() {
+                return Some(IpAddr::V4(v4.ip()));
+            }
+        } else if let Some(v6) = storage.as_sockaddr_in6()
+            && (v6.ip().segments()[0] & 0xffc0) == 0xfe80
+        {
+            return Some(IpAddr::V6(v6.ip()));
+        }
+    }
+    None
+}
+
+/// `/status` of the admin API: every HA group's state.
+fn status_json(node: &str, groups: &[GroupHandle]) -> serde_json::Value {
+    let groups: Vec<serde_json::Value> = groups
+        .iter()
+        .map(|group| {
+            let status = group.status.borrow();
+            serde_json::json!({
+                "name": status.name,
+                "vrid": status.vrid,
+                "interface": status.interface,
+                "state": status.state.to_string(),
+                "priority": status.priority,
+                "master": status.master.map(|ip| ip.to_string()),
+                "master_priority": status.master_priority,
+                "advert_interval_ms": u32::from(status.advert_interval_cs) * 10,
+                "vips": status.vips.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    serde_json::json!({ "node": node, "groups": groups })
 }
 
 /// Reloads the policy when its file changes (checked every `interval`) or on SIGHUP. A

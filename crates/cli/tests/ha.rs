@@ -1,0 +1,254 @@
+//! HA groups for real: palisade nodes in network namespaces on one bridge elect a master by
+//! VRRP, hold the VIP, and move it when the master dies; a client namespace reaches whichever
+//! node holds it (every answer names the node that gave it).
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use palisade_e2e::netns::{Lab, LabHost, in_namespace, require_netns};
+
+const BIN: &str = env!("CARGO_BIN_EXE_palisade");
+
+struct HaNode {
+    name: String,
+    config: PathBuf,
+    log: PathBuf,
+    pid: Option<u32>,
+}
+
+fn write_config(
+    lab: &Lab,
+    host: &LabHost,
+    dir: &std::path::Path,
+    priority: u8,
+    vip: Ipv4Addr,
+    extra: &str,
+) -> PathBuf {
+    let data = dir.join(format!("{}-data", host.name));
+    let config = format!(
+        r#"
+[node]
+hostname = "{name}"
+data_dir = "{data}"
+[proxy]
+listen = ["0.0.0.0:9090"]
+test_listen = ["0.0.0.0:9091"]
+[admin]
+listen = "127.0.0.1:4711"
+[health]
+interval = "50ms"
+[[vrrp]]
+name = "VI_1"
+vrid = 51
+interface = "eth0"
+priority = {priority}
+advert_interval = "100ms"
+vips = ["{vip}/24"]
+{extra}
+"#,
+        name = host.name,
+        data = data.display(),
+    );
+    let _ = lab;
+    let path = dir.join(format!("{}.toml", host.name));
+    std::fs::write(&path, config).unwrap_or_else(|error| panic!("{error}"));
+    path
+}
+
+fn start(lab: &mut Lab, node: &mut HaNode) {
+    let log = node.log.clone();
+    let config = node.config.display().to_string();
+    let pid = lab.spawn(&node.name, BIN, &["run", "--config", &config], &log);
+    node.pid = Some(pid);
+}
+
+fn kill9(node: &mut HaNode) {
+    if let Some(pid) = node.pid.take() {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+}
+
+fn has_vip(host: &LabHost, vip: Ipv4Addr) -> bool {
+    host.addresses().contains(&format!(" {vip}/"))
+}
+
+fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    start.elapsed()
+}
+
+/// Which node answers on the VIP's test port, seen from the client namespace: the proxy's
+/// error page for a non-proxy request carries `X-Palisade-Node`.
+fn who_answers(client: &LabHost, vip: Ipv4Addr) -> Option<String> {
+    in_namespace(&client.ns, || {
+        use std::io::{Read, Write};
+        let address = SocketAddr::V4(SocketAddrV4::new(vip, 9091));
+        let mut stream =
+            std::net::TcpStream::connect_timeout(&address, Duration::from_millis(300)).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .ok()?;
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        response
+            .lines()
+            .find_map(|line| line.strip_prefix("X-Palisade-Node: "))
+            .map(|node| node.trim().to_owned())
+    })
+}
+
+#[test]
+fn master_by_priority_crash_moves_vip_and_higher_priority_preempts() {
+    if !require_netns("master_by_priority_crash_moves_vip_and_higher_priority_preempts") {
+        return;
+    }
+    let mut lab = Lab::new(&["node1", "node2", "client"]);
+    let dir = palisade_e2e::node::TempDir::new("palisade-ha");
+    let vip = lab.spare_addr(100);
+    let node1_host = lab.host("node1").clone();
+    let node2_host = lab.host("node2").clone();
+    let client = lab.host("client").clone();
+    let mut node1 = HaNode {
+        name: "node1".into(),
+        config: write_config(&lab, &node1_host, &dir.0, 150, vip, ""),
+        log: dir.0.join("node1.log"),
+        pid: None,
+    };
+    let mut node2 = HaNode {
+        name: "node2".into(),
+        config: write_config(&lab, &node2_host, &dir.0, 100, vip, ""),
+        log: dir.0.join("node2.log"),
+        pid: None,
+    };
+    start(&mut lab, &mut node2);
+    start(&mut lab, &mut node1);
+    let (log1_path, log2_path) = (node1.log.clone(), node2.log.clone());
+    let logs = move || {
+        format!(
+            "node1:\n{}\nnode2:\n{}",
+            std::fs::read_to_string(&log1_path).unwrap_or_default(),
+            std::fs::read_to_string(&log2_path).unwrap_or_default()
+        )
+    };
+    // The higher priority wins the election.
+    wait_for("node1 master", Duration::from_secs(10), || {
+        has_vip(&node1_host, vip)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!has_vip(&node2_host, vip), "both hold the VIP\n{}", logs());
+    assert_eq!(
+        who_answers(&client, vip).as_deref(),
+        Some("node1"),
+        "{}",
+        logs()
+    );
+    let log1 = std::fs::read_to_string(&node1.log).unwrap_or_default();
+    assert!(
+        log1.contains("VRRP_Instance(VI_1) Transition to MASTER STATE"),
+        "{log1}"
+    );
+    assert!(
+        log1.contains("VRRP_Instance(VI_1) Entering MASTER STATE"),
+        "{log1}"
+    );
+    assert!(
+        log1.contains(&format!("Sending gratuitous ARPs on eth0 for {vip}")),
+        "{log1}"
+    );
+
+    // kill -9 of the master: the backup takes the VIP within Master_Down_Interval and the
+    // client reaches it there (its neighbour entry updated by the gratuitous ARP).
+    kill9(&mut node1);
+    let moved = wait_for("VIP on node2", Duration::from_secs(5), || {
+        has_vip(&node2_host, vip)
+    });
+    // 3 x 100 ms + skew (100 prio: 61 ms) = 361 ms, plus scheduling.
+    assert!(
+        moved < Duration::from_millis(1500),
+        "takeover took {moved:?}"
+    );
+    wait_for("client reaches node2", Duration::from_secs(5), || {
+        who_answers(&client, vip).as_deref() == Some("node2")
+    });
+    let log2 = std::fs::read_to_string(&node2.log).unwrap_or_default();
+    assert!(
+        log2.contains("VRRP_Instance(VI_1) Entering BACKUP STATE"),
+        "{log2}"
+    );
+    assert!(
+        log2.contains("VRRP_Instance(VI_1) Transition to MASTER STATE"),
+        "{log2}"
+    );
+
+    // node1 returns: it removes the VIP its crash left behind, then preempts.
+    start(&mut lab, &mut node1);
+    wait_for("node2 steps down", Duration::from_secs(10), || {
+        !has_vip(&node2_host, vip)
+    });
+    assert!(has_vip(&node1_host, vip), "{}", logs());
+    wait_for("client reaches node1", Duration::from_secs(5), || {
+        who_answers(&client, vip).as_deref() == Some("node1")
+    });
+    let log2 = std::fs::read_to_string(&node2.log).unwrap_or_default();
+    assert!(log2.contains("Received higher prio advert"), "{log2}");
+
+    // palisade status shows the group from inside the namespace.
+    let output = node1_host.run(BIN, &["status", "--json"]);
+    let status = String::from_utf8_lossy(&output.stdout);
+    assert!(status.contains("\"state\": \"MASTER\""), "{status}");
+    assert!(status.contains("\"vrid\": 51"), "{status}");
+}
+
+#[test]
+fn unhealthy_proxy_gives_up_the_vip() {
+    if !require_netns("unhealthy_proxy_gives_up_the_vip") {
+        return;
+    }
+    let mut lab = Lab::new(&["node1", "node2"]);
+    let dir = palisade_e2e::node::TempDir::new("palisade-ha");
+    let vip = lab.spare_addr(100);
+    let node1_host = lab.host("node1").clone();
+    let node2_host = lab.host("node2").clone();
+    // node1's test port cannot be bound (something else holds it), so its port monitor
+    // reports failure: it must never take the VIP although its priority is higher.
+    let blocker = in_namespace(&node1_host.ns, || {
+        std::net::TcpListener::bind("0.0.0.0:9091")
+    });
+    let _blocker = blocker.unwrap_or_else(|error| panic!("{error}"));
+    let mut node2 = HaNode {
+        name: "node2".into(),
+        config: write_config(&lab, &node2_host, &dir.0, 100, vip, ""),
+        log: dir.0.join("node2.log"),
+        pid: None,
+    };
+    start(&mut lab, &mut node2);
+    wait_for("node2 master", Duration::from_secs(10), || {
+        has_vip(&node2_host, vip)
+    });
+    // node1 with a config whose test port is taken: it exits at startup with a clear error.
+    let mut node1 = HaNode {
+        name: "node1".into(),
+        config: write_config(&lab, &node1_host, &dir.0, 150, vip, ""),
+        log: dir.0.join("node1.log"),
+        pid: None,
+    };
+    start(&mut lab, &mut node1);
+    wait_for("node1 refuses to start", Duration::from_secs(10), || {
+        std::fs::read_to_string(&node1.log)
+            .unwrap_or_default()
+            .contains("cannot listen on 0.0.0.0:9091")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(has_vip(&node2_host, vip));
+    assert!(!has_vip(&node1_host, vip));
+}
