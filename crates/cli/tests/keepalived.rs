@@ -1,0 +1,224 @@
+//! Interoperation with keepalived (Debian's, the real one) in the same VRID: whichever holds
+//! the higher priority is elected, and each fails over to the other.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use palisade_e2e::netns::{Lab, LabHost, require_netns};
+
+const BIN: &str = env!("CARGO_BIN_EXE_palisade");
+
+fn palisade_config(dir: &Path, host: &LabHost, priority: u8, vip: Ipv4Addr) -> PathBuf {
+    let config = format!(
+        r#"
+[node]
+hostname = "{name}"
+data_dir = "{data}"
+[proxy]
+listen = ["0.0.0.0:9090"]
+test_listen = ["0.0.0.0:9091"]
+[admin]
+listen = "127.0.0.1:4711"
+[[vrrp]]
+name = "VI_1"
+vrid = 51
+interface = "eth0"
+priority = {priority}
+advert_interval = "100ms"
+vips = ["{vip}/24"]
+"#,
+        name = host.name,
+        data = dir.join(format!("{}-data", host.name)).display(),
+    );
+    let path = dir.join(format!("{}.toml", host.name));
+    std::fs::write(&path, config).unwrap_or_else(|error| panic!("{error}"));
+    path
+}
+
+fn keepalived_config(dir: &Path, host: &LabHost, priority: u8, vip: Ipv4Addr) -> PathBuf {
+    let config = format!(
+        r#"
+global_defs {{
+    router_id {name}
+    vrrp_version 3
+}}
+vrrp_instance VI_1 {{
+    state BACKUP
+    interface eth0
+    virtual_router_id 51
+    priority {priority}
+    advert_int 0.1
+    version 3
+    virtual_ipaddress {{
+        {vip}/24 dev eth0
+    }}
+}}
+"#,
+        name = host.name,
+    );
+    let path = dir.join(format!("ka-{}.conf", host.name));
+    std::fs::write(&path, config).unwrap_or_else(|error| panic!("{error}"));
+    path
+}
+
+fn start_keepalived(lab: &mut Lab, dir: &Path, host: &LabHost, config: &Path) -> u32 {
+    let pid = |suffix: &str| {
+        dir.join(format!("ka-{}.{suffix}.pid", host.name))
+            .display()
+            .to_string()
+    };
+    let config = config.display().to_string();
+    let log = dir.join(format!("ka-{}.log", host.name));
+    lab.spawn(
+        &host.name,
+        "keepalived",
+        &[
+            "-n",
+            "-l",
+            "-D",
+            "-G",
+            "-P",
+            "-f",
+            &config,
+            "-p",
+            &pid("main"),
+            "-r",
+            &pid("vrrp"),
+            "-c",
+            &pid("chk"),
+        ],
+        &log,
+    )
+}
+
+fn has_vip(host: &LabHost, vip: Ipv4Addr) -> bool {
+    host.addresses().contains(&format!(" {vip}/"))
+}
+
+fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    start.elapsed()
+}
+
+fn signal_namespace(host: &LabHost, signal: &str, process: &str) {
+    let pids = palisade_e2e::netns::ip(&["netns", "pids", &host.ns]);
+    for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == process {
+            let _ = std::process::Command::new("kill")
+                .args([&format!("-{signal}"), pid])
+                .status();
+        }
+    }
+}
+
+fn keepalived_available(test: &str) -> bool {
+    if std::process::Command::new("keepalived")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        return true;
+    }
+    if std::env::var("PALISADE_REQUIRE_ALL").as_deref() == Ok("1") {
+        panic!("{test}: keepalived is not installed and PALISADE_REQUIRE_ALL=1 forbids skipping");
+    }
+    eprintln!("skipped: {test}: keepalived is not installed");
+    false
+}
+
+#[test]
+fn keepalived_master_hands_over_to_palisade_on_stop() {
+    let test = "keepalived_master_hands_over_to_palisade_on_stop";
+    if !require_netns(test) || !keepalived_available(test) {
+        return;
+    }
+    let mut lab = Lab::new(&["ka", "pal"]);
+    let dir = palisade_e2e::node::TempDir::new("palisade-ka");
+    let vip = lab.spare_addr(100);
+    let ka = lab.host("ka").clone();
+    let pal = lab.host("pal").clone();
+    let ka_config = keepalived_config(&dir.0, &ka, 150, vip);
+    start_keepalived(&mut lab, &dir.0, &ka, &ka_config);
+    let pal_config = palisade_config(&dir.0, &pal, 100, vip)
+        .display()
+        .to_string();
+    let pal_log = dir.0.join("pal.log");
+    lab.spawn("pal", BIN, &["run", "--config", &pal_config], &pal_log);
+    let logs = || {
+        format!(
+            "palisade:\n{}\nkeepalived:\n{}",
+            std::fs::read_to_string(&pal_log).unwrap_or_default(),
+            std::fs::read_to_string(dir.0.join("ka-ka.log")).unwrap_or_default()
+        )
+    };
+    wait_for("keepalived master", Duration::from_secs(10), || {
+        has_vip(&ka, vip)
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        !has_vip(&pal, vip),
+        "palisade took the VIP from a higher-priority keepalived\n{}",
+        logs()
+    );
+    // keepalived stops gracefully (priority 0): palisade takes over after Skew_Time.
+    signal_namespace(&ka, "TERM", "keepalived");
+    let took = wait_for("palisade master", Duration::from_secs(5), || {
+        has_vip(&pal, vip)
+    });
+    assert!(took < Duration::from_secs(2), "{took:?}\n{}", logs());
+    wait_for("keepalived released", Duration::from_secs(5), || {
+        !has_vip(&ka, vip)
+    });
+}
+
+#[test]
+fn palisade_master_fails_over_to_keepalived_and_preempts_back() {
+    let test = "palisade_master_fails_over_to_keepalived_and_preempts_back";
+    if !require_netns(test) || !keepalived_available(test) {
+        return;
+    }
+    let mut lab = Lab::new(&["pal", "ka"]);
+    let dir = palisade_e2e::node::TempDir::new("palisade-ka");
+    let vip = lab.spare_addr(100);
+    let ka = lab.host("ka").clone();
+    let pal = lab.host("pal").clone();
+    let ka_config = keepalived_config(&dir.0, &ka, 100, vip);
+    start_keepalived(&mut lab, &dir.0, &ka, &ka_config);
+    let pal_config = palisade_config(&dir.0, &pal, 150, vip)
+        .display()
+        .to_string();
+    let pal_log = dir.0.join("pal.log");
+    lab.spawn("pal", BIN, &["run", "--config", &pal_config], &pal_log);
+    let logs = || {
+        format!(
+            "palisade:\n{}\nkeepalived:\n{}",
+            std::fs::read_to_string(&pal_log).unwrap_or_default(),
+            std::fs::read_to_string(dir.0.join("ka-ka.log")).unwrap_or_default()
+        )
+    };
+    wait_for("palisade master", Duration::from_secs(10), || {
+        has_vip(&pal, vip) && !has_vip(&ka, vip)
+    });
+    // kill -9 of palisade: keepalived takes over after its Master_Down_Interval.
+    signal_namespace(&pal, "KILL", "palisade");
+    let took = wait_for("keepalived master", Duration::from_secs(5), || {
+        has_vip(&ka, vip)
+    });
+    assert!(took < Duration::from_millis(1500), "{took:?}\n{}", logs());
+    // palisade returns and preempts keepalived.
+    lab.spawn("pal", BIN, &["run", "--config", &pal_config], &pal_log);
+    wait_for("keepalived steps down", Duration::from_secs(10), || {
+        !has_vip(&ka, vip)
+    });
+    wait_for("palisade master again", Duration::from_secs(5), || {
+        has_vip(&pal, vip)
+    });
+    let ka_log = std::fs::read_to_string(dir.0.join("ka-ka.log")).unwrap_or_default();
+    assert!(ka_log.contains("Entering BACKUP STATE"), "{}", logs());
+}
