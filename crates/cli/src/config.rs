@@ -36,6 +36,15 @@ pub struct NodeConfig {
     /// HA groups this node takes part in (empty: a single node without a VIP).
     pub vrrp: Vec<VrrpGroup>,
     pub health: HealthConfig,
+    /// Heartbeat links between the HA nodes (fast take-over on a crash, explicit handover).
+    pub heartbeat: Option<HeartbeatConfig>,
+}
+
+#[derive(Clone, Debug)]
+pub struct HeartbeatConfig {
+    pub listen: SocketAddr,
+    pub peers: Vec<SocketAddr>,
+    pub key: Vec<u8>,
 }
 
 /// One HA group (VRRP instance), validated.
@@ -130,6 +139,16 @@ mod raw {
         pub vrrp: Vec<Vrrp>,
         #[serde(default)]
         pub health: Health,
+        pub heartbeat: Option<Heartbeat>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Heartbeat {
+        pub listen: Option<Spanned<String>>,
+        pub peers: Spanned<Vec<Spanned<String>>>,
+        pub key: Option<Spanned<String>>,
+        pub key_file: Option<Spanned<String>>,
     }
 
     #[derive(Deserialize)]
@@ -421,6 +440,79 @@ impl Checker<'_> {
             &format!("must be one of {}", names.join(", ")),
         );
         default
+    }
+
+    fn heartbeat(&mut self, raw: raw::Heartbeat) -> Option<HeartbeatConfig> {
+        let before = self.errors.len();
+        let listen = match &raw.listen {
+            Some(value) => self.socket_addr(value, "heartbeat.listen"),
+            None => Some(SocketAddr::from(([0, 0, 0, 0], 9192))),
+        };
+        let mut peers = Vec::new();
+        for (index, peer) in raw.peers.get_ref().iter().enumerate() {
+            peers.extend(self.socket_addr(peer, &format!("heartbeat.peers[{index}]")));
+        }
+        let key = match (&raw.key, &raw.key_file) {
+            (Some(key), None) if key.get_ref().len() >= 16 => {
+                Some(key.get_ref().as_bytes().to_vec())
+            }
+            (Some(key), None) => {
+                self.error(
+                    key,
+                    "heartbeat.key",
+                    "\"...\"",
+                    "must be at least 16 characters",
+                );
+                None
+            }
+            (None, Some(file)) => match std::fs::read(file.get_ref()) {
+                Ok(key) if key.len() >= 16 => Some(key),
+                Ok(_) => {
+                    self.error(
+                        file,
+                        "heartbeat.key_file",
+                        &format!("{:?}", file.get_ref()),
+                        "key must be at least 16 bytes",
+                    );
+                    None
+                }
+                Err(error) => {
+                    self.error(
+                        file,
+                        "heartbeat.key_file",
+                        &format!("{:?}", file.get_ref()),
+                        &format!("cannot read: {error}"),
+                    );
+                    None
+                }
+            },
+            (Some(key), Some(_)) => {
+                self.error(
+                    key,
+                    "heartbeat.key",
+                    "\"...\"",
+                    "set key or key_file, not both",
+                );
+                None
+            }
+            (None, None) => {
+                self.error(
+                    &raw.peers,
+                    "heartbeat",
+                    "{...}",
+                    "needs key or key_file (the HA group's shared secret)",
+                );
+                None
+            }
+        };
+        if self.errors.len() != before {
+            return None;
+        }
+        Some(HeartbeatConfig {
+            listen: listen?,
+            peers,
+            key: key?,
+        })
     }
 
     fn vrrp_group(&mut self, raw: raw::Vrrp) -> Option<VrrpGroup> {
@@ -775,9 +867,13 @@ impl Checker<'_> {
             rise: self.integer(raw.health.rise, "health.rise", 1..=100, 2) as u32,
             fall: self.integer(raw.health.fall, "health.fall", 1..=100, 2) as u32,
         };
+        let heartbeat = raw
+            .heartbeat
+            .and_then(|heartbeat| self.heartbeat(heartbeat));
         NodeConfig {
             vrrp,
             health,
+            heartbeat,
             hostname,
             data_dir,
             listen,

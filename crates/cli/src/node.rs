@@ -14,6 +14,8 @@ use palisade_proxy::ssrf::OwnAddresses;
 use palisade_proxy::{Proxy, bind_listener};
 use palisade_vrrp::{Centiseconds, RouterConfig, Version, Vrid, VrrpPriority};
 use palisade_vrrp_linux::driver::{GroupHandle, GroupSpec, NotifyHooks};
+use palisade_vrrp_linux::heartbeat::GroupKey;
+use palisade_vrrp_linux::mesh::{MeshConfig, MeshHandle};
 use prometheus_client::registry::Registry;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use tokio::signal::unix::{SignalKind, signal};
@@ -214,7 +216,7 @@ async fn serve(
                 .serve(listener, shutdown.clone(), tracker.clone()),
         );
     }
-    let groups = start_ha_groups(&config).await?;
+    let (groups, mesh) = start_ha_groups(&config).await?;
     let admin_listener = bind_listener(config.admin_listen)
         .with_context(|| format!("cannot listen on {} (admin)", config.admin_listen))?;
     tracing::info!(addr = %config.admin_listen, "Admin interface listening (/metrics, /healthz)");
@@ -270,6 +272,9 @@ async fn serve(
     for group in &groups {
         group.shutdown().await;
     }
+    if let Some(mesh) = &mesh {
+        mesh.leave().await;
+    }
     shutdown.cancel();
     tracker.close();
     let in_flight = tracker.len();
@@ -290,9 +295,11 @@ async fn serve(
 }
 
 /// Starts the health monitor and one VRRP driver per configured HA group.
-async fn start_ha_groups(config: &NodeConfig) -> anyhow::Result<Vec<GroupHandle>> {
+async fn start_ha_groups(
+    config: &NodeConfig,
+) -> anyhow::Result<(Vec<GroupHandle>, Option<MeshHandle>)> {
     if config.vrrp.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     }
     // The redirect and test ports must all accept connections, as swg-mon demands.
     let ports = config
@@ -332,12 +339,33 @@ async fn start_ha_groups(config: &NodeConfig) -> anyhow::Result<Vec<GroupHandle>
             }
         }
     });
-    let mut handles = Vec::new();
-    for group in &config.vrrp {
-        let spec = group_spec(group)?;
-        let (handle, _task) = palisade_vrrp_linux::driver::spawn(spec, faulty_rx.clone())
+    let specs = config
+        .vrrp
+        .iter()
+        .map(group_spec)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mesh = match (&config.heartbeat, specs.first()) {
+        (Some(heartbeat), Some(first)) => {
+            let mesh = palisade_vrrp_linux::mesh::start(MeshConfig {
+                listen: heartbeat.listen,
+                peers: heartbeat.peers.clone(),
+                key: GroupKey::new(&heartbeat.key),
+                local: first.router.primary_address,
+                node_id: config.hostname.clone(),
+            })
             .await
-            .with_context(|| format!("cannot start HA group {}", group.name))?;
+            .with_context(|| format!("cannot listen for heartbeats on {}", heartbeat.listen))?;
+            tracing::info!(addr = %heartbeat.listen, peers = ?heartbeat.peers, "Heartbeat listening");
+            Some(mesh)
+        }
+        _ => None,
+    };
+    let mut handles = Vec::new();
+    for (group, spec) in config.vrrp.iter().zip(specs) {
+        let (handle, _task) =
+            palisade_vrrp_linux::driver::spawn(spec, faulty_rx.clone(), mesh.clone())
+                .await
+                .with_context(|| format!("cannot start HA group {}", group.name))?;
         tracing::info!(
             instance = %group.name,
             vrid = group.vrid,
@@ -348,7 +376,7 @@ async fn start_ha_groups(config: &NodeConfig) -> anyhow::Result<Vec<GroupHandle>
         );
         handles.push(handle);
     }
-    Ok(handles)
+    Ok((handles, mesh))
 }
 
 fn group_spec(group: &crate::config::VrrpGroup) -> anyhow::Result<GroupSpec> {

@@ -18,6 +18,7 @@ struct HaNode {
 }
 
 fn write_config(
+    interval: &str,
     lab: &Lab,
     host: &LabHost,
     dir: &std::path::Path,
@@ -43,7 +44,7 @@ name = "VI_1"
 vrid = 51
 interface = "eth0"
 priority = {priority}
-advert_interval = "100ms"
+advert_interval = "{interval}"
 vips = ["{vip}/24"]
 {extra}
 "#,
@@ -120,13 +121,13 @@ fn master_by_priority_crash_moves_vip_and_higher_priority_preempts() {
     let client = lab.host("client").clone();
     let mut node1 = HaNode {
         name: "node1".into(),
-        config: write_config(&lab, &node1_host, &dir.0, 150, vip, ""),
+        config: write_config("100ms", &lab, &node1_host, &dir.0, 150, vip, ""),
         log: dir.0.join("node1.log"),
         pid: None,
     };
     let mut node2 = HaNode {
         name: "node2".into(),
-        config: write_config(&lab, &node2_host, &dir.0, 100, vip, ""),
+        config: write_config("100ms", &lab, &node2_host, &dir.0, 100, vip, ""),
         log: dir.0.join("node2.log"),
         pid: None,
     };
@@ -227,7 +228,7 @@ fn unhealthy_proxy_gives_up_the_vip() {
     let _blocker = blocker.unwrap_or_else(|error| panic!("{error}"));
     let mut node2 = HaNode {
         name: "node2".into(),
-        config: write_config(&lab, &node2_host, &dir.0, 100, vip, ""),
+        config: write_config("100ms", &lab, &node2_host, &dir.0, 100, vip, ""),
         log: dir.0.join("node2.log"),
         pid: None,
     };
@@ -238,7 +239,7 @@ fn unhealthy_proxy_gives_up_the_vip() {
     // node1 with a config whose test port is taken: it exits at startup with a clear error.
     let mut node1 = HaNode {
         name: "node1".into(),
-        config: write_config(&lab, &node1_host, &dir.0, 150, vip, ""),
+        config: write_config("100ms", &lab, &node1_host, &dir.0, 150, vip, ""),
         log: dir.0.join("node1.log"),
         pid: None,
     };
@@ -251,4 +252,133 @@ fn unhealthy_proxy_gives_up_the_vip() {
     std::thread::sleep(Duration::from_millis(500));
     assert!(has_vip(&node2_host, vip));
     assert!(!has_vip(&node1_host, vip));
+}
+
+/// With heartbeat links, a master's process crash is seen when its kernel closes the link:
+/// the backup takes over in milliseconds although adverts are 1 s apart (Master_Down_Interval
+/// 3.6 s); a graceful stop hands over explicitly, without waiting for Skew_Time.
+#[test]
+fn heartbeat_makes_crash_and_stop_failover_fast() {
+    if !require_netns("heartbeat_makes_crash_and_stop_failover_fast") {
+        return;
+    }
+    let mut lab = Lab::new(&["node1", "node2", "client"]);
+    let dir = palisade_e2e::node::TempDir::new("palisade-ha");
+    let vip = lab.spare_addr(100);
+    let node1_host = lab.host("node1").clone();
+    let node2_host = lab.host("node2").clone();
+    let client = lab.host("client").clone();
+    let heartbeat = |peer: Ipv4Addr| {
+        format!(
+            "[heartbeat]\nlisten = \"0.0.0.0:9192\"\npeers = [\"{peer}:9192\"]\nkey = \"0123456789abcdef-group-key\"\n"
+        )
+    };
+    let mut node1 = HaNode {
+        name: "node1".into(),
+        config: write_config(
+            "1s",
+            &lab,
+            &node1_host,
+            &dir.0,
+            150,
+            vip,
+            &heartbeat(node2_host.addr),
+        ),
+        log: dir.0.join("node1.log"),
+        pid: None,
+    };
+    let mut node2 = HaNode {
+        name: "node2".into(),
+        config: write_config(
+            "1s",
+            &lab,
+            &node2_host,
+            &dir.0,
+            100,
+            vip,
+            &heartbeat(node1_host.addr),
+        ),
+        log: dir.0.join("node2.log"),
+        pid: None,
+    };
+    start(&mut lab, &mut node2);
+    start(&mut lab, &mut node1);
+    let (log1_path, log2_path) = (node1.log.clone(), node2.log.clone());
+    let logs = move || {
+        format!(
+            "node1:\n{}\nnode2:\n{}",
+            std::fs::read_to_string(&log1_path).unwrap_or_default(),
+            std::fs::read_to_string(&log2_path).unwrap_or_default()
+        )
+    };
+    wait_for("node1 master", Duration::from_secs(15), || {
+        has_vip(&node1_host, vip)
+    });
+    wait_for("heartbeat up", Duration::from_secs(5), || {
+        std::fs::read_to_string(&node2.log)
+            .unwrap_or_default()
+            .contains("heartbeat link up")
+    });
+    // Let node2 learn who the master is from an advert.
+    std::thread::sleep(Duration::from_millis(1500));
+
+    kill9(&mut node1);
+    let took = wait_for("VIP on node2", Duration::from_secs(6), || {
+        has_vip(&node2_host, vip)
+    });
+    assert!(
+        took < Duration::from_millis(500),
+        "crash takeover took {took:?}\n{}",
+        logs()
+    );
+    assert!(
+        logs().contains("master heartbeat lost: taking over"),
+        "{}",
+        logs()
+    );
+    wait_for("client reaches node2", Duration::from_secs(5), || {
+        who_answers(&client, vip).as_deref() == Some("node2")
+    });
+
+    // node1 returns and preempts (after its Master_Down_Interval at 1 s adverts).
+    start(&mut lab, &mut node1);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !has_vip(&node1_host, vip) || has_vip(&node2_host, vip) {
+        assert!(
+            Instant::now() < deadline,
+            "node1 did not preempt\n{}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    wait_for("heartbeat up again", Duration::from_secs(5), || {
+        std::fs::read_to_string(&node2.log)
+            .unwrap_or_default()
+            .matches("heartbeat link up")
+            .count()
+            >= 2
+    });
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Graceful stop of the master: explicit handover, not Skew_Time (609 ms at 1 s adverts).
+    let started = Instant::now();
+    if let Some(pid) = node1.pid {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+    wait_for("VIP on node2 after stop", Duration::from_secs(5), || {
+        has_vip(&node2_host, vip)
+    });
+    let handover = started.elapsed();
+    assert!(
+        handover < Duration::from_millis(300),
+        "graceful handover took {handover:?}\n{}",
+        logs()
+    );
+    assert!(
+        logs().contains("handover received: taking over"),
+        "{}",
+        logs()
+    );
 }

@@ -10,9 +10,13 @@ use std::time::Duration;
 
 use palisade_vrrp::{
     Action, Command, DecodeContext, Instant, Reason, Router, RouterConfig, RxError, State,
-    Transition,
+    Transition, VrrpPriority, election_winner,
 };
-use tokio::sync::{mpsc, oneshot, watch};
+use std::collections::HashMap;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use crate::heartbeat::Message;
+use crate::mesh::{MeshEvent, MeshHandle};
 
 use crate::announce::{ArpSender, NaSender};
 use crate::netlink::Addresses;
@@ -128,6 +132,7 @@ enum Announcer {
 pub async fn spawn(
     spec: GroupSpec,
     faulty: watch::Receiver<bool>,
+    mesh: Option<MeshHandle>,
 ) -> Result<(GroupHandle, tokio::task::JoinHandle<()>), DriverError> {
     let name = spec.name.clone();
     let ifindex = nix::net::if_::if_nametoindex(spec.interface.as_str()).map_err(|source| {
@@ -177,6 +182,9 @@ pub async fn spawn(
         epoch,
         status: status_tx,
         last_rx_warning: None,
+        mesh,
+        peers: HashMap::new(),
+        advertised_priority: None,
     };
     let task = tokio::spawn(driver.run(faulty, commands));
     Ok((
@@ -198,6 +206,12 @@ struct Driver {
     epoch: std::time::Instant,
     status: watch::Sender<GroupStatus>,
     last_rx_warning: Option<std::time::Instant>,
+    /// Heartbeat links to the other nodes, for take-over faster than the advert timer.
+    mesh: Option<MeshHandle>,
+    /// Peers' priorities in this group, as their heartbeat status says (0: out).
+    peers: HashMap<IpAddr, u8>,
+    /// What our last heartbeat status said.
+    advertised_priority: Option<u8>,
 }
 
 impl Driver {
@@ -219,6 +233,7 @@ impl Driver {
         self.router.handle_startup(now);
         self.drive_actions().await;
         let mut health_open = true;
+        let mut mesh_events = self.mesh.as_ref().map(MeshHandle::subscribe);
         loop {
             let deadline = self
                 .router
@@ -245,11 +260,22 @@ impl Driver {
                         let _ = self.router.handle_command(now, Command::Fault(unhealthy));
                     }
                 }
+                event = next_mesh_event(&mut mesh_events) => self.handle_mesh_event(event),
                 command = commands.recv() => match command {
                     Some(GroupCommand::Shutdown(done)) => {
+                        // Pick the successor before leaving, tell it after: the core must
+                        // have sent priority 0 and released the VIPs first, or it could take
+                        // them back from the new master (see Command::TakeOver).
+                        let was_master = self.router.state() == State::Master;
+                        let successor = self.next_in_line(None, false);
                         let now = self.now();
                         let _ = self.router.handle_command(now, Command::Shutdown);
                         self.drive_actions().await;
+                        if let (true, Some(successor), Some(mesh)) = (was_master, successor, &self.mesh) {
+                            let vrid = self.router.vrid().get();
+                            tracing::info!(instance = %self.spec.name, %successor, "handing over to the next node in line");
+                            mesh.send_to(successor, Message::Handover { vrid });
+                        }
                         let _ = done.send(());
                         return;
                     }
@@ -264,6 +290,61 @@ impl Driver {
             }
             self.drive_actions().await;
         }
+    }
+
+    fn handle_mesh_event(&mut self, event: MeshEvent) {
+        let vrid = self.router.vrid().get();
+        match event {
+            MeshEvent::Status {
+                peer,
+                vrid: group,
+                priority,
+            } if group == vrid => {
+                self.peers.insert(peer, priority);
+            }
+            MeshEvent::PeerLeft(peer) => {
+                self.peers.remove(&peer);
+            }
+            MeshEvent::PeerLost(peer) => {
+                self.peers.remove(&peer);
+                // The master's process died (its kernel closed the link): if we are next in
+                // line, take over now instead of waiting for Master_Down_Interval.
+                let master_lost = self.router.state() == State::Backup
+                    && self.router.master_address() == Some(peer);
+                let primary = self.spec.router.primary_address;
+                if master_lost && self.next_in_line(Some(peer), true) == Some(primary) {
+                    tracing::info!(
+                        instance = %self.spec.name,
+                        master = %peer,
+                        "VRRP_Instance({}) master heartbeat lost: taking over",
+                        self.spec.name
+                    );
+                    let now = self.now();
+                    let _ = self.router.handle_command(now, Command::TakeOver);
+                }
+            }
+            MeshEvent::Handover { peer, vrid: group } if group == vrid => {
+                tracing::info!(instance = %self.spec.name, from = %peer, "handover received: taking over");
+                let now = self.now();
+                if let Err(error) = self.router.handle_command(now, Command::TakeOver) {
+                    tracing::info!(instance = %self.spec.name, %error, "take-over not done");
+                }
+            }
+            MeshEvent::PeerUp(_) | MeshEvent::Status { .. } | MeshEvent::Handover { .. } => {}
+        }
+    }
+
+    /// The node that should hold the VIPs among the live, healthy peers (and this node if
+    /// `include_self`), leaving out `except`: highest priority, then highest address.
+    fn next_in_line(&self, except: Option<IpAddr>, include_self: bool) -> Option<IpAddr> {
+        let own = (self.spec.router.primary_address, self.router.priority());
+        let peers = self
+            .peers
+            .iter()
+            .filter(|(peer, priority)| **priority > 0 && Some(**peer) != except)
+            .map(|(peer, priority)| (*peer, VrrpPriority(*priority)));
+        let own = (include_self && !self.router.is_faulty()).then_some(own);
+        election_winner(peers.chain(own))
     }
 
     fn handle_packet(&mut self, packet: crate::socket::Received) {
@@ -294,6 +375,19 @@ impl Driver {
     async fn drive_actions(&mut self) {
         while let Some(action) = self.router.poll_action() {
             self.apply(action).await;
+        }
+        if let Some(mesh) = &self.mesh {
+            let priority = match self.router.state() {
+                State::Initialize | State::Fault => 0,
+                State::Backup | State::Master => self.router.priority().get(),
+            };
+            if self.advertised_priority != Some(priority) {
+                self.advertised_priority = Some(priority);
+                mesh.broadcast(Message::Status {
+                    vrid: self.router.vrid().get(),
+                    priority,
+                });
+            }
         }
         let status = status_of(&self.spec, &self.router);
         self.status.send_if_modified(|current| {
@@ -451,6 +545,20 @@ fn status_of(spec: &GroupSpec, router: &Router) -> GroupStatus {
         master_priority: router.master_priority().map(|priority| priority.get()),
         advert_interval_cs: router.master_adver_interval().get(),
         vips: spec.router.vips.clone(),
+    }
+}
+
+async fn next_mesh_event(events: &mut Option<broadcast::Receiver<MeshEvent>>) -> MeshEvent {
+    loop {
+        match events {
+            Some(receiver) => match receiver.recv().await {
+                Ok(event) => return event,
+                // A burst outran us: later events still come.
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => *events = None,
+            },
+            None => std::future::pending::<()>().await,
+        }
     }
 }
 

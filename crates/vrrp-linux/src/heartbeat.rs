@@ -20,8 +20,9 @@ use std::time::Duration;
 
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 /// Largest payload accepted; heartbeat messages are tiny.
 const MAX_PAYLOAD: usize = 512;
@@ -40,6 +41,9 @@ pub enum Message {
     Handover { vrid: u8 },
     /// An orderly goodbye: the connection closing after this is not a crash.
     Bye,
+    /// This node's current VRRP priority in a group (0: faulty or leaving), so every node
+    /// knows who is next in line when the master dies.
+    Status { vrid: u8, priority: u8 },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +104,7 @@ mod frame_type {
     pub const PING: u8 = 10;
     pub const HANDOVER: u8 = 11;
     pub const BYE: u8 = 12;
+    pub const STATUS: u8 = 13;
 }
 
 /// An authenticated link to one peer.
@@ -125,8 +130,8 @@ pub enum LinkEnd {
     Rejected(HeartbeatError),
 }
 
-async fn write_frame(
-    stream: &mut TcpStream,
+async fn write_frame<W: AsyncWrite + Unpin>(
+    stream: &mut W,
     kind: u8,
     payload: &[u8],
     mac: Option<&[u8]>,
@@ -141,8 +146,8 @@ async fn write_frame(
     stream.write_all(&frame).await
 }
 
-async fn read_frame(
-    stream: &mut TcpStream,
+async fn read_frame<R: AsyncRead + Unpin>(
+    stream: &mut R,
     with_mac: bool,
 ) -> Result<(u8, Vec<u8>, Vec<u8>), HeartbeatError> {
     let mut header = [0u8; 3];
@@ -186,8 +191,20 @@ impl Link {
         key: GroupKey,
         our_id: &str,
     ) -> Result<Link, HeartbeatError> {
+        let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(peer))
+            .await
+            .map_err(|_| HeartbeatError::HandshakeTimeout)??;
+        Link::over(stream, peer, key, our_id).await
+    }
+
+    /// Client side of the handshake on a connected stream.
+    pub async fn over(
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        key: GroupKey,
+        our_id: &str,
+    ) -> Result<Link, HeartbeatError> {
         tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
-            let mut stream = TcpStream::connect(peer).await?;
             let _ = stream.set_nodelay(true);
             let client_nonce = nonce()?;
             let hello = [&client_nonce[..], our_id.as_bytes()].concat();
@@ -270,49 +287,127 @@ impl Link {
 
     /// Sends one message (MACed with the session id and the next sequence number).
     pub async fn send(&mut self, message: &Message) -> Result<(), HeartbeatError> {
-        let (kind, payload): (u8, Vec<u8>) = match message {
-            Message::Ping => (frame_type::PING, Vec::new()),
-            Message::Handover { vrid } => (frame_type::HANDOVER, vec![*vrid]),
-            Message::Bye => (frame_type::BYE, Vec::new()),
-        };
-        let mac = self.key.mac(&[
+        send_on(
+            &mut self.stream,
+            &self.key,
             &self.session,
-            &self.send_seq.to_be_bytes(),
-            &[kind],
-            &payload,
-        ]);
-        self.send_seq += 1;
-        write_frame(&mut self.stream, kind, &payload, Some(&mac)).await?;
-        Ok(())
+            &mut self.send_seq,
+            message,
+        )
+        .await
     }
 
     /// Receives the next message, or how the link ended.
     pub async fn recv(&mut self) -> Result<Message, LinkEnd> {
-        let (kind, payload, mac) = match read_frame(&mut self.stream, true).await {
-            Ok(frame) => frame,
-            Err(HeartbeatError::Io(error)) => return Err(LinkEnd::Lost(error.kind())),
-            Err(other) => return Err(LinkEnd::Rejected(other)),
-        };
-        if !self.key.verify(
-            &[
-                &self.session,
-                &self.recv_seq.to_be_bytes(),
-                &[kind],
-                &payload,
-            ],
-            &mac,
-        ) {
-            return Err(LinkEnd::Rejected(HeartbeatError::Unauthenticated));
-        }
-        self.recv_seq += 1;
-        match (kind, payload.as_slice()) {
-            (frame_type::PING, []) => Ok(Message::Ping),
-            (frame_type::HANDOVER, [vrid]) => Ok(Message::Handover { vrid: *vrid }),
-            (frame_type::BYE, []) => Err(LinkEnd::Bye),
-            _ => Err(LinkEnd::Rejected(HeartbeatError::Malformed(
-                "unknown message",
-            ))),
-        }
+        recv_on(
+            &mut self.stream,
+            &self.key,
+            &self.session,
+            &mut self.recv_seq,
+        )
+        .await
+    }
+
+    /// Separate halves, so one task can wait for messages while another sends.
+    pub fn split(self) -> (LinkReader, LinkWriter) {
+        let (read, write) = self.stream.into_split();
+        (
+            LinkReader {
+                read,
+                key: self.key.clone(),
+                session: self.session,
+                seq: self.recv_seq,
+            },
+            LinkWriter {
+                write,
+                key: self.key,
+                session: self.session,
+                seq: self.send_seq,
+            },
+        )
+    }
+}
+
+/// The receiving half of a [`Link`].
+pub struct LinkReader {
+    read: OwnedReadHalf,
+    key: GroupKey,
+    session: [u8; 2 * NONCE_LEN],
+    seq: u64,
+}
+
+impl LinkReader {
+    pub async fn recv(&mut self) -> Result<Message, LinkEnd> {
+        recv_on(&mut self.read, &self.key, &self.session, &mut self.seq).await
+    }
+}
+
+/// The sending half of a [`Link`].
+pub struct LinkWriter {
+    write: OwnedWriteHalf,
+    key: GroupKey,
+    session: [u8; 2 * NONCE_LEN],
+    seq: u64,
+}
+
+impl LinkWriter {
+    pub async fn send(&mut self, message: &Message) -> Result<(), HeartbeatError> {
+        send_on(
+            &mut self.write,
+            &self.key,
+            &self.session,
+            &mut self.seq,
+            message,
+        )
+        .await
+    }
+}
+
+async fn send_on<W: AsyncWrite + Unpin>(
+    stream: &mut W,
+    key: &GroupKey,
+    session: &[u8],
+    seq: &mut u64,
+    message: &Message,
+) -> Result<(), HeartbeatError> {
+    let (kind, payload): (u8, Vec<u8>) = match message {
+        Message::Ping => (frame_type::PING, Vec::new()),
+        Message::Handover { vrid } => (frame_type::HANDOVER, vec![*vrid]),
+        Message::Bye => (frame_type::BYE, Vec::new()),
+        Message::Status { vrid, priority } => (frame_type::STATUS, vec![*vrid, *priority]),
+    };
+    let mac = key.mac(&[session, &seq.to_be_bytes(), &[kind], &payload]);
+    *seq += 1;
+    write_frame(stream, kind, &payload, Some(&mac)).await?;
+    Ok(())
+}
+
+async fn recv_on<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    key: &GroupKey,
+    session: &[u8],
+    seq: &mut u64,
+) -> Result<Message, LinkEnd> {
+    let (kind, payload, mac) = match read_frame(stream, true).await {
+        Ok(frame) => frame,
+        Err(HeartbeatError::Io(error)) => return Err(LinkEnd::Lost(error.kind())),
+        Err(other) => return Err(LinkEnd::Rejected(other)),
+    };
+    if !key.verify(&[session, &seq.to_be_bytes(), &[kind], &payload], &mac) {
+        return Err(LinkEnd::Rejected(HeartbeatError::Unauthenticated));
+    }
+    *seq += 1;
+    match (kind, payload.as_slice()) {
+        (frame_type::PING, []) => Ok(Message::Ping),
+        (frame_type::HANDOVER, [vrid]) => Ok(Message::Handover { vrid: *vrid }),
+        (frame_type::BYE, []) => Err(LinkEnd::Bye),
+        (frame_type::STATUS, [vrid, priority]) => Ok(Message::Status {
+            vrid: *vrid,
+            priority: *priority,
+        }),
+        _ => Err(LinkEnd::Rejected(HeartbeatError::Malformed(
+            "unknown message",
+        ))),
     }
 }
 

@@ -1,5 +1,6 @@
 pub mod announce;
 pub mod driver;
 pub mod heartbeat;
+pub mod mesh;
 pub mod netlink;
 pub mod socket;
