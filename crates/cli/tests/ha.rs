@@ -69,6 +69,12 @@ fn kill9(node: &mut HaNode) {
         let _ = std::process::Command::new("kill")
             .args(["-KILL", &pid.to_string()])
             .status();
+        // Its sockets are gone once it is dead (a zombie until the lab reaps it), so a
+        // restart can bind the same ports.
+        wait_for("killed process exits", Duration::from_secs(5), || {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            status.is_empty() || status.contains("State:\tZ")
+        });
     }
 }
 
