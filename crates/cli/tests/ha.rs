@@ -73,7 +73,8 @@ fn kill9(node: &mut HaNode) {
         // restart can bind the same ports.
         wait_for("killed process exits", Duration::from_secs(5), || {
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            status.is_empty() || status.contains("State:\tZ")
+            // A zombie leader with live threads still holds its sockets.
+            status.is_empty() || (status.contains("State:\tZ") && status.contains("Threads:\t1\n"))
         });
     }
 }

@@ -205,7 +205,9 @@ fn wait_dead(host: &LabHost) {
             .any(|pid| {
                 let status =
                     std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-                !status.is_empty() && !status.contains("State:\tZ")
+                // A zombie leader with live threads still holds its sockets.
+                !status.is_empty()
+                    && !(status.contains("State:\tZ") && status.contains("Threads:\t1\n"))
             });
         if !alive {
             return;
@@ -238,9 +240,9 @@ fn has_vip(host: &LabHost, vip: Ipv4Addr) -> bool {
 /// One probe from the client: which node answered on VIP:9091, if any.
 fn probe(vip: Ipv4Addr) -> Option<String> {
     let address = SocketAddr::V4(SocketAddrV4::new(vip, 9091));
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_millis(30)).ok()?;
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_millis(10)).ok()?;
     stream
-        .set_read_timeout(Some(Duration::from_millis(100)))
+        .set_read_timeout(Some(Duration::from_millis(50)))
         .ok()?;
     stream
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
