@@ -207,8 +207,9 @@ async fn serve(
         .map(|addr| (addr, "redirect port"))
         .chain(config.test_listen.iter().map(|addr| (addr, "test port")))
     {
-        let listener =
-            bind_listener(*addr).with_context(|| format!("cannot listen on {addr} ({kind})"))?;
+        let listener = bind_retrying(*addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} ({kind})"))?;
         tracing::info!(%addr, kind, "Proxy listening");
         tokio::spawn(
             proxy
@@ -217,7 +218,8 @@ async fn serve(
         );
     }
     let (groups, mesh) = start_ha_groups(&config).await?;
-    let admin_listener = bind_listener(config.admin_listen)
+    let admin_listener = bind_retrying(config.admin_listen)
+        .await
         .with_context(|| format!("cannot listen on {} (admin)", config.admin_listen))?;
     tracing::info!(addr = %config.admin_listen, "Admin interface listening (/metrics, /healthz)");
     let status_groups = groups.clone();
@@ -292,6 +294,25 @@ async fn serve(
     }
     admin_shutdown.cancel();
     Ok(())
+}
+
+/// Binds a listener, retrying for a moment while the address is in use: right after a crash
+/// the dead process's sockets can take a few milliseconds to go, and a node restarted by its
+/// supervisor must come back rather than fail.
+async fn bind_retrying(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let mut attempts = 0;
+    loop {
+        match bind_listener(addr) {
+            Err(error) if error.kind() == std::io::ErrorKind::AddrInUse && attempts < 20 => {
+                attempts += 1;
+                if attempts == 1 {
+                    tracing::warn!(%addr, "address in use, retrying for up to 2 s");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            result => return result,
+        }
+    }
 }
 
 /// Starts the health monitor and one VRRP driver per configured HA group.

@@ -22,6 +22,9 @@ use crate::announce::{ArpSender, NaSender};
 use crate::netlink::Addresses;
 use crate::socket::VrrpSocket;
 
+/// How long a leaving master keeps its VIPs after telling its successor to take over.
+const HANDOVER_OVERLAP: Duration = Duration::from_millis(20);
+
 /// Everything one HA group needs (node-local config).
 #[derive(Clone, Debug)]
 pub struct GroupSpec {
@@ -270,11 +273,29 @@ impl Driver {
                         let successor = self.next_in_line(None, false);
                         let now = self.now();
                         let _ = self.router.handle_command(now, Command::Shutdown);
-                        self.drive_actions().await;
-                        if let (true, Some(successor), Some(mesh)) = (was_master, successor, &self.mesh) {
-                            let vrid = self.router.vrid().get();
-                            tracing::info!(instance = %self.spec.name, %successor, "handing over to the next node in line");
-                            mesh.send_to(successor, Message::Handover { vrid });
+                        match (was_master, successor, self.mesh.clone()) {
+                            (true, Some(successor), Some(mesh)) => {
+                                // Priority 0 goes out first, then the handover; the VIPs are
+                                // released only after the successor has had a moment to take
+                                // them, so connections arriving meanwhile are still answered
+                                // here instead of into a void.
+                                let mut deferred = Vec::new();
+                                while let Some(action) = self.router.poll_action() {
+                                    match action {
+                                        Action::RemoveVip(_) => deferred.push(action),
+                                        other => self.apply(other).await,
+                                    }
+                                }
+                                let vrid = self.router.vrid().get();
+                                tracing::info!(instance = %self.spec.name, %successor, "handing over to the next node in line");
+                                mesh.send_to(successor, Message::Handover { vrid });
+                                tokio::time::sleep(HANDOVER_OVERLAP).await;
+                                for action in deferred {
+                                    self.apply(action).await;
+                                }
+                                self.drive_actions().await;
+                            }
+                            _ => self.drive_actions().await,
                         }
                         let _ = done.send(());
                         return;
