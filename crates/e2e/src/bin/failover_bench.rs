@@ -206,8 +206,9 @@ fn wait_dead(host: &LabHost) {
                 let status =
                     std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
                 // A zombie leader with live threads still holds its sockets.
-                !status.is_empty()
-                    && !(status.contains("State:\tZ") && status.contains("Threads:\t1\n"))
+                let dead = status.is_empty()
+                    || (status.contains("State:\tZ") && status.contains("Threads:\t1\n"));
+                !dead
             });
         if !alive {
             return;
