@@ -389,3 +389,90 @@ fn heartbeat_makes_crash_and_stop_failover_fast() {
         logs()
     );
 }
+
+/// Forged adverts on the wire change nothing: a wrong TTL, a bad checksum or another VRID,
+/// even at priority 254, leave the master in place; the same advert done right (the
+/// control) does make it step down, so the injection path itself works.
+#[test]
+fn forged_adverts_on_the_wire_change_nothing() {
+    use palisade_vrrp::{Advert, Centiseconds, Version, Vrid, VrrpPriority};
+    if !require_netns("forged_adverts_on_the_wire_change_nothing") {
+        return;
+    }
+    let mut lab = Lab::new(&["node2", "attacker"]);
+    let dir = palisade_e2e::node::TempDir::new("palisade-ha");
+    let vip = lab.spare_addr(100);
+    let node2_host = lab.host("node2").clone();
+    let attacker = lab.host("attacker").clone();
+    let mut node2 = HaNode {
+        name: "node2".into(),
+        config: write_config("100ms", &lab, &node2_host, &dir.0, 100, vip, ""),
+        log: dir.0.join("node2.log"),
+        pid: None,
+    };
+    start(&mut lab, &mut node2);
+    wait_for("node2 master", Duration::from_secs(10), || {
+        has_vip(&node2_host, vip)
+    });
+    let group = std::net::IpAddr::V4(Ipv4Addr::new(224, 0, 0, 18));
+    let source = std::net::IpAddr::V4(attacker.addr);
+    let advert = |vrid: u8| Advert {
+        version: Version::V3,
+        vrid: Vrid::new(vrid).unwrap_or_else(|| panic!("vrid")),
+        priority: VrrpPriority(254),
+        max_adver_int: Centiseconds(10),
+        addresses: vec![std::net::IpAddr::V4(vip)],
+    };
+    let valid = advert(51)
+        .encode(source, group)
+        .unwrap_or_else(|error| panic!("{error}"));
+    let mut bad_checksum = valid.clone();
+    bad_checksum[6] ^= 0xff;
+    let other_vrid = advert(52)
+        .encode(source, group)
+        .unwrap_or_else(|error| panic!("{error}"));
+    // Raw IP-112 socket in the attacker's namespace; TTL chosen per packet.
+    let send = |payload: &[u8], ttl: u32| {
+        in_namespace(&attacker.ns, || {
+            let socket = socket2::Socket::new(
+                socket2::Domain::IPV4,
+                socket2::Type::RAW,
+                Some(socket2::Protocol::from(112)),
+            )
+            .unwrap_or_else(|error| panic!("raw socket: {error}"));
+            socket
+                .set_multicast_ttl_v4(ttl)
+                .unwrap_or_else(|error| panic!("{error}"));
+            socket
+                .set_multicast_if_v4(&attacker.addr)
+                .unwrap_or_else(|error| panic!("{error}"));
+            let target = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(224, 0, 0, 18), 0));
+            socket
+                .send_to(payload, &target.into())
+                .unwrap_or_else(|error| panic!("send: {error}"));
+        });
+    };
+    for _ in 0..20 {
+        send(&valid, 64); // wrong TTL
+        send(&bad_checksum, 255);
+        send(&other_vrid, 255);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(has_vip(&node2_host, vip), "a forged advert moved the VIP");
+    let log = std::fs::read_to_string(&node2.log).unwrap_or_default();
+    assert!(!log.contains("Entering BACKUP STATE (higher"), "{log}");
+    assert!(
+        log.contains("VRRP packet discarded"),
+        "forged packets were not even seen:\n{log}"
+    );
+    // Control: the valid advert, TTL 255, makes the master step down.
+    for _ in 0..5 {
+        send(&valid, 255);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_for(
+        "node2 steps down for a real higher-priority advert",
+        Duration::from_secs(2),
+        || !has_vip(&node2_host, vip),
+    );
+}
