@@ -476,3 +476,172 @@ fn forged_adverts_on_the_wire_change_nothing() {
         || !has_vip(&node2_host, vip),
     );
 }
+
+/// Three nodes; the master is cut off (link down), the next in priority takes over; when the
+/// partition heals, two masters see each other: the lower steps down at once and the winner
+/// re-announces (gratuitous ARPs, notify), so the client reaches it again.
+#[test]
+fn three_nodes_partition_heals_with_one_master_and_reannounce() {
+    if !require_netns("three_nodes_partition_heals_with_one_master_and_reannounce") {
+        return;
+    }
+    let mut lab = Lab::new(&["node1", "node2", "node3", "client"]);
+    let dir = palisade_e2e::node::TempDir::new("palisade-ha");
+    let vip = lab.spare_addr(100);
+    let hosts: Vec<LabHost> = ["node1", "node2", "node3"]
+        .iter()
+        .map(|name| lab.host(name).clone())
+        .collect();
+    let client = lab.host("client").clone();
+    let mut nodes: Vec<HaNode> = hosts
+        .iter()
+        .zip([150u8, 120, 100])
+        .map(|(host, priority)| HaNode {
+            name: host.name.clone(),
+            config: write_config("100ms", &lab, host, &dir.0, priority, vip, ""),
+            log: dir.0.join(format!("{}.log", host.name)),
+            pid: None,
+        })
+        .collect();
+    for node in &mut nodes {
+        start(&mut lab, node);
+    }
+    let holders = |hosts: &[LabHost]| -> Vec<String> {
+        hosts
+            .iter()
+            .filter(|host| has_vip(host, vip))
+            .map(|host| host.name.clone())
+            .collect()
+    };
+    wait_for("node1 sole master", Duration::from_secs(10), || {
+        holders(&hosts) == ["node1"]
+    });
+    // Partition: node1's link goes down; node2 (120) takes over, node3 (100) stays backup.
+    hosts[0].set_link(&lab, false);
+    wait_for("node2 takes over", Duration::from_secs(5), || {
+        has_vip(&hosts[1], vip)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!has_vip(&hosts[2], vip), "node3 took the VIP too");
+    assert_eq!(
+        who_answers(&client, vip).as_deref(),
+        Some("node2"),
+        "client does not reach node2"
+    );
+    // Heal: one master again, the higher priority, and it re-announces.
+    hosts[0].set_link(&lab, true);
+    wait_for("one master after heal", Duration::from_secs(5), || {
+        holders(&hosts) == ["node1"]
+    });
+    wait_for("client reaches node1 again", Duration::from_secs(5), || {
+        who_answers(&client, vip).as_deref() == Some("node1")
+    });
+    let log1 = std::fs::read_to_string(&nodes[0].log).unwrap_or_default();
+    assert!(log1.contains("Re-announcing MASTER STATE"), "{log1}");
+    let log2 = std::fs::read_to_string(&nodes[1].log).unwrap_or_default();
+    assert!(log2.contains("Received higher prio advert"), "{log2}");
+}
+
+/// Unicast peers: with multicast flooding switched off on the bridge (as in clouds), the
+/// group still elects and fails over.
+#[test]
+fn unicast_peers_work_where_multicast_is_blocked() {
+    if !require_netns("unicast_peers_work_where_multicast_is_blocked") {
+        return;
+    }
+    let mut lab = Lab::new(&["node1", "node2"]);
+    let dir = palisade_e2e::node::TempDir::new("palisade-ha");
+    let vip = lab.spare_addr(100);
+    let node1_host = lab.host("node1").clone();
+    let node2_host = lab.host("node2").clone();
+    for port in ["v0", "v1"] {
+        let output = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.bridge_ns,
+                "bridge",
+                "link",
+                "set",
+                "dev",
+                port,
+                "mcast_flood",
+                "off",
+            ])
+            .output()
+            .unwrap_or_else(|error| panic!("bridge: {error}"));
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    // Multicast really is blocked: two multicast-only nodes would both become master.
+    let multicast_blocked = {
+        let receiver = in_namespace(&node2_host.ns, || {
+            let socket =
+                std::net::UdpSocket::bind("0.0.0.0:4002").unwrap_or_else(|error| panic!("{error}"));
+            socket
+                .join_multicast_v4(&Ipv4Addr::new(224, 0, 0, 18), &node2_host.addr)
+                .unwrap_or_else(|error| panic!("{error}"));
+            socket
+                .set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap_or_else(|error| panic!("{error}"));
+            socket
+        });
+        in_namespace(&node1_host.ns, || {
+            let socket = std::net::UdpSocket::bind(SocketAddrV4::new(node1_host.addr, 0))
+                .unwrap_or_else(|error| panic!("{error}"));
+            let _ = socket.send_to(b"x", "224.0.0.18:4002");
+        });
+        let mut buf = [0u8; 4];
+        receiver.recv_from(&mut buf).is_err()
+    };
+    assert!(
+        multicast_blocked,
+        "the bridge still floods multicast; the test would prove nothing"
+    );
+    let unicast = |peer: Ipv4Addr| format!("unicast_peers = [\"{peer}\"]");
+    let mut node1 = HaNode {
+        name: "node1".into(),
+        config: write_config(
+            "100ms",
+            &lab,
+            &node1_host,
+            &dir.0,
+            150,
+            vip,
+            &unicast(node2_host.addr),
+        ),
+        log: dir.0.join("node1.log"),
+        pid: None,
+    };
+    let mut node2 = HaNode {
+        name: "node2".into(),
+        config: write_config(
+            "100ms",
+            &lab,
+            &node2_host,
+            &dir.0,
+            100,
+            vip,
+            &unicast(node1_host.addr),
+        ),
+        log: dir.0.join("node2.log"),
+        pid: None,
+    };
+    start(&mut lab, &mut node2);
+    start(&mut lab, &mut node1);
+    wait_for("node1 master", Duration::from_secs(10), || {
+        has_vip(&node1_host, vip)
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        !has_vip(&node2_host, vip),
+        "both masters: unicast adverts did not arrive"
+    );
+    kill9(&mut node1);
+    wait_for("node2 takes over", Duration::from_secs(5), || {
+        has_vip(&node2_host, vip)
+    });
+}
