@@ -645,3 +645,81 @@ fn unicast_peers_work_where_multicast_is_blocked() {
         has_vip(&node2_host, vip)
     });
 }
+
+/// Two independent groups on one network (different VRIDs, one of them VRRPv2), each with its
+/// own VIP, and notify hooks that run on every transition with keepalived's arguments.
+#[test]
+fn independent_groups_v2_and_v3_with_notify_hooks() {
+    if !require_netns("independent_groups_v2_and_v3_with_notify_hooks") {
+        return;
+    }
+    let mut lab = Lab::new(&["node1", "node2"]);
+    let dir = palisade_e2e::node::TempDir::new("palisade-ha");
+    let vip = lab.spare_addr(100);
+    let vip2 = lab.spare_addr(101);
+    let node1_host = lab.host("node1").clone();
+    let node2_host = lab.host("node2").clone();
+    let extra = |host: &LabHost, priority: u8| {
+        let hooks = dir.0.join(format!("{}-hooks.txt", host.name));
+        format!(
+            "notify_master = \"echo \\\"$@\\\" >> {hooks}\"\nnotify_backup = \"echo \\\"$@\\\" >> {hooks}\"\n[[vrrp]]\nname = \"LB52\"\nvrid = 52\ninterface = \"eth0\"\npriority = {priority}\nversion = 2\nadvert_interval = \"1s\"\nvips = [\"{vip2}/24\"]\n",
+            hooks = hooks.display()
+        )
+    };
+    let mut node1 = HaNode {
+        name: "node1".into(),
+        config: write_config(
+            "100ms",
+            &lab,
+            &node1_host,
+            &dir.0,
+            150,
+            vip,
+            &extra(&node1_host, 150),
+        ),
+        log: dir.0.join("node1.log"),
+        pid: None,
+    };
+    let mut node2 = HaNode {
+        name: "node2".into(),
+        config: write_config(
+            "100ms",
+            &lab,
+            &node2_host,
+            &dir.0,
+            100,
+            vip,
+            &extra(&node2_host, 100),
+        ),
+        log: dir.0.join("node2.log"),
+        pid: None,
+    };
+    start(&mut lab, &mut node2);
+    start(&mut lab, &mut node1);
+    wait_for("node1 holds both VIPs", Duration::from_secs(15), || {
+        has_vip(&node1_host, vip) && has_vip(&node1_host, vip2)
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!has_vip(&node2_host, vip) && !has_vip(&node2_host, vip2));
+    let hooks1 = dir.0.join("node1-hooks.txt");
+    wait_for("node1 master hook", Duration::from_secs(5), || {
+        std::fs::read_to_string(&hooks1)
+            .unwrap_or_default()
+            .contains("INSTANCE VI_1 MASTER 150")
+    });
+    let hooks2 = dir.0.join("node2-hooks.txt");
+    wait_for("node2 backup hook", Duration::from_secs(5), || {
+        std::fs::read_to_string(&hooks2)
+            .unwrap_or_default()
+            .contains("INSTANCE VI_1 BACKUP 100")
+    });
+    kill9(&mut node1);
+    wait_for("both VIPs move", Duration::from_secs(10), || {
+        has_vip(&node2_host, vip) && has_vip(&node2_host, vip2)
+    });
+    wait_for("node2 master hook", Duration::from_secs(5), || {
+        std::fs::read_to_string(&hooks2)
+            .unwrap_or_default()
+            .contains("INSTANCE VI_1 MASTER 100")
+    });
+}
