@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use palisade_e2e::netns::{Lab, LabHost, in_namespace, require_netns};
+use palisade_e2e::netns::{Lab, LabHost, in_namespace, require_netns, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_palisade");
 
@@ -80,16 +80,7 @@ fn kill9(node: &mut HaNode) {
 }
 
 fn has_vip(host: &LabHost, vip: Ipv4Addr) -> bool {
-    host.addresses().contains(&format!(" {vip}/"))
-}
-
-fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !condition() {
-        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    start.elapsed()
+    host.has_address(vip)
 }
 
 /// Which node answers on the VIP's test port, seen from the client namespace: the proxy's

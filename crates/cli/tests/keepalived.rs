@@ -3,9 +3,9 @@
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use palisade_e2e::netns::{Lab, LabHost, require_netns};
+use palisade_e2e::netns::{Lab, LabHost, require_netns, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_palisade");
 
@@ -93,16 +93,7 @@ fn start_keepalived(lab: &mut Lab, dir: &Path, host: &LabHost, config: &Path) ->
 }
 
 fn has_vip(host: &LabHost, vip: Ipv4Addr) -> bool {
-    host.addresses().contains(&format!(" {vip}/"))
-}
-
-fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !condition() {
-        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    start.elapsed()
+    host.has_address(vip)
 }
 
 fn signal_namespace(host: &LabHost, signal: &str, process: &str) {

@@ -83,6 +83,11 @@ impl LabHost {
             .into_owned()
     }
 
+    /// Whether `address` is configured on `eth0` (a VIP held here).
+    pub fn has_address(&self, address: Ipv4Addr) -> bool {
+        self.addresses().contains(&format!(" {address}/"))
+    }
+
     /// Sets the link of this host's bridge port down or up (a partition).
     pub fn set_link(&self, lab: &Lab, up: bool) {
         let port = lab.port_name(self);
@@ -258,6 +263,21 @@ impl Drop for Lab {
             }
         }
     }
+}
+
+/// Polls `condition` every 5 ms until it holds; panics naming `what` after `timeout`.
+/// Returns how long it took.
+pub fn wait_for(
+    what: &str,
+    timeout: std::time::Duration,
+    mut condition: impl FnMut() -> bool,
+) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    start.elapsed()
 }
 
 /// Runs `f` on a thread that has entered namespace `ns`. Sockets created inside `f` stay in
