@@ -3,108 +3,12 @@
 //! node holds it (every answer names the node that gave it).
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use palisade_e2e::ha::{HaNode, who_answers};
 use palisade_e2e::netns::{Lab, LabHost, in_namespace, require_netns, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_palisade");
-
-struct HaNode {
-    name: String,
-    config: PathBuf,
-    log: PathBuf,
-    pid: Option<u32>,
-}
-
-fn write_config(
-    interval: &str,
-    lab: &Lab,
-    host: &LabHost,
-    dir: &std::path::Path,
-    priority: u8,
-    vip: Ipv4Addr,
-    extra: &str,
-) -> PathBuf {
-    let data = dir.join(format!("{}-data", host.name));
-    let config = format!(
-        r#"
-[node]
-hostname = "{name}"
-data_dir = "{data}"
-[proxy]
-listen = ["0.0.0.0:9090"]
-test_listen = ["0.0.0.0:9091"]
-[admin]
-listen = "127.0.0.1:4711"
-[health]
-interval = "50ms"
-[[vrrp]]
-name = "VI_1"
-vrid = 51
-interface = "eth0"
-priority = {priority}
-advert_interval = "{interval}"
-vips = ["{vip}/24"]
-{extra}
-"#,
-        name = host.name,
-        data = data.display(),
-    );
-    let _ = lab;
-    let path = dir.join(format!("{}.toml", host.name));
-    std::fs::write(&path, config).unwrap_or_else(|error| panic!("{error}"));
-    path
-}
-
-fn start(lab: &mut Lab, node: &mut HaNode) {
-    let log = node.log.clone();
-    let config = node.config.display().to_string();
-    let pid = lab.spawn(&node.name, BIN, &["run", "--config", &config], &log);
-    node.pid = Some(pid);
-}
-
-fn kill9(node: &mut HaNode) {
-    if let Some(pid) = node.pid.take() {
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
-        // Its sockets are gone once it is dead (a zombie until the lab reaps it), so a
-        // restart can bind the same ports.
-        wait_for("killed process exits", Duration::from_secs(5), || {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            // A zombie leader with live threads still holds its sockets.
-            status.is_empty() || (status.contains("State:\tZ") && status.contains("Threads:\t1\n"))
-        });
-    }
-}
-
-fn has_vip(host: &LabHost, vip: Ipv4Addr) -> bool {
-    host.has_address(vip)
-}
-
-/// Which node answers on the VIP's test port, seen from the client namespace: the proxy's
-/// error page for a non-proxy request carries `X-Palisade-Node`.
-fn who_answers(client: &LabHost, vip: Ipv4Addr) -> Option<String> {
-    in_namespace(&client.ns, || {
-        use std::io::{Read, Write};
-        let address = SocketAddr::V4(SocketAddrV4::new(vip, 9091));
-        let mut stream =
-            std::net::TcpStream::connect_timeout(&address, Duration::from_millis(300)).ok()?;
-        stream
-            .set_read_timeout(Some(Duration::from_millis(500)))
-            .ok()?;
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .ok()?;
-        let mut response = String::new();
-        let _ = stream.read_to_string(&mut response);
-        response
-            .lines()
-            .find_map(|line| line.strip_prefix("X-Palisade-Node: "))
-            .map(|node| node.trim().to_owned())
-    })
-}
 
 #[test]
 fn master_by_priority_crash_moves_vip_and_higher_priority_preempts() {
@@ -117,20 +21,10 @@ fn master_by_priority_crash_moves_vip_and_higher_priority_preempts() {
     let node1_host = lab.host("node1").clone();
     let node2_host = lab.host("node2").clone();
     let client = lab.host("client").clone();
-    let mut node1 = HaNode {
-        name: "node1".into(),
-        config: write_config("100ms", &lab, &node1_host, &dir.0, 150, vip, ""),
-        log: dir.0.join("node1.log"),
-        pid: None,
-    };
-    let mut node2 = HaNode {
-        name: "node2".into(),
-        config: write_config("100ms", &lab, &node2_host, &dir.0, 100, vip, ""),
-        log: dir.0.join("node2.log"),
-        pid: None,
-    };
-    start(&mut lab, &mut node2);
-    start(&mut lab, &mut node1);
+    let mut node1 = HaNode::new(&dir.0, &node1_host, "100ms", 150, vip, "");
+    let mut node2 = HaNode::new(&dir.0, &node2_host, "100ms", 100, vip, "");
+    node2.start(&mut lab, BIN);
+    node1.start(&mut lab, BIN);
     let (log1_path, log2_path) = (node1.log.clone(), node2.log.clone());
     let logs = move || {
         format!(
@@ -141,10 +35,14 @@ fn master_by_priority_crash_moves_vip_and_higher_priority_preempts() {
     };
     // The higher priority wins the election.
     wait_for("node1 master", Duration::from_secs(10), || {
-        has_vip(&node1_host, vip)
+        node1_host.has_address(vip)
     });
     std::thread::sleep(Duration::from_millis(500));
-    assert!(!has_vip(&node2_host, vip), "both hold the VIP\n{}", logs());
+    assert!(
+        !node2_host.has_address(vip),
+        "both hold the VIP\n{}",
+        logs()
+    );
     assert_eq!(
         who_answers(&client, vip).as_deref(),
         Some("node1"),
@@ -167,9 +65,9 @@ fn master_by_priority_crash_moves_vip_and_higher_priority_preempts() {
 
     // kill -9 of the master: the backup takes the VIP within Master_Down_Interval and the
     // client reaches it there (its neighbour entry updated by the gratuitous ARP).
-    kill9(&mut node1);
+    node1.kill9();
     let moved = wait_for("VIP on node2", Duration::from_secs(5), || {
-        has_vip(&node2_host, vip)
+        node2_host.has_address(vip)
     });
     // 3 x 100 ms + skew (100 prio: 61 ms) = 361 ms, plus scheduling.
     assert!(
@@ -190,11 +88,11 @@ fn master_by_priority_crash_moves_vip_and_higher_priority_preempts() {
     );
 
     // node1 returns: it removes the VIP its crash left behind, then preempts.
-    start(&mut lab, &mut node1);
+    node1.start(&mut lab, BIN);
     wait_for("node2 steps down", Duration::from_secs(10), || {
-        !has_vip(&node2_host, vip)
+        !node2_host.has_address(vip)
     });
-    assert!(has_vip(&node1_host, vip), "{}", logs());
+    assert!(node1_host.has_address(vip), "{}", logs());
     wait_for("client reaches node1", Duration::from_secs(5), || {
         who_answers(&client, vip).as_deref() == Some("node1")
     });
@@ -224,32 +122,22 @@ fn unhealthy_proxy_gives_up_the_vip() {
         std::net::TcpListener::bind("0.0.0.0:9091")
     });
     let _blocker = blocker.unwrap_or_else(|error| panic!("{error}"));
-    let mut node2 = HaNode {
-        name: "node2".into(),
-        config: write_config("100ms", &lab, &node2_host, &dir.0, 100, vip, ""),
-        log: dir.0.join("node2.log"),
-        pid: None,
-    };
-    start(&mut lab, &mut node2);
+    let mut node2 = HaNode::new(&dir.0, &node2_host, "100ms", 100, vip, "");
+    node2.start(&mut lab, BIN);
     wait_for("node2 master", Duration::from_secs(10), || {
-        has_vip(&node2_host, vip)
+        node2_host.has_address(vip)
     });
     // node1 with a config whose test port is taken: it exits at startup with a clear error.
-    let mut node1 = HaNode {
-        name: "node1".into(),
-        config: write_config("100ms", &lab, &node1_host, &dir.0, 150, vip, ""),
-        log: dir.0.join("node1.log"),
-        pid: None,
-    };
-    start(&mut lab, &mut node1);
+    let mut node1 = HaNode::new(&dir.0, &node1_host, "100ms", 150, vip, "");
+    node1.start(&mut lab, BIN);
     wait_for("node1 refuses to start", Duration::from_secs(10), || {
         std::fs::read_to_string(&node1.log)
             .unwrap_or_default()
             .contains("cannot listen on 0.0.0.0:9091")
     });
     std::thread::sleep(Duration::from_millis(500));
-    assert!(has_vip(&node2_host, vip));
-    assert!(!has_vip(&node1_host, vip));
+    assert!(node2_host.has_address(vip));
+    assert!(!node1_host.has_address(vip));
 }
 
 /// With heartbeat links, a master's process crash is seen when its kernel closes the link:
@@ -271,36 +159,24 @@ fn heartbeat_makes_crash_and_stop_failover_fast() {
             "[heartbeat]\nlisten = \"0.0.0.0:9192\"\npeers = [\"{peer}:9192\"]\nkey = \"0123456789abcdef-group-key\"\n"
         )
     };
-    let mut node1 = HaNode {
-        name: "node1".into(),
-        config: write_config(
-            "1s",
-            &lab,
-            &node1_host,
-            &dir.0,
-            150,
-            vip,
-            &heartbeat(node2_host.addr),
-        ),
-        log: dir.0.join("node1.log"),
-        pid: None,
-    };
-    let mut node2 = HaNode {
-        name: "node2".into(),
-        config: write_config(
-            "1s",
-            &lab,
-            &node2_host,
-            &dir.0,
-            100,
-            vip,
-            &heartbeat(node1_host.addr),
-        ),
-        log: dir.0.join("node2.log"),
-        pid: None,
-    };
-    start(&mut lab, &mut node2);
-    start(&mut lab, &mut node1);
+    let mut node1 = HaNode::new(
+        &dir.0,
+        &node1_host,
+        "1s",
+        150,
+        vip,
+        &heartbeat(node2_host.addr),
+    );
+    let mut node2 = HaNode::new(
+        &dir.0,
+        &node2_host,
+        "1s",
+        100,
+        vip,
+        &heartbeat(node1_host.addr),
+    );
+    node2.start(&mut lab, BIN);
+    node1.start(&mut lab, BIN);
     let (log1_path, log2_path) = (node1.log.clone(), node2.log.clone());
     let logs = move || {
         format!(
@@ -310,7 +186,7 @@ fn heartbeat_makes_crash_and_stop_failover_fast() {
         )
     };
     wait_for("node1 master", Duration::from_secs(15), || {
-        has_vip(&node1_host, vip)
+        node1_host.has_address(vip)
     });
     wait_for("heartbeat up", Duration::from_secs(5), || {
         std::fs::read_to_string(&node2.log)
@@ -320,9 +196,9 @@ fn heartbeat_makes_crash_and_stop_failover_fast() {
     // Let node2 learn who the master is from an advert.
     std::thread::sleep(Duration::from_millis(1500));
 
-    kill9(&mut node1);
+    node1.kill9();
     let took = wait_for("VIP on node2", Duration::from_secs(6), || {
-        has_vip(&node2_host, vip)
+        node2_host.has_address(vip)
     });
     assert!(
         took < Duration::from_millis(500),
@@ -339,9 +215,9 @@ fn heartbeat_makes_crash_and_stop_failover_fast() {
     });
 
     // node1 returns and preempts (after its Master_Down_Interval at 1 s adverts).
-    start(&mut lab, &mut node1);
+    node1.start(&mut lab, BIN);
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !has_vip(&node1_host, vip) || has_vip(&node2_host, vip) {
+    while !node1_host.has_address(vip) || node2_host.has_address(vip) {
         assert!(
             Instant::now() < deadline,
             "node1 did not preempt\n{}",
@@ -366,7 +242,7 @@ fn heartbeat_makes_crash_and_stop_failover_fast() {
             .status();
     }
     wait_for("VIP on node2 after stop", Duration::from_secs(5), || {
-        has_vip(&node2_host, vip)
+        node2_host.has_address(vip)
     });
     let handover = started.elapsed();
     assert!(
@@ -395,15 +271,10 @@ fn forged_adverts_on_the_wire_change_nothing() {
     let vip = lab.spare_addr(100);
     let node2_host = lab.host("node2").clone();
     let attacker = lab.host("attacker").clone();
-    let mut node2 = HaNode {
-        name: "node2".into(),
-        config: write_config("100ms", &lab, &node2_host, &dir.0, 100, vip, ""),
-        log: dir.0.join("node2.log"),
-        pid: None,
-    };
-    start(&mut lab, &mut node2);
+    let mut node2 = HaNode::new(&dir.0, &node2_host, "100ms", 100, vip, "");
+    node2.start(&mut lab, BIN);
     wait_for("node2 master", Duration::from_secs(10), || {
-        has_vip(&node2_host, vip)
+        node2_host.has_address(vip)
     });
     let group = std::net::IpAddr::V4(Ipv4Addr::new(224, 0, 0, 18));
     let source = std::net::IpAddr::V4(attacker.addr);
@@ -449,7 +320,7 @@ fn forged_adverts_on_the_wire_change_nothing() {
         send(&other_vrid, 255);
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(has_vip(&node2_host, vip), "a forged advert moved the VIP");
+    assert!(node2_host.has_address(vip), "a forged advert moved the VIP");
     let log = std::fs::read_to_string(&node2.log).unwrap_or_default();
     assert!(!log.contains("Entering BACKUP STATE (higher"), "{log}");
     assert!(
@@ -464,7 +335,7 @@ fn forged_adverts_on_the_wire_change_nothing() {
     wait_for(
         "node2 steps down for a real higher-priority advert",
         Duration::from_secs(2),
-        || !has_vip(&node2_host, vip),
+        || !node2_host.has_address(vip),
     );
 }
 
@@ -487,20 +358,15 @@ fn three_nodes_partition_heals_with_one_master_and_reannounce() {
     let mut nodes: Vec<HaNode> = hosts
         .iter()
         .zip([150u8, 120, 100])
-        .map(|(host, priority)| HaNode {
-            name: host.name.clone(),
-            config: write_config("100ms", &lab, host, &dir.0, priority, vip, ""),
-            log: dir.0.join(format!("{}.log", host.name)),
-            pid: None,
-        })
+        .map(|(host, priority)| HaNode::new(&dir.0, host, "100ms", priority, vip, ""))
         .collect();
     for node in &mut nodes {
-        start(&mut lab, node);
+        node.start(&mut lab, BIN);
     }
     let holders = |hosts: &[LabHost]| -> Vec<String> {
         hosts
             .iter()
-            .filter(|host| has_vip(host, vip))
+            .filter(|host| host.has_address(vip))
             .map(|host| host.name.clone())
             .collect()
     };
@@ -510,10 +376,10 @@ fn three_nodes_partition_heals_with_one_master_and_reannounce() {
     // Partition: node1's link goes down; node2 (120) takes over, node3 (100) stays backup.
     hosts[0].set_link(&lab, false);
     wait_for("node2 takes over", Duration::from_secs(5), || {
-        has_vip(&hosts[1], vip)
+        hosts[1].has_address(vip)
     });
     std::thread::sleep(Duration::from_millis(500));
-    assert!(!has_vip(&hosts[2], vip), "node3 took the VIP too");
+    assert!(!hosts[2].has_address(vip), "node3 took the VIP too");
     assert_eq!(
         who_answers(&client, vip).as_deref(),
         Some("node2"),
@@ -593,47 +459,35 @@ fn unicast_peers_work_where_multicast_is_blocked() {
         "the bridge still floods multicast; the test would prove nothing"
     );
     let unicast = |peer: Ipv4Addr| format!("unicast_peers = [\"{peer}\"]");
-    let mut node1 = HaNode {
-        name: "node1".into(),
-        config: write_config(
-            "100ms",
-            &lab,
-            &node1_host,
-            &dir.0,
-            150,
-            vip,
-            &unicast(node2_host.addr),
-        ),
-        log: dir.0.join("node1.log"),
-        pid: None,
-    };
-    let mut node2 = HaNode {
-        name: "node2".into(),
-        config: write_config(
-            "100ms",
-            &lab,
-            &node2_host,
-            &dir.0,
-            100,
-            vip,
-            &unicast(node1_host.addr),
-        ),
-        log: dir.0.join("node2.log"),
-        pid: None,
-    };
-    start(&mut lab, &mut node2);
-    start(&mut lab, &mut node1);
+    let mut node1 = HaNode::new(
+        &dir.0,
+        &node1_host,
+        "100ms",
+        150,
+        vip,
+        &unicast(node2_host.addr),
+    );
+    let mut node2 = HaNode::new(
+        &dir.0,
+        &node2_host,
+        "100ms",
+        100,
+        vip,
+        &unicast(node1_host.addr),
+    );
+    node2.start(&mut lab, BIN);
+    node1.start(&mut lab, BIN);
     wait_for("node1 master", Duration::from_secs(10), || {
-        has_vip(&node1_host, vip)
+        node1_host.has_address(vip)
     });
     std::thread::sleep(Duration::from_millis(800));
     assert!(
-        !has_vip(&node2_host, vip),
+        !node2_host.has_address(vip),
         "both masters: unicast adverts did not arrive"
     );
-    kill9(&mut node1);
+    node1.kill9();
     wait_for("node2 takes over", Duration::from_secs(5), || {
-        has_vip(&node2_host, vip)
+        node2_host.has_address(vip)
     });
 }
 
@@ -657,41 +511,29 @@ fn independent_groups_v2_and_v3_with_notify_hooks() {
             hooks = hooks.display()
         )
     };
-    let mut node1 = HaNode {
-        name: "node1".into(),
-        config: write_config(
-            "100ms",
-            &lab,
-            &node1_host,
-            &dir.0,
-            150,
-            vip,
-            &extra(&node1_host, 150),
-        ),
-        log: dir.0.join("node1.log"),
-        pid: None,
-    };
-    let mut node2 = HaNode {
-        name: "node2".into(),
-        config: write_config(
-            "100ms",
-            &lab,
-            &node2_host,
-            &dir.0,
-            100,
-            vip,
-            &extra(&node2_host, 100),
-        ),
-        log: dir.0.join("node2.log"),
-        pid: None,
-    };
-    start(&mut lab, &mut node2);
-    start(&mut lab, &mut node1);
+    let mut node1 = HaNode::new(
+        &dir.0,
+        &node1_host,
+        "100ms",
+        150,
+        vip,
+        &extra(&node1_host, 150),
+    );
+    let mut node2 = HaNode::new(
+        &dir.0,
+        &node2_host,
+        "100ms",
+        100,
+        vip,
+        &extra(&node2_host, 100),
+    );
+    node2.start(&mut lab, BIN);
+    node1.start(&mut lab, BIN);
     wait_for("node1 holds both VIPs", Duration::from_secs(15), || {
-        has_vip(&node1_host, vip) && has_vip(&node1_host, vip2)
+        node1_host.has_address(vip) && node1_host.has_address(vip2)
     });
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(!has_vip(&node2_host, vip) && !has_vip(&node2_host, vip2));
+    assert!(!node2_host.has_address(vip) && !node2_host.has_address(vip2));
     let hooks1 = dir.0.join("node1-hooks.txt");
     wait_for("node1 master hook", Duration::from_secs(5), || {
         std::fs::read_to_string(&hooks1)
@@ -704,9 +546,9 @@ fn independent_groups_v2_and_v3_with_notify_hooks() {
             .unwrap_or_default()
             .contains("INSTANCE VI_1 BACKUP 100")
     });
-    kill9(&mut node1);
+    node1.kill9();
     wait_for("both VIPs move", Duration::from_secs(10), || {
-        has_vip(&node2_host, vip) && has_vip(&node2_host, vip2)
+        node2_host.has_address(vip) && node2_host.has_address(vip2)
     });
     wait_for("node2 master hook", Duration::from_secs(5), || {
         std::fs::read_to_string(&hooks2)

@@ -3,38 +3,13 @@
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+
+use palisade_e2e::ha::HaNode;
 use std::time::Duration;
 
 use palisade_e2e::netns::{Lab, LabHost, require_netns, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_palisade");
-
-fn palisade_config(dir: &Path, host: &LabHost, priority: u8, vip: Ipv4Addr) -> PathBuf {
-    let config = format!(
-        r#"
-[node]
-hostname = "{name}"
-data_dir = "{data}"
-[proxy]
-listen = ["0.0.0.0:9090"]
-test_listen = ["0.0.0.0:9091"]
-[admin]
-listen = "127.0.0.1:4711"
-[[vrrp]]
-name = "VI_1"
-vrid = 51
-interface = "eth0"
-priority = {priority}
-advert_interval = "100ms"
-vips = ["{vip}/24"]
-"#,
-        name = host.name,
-        data = dir.join(format!("{}-data", host.name)).display(),
-    );
-    let path = dir.join(format!("{}.toml", host.name));
-    std::fs::write(&path, config).unwrap_or_else(|error| panic!("{error}"));
-    path
-}
 
 fn keepalived_config(dir: &Path, host: &LabHost, priority: u8, vip: Ipv4Addr) -> PathBuf {
     let config = format!(
@@ -92,10 +67,6 @@ fn start_keepalived(lab: &mut Lab, dir: &Path, host: &LabHost, config: &Path) ->
     )
 }
 
-fn has_vip(host: &LabHost, vip: Ipv4Addr) -> bool {
-    host.has_address(vip)
-}
-
 fn signal_namespace(host: &LabHost, signal: &str, process: &str) {
     let pids = palisade_e2e::netns::ip(&["netns", "pids", &host.ns]);
     for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
@@ -136,11 +107,9 @@ fn keepalived_master_hands_over_to_palisade_on_stop() {
     let pal = lab.host("pal").clone();
     let ka_config = keepalived_config(&dir.0, &ka, 150, vip);
     start_keepalived(&mut lab, &dir.0, &ka, &ka_config);
-    let pal_config = palisade_config(&dir.0, &pal, 100, vip)
-        .display()
-        .to_string();
-    let pal_log = dir.0.join("pal.log");
-    lab.spawn("pal", BIN, &["run", "--config", &pal_config], &pal_log);
+    let mut pal_node = HaNode::new(&dir.0, &pal, "100ms", 100, vip, "");
+    pal_node.start(&mut lab, BIN);
+    let pal_log = pal_node.log.clone();
     let logs = || {
         format!(
             "palisade:\n{}\nkeepalived:\n{}",
@@ -149,22 +118,22 @@ fn keepalived_master_hands_over_to_palisade_on_stop() {
         )
     };
     wait_for("keepalived master", Duration::from_secs(10), || {
-        has_vip(&ka, vip)
+        ka.has_address(vip)
     });
     std::thread::sleep(Duration::from_millis(800));
     assert!(
-        !has_vip(&pal, vip),
+        !pal.has_address(vip),
         "palisade took the VIP from a higher-priority keepalived\n{}",
         logs()
     );
     // keepalived stops gracefully (priority 0): palisade takes over after Skew_Time.
     signal_namespace(&ka, "TERM", "keepalived");
     let took = wait_for("palisade master", Duration::from_secs(5), || {
-        has_vip(&pal, vip)
+        pal.has_address(vip)
     });
     assert!(took < Duration::from_secs(2), "{took:?}\n{}", logs());
     wait_for("keepalived released", Duration::from_secs(5), || {
-        !has_vip(&ka, vip)
+        !ka.has_address(vip)
     });
 }
 
@@ -181,11 +150,9 @@ fn palisade_master_fails_over_to_keepalived_and_preempts_back() {
     let pal = lab.host("pal").clone();
     let ka_config = keepalived_config(&dir.0, &ka, 100, vip);
     start_keepalived(&mut lab, &dir.0, &ka, &ka_config);
-    let pal_config = palisade_config(&dir.0, &pal, 150, vip)
-        .display()
-        .to_string();
-    let pal_log = dir.0.join("pal.log");
-    lab.spawn("pal", BIN, &["run", "--config", &pal_config], &pal_log);
+    let mut pal_node = HaNode::new(&dir.0, &pal, "100ms", 150, vip, "");
+    pal_node.start(&mut lab, BIN);
+    let pal_log = pal_node.log.clone();
     let logs = || {
         format!(
             "palisade:\n{}\nkeepalived:\n{}",
@@ -194,21 +161,21 @@ fn palisade_master_fails_over_to_keepalived_and_preempts_back() {
         )
     };
     wait_for("palisade master", Duration::from_secs(10), || {
-        has_vip(&pal, vip) && !has_vip(&ka, vip)
+        pal.has_address(vip) && !ka.has_address(vip)
     });
     // kill -9 of palisade: keepalived takes over after its Master_Down_Interval.
     signal_namespace(&pal, "KILL", "palisade");
     let took = wait_for("keepalived master", Duration::from_secs(5), || {
-        has_vip(&ka, vip)
+        ka.has_address(vip)
     });
     assert!(took < Duration::from_millis(1500), "{took:?}\n{}", logs());
     // palisade returns and preempts keepalived.
-    lab.spawn("pal", BIN, &["run", "--config", &pal_config], &pal_log);
+    pal_node.start(&mut lab, BIN);
     wait_for("keepalived steps down", Duration::from_secs(10), || {
-        !has_vip(&ka, vip)
+        !ka.has_address(vip)
     });
     wait_for("palisade master again", Duration::from_secs(5), || {
-        has_vip(&pal, vip)
+        pal.has_address(vip)
     });
     let ka_log = std::fs::read_to_string(dir.0.join("ka-ka.log")).unwrap_or_default();
     assert!(ka_log.contains("Entering BACKUP STATE"), "{}", logs());

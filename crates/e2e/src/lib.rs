@@ -3,6 +3,7 @@
 //! only. (Network namespaces for the multi-host tests come with the HA issues.)
 
 pub mod dns;
+pub mod ha;
 pub mod netns;
 pub mod node;
 pub mod origin;

@@ -10,8 +10,7 @@
 //! For keepalived the HTTP answer on the VIP comes from a palisade instance without VRRP
 //! (a stand-in for the node's proxy, as Squid would be), so both sides answer the same way.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -202,14 +201,8 @@ fn wait_dead(host: &LabHost) {
         let pids = ip(&["netns", "pids", &host.ns]);
         let alive = String::from_utf8_lossy(&pids.stdout)
             .split_whitespace()
-            .any(|pid| {
-                let status =
-                    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-                // A zombie leader with live threads still holds its sockets.
-                let dead = status.is_empty()
-                    || (status.contains("State:\tZ") && status.contains("Threads:\t1\n"));
-                !dead
-            });
+            .filter_map(|pid| pid.parse().ok())
+            .any(|pid| !palisade_e2e::ha::is_dead(pid));
         if !alive {
             return;
         }
@@ -238,22 +231,9 @@ fn has_vip(host: &LabHost, vip: Ipv4Addr) -> bool {
     host.addresses().contains(&format!(" {vip}/"))
 }
 
-/// One probe from the client: which node answered on VIP:9091, if any.
+/// One probe from the client, with timeouts short enough to resolve a few milliseconds.
 fn probe(vip: Ipv4Addr) -> Option<String> {
-    let address = SocketAddr::V4(SocketAddrV4::new(vip, 9091));
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_millis(10)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_millis(50)))
-        .ok()?;
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response
-        .lines()
-        .find_map(|line| line.strip_prefix("X-Palisade-Node: "))
-        .map(|node| node.trim().to_owned())
+    palisade_e2e::ha::probe(vip, Duration::from_millis(10), Duration::from_millis(50))
 }
 
 fn wait(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) -> Result<(), String> {

@@ -1,0 +1,118 @@
+//! palisade nodes of an HA group inside a [`Lab`]: their config, start, crash, and what a
+//! client on the lab sees on the VIP. Shared by the HA tests, the keepalived interoperation
+//! tests and the failover benchmark.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::netns::{Lab, LabHost, in_namespace, wait_for};
+
+/// One palisade node of VRRP group `VI_1` (VRID 51 on `eth0`), proxy ports 9090 and 9091.
+pub struct HaNode {
+    pub name: String,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub pid: Option<u32>,
+}
+
+impl HaNode {
+    /// Writes `<dir>/<host>.toml` with `priority`, `advert_interval` and one VIP `/24`;
+    /// `extra` is appended after the group's keys (more keys for it, or further tables).
+    pub fn new(
+        dir: &Path,
+        host: &LabHost,
+        interval: &str,
+        priority: u8,
+        vip: Ipv4Addr,
+        extra: &str,
+    ) -> HaNode {
+        let config = format!(
+            r#"
+[node]
+hostname = "{name}"
+data_dir = "{data}"
+[proxy]
+listen = ["0.0.0.0:9090"]
+test_listen = ["0.0.0.0:9091"]
+[admin]
+listen = "127.0.0.1:4711"
+[health]
+interval = "50ms"
+[[vrrp]]
+name = "VI_1"
+vrid = 51
+interface = "eth0"
+priority = {priority}
+advert_interval = "{interval}"
+vips = ["{vip}/24"]
+{extra}
+"#,
+            name = host.name,
+            data = dir.join(format!("{}-data", host.name)).display(),
+        );
+        let path = dir.join(format!("{}.toml", host.name));
+        std::fs::write(&path, config).unwrap_or_else(|error| panic!("{error}"));
+        HaNode {
+            name: host.name.clone(),
+            config: path,
+            log: dir.join(format!("{}.log", host.name)),
+            pid: None,
+        }
+    }
+
+    /// Starts `binary run` in the node's namespace (stopped with the lab).
+    pub fn start(&mut self, lab: &mut Lab, binary: &str) {
+        let config = self.config.display().to_string();
+        let pid = lab.spawn(&self.name, binary, &["run", "--config", &config], &self.log);
+        self.pid = Some(pid);
+    }
+
+    /// kill -9, then waits until the process is dead so a restart can bind its ports.
+    pub fn kill9(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            wait_for("killed process exits", Duration::from_secs(5), || {
+                is_dead(pid)
+            });
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Gone, or a zombie whose threads have all exited. A zombie leader with live threads
+/// still holds its sockets.
+pub fn is_dead(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.is_empty() || (status.contains("State:\tZ") && status.contains("Threads:\t1\n"))
+}
+
+/// Which node answers on `vip`'s test port (9091) from inside the current namespace: the
+/// proxy's error page for a non-proxy request carries `X-Palisade-Node`.
+pub fn probe(vip: Ipv4Addr, connect_timeout: Duration, read_timeout: Duration) -> Option<String> {
+    let address = SocketAddr::V4(SocketAddrV4::new(vip, 9091));
+    let mut stream = TcpStream::connect_timeout(&address, connect_timeout).ok()?;
+    stream.set_read_timeout(Some(read_timeout)).ok()?;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+        .lines()
+        .find_map(|line| line.strip_prefix("X-Palisade-Node: "))
+        .map(|node| node.trim().to_owned())
+}
+
+/// [`probe`] from the `client` host, with generous timeouts.
+pub fn who_answers(client: &LabHost, vip: Ipv4Addr) -> Option<String> {
+    in_namespace(&client.ns, || {
+        probe(vip, Duration::from_millis(300), Duration::from_millis(500))
+    })
+}
