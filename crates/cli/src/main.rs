@@ -1,7 +1,9 @@
 //! The `palisade` binary: parse flags, load the config, build the node, run until SIGTERM,
 //! drain, exit.
 
+mod admin_client;
 mod config;
+mod control;
 mod node;
 
 use std::path::PathBuf;
@@ -43,6 +45,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Take this node out of service: hand every VIP it holds to the next node in line (at
+    /// once over the heartbeat), leave the elections, answer 503 on /healthz. In-flight and
+    /// new connections to the node's own addresses are still served. Survives restarts until
+    /// `palisade resume`.
+    Drain {
+        /// Admin address of the node to drain.
+        #[arg(long, default_value = "127.0.0.1:4711")]
+        admin: std::net::SocketAddr,
+        /// Drain even if no other healthy node is known to take over a VIP this node holds.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Put a drained node back in service.
+    Resume {
+        /// Admin address of the node to resume.
+        #[arg(long, default_value = "127.0.0.1:4711")]
+        admin: std::net::SocketAddr,
+    },
     /// Print the version.
     Version,
 }
@@ -52,7 +72,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => node::run(config),
         Command::CheckConfig { file, policy } => node::check_config(&file, policy.as_deref()),
-        Command::Status { admin, json } => node::status(admin, json),
+        Command::Status { admin, json } => admin_client::status(admin, json),
+        Command::Drain { admin, force } => admin_client::drain(admin, force),
+        Command::Resume { admin } => admin_client::resume(admin),
         Command::Version => {
             println!("palisade {}", env!("CARGO_PKG_VERSION"));
             Ok(())

@@ -42,67 +42,6 @@ pub fn check_config(file: &Path, policy: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `palisade status`: asks a node's admin API and prints its HA groups.
-pub fn status(admin: SocketAddr, json: bool) -> anyhow::Result<()> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(3))
-        .with_context(|| format!("cannot reach the admin API at {admin} (is the node running?)"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET /status HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .context("malformed response from the admin API")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        anyhow::bail!(
-            "admin API answered: {}",
-            head.lines().next().unwrap_or_default()
-        );
-    }
-    let value: serde_json::Value =
-        serde_json::from_str(body).context("admin API sent invalid JSON")?;
-    if json {
-        println!("{value:#}");
-        return Ok(());
-    }
-    let node = value["node"].as_str().unwrap_or("?");
-    let groups = value["groups"].as_array().cloned().unwrap_or_default();
-    if groups.is_empty() {
-        println!("node {node}: no HA groups configured");
-        return Ok(());
-    }
-    println!("node {node}");
-    println!(
-        "{:<12} {:>4} {:<8} {:<7} {:>4} {:<16} {:>11} {:>9}  VIPs",
-        "INSTANCE", "VRID", "IFACE", "STATE", "PRIO", "MASTER", "MASTER PRIO", "ADVERT"
-    );
-    for group in groups {
-        let vips: Vec<&str> = group["vips"]
-            .as_array()
-            .map(|vips| vips.iter().filter_map(|vip| vip.as_str()).collect())
-            .unwrap_or_default();
-        println!(
-            "{:<12} {:>4} {:<8} {:<7} {:>4} {:<16} {:>11} {:>7}ms  {}",
-            group["name"].as_str().unwrap_or("?"),
-            group["vrid"],
-            group["interface"].as_str().unwrap_or("?"),
-            group["state"].as_str().unwrap_or("?"),
-            group["priority"],
-            group["master"].as_str().unwrap_or("-"),
-            group["master_priority"]
-                .as_u64()
-                .map_or("-".to_owned(), |priority| priority.to_string()),
-            group["advert_interval_ms"],
-            vips.join(" "),
-        );
-    }
-    Ok(())
-}
-
 pub fn run(config_file: Option<PathBuf>) -> anyhow::Result<()> {
     let config = match &config_file {
         Some(file) => {
@@ -217,17 +156,24 @@ async fn serve(
                 .serve(listener, shutdown.clone(), tracker.clone()),
         );
     }
-    let (groups, mesh) = start_ha_groups(&config).await?;
+    let start_drained = crate::control::drained_at_start(&config.data_dir);
+    if start_drained {
+        tracing::warn!(marker = %config.data_dir.join("drained").display(), "starting drained: out of every HA group, /healthz answers 503 (undo with `palisade resume`)");
+    }
+    let (groups, mesh) = start_ha_groups(&config, start_drained).await?;
     let admin_listener = bind_retrying(config.admin_listen)
         .await
         .with_context(|| format!("cannot listen on {} (admin)", config.admin_listen))?;
     tracing::info!(addr = %config.admin_listen, "Admin interface listening (/metrics, /healthz)");
-    let status_groups = groups.clone();
-    let status_node = config.hostname.clone();
+    let control = Arc::new(crate::control::Control::new(
+        config.hostname.clone(),
+        groups.clone(),
+        &config.data_dir,
+    ));
     let admin_state = palisade_admin::AdminState {
         registry: Arc::new(registry),
         node: Arc::from(config.hostname.as_str()),
-        status: Arc::new(move || status_json(&status_node, &status_groups)),
+        control,
     };
     let admin_shutdown = CancellationToken::new();
     tokio::spawn(palisade_admin::serve(
@@ -318,6 +264,7 @@ async fn bind_retrying(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListe
 /// Starts the health monitor and one VRRP driver per configured HA group.
 async fn start_ha_groups(
     config: &NodeConfig,
+    drained: bool,
 ) -> anyhow::Result<(Vec<GroupHandle>, Option<MeshHandle>)> {
     if config.vrrp.is_empty() {
         return Ok((Vec::new(), None));
@@ -363,7 +310,7 @@ async fn start_ha_groups(
     let specs = config
         .vrrp
         .iter()
-        .map(group_spec)
+        .map(|group| group_spec(group, drained))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mesh = match (&config.heartbeat, specs.first()) {
         (Some(heartbeat), Some(first)) => {
@@ -400,7 +347,7 @@ async fn start_ha_groups(
     Ok((handles, mesh))
 }
 
-fn group_spec(group: &crate::config::VrrpGroup) -> anyhow::Result<GroupSpec> {
+fn group_spec(group: &crate::config::VrrpGroup, drained: bool) -> anyhow::Result<GroupSpec> {
     let ipv6 = group.vips.first().is_some_and(IpAddr::is_ipv6);
     let primary = match group.primary_address {
         Some(primary) => primary,
@@ -439,6 +386,7 @@ fn group_spec(group: &crate::config::VrrpGroup) -> anyhow::Result<GroupSpec> {
             backup: group.notify_backup.clone(),
             fault: group.notify_fault.clone(),
         },
+        drained,
     })
 }
 
@@ -463,28 +411,6 @@ fn interface_address(interface: &str, ipv6: bool) -> Option<IpAddr> {
         }
     }
     None
-}
-
-/// `/status` of the admin API: every HA group's state.
-fn status_json(node: &str, groups: &[GroupHandle]) -> serde_json::Value {
-    let groups: Vec<serde_json::Value> = groups
-        .iter()
-        .map(|group| {
-            let status = group.status.borrow();
-            serde_json::json!({
-                "name": status.name,
-                "vrid": status.vrid,
-                "interface": status.interface,
-                "state": status.state.to_string(),
-                "priority": status.priority,
-                "master": status.master.map(|ip| ip.to_string()),
-                "master_priority": status.master_priority,
-                "advert_interval_ms": u32::from(status.advert_interval_cs) * 10,
-                "vips": status.vips.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    serde_json::json!({ "node": node, "groups": groups })
 }
 
 /// Reloads the policy when its file changes (checked every `interval`) or on SIGHUP. A

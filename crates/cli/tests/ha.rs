@@ -556,3 +556,167 @@ fn independent_groups_v2_and_v3_with_notify_hooks() {
             .contains("INSTANCE VI_1 MASTER 100")
     });
 }
+
+/// `palisade drain` on the master hands the VIP to the backup at once over the heartbeat
+/// (no Skew_Time wait), the drained node stays out (no preemption back, 503 on /healthz,
+/// still drained after a restart), `palisade resume` lets it preempt again; draining the
+/// only node left holding the VIP is refused unless forced.
+#[test]
+fn drain_hands_over_at_once_survives_restart_and_resume_preempts() {
+    if !require_netns("drain_hands_over_at_once_survives_restart_and_resume_preempts") {
+        return;
+    }
+    let mut lab = Lab::new(&["node1", "node2", "client"]);
+    let dir = palisade_e2e::node::TempDir::new("palisade-drain");
+    let vip = lab.spare_addr(100);
+    let node1_host = lab.host("node1").clone();
+    let node2_host = lab.host("node2").clone();
+    let client = lab.host("client").clone();
+    let heartbeat = |peer: Ipv4Addr| {
+        format!(
+            "[heartbeat]\nlisten = \"0.0.0.0:9192\"\npeers = [\"{peer}:9192\"]\nkey = \"0123456789abcdef-group-key\"\n"
+        )
+    };
+    let mut node1 = HaNode::new(
+        &dir.0,
+        &node1_host,
+        "1s",
+        150,
+        vip,
+        &heartbeat(node2_host.addr),
+    );
+    let mut node2 = HaNode::new(
+        &dir.0,
+        &node2_host,
+        "1s",
+        100,
+        vip,
+        &heartbeat(node1_host.addr),
+    );
+    node2.start(&mut lab, BIN);
+    node1.start(&mut lab, BIN);
+    let (log1_path, log2_path) = (node1.log.clone(), node2.log.clone());
+    let logs = move || {
+        format!(
+            "node1:\n{}\nnode2:\n{}",
+            std::fs::read_to_string(&log1_path).unwrap_or_default(),
+            std::fs::read_to_string(&log2_path).unwrap_or_default()
+        )
+    };
+    let status = |host: &palisade_e2e::netns::LabHost| -> serde_json::Value {
+        let output = host.run(BIN, &["status", "--json"]);
+        serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null)
+    };
+    wait_for("node1 master", Duration::from_secs(15), || {
+        node1_host.has_address(vip)
+    });
+    // node1 knows node2 as its successor once node2's heartbeat status arrived.
+    wait_for("node2 in line on node1", Duration::from_secs(5), || {
+        status(&node1_host)["groups"][0]["successor"] == node2_host.addr.to_string()
+    });
+
+    let started = Instant::now();
+    let drained = node1_host.run(BIN, &["drain"]);
+    let took = wait_for("VIP on node2", Duration::from_secs(5), || {
+        node2_host.has_address(vip)
+    });
+    let stdout = String::from_utf8_lossy(&drained.stdout).into_owned();
+    assert!(
+        drained.status.success(),
+        "drain failed: {}{}\n{}",
+        stdout,
+        String::from_utf8_lossy(&drained.stderr),
+        logs()
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1500)
+            && stdout.contains(&format!("handed over to {}", node2_host.addr)),
+        "drain took {:?} (VIP after {took:?}): {stdout}\n{}",
+        started.elapsed(),
+        logs()
+    );
+    assert!(
+        logs().contains("handover received: taking over"),
+        "{}",
+        logs()
+    );
+    assert!(!node1_host.has_address(vip));
+    wait_for("client reaches node2", Duration::from_secs(5), || {
+        who_answers(&client, vip).as_deref() == Some("node2")
+    });
+    let healthz = node1_host.run(
+        "curl",
+        &["-s", "-w", "%{http_code}", "http://127.0.0.1:4711/healthz"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&healthz.stdout),
+        "drained node1\n503"
+    );
+    assert_eq!(status(&node1_host)["drained"], true);
+    assert_eq!(status(&node1_host)["groups"][0]["state"], "FAULT");
+
+    // Restarted, node1 is still drained: it never preempts node2 although its priority is
+    // higher. Absence cannot be waited for; its Master_Down_Interval (3.4 s) plus a margin can.
+    node1.kill9();
+    node1.start(&mut lab, BIN);
+    wait_for("node1 back, drained", Duration::from_secs(10), || {
+        status(&node1_host)["drained"] == true
+    });
+    std::thread::sleep(Duration::from_millis(4500));
+    assert!(
+        node2_host.has_address(vip) && !node1_host.has_address(vip),
+        "a drained node took the VIP\n{}",
+        logs()
+    );
+    assert!(logs().contains("starting drained"), "{}", logs());
+
+    // Resumed, it preempts (higher priority) after its down timer.
+    let resumed = node1_host.run(BIN, &["resume"]);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    wait_for(
+        "node1 preempts after resume",
+        Duration::from_secs(10),
+        || node1_host.has_address(vip) && !node2_host.has_address(vip),
+    );
+    let healthz = node1_host.run(
+        "curl",
+        &[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://127.0.0.1:4711/healthz",
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&healthz.stdout), "200");
+
+    // With node2 gone, draining node1 would leave the VIP to nobody: refused, nothing
+    // changes; --force releases it.
+    node2.kill9();
+    wait_for("node1 sees node2 gone", Duration::from_secs(5), || {
+        status(&node1_host)["groups"][0]["successor"].is_null()
+    });
+    let refused = node1_host.run(BIN, &["drain"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(
+        !refused.status.success() && stderr.contains("no other healthy node is in line"),
+        "{stderr}"
+    );
+    assert!(node1_host.has_address(vip));
+    assert_eq!(status(&node1_host)["drained"], false);
+    let forced = node1_host.run(BIN, &["drain", "--force"]);
+    assert!(
+        forced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&forced.stderr)
+    );
+    assert!(String::from_utf8_lossy(&forced.stdout).contains("VIPs released"));
+    wait_for("VIP released", Duration::from_secs(2), || {
+        !node1_host.has_address(vip)
+    });
+}

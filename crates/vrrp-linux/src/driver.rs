@@ -38,6 +38,8 @@ pub struct GroupSpec {
     /// multicast); adverts from any other source are ignored.
     pub unicast_peers: Vec<IpAddr>,
     pub notify: NotifyHooks,
+    /// Start out of service: a drain that survived a restart.
+    pub drained: bool,
 }
 
 /// Commands run (through `sh -c`) on entering a state, keepalived style: the arguments are
@@ -62,6 +64,12 @@ pub struct GroupStatus {
     /// Master_Adver_Interval in centiseconds.
     pub advert_interval_cs: u16,
     pub vips: Vec<IpAddr>,
+    /// Taken out of service by `palisade drain` (the state is then FAULT).
+    pub drained: bool,
+    /// Whether heartbeat links are configured, so that `successor` means something.
+    pub heartbeat: bool,
+    /// The live, healthy peer that would take over if this node left (heartbeat only).
+    pub successor: Option<IpAddr>,
 }
 
 pub enum GroupCommand {
@@ -69,6 +77,21 @@ pub enum GroupCommand {
     Shutdown(oneshot::Sender<()>),
     /// Become Master now (explicit handover from a leaving master).
     TakeOver,
+    /// `palisade drain`: `true` leaves service like a fault, handing the VIPs over to the next
+    /// node in line if Master; `false` returns. Answers once done.
+    Drain(bool, oneshot::Sender<Left>),
+}
+
+/// What a group did on [`GroupCommand::Drain`] or [`GroupCommand::Shutdown`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Left {
+    /// It was Master and told this node to take over (after sending priority 0).
+    HandedOver(IpAddr),
+    /// It was Master and sent priority 0; with no heartbeat successor the Backups take over
+    /// after Skew_Time.
+    Released,
+    /// It held no VIP; nothing to hand over.
+    NotMaster,
 }
 
 /// Talks to a running group task.
@@ -90,6 +113,19 @@ impl GroupHandle {
         {
             let _ = tokio::time::timeout(Duration::from_secs(2), wait).await;
         }
+    }
+
+    /// `palisade drain` (`true`) or its undoing (`false`). `None` if the group task is gone.
+    pub async fn drain(&self, drained: bool) -> Option<Left> {
+        let (done, wait) = oneshot::channel();
+        self.commands
+            .send(GroupCommand::Drain(drained, done))
+            .await
+            .ok()?;
+        tokio::time::timeout(Duration::from_secs(2), wait)
+            .await
+            .ok()?
+            .ok()
     }
 }
 
@@ -174,7 +210,7 @@ pub async fn spawn(
     let router = Router::new(spec.router.clone(), Instant::ZERO)
         .map_err(|source| DriverError::Config { name, source })?;
     let (commands_tx, commands) = mpsc::channel(8);
-    let (status_tx, status) = watch::channel(status_of(&spec, &router));
+    let (status_tx, status) = watch::channel(status_of(&spec, &router, mesh.is_some(), None));
     let driver = Driver {
         spec,
         ifindex,
@@ -231,6 +267,11 @@ impl Driver {
             let now = self.now();
             let _ = self.router.handle_command(now, Command::Fault(true));
         }
+        if self.spec.drained {
+            tracing::warn!(instance = %self.spec.name, "starting drained (undo with `palisade resume`)");
+            let now = self.now();
+            let _ = self.router.handle_command(now, Command::Drain(true));
+        }
         let now = self.now();
         // Startup removes any VIP of this group a crash left on the interface.
         self.router.handle_startup(now);
@@ -266,39 +307,18 @@ impl Driver {
                 event = next_mesh_event(&mut mesh_events) => self.handle_mesh_event(event),
                 command = commands.recv() => match command {
                     Some(GroupCommand::Shutdown(done)) => {
-                        // Pick the successor before leaving, tell it after: the core must
-                        // have sent priority 0 and released the VIPs first, or it could take
-                        // them back from the new master (see Command::TakeOver).
-                        let was_master = self.router.state() == State::Master;
-                        let successor = self.next_in_line(None, false);
-                        let now = self.now();
-                        let _ = self.router.handle_command(now, Command::Shutdown);
-                        match (was_master, successor, self.mesh.clone()) {
-                            (true, Some(successor), Some(mesh)) => {
-                                // Priority 0 goes out first, then the handover; the VIPs are
-                                // released only after the successor has had a moment to take
-                                // them, so connections arriving meanwhile are still answered
-                                // here instead of into a void.
-                                let mut deferred = Vec::new();
-                                while let Some(action) = self.router.poll_action() {
-                                    match action {
-                                        Action::RemoveVip(_) => deferred.push(action),
-                                        other => self.apply(other).await,
-                                    }
-                                }
-                                let vrid = self.router.vrid().get();
-                                tracing::info!(instance = %self.spec.name, %successor, "handing over to the next node in line");
-                                mesh.send_to(successor, Message::Handover { vrid });
-                                tokio::time::sleep(HANDOVER_OVERLAP).await;
-                                for action in deferred {
-                                    self.apply(action).await;
-                                }
-                                self.drive_actions().await;
-                            }
-                            _ => self.drive_actions().await,
-                        }
+                        self.leave(Command::Shutdown).await;
                         let _ = done.send(());
                         return;
+                    }
+                    Some(GroupCommand::Drain(true, done)) => {
+                        let left = self.leave(Command::Drain(true)).await;
+                        let _ = done.send(left);
+                    }
+                    Some(GroupCommand::Drain(false, done)) => {
+                        let now = self.now();
+                        let _ = self.router.handle_command(now, Command::Drain(false));
+                        let _ = done.send(Left::NotMaster);
                     }
                     Some(GroupCommand::TakeOver) => {
                         let now = self.now();
@@ -311,6 +331,45 @@ impl Driver {
             }
             self.drive_actions().await;
         }
+    }
+
+    /// Leaves service (`Shutdown` or `Drain(true)`): a Master sends priority 0 and, when a
+    /// heartbeat successor is known, tells it to take over at once instead of letting the
+    /// Backups wait for Skew_Time.
+    async fn leave(&mut self, command: Command) -> Left {
+        // Pick the successor before leaving, tell it after: the core must have sent priority
+        // 0 and released the VIPs first, or it could take them back from the new master (see
+        // Command::TakeOver).
+        let was_master = self.router.state() == State::Master;
+        let successor = self.next_in_line(None, false);
+        let now = self.now();
+        let _ = self.router.handle_command(now, command);
+        let left = match (was_master, successor, self.mesh.clone()) {
+            (true, Some(successor), Some(mesh)) => {
+                // Priority 0 goes out first, then the handover; the VIPs are released only
+                // after the successor has had a moment to take them, so connections arriving
+                // meanwhile are still answered here instead of into a void.
+                let mut deferred = Vec::new();
+                while let Some(action) = self.router.poll_action() {
+                    match action {
+                        Action::RemoveVip(_) => deferred.push(action),
+                        other => self.apply(other).await,
+                    }
+                }
+                let vrid = self.router.vrid().get();
+                tracing::info!(instance = %self.spec.name, %successor, "handing over to the next node in line");
+                mesh.send_to(successor, Message::Handover { vrid });
+                tokio::time::sleep(HANDOVER_OVERLAP).await;
+                for action in deferred {
+                    self.apply(action).await;
+                }
+                Left::HandedOver(successor)
+            }
+            (true, _, _) => Left::Released,
+            (false, _, _) => Left::NotMaster,
+        };
+        self.drive_actions().await;
+        left
     }
 
     fn handle_mesh_event(&mut self, event: MeshEvent) {
@@ -364,7 +423,7 @@ impl Driver {
             .iter()
             .filter(|(peer, priority)| **priority > 0 && Some(**peer) != except)
             .map(|(peer, priority)| (*peer, VrrpPriority(*priority)));
-        let own = (include_self && !self.router.is_faulty()).then_some(own);
+        let own = (include_self && self.router.is_eligible()).then_some(own);
         election_winner(peers.chain(own))
     }
 
@@ -410,7 +469,11 @@ impl Driver {
                 });
             }
         }
-        let status = status_of(&self.spec, &self.router);
+        let successor = match self.router.state() {
+            State::Master => self.next_in_line(None, false),
+            _ => None,
+        };
+        let status = status_of(&self.spec, &self.router, self.mesh.is_some(), successor);
         self.status.send_if_modified(|current| {
             if *current == status {
                 false
@@ -552,7 +615,12 @@ impl Driver {
     }
 }
 
-fn status_of(spec: &GroupSpec, router: &Router) -> GroupStatus {
+fn status_of(
+    spec: &GroupSpec,
+    router: &Router,
+    heartbeat: bool,
+    successor: Option<IpAddr>,
+) -> GroupStatus {
     GroupStatus {
         name: spec.name.clone(),
         vrid: router.vrid().get(),
@@ -566,6 +634,9 @@ fn status_of(spec: &GroupSpec, router: &Router) -> GroupStatus {
         master_priority: router.master_priority().map(|priority| priority.get()),
         advert_interval_cs: router.master_adver_interval().get(),
         vips: spec.router.vips.clone(),
+        drained: router.is_drained(),
+        heartbeat,
+        successor,
     }
 }
 

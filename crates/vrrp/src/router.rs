@@ -214,6 +214,10 @@ pub enum Reason {
     Fault,
     /// Tracked health came back.
     Recovered,
+    /// The operator took the node out of service (`palisade drain`).
+    Drained,
+    /// The operator put a drained node back in service.
+    Resumed,
     /// A peer asked this Backup to take over at once (explicit handover).
     TakeoverRequested,
     /// This Backup discarded a lower-priority Master's adverts until its timer expired.
@@ -234,6 +238,8 @@ impl Reason {
             Reason::Shutdown => "shutdown",
             Reason::Fault => "fault",
             Reason::Recovered => "recovered",
+            Reason::Drained => "drained",
+            Reason::Resumed => "resumed",
             Reason::TakeoverRequested => "takeover-requested",
             Reason::Preempted => "preempted",
             Reason::SplitBrainHeal => "split-brain-heal",
@@ -281,6 +287,10 @@ pub enum Command {
     /// priority 0 and releases its VIPs) and stays there until `Fault(false)`, which returns
     /// it to Backup (the address owner to Master).
     Fault(bool),
+    /// The operator's drain: `true` takes the node out of service like a fault (a Master sends
+    /// priority 0 and releases its VIPs; a Backup never takes over) until `Drain(false)`.
+    /// Independent of health: the node returns to Backup only when both are clear.
+    Drain(bool),
     /// A peer told this node to take over now (explicit handover on a graceful stop, or the
     /// heartbeat saw the Master's process die): a healthy Backup becomes Master at once.
     ///
@@ -297,7 +307,7 @@ pub enum Command {
 pub enum CommandError {
     #[error("priority 0 cannot be set: it is only sent by a Master that stops")]
     PriorityZero,
-    #[error("take-over refused in {state} state: only a healthy BACKUP takes over")]
+    #[error("take-over refused in {state} state: only a healthy, undrained BACKUP takes over")]
     TakeOverRefused { state: State },
 }
 
@@ -409,6 +419,8 @@ pub struct Router {
     /// The effective priority: the configured one until [`Command::SetPriority`].
     priority: VrrpPriority,
     faulty: bool,
+    /// Taken out of service by the operator ([`Command::Drain`]).
+    drained: bool,
     /// RFC 5798 Master_Adver_Interval: learned from the Master in v3, our own in v2.
     master_adver_int: Centiseconds,
     master_address: Option<IpAddr>,
@@ -440,6 +452,7 @@ impl Router {
             state: State::Initialize,
             priority: cfg.priority,
             faulty: false,
+            drained: false,
             master_adver_int: cfg.advert_interval,
             master_address: None,
             master_priority: None,
@@ -521,6 +534,15 @@ impl Router {
         self.faulty
     }
 
+    pub fn is_drained(&self) -> bool {
+        self.drained
+    }
+
+    /// Whether this router may hold the VIPs: healthy and not drained.
+    pub fn is_eligible(&self) -> bool {
+        !self.faulty && !self.drained
+    }
+
     /// Whether the driver should accept packets addressed to the VIPs (RFC 5798 section
     /// 6.4.3): only a Master, and only if it owns the addresses or Accept_Mode is on.
     pub fn accepts_vip_traffic(&self) -> bool {
@@ -543,9 +565,14 @@ impl Router {
         if self.state != State::Initialize {
             return;
         }
-        if self.faulty {
+        if !self.is_eligible() {
             self.remove_vips();
-            self.enter(State::Fault, Reason::Fault);
+            let reason = if self.faulty {
+                Reason::Fault
+            } else {
+                Reason::Drained
+            };
+            self.enter(State::Fault, reason);
         } else if self.priority == VrrpPriority::OWNER {
             self.become_master(now, Reason::StartupOwner);
         } else {
@@ -700,31 +727,18 @@ impl Router {
                 }
                 Ok(())
             }
-            Command::Fault(true) => {
-                self.faulty = true;
-                match self.state {
-                    State::Master => self.resign(Reason::Fault, State::Fault),
-                    State::Backup => {
-                        self.cancel_timers();
-                        self.enter(State::Fault, Reason::Fault);
-                    }
-                    State::Initialize | State::Fault => {}
-                }
+            Command::Fault(faulty) => {
+                self.faulty = faulty;
+                self.reconsider_eligibility(now, Reason::Fault, Reason::Recovered);
                 Ok(())
             }
-            Command::Fault(false) => {
-                self.faulty = false;
-                if self.state == State::Fault {
-                    if self.priority == VrrpPriority::OWNER {
-                        self.become_master(now, Reason::Recovered);
-                    } else {
-                        self.enter_backup(now, Reason::Recovered);
-                    }
-                }
+            Command::Drain(drained) => {
+                self.drained = drained;
+                self.reconsider_eligibility(now, Reason::Drained, Reason::Resumed);
                 Ok(())
             }
             Command::TakeOver => {
-                if self.state == State::Backup && !self.faulty {
+                if self.state == State::Backup && self.is_eligible() {
                     self.become_master(now, Reason::TakeoverRequested);
                     Ok(())
                 } else {
@@ -865,6 +879,28 @@ impl Router {
         self.master_address = Some(src);
         self.master_priority = Some(advert.priority);
         self.enter(State::Backup, Reason::HigherPriorityAdvert);
+    }
+
+    /// After a change of health or drain: an ineligible router leaves for Fault (a Master
+    /// with priority 0 first), an eligible one in Fault returns to Backup (the address owner
+    /// to Master).
+    fn reconsider_eligibility(&mut self, now: Instant, leave: Reason, back: Reason) {
+        if !self.is_eligible() {
+            match self.state {
+                State::Master => self.resign(leave, State::Fault),
+                State::Backup => {
+                    self.cancel_timers();
+                    self.enter(State::Fault, leave);
+                }
+                State::Initialize | State::Fault => {}
+            }
+        } else if self.state == State::Fault {
+            if self.priority == VrrpPriority::OWNER {
+                self.become_master(now, back);
+            } else {
+                self.enter_backup(now, back);
+            }
+        }
     }
 
     /// Master -> Initialize or Fault: priority 0 so the Backups wait only Skew_Time.

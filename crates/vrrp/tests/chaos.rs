@@ -32,6 +32,7 @@ enum Event {
     Loss(usize, usize, u32),
     Heal,
     Fault(usize, bool),
+    Drain(usize, bool),
     TakeOver(usize),
 }
 
@@ -47,6 +48,7 @@ fn arb_event() -> impl Strategy<Value = Event> {
         (node.clone(), node.clone(), 1u32..600_000).prop_map(|(a, b, ppm)| Event::Loss(a, b, ppm)),
         Just(Event::Heal),
         (node.clone(), any::<bool>()).prop_map(|(n, faulty)| Event::Fault(n, faulty)),
+        (node.clone(), any::<bool>()).prop_map(|(n, drained)| Event::Drain(n, drained)),
         node.prop_map(Event::TakeOver),
     ]
 }
@@ -130,6 +132,10 @@ fn apply(lan: &mut Lan, event: Event) {
         Event::Loss(a, b, ppm) => lan.set_loss(a % n_nodes, b % n_nodes, ppm),
         Event::Heal => lan.heal(),
         Event::Fault(node, faulty) => lan.set_fault(node % n_nodes, faulty),
+        Event::Drain(node, drained) => {
+            // Drain is never refused.
+            let _ = lan.command(node % n_nodes, Command::Drain(drained));
+        }
         Event::TakeOver(node) => {
             // Refused unless a healthy Backup; either way the election must recover.
             let _ = lan.command(node % n_nodes, Command::TakeOver);
@@ -175,7 +181,7 @@ fn run(scenario: &Scenario) -> Result<(), TestCaseError> {
     run_checked(&mut lan, settled)?;
     let candidates = (0..lan.len()).filter(|&node| {
         let router = lan.router(node);
-        lan.is_up(node) && !router.is_faulty() && router.state() != State::Initialize
+        lan.is_up(node) && router.is_eligible() && router.state() != State::Initialize
     });
     let best = election_winner(candidates.map(|node| (addr(node), lan.router(node).priority())));
     let expected: Vec<usize> = (best

@@ -631,6 +631,73 @@ fn fault_before_startup_starts_in_fault_and_owner_recovers_to_master() {
 }
 
 #[test]
+fn drain_as_master_leaves_like_a_fault_and_needs_both_health_and_resume_to_return() {
+    let mut router = master();
+    let now = T0 + us(4_000_000);
+    router.handle_command(now, Command::Drain(true)).unwrap();
+    assert_eq!(
+        drain(&mut router),
+        [
+            Action::SendAdvert(advert_from(&cfg(A, 150), 0)),
+            Action::RemoveVip(VIP),
+            notify(State::Master, State::Fault, Reason::Drained),
+        ]
+    );
+    assert!(router.is_drained() && !router.is_eligible());
+    assert_eq!(
+        router.handle_command(now, Command::TakeOver),
+        Err(CommandError::TakeOverRefused {
+            state: State::Fault
+        })
+    );
+    // Health going bad and coming back does not end a drain.
+    router.handle_command(now, Command::Fault(true)).unwrap();
+    router.handle_command(now, Command::Fault(false)).unwrap();
+    assert_eq!(drain(&mut router), []);
+    assert_eq!(router.state(), State::Fault);
+    // Nor does resuming while unhealthy.
+    router.handle_command(now, Command::Fault(true)).unwrap();
+    router.handle_command(now, Command::Drain(false)).unwrap();
+    assert_eq!(drain(&mut router), []);
+    assert_eq!(router.state(), State::Fault);
+    router.handle_command(now, Command::Fault(false)).unwrap();
+    assert_eq!(
+        drain(&mut router),
+        [notify(State::Fault, State::Backup, Reason::Recovered)]
+    );
+    assert_eq!(router.poll_timeout(), Some(now + us(3_414_062)));
+}
+
+#[test]
+fn drained_backup_and_drained_startup_never_take_over_until_resumed() {
+    let mut router = backup();
+    router.handle_command(T0, Command::Drain(true)).unwrap();
+    assert_eq!(
+        drain(&mut router),
+        [notify(State::Backup, State::Fault, Reason::Drained)]
+    );
+    assert_eq!(router.poll_timeout(), None);
+    router.handle_command(T0, Command::Drain(false)).unwrap();
+    assert_eq!(
+        drain(&mut router),
+        [notify(State::Fault, State::Backup, Reason::Resumed)]
+    );
+
+    let mut router = Router::new(cfg(A, 255), T0).unwrap();
+    router.handle_command(T0, Command::Drain(true)).unwrap();
+    router.handle_startup(T0);
+    assert_eq!(
+        drain(&mut router),
+        [
+            Action::RemoveVip(VIP),
+            notify(State::Initialize, State::Fault, Reason::Drained)
+        ]
+    );
+    router.handle_command(T0, Command::Drain(false)).unwrap();
+    assert_eq!(router.state(), State::Master);
+}
+
+#[test]
 fn set_priority_is_advertised_at_once_and_zero_is_refused() {
     let mut router = master();
     let now = T0 + us(4_000_000);

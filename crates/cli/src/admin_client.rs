@@ -1,0 +1,179 @@
+//! The CLI side of the admin API: `palisade status`, `palisade drain`, `palisade resume` ask
+//! a running node over HTTP and print what it says.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+
+/// One request to the admin API; returns the status code and the JSON body.
+fn request(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    timeout: Duration,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    let mut stream = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(3))
+        .with_context(|| format!("cannot reach the admin API at {admin} (is the node running?)"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    let body = body.map(ToString::to_string);
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n");
+    if let Some(body) = &body {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    if let Some(body) = &body {
+        stream.write_all(body.as_bytes())?;
+    }
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .with_context(|| format!("no complete answer from the admin API at {admin}"))?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("malformed response from the admin API")?;
+    let status_line = head.lines().next().unwrap_or_default();
+    let code = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("malformed status line from the admin API: {status_line}"))?;
+    let value = serde_json::from_str(body)
+        .with_context(|| format!("admin API answered {status_line} without JSON: {body}"))?;
+    Ok((code, value))
+}
+
+/// `palisade status`: the node's HA groups.
+pub fn status(admin: SocketAddr, json: bool) -> anyhow::Result<()> {
+    let (code, value) = request(admin, "GET", "/status", None, Duration::from_secs(5))?;
+    if code != 200 {
+        anyhow::bail!("admin API answered {code}: {value}");
+    }
+    if json {
+        println!("{value:#}");
+        return Ok(());
+    }
+    let node = value["node"].as_str().unwrap_or("?");
+    let drained = if value["drained"].as_bool() == Some(true) {
+        " (drained: `palisade resume` puts it back in service)"
+    } else {
+        ""
+    };
+    let groups = value["groups"].as_array().cloned().unwrap_or_default();
+    if groups.is_empty() {
+        println!("node {node}{drained}: no HA groups configured");
+        return Ok(());
+    }
+    println!("node {node}{drained}");
+    println!(
+        "{:<12} {:>4} {:<8} {:<7} {:>4} {:<16} {:>11} {:>9}  VIPs",
+        "INSTANCE", "VRID", "IFACE", "STATE", "PRIO", "MASTER", "MASTER PRIO", "ADVERT"
+    );
+    for group in groups {
+        let vips: Vec<&str> = group["vips"]
+            .as_array()
+            .map(|vips| vips.iter().filter_map(|vip| vip.as_str()).collect())
+            .unwrap_or_default();
+        let state = if group["drained"].as_bool() == Some(true) {
+            "DRAINED"
+        } else {
+            group["state"].as_str().unwrap_or("?")
+        };
+        println!(
+            "{:<12} {:>4} {:<8} {:<7} {:>4} {:<16} {:>11} {:>7}ms  {}",
+            group["name"].as_str().unwrap_or("?"),
+            group["vrid"],
+            group["interface"].as_str().unwrap_or("?"),
+            state,
+            group["priority"],
+            group["master"].as_str().unwrap_or("-"),
+            group["master_priority"]
+                .as_u64()
+                .map_or("-".to_owned(), |priority| priority.to_string()),
+            group["advert_interval_ms"],
+            vips.join(" "),
+        );
+    }
+    Ok(())
+}
+
+/// `palisade drain`: takes the node out of service, handing every VIP it holds to the next
+/// node in line.
+pub fn drain(admin: SocketAddr, force: bool) -> anyhow::Result<()> {
+    let body = serde_json::json!({ "force": force });
+    let (code, value) = request(
+        admin,
+        "POST",
+        "/drain",
+        Some(&body),
+        Duration::from_secs(30),
+    )?;
+    match code {
+        200 => {}
+        409 => anyhow::bail!(
+            "drain refused: {}",
+            value["error"].as_str().unwrap_or("no reason given")
+        ),
+        _ => anyhow::bail!("admin API answered {code}: {value}"),
+    }
+    println!(
+        "node {}: drained (`palisade resume` puts it back in service)",
+        value["node"].as_str().unwrap_or("?")
+    );
+    for group in value["groups"].as_array().cloned().unwrap_or_default() {
+        let name = group["name"].as_str().unwrap_or("?");
+        let was = group["was"].as_str().unwrap_or("?");
+        if let Some(to) = group["handed_over_to"].as_str() {
+            match group["confirmed_ms"].as_u64() {
+                Some(ms) => {
+                    println!("{name}: was {was}, handed over to {to} (master there after {ms} ms)")
+                }
+                None => println!(
+                    "{name}: was {was}, handed over to {to} (its first advert not heard yet)"
+                ),
+            }
+        } else if group["released"].as_bool() == Some(true) {
+            println!(
+                "{name}: was {was}, VIPs released (priority 0: a backup takes over after Skew_Time)"
+            );
+        } else if let Some(error) = group["error"].as_str() {
+            println!("{name}: {error}");
+        } else {
+            println!("{name}: was {was}, out of service");
+        }
+    }
+    Ok(())
+}
+
+/// `palisade resume`: puts a drained node back in service.
+pub fn resume(admin: SocketAddr) -> anyhow::Result<()> {
+    let body = serde_json::json!({});
+    let (code, value) = request(
+        admin,
+        "POST",
+        "/resume",
+        Some(&body),
+        Duration::from_secs(10),
+    )?;
+    if code != 200 {
+        anyhow::bail!("admin API answered {code}: {value}");
+    }
+    println!(
+        "node {}: back in service",
+        value["node"].as_str().unwrap_or("?")
+    );
+    for group in value["groups"].as_array().cloned().unwrap_or_default() {
+        println!(
+            "{}: {}",
+            group["name"].as_str().unwrap_or("?"),
+            group["state"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(())
+}

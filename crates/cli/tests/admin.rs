@@ -1,0 +1,100 @@
+//! The admin plane of a single node, with the real binary and curl: `palisade drain` /
+//! `palisade resume` through the admin API, what `/healthz` and `palisade status` say, and
+//! that the state-changing endpoints take JSON only.
+
+use palisade_e2e::curl;
+use palisade_e2e::node::NodeProcess;
+use palisade_e2e::origin::Origin;
+
+const BIN: &str = env!("CARGO_BIN_EXE_palisade");
+
+const POLICY: &str = r#"
+default_action = "allow"
+[access]
+clients = ["127.0.0.0/8"]
+allow_destinations = ["127.0.0.1/32"]
+"#;
+
+fn palisade(node: &NodeProcess, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(BIN)
+        .args(args)
+        .arg("--admin")
+        .arg(node.admin.to_string())
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run {BIN}: {error}"))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_and_resume_a_node_without_ha_groups() {
+    let origin = Origin::start().await;
+    let node = NodeProcess::start(BIN, "", POLICY);
+    let healthz = format!("http://{}/healthz", node.admin);
+    assert_eq!(curl(&[&healthz]).status, 200);
+
+    let drained = palisade(&node, &["drain"]);
+    assert!(drained.status.success(), "{}", text(&drained.stderr));
+    assert!(
+        text(&drained.stdout).contains("node test-node: drained"),
+        "{}",
+        text(&drained.stdout)
+    );
+    let health = curl(&[&healthz]);
+    assert_eq!(
+        (health.status, text(&health.body)),
+        (503, "drained test-node\n".to_owned())
+    );
+    let status = palisade(&node, &["status"]);
+    assert!(
+        text(&status.stdout).contains("node test-node (drained"),
+        "{}",
+        text(&status.stdout)
+    );
+    assert!(
+        node.dir.0.join("data/drained").exists(),
+        "the drain must be recorded in the data directory"
+    );
+    // A drained node still serves whoever reaches it directly: draining only steers traffic.
+    let proxied = curl(&[
+        "-x",
+        &format!("http://{}", node.proxy),
+        &origin.url("/small"),
+    ]);
+    assert_eq!(proxied.status, 200, "{}", proxied.stderr);
+    // Draining twice is harmless.
+    assert!(palisade(&node, &["drain"]).status.success());
+
+    let resumed = palisade(&node, &["resume"]);
+    assert!(resumed.status.success(), "{}", text(&resumed.stderr));
+    assert_eq!(curl(&[&healthz]).status, 200);
+    assert!(!node.dir.0.join("data/drained").exists());
+    node.wait_stderr("node resumed", std::time::Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_changing_endpoints_take_json_only() {
+    let node = NodeProcess::start(BIN, "", POLICY);
+    let drain = format!("http://{}/drain", node.admin);
+    // What an HTML form could send cross-origin: refused, nothing drained.
+    let form = curl(&["-X", "POST", "--data", "force=true", &drain]);
+    assert_eq!(form.status, 415, "{}", text(&form.body));
+    let unknown = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "--data",
+        r#"{"forse":true}"#,
+        &drain,
+    ]);
+    assert_eq!(unknown.status, 422, "{}", text(&unknown.body));
+    let get = curl(&[&drain]);
+    assert_eq!(get.status, 405);
+    assert_eq!(
+        curl(&[&format!("http://{}/healthz", node.admin)]).status,
+        200
+    );
+}
