@@ -88,6 +88,32 @@ impl LabHost {
         self.addresses().contains(&format!(" {address}/"))
     }
 
+    /// Lets the bridge flood multicast to this host's port, or not: with it off the host
+    /// hears no VRRP advert (a multicast partition, as a misconfigured IGMP snooping switch
+    /// makes) while unicast, broadcast and ARP still pass.
+    pub fn set_multicast(&self, lab: &Lab, on: bool) {
+        let port = lab.port_name(self);
+        let output = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.bridge_ns,
+                "bridge",
+                "link",
+                "set",
+                "dev",
+            ])
+            .arg(&port)
+            .args(["mcast_flood", if on { "on" } else { "off" }])
+            .output()
+            .unwrap_or_else(|error| panic!("cannot run bridge: {error}"));
+        assert!(
+            output.status.success(),
+            "bridge link set {port} mcast_flood: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
     /// Sets the link of this host's bridge port down or up (a partition).
     pub fn set_link(&self, lab: &Lab, up: bool) {
         let port = lab.port_name(self);
