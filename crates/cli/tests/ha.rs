@@ -2,7 +2,7 @@
 //! VRRP, hold the VIP, and move it when the master dies; a client namespace reaches whichever
 //! node holds it (every answer names the node that gave it).
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use palisade_e2e::ha::{HaNode, who_answers};
@@ -760,5 +760,105 @@ fn drain_hands_over_at_once_survives_restart_and_resume_preempts() {
     assert!(String::from_utf8_lossy(&forced.stdout).contains("VIPs released"));
     wait_for("VIP released", Duration::from_secs(2), || {
         !node1_host.has_address(vip)
+    });
+}
+
+/// IPv6: adverts to ff02::12 from the link-local address, an IPv6 VIP, and on failover the
+/// new master's unsolicited neighbour advertisements (Override flag) move the client's
+/// neighbour entry at once: without them it would point at the dead node's MAC until it went
+/// stale (~30 s).
+#[test]
+fn ipv6_group_fails_over_and_the_client_follows_the_neighbour_advert() {
+    if !require_netns("ipv6_group_fails_over_and_the_client_follows_the_neighbour_advert") {
+        return;
+    }
+    let mut lab = Lab::new(&["node1", "node2", "client"]);
+    let dir = palisade_e2e::node::TempDir::new("palisade-ha6");
+    let hosts: Vec<LabHost> = ["node1", "node2", "client"]
+        .iter()
+        .map(|name| lab.host(name).clone())
+        .collect();
+    // A ULA prefix per lab, from its IPv4 subnet: fd00:213:<subnet>::<host>/64.
+    let v6 = |host: &LabHost| -> Ipv6Addr {
+        let [_, _, subnet, last] = host.addr.octets();
+        Ipv6Addr::new(
+            0xfd00,
+            0x213,
+            u16::from(subnet),
+            0,
+            0,
+            0,
+            0,
+            u16::from(last),
+        )
+    };
+    let vip = {
+        let [_, _, subnet, _] = hosts[0].addr.octets();
+        Ipv6Addr::new(0xfd00, 0x213, u16::from(subnet), 0, 0, 0, 0, 0x100)
+    };
+    for host in &hosts {
+        let address = format!("{}/64", v6(host));
+        let output = host.run("ip", &["addr", "add", &address, "dev", "eth0", "nodad"]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // Adverts go out from the link-local address, usable once its DAD is over.
+        wait_for("link-local address ready", Duration::from_secs(10), || {
+            let shown = host.run(
+                "ip",
+                &["-6", "addr", "show", "dev", "eth0", "scope", "link"],
+            );
+            let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+            shown.contains("fe80::") && !shown.contains("tentative")
+        });
+    }
+    let holds = |host: &LabHost| host.addresses().contains(&format!(" {vip}/"));
+    let config = |host: &LabHost, priority: u8| {
+        let path = dir.0.join(format!("{}.toml", host.name));
+        let text = format!(
+            "[node]\nhostname = \"{name}\"\ndata_dir = \"{data}\"\n[proxy]\nlisten = [\"[::]:9090\"]\ntest_listen = [\"[::]:9091\"]\n[admin]\nlisten = \"127.0.0.1:4711\"\n[health]\ninterval = \"50ms\"\n[[vrrp]]\nname = \"VI_6\"\nvrid = 61\ninterface = \"eth0\"\npriority = {priority}\nadvert_interval = \"100ms\"\nvips = [\"{vip}/64\"]\n",
+            name = host.name,
+            data = dir.0.join(format!("{}-data", host.name)).display(),
+        );
+        std::fs::write(&path, text).unwrap_or_else(|error| panic!("{error}"));
+        path.display().to_string()
+    };
+    let (config1, config2) = (config(&hosts[0], 150), config(&hosts[1], 100));
+    let log1 = dir.0.join("node1.log");
+    let log2 = dir.0.join("node2.log");
+    let node1 = lab.spawn("node1", BIN, &["run", "--config", &config1], &log1);
+    lab.spawn("node2", BIN, &["run", "--config", &config2], &log2);
+    let logs = || {
+        format!(
+            "node1:\n{}\nnode2:\n{}",
+            std::fs::read_to_string(&log1).unwrap_or_default(),
+            std::fs::read_to_string(&log2).unwrap_or_default()
+        )
+    };
+    wait_for("node1 holds the IPv6 VIP", Duration::from_secs(10), || {
+        holds(&hosts[0])
+    });
+    wait_for("client reaches node1", Duration::from_secs(10), || {
+        who_answers(&hosts[2], vip).as_deref() == Some("node1")
+    });
+    assert!(!holds(&hosts[1]), "two holders\n{}", logs());
+    assert!(
+        logs().contains(&format!(
+            "Sending unsolicited Neighbour Adverts on eth0 for {vip}"
+        )),
+        "{}",
+        logs()
+    );
+
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &node1.to_string()])
+        .status();
+    wait_for("node2 holds the IPv6 VIP", Duration::from_secs(5), || {
+        holds(&hosts[1])
+    });
+    wait_for("client follows node2", Duration::from_secs(3), || {
+        who_answers(&hosts[2], vip).as_deref() == Some("node2")
     });
 }

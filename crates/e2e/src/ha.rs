@@ -3,7 +3,7 @@
 //! tests and the failover benchmark.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -95,8 +95,12 @@ pub fn is_dead(pid: u32) -> bool {
 
 /// Which node answers on `vip`'s test port (9091) from inside the current namespace: the
 /// proxy's error page for a non-proxy request carries `X-Palisade-Node`.
-pub fn probe(vip: Ipv4Addr, connect_timeout: Duration, read_timeout: Duration) -> Option<String> {
-    let address = SocketAddr::V4(SocketAddrV4::new(vip, 9091));
+pub fn probe(
+    vip: impl Into<IpAddr>,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+) -> Option<String> {
+    let address = SocketAddr::new(vip.into(), 9091);
     let mut stream = TcpStream::connect_timeout(&address, connect_timeout).ok()?;
     stream.set_read_timeout(Some(read_timeout)).ok()?;
     stream
@@ -111,7 +115,8 @@ pub fn probe(vip: Ipv4Addr, connect_timeout: Duration, read_timeout: Duration) -
 }
 
 /// [`probe`] from the `client` host, with generous timeouts.
-pub fn who_answers(client: &LabHost, vip: Ipv4Addr) -> Option<String> {
+pub fn who_answers(client: &LabHost, vip: impl Into<IpAddr>) -> Option<String> {
+    let vip = vip.into();
     in_namespace(&client.ns, || {
         probe(vip, Duration::from_millis(300), Duration::from_millis(500))
     })

@@ -533,9 +533,15 @@ impl Driver {
             }
             Action::SendGratuitous { vip, repeat } => {
                 let interface = &self.spec.interface;
-                tracing::info!(
-                    "VRRP_Instance({name}) Sending gratuitous ARPs on {interface} for {vip}"
-                );
+                if vip.is_ipv4() {
+                    tracing::info!(
+                        "VRRP_Instance({name}) Sending gratuitous ARPs on {interface} for {vip}"
+                    );
+                } else {
+                    tracing::info!(
+                        "VRRP_Instance({name}) Sending unsolicited Neighbour Adverts on {interface} for {vip}"
+                    );
+                }
                 for _ in 0..repeat {
                     let sent = match (&self.announcer, vip) {
                         (Announcer::V4(arp), IpAddr::V4(v4)) => arp.send(v4),

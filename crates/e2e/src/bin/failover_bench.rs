@@ -2,8 +2,11 @@
 //! namespaces (issue 3, section 6). Measures, from the fault to the first HTTP response
 //! through the VIP seen by a client namespace (probing every 2 ms), for process crash (kill -9
 //! of every process of the node), node death (kill -9 and link down) and graceful stop, at
-//! 1 s and 100 ms adverts; and the client's longest outage when the higher-priority node
-//! returns (preemption). Faults are injected at a random phase of the advert interval.
+//! 1 s and 100 ms adverts; the client's longest outage when the higher-priority node
+//! returns (preemption); and, after a split brain (a multicast partition: the bridge stops
+//! flooding VRRP to both nodes, so both become master and the client follows the backup's
+//! gratuitous ARPs), the time from the heal until the client is answered by the winner again.
+//! Faults are injected at a random phase of the advert interval.
 //!
 //! Usage: failover-bench PALISADE_BINARY [RUNS] (needs root, keepalived, iproute2)
 //!
@@ -28,7 +31,15 @@ enum Fault {
     NodeDeath,
     GracefulStop,
     Preemption,
+    SplitBrain,
+    /// `palisade drain` on the master (keepalived has no such command: its planned
+    /// handover is the graceful stop).
+    Drain,
 }
+
+/// How long a split brain's heal may take before the run counts as failed: beyond a stale
+/// neighbour entry's lifetime (base_reachable_time 30 s, randomised up to 45 s, + 5 s delay).
+const SPLIT_BRAIN_LIMIT: Duration = Duration::from_secs(60);
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -47,26 +58,46 @@ fn main() {
             Fault::NodeDeath,
             Fault::GracefulStop,
             Fault::Preemption,
+            Fault::SplitBrain,
+            Fault::Drain,
         ] {
             if !only.is_empty() && !format!("{fault:?}").eq_ignore_ascii_case(&only) {
                 continue;
             }
             for system in [System::Palisade, System::Keepalived] {
+                if fault == Fault::Drain && system == System::Keepalived {
+                    continue;
+                }
+                // A failed run counts as infinitely slow: the median says so if most failed.
                 let mut figures = Vec::new();
                 for run in 0..runs {
                     match measure(&binary, &dir.0, system, fault, interval_ms, run) {
                         Ok(figure) => figures.push(figure),
                         Err(error) => {
-                            eprintln!("{system:?} {fault:?} {interval_ms} ms run {run}: {error}")
+                            eprintln!("{system:?} {fault:?} {interval_ms} ms run {run}: {error}");
+                            figures.push(f64::INFINITY);
                         }
                     }
                 }
                 let mut sorted = figures.clone();
                 sorted.sort_by(f64::total_cmp);
-                let median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
-                let list: Vec<String> = figures.iter().map(|ms| format!("{ms:.0}")).collect();
+                let median = match sorted.get(sorted.len() / 2) {
+                    Some(median) if median.is_finite() => format!("{median:.0}"),
+                    Some(_) => "failed".to_owned(),
+                    None => "-".to_owned(),
+                };
+                let list: Vec<String> = figures
+                    .iter()
+                    .map(|ms| {
+                        if ms.is_finite() {
+                            format!("{ms:.0}")
+                        } else {
+                            "failed".to_owned()
+                        }
+                    })
+                    .collect();
                 println!(
-                    "| {} | {} ms | {} | {median:.0} | {} |",
+                    "| {} | {} ms | {} | {median} | {} |",
                     match system {
                         System::Palisade => "palisade",
                         System::Keepalived => "keepalived 2.2.7",
@@ -77,6 +108,8 @@ fn main() {
                         Fault::NodeDeath => "node death (kill -9 + link down)",
                         Fault::GracefulStop => "graceful stop",
                         Fault::Preemption => "preemption: client outage",
+                        Fault::SplitBrain => "split brain heal: client reaches the winner",
+                        Fault::Drain => "`palisade drain` of the master",
                     },
                     list.join(", ")
                 );
@@ -339,7 +372,39 @@ fn measure(
                 )
             });
         }
-        Fault::Crash | Fault::NodeDeath | Fault::GracefulStop => {}
+        Fault::SplitBrain => {
+            node1_host.set_multicast(&lab, false);
+            node2_host.set_multicast(&lab, false);
+            wait("client follows node2", Duration::from_secs(10), || {
+                in_namespace(&client.ns, || probe(vip)).as_deref() == Some("node2")
+            })?;
+            if !has_vip(&node1_host, vip) {
+                return Err("node1 gave up the VIP: not a split brain".to_owned());
+            }
+            // Both masters advertise for a while, as in a real partition.
+            std::thread::sleep(Duration::from_millis(2 * interval_ms + phase));
+            let healed = in_namespace(&client.ns, || {
+                node1_host.set_multicast(&lab, true);
+                node2_host.set_multicast(&lab, true);
+                let start = Instant::now();
+                while start.elapsed() < SPLIT_BRAIN_LIMIT {
+                    if probe(vip).as_deref() == Some("node1") {
+                        return Some(start.elapsed());
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                None
+            });
+            return healed
+                .map(|took| took.as_secs_f64() * 1000.0)
+                .ok_or_else(|| {
+                    format!(
+                        "the client did not reach the winner within {SPLIT_BRAIN_LIMIT:?} of the heal (node2 holds the VIP: {})",
+                        has_vip(&node2_host, vip)
+                    )
+                });
+        }
+        Fault::Crash | Fault::NodeDeath | Fault::GracefulStop | Fault::Drain => {}
     }
     let measured = in_namespace(&client.ns, || {
         let start = Instant::now();
@@ -352,7 +417,20 @@ fn measure(
                 kill_all(&node1_host);
             }
             Fault::GracefulStop => terminate(&node1, system),
-            Fault::Preemption => {}
+            Fault::Drain => {
+                // Started, not awaited: the command returns once the new master's first
+                // advert is heard, which is after the client can already reach it.
+                let drain = node1_host
+                    .command(binary)
+                    .arg("drain")
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn();
+                if let Ok(mut drain) = drain {
+                    std::thread::spawn(move || drain.wait());
+                }
+            }
+            Fault::Preemption | Fault::SplitBrain => {}
         }
         while start.elapsed() < Duration::from_secs(15) {
             if probe(vip).as_deref() == Some("node2") {
