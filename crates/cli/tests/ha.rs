@@ -106,38 +106,110 @@ fn master_by_priority_crash_moves_vip_and_higher_priority_preempts() {
     assert!(status.contains("\"vrid\": 51"), "{status}");
 }
 
+/// Health drives the election: a master whose proxy stops being reachable on one of its
+/// ports (here its test port's address disappears) goes to FAULT and gives up the VIP; when
+/// the port is back it returns and preempts. A node whose port cannot even be bound refuses
+/// to start and never takes the VIP.
 #[test]
-fn unhealthy_proxy_gives_up_the_vip() {
-    if !require_netns("unhealthy_proxy_gives_up_the_vip") {
+fn unhealthy_proxy_gives_up_the_vip_and_takes_it_back_when_healthy() {
+    if !require_netns("unhealthy_proxy_gives_up_the_vip_and_takes_it_back_when_healthy") {
         return;
     }
-    let mut lab = Lab::new(&["node1", "node2"]);
+    let mut lab = Lab::new(&["node1", "node2", "client"]);
     let dir = palisade_e2e::node::TempDir::new("palisade-ha");
     let vip = lab.spare_addr(100);
+    let service = lab.spare_addr(60);
     let node1_host = lab.host("node1").clone();
     let node2_host = lab.host("node2").clone();
-    // node1's test port cannot be bound (something else holds it), so its port monitor
-    // reports failure: it must never take the VIP although its priority is higher.
-    let blocker = in_namespace(&node1_host.ns, || {
-        std::net::TcpListener::bind("0.0.0.0:9091")
-    });
-    let _blocker = blocker.unwrap_or_else(|error| panic!("{error}"));
+    let client = lab.host("client").clone();
+    let service_cidr = format!("{service}/24");
+    let set_service = |present: bool| {
+        let verb = if present { "add" } else { "del" };
+        let output = node1_host.run("ip", &["addr", verb, &service_cidr, "dev", "eth0"]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    set_service(true);
     let mut node2 = HaNode::new(&dir.0, &node2_host, "100ms", 100, vip, "");
     node2.start(&mut lab, BIN);
     wait_for("node2 master", Duration::from_secs(10), || {
         node2_host.has_address(vip)
     });
-    // node1 with a config whose test port is taken: it exits at startup with a clear error.
+
+    // node1's test port is taken by something else: it exits at startup with a clear error
+    // and never takes the VIP although its priority is higher.
+    let blocker = in_namespace(&node1_host.ns, || {
+        std::net::TcpListener::bind("0.0.0.0:9091")
+    });
+    let blocker = blocker.unwrap_or_else(|error| panic!("{error}"));
     let mut node1 = HaNode::new(&dir.0, &node1_host, "100ms", 150, vip, "");
     node1.start(&mut lab, BIN);
     wait_for("node1 refuses to start", Duration::from_secs(10), || {
-        std::fs::read_to_string(&node1.log)
-            .unwrap_or_default()
-            .contains("cannot listen on 0.0.0.0:9091")
+        node1.log_text().contains("cannot listen on 0.0.0.0:9091")
     });
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(node2_host.has_address(vip));
-    assert!(!node1_host.has_address(vip));
+    assert!(node2_host.has_address(vip) && !node1_host.has_address(vip));
+    drop(blocker);
+
+    // node1 with its test port on the service address: it preempts.
+    let config_path = dir.0.join("node1-service.toml");
+    let config = std::fs::read_to_string(&node1.config)
+        .unwrap_or_default()
+        .replace(
+            "test_listen = [\"0.0.0.0:9091\"]",
+            &format!("test_listen = [\"{service}:9091\"]"),
+        );
+    std::fs::write(&config_path, &config).unwrap_or_else(|error| panic!("{error}"));
+    let log = dir.0.join("node1-service.log");
+    let pid = lab.spawn(
+        "node1",
+        BIN,
+        &["run", "--config", &config_path.display().to_string()],
+        &log,
+    );
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for("node1 preempts", Duration::from_secs(10), || {
+        node1_host.has_address(vip) && !node2_host.has_address(vip)
+    });
+
+    // The service address goes away: the port monitor's probes time out, node1 goes to FAULT
+    // and releases the VIP (priority 0: node2 takes over after Skew_Time).
+    set_service(false);
+    wait_for(
+        "node2 takes over from the faulty node1",
+        Duration::from_secs(5),
+        || node2_host.has_address(vip) && !node1_host.has_address(vip),
+    );
+    wait_for("client reaches node2", Duration::from_secs(5), || {
+        who_answers(&client, vip).as_deref() == Some("node2")
+    });
+    let text = logs();
+    assert!(text.contains("current state: failure"), "{text}");
+    assert!(
+        text.contains("VRRP_Instance(VI_1) Entering FAULT STATE"),
+        "{text}"
+    );
+    let status = node1_host.run(BIN, &["status", "--json"]);
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("\"state\": \"FAULT\""),
+        "{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+
+    // Healthy again: back to BACKUP, then it preempts.
+    set_service(true);
+    wait_for(
+        "node1 preempts when healthy",
+        Duration::from_secs(10),
+        || node1_host.has_address(vip) && !node2_host.has_address(vip),
+    );
+    assert!(is_alive(pid), "{}", logs());
+}
+
+fn is_alive(pid: u32) -> bool {
+    !palisade_e2e::ha::is_dead(pid)
 }
 
 /// With heartbeat links, a master's process crash is seen when its kernel closes the link:

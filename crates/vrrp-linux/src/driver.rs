@@ -9,10 +9,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use palisade_vrrp::{
-    Action, Command, DecodeContext, Instant, Reason, Router, RouterConfig, RxError, State,
-    Transition, VrrpPriority, election_winner,
+    Action, Command, DecodeContext, Instant, PeerTable, Reason, Router, RouterConfig, RxError,
+    State, Transition, VrrpPriority,
 };
-use std::collections::HashMap;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::heartbeat::Message;
@@ -222,7 +221,7 @@ pub async fn spawn(
         status: status_tx,
         last_rx_warning: None,
         mesh,
-        peers: HashMap::new(),
+        peers: PeerTable::new(),
         advertised_priority: None,
     };
     let task = tokio::spawn(driver.run(faulty, commands));
@@ -248,7 +247,7 @@ struct Driver {
     /// Heartbeat links to the other nodes, for take-over faster than the advert timer.
     mesh: Option<MeshHandle>,
     /// Peers' priorities in this group, as their heartbeat status says (0: out).
-    peers: HashMap<IpAddr, u8>,
+    peers: PeerTable,
     /// What our last heartbeat status said.
     advertised_priority: Option<u8>,
 }
@@ -380,13 +379,13 @@ impl Driver {
                 vrid: group,
                 priority,
             } if group == vrid => {
-                self.peers.insert(peer, priority);
+                self.peers.set(peer, VrrpPriority(priority));
             }
             MeshEvent::PeerLeft(peer) => {
-                self.peers.remove(&peer);
+                self.peers.remove(peer);
             }
             MeshEvent::PeerLost(peer) => {
-                self.peers.remove(&peer);
+                self.peers.remove(peer);
                 // The master's process died (its kernel closed the link): if we are next in
                 // line, take over now instead of waiting for Master_Down_Interval.
                 let master_lost = self.router.state() == State::Backup
@@ -418,13 +417,8 @@ impl Driver {
     /// `include_self`), leaving out `except`: highest priority, then highest address.
     fn next_in_line(&self, except: Option<IpAddr>, include_self: bool) -> Option<IpAddr> {
         let own = (self.spec.router.primary_address, self.router.priority());
-        let peers = self
-            .peers
-            .iter()
-            .filter(|(peer, priority)| **priority > 0 && Some(**peer) != except)
-            .map(|(peer, priority)| (*peer, VrrpPriority(*priority)));
         let own = (include_self && self.router.is_eligible()).then_some(own);
-        election_winner(peers.chain(own))
+        self.peers.next_in_line(own, except)
     }
 
     fn handle_packet(&mut self, packet: crate::socket::Received) {

@@ -49,12 +49,14 @@
 //! wins.
 
 pub mod packet;
+mod peers;
 mod router;
 pub mod sim;
 mod time;
 mod types;
 
 pub use packet::{Advert, DecodeContext, DecodeError, EncodeError};
+pub use peers::PeerTable;
 pub use router::{
     Action, Command, CommandError, ConfigError, ConfigErrors, Reason, Router, RouterConfig,
     RxError, State, Stats, Transition, election_winner,
