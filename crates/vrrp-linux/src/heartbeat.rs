@@ -506,4 +506,54 @@ mod tests {
             Err(LinkEnd::Rejected(HeartbeatError::Unauthenticated))
         ));
     }
+
+    /// What an unauthenticated stranger can send before the handshake: each malformed hello
+    /// ends the handshake with an error (never a panic or an unbounded allocation), and a
+    /// well-formed hello without the key never gets a link.
+    #[tokio::test]
+    async fn malformed_or_unauthenticated_hellos_get_no_link() {
+        let mut too_long = vec![frame_type::HELLO, 0xff, 0xff];
+        too_long.extend(std::iter::repeat_n(0u8, 64));
+        let mut not_utf8 = vec![frame_type::HELLO, 0, 18];
+        not_utf8.extend([7u8; 16]);
+        not_utf8.extend([0xff, 0xfe]);
+        let mut forged_auth = vec![frame_type::HELLO, 0, 17];
+        forged_auth.extend([7u8; 16]);
+        forged_auth.push(b'x');
+        forged_auth.extend([frame_type::AUTH, 0, 0]);
+        forged_auth.extend([0u8; MAC_LEN]);
+        let cases: [(&str, Vec<u8>); 6] = [
+            ("empty", Vec::new()),
+            ("payload too long", too_long),
+            ("short hello", vec![frame_type::HELLO, 0, 3, 1, 2, 3]),
+            ("not a hello", vec![frame_type::PING, 0, 0]),
+            ("node id not UTF-8", not_utf8),
+            ("forged proof", forged_auth),
+        ];
+        for (case, bytes) in cases {
+            let listener = TcpListener::bind("127.0.0.1:0").await;
+            let Ok(listener) = listener else {
+                panic!("bind");
+            };
+            let Ok(addr) = listener.local_addr() else {
+                panic!("addr");
+            };
+            let client = tokio::spawn(async move {
+                let Ok(mut stream) = TcpStream::connect(addr).await else {
+                    panic!("connect");
+                };
+                let _ = stream.write_all(&bytes).await;
+                let _ = stream.shutdown().await;
+                // Keep reading so the server's challenge does not fail on a closed socket.
+                let mut sink = Vec::new();
+                let _ = stream.read_to_end(&mut sink).await;
+            });
+            let Ok((stream, _)) = listener.accept().await else {
+                panic!("accept");
+            };
+            let accepted = Link::accept(stream, GroupKey::new(b"k"), "node-b").await;
+            assert!(accepted.is_err(), "{case}: a link without the key");
+            let _ = client.await;
+        }
+    }
 }
