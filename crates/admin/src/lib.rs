@@ -3,15 +3,21 @@
 //!
 //! **API Boundary:** this crate owns the admin HTTP shapes; planes expose plain Rust types
 //! through [`NodeControl`], which the binary implements.
+//!
+//! Until admin accounts exist, the endpoints that change state answer only requests from this
+//! node itself: a loopback peer, a `Host` that is an address literal or `localhost` (so a
+//! DNS-rebound name in a browser on the node cannot reach them), and a JSON body (so a
+//! cross-origin HTML form cannot either). Read-only endpoints answer anyone who can reach the
+//! admin port (load balancers poll `/healthz`).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use prometheus_client::registry::Registry;
@@ -20,6 +26,15 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Why a control request did not do what was asked. Either way nothing changed.
+#[derive(Debug)]
+pub enum ControlError {
+    /// Refused as unsafe in the current state (HTTP 409): `--force` may override.
+    Conflict(String),
+    /// Could not be carried out (HTTP 500), e.g. the data directory is not writable.
+    Failed(String),
+}
 
 /// What the node lets the admin API see and do (implemented by the binary, which knows the
 /// planes).
@@ -30,9 +45,9 @@ pub trait NodeControl: Send + Sync + 'static {
     fn drained(&self) -> bool;
     /// Takes the node out of service. `Err` (nothing changed) when that would leave a VIP
     /// with nobody to take it over, unless `force`.
-    fn drain(self: Arc<Self>, force: bool) -> BoxFuture<Result<serde_json::Value, String>>;
+    fn drain(self: Arc<Self>, force: bool) -> BoxFuture<Result<serde_json::Value, ControlError>>;
     /// Puts a drained node back in service.
-    fn resume(self: Arc<Self>) -> BoxFuture<serde_json::Value>;
+    fn resume(self: Arc<Self>) -> BoxFuture<Result<serde_json::Value, ControlError>>;
 }
 
 /// What the admin endpoints read from.
@@ -59,9 +74,12 @@ pub async fn serve(
     state: AdminState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
@@ -112,15 +130,14 @@ struct DrainRequest {
 
 async fn drain(
     State(state): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Json(request): Json<DrainRequest>,
-) -> impl IntoResponse {
-    match state.control.clone().drain(request.force).await {
-        Ok(report) => (StatusCode::OK, Json(report)),
-        Err(error) => (
-            StatusCode::CONFLICT,
-            Json(serde_json::json!({ "error": error })),
-        ),
+) -> Response {
+    if let Some(refused) = refusal(peer, &headers) {
+        return refused;
     }
+    control_response(state.control.clone().drain(request.force).await)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -129,9 +146,134 @@ struct ResumeRequest {}
 
 async fn resume(
     State(state): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Json(ResumeRequest {}): Json<ResumeRequest>,
-) -> impl IntoResponse {
-    Json(state.control.clone().resume().await)
+) -> Response {
+    if let Some(refused) = refusal(peer, &headers) {
+        return refused;
+    }
+    control_response(state.control.clone().resume().await)
+}
+
+fn control_response(result: Result<serde_json::Value, ControlError>) -> Response {
+    match result {
+        Ok(report) => (StatusCode::OK, Json(report)).into_response(),
+        Err(ControlError::Conflict(error)) => (
+            StatusCode::CONFLICT,
+            Json(serde_json::json!({ "error": error })),
+        )
+            .into_response(),
+        Err(ControlError::Failed(error)) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(serde_json::json!({ "error": error })),
+        )
+            .into_response(),
+    }
+}
+
+/// The state-changing endpoints' gate (see the crate docs): 403 unless the request comes
+/// from this node over loopback and names it by address or as `localhost`.
+fn refusal(peer: SocketAddr, headers: &HeaderMap) -> Option<Response> {
+    gate(peer, headers).err().map(|why| {
+        (
+            StatusCode::FORBIDDEN,
+            Json(serde_json::json!({ "error": why })),
+        )
+            .into_response()
+    })
+}
+
+fn gate(peer: SocketAddr, headers: &HeaderMap) -> Result<(), &'static str> {
+    // IPv4-mapped ::ffff:127.0.0.1 counts as loopback too (a dual-stack listener).
+    if !peer.ip().to_canonical().is_loopback() {
+        return Err(
+            "drain and resume are accepted from this node only (loopback) until admin accounts exist",
+        );
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .unwrap_or_default();
+    if !host_names_this_node(host) {
+        return Err("the Host header must be an address or localhost");
+    }
+    Ok(())
+}
+
+/// `127.0.0.1:4711`, `[::1]:4711`, `localhost:4711` (port optional): not a name that DNS could
+/// have pointed here.
+fn host_names_this_node(host: &str) -> bool {
+    let without_port = match host.rsplit_once(':') {
+        Some((name, port))
+            if !name.is_empty()
+                && port.bytes().all(|byte| byte.is_ascii_digit())
+                && !name.ends_with(':') =>
+        {
+            name
+        }
+        _ => host,
+    };
+    let bare = without_port
+        .strip_prefix('[')
+        .and_then(|inner| inner.strip_suffix(']'))
+        .unwrap_or(without_port);
+    bare.eq_ignore_ascii_case("localhost") || bare.parse::<std::net::IpAddr>().is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Ok(value) = value.parse() {
+            headers.insert(header::HOST, value);
+        }
+        headers
+    }
+
+    #[test]
+    fn state_changes_only_from_loopback_naming_this_node() {
+        let loopback: SocketAddr = ([127, 0, 0, 1], 40000).into();
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:40000".parse().unwrap_or(loopback);
+        let remote: SocketAddr = ([10, 213, 0, 13], 40000).into();
+        assert!(refusal(loopback, &host("127.0.0.1:4711")).is_none());
+        assert!(refusal(mapped, &host("localhost:4711")).is_none());
+        for (peer, name) in [
+            (remote, "127.0.0.1:4711"),
+            (loopback, "evil.example:4711"),
+            (loopback, ""),
+        ] {
+            assert!(gate(peer, &host(name)).is_err(), "{peer} {name}");
+            let refused = refusal(peer, &host(name)).map(|response| response.status());
+            assert_eq!(refused, Some(StatusCode::FORBIDDEN), "{peer} {name}");
+        }
+    }
+
+    #[test]
+    fn only_addresses_and_localhost_name_this_node() {
+        for host in [
+            "127.0.0.1:4711",
+            "127.0.0.1",
+            "[::1]:4711",
+            "[::1]",
+            "::1",
+            "localhost:4711",
+            "LOCALHOST",
+        ] {
+            assert!(host_names_this_node(host), "{host}");
+        }
+        for host in [
+            "",
+            "evil.example:4711",
+            "evil.example",
+            "127.0.0.1.nip.io",
+            "localhost.evil:80",
+        ] {
+            assert!(!host_names_this_node(host), "{host}");
+        }
+    }
 }
 
 /// The address the admin API is reachable on, for logs.

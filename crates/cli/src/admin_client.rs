@@ -112,41 +112,53 @@ pub fn drain(admin: SocketAddr, force: bool) -> anyhow::Result<()> {
         "POST",
         "/drain",
         Some(&body),
-        Duration::from_secs(30),
+        Duration::from_secs(60),
     )?;
+    let reason = || {
+        value["error"]
+            .as_str()
+            .unwrap_or("no reason given")
+            .to_owned()
+    };
     match code {
         200 => {}
-        409 => anyhow::bail!(
-            "drain refused: {}",
-            value["error"].as_str().unwrap_or("no reason given")
-        ),
-        _ => anyhow::bail!("admin API answered {code}: {value}"),
+        409 => anyhow::bail!("drain refused: {}", reason()),
+        _ => anyhow::bail!("drain failed ({code}): {}", reason()),
     }
     println!(
         "node {}: drained (`palisade resume` puts it back in service)",
         value["node"].as_str().unwrap_or("?")
     );
+    // A drain that left a VIP in doubt must not look like success to a script.
+    let mut doubts = Vec::new();
     for group in value["groups"].as_array().cloned().unwrap_or_default() {
         let name = group["name"].as_str().unwrap_or("?");
         let was = group["was"].as_str().unwrap_or("?");
-        if let Some(to) = group["handed_over_to"].as_str() {
+        if let Some(error) = group["error"].as_str() {
+            println!("{name}: {error}");
+            doubts.push(format!("{name}: {error}"));
+        } else if let Some(to) = group["handed_over_to"].as_str() {
             match group["confirmed_ms"].as_u64() {
                 Some(ms) => {
                     println!("{name}: was {was}, handed over to {to} (master there after {ms} ms)")
                 }
-                None => println!(
-                    "{name}: was {was}, handed over to {to} (its first advert not heard yet)"
-                ),
+                None => {
+                    println!("{name}: was {was}, handed over to {to}, but no advert from it yet");
+                    doubts.push(format!(
+                        "{name}: {to} has not announced itself as master; check `palisade status` there"
+                    ));
+                }
             }
         } else if group["released"].as_bool() == Some(true) {
             println!(
                 "{name}: was {was}, VIPs released (priority 0: a backup takes over after Skew_Time)"
             );
-        } else if let Some(error) = group["error"].as_str() {
-            println!("{name}: {error}");
         } else {
             println!("{name}: was {was}, out of service");
         }
+    }
+    if !doubts.is_empty() {
+        anyhow::bail!("drained, but: {}", doubts.join("; "));
     }
     Ok(())
 }
@@ -159,21 +171,31 @@ pub fn resume(admin: SocketAddr) -> anyhow::Result<()> {
         "POST",
         "/resume",
         Some(&body),
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     )?;
     if code != 200 {
-        anyhow::bail!("admin API answered {code}: {value}");
+        anyhow::bail!(
+            "resume failed ({code}): {}",
+            value["error"].as_str().unwrap_or("no reason given")
+        );
     }
     println!(
         "node {}: back in service",
         value["node"].as_str().unwrap_or("?")
     );
+    let mut failed = Vec::new();
     for group in value["groups"].as_array().cloned().unwrap_or_default() {
-        println!(
-            "{}: {}",
-            group["name"].as_str().unwrap_or("?"),
-            group["state"].as_str().unwrap_or("?")
-        );
+        let name = group["name"].as_str().unwrap_or("?");
+        match group["error"].as_str() {
+            Some(error) => {
+                println!("{name}: {error}");
+                failed.push(format!("{name}: {error}"));
+            }
+            None => println!("{name}: {}", group["state"].as_str().unwrap_or("?")),
+        }
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("resumed, but: {}", failed.join("; "));
     }
     Ok(())
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use palisade_admin::{BoxFuture, NodeControl};
+use palisade_admin::{BoxFuture, ControlError, NodeControl};
 use palisade_vrrp::State;
 use palisade_vrrp_linux::driver::{GroupHandle, GroupStatus, Left};
 
@@ -27,20 +27,27 @@ pub struct Control {
     busy: tokio::sync::Mutex<()>,
 }
 
-/// Whether a drain survived the last run (the node then starts drained).
+/// Whether a drain survived the last run (the node then starts drained). A marker that
+/// cannot be checked counts as present: starting in service by mistake could take a VIP from
+/// a node the operator meant to keep.
 pub fn drained_at_start(data_dir: &Path) -> bool {
-    data_dir.join(MARKER).exists()
+    let marker = data_dir.join(MARKER);
+    match marker.try_exists() {
+        Ok(present) => present,
+        Err(error) => {
+            tracing::error!(marker = %marker.display(), %error, "cannot tell whether the node was drained; starting drained");
+            true
+        }
+    }
 }
 
 impl Control {
-    pub fn new(node: String, groups: Vec<GroupHandle>, data_dir: &Path) -> Control {
-        let marker = data_dir.join(MARKER);
-        let drained = AtomicBool::new(marker.exists());
+    pub fn new(node: String, groups: Vec<GroupHandle>, data_dir: &Path, drained: bool) -> Control {
         Control {
             node,
             groups,
-            marker,
-            drained,
+            marker: data_dir.join(MARKER),
+            drained: AtomicBool::new(drained),
             busy: tokio::sync::Mutex::new(()),
         }
     }
@@ -63,74 +70,95 @@ impl Control {
             .collect()
     }
 
-    async fn drain_now(self: Arc<Self>, force: bool) -> Result<serde_json::Value, String> {
+    async fn drain_now(self: Arc<Self>, force: bool) -> Result<serde_json::Value, ControlError> {
         let _busy = self.busy.lock().await;
         let orphaned = self.orphaned_vips();
         if !orphaned.is_empty() && !force {
-            return Err(format!(
+            return Err(ControlError::Conflict(format!(
                 "no other healthy node is in line to take over ({}); nothing changed. \
                  `palisade drain --force` releases the VIPs anyway",
                 orphaned.join("; ")
-            ));
+            )));
         }
         // Recorded first, so that a crash half-way through still comes back drained.
         write_marker(&self.marker).map_err(|error| {
-            format!(
-                "cannot record the drain in {}: {error}",
+            ControlError::Failed(format!(
+                "cannot record the drain in {}: {error}; nothing changed",
                 self.marker.display()
-            )
+            ))
         })?;
-        let newly = !self.drained.swap(true, Ordering::SeqCst);
-        if newly {
+        if !self.drained.swap(true, Ordering::SeqCst) {
             tracing::warn!(node = %self.node, "node drained: leaving every HA group, /healthz answers 503");
         }
+        // Every group at once: each may wait up to an advert interval or so for its
+        // successor's first advert.
+        let tasks: Vec<_> = (self.groups.iter().cloned())
+            .map(|group| tokio::spawn(drain_group(group)))
+            .collect();
         let mut reports = Vec::new();
-        for group in &self.groups {
-            let name = group.status.borrow().name.clone();
-            let was = group.status.borrow().state;
-            let started = std::time::Instant::now();
-            let left = group.drain(true).await;
-            let mut report = serde_json::json!({ "name": name, "was": was.to_string() });
-            match left {
-                Some(Left::HandedOver(to)) => {
-                    let confirmed = wait_for_master(group, to).await;
-                    report["handed_over_to"] = to.to_string().into();
-                    report["confirmed_ms"] = confirmed
-                        .map(|_| started.elapsed().as_millis() as u64)
-                        .into();
-                }
-                Some(Left::Released) => report["released"] = true.into(),
-                Some(Left::NotMaster) => {}
-                None => report["error"] = "the group's task is gone".into(),
-            }
-            reports.push(report);
+        for task in tasks {
+            reports.push(task.await.unwrap_or_else(
+                |error| serde_json::json!({ "error": format!("drain task failed: {error}") }),
+            ));
         }
         Ok(serde_json::json!({ "node": self.node, "drained": true, "groups": reports }))
     }
 
-    async fn resume_now(self: Arc<Self>) -> serde_json::Value {
+    async fn resume_now(self: Arc<Self>) -> Result<serde_json::Value, ControlError> {
         let _busy = self.busy.lock().await;
-        if let Err(error) = std::fs::remove_file(&self.marker)
-            && error.kind() != std::io::ErrorKind::NotFound
-        {
-            // The node resumes now; the operator must know it would come back drained.
-            tracing::error!(marker = %self.marker.display(), %error, "cannot remove the drain marker: the node will start drained again");
+        // Removed first: a node that resumes now but would come back drained after its next
+        // restart is worse than a resume refused with the reason.
+        match std::fs::remove_file(&self.marker) {
+            Ok(()) => sync_parent(&self.marker),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                return Err(ControlError::Failed(format!(
+                    "cannot remove the drain marker {}: {error}; still drained",
+                    self.marker.display()
+                )));
+            }
         }
         if self.drained.swap(false, Ordering::SeqCst) {
             tracing::warn!(node = %self.node, "node resumed: back in every HA group");
         }
         let mut reports = Vec::new();
         for group in &self.groups {
-            let resumed = group.drain(false).await.is_some();
+            let resumed = group.drain(false).await;
             let status = group.status.borrow();
-            reports.push(serde_json::json!({
+            let mut report = serde_json::json!({
                 "name": status.name,
                 "state": status.state.to_string(),
-                "resumed": resumed,
-            }));
+            });
+            if let Err(error) = resumed {
+                report["error"] = error.to_string().into();
+            }
+            reports.push(report);
         }
-        serde_json::json!({ "node": self.node, "drained": false, "groups": reports })
+        Ok(serde_json::json!({ "node": self.node, "drained": false, "groups": reports }))
     }
+}
+
+/// Drains one group and says what happened, waiting for a handover to be confirmed.
+async fn drain_group(group: GroupHandle) -> serde_json::Value {
+    let (name, was) = {
+        let status = group.status.borrow();
+        (status.name.clone(), status.state)
+    };
+    let started = std::time::Instant::now();
+    let mut report = serde_json::json!({ "name": name, "was": was.to_string() });
+    match group.drain(true).await {
+        Ok(Left::HandedOver(to)) => {
+            report["handed_over_to"] = to.to_string().into();
+            report["confirmed_ms"] = wait_for_master(&group, to)
+                .await
+                .map(|()| started.elapsed().as_millis() as u64)
+                .into();
+        }
+        Ok(Left::Released) => report["released"] = true.into(),
+        Ok(Left::NotMaster) => {}
+        Err(error) => report["error"] = error.to_string().into(),
+    }
+    report
 }
 
 impl NodeControl for Control {
@@ -147,11 +175,11 @@ impl NodeControl for Control {
         self.drained.load(Ordering::SeqCst)
     }
 
-    fn drain(self: Arc<Self>, force: bool) -> BoxFuture<Result<serde_json::Value, String>> {
+    fn drain(self: Arc<Self>, force: bool) -> BoxFuture<Result<serde_json::Value, ControlError>> {
         Box::pin(self.drain_now(force))
     }
 
-    fn resume(self: Arc<Self>) -> BoxFuture<serde_json::Value> {
+    fn resume(self: Arc<Self>) -> BoxFuture<Result<serde_json::Value, ControlError>> {
         Box::pin(self.resume_now())
     }
 }
@@ -188,17 +216,55 @@ async fn wait_for_master(group: &GroupHandle, to: IpAddr) -> Option<()> {
     .map(|_| ())
 }
 
-/// Writes the marker atomically (temporary file, then rename): a torn write must not leave a
-/// marker that reads as something else.
+/// Writes the marker durably: a temporary file, synced, renamed over the marker, and the
+/// directory synced, so that a power cut right after `palisade drain` answered cannot bring
+/// the node back in service.
 fn write_marker(path: &Path) -> std::io::Result<()> {
+    use std::io::Write;
     let since = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|elapsed| elapsed.as_secs())
         .unwrap_or(0);
     let temporary = path.with_extension("tmp");
-    std::fs::write(
-        &temporary,
-        format!("drained by `palisade drain` at unix time {since}; undo with `palisade resume`\n"),
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(
+        format!("drained by `palisade drain` at unix time {since}; undo with `palisade resume`\n")
+            .as_bytes(),
     )?;
-    std::fs::rename(&temporary, path)
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)?;
+    sync_parent(path);
+    Ok(())
+}
+
+/// Makes a rename or removal in `path`'s directory durable. Best effort: some filesystems
+/// cannot sync a directory, and the change itself has already happened.
+fn sync_parent(path: &Path) {
+    if let Some(parent) = path.parent()
+        && let Ok(directory) = std::fs::File::open(parent)
+        && let Err(error) = directory.sync_all()
+    {
+        tracing::warn!(directory = %parent.display(), %error, "cannot sync the data directory");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marker_round_trip_and_an_unreadable_marker_counts_as_drained() {
+        let dir = std::env::temp_dir().join(format!("palisade-control-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|error| panic!("{error}"));
+        assert!(!drained_at_start(&dir));
+        write_marker(&dir.join(MARKER)).unwrap_or_else(|error| panic!("{error}"));
+        assert!(drained_at_start(&dir));
+        assert!(!dir.join("drained.tmp").exists());
+        // A data directory that is a file: the check fails, the node starts drained.
+        let not_a_dir = dir.join("file");
+        std::fs::write(&not_a_dir, b"").unwrap_or_else(|error| panic!("{error}"));
+        assert!(drained_at_start(&not_a_dir));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

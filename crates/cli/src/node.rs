@@ -169,6 +169,7 @@ async fn serve(
         config.hostname.clone(),
         groups.clone(),
         &config.data_dir,
+        start_drained,
     ));
     let admin_state = palisade_admin::AdminState {
         registry: Arc::new(registry),

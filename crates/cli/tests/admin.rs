@@ -1,6 +1,6 @@
 //! The admin plane of a single node, with the real binary and curl: `palisade drain` /
 //! `palisade resume` through the admin API, what `/healthz` and `palisade status` say, and
-//! that the state-changing endpoints take JSON only.
+//! that the state-changing endpoints take JSON only, from this node only.
 
 use palisade_e2e::curl;
 use palisade_e2e::node::NodeProcess;
@@ -75,6 +75,25 @@ async fn drain_and_resume_a_node_without_ha_groups() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_that_cannot_be_recorded_changes_nothing() {
+    let node = NodeProcess::start(BIN, "", POLICY);
+    // The marker's place is taken by a non-empty directory: the rename cannot replace it.
+    let blocker = node.dir.0.join("data/drained");
+    std::fs::create_dir_all(blocker.join("x")).unwrap_or_else(|error| panic!("{error}"));
+    let drained = palisade(&node, &["drain"]);
+    let stderr = text(&drained.stderr);
+    assert_eq!(drained.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("drain failed (500): cannot record the drain"),
+        "{stderr}"
+    );
+    assert_eq!(
+        curl(&[&format!("http://{}/healthz", node.admin)]).status,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_changing_endpoints_take_json_only() {
     let node = NodeProcess::start(BIN, "", POLICY);
     let drain = format!("http://{}/drain", node.admin);
@@ -93,6 +112,19 @@ async fn state_changing_endpoints_take_json_only() {
     assert_eq!(unknown.status, 422, "{}", text(&unknown.body));
     let get = curl(&[&drain]);
     assert_eq!(get.status, 405);
+    // A name instead of an address: what a DNS-rebinding page in a browser on the node sends.
+    let rebound = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "-H",
+        "Host: rebound.example:4711",
+        "--data",
+        "{}",
+        &drain,
+    ]);
+    assert_eq!(rebound.status, 403, "{}", text(&rebound.body));
     assert_eq!(
         curl(&[&format!("http://{}/healthz", node.admin)]).status,
         200

@@ -744,7 +744,10 @@ fn drain_hands_over_at_once_survives_restart_and_resume_preempts() {
     );
     assert!(
         started.elapsed() < Duration::from_millis(1500)
-            && stdout.contains(&format!("handed over to {}", node2_host.addr)),
+            && stdout.contains(&format!(
+                "handed over to {} (master there after",
+                node2_host.addr
+            )),
         "drain took {:?} (VIP after {took:?}): {stdout}\n{}",
         started.elapsed(),
         logs()

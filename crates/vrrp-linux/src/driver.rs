@@ -81,6 +81,15 @@ pub enum GroupCommand {
     Drain(bool, oneshot::Sender<Left>),
 }
 
+/// Why a group task did not answer a command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NoAnswer {
+    #[error("the group's task has stopped (is the node shutting down?)")]
+    Gone,
+    #[error("the group did not answer within 2 s; the command may still take effect")]
+    Late,
+}
+
 /// What a group did on [`GroupCommand::Drain`] or [`GroupCommand::Shutdown`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Left {
@@ -114,17 +123,18 @@ impl GroupHandle {
         }
     }
 
-    /// `palisade drain` (`true`) or its undoing (`false`). `None` if the group task is gone.
-    pub async fn drain(&self, drained: bool) -> Option<Left> {
+    /// `palisade drain` (`true`) or its undoing (`false`).
+    pub async fn drain(&self, drained: bool) -> Result<Left, NoAnswer> {
         let (done, wait) = oneshot::channel();
         self.commands
             .send(GroupCommand::Drain(drained, done))
             .await
-            .ok()?;
-        tokio::time::timeout(Duration::from_secs(2), wait)
-            .await
-            .ok()?
-            .ok()
+            .map_err(|_| NoAnswer::Gone)?;
+        match tokio::time::timeout(Duration::from_secs(2), wait).await {
+            Ok(Ok(left)) => Ok(left),
+            Ok(Err(_)) => Err(NoAnswer::Gone),
+            Err(_) => Err(NoAnswer::Late),
+        }
     }
 }
 

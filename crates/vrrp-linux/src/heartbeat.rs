@@ -523,7 +523,7 @@ mod tests {
         forged_auth.extend([frame_type::AUTH, 0, 0]);
         forged_auth.extend([0u8; MAC_LEN]);
         let cases: [(&str, Vec<u8>); 6] = [
-            ("empty", Vec::new()),
+            ("truncated hello", vec![frame_type::HELLO, 0, 40, 1, 2]),
             ("payload too long", too_long),
             ("short hello", vec![frame_type::HELLO, 0, 3, 1, 2, 3]),
             ("not a hello", vec![frame_type::PING, 0, 0]),
@@ -538,13 +538,17 @@ mod tests {
             let Ok(addr) = listener.local_addr() else {
                 panic!("addr");
             };
+            let truncated = case == "truncated hello";
             let client = tokio::spawn(async move {
                 let Ok(mut stream) = TcpStream::connect(addr).await else {
                     panic!("connect");
                 };
                 let _ = stream.write_all(&bytes).await;
-                let _ = stream.shutdown().await;
-                // Keep reading so the server's challenge does not fail on a closed socket.
+                if truncated {
+                    let _ = stream.shutdown().await;
+                }
+                // Otherwise stay connected until the server gives up, so that its verdict is
+                // about the bytes, not about a closed socket.
                 let mut sink = Vec::new();
                 let _ = stream.read_to_end(&mut sink).await;
             });
@@ -552,7 +556,23 @@ mod tests {
                 panic!("accept");
             };
             let accepted = Link::accept(stream, GroupKey::new(b"k"), "node-b").await;
-            assert!(accepted.is_err(), "{case}: a link without the key");
+            let verdict = match &accepted {
+                Ok(_) => "a link".to_owned(),
+                Err(HeartbeatError::Malformed(why)) => format!("malformed: {why}"),
+                Err(HeartbeatError::Unauthenticated) => "unauthenticated".to_owned(),
+                Err(HeartbeatError::Io(error)) => format!("io: {:?}", error.kind()),
+                Err(other) => format!("{other}"),
+            };
+            let expected = match case {
+                "truncated hello" => "io: UnexpectedEof",
+                "payload too long" => "malformed: payload too long",
+                "short hello" => "malformed: short handshake",
+                "not a hello" => "malformed: expected hello",
+                "node id not UTF-8" => "malformed: node id not UTF-8",
+                _ => "unauthenticated",
+            };
+            assert_eq!(verdict, expected, "{case}");
+            drop(accepted);
             let _ = client.await;
         }
     }
