@@ -221,6 +221,11 @@ fn host_names_this_node(host: &str) -> bool {
     bare.eq_ignore_ascii_case("localhost") || bare.parse::<std::net::IpAddr>().is_ok()
 }
 
+/// The address the admin API is reachable on, for logs.
+pub fn describe(addr: SocketAddr) -> String {
+    format!("http://{addr}/")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,9 +279,4 @@ mod tests {
             assert!(!host_names_this_node(host), "{host}");
         }
     }
-}
-
-/// The address the admin API is reachable on, for logs.
-pub fn describe(addr: SocketAddr) -> String {
-    format!("http://{addr}/")
 }
