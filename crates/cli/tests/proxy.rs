@@ -1097,6 +1097,33 @@ fn version_and_help() {
     }
 }
 
+/// logrotate's way: the log is renamed, SIGHUP makes the node reopen its path, and records
+/// go to the new file from then on; nothing is lost or written to the rotated file after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_reopens_on_sighup_after_rotation() {
+    let origin = Origin::start().await;
+    let node = node();
+    let proxy = proxy_url(&node);
+    let log = node.dir.0.join("data").join("access.log");
+    let rotated = node.dir.0.join("data").join("access.log.1");
+    assert_eq!(curl(&["-x", &proxy, &origin.url("/small?before")]).status, 200);
+    node.wait_access_log(|record| record["url"] == origin.url("/small?before"), WAIT);
+    std::fs::rename(&log, &rotated).unwrap_or_else(|error| panic!("rotate: {error}"));
+    node.signal("HUP");
+    // The reopen is asynchronous: wait until the node has created the file again.
+    let deadline = std::time::Instant::now() + WAIT;
+    while !log.exists() {
+        assert!(std::time::Instant::now() < deadline, "access.log not reopened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(curl(&["-x", &proxy, &origin.url("/small?after")]).status, 200);
+    node.wait_access_log(|record| record["url"] == origin.url("/small?after"), WAIT);
+    let old = std::fs::read_to_string(&rotated).unwrap_or_default();
+    assert!(old.contains("/small?before") && !old.contains("/small?after"), "{old}");
+    let new = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!new.contains("/small?before"), "{new}");
+}
+
 // === regressions from the review of 2026-11-21 ===
 
 /// An upload that takes longer than read_timeout succeeds: the wait for the response starts
