@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use palisade_proxy::ForwardedFor;
 use palisade_proxy::access_log::{LogFormat, LogTarget};
 use palisade_proxy::http1::HeadLimits;
 use palisade_proxy::resolve::ResolverSettings;
@@ -200,6 +201,7 @@ mod raw {
         pub client_idle_timeout: Option<Spanned<String>>,
         pub tunnel_idle_timeout: Option<Spanned<String>>,
         pub drain_timeout: Option<Spanned<String>>,
+        pub forwarded_for: Option<Spanned<String>>,
         pub worker_threads: Option<Spanned<i64>>,
         #[serde(default)]
         pub upstream_pool: UpstreamPool,
@@ -797,6 +799,18 @@ impl Checker<'_> {
             pool,
             resolver,
             own_ports,
+            forwarded_for: self.choice(
+                raw.proxy.forwarded_for,
+                "proxy.forwarded_for",
+                &[
+                    ("transparent", ForwardedFor::Transparent),
+                    ("on", ForwardedFor::On),
+                    ("off", ForwardedFor::Off),
+                    ("truncate", ForwardedFor::Truncate),
+                    ("delete", ForwardedFor::Delete),
+                ],
+                ForwardedFor::Transparent,
+            ),
         };
         let drain_timeout = self.duration(
             raw.proxy.drain_timeout,

@@ -1097,6 +1097,59 @@ fn version_and_help() {
     }
 }
 
+/// `forwarded_for` does what Squid's directive of the same name does; the client's two
+/// `X-Forwarded-For` lines arrive merged into one list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_for_modes_as_squid() {
+    let origin = Origin::start().await;
+    for (mode, expected) in [
+        ("", Some("10.9.9.9, 10.8.8.8")),
+        (
+            "forwarded_for = \"transparent\"",
+            Some("10.9.9.9, 10.8.8.8"),
+        ),
+        (
+            "forwarded_for = \"on\"",
+            Some("10.9.9.9, 10.8.8.8, 127.0.0.1"),
+        ),
+        (
+            "forwarded_for = \"off\"",
+            Some("10.9.9.9, 10.8.8.8, unknown"),
+        ),
+        ("forwarded_for = \"truncate\"", Some("127.0.0.1")),
+        ("forwarded_for = \"delete\"", None),
+    ] {
+        let node = NodeProcess::start(BIN, mode, POLICY);
+        let path = format!("/small?mode={}", mode.len());
+        let output = curl(&[
+            "-x",
+            &proxy_url(&node),
+            "-H",
+            "X-Forwarded-For: 10.9.9.9",
+            "-H",
+            "X-Forwarded-For: 10.8.8.8",
+            &origin.url(&path),
+        ]);
+        assert_eq!(output.status, 200, "{mode}: {}", output.stderr);
+        let requests = origin.requests();
+        let recorded = requests.iter().find(|request| request.uri.ends_with(&path));
+        let seen: Vec<&str> = recorded
+            .map(|request| {
+                (request.headers.iter())
+                    .filter(|(name, _)| name.eq_ignore_ascii_case("x-forwarded-for"))
+                    .map(|(_, value)| value.as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let seen = if seen.is_empty() {
+            None
+        } else {
+            Some(seen.join(", "))
+        };
+        assert_eq!(seen.as_deref(), expected, "{mode}");
+    }
+}
+
 /// logrotate's way: the log is renamed, SIGHUP makes the node reopen its path, and records
 /// go to the new file from then on; nothing is lost or written to the rotated file after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1106,20 +1159,32 @@ async fn access_log_reopens_on_sighup_after_rotation() {
     let proxy = proxy_url(&node);
     let log = node.dir.0.join("data").join("access.log");
     let rotated = node.dir.0.join("data").join("access.log.1");
-    assert_eq!(curl(&["-x", &proxy, &origin.url("/small?before")]).status, 200);
+    assert_eq!(
+        curl(&["-x", &proxy, &origin.url("/small?before")]).status,
+        200
+    );
     node.wait_access_log(|record| record["url"] == origin.url("/small?before"), WAIT);
     std::fs::rename(&log, &rotated).unwrap_or_else(|error| panic!("rotate: {error}"));
     node.signal("HUP");
     // The reopen is asynchronous: wait until the node has created the file again.
     let deadline = std::time::Instant::now() + WAIT;
     while !log.exists() {
-        assert!(std::time::Instant::now() < deadline, "access.log not reopened");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "access.log not reopened"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(curl(&["-x", &proxy, &origin.url("/small?after")]).status, 200);
+    assert_eq!(
+        curl(&["-x", &proxy, &origin.url("/small?after")]).status,
+        200
+    );
     node.wait_access_log(|record| record["url"] == origin.url("/small?after"), WAIT);
     let old = std::fs::read_to_string(&rotated).unwrap_or_default();
-    assert!(old.contains("/small?before") && !old.contains("/small?after"), "{old}");
+    assert!(
+        old.contains("/small?before") && !old.contains("/small?after"),
+        "{old}"
+    );
     let new = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(!new.contains("/small?before"), "{new}");
 }

@@ -52,6 +52,26 @@ pub struct Config {
     pub resolver: ResolverSettings,
     /// Ports this node listens on; an own address on one of them is a forwarding loop.
     pub own_ports: Vec<u16>,
+    pub forwarded_for: ForwardedFor,
+}
+
+/// What the node does with `X-Forwarded-For` on forwarded requests: Squid's `forwarded_for`
+/// directive, same words.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ForwardedFor {
+    /// Pass whatever the client sent, add nothing (no internal address leaves the network
+    /// because of us).
+    #[default]
+    Transparent,
+    /// Append the client's address to the list the client sent (a parent proxy can then
+    /// apply per-client rules).
+    On,
+    /// Append `unknown` instead of the address.
+    Off,
+    /// Replace the list with just the client's address.
+    Truncate,
+    /// Remove the header.
+    Delete,
 }
 
 impl Default for Config {
@@ -67,6 +87,7 @@ impl Default for Config {
             pool: PoolSettings::default(),
             resolver: ResolverSettings::default(),
             own_ports: Vec::new(),
+            forwarded_for: ForwardedFor::default(),
         }
     }
 }

@@ -16,7 +16,6 @@ use super::{
     Client, Denial, Exchange, READ_CHUNK, client_wants_keep_alive, connect_failure,
     connect_upstream, refuse, respond_error,
 };
-use crate::Proxy;
 use crate::access_log::Decision;
 use crate::http1::chunked::{LAST_CHUNK, encode_chunk_header};
 use crate::http1::head::{find_head_end, parse_response};
@@ -24,6 +23,7 @@ use crate::http1::{ChunkError, ChunkedDecoder, Decoded, Framing, Head, HeadError
 use crate::target::AbsoluteTarget;
 use crate::tunnel;
 use crate::upstream::{PoolKey, UpstreamConn};
+use crate::{ForwardedFor, Proxy};
 
 /// Read size while streaming large bodies.
 const BODY_CHUNK: usize = 64 * 1024;
@@ -116,7 +116,14 @@ pub(super) async fn forward(
         && head
             .header("upgrade")
             .is_some_and(|value| value.eq_ignore_ascii_case(b"websocket"));
-    let request_head = build_upstream_request(proxy, &head, &target, max_forwards, wants_upgrade);
+    let request_head = build_upstream_request(
+        proxy,
+        &head,
+        &target,
+        max_forwards,
+        wants_upgrade,
+        exchange.client.ip(),
+    );
     // RFC 9110 9.2.2: only idempotent requests may be retried automatically, and only
     // bodiless ones can be, since the body is streamed, not kept.
     let retryable = matches!(
@@ -636,7 +643,9 @@ fn build_upstream_request(
     target: &AbsoluteTarget,
     max_forwards: Option<u64>,
     upgrade: bool,
+    client: IpAddr,
 ) -> BytesMut {
+    let forwarded_for = proxy.config.forwarded_for;
     let mut out = BytesMut::with_capacity(head.len() + 128);
     out.extend_from_slice(head.method().as_bytes());
     out.extend_from_slice(b" ");
@@ -654,6 +663,8 @@ fn build_upstream_request(
             || (max_forwards.is_some() && name.eq_ignore_ascii_case(b"max-forwards"))
             // An HTTP/1.0 client's Expect must be ignored (RFC 9110 10.1.1).
             || (head.version == Version::Http10 && name.eq_ignore_ascii_case(b"expect"))
+            || (forwarded_for != ForwardedFor::Transparent
+                && name.eq_ignore_ascii_case(b"x-forwarded-for"))
         {
             continue;
         }
@@ -665,6 +676,7 @@ fn build_upstream_request(
     if let Some(max_forwards) = max_forwards {
         out.extend_from_slice(format!("Max-Forwards: {}\r\n", max_forwards - 1).as_bytes());
     }
+    write_forwarded_for(&mut out, forwarded_for, head, client);
     out.extend_from_slice(b"Via: ");
     out.extend_from_slice(proxy.via_for(head.version).as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -682,6 +694,36 @@ fn build_upstream_request(
     }
     out.extend_from_slice(b"\r\n");
     out
+}
+
+/// One `X-Forwarded-For` line (the client's lines merged into one list, so that origins
+/// reading only the first line see it all), as `forwarded_for` says.
+fn write_forwarded_for(out: &mut BytesMut, mode: ForwardedFor, head: &Head, client: IpAddr) {
+    let hop = match mode {
+        ForwardedFor::Transparent | ForwardedFor::Delete => return,
+        ForwardedFor::On | ForwardedFor::Truncate => client.to_canonical().to_string(),
+        ForwardedFor::Off => "unknown".to_owned(),
+    };
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    let mut first = true;
+    if mode != ForwardedFor::Truncate {
+        for value in head.header_all("x-forwarded-for") {
+            let value = crate::http1::head::trim_ows(value);
+            if value.is_empty() {
+                continue;
+            }
+            if !first {
+                out.extend_from_slice(b", ");
+            }
+            out.extend_from_slice(value);
+            first = false;
+        }
+    }
+    if !first {
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(hop.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 fn write_response_head(
