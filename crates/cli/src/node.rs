@@ -161,6 +161,9 @@ async fn serve(
         tracing::warn!(marker = %config.data_dir.join("drained").display(), "starting drained: out of every HA group, /healthz answers 503 (undo with `palisade resume`)");
     }
     let (groups, mesh) = start_ha_groups(&config, start_drained).await?;
+    registry.register_collector(Box::new(palisade_vrrp_linux::metrics::HaMetrics::new(
+        groups.iter().map(|group| group.status.clone()).collect(),
+    )));
     let admin_listener = bind_retrying(config.admin_listen)
         .await
         .with_context(|| format!("cannot listen on {} (admin)", config.admin_listen))?;

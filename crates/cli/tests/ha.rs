@@ -771,6 +771,16 @@ fn drain_hands_over_at_once_survives_restart_and_resume_preempts() {
     );
     assert_eq!(status(&node1_host)["drained"], true);
     assert_eq!(status(&node1_host)["groups"][0]["state"], "FAULT");
+    let metrics = node1_host.run("curl", &["-s", "http://127.0.0.1:4711/metrics"]);
+    let metrics = String::from_utf8_lossy(&metrics.stdout).into_owned();
+    for line in [
+        "palisade_vrrp_state{instance=\"VI_1\",state=\"FAULT\"} 1",
+        "palisade_vrrp_drained{instance=\"VI_1\"} 1",
+        "palisade_vrrp_master_transitions_total{instance=\"VI_1\"} 1",
+        "palisade_vrrp_priority_zero_sent_total{instance=\"VI_1\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing in\n{metrics}");
+    }
 
     // Restarted, node1 is still drained: it never preempts node2 although its priority is
     // higher. Absence cannot be waited for; its Master_Down_Interval (3.4 s) plus a margin can.

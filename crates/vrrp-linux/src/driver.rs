@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use palisade_vrrp::{
     Action, Command, DecodeContext, Instant, PeerTable, Reason, Router, RouterConfig, RxError,
-    State, Transition, VrrpPriority,
+    State, Stats, Transition, VrrpPriority,
 };
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
@@ -69,6 +69,8 @@ pub struct GroupStatus {
     pub heartbeat: bool,
     /// The live, healthy peer that would take over if this node left (heartbeat only).
     pub successor: Option<IpAddr>,
+    /// The router's counters (adverts, transitions, discarded packets by reason).
+    pub stats: Stats,
 }
 
 pub enum GroupCommand {
@@ -647,6 +649,7 @@ fn status_of(
         drained: router.is_drained(),
         heartbeat,
         successor,
+        stats: router.stats().clone(),
     }
 }
 
