@@ -212,6 +212,34 @@ fn is_alive(pid: u32) -> bool {
     !palisade_e2e::ha::is_dead(pid)
 }
 
+/// node1 (priority 150) and node2 (100) at 1 s adverts with heartbeat links to each other,
+/// started (node2 first); and a closure that reads both logs for assertion messages.
+fn start_heartbeat_pair(
+    lab: &mut Lab,
+    dir: &std::path::Path,
+    vip: Ipv4Addr,
+) -> (HaNode, HaNode, impl Fn() -> String + use<>) {
+    let heartbeat = |peer: Ipv4Addr| {
+        format!(
+            "[heartbeat]\nlisten = \"0.0.0.0:9192\"\npeers = [\"{peer}:9192\"]\nkey = \"0123456789abcdef-group-key\"\n"
+        )
+    };
+    let (host1, host2) = (lab.host("node1").clone(), lab.host("node2").clone());
+    let mut node1 = HaNode::new(dir, &host1, "1s", 150, vip, &heartbeat(host2.addr));
+    let mut node2 = HaNode::new(dir, &host2, "1s", 100, vip, &heartbeat(host1.addr));
+    node2.start(lab, BIN);
+    node1.start(lab, BIN);
+    let (log1, log2) = (node1.log.clone(), node2.log.clone());
+    let logs = move || {
+        format!(
+            "node1:\n{}\nnode2:\n{}",
+            std::fs::read_to_string(&log1).unwrap_or_default(),
+            std::fs::read_to_string(&log2).unwrap_or_default()
+        )
+    };
+    (node1, node2, logs)
+}
+
 /// With heartbeat links, a master's process crash is seen when its kernel closes the link:
 /// the backup takes over in milliseconds although adverts are 1 s apart (Master_Down_Interval
 /// 3.6 s); a graceful stop hands over explicitly, without waiting for Skew_Time.
@@ -226,37 +254,7 @@ fn heartbeat_makes_crash_and_stop_failover_fast() {
     let node1_host = lab.host("node1").clone();
     let node2_host = lab.host("node2").clone();
     let client = lab.host("client").clone();
-    let heartbeat = |peer: Ipv4Addr| {
-        format!(
-            "[heartbeat]\nlisten = \"0.0.0.0:9192\"\npeers = [\"{peer}:9192\"]\nkey = \"0123456789abcdef-group-key\"\n"
-        )
-    };
-    let mut node1 = HaNode::new(
-        &dir.0,
-        &node1_host,
-        "1s",
-        150,
-        vip,
-        &heartbeat(node2_host.addr),
-    );
-    let mut node2 = HaNode::new(
-        &dir.0,
-        &node2_host,
-        "1s",
-        100,
-        vip,
-        &heartbeat(node1_host.addr),
-    );
-    node2.start(&mut lab, BIN);
-    node1.start(&mut lab, BIN);
-    let (log1_path, log2_path) = (node1.log.clone(), node2.log.clone());
-    let logs = move || {
-        format!(
-            "node1:\n{}\nnode2:\n{}",
-            std::fs::read_to_string(&log1_path).unwrap_or_default(),
-            std::fs::read_to_string(&log2_path).unwrap_or_default()
-        )
-    };
+    let (mut node1, node2, logs) = start_heartbeat_pair(&mut lab, &dir.0, vip);
     wait_for("node1 master", Duration::from_secs(15), || {
         node1_host.has_address(vip)
     });
@@ -686,37 +684,7 @@ fn drain_hands_over_at_once_survives_restart_and_resume_preempts() {
     let node1_host = lab.host("node1").clone();
     let node2_host = lab.host("node2").clone();
     let client = lab.host("client").clone();
-    let heartbeat = |peer: Ipv4Addr| {
-        format!(
-            "[heartbeat]\nlisten = \"0.0.0.0:9192\"\npeers = [\"{peer}:9192\"]\nkey = \"0123456789abcdef-group-key\"\n"
-        )
-    };
-    let mut node1 = HaNode::new(
-        &dir.0,
-        &node1_host,
-        "1s",
-        150,
-        vip,
-        &heartbeat(node2_host.addr),
-    );
-    let mut node2 = HaNode::new(
-        &dir.0,
-        &node2_host,
-        "1s",
-        100,
-        vip,
-        &heartbeat(node1_host.addr),
-    );
-    node2.start(&mut lab, BIN);
-    node1.start(&mut lab, BIN);
-    let (log1_path, log2_path) = (node1.log.clone(), node2.log.clone());
-    let logs = move || {
-        format!(
-            "node1:\n{}\nnode2:\n{}",
-            std::fs::read_to_string(&log1_path).unwrap_or_default(),
-            std::fs::read_to_string(&log2_path).unwrap_or_default()
-        )
-    };
+    let (mut node1, mut node2, logs) = start_heartbeat_pair(&mut lab, &dir.0, vip);
     let status = |host: &palisade_e2e::netns::LabHost| -> serde_json::Value {
         let output = host.run(BIN, &["status", "--json"]);
         serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null)
