@@ -94,6 +94,31 @@ fn keepalived_available(test: &str) -> bool {
     false
 }
 
+/// keepalived on host `ka` and palisade on host `pal` (100 ms adverts) in one VRID, started;
+/// and a closure that reads both logs for assertion messages.
+fn start_mixed_pair(
+    lab: &mut Lab,
+    dir: &std::path::Path,
+    vip: Ipv4Addr,
+    ka_priority: u8,
+    pal_priority: u8,
+) -> (HaNode, impl Fn() -> String + use<>) {
+    let (ka, pal) = (lab.host("ka").clone(), lab.host("pal").clone());
+    let ka_config = keepalived_config(dir, &ka, ka_priority, vip);
+    start_keepalived(lab, dir, &ka, &ka_config);
+    let mut pal_node = HaNode::new(dir, &pal, "100ms", pal_priority, vip, "");
+    pal_node.start(lab, BIN);
+    let (pal_log, ka_log) = (pal_node.log.clone(), dir.join("ka-ka.log"));
+    let logs = move || {
+        format!(
+            "palisade:\n{}\nkeepalived:\n{}",
+            std::fs::read_to_string(&pal_log).unwrap_or_default(),
+            std::fs::read_to_string(&ka_log).unwrap_or_default()
+        )
+    };
+    (pal_node, logs)
+}
+
 #[test]
 fn keepalived_master_hands_over_to_palisade_on_stop() {
     let test = "keepalived_master_hands_over_to_palisade_on_stop";
@@ -105,18 +130,7 @@ fn keepalived_master_hands_over_to_palisade_on_stop() {
     let vip = lab.spare_addr(100);
     let ka = lab.host("ka").clone();
     let pal = lab.host("pal").clone();
-    let ka_config = keepalived_config(&dir.0, &ka, 150, vip);
-    start_keepalived(&mut lab, &dir.0, &ka, &ka_config);
-    let mut pal_node = HaNode::new(&dir.0, &pal, "100ms", 100, vip, "");
-    pal_node.start(&mut lab, BIN);
-    let pal_log = pal_node.log.clone();
-    let logs = || {
-        format!(
-            "palisade:\n{}\nkeepalived:\n{}",
-            std::fs::read_to_string(&pal_log).unwrap_or_default(),
-            std::fs::read_to_string(dir.0.join("ka-ka.log")).unwrap_or_default()
-        )
-    };
+    let (_pal_node, logs) = start_mixed_pair(&mut lab, &dir.0, vip, 150, 100);
     wait_for("keepalived master", Duration::from_secs(10), || {
         ka.has_address(vip)
     });
@@ -148,18 +162,7 @@ fn palisade_master_fails_over_to_keepalived_and_preempts_back() {
     let vip = lab.spare_addr(100);
     let ka = lab.host("ka").clone();
     let pal = lab.host("pal").clone();
-    let ka_config = keepalived_config(&dir.0, &ka, 100, vip);
-    start_keepalived(&mut lab, &dir.0, &ka, &ka_config);
-    let mut pal_node = HaNode::new(&dir.0, &pal, "100ms", 150, vip, "");
-    pal_node.start(&mut lab, BIN);
-    let pal_log = pal_node.log.clone();
-    let logs = || {
-        format!(
-            "palisade:\n{}\nkeepalived:\n{}",
-            std::fs::read_to_string(&pal_log).unwrap_or_default(),
-            std::fs::read_to_string(dir.0.join("ka-ka.log")).unwrap_or_default()
-        )
-    };
+    let (mut pal_node, logs) = start_mixed_pair(&mut lab, &dir.0, vip, 100, 150);
     wait_for("palisade master", Duration::from_secs(10), || {
         pal.has_address(vip) && !ka.has_address(vip)
     });
