@@ -21,18 +21,7 @@ fn master_by_priority_crash_moves_vip_and_higher_priority_preempts() {
     let node1_host = lab.host("node1").clone();
     let node2_host = lab.host("node2").clone();
     let client = lab.host("client").clone();
-    let mut node1 = HaNode::new(&dir.0, &node1_host, "100ms", 150, vip, "");
-    let mut node2 = HaNode::new(&dir.0, &node2_host, "100ms", 100, vip, "");
-    node2.start(&mut lab, BIN);
-    node1.start(&mut lab, BIN);
-    let (log1_path, log2_path) = (node1.log.clone(), node2.log.clone());
-    let logs = move || {
-        format!(
-            "node1:\n{}\nnode2:\n{}",
-            std::fs::read_to_string(&log1_path).unwrap_or_default(),
-            std::fs::read_to_string(&log2_path).unwrap_or_default()
-        )
-    };
+    let (mut node1, node2, logs) = start_pair(&mut lab, &dir.0, vip, "100ms", false);
     // The higher priority wins the election.
     wait_for("node1 master", Duration::from_secs(10), || {
         node1_host.has_address(vip)
@@ -212,21 +201,28 @@ fn is_alive(pid: u32) -> bool {
     !palisade_e2e::ha::is_dead(pid)
 }
 
-/// node1 (priority 150) and node2 (100) at 1 s adverts with heartbeat links to each other,
-/// started (node2 first); and a closure that reads both logs for assertion messages.
-fn start_heartbeat_pair(
+/// node1 (priority 150) and node2 (100) of `VI_1` at `interval`, with heartbeat links to
+/// each other if `heartbeat`, started (node2 first); and a closure that reads both logs for
+/// assertion messages.
+fn start_pair(
     lab: &mut Lab,
     dir: &std::path::Path,
     vip: Ipv4Addr,
+    interval: &str,
+    heartbeat: bool,
 ) -> (HaNode, HaNode, impl Fn() -> String + use<>) {
-    let heartbeat = |peer: Ipv4Addr| {
-        format!(
-            "[heartbeat]\nlisten = \"0.0.0.0:9192\"\npeers = [\"{peer}:9192\"]\nkey = \"0123456789abcdef-group-key\"\n"
-        )
+    let extra = |peer: Ipv4Addr| {
+        if heartbeat {
+            format!(
+                "[heartbeat]\nlisten = \"0.0.0.0:9192\"\npeers = [\"{peer}:9192\"]\nkey = \"0123456789abcdef-group-key\"\n"
+            )
+        } else {
+            String::new()
+        }
     };
     let (host1, host2) = (lab.host("node1").clone(), lab.host("node2").clone());
-    let mut node1 = HaNode::new(dir, &host1, "1s", 150, vip, &heartbeat(host2.addr));
-    let mut node2 = HaNode::new(dir, &host2, "1s", 100, vip, &heartbeat(host1.addr));
+    let mut node1 = HaNode::new(dir, &host1, interval, 150, vip, &extra(host2.addr));
+    let mut node2 = HaNode::new(dir, &host2, interval, 100, vip, &extra(host1.addr));
     node2.start(lab, BIN);
     node1.start(lab, BIN);
     let (log1, log2) = (node1.log.clone(), node2.log.clone());
@@ -254,7 +250,7 @@ fn heartbeat_makes_crash_and_stop_failover_fast() {
     let node1_host = lab.host("node1").clone();
     let node2_host = lab.host("node2").clone();
     let client = lab.host("client").clone();
-    let (mut node1, node2, logs) = start_heartbeat_pair(&mut lab, &dir.0, vip);
+    let (mut node1, node2, logs) = start_pair(&mut lab, &dir.0, vip, "1s", true);
     wait_for("node1 master", Duration::from_secs(15), || {
         node1_host.has_address(vip)
     });
@@ -498,10 +494,7 @@ fn multicast_partition_heals_and_the_client_follows_the_winner() {
     let node1_host = lab.host("node1").clone();
     let node2_host = lab.host("node2").clone();
     let client = lab.host("client").clone();
-    let mut node1 = HaNode::new(&dir.0, &node1_host, "100ms", 150, vip, "");
-    let mut node2 = HaNode::new(&dir.0, &node2_host, "100ms", 100, vip, "");
-    node1.start(&mut lab, BIN);
-    node2.start(&mut lab, BIN);
+    let (node1, node2, _logs) = start_pair(&mut lab, &dir.0, vip, "100ms", false);
     wait_for("client reaches node1", Duration::from_secs(10), || {
         who_answers(&client, vip).as_deref() == Some("node1")
     });
@@ -684,7 +677,7 @@ fn drain_hands_over_at_once_survives_restart_and_resume_preempts() {
     let node1_host = lab.host("node1").clone();
     let node2_host = lab.host("node2").clone();
     let client = lab.host("client").clone();
-    let (mut node1, mut node2, logs) = start_heartbeat_pair(&mut lab, &dir.0, vip);
+    let (mut node1, mut node2, logs) = start_pair(&mut lab, &dir.0, vip, "1s", true);
     let status = |host: &palisade_e2e::netns::LabHost| -> serde_json::Value {
         let output = host.run(BIN, &["status", "--json"]);
         serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null)
