@@ -193,12 +193,17 @@ mod raw {
         pub listen: Option<Spanned<Vec<Spanned<String>>>>,
         pub test_listen: Option<Spanned<Vec<Spanned<String>>>>,
         pub max_connections: Option<Spanned<i64>>,
+        pub max_connections_per_source: Option<Spanned<i64>>,
         pub max_head_bytes: Option<Spanned<i64>>,
         pub max_headers: Option<Spanned<i64>>,
         pub max_request_line: Option<Spanned<i64>>,
         pub connect_timeout: Option<Spanned<String>>,
         pub read_timeout: Option<Spanned<String>>,
+        pub write_timeout: Option<Spanned<String>>,
+        pub first_byte_timeout: Option<Spanned<String>>,
         pub client_idle_timeout: Option<Spanned<String>>,
+        pub min_body_rate: Option<Spanned<i64>>,
+        pub body_rate_window: Option<Spanned<String>>,
         pub tunnel_idle_timeout: Option<Spanned<String>>,
         pub drain_timeout: Option<Spanned<String>>,
         pub forwarded_for: Option<Spanned<String>>,
@@ -704,6 +709,37 @@ impl Checker<'_> {
             1..=1_000_000,
             10_000,
         );
+        let max_connections_per_source = self.integer(
+            raw.proxy.max_connections_per_source,
+            "proxy.max_connections_per_source",
+            1..=1_000_000,
+            1_000,
+        );
+        let min_body_rate = self.integer(
+            raw.proxy.min_body_rate,
+            "proxy.min_body_rate",
+            0..=1_000_000_000,
+            500,
+        );
+        let body_rate_window = match raw.proxy.body_rate_window {
+            Some(value) => {
+                let window = self.duration(
+                    Some(value.clone()),
+                    "proxy.body_rate_window",
+                    Duration::from_secs(10),
+                );
+                if window < Duration::from_secs(1) {
+                    self.error(
+                        &value,
+                        "proxy.body_rate_window",
+                        &format!("{:?}", value.get_ref()),
+                        "must be at least 1s",
+                    );
+                }
+                window
+            }
+            None => Duration::from_secs(10),
+        };
         let max_head_bytes = self.integer(
             raw.proxy.max_head_bytes,
             "proxy.max_head_bytes",
@@ -776,6 +812,7 @@ impl Checker<'_> {
                 max_headers: max_headers as usize,
             },
             max_connections: max_connections as usize,
+            max_connections_per_source: max_connections_per_source as u32,
             connect_timeout: self.duration(
                 raw.proxy.connect_timeout,
                 "proxy.connect_timeout",
@@ -786,11 +823,23 @@ impl Checker<'_> {
                 "proxy.read_timeout",
                 Duration::from_secs(60),
             ),
+            write_timeout: self.duration(
+                raw.proxy.write_timeout,
+                "proxy.write_timeout",
+                Duration::from_secs(60),
+            ),
+            first_byte_timeout: self.duration(
+                raw.proxy.first_byte_timeout,
+                "proxy.first_byte_timeout",
+                Duration::from_secs(10),
+            ),
             client_idle_timeout: self.duration(
                 raw.proxy.client_idle_timeout,
                 "proxy.client_idle_timeout",
                 Duration::from_secs(60),
             ),
+            min_body_rate: min_body_rate as u64,
+            body_rate_window,
             tunnel_idle_timeout: self.duration(
                 raw.proxy.tunnel_idle_timeout,
                 "proxy.tunnel_idle_timeout",

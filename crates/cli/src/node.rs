@@ -50,6 +50,7 @@ pub fn run(config_file: Option<PathBuf>) -> anyhow::Result<()> {
         None => config::defaults(),
     };
     init_tracing(&config);
+    raise_fd_limit(config.proxy.max_connections);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let policy_file = match &config.policy_file {
@@ -99,13 +100,55 @@ fn load_policy(path: &Path, node: &NodeIdentity) -> anyhow::Result<CompiledPolic
     })
 }
 
+/// File descriptors one proxied connection can hold: a tunnel has two sockets and a pipe
+/// (two descriptors) per direction for splice.
+const FDS_PER_CONNECTION: u64 = 6;
+/// Descriptors for everything else: listeners, admin, heartbeat, logs, DNS, netlink.
+const FDS_RESERVED: u64 = 256;
+
+/// Raises the soft descriptor limit to the hard one (the usual 1024 soft limit would cap a
+/// proxy at ~170 tunnels), and warns when `max_connections` cannot be served with it.
+fn raise_fd_limit(max_connections: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the file descriptor limit");
+            return;
+        }
+    };
+    let limit = if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => {
+                tracing::info!(from = soft, to = hard, "raised the file descriptor limit");
+                hard
+            }
+            Err(error) => {
+                tracing::warn!(soft, hard, %error, "cannot raise the file descriptor limit");
+                soft
+            }
+        }
+    } else {
+        tracing::info!(limit = soft, "file descriptor limit");
+        soft
+    };
+    let needed = max_connections as u64 * FDS_PER_CONNECTION + FDS_RESERVED;
+    if limit < needed {
+        tracing::warn!(
+            "proxy.max_connections = {max_connections} needs up to {needed} file descriptors ({FDS_PER_CONNECTION} per tunnel) but the limit is {limit}: raise the hard limit (LimitNOFILE= in the systemd unit, ulimit -Hn) or lower proxy.max_connections"
+        );
+    }
+}
+
 fn init_tracing(config: &NodeConfig) {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into files or journald.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if config.log_json {
         builder.json().init();
     } else {

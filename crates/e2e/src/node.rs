@@ -185,6 +185,54 @@ impl NodeProcess {
         }
     }
 
+    /// The admin API's `/metrics` text.
+    pub fn metrics_text(&self) -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(self.admin)
+            .unwrap_or_else(|error| panic!("connect to admin {}: {error}", self.admin));
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let request = format!(
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.admin
+        );
+        stream
+            .write_all(request.as_bytes())
+            .unwrap_or_else(|error| panic!("write to admin: {error}"));
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .unwrap_or_else(|error| panic!("read from admin: {error}"));
+        response
+    }
+
+    /// The value of one sample of `/metrics`, named with its labels exactly as exposed
+    /// (`palisade_active_connections`, `palisade_refused_connections_total{reason="x"}`);
+    /// panics if the sample is missing, so a renamed metric fails the test.
+    pub fn metric(&self, sample: &str) -> f64 {
+        let text = self.metrics_text();
+        text.lines()
+            .find_map(|line| {
+                let value = line.strip_prefix(sample)?.strip_prefix(' ')?;
+                value.trim().parse::<f64>().ok()
+            })
+            .unwrap_or_else(|| panic!("no sample {sample} in /metrics:\n{text}"))
+    }
+
+    /// Waits until `condition` holds for the sample's value.
+    pub fn wait_metric(&self, sample: &str, condition: impl Fn(f64) -> bool, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let value = self.metric(sample);
+            if condition(value) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("{sample} is {value}, still not as expected after {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Resident memory of the process, from /proc.
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))

@@ -8,11 +8,11 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use palisade_policy::{Action, BlockPageContext, CompiledPolicy, RequestFacts};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -35,7 +35,7 @@ const READ_CHUNK: usize = 8 * 1024;
 const MAX_LOGGED_URL: usize = 4096;
 /// After a refusal, unread input is drained for at most this long before closing, so the
 /// close does not turn into a reset that destroys the error response (RFC 9112 9.6).
-const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
+const LINGER: Duration = Duration::from_millis(500);
 const LINGER_BYTES: usize = 64 * 1024;
 
 /// The client side of a connection.
@@ -60,14 +60,16 @@ pub(crate) async fn serve_connection(
         buf: BytesMut::new(),
         addr,
     };
+    let mut first = true;
     loop {
-        let head = match read_request_head(&proxy, &mut client, &shutdown).await {
+        let head = match read_request_head(&proxy, &mut client, &shutdown, first).await {
             HeadRead::Head(head) => head,
             HeadRead::Closed => break,
             HeadRead::Invalid(error) => {
                 let mut exchange = Exchange::new(&proxy, &client, "-", "-".to_owned());
                 exchange.reason = error.to_string();
-                respond_error(
+                // The connection closes next, delivered or not.
+                let _ = respond_error(
                     &proxy,
                     &mut client,
                     &mut exchange,
@@ -80,6 +82,7 @@ pub(crate) async fn serve_connection(
                 break;
             }
         };
+        first = false;
         // Boxed: the request future is large, and an idle kept-alive connection should not
         // carry its space while it waits for the next request.
         let keep_alive = Box::pin(handle_request(&proxy, &mut client, head, &shutdown)).await;
@@ -98,7 +101,7 @@ pub(crate) async fn serve_connection(
 /// Closes gracefully: send FIN, then read and discard what the client still sends for a
 /// moment. Closing with unread input makes the kernel send a reset, and a client that gets
 /// a reset may never read the response we just wrote.
-async fn linger_close(mut stream: TcpStream) {
+pub(crate) async fn linger_close(mut stream: TcpStream) {
     if stream.shutdown().await.is_err() {
         return;
     }
@@ -123,8 +126,16 @@ async fn read_request_head(
     proxy: &Proxy,
     client: &mut Client,
     shutdown: &CancellationToken,
+    first: bool,
 ) -> HeadRead {
     let limits = proxy.config.head_limits;
+    // A new connection must start talking sooner than a kept-alive one may idle: a silent
+    // connection holds a slot and does nothing for anyone.
+    let idle = if first {
+        proxy.config.first_byte_timeout
+    } else {
+        proxy.config.client_idle_timeout
+    };
     let mut scanned = 0;
     // Once a head has started it must be complete within read_timeout, however slowly its
     // bytes trickle in (slowloris).
@@ -145,7 +156,6 @@ async fn read_request_head(
         // Between requests, wait for readability without holding a buffer, and let a drain
         // close idle connections.
         if client.buf.is_empty() {
-            let idle = proxy.config.client_idle_timeout;
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return HeadRead::Closed,
@@ -157,8 +167,7 @@ async fn read_request_head(
             }
         }
         client.buf.reserve(READ_CHUNK);
-        let deadline =
-            head_deadline.unwrap_or_else(|| Instant::now() + proxy.config.client_idle_timeout);
+        let deadline = head_deadline.unwrap_or_else(|| Instant::now() + idle);
         let read = tokio::time::timeout_at(deadline, client.stream.read_buf(&mut client.buf)).await;
         match read {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return HeadRead::Closed,
@@ -269,12 +278,55 @@ async fn respond_error(
     status: u16,
     detail: &str,
     close: bool,
-) {
+) -> Delivered {
     let response = error_response(status, detail, proxy.stamp(exchange), close);
     exchange.status = status;
-    if client.stream.write_all(&response).await.is_ok() {
+    if write_client(proxy, &mut client.stream, &response)
+        .await
+        .is_ok()
+    {
         exchange.to_client += response.len() as u64;
+        Delivered::Yes
+    } else {
+        Delivered::No
     }
+}
+
+/// Whether a response we made reached the client's socket. One that did not (the client
+/// stopped reading, or went away) ends the connection whatever else was asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+enum Delivered {
+    Yes,
+    No,
+}
+
+/// `write_all` bounded in time: a peer that stops reading cannot hold a task forever.
+pub(crate) async fn write_all_timed<W: AsyncWrite + Unpin>(
+    to: &mut W,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Result<(), WriteError> {
+    match tokio::time::timeout(timeout, to.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(WriteError::Io(error)),
+        Err(_) => Err(WriteError::Timeout(timeout)),
+    }
+}
+
+/// Every write to a client goes through here: bounded by `write_timeout`, so a client that
+/// never reads is dropped whatever it pipelined (security review F2).
+pub(crate) async fn write_client<W: AsyncWrite + Unpin>(
+    proxy: &Proxy,
+    to: &mut W,
+    bytes: &[u8],
+) -> Result<(), WriteError> {
+    write_all_timed(to, bytes, proxy.config.write_timeout).await
+}
+
+pub(crate) enum WriteError {
+    Io(std::io::Error),
+    Timeout(Duration),
 }
 
 /// A refusal: status, how the access log classes it, why, and whether the connection must
@@ -321,7 +373,7 @@ async fn refuse(
 ) -> bool {
     let close = denial.close || head.framing != Framing::Empty || !client_wants_keep_alive(head);
     exchange.decision = denial.decision;
-    respond_error(
+    let delivered = respond_error(
         proxy,
         client,
         &mut exchange,
@@ -332,7 +384,7 @@ async fn refuse(
     .await;
     exchange.reason = denial.reason;
     proxy.finish(exchange);
-    !close
+    delivered == Delivered::Yes && !close
 }
 
 fn client_wants_keep_alive(head: &Head) -> bool {
@@ -570,7 +622,10 @@ async fn answer_max_forwards(
     };
     exchange.status = 200;
     exchange.decision = Decision::Allow;
-    if client.stream.write_all(response.as_bytes()).await.is_err() {
+    if write_client(proxy, &mut client.stream, response.as_bytes())
+        .await
+        .is_err()
+    {
         proxy.finish(exchange);
         return false;
     }
@@ -606,11 +661,14 @@ async fn block(
     exchange.status = 403;
     exchange.decision = Decision::Block;
     exchange.reason = format!("blocked by rule {}", exchange.rule);
-    if client.stream.write_all(&response).await.is_ok() {
+    let delivered = write_client(proxy, &mut client.stream, &response)
+        .await
+        .is_ok();
+    if delivered {
         exchange.to_client += response.len() as u64;
     }
     proxy.finish(exchange);
-    !close
+    delivered && !close
 }
 
 // === destination vetting ===
@@ -732,7 +790,10 @@ async fn connect_tunnel(
     let established = b"HTTP/1.1 200 Connection established\r\n\r\n";
     exchange.status = 200;
     exchange.decision = Decision::Allow;
-    if client.stream.write_all(established).await.is_err() {
+    if write_client(proxy, &mut client.stream, established)
+        .await
+        .is_err()
+    {
         proxy.finish(exchange);
         return false;
     }

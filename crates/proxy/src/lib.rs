@@ -5,6 +5,7 @@
 //! or the admin API, traffic keeps flowing under the last good policy.
 
 pub mod access_log;
+pub mod admission;
 mod conn;
 pub mod error_page;
 pub mod http1;
@@ -15,10 +16,11 @@ pub mod target;
 mod tunnel;
 pub mod upstream;
 
+use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use palisade_policy::CompiledPolicy;
@@ -26,7 +28,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use palisade_log_throttle::LogThrottle;
+
 use crate::access_log::AccessLog;
+use crate::admission::{ConnectionSlot, RefusedReason, SourceKey, SourceLimiter};
 use crate::http1::{HeadLimits, Version};
 use crate::metrics::ProxyMetrics;
 use crate::resolve::{Resolver, ResolverSettings};
@@ -41,11 +46,22 @@ pub struct Config {
     pub head_limits: HeadLimits,
     /// Client connections served at once; above it new connections get 503.
     pub max_connections: usize,
+    /// Client connections open at once from one source (an IPv4 address or an IPv6 /64);
+    /// above it new connections from that source are reset.
+    pub max_connections_per_source: u32,
     pub connect_timeout: Duration,
     /// Longest wait for the next bytes from an upstream or a client in mid-request.
     pub read_timeout: Duration,
+    /// Longest a write to a client or an upstream may wait for the peer to take the bytes.
+    pub write_timeout: Duration,
+    /// Longest wait for the first byte on a new client connection.
+    pub first_byte_timeout: Duration,
     /// Longest wait for the next request on a kept-alive client connection.
     pub client_idle_timeout: Duration,
+    /// A request body must arrive at least this fast (bytes per second, measured over
+    /// `body_rate_window`); 0 turns the check off.
+    pub min_body_rate: u64,
+    pub body_rate_window: Duration,
     /// A tunnel (CONNECT, upgrade) with no bytes either way for this long is closed.
     pub tunnel_idle_timeout: Duration,
     pub pool: PoolSettings,
@@ -80,9 +96,14 @@ impl Default for Config {
             node_hostname: "palisade".to_owned(),
             head_limits: HeadLimits::default(),
             max_connections: 10_000,
+            max_connections_per_source: 1_000,
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(60),
+            first_byte_timeout: Duration::from_secs(10),
             client_idle_timeout: Duration::from_secs(60),
+            min_body_rate: 500,
+            body_rate_window: Duration::from_secs(10),
             tunnel_idle_timeout: Duration::from_secs(600),
             pool: PoolSettings::default(),
             resolver: ResolverSettings::default(),
@@ -107,8 +128,16 @@ pub struct Proxy {
     via_token: String,
     via_http10: String,
     via_http11: String,
-    request_id_prefix: u32,
+    /// Request ids are a keyed hash of a counter: unique, and they say nothing about the
+    /// node's start time or how many requests it has served.
+    request_id_key: std::hash::RandomState,
     request_counter: AtomicU64,
+    sources: Arc<SourceLimiter>,
+    /// One log line per interval for connections refused at accept: anyone can cause them.
+    refused_log: LogThrottle,
+    /// Shed connections that linger to deliver their 503; bounded so that shedding costs
+    /// nothing that grows with the overload.
+    shed_lingering: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,11 +158,7 @@ impl Proxy {
         let pool = Pool::new(config.pool);
         let node: Arc<str> = Arc::from(config.node_hostname.as_str());
         let via_token = format!("{node} (palisade)");
-        // Request ids: start time plus a counter, unique per node across restarts.
-        let request_id_prefix = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|since| since.as_secs() as u32)
-            .unwrap_or(0);
+        let sources = SourceLimiter::new(config.max_connections_per_source);
         Ok(Arc::new(Proxy {
             config,
             policy,
@@ -146,14 +171,17 @@ impl Proxy {
             via_http10: format!("1.0 {via_token}"),
             via_http11: format!("1.1 {via_token}"),
             via_token,
-            request_id_prefix,
+            request_id_key: std::hash::RandomState::new(),
             request_counter: AtomicU64::new(0),
+            sources,
+            refused_log: LogThrottle::new(REFUSED_LOG_INTERVAL),
+            shed_lingering: Arc::new(tokio::sync::Semaphore::new(SHED_LINGER_MAX)),
         }))
     }
 
     fn next_request_id(&self) -> String {
         let counter = self.request_counter.fetch_add(1, Ordering::Relaxed);
-        format!("{:08x}-{counter:x}", self.request_id_prefix)
+        format!("{:016x}", self.request_id_key.hash_one(counter))
     }
 
     /// Our `Via` entry for a message received with `version`.
@@ -202,8 +230,18 @@ impl Proxy {
                     continue;
                 }
             };
+            // Judged on the address before anything is read or held (security review F1).
+            let client_ip = ssrf::canonical(client.ip());
+            if !self.policy.load().client_allowed(client_ip) {
+                self.refuse_connection(stream, client, RefusedReason::ClientNotAllowed);
+                continue;
+            }
+            let Some(source_slot) = self.sources.try_take(SourceKey::of(client_ip)) else {
+                self.refuse_connection(stream, client, RefusedReason::PerSourceLimit);
+                continue;
+            };
             if self.metrics.active_connections.get() as usize >= self.config.max_connections {
-                self.shed(stream);
+                self.shed(stream, &tracker);
                 continue;
             }
             // Counted before the task starts, so a burst of accepts cannot overshoot the
@@ -212,15 +250,37 @@ impl Proxy {
             let proxy = self.clone();
             let shutdown = shutdown.clone();
             tracker.spawn(async move {
-                let _slot = slot;
+                let _slots = (slot, source_slot);
                 conn::serve_connection(proxy, stream, client, shutdown).await;
             });
         }
     }
 
-    /// Over the connection limit: one non-blocking write of a 503, then close. Shedding
-    /// must cost nothing that grows with the overload, so there is no task and no wait.
-    fn shed(&self, stream: TcpStream) {
+    /// A connection refused at accept: reset, counted, and logged at a bounded rate.
+    fn refuse_connection(&self, stream: TcpStream, client: SocketAddr, reason: RefusedReason) {
+        admission::reset(stream);
+        self.metrics
+            .refused_connections
+            .get_or_create(&metrics::ReasonLabels {
+                reason: reason.as_str(),
+            })
+            .inc();
+        if let Some(suppressed) = self.refused_log.admit() {
+            tracing::warn!(
+                %client,
+                reason = reason.as_str(),
+                suppressed,
+                "client connection refused at accept (lines for the others are suppressed for {}s; see palisade_refused_connections_total)",
+                REFUSED_LOG_INTERVAL.as_secs()
+            );
+        }
+    }
+
+    /// Over the connection limit: one non-blocking write of a 503, then a half-close and a
+    /// short linger so the client reads the 503 rather than a reset (a close with its
+    /// request unread would reset). At most `SHED_LINGER_MAX` linger at once; beyond that
+    /// the connection is closed at once, after draining what has arrived.
+    fn shed(&self, stream: TcpStream, tracker: &TaskTracker) {
         self.metrics.shed_connections.inc();
         let request_id = self.next_request_id();
         let response = error_page::error_response(
@@ -233,28 +293,26 @@ impl Proxy {
             true,
         );
         let _ = stream.try_write(&response);
-    }
-}
-
-/// One counted client connection; gives the count back when dropped.
-struct ConnectionSlot {
-    gauge: prometheus_client::metrics::gauge::Gauge,
-}
-
-impl ConnectionSlot {
-    fn take(gauge: &prometheus_client::metrics::gauge::Gauge) -> ConnectionSlot {
-        gauge.inc();
-        ConnectionSlot {
-            gauge: gauge.clone(),
+        match self.shed_lingering.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tracker.spawn(async move {
+                    conn::linger_close(stream).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                let mut scratch = [0u8; 4096];
+                while matches!(stream.try_read(&mut scratch), Ok(read) if read > 0) {}
+                let _ = socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Write);
+            }
         }
     }
 }
 
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.gauge.dec();
-    }
-}
+/// Refused-at-accept connections get one log line per this interval.
+const REFUSED_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// Shed connections lingering at once to deliver their 503.
+const SHED_LINGER_MAX: usize = 256;
 
 /// Binds a listening socket the way a proxy wants it: SO_REUSEADDR for fast restarts and a
 /// deep accept backlog.

@@ -19,11 +19,18 @@ pub struct DirectionLabels {
     pub direction: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
 #[derive(Clone)]
 pub struct ProxyMetrics {
     pub requests: Family<RequestLabels, Counter>,
     pub active_connections: Gauge,
     pub shed_connections: Counter,
+    /// Connections reset at accept, by reason (`RefusedReason`).
+    pub refused_connections: Family<ReasonLabels, Counter>,
     pub upstream_connect_seconds: Histogram,
     pub bytes: Family<DirectionLabels, Counter>,
     pub access_log_dropped: Counter,
@@ -51,6 +58,7 @@ impl ProxyMetrics {
             requests: Family::default(),
             active_connections: Gauge::default(),
             shed_connections: Counter::default(),
+            refused_connections: Family::default(),
             // 0.1 ms .. ~3.3 s
             upstream_connect_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             bytes,
@@ -70,6 +78,17 @@ impl ProxyMetrics {
             "palisade_shed_connections",
             "Client connections refused with 503 because the connection limit was reached",
             metrics.shed_connections.clone(),
+        );
+        // Every reason present from the start, so a dashboard sees 0 rather than nothing.
+        for reason in crate::admission::RefusedReason::ALL {
+            let _ = metrics.refused_connections.get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            });
+        }
+        registry.register(
+            "palisade_refused_connections",
+            "Client connections reset at accept, before reading a byte: client_not_allowed (not in access.clients), per_source_limit (max_connections_per_source reached)",
+            metrics.refused_connections.clone(),
         );
         registry.register(
             "palisade_upstream_connect_seconds",

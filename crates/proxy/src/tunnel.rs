@@ -203,7 +203,9 @@ async fn copy_direction(
 ) -> u64 {
     let mut copied = 0u64;
     if !pending.is_empty() {
-        if to.write_all(&pending).await.is_err() {
+        // Bounded like every other tunnel write: a peer that never reads is idle.
+        let written = tokio::time::timeout(idle, to.write_all(&pending)).await;
+        if !matches!(written, Ok(Ok(()))) {
             return copied;
         }
         copied += pending.len() as u64;

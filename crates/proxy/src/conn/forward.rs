@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Client, Denial, Exchange, READ_CHUNK, client_wants_keep_alive, connect_failure,
-    connect_upstream, refuse, respond_error,
+    Client, Denial, Exchange, READ_CHUNK, WriteError, client_wants_keep_alive, connect_failure,
+    connect_upstream, refuse, respond_error, write_all_timed, write_client,
 };
 use crate::access_log::Decision;
 use crate::http1::chunked::{LAST_CHUNK, encode_chunk_header};
@@ -57,6 +57,8 @@ enum ExchangeError {
     ClientClosedEarly,
     #[error("client body timed out")]
     ClientTimeout,
+    #[error("client sent the request body slower than {min_rate} B/s over {window:?}")]
+    ClientTooSlow { min_rate: u64, window: Duration },
     #[error("malformed chunked request body: {0}")]
     BadRequestBody(ChunkError),
     #[error("malformed chunked response body: {0}")]
@@ -72,6 +74,7 @@ impl ExchangeError {
     fn status(&self) -> u16 {
         match self {
             ExchangeError::UpstreamTimeout(_) => 504,
+            ExchangeError::ClientTooSlow { .. } => 408,
             ExchangeError::BadRequestBody(_) => 400,
             ExchangeError::ClientIo(_)
             | ExchangeError::ClientClosedEarly
@@ -177,7 +180,8 @@ pub(super) async fn forward(
                     error,
                     ExchangeError::ClientIo(_) | ExchangeError::ClientClosedEarly
                 ) {
-                    respond_error(
+                    // The connection closes next, delivered or not.
+                    let _ = respond_error(
                         proxy,
                         client,
                         &mut exchange,
@@ -201,7 +205,8 @@ pub(super) async fn forward(
     if response.status() == 101 {
         if !wants_upgrade {
             let error = ExchangeError::UnexpectedUpgrade;
-            respond_error(proxy, client, &mut exchange, 502, &error.to_string(), true).await;
+            let _ =
+                respond_error(proxy, client, &mut exchange, 502, &error.to_string(), true).await;
             exchange.decision = Decision::Error;
             exchange.reason = error.to_string();
             proxy.finish(exchange);
@@ -276,18 +281,21 @@ async fn send_request(
     exchange: &mut Exchange,
 ) -> Result<(Head, BodyState), ExchangeError> {
     let read_timeout = proxy.config.read_timeout;
-    let limits = proxy.config.head_limits;
-    write_all_timed(&mut upstream.stream, request_head, read_timeout)
-        .await
-        .map_err(upstream_write_error)?;
+    write_all_timed(
+        &mut upstream.stream,
+        request_head,
+        proxy.config.write_timeout,
+    )
+    .await
+    .map_err(upstream_write_error)?;
     if head.framing == Framing::Empty {
         let (mut upstream_read, _) = upstream.stream.split();
         let response = read_response_head(
+            proxy,
             &mut upstream_read,
             &mut upstream.buf,
             &mut client.stream,
             head,
-            limits,
             ResponseWait::Deadline(Instant::now() + read_timeout, read_timeout),
             &mut exchange.to_client,
         )
@@ -300,22 +308,22 @@ async fn send_request(
     let mut to_client = 0u64;
     let outcome = {
         let body = copy_request_body(
+            proxy,
             &mut client.buf,
             &mut client_read,
             &mut upstream_write,
             head.framing,
-            read_timeout,
             &mut from_client,
         );
         // The origin may answer only once it has the whole body, however long the upload
         // takes: the wait for its response starts counting when the body is complete (the
         // upload itself is bounded by per-read and per-write timeouts).
         let response = read_response_head(
+            proxy,
             &mut upstream_read,
             &mut upstream.buf,
             &mut client_write,
             head,
-            limits,
             ResponseWait::Unbounded,
             &mut to_client,
         );
@@ -347,24 +355,6 @@ async fn send_request(
     outcome
 }
 
-/// `write_all` bounded in time: a peer that stops reading cannot hold a task forever.
-async fn write_all_timed<W: AsyncWrite + Unpin>(
-    to: &mut W,
-    bytes: &[u8],
-    timeout: Duration,
-) -> Result<(), WriteError> {
-    match tokio::time::timeout(timeout, to.write_all(bytes)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) => Err(WriteError::Io(error)),
-        Err(_) => Err(WriteError::Timeout(timeout)),
-    }
-}
-
-enum WriteError {
-    Io(std::io::Error),
-    Timeout(Duration),
-}
-
 fn upstream_write_error(error: WriteError) -> ExchangeError {
     match error {
         WriteError::Io(error) => ExchangeError::UpstreamIo(error),
@@ -382,28 +372,28 @@ fn client_write_error(error: WriteError) -> ExchangeError {
 /// Streams the request body to the origin, re-framed: Content-Length bodies byte-exact,
 /// chunked bodies decoded strictly and re-encoded by us.
 async fn copy_request_body<R, W>(
+    proxy: &Proxy,
     buf: &mut BytesMut,
     from: &mut R,
     to: &mut W,
     framing: Framing,
-    read_timeout: Duration,
     counted: &mut u64,
 ) -> Result<(), ExchangeError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let write_timeout = proxy.config.write_timeout;
+    let mut pace = BodyPace::new(&proxy.config);
     match framing {
         Framing::Empty | Framing::UntilClose => Ok(()),
         Framing::Length(mut remaining) => {
             while remaining > 0 {
                 if buf.is_empty() {
-                    fill(from, buf, BODY_CHUNK, read_timeout)
-                        .await
-                        .map_err(client_read_error)?;
+                    pace.fill(from, buf).await?;
                 }
                 let take = remaining.min(buf.len() as u64) as usize;
-                write_all_timed(to, &buf[..take], read_timeout)
+                write_all_timed(to, &buf[..take], write_timeout)
                     .await
                     .map_err(upstream_write_error)?;
                 buf.advance(take);
@@ -425,17 +415,15 @@ where
                         encode_chunk_header(data.len(), &mut out);
                         out.extend_from_slice(&data);
                         out.extend_from_slice(b"\r\n");
-                        write_all_timed(to, &out, read_timeout)
+                        write_all_timed(to, &out, write_timeout)
                             .await
                             .map_err(upstream_write_error)?;
                     }
                     Decoded::NeedMore => {
-                        fill(from, buf, BODY_CHUNK, read_timeout)
-                            .await
-                            .map_err(client_read_error)?;
+                        pace.fill(from, buf).await?;
                     }
                     Decoded::Done => {
-                        write_all_timed(to, LAST_CHUNK, read_timeout)
+                        write_all_timed(to, LAST_CHUNK, write_timeout)
                             .await
                             .map_err(upstream_write_error)?;
                         return Ok(());
@@ -446,18 +434,86 @@ where
     }
 }
 
+/// The request body's minimum rate (security review F11). A per-read timeout alone lets a
+/// client send one byte just before each timeout and hold its connection and an upstream
+/// connection for ever; a total deadline would cut large legitimate uploads. So, as Apache's
+/// `mod_reqtimeout` does: over every `body_rate_window` of time spent waiting for the client
+/// (time the upstream takes to accept bytes is not the client's fault and is not counted),
+/// at least `min_body_rate` bytes per second must arrive.
+struct BodyPace {
+    read_timeout: Duration,
+    min_rate: u64,
+    window: Duration,
+    waited: Duration,
+    received: u64,
+}
+
+impl BodyPace {
+    fn new(config: &crate::Config) -> BodyPace {
+        BodyPace {
+            read_timeout: config.read_timeout,
+            min_rate: config.min_body_rate,
+            window: config.body_rate_window,
+            waited: Duration::ZERO,
+            received: 0,
+        }
+    }
+
+    /// Reads at least one byte of body into `buf`.
+    async fn fill<R: AsyncRead + Unpin>(
+        &mut self,
+        from: &mut R,
+        buf: &mut BytesMut,
+    ) -> Result<usize, ExchangeError> {
+        buf.reserve(BODY_CHUNK);
+        let read_deadline = Instant::now() + self.read_timeout;
+        loop {
+            let started = Instant::now();
+            // Wake at the end of the window to judge the rate even if nothing arrives.
+            let window_end = (self.min_rate > 0).then(|| started + (self.window - self.waited));
+            let deadline = window_end.map_or(read_deadline, |end| end.min(read_deadline));
+            let read = tokio::time::timeout_at(deadline, from.read_buf(buf)).await;
+            let read = match read {
+                Ok(Ok(0)) => return Err(ExchangeError::ClientClosedEarly),
+                Ok(Ok(read)) => read,
+                Ok(Err(error)) => return Err(ExchangeError::ClientIo(error)),
+                Err(_) if Instant::now() >= read_deadline => {
+                    return Err(ExchangeError::ClientTimeout);
+                }
+                Err(_) => 0,
+            };
+            self.record(started.elapsed(), read)?;
+            if read > 0 {
+                return Ok(read);
+            }
+        }
+    }
+
+    fn record(&mut self, waited: Duration, received: usize) -> Result<(), ExchangeError> {
+        if self.min_rate == 0 {
+            return Ok(());
+        }
+        self.waited += waited;
+        self.received += received as u64;
+        if self.waited >= self.window {
+            let required = self.min_rate as u128 * self.waited.as_millis() / 1000;
+            if u128::from(self.received) < required {
+                return Err(ExchangeError::ClientTooSlow {
+                    min_rate: self.min_rate,
+                    window: self.window,
+                });
+            }
+            self.waited = Duration::ZERO;
+            self.received = 0;
+        }
+        Ok(())
+    }
+}
+
 enum FillError {
     Closed,
     Io(std::io::Error),
     Timeout,
-}
-
-fn client_read_error(error: FillError) -> ExchangeError {
-    match error {
-        FillError::Closed => ExchangeError::ClientClosedEarly,
-        FillError::Io(error) => ExchangeError::ClientIo(error),
-        FillError::Timeout => ExchangeError::ClientTimeout,
-    }
 }
 
 fn upstream_read_error(error: FillError, read_timeout: Duration) -> ExchangeError {
@@ -500,11 +556,11 @@ const MAX_INTERIM_RESPONSES: usize = 8;
 /// Reads the final response head, relaying interim responses (100, 102, 103) to HTTP/1.1
 /// clients with their fields (103 Early Hints carries `Link`).
 async fn read_response_head<R, W>(
+    proxy: &Proxy,
     from: &mut R,
     buf: &mut BytesMut,
     client: &mut W,
     request: &Head,
-    limits: crate::http1::HeadLimits,
     wait: ResponseWait,
     to_client: &mut u64,
 ) -> Result<Head, ExchangeError>
@@ -512,6 +568,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let limits = proxy.config.head_limits;
     for _ in 0..=MAX_INTERIM_RESPONSES {
         let mut scanned = 0;
         let raw = loop {
@@ -562,10 +619,9 @@ where
                 }
             }
             out.extend_from_slice(b"\r\n");
-            client
-                .write_all(&out)
+            write_client(proxy, client, &out)
                 .await
-                .map_err(ExchangeError::ClientIo)?;
+                .map_err(client_write_error)?;
             *to_client += out.len() as u64;
         }
     }
@@ -784,7 +840,7 @@ async fn copy_response_body(
     macro_rules! send {
         ($bytes:expr) => {{
             let bytes: &[u8] = $bytes;
-            if let Err(error) = write_all_timed(client, bytes, read_timeout).await {
+            if let Err(error) = write_client(proxy, client, bytes).await {
                 return Err((sent, client_write_error(error)));
             }
             sent += bytes.len() as u64;
@@ -920,7 +976,7 @@ async fn relay_upgrade(
     out.extend_from_slice(b"Via: ");
     out.extend_from_slice(proxy.via_for(response.version).as_bytes());
     out.extend_from_slice(b"\r\n\r\n");
-    if client.stream.write_all(&out).await.is_err() {
+    if write_client(proxy, &mut client.stream, &out).await.is_err() {
         proxy.finish(exchange);
         return false;
     }

@@ -1,0 +1,362 @@
+//! Hostile clients against the real binary: one regression test per finding of the security
+//! review (`../shared/research/security-review-2.md`), named for it, each failing on the
+//! code the review read (commit fe4121b) and passing since its fix.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use palisade_e2e::node::NodeProcess;
+use palisade_e2e::origin::Origin;
+use palisade_e2e::status_of;
+
+const BIN: &str = env!("CARGO_BIN_EXE_palisade");
+
+/// Only 127.0.0.1 may use the proxy (other loopback addresses play outsiders); test origins
+/// on 127.0.0.1 are exempt from SSRF protection; one host is blocked.
+const POLICY: &str = r#"
+default_action = "allow"
+[access]
+clients = ["127.0.0.1/32"]
+allow_destinations = ["127.0.0.1/32"]
+
+[[ruleset]]
+name = "test"
+  [[ruleset.rule]]
+  name = "blocked-host"
+  action = "block"
+  host = ["127.0.0.2"]
+"#;
+
+/// The same, with every loopback address a client.
+fn policy_all_loopback() -> String {
+    POLICY.replace(
+        "clients = [\"127.0.0.1/32\"]",
+        "clients = [\"127.0.0.0/8\"]",
+    )
+}
+
+fn connect_from(source: [u8; 4], to: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .unwrap_or_else(|error| panic!("socket: {error}"));
+    socket
+        .bind(&SocketAddr::from((source, 0)).into())
+        .unwrap_or_else(|error| panic!("bind {source:?}: {error}"));
+    socket
+        .connect(&to.into())
+        .unwrap_or_else(|error| panic!("connect {to}: {error}"));
+    socket.into()
+}
+
+/// Sends one request and reads the response until the proxy closes.
+fn exchange(stream: &mut TcpStream, request: &str) -> std::io::Result<Vec<u8>> {
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(request.as_bytes())?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    Ok(response)
+}
+
+fn get(origin: &Origin, path: &str) -> String {
+    format!(
+        "GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        origin.url(path)
+    )
+}
+
+/// Whether the peer has closed `stream` (EOF or reset), waiting at most `timeout`.
+fn closed_within(stream: &mut TcpStream, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut scratch = [0u8; 4096];
+    while Instant::now() < deadline {
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+        match stream.read(&mut scratch) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+// === F1: outsiders cannot take connection slots ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f1_clients_outside_the_allowlist_cannot_fill_max_connections() {
+    let origin = Origin::start().await;
+    let node = NodeProcess::start(BIN, "max_connections = 20", POLICY);
+    // More outsiders than there are slots, all silent.
+    let mut outsiders: Vec<TcpStream> = (0..40)
+        .map(|_| connect_from([127, 0, 0, 9], node.proxy))
+        .collect();
+    node.wait_metric(
+        "palisade_refused_connections_total{reason=\"client_not_allowed\"}",
+        |refused| refused >= 40.0,
+        Duration::from_secs(10),
+    );
+    // Each was reset at accept: none holds a slot.
+    for outsider in &mut outsiders {
+        assert!(closed_within(outsider, Duration::from_secs(5)));
+    }
+    assert_eq!(node.metric("palisade_active_connections"), 0.0);
+    let mut allowed = connect_from([127, 0, 0, 1], node.proxy);
+    let response = exchange(&mut allowed, &get(&origin, "/small"))
+        .unwrap_or_else(|error| panic!("allowed client: {error}"));
+    assert_eq!(status_of(&response), 200);
+    // Forty refusals, one log line (rate-limited).
+    let lines = node
+        .stderr()
+        .matches("client connection refused at accept")
+        .count();
+    assert_eq!(lines, 1, "{}", node.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_source_cap_resets_the_excess_and_spares_other_sources() {
+    let origin = Origin::start().await;
+    let node = NodeProcess::start(
+        BIN,
+        "max_connections_per_source = 3\nfirst_byte_timeout = \"30s\"",
+        &policy_all_loopback(),
+    );
+    let held: Vec<TcpStream> = (0..3)
+        .map(|_| connect_from([127, 0, 0, 3], node.proxy))
+        .collect();
+    node.wait_metric(
+        "palisade_active_connections",
+        |active| active >= 3.0,
+        Duration::from_secs(10),
+    );
+    let mut excess = connect_from([127, 0, 0, 3], node.proxy);
+    assert!(closed_within(&mut excess, Duration::from_secs(5)));
+    assert_eq!(
+        node.metric("palisade_refused_connections_total{reason=\"per_source_limit\"}"),
+        1.0
+    );
+    let mut other = connect_from([127, 0, 0, 1], node.proxy);
+    let response = exchange(&mut other, &get(&origin, "/small"))
+        .unwrap_or_else(|error| panic!("other source: {error}"));
+    assert_eq!(status_of(&response), 200);
+    // A slot given back is usable again.
+    drop(held);
+    node.wait_metric(
+        "palisade_active_connections",
+        |active| active == 0.0,
+        Duration::from_secs(10),
+    );
+    let mut again = connect_from([127, 0, 0, 3], node.proxy);
+    let response = exchange(&mut again, &get(&origin, "/small"))
+        .unwrap_or_else(|error| panic!("source after release: {error}"));
+    assert_eq!(status_of(&response), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_new_connection_is_closed_after_first_byte_timeout() {
+    let node = NodeProcess::start(
+        BIN,
+        "first_byte_timeout = \"1s\"\nclient_idle_timeout = \"60s\"",
+        POLICY,
+    );
+    let mut silent = connect_from([127, 0, 0, 1], node.proxy);
+    let opened = Instant::now();
+    // Well under client_idle_timeout: the first-byte timeout is what closes it.
+    assert!(closed_within(&mut silent, Duration::from_secs(20)));
+    assert!(opened.elapsed() >= Duration::from_millis(900));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fd_limit_is_raised_and_an_unservable_max_connections_is_warned() {
+    let node = NodeProcess::start(BIN, "max_connections = 1000000", POLICY);
+    node.wait_stderr("file descriptor limit", Duration::from_secs(10));
+    let limit = nix_soft_limit(node.pid());
+    let (_, hard) = own_limits();
+    assert_eq!(limit, hard, "the soft limit is raised to the hard one");
+    if hard < 6_000_256 {
+        node.wait_stderr(
+            "proxy.max_connections = 1000000 needs up to 6000256 file descriptors",
+            Duration::from_secs(10),
+        );
+    }
+}
+
+/// The soft `Max open files` of a process, from /proc.
+fn nix_soft_limit(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .unwrap_or_else(|error| panic!("/proc/{pid}/limits: {error}"));
+    limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .and_then(|line| line.split_whitespace().nth(3))
+        .and_then(|soft| soft.parse().ok())
+        .unwrap_or_else(|| panic!("no Max open files in {limits}"))
+}
+
+fn own_limits() -> (u64, u64) {
+    let limits = std::fs::read_to_string("/proc/self/limits")
+        .unwrap_or_else(|error| panic!("/proc/self/limits: {error}"));
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .unwrap_or_else(|| panic!("no Max open files in {limits}"));
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|field| field.parse().ok())
+        .collect();
+    match fields[..] {
+        [soft, hard] => (soft, hard),
+        _ => panic!("cannot read {line:?}"),
+    }
+}
+
+// === F2: a client that never reads is dropped after write_timeout ===
+
+/// Pipelines `request` many times on a connection with a tiny receive buffer that is never
+/// read, then checks the node drops the connection although the client keeps it open.
+fn never_reading_client_is_dropped(node: &NodeProcess, request: &str) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .unwrap_or_else(|error| panic!("socket: {error}"));
+    socket
+        .set_recv_buffer_size(4096)
+        .unwrap_or_else(|error| panic!("SO_RCVBUF: {error}"));
+    socket
+        .connect(&node.proxy.into())
+        .unwrap_or_else(|error| panic!("connect: {error}"));
+    let mut stream: TcpStream = socket.into();
+    node.wait_metric(
+        "palisade_active_connections",
+        |active| active == 1.0,
+        Duration::from_secs(10),
+    );
+    // The proxy stops reading once its writes block; our writes then block too.
+    stream
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap_or_else(|error| panic!("SO_SNDTIMEO: {error}"));
+    for _ in 0..300 {
+        if stream.write_all(request.as_bytes()).is_err() {
+            break;
+        }
+    }
+    // write_timeout is 2 s; read and idle timeouts are 60 s and cannot be what fires.
+    node.wait_metric(
+        "palisade_active_connections",
+        |active| active == 0.0,
+        Duration::from_secs(20),
+    );
+    drop(stream);
+}
+
+const NEVER_READS_CONFIG: &str =
+    "write_timeout = \"2s\"\nread_timeout = \"60s\"\nclient_idle_timeout = \"60s\"";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f2_trace_answers_to_a_client_that_never_reads_are_bounded() {
+    let node = NodeProcess::start(BIN, NEVER_READS_CONFIG, POLICY);
+    let pad = "A".repeat(60_000);
+    let request = format!(
+        "TRACE http://127.0.0.1:9/ HTTP/1.1\r\nHost: a\r\nMax-Forwards: 0\r\nX-Pad: {pad}\r\n\r\n"
+    );
+    never_reading_client_is_dropped(&node, &request);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f2_block_pages_to_a_client_that_never_reads_are_bounded() {
+    let node = NodeProcess::start(BIN, NEVER_READS_CONFIG, POLICY);
+    let long = "B".repeat(16_000);
+    let request = format!("GET http://127.0.0.2:9/{long} HTTP/1.1\r\nHost: a\r\n\r\n");
+    never_reading_client_is_dropped(&node, &request);
+}
+
+// === F11: request bodies have a minimum rate ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f11_a_body_trickling_under_the_minimum_rate_gets_408() {
+    let origin = Origin::start().await;
+    let node = NodeProcess::start(
+        BIN,
+        "read_timeout = \"5s\"\nmin_body_rate = 500\nbody_rate_window = \"2s\"",
+        POLICY,
+    );
+    let mut stream = connect_from([127, 0, 0, 1], node.proxy);
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n",
+        origin.url("/echo")
+    );
+    stream
+        .write_all(head.as_bytes())
+        .unwrap_or_else(|error| panic!("{error}"));
+    // One byte a second: every gap is far below read_timeout, the rate far below 500 B/s.
+    let started = Instant::now();
+    let mut response = Vec::new();
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(1000)));
+    while started.elapsed() < Duration::from_secs(30) {
+        if stream.write_all(b"x").is_err() {
+            break;
+        }
+        let mut buf = [0u8; 4096];
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(read) => response.extend_from_slice(&buf[..read]),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+        if status_of(&response) != 0 {
+            break;
+        }
+    }
+    assert_eq!(
+        status_of(&response),
+        408,
+        "{}",
+        String::from_utf8_lossy(&response)
+    );
+    let record = node.wait_access_log(|record| record["status"] == 408, Duration::from_secs(10));
+    assert!(
+        record["reason"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("slower than 500 B/s")),
+        "{record}"
+    );
+}
+
+// === F13: the shed 503 reaches the client ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f13_shed_503_is_delivered_not_reset() {
+    let origin = Origin::start().await;
+    let node = NodeProcess::start(
+        BIN,
+        "max_connections = 1\nfirst_byte_timeout = \"60s\"",
+        POLICY,
+    );
+    // The start-up probe's connections must be gone before ours takes the only slot.
+    node.wait_metric(
+        "palisade_active_connections",
+        |active| active == 0.0,
+        Duration::from_secs(10),
+    );
+    let _held = connect_from([127, 0, 0, 1], node.proxy);
+    node.wait_metric(
+        "palisade_active_connections",
+        |active| active == 1.0,
+        Duration::from_secs(10),
+    );
+    // Clients that send their request at once, as every client does: the shed connection
+    // has unread input when the proxy is done with it, which a plain close turns into a
+    // reset that can destroy the 503 before the client reads it.
+    for attempt in 0..30 {
+        let mut stream = connect_from([127, 0, 0, 1], node.proxy);
+        let request = get(&origin, "/small");
+        let response = exchange(&mut stream, &request)
+            .unwrap_or_else(|error| panic!("attempt {attempt}: {error}"));
+        assert_eq!(status_of(&response), 503, "attempt {attempt}");
+    }
+}
