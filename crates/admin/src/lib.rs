@@ -14,16 +14,24 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use hyper::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use palisade_log_throttle::LogThrottle;
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_service::Service;
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -68,18 +76,92 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-/// Serves the admin API on `listener` until `shutdown` fires.
+/// Bounds on the admin listener: it shares the process's file descriptors with the proxy, so
+/// idle or half-sent connections must not be able to pile up (security review F7).
+#[derive(Clone, Copy, Debug)]
+pub struct AdminLimits {
+    /// Connections served at once; more are reset at accept.
+    pub max_connections: usize,
+    /// A request head must arrive whole within this long, counted from the connection's
+    /// start or the end of the previous response: also the idle timeout of a kept-alive
+    /// connection.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        AdminLimits {
+            max_connections: 64,
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves the admin API on `listener` until `shutdown` fires; then in-flight requests finish.
 pub async fn serve(
     listener: TcpListener,
     state: AdminState,
+    limits: AdminLimits,
     shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
+) {
+    let router = router(state);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let refused_log = LogThrottle::new(Duration::from_secs(10));
+    let connections = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(%error, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+            drop(stream);
+            if let Some(suppressed) = refused_log.admit() {
+                tracing::warn!(
+                    %peer,
+                    suppressed,
+                    max_connections = limits.max_connections,
+                    "admin connection refused: at its connection limit"
+                );
+            }
+            continue;
+        };
+        let router = router.clone();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let _slot = slot;
+            let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                // What `into_make_service_with_connect_info` would insert: the gate needs
+                // the peer address.
+                request.extensions_mut().insert(ConnectInfo(peer));
+                router.clone().call(request)
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+    connections.close();
+    connections.wait().await;
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {

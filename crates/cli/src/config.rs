@@ -24,6 +24,7 @@ pub struct NodeConfig {
     pub listen: Vec<SocketAddr>,
     pub test_listen: Vec<SocketAddr>,
     pub admin_listen: SocketAddr,
+    pub admin_limits: palisade_admin::AdminLimits,
     pub worker_threads: usize,
     pub drain_timeout: Duration,
     pub proxy: palisade_proxy::Config,
@@ -240,6 +241,8 @@ mod raw {
     #[serde(deny_unknown_fields)]
     pub struct Admin {
         pub listen: Option<Spanned<String>>,
+        pub max_connections: Option<Spanned<i64>>,
+        pub header_read_timeout: Option<Spanned<String>>,
     }
 
     #[derive(Deserialize, Default)]
@@ -703,6 +706,19 @@ impl Checker<'_> {
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4711))),
             None => SocketAddr::from(([127, 0, 0, 1], 4711)),
         };
+        let admin_limits = palisade_admin::AdminLimits {
+            max_connections: self.integer(
+                raw.admin.max_connections,
+                "admin.max_connections",
+                1..=10_000,
+                64,
+            ) as usize,
+            header_read_timeout: self.duration(
+                raw.admin.header_read_timeout,
+                "admin.header_read_timeout",
+                Duration::from_secs(10),
+            ),
+        };
         let max_connections = self.integer(
             raw.proxy.max_connections,
             "proxy.max_connections",
@@ -942,6 +958,7 @@ impl Checker<'_> {
             listen,
             test_listen,
             admin_listen,
+            admin_limits,
             worker_threads: worker_threads as usize,
             drain_timeout,
             proxy,

@@ -226,6 +226,7 @@ async fn serve(
     tokio::spawn(palisade_admin::serve(
         admin_listener,
         admin_state,
+        config.admin_limits,
         admin_shutdown.clone(),
     ));
     tracing::info!(

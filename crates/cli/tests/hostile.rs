@@ -360,3 +360,74 @@ async fn f13_shed_503_is_delivered_not_reset() {
         assert_eq!(status_of(&response), 503, "attempt {attempt}");
     }
 }
+
+// === F7: the admin listener is bounded ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f7_admin_connections_that_send_nothing_or_half_a_head_are_closed() {
+    let node = NodeProcess::start_with_admin(BIN, "", "header_read_timeout = \"1s\"", POLICY);
+    let mut silent = connect_from([127, 0, 0, 1], node.admin);
+    let mut partial = connect_from([127, 0, 0, 1], node.admin);
+    partial
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .unwrap_or_else(|error| panic!("{error}"));
+    // Kept alive after a whole exchange, then idle.
+    let mut idle = connect_from([127, 0, 0, 1], node.admin);
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap_or_else(|error| panic!("{error}"));
+    let mut response = [0u8; 512];
+    let _ = idle.set_read_timeout(Some(Duration::from_secs(5)));
+    let read = idle.read(&mut response).unwrap_or(0);
+    assert_eq!(status_of(&response[..read]), 200);
+    // The timeout is 1 s; before the fix none of them was ever closed.
+    for (what, stream) in [
+        ("silent", &mut silent),
+        ("partial head", &mut partial),
+        ("idle keep-alive", &mut idle),
+    ] {
+        assert!(
+            closed_within(stream, Duration::from_secs(15)),
+            "{what} admin connection still open"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f7_admin_connection_cap_keeps_descriptors_for_the_proxy() {
+    let origin = Origin::start().await;
+    let node = NodeProcess::start_with_admin(
+        BIN,
+        "",
+        "max_connections = 4\nheader_read_timeout = \"60s\"",
+        POLICY,
+    );
+    let held: Vec<TcpStream> = (0..4)
+        .map(|_| connect_from([127, 0, 0, 1], node.admin))
+        .collect();
+    let mut over = connect_from([127, 0, 0, 1], node.admin);
+    assert!(
+        closed_within(&mut over, Duration::from_secs(10)),
+        "a fifth admin connection was served"
+    );
+    let mut client = connect_from([127, 0, 0, 1], node.proxy);
+    let response = exchange(&mut client, &get(&origin, "/small"))
+        .unwrap_or_else(|error| panic!("proxy client: {error}"));
+    assert_eq!(status_of(&response), 200);
+    drop(held);
+    // Slots given back: the admin API answers again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut stream = connect_from([127, 0, 0, 1], node.admin);
+        let answered = exchange(
+            &mut stream,
+            "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        )
+        .map(|response| status_of(&response) == 200)
+        .unwrap_or(false);
+        if answered {
+            break;
+        }
+        assert!(Instant::now() < deadline, "admin never answered again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -52,6 +52,16 @@ impl NodeProcess {
     /// Starts `binary run` with a config of free ports plus `extra_config` (TOML appended
     /// to the `[proxy]` table unless it opens its own tables), and `policy` as policy file.
     pub fn start(binary: &str, extra_config: &str, policy: &str) -> NodeProcess {
+        NodeProcess::start_with_admin(binary, extra_config, "", policy)
+    }
+
+    /// As `start`, with `admin_config` added to the `[admin]` table.
+    pub fn start_with_admin(
+        binary: &str,
+        extra_config: &str,
+        admin_config: &str,
+        policy: &str,
+    ) -> NodeProcess {
         let dir = TempDir::new("palisade-e2e");
         let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let test_port = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -59,7 +69,7 @@ impl NodeProcess {
         let policy_path = dir.0.join("policy.toml");
         std::fs::write(&policy_path, policy).unwrap_or_else(|error| panic!("policy: {error}"));
         let config = format!(
-            "[node]\nhostname = \"test-node\"\ndata_dir = {data:?}\n\n[policy]\nfile = {policy:?}\npoll_interval = \"100ms\"\n\n[admin]\nlisten = \"{admin}\"\n\n[proxy]\nlisten = [\"{proxy}\"]\ntest_listen = [\"{test_port}\"]\n{extra_config}\n",
+            "[node]\nhostname = \"test-node\"\ndata_dir = {data:?}\n\n[policy]\nfile = {policy:?}\npoll_interval = \"100ms\"\n\n[admin]\nlisten = \"{admin}\"\n{admin_config}\n\n[proxy]\nlisten = [\"{proxy}\"]\ntest_listen = [\"{test_port}\"]\n{extra_config}\n",
             data = dir.0.join("data"),
             policy = policy_path,
         );
