@@ -231,7 +231,7 @@ pub async fn spawn(
         router,
         epoch,
         status: status_tx,
-        last_rx_warning: None,
+        rx_warnings: palisade_log_throttle::LogThrottle::new(Duration::from_secs(10)),
         mesh,
         peers: PeerTable::new(),
         advertised_priority: None,
@@ -255,7 +255,9 @@ struct Driver {
     router: Router,
     epoch: std::time::Instant,
     status: watch::Sender<GroupStatus>,
-    last_rx_warning: Option<std::time::Instant>,
+    /// Forged or broken packets: counted per reason in the router's stats, logged at most
+    /// once per interval.
+    rx_warnings: palisade_log_throttle::LogThrottle,
     /// Heartbeat links to the other nodes, for take-over faster than the advert timer.
     mesh: Option<MeshHandle>,
     /// Peers' priorities in this group, as their heartbeat status says (0: out).
@@ -445,13 +447,8 @@ impl Driver {
             // Adverts of other groups on the same segment are normal.
             Err(RxError::OtherVrid { .. }) | Err(RxError::OwnAdvert) => {}
             Err(error) => {
-                // Peer garbage: counted in the router's stats, logged at most every 10 s.
-                let quiet = self
-                    .last_rx_warning
-                    .is_some_and(|last| last.elapsed() < Duration::from_secs(10));
-                if !quiet {
-                    self.last_rx_warning = Some(std::time::Instant::now());
-                    tracing::warn!(instance = %self.spec.name, source = %packet.source, %error, "VRRP packet discarded");
+                if let Some(suppressed) = self.rx_warnings.admit() {
+                    tracing::warn!(instance = %self.spec.name, source = %packet.source, %error, suppressed, "VRRP packet discarded");
                 }
             }
         }

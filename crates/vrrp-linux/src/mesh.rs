@@ -8,8 +8,10 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
+use palisade_log_throttle::LogThrottle;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -117,6 +119,9 @@ async fn accept_loop(
     config: MeshConfig,
     links: mpsc::UnboundedSender<LinkEvent>,
 ) {
+    // Anyone who can reach the port can cause these lines: one per interval each.
+    let unknown_log = Arc::new(LogThrottle::new(Duration::from_secs(10)));
+    let refused_log = Arc::new(LogThrottle::new(Duration::from_secs(10)));
     loop {
         let Ok((stream, remote)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -124,15 +129,22 @@ async fn accept_loop(
         };
         // Only configured peers may hold a link.
         if !config.peers.iter().any(|peer| peer.ip() == remote.ip()) {
-            tracing::warn!(%remote, "heartbeat connection from an unknown address refused");
+            if let Some(suppressed) = unknown_log.admit() {
+                tracing::warn!(%remote, suppressed, "heartbeat connection from an unknown address refused");
+            }
             continue;
         }
         let config = config.clone();
         let links = links.clone();
+        let refused_log = refused_log.clone();
         tokio::spawn(async move {
             match Link::accept(stream, config.key.clone(), &config.node_id).await {
                 Ok(link) => run_link(remote.ip(), link, &links).await,
-                Err(error) => tracing::warn!(%remote, %error, "heartbeat peer refused"),
+                Err(error) => {
+                    if let Some(suppressed) = refused_log.admit() {
+                        tracing::warn!(%remote, %error, suppressed, "heartbeat peer refused");
+                    }
+                }
             }
         });
     }
