@@ -208,6 +208,7 @@ mod raw {
         pub tunnel_idle_timeout: Option<Spanned<String>>,
         pub drain_timeout: Option<Spanned<String>>,
         pub forwarded_for: Option<Spanned<String>>,
+        pub refuse_escaped_slashes: Option<bool>,
         pub worker_threads: Option<Spanned<i64>>,
         #[serde(default)]
         pub upstream_pool: UpstreamPool,
@@ -674,12 +675,7 @@ impl Checker<'_> {
         let hostname = match raw.node.hostname {
             Some(value) => {
                 let name = value.get_ref().clone();
-                let valid = !name.is_empty()
-                    && name.len() <= 253
-                    && name
-                        .bytes()
-                        .all(|byte| byte.is_ascii_alphanumeric() || b"-._".contains(&byte));
-                if !valid {
+                if !is_valid_hostname(&name) {
                     self.error(
                         &value,
                         "node.hostname",
@@ -812,10 +808,16 @@ impl Checker<'_> {
             timeout: self.duration(raw.dns.timeout, "dns.timeout", Duration::from_secs(2)),
             max_ttl: self.duration(raw.dns.max_ttl, "dns.max_ttl", Duration::from_secs(300)),
         };
+        let heartbeat = raw
+            .heartbeat
+            .and_then(|heartbeat| self.heartbeat(heartbeat));
+        // Every port this node serves: a proxied request to one of them on an own address is
+        // a self-connection, whatever allow_destinations says.
         let mut own_ports: Vec<u16> = listen
             .iter()
             .chain(&test_listen)
             .chain(std::iter::once(&admin_listen))
+            .chain(heartbeat.as_ref().map(|heartbeat| &heartbeat.listen))
             .map(SocketAddr::port)
             .collect();
         own_ports.sort_unstable();
@@ -876,6 +878,7 @@ impl Checker<'_> {
                 ],
                 ForwardedFor::Transparent,
             ),
+            refuse_escaped_slashes: raw.proxy.refuse_escaped_slashes.unwrap_or(false),
         };
         let drain_timeout = self.duration(
             raw.proxy.drain_timeout,
@@ -946,9 +949,6 @@ impl Checker<'_> {
             rise: self.integer(raw.health.rise, "health.rise", 1..=100, 2) as u32,
             fall: self.integer(raw.health.fall, "health.fall", 1..=100, 2) as u32,
         };
-        let heartbeat = raw
-            .heartbeat
-            .and_then(|heartbeat| self.heartbeat(heartbeat));
         NodeConfig {
             vrrp,
             health,
@@ -996,11 +996,23 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// A name fit for `Via`, `X-Palisade-Node` and pages: nothing that could end a header line
+/// or need escaping.
+fn is_valid_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || b"-._".contains(&byte))
+}
+
+/// The machine's host name when it is a valid one, else "palisade": the kernel's name is
+/// whatever root set, and it goes into headers.
 fn system_hostname() -> String {
     nix::unistd::gethostname()
         .ok()
         .and_then(|name| name.into_string().ok())
-        .filter(|name| !name.is_empty())
+        .filter(|name| is_valid_hostname(name))
         .unwrap_or_else(|| "palisade".to_owned())
 }
 
@@ -1109,6 +1121,24 @@ mod tests {
                 "palisade.toml:4:24: vrrp.vips[1] = \"nope\": not an IP address (ADDRESS or ADDRESS/PREFIX)",
             ],
         );
+    }
+
+    #[test]
+    fn host_names_that_could_break_a_header_are_refused() {
+        for good in ["proxy-1", "proxy-1.example.com", "node_a"] {
+            assert!(is_valid_hostname(good), "{good}");
+        }
+        for bad in [
+            "",
+            "a\r\nX-Injected: 1",
+            "a b",
+            "<script>",
+            "é",
+            &"a".repeat(254),
+        ] {
+            assert!(!is_valid_hostname(bad), "{bad:?}");
+        }
+        assert!(is_valid_hostname(&system_hostname()));
     }
 
     #[test]

@@ -431,3 +431,91 @@ async fn f7_admin_connection_cap_keeps_descriptors_for_the_proxy() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+// === one self-connection guard ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_destinations_never_opens_the_nodes_own_ports() {
+    // Something listens where the heartbeat port is configured, as the mesh would.
+    let heartbeat = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap_or_else(|error| panic!("bind heartbeat stand-in: {error}"));
+    heartbeat
+        .set_nonblocking(true)
+        .unwrap_or_else(|error| panic!("{error}"));
+    let heartbeat_addr = heartbeat
+        .local_addr()
+        .unwrap_or_else(|error| panic!("{error}"));
+    // The whole of loopback is exempt from SSRF protection: only the guard can refuse.
+    let policy = policy_all_loopback().replace(
+        "allow_destinations = [\"127.0.0.1/32\"]",
+        "allow_destinations = [\"127.0.0.0/8\"]",
+    );
+    let config = format!(
+        "\n[heartbeat]\nlisten = \"{heartbeat_addr}\"\npeers = [\"127.0.0.2:{}\"]\nkey = \"a shared secret of some length\"\n",
+        heartbeat_addr.port()
+    );
+    let node = NodeProcess::start(BIN, &config, &policy);
+    for target in [
+        format!("127.0.0.1:{}", heartbeat_addr.port()),
+        format!("127.0.0.5:{}", heartbeat_addr.port()),
+        node.admin.to_string(),
+        format!("127.0.0.7:{}", node.admin.port()),
+        node.test_port.to_string(),
+    ] {
+        let mut client = connect_from([127, 0, 0, 1], node.proxy);
+        let request =
+            format!("GET http://{target}/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let response =
+            exchange(&mut client, &request).unwrap_or_else(|error| panic!("{target}: {error}"));
+        assert_eq!(
+            status_of(&response),
+            508,
+            "{target}: {}",
+            String::from_utf8_lossy(&response)
+        );
+    }
+    assert!(
+        matches!(heartbeat.accept(), Err(error) if error.kind() == std::io::ErrorKind::WouldBlock),
+        "a proxied request reached the heartbeat port"
+    );
+}
+
+// === request ids say nothing about the node ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_reveal_neither_start_time_nor_request_count() {
+    let node = NodeProcess::start(BIN, "", POLICY);
+    let ids: Vec<String> = (0..3)
+        .map(|_| {
+            let mut client = connect_from([127, 0, 0, 1], node.proxy);
+            // A blocked host: answered by the proxy itself, with the id in a header.
+            let response = exchange(
+                &mut client,
+                "GET http://127.0.0.2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+            .unwrap_or_else(|error| panic!("{error}"));
+            String::from_utf8_lossy(&response)
+                .lines()
+                .find_map(|line| line.strip_prefix("X-Palisade-Request-Id: "))
+                .map(|id| id.trim().to_owned())
+                .unwrap_or_else(|| panic!("no request id"))
+        })
+        .collect();
+    for id in &ids {
+        assert!(
+            id.len() == 16 && id.bytes().all(|byte| byte.is_ascii_hexdigit()),
+            "{id}"
+        );
+    }
+    // Before: "<start time in hex>-<counter>", so consecutive ids shared a prefix and
+    // counted up.
+    assert_ne!(ids[0][..8], ids[1][..8], "{ids:?}");
+    assert_ne!(ids[1][..8], ids[2][..8], "{ids:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diagnostic_log_to_a_file_has_no_colour_codes() {
+    let node = NodeProcess::start(BIN, "", POLICY);
+    node.wait_stderr("palisade node started", Duration::from_secs(10));
+    assert!(!node.stderr().contains('\u{1b}'), "{:?}", node.stderr());
+}

@@ -59,8 +59,11 @@ pub struct AccessRecord {
     pub time: SystemTime,
     pub client: SocketAddr,
     pub method: String,
-    /// Absolute URL, or the authority for CONNECT.
+    /// Absolute URL as received, or the authority for CONNECT.
     pub url: String,
+    /// The canonical path and query the policy's path rules saw, when it differs from the
+    /// path as received (`//admin` is matched as `/admin`).
+    pub rule_path: Option<String>,
     pub status: u16,
     pub bytes_from_client: u64,
     pub bytes_to_client: u64,
@@ -196,7 +199,7 @@ fn open(target: &LogTarget) -> std::io::Result<Box<dyn std::io::Write + Send>> {
 }
 
 pub fn format_json(record: &AccessRecord, out: &mut String) {
-    let value = serde_json::json!({
+    let mut value = serde_json::json!({
         "time": rfc3339(record.time),
         "client": record.client.to_string(),
         "method": record.method,
@@ -212,6 +215,9 @@ pub fn format_json(record: &AccessRecord, out: &mut String) {
         "node": &*record.node,
         "request_id": record.request_id,
     });
+    if let (Some(rule_path), Some(fields)) = (&record.rule_path, value.as_object_mut()) {
+        fields.insert("rule_path".to_owned(), rule_path.as_str().into());
+    }
     let _ = write!(out, "{value}");
 }
 
@@ -291,6 +297,7 @@ mod tests {
             client: SocketAddr::from(([127, 0, 0, 1], 5555)),
             method: "GET".to_owned(),
             url: "http://a.test/x".to_owned(),
+            rule_path: None,
             status: 200,
             bytes_from_client: 80,
             bytes_to_client: 1234,
@@ -337,5 +344,18 @@ mod tests {
         assert_eq!(value["decision"], "allow");
         assert_eq!(value["duration_ms"], 4.5);
         assert_eq!(value["upstream"], "127.0.0.2:80");
+        assert!(value.get("rule_path").is_none(), "{line}");
+        let mut line = String::new();
+        format_json(
+            &AccessRecord {
+                url: "http://a.test//x".to_owned(),
+                rule_path: Some("/x".to_owned()),
+                ..record()
+            },
+            &mut line,
+        );
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        assert_eq!(value["url"], "http://a.test//x");
+        assert_eq!(value["rule_path"], "/x");
     }
 }

@@ -23,7 +23,9 @@ use crate::error_page::{Stamp, error_response, html_response};
 use crate::http1::head::{find_head_end, parse_request};
 use crate::http1::{Framing, Head, HeadError, Version};
 use crate::ssrf::{DeniedClass, canonical, classify};
-use crate::target::{AbsoluteTarget, Authority, parse_absolute, parse_connect};
+use crate::target::{
+    AbsoluteTarget, Authority, canonical_path, has_escaped_slash, parse_absolute, parse_connect,
+};
 use crate::tunnel;
 use crate::upstream::{ConnectError, PoolKey, UpstreamConn, dial};
 
@@ -185,6 +187,8 @@ struct Exchange {
     client: SocketAddr,
     method: String,
     url: String,
+    /// The canonical path the rules saw, when it differs from the one received.
+    rule_path: Option<String>,
     status: u16,
     from_client: u64,
     to_client: u64,
@@ -213,6 +217,7 @@ impl Exchange {
             client: client.addr,
             method: method.to_owned(),
             url,
+            rule_path: None,
             status: 0,
             from_client: 0,
             to_client: 0,
@@ -250,6 +255,7 @@ impl Proxy {
             client: exchange.client,
             method: exchange.method,
             url: exchange.url,
+            rule_path: exchange.rule_path,
             status: exchange.status,
             bytes_from_client: exchange.from_client,
             bytes_to_client: exchange.to_client,
@@ -329,12 +335,17 @@ pub(crate) enum WriteError {
     Timeout(Duration),
 }
 
-/// A refusal: status, how the access log classes it, why, and whether the connection must
-/// close afterwards.
+/// A refusal: status, how the access log classes it, why, what the client is told, and
+/// whether the connection must close afterwards.
 struct Denial {
     status: u16,
     decision: Decision,
+    /// For the access log and the diagnostic log: every detail.
     reason: String,
+    /// For the error page, when it must say less than `reason` (security review F12: no
+    /// internal addresses for anyone allowed to use the proxy; the details stay in the log
+    /// under the request id).
+    page: Option<&'static str>,
     close: bool,
 }
 
@@ -344,6 +355,7 @@ impl Denial {
             status,
             decision,
             reason: reason.into(),
+            page: None,
             close: false,
         }
     }
@@ -353,12 +365,37 @@ impl Denial {
         self.close = true;
         self
     }
+
+    fn with_page(mut self, page: &'static str) -> Denial {
+        self.page = Some(page);
+        self
+    }
+
+    /// A failed dial: the address stays in the log.
+    fn connect_failed(error: &ConnectError) -> Denial {
+        let page = match error {
+            ConnectError::Refused { .. } => "the origin refused the connection",
+            ConnectError::TimedOut { .. } => "the origin did not accept the connection in time",
+            ConnectError::Other { .. } | ConnectError::NoAddress => "cannot connect to the origin",
+        };
+        Denial::new(connect_failure(error), Decision::Error, error.to_string()).with_page(page)
+    }
 }
 
 impl From<Refusal> for Denial {
     fn from(refusal: Refusal) -> Denial {
         let (status, decision) = refusal.status();
-        Denial::new(status, decision, refusal.to_string())
+        let denial = Denial::new(status, decision, refusal.to_string());
+        match refusal {
+            // The client's own name and the resolver's verdict: nothing internal.
+            Refusal::Dns(_) => denial,
+            Refusal::Denied { .. } => {
+                denial.with_page("the destination address is not allowed by policy")
+            }
+            Refusal::SelfConnection { .. } => {
+                denial.with_page("the destination is this proxy itself (forwarding loop)")
+            }
+        }
     }
 }
 
@@ -378,7 +415,7 @@ async fn refuse(
         client,
         &mut exchange,
         denial.status,
-        &denial.reason,
+        denial.page.unwrap_or(&denial.reason),
         close,
     )
     .await;
@@ -480,13 +517,21 @@ async fn admit(
         exchange.rule = Arc::from("max-forwards");
         return Ok(Admission::AnswerMaxForwards);
     }
+    if proxy.config.refuse_escaped_slashes && has_escaped_slash(&target.path_and_query) {
+        let reason = "escaped slash (%2F or %5C) in the path (proxy.refuse_escaped_slashes)";
+        return Err(Denial::new(400, Decision::Error, reason).closing());
+    }
+    let rule_path = canonical_path(&target.path_and_query);
+    if rule_path != received_path(head.target()) {
+        exchange.rule_path = Some(rule_path.clone().into_owned());
+    }
     let host = target.authority.host.policy_form();
     let verdict = policy.evaluate(&RequestFacts {
         client: client_ip,
         method: head.method(),
         host: &host,
         port: target.authority.port,
-        path: &target.path_and_query,
+        path: &rule_path,
     });
     exchange.rule = verdict.rule;
     if verdict.action == Action::Block {
@@ -540,6 +585,15 @@ async fn admit_connect(
         authority,
         addresses,
     })
+}
+
+/// The path and query of an absolute-form target exactly as received ("/" when absent).
+fn received_path(target: &str) -> &str {
+    let rest = target.split_once("://").map_or(target, |(_, rest)| rest);
+    match rest.find(['/', '?']) {
+        Some(at) => &rest[at..],
+        None => "/",
+    }
 }
 
 /// Our Via entry already present means this request went round a loop back to us.
@@ -706,7 +760,11 @@ async fn vet_destination(
     for ip in candidates {
         let judged = canonical(ip);
         let own_addresses = proxy.own_addresses.load();
-        if own_addresses.reaches_us(judged) && proxy.config.own_ports.contains(&authority.port) {
+        // Before any exemption: allow_destinations never opens an internal endpoint.
+        if proxy
+            .internal
+            .contains(&own_addresses, SocketAddr::new(judged, authority.port))
+        {
             first_refusal.get_or_insert(Refusal::SelfConnection {
                 addr: SocketAddr::new(judged, authority.port),
             });
@@ -730,7 +788,7 @@ async fn vet_destination(
         (true, Some(refusal)) => Err(refusal),
         (true, None) => Err(Refusal::Dns(crate::resolve::LookupFailure {
             name: authority.host.to_string(),
-            detail: "no addresses".to_owned(),
+            kind: crate::resolve::LookupFailureKind::NoAddress,
         })),
         (false, _) => Ok(vetted),
     }
@@ -782,7 +840,7 @@ async fn connect_tunnel(
     let mut upstream = match connect_upstream(proxy, &mut exchange, addresses, &key).await {
         Ok(upstream) => upstream,
         Err(error) => {
-            let denial = Denial::new(connect_failure(&error), Decision::Error, error.to_string());
+            let denial = Denial::connect_failed(&error);
             refuse(proxy, client, exchange, head, denial.closing()).await;
             return false;
         }

@@ -35,7 +35,7 @@ use crate::admission::{ConnectionSlot, RefusedReason, SourceKey, SourceLimiter};
 use crate::http1::{HeadLimits, Version};
 use crate::metrics::ProxyMetrics;
 use crate::resolve::{Resolver, ResolverSettings};
-use crate::ssrf::OwnAddresses;
+use crate::ssrf::{InternalEndpoints, OwnAddresses};
 use crate::upstream::{Pool, PoolSettings};
 
 /// Data-plane settings (node-local; validated by the binary from the config file).
@@ -66,9 +66,13 @@ pub struct Config {
     pub tunnel_idle_timeout: Duration,
     pub pool: PoolSettings,
     pub resolver: ResolverSettings,
-    /// Ports this node listens on; an own address on one of them is a forwarding loop.
+    /// Ports this node listens on (redirect, test, admin, heartbeat): on an own address they
+    /// are a self-connection, whatever `allow_destinations` says.
     pub own_ports: Vec<u16>,
     pub forwarded_for: ForwardedFor,
+    /// Refuse (400) paths with `%2F` or `%5C`. Off by default: OCSP GET requests carry
+    /// base64 with `%2F` in the path.
+    pub refuse_escaped_slashes: bool,
 }
 
 /// What the node does with `X-Forwarded-For` on forwarded requests: Squid's `forwarded_for`
@@ -109,6 +113,7 @@ impl Default for Config {
             resolver: ResolverSettings::default(),
             own_ports: Vec::new(),
             forwarded_for: ForwardedFor::default(),
+            refuse_escaped_slashes: false,
         }
     }
 }
@@ -121,6 +126,7 @@ pub struct Proxy {
     pool: Pool,
     /// Refreshed periodically: VIPs come and go with VRRP.
     own_addresses: ArcSwap<OwnAddresses>,
+    internal: InternalEndpoints,
     metrics: ProxyMetrics,
     access_log: AccessLog,
     node: Arc<str>,
@@ -159,12 +165,14 @@ impl Proxy {
         let node: Arc<str> = Arc::from(config.node_hostname.as_str());
         let via_token = format!("{node} (palisade)");
         let sources = SourceLimiter::new(config.max_connections_per_source);
+        let internal = InternalEndpoints::new(config.own_ports.clone());
         Ok(Arc::new(Proxy {
             config,
             policy,
             resolver,
             pool,
             own_addresses: ArcSwap::from_pointee(own_addresses),
+            internal,
             metrics,
             access_log,
             node,

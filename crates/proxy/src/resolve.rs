@@ -9,6 +9,8 @@ use hickory_resolver::config::{
     ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts,
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::op::ResponseCode;
 
 use crate::target::Host;
 
@@ -44,12 +46,67 @@ pub enum ResolveError {
     Setup(String),
 }
 
-/// Why a name did not resolve, as the operator sees it in the error page and the log.
+/// Why a name did not resolve, as the operator sees it in the error page and the log: one
+/// readable line, never the resolver's debug dump.
 #[derive(Debug, thiserror::Error)]
-#[error("DNS lookup for {name} failed: {detail}")]
+#[error("DNS: {}", describe(.name, .kind))]
 pub struct LookupFailure {
     pub name: String,
-    pub detail: String,
+    pub kind: LookupFailureKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LookupFailureKind {
+    /// NXDOMAIN.
+    NoSuchName,
+    /// The name exists but has no A or AAAA record.
+    NoAddress,
+    /// No server answered in time.
+    Timeout,
+    /// A server answered with an error code (SERVFAIL, REFUSED, ...).
+    ServerError(String),
+    /// Anything else (no usable server, a network error), in the resolver's words.
+    Other(String),
+}
+
+fn describe(name: &str, kind: &LookupFailureKind) -> String {
+    match kind {
+        LookupFailureKind::NoSuchName => format!("{name} does not exist (NXDOMAIN)"),
+        LookupFailureKind::NoAddress => format!("no A/AAAA record for {name}"),
+        LookupFailureKind::Timeout => format!("no answer for {name} in time"),
+        LookupFailureKind::ServerError(code) => format!("the server answered {code} for {name}"),
+        LookupFailureKind::Other(detail) => format!("lookup of {name} failed: {detail}"),
+    }
+}
+
+impl LookupFailureKind {
+    fn of(error: &NetError) -> LookupFailureKind {
+        match error {
+            NetError::Dns(DnsError::NoRecordsFound(no_records)) => {
+                if no_records.response_code == ResponseCode::NXDomain {
+                    LookupFailureKind::NoSuchName
+                } else {
+                    LookupFailureKind::NoAddress
+                }
+            }
+            NetError::Dns(DnsError::ResponseCode(code)) => {
+                LookupFailureKind::ServerError(code.to_string())
+            }
+            NetError::Timeout => LookupFailureKind::Timeout,
+            // Display text is one line for these; cut it anyway, it reaches a log line.
+            other => {
+                let mut text = other.to_string().replace(['\r', '\n'], " ");
+                if text.len() > 200 {
+                    let mut cut = 200;
+                    while !text.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    text.truncate(cut);
+                }
+                LookupFailureKind::Other(text)
+            }
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -109,7 +166,7 @@ impl Resolver {
                 if addresses.is_empty() {
                     Err(LookupFailure {
                         name: name.clone(),
-                        detail: "no addresses".to_owned(),
+                        kind: LookupFailureKind::NoAddress,
                     })
                 } else {
                     Ok(addresses)
@@ -117,7 +174,7 @@ impl Resolver {
             }
             Err(error) => Err(LookupFailure {
                 name: name.clone(),
-                detail: error.to_string(),
+                kind: LookupFailureKind::of(&error),
             }),
         }
     }

@@ -2,7 +2,7 @@
 //! once, every candidate address is classified, and only a vetted address is ever dialled
 //! (never the name again), so DNS rebinding cannot slip a private address in between.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// Why an address is not reachable through the proxy unless the policy exempts it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,6 +107,45 @@ fn classify_v6(ip: Ipv6Addr) -> Option<DeniedClass> {
 
 fn embedded_v4(high: u16, low: u16) -> Ipv4Addr {
     Ipv4Addr::from((u32::from(high) << 16) | u32::from(low))
+}
+
+/// The endpoints a proxied request must never reach, whatever `allow_destinations` says:
+/// this node's own services (redirect, test, admin and heartbeat ports; later the cluster and
+/// scan ports) on any address that reaches this machine, and other nodes' internal endpoints
+/// (cluster members and VIPs, added by later issues). One set, so that protecting a new
+/// internal port means adding it here and nowhere else.
+#[derive(Clone, Debug, Default)]
+pub struct InternalEndpoints {
+    own_ports: Vec<u16>,
+    members: Vec<SocketAddr>,
+}
+
+impl InternalEndpoints {
+    pub fn new(mut own_ports: Vec<u16>) -> Self {
+        own_ports.sort_unstable();
+        own_ports.dedup();
+        InternalEndpoints {
+            own_ports,
+            members: Vec::new(),
+        }
+    }
+
+    /// Adds other nodes' internal endpoints.
+    pub fn with_members(mut self, members: impl IntoIterator<Item = SocketAddr>) -> Self {
+        self.members.extend(
+            members
+                .into_iter()
+                .map(|addr| SocketAddr::new(canonical(addr.ip()), addr.port())),
+        );
+        self
+    }
+
+    /// Whether a connection to `addr` would reach one of them.
+    pub fn contains(&self, own: &OwnAddresses, addr: SocketAddr) -> bool {
+        let ip = canonical(addr.ip());
+        (self.own_ports.contains(&addr.port()) && own.reaches_us(ip))
+            || self.members.contains(&SocketAddr::new(ip, addr.port()))
+    }
 }
 
 /// The addresses of this machine, judged as [`DeniedClass::OwnAddress`].
@@ -249,5 +288,29 @@ mod tests {
                 prop_assert_eq!(classify(IpAddr::V4(ip)), Some(DeniedClass::Private));
             }
         }
+    }
+
+    #[test]
+    fn internal_endpoints_are_own_ports_on_any_own_address_and_members() {
+        let own = OwnAddresses::new(vec!["10.0.0.5".parse().expect("address literal")]);
+        let internal = InternalEndpoints::new(vec![4711, 9192])
+            .with_members(["10.0.0.6:12346".parse().expect("socket address literal")]);
+        let check = |addr: &str| internal.contains(&own, addr.parse().expect("socket address"));
+        assert!(check("127.0.0.1:4711"));
+        assert!(check("127.9.9.9:9192"));
+        assert!(check("[::1]:4711"));
+        assert!(check("[::ffff:10.0.0.5]:9192"));
+        assert!(check("10.0.0.5:4711"));
+        assert!(check("0.0.0.0:4711"));
+        assert!(check("10.0.0.6:12346"));
+        assert!(
+            !check("10.0.0.6:4711"),
+            "another machine's admin port is not ours"
+        );
+        assert!(
+            !check("127.0.0.1:8080"),
+            "other local ports are up to the policy"
+        );
+        assert!(!check("10.0.0.5:12346"));
     }
 }

@@ -164,6 +164,89 @@ pub fn normalize_path(path_and_query: &str) -> String {
     output
 }
 
+/// The form of a (normalised) path and query that path rules match: what the common origins
+/// would make of it, so that no spelling of `/admin` slips past a rule on `/admin` (security
+/// review F6). On top of [`normalize_path`]: `%2F`, `%5C` and `\` read as `/` (nginx, IIS,
+/// Node routers), `;parameters` removed from each segment (Tomcat, Spring: `/x/..;/admin`),
+/// repeated slashes merged (nginx `merge_slashes`), then dot segments removed again. The
+/// query is kept as sent. Only the rules see this; the origin gets the normalised target.
+pub fn canonical_path(path_and_query: &str) -> std::borrow::Cow<'_, str> {
+    let (path, query) = match path_and_query.find('?') {
+        Some(at) => path_and_query.split_at(at),
+        None => (path_and_query, ""),
+    };
+    let bytes = path.as_bytes();
+    let has_encoded_slash = |at: usize| {
+        bytes
+            .get(at + 1..at + 3)
+            .is_some_and(|hex| hex.eq_ignore_ascii_case(b"2f") || hex.eq_ignore_ascii_case(b"5c"))
+    };
+    let needs_work = bytes.iter().enumerate().any(|(at, byte)| match byte {
+        b'\\' | b';' => true,
+        b'/' => bytes.get(at + 1) == Some(&b'/'),
+        b'%' => has_encoded_slash(at),
+        _ => false,
+    });
+    if !needs_work {
+        // The common case: nothing to do, nothing allocated.
+        return std::borrow::Cow::Borrowed(path_and_query);
+    }
+    let mut slashed = String::with_capacity(path.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        match bytes[at] {
+            b'\\' => {
+                slashed.push('/');
+                at += 1;
+            }
+            b'%' if has_encoded_slash(at) => {
+                slashed.push('/');
+                at += 3;
+            }
+            _ => {
+                // Copy up to the next byte that may need rewriting, keeping UTF-8 intact.
+                let next = bytes[at + 1..]
+                    .iter()
+                    .position(|byte| matches!(byte, b'\\' | b'%'))
+                    .map_or(bytes.len(), |offset| at + 1 + offset);
+                slashed.push_str(&path[at..next]);
+                at = next;
+            }
+        }
+    }
+    let trailing_slash = slashed.ends_with('/');
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in slashed.split('/') {
+        let segment = segment.split(';').next().unwrap_or_default();
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            other => segments.push(other),
+        }
+    }
+    let mut canonical = String::with_capacity(slashed.len() + query.len());
+    for segment in &segments {
+        canonical.push('/');
+        canonical.push_str(segment);
+    }
+    if canonical.is_empty() || (trailing_slash && !segments.is_empty()) {
+        canonical.push('/');
+    }
+    canonical.push_str(query);
+    std::borrow::Cow::Owned(canonical)
+}
+
+/// Whether the path (not the query) holds an escaped slash or backslash (`%2F`, `%5C`).
+pub fn has_escaped_slash(path_and_query: &str) -> bool {
+    let path = path_and_query.split('?').next().unwrap_or_default();
+    path.as_bytes().windows(3).any(|window| {
+        window[0] == b'%'
+            && (window[1..].eq_ignore_ascii_case(b"2f") || window[1..].eq_ignore_ascii_case(b"5c"))
+    })
+}
+
 /// RFC 3986 5.2.4.
 fn remove_dot_segments(path: &str) -> String {
     let mut output: Vec<&str> = Vec::new();
@@ -349,6 +432,58 @@ mod tests {
             ("/a%7Eb", "/a~b"),
         ] {
             assert_eq!(normalize_path(raw), expected, "{raw}");
+        }
+    }
+
+    #[test]
+    fn rules_see_the_canonical_path() {
+        for (raw, expected) in [
+            ("/admin", "/admin"),
+            ("//admin", "/admin"),
+            ("/x/..;/admin", "/admin"),
+            ("/;/admin", "/admin"),
+            ("/%2Fadmin", "/admin"),
+            ("/%2fadmin", "/admin"),
+            ("/\\admin", "/admin"),
+            ("/%5Cadmin", "/admin"),
+            ("/admin;jsessionid=1/x", "/admin/x"),
+            ("/a//b///c/", "/a/b/c/"),
+            ("/a/%2F../admin", "/admin"),
+            ("/x/%2e%2e;/admin", "/admin"),
+            ("/a%2F..%2F..%2Fadmin?q=//x;y", "/admin?q=//x;y"),
+            ("/", "/"),
+            ("//", "/"),
+            ("/;", "/"),
+            ("/%41dmin", "/Admin"),
+        ] {
+            // Rules see the canonical form of what the origin gets: the normalised target.
+            let normalised = normalize_path(raw);
+            assert_eq!(canonical_path(&normalised), expected, "{raw}");
+        }
+        assert!(matches!(
+            canonical_path("/plain/path?x=1"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
+
+    #[test]
+    fn escaped_slashes_are_spotted_in_the_path_only() {
+        assert!(has_escaped_slash("/a%2Fb"));
+        assert!(has_escaped_slash("/a%5cb"));
+        assert!(!has_escaped_slash("/a/b?x=%2F"));
+        assert!(!has_escaped_slash("/a%252Fb"));
+    }
+
+    proptest::proptest! {
+        /// Canonicalising twice changes nothing, and no canonical path has a shape a rule
+        /// could be dodged with.
+        #[test]
+        fn canonical_paths_are_fixed_points(path in "/[a-zA-Z/.;%25CcFf\\\\]{0,24}") {
+            let normalised = normalize_path(&path);
+            let once = canonical_path(&normalised).into_owned();
+            proptest::prop_assert_eq!(canonical_path(&once).into_owned(), once.clone());
+            proptest::prop_assert!(!once.contains("//") && !once.contains('\\') && !once.contains(';'));
+            proptest::prop_assert!(!once.split('/').any(|segment| segment == ".." || segment == "."));
         }
     }
 

@@ -13,8 +13,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Client, Denial, Exchange, READ_CHUNK, WriteError, client_wants_keep_alive, connect_failure,
-    connect_upstream, refuse, respond_error, write_all_timed, write_client,
+    Client, Denial, Exchange, READ_CHUNK, WriteError, client_wants_keep_alive, connect_upstream,
+    refuse, respond_error, write_all_timed, write_client,
 };
 use crate::access_log::Decision;
 use crate::http1::chunked::{LAST_CHUNK, encode_chunk_header};
@@ -151,8 +151,7 @@ pub(super) async fn forward(
             None => match connect_upstream(proxy, &mut exchange, addresses, &key).await {
                 Ok(conn) => conn,
                 Err(error) => {
-                    let status = connect_failure(&error);
-                    let denial = Denial::new(status, Decision::Error, error.to_string());
+                    let denial = Denial::connect_failed(&error);
                     return refuse(proxy, client, exchange, &head, denial).await;
                 }
             },
