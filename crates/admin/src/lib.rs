@@ -323,7 +323,7 @@ mod tests {
     #[test]
     fn state_changes_only_from_loopback_naming_this_node() {
         let loopback: SocketAddr = ([127, 0, 0, 1], 40000).into();
-        let mapped: SocketAddr = "[::ffff:127.0.0.1]:40000".parse().unwrap_or(loopback);
+        let mapped = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST.to_ipv6_mapped(), 40000));
         let remote: SocketAddr = ([10, 213, 0, 13], 40000).into();
         assert!(refusal(loopback, &host("127.0.0.1:4711")).is_none());
         assert!(refusal(mapped, &host("localhost:4711")).is_none());

@@ -5,7 +5,10 @@
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use palisade_e2e::ha::{HaNode, who_answers};
+use palisade_e2e::ha::{
+    HaNode, SCHEDULING_MARGIN, master_down_interval, never_holds, skew_time, wait_status,
+    who_answers,
+};
 use palisade_e2e::netns::{Lab, LabHost, in_namespace, require_netns, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_palisade");
@@ -26,7 +29,14 @@ fn master_by_priority_crash_moves_vip_and_higher_priority_preempts() {
     wait_for("node1 master", Duration::from_secs(10), || {
         node1_host.has_address(vip)
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // node2 has heard node1's adverts: from now on it must not hold the VIP.
+    wait_status(
+        &node2_host,
+        BIN,
+        "master",
+        &node1_host.addr.to_string(),
+        Duration::from_secs(10),
+    );
     assert!(
         !node2_host.has_address(vip),
         "both hold the VIP\n{}",
@@ -58,11 +68,10 @@ fn master_by_priority_crash_moves_vip_and_higher_priority_preempts() {
     let moved = wait_for("VIP on node2", Duration::from_secs(5), || {
         node2_host.has_address(vip)
     });
-    // 3 x 100 ms + skew (100 prio: 61 ms) = 361 ms, plus scheduling.
-    assert!(
-        moved < Duration::from_millis(1500),
-        "takeover took {moved:?}"
-    );
+    // Master_Down_Interval: 3 x 100 ms + skew (61 ms at priority 100), plus scheduling
+    // (the tight figure is the failover benchmark's).
+    let bound = master_down_interval(Duration::from_millis(100), 100) + 2 * SCHEDULING_MARGIN;
+    assert!(moved < bound, "takeover took {moved:?} (bound {bound:?})");
     wait_for("client reaches node2", Duration::from_secs(5), || {
         who_answers(&client, vip).as_deref() == Some("node2")
     });
@@ -250,25 +259,37 @@ fn heartbeat_makes_crash_and_stop_failover_fast() {
     let node1_host = lab.host("node1").clone();
     let node2_host = lab.host("node2").clone();
     let client = lab.host("client").clone();
-    let (mut node1, node2, logs) = start_pair(&mut lab, &dir.0, vip, "1s", true);
+    let (mut node1, _node2, logs) = start_pair(&mut lab, &dir.0, vip, "1s", true);
     wait_for("node1 master", Duration::from_secs(15), || {
         node1_host.has_address(vip)
     });
-    wait_for("heartbeat up", Duration::from_secs(5), || {
-        std::fs::read_to_string(&node2.log)
-            .unwrap_or_default()
-            .contains("heartbeat link up")
-    });
-    // Let node2 learn who the master is from an advert.
-    std::thread::sleep(Duration::from_millis(1500));
+    // The heartbeat is up once node1 has node2's Status: node2 is its successor.
+    wait_status(
+        &node1_host,
+        BIN,
+        "successor",
+        &node2_host.addr.to_string(),
+        Duration::from_secs(10),
+    );
+    // node2 knows who the master is (from an advert) before the master dies.
+    wait_status(
+        &node2_host,
+        BIN,
+        "master",
+        &node1_host.addr.to_string(),
+        Duration::from_secs(10),
+    );
 
     node1.kill9();
     let took = wait_for("VIP on node2", Duration::from_secs(6), || {
         node2_host.has_address(vip)
     });
+    // Without the heartbeat it would be Master_Down_Interval (3.6 s at 1 s adverts); the
+    // tight figure is the failover benchmark's.
+    let bound = master_down_interval(Duration::from_secs(1), 100) / 2;
     assert!(
-        took < Duration::from_millis(500),
-        "crash takeover took {took:?}\n{}",
+        took < bound,
+        "crash takeover took {took:?} (bound {bound:?})\n{}",
         logs()
     );
     assert!(
@@ -291,14 +312,14 @@ fn heartbeat_makes_crash_and_stop_failover_fast() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    wait_for("heartbeat up again", Duration::from_secs(5), || {
-        std::fs::read_to_string(&node2.log)
-            .unwrap_or_default()
-            .matches("heartbeat link up")
-            .count()
-            >= 2
-    });
-    std::thread::sleep(Duration::from_millis(300));
+    // node1 knows its successor (node2's Status over the heartbeat) before it stops.
+    wait_status(
+        &node1_host,
+        BIN,
+        "successor",
+        &node2_host.addr.to_string(),
+        Duration::from_secs(10),
+    );
 
     // Graceful stop of the master: explicit handover, not Skew_Time (609 ms at 1 s adverts).
     let started = Instant::now();
@@ -311,9 +332,12 @@ fn heartbeat_makes_crash_and_stop_failover_fast() {
         node2_host.has_address(vip)
     });
     let handover = started.elapsed();
+    // Without the explicit handover the backup would wait Skew_Time after the priority-0
+    // advert.
+    let bound = skew_time(Duration::from_secs(1), 100);
     assert!(
-        handover < Duration::from_millis(300),
-        "graceful handover took {handover:?}\n{}",
+        handover < bound,
+        "graceful handover took {handover:?} (bound {bound:?})\n{}",
         logs()
     );
     assert!(
@@ -389,10 +413,25 @@ fn forged_adverts_on_the_wire_change_nothing() {
     assert!(node2_host.has_address(vip), "a forged advert moved the VIP");
     let log = std::fs::read_to_string(&node2.log).unwrap_or_default();
     assert!(!log.contains("Entering BACKUP STATE (higher"), "{log}");
-    assert!(
-        log.contains("VRRP packet discarded"),
-        "forged packets were not even seen:\n{log}"
-    );
+    // Each kind was seen and discarded for its own reason (the log line is rate-limited and
+    // proves only that one was). Multicast on a bridge is reliable, but a counter proves
+    // arrival only: at least most of the 20 of each.
+    let discarded = |reason: &str| -> u64 {
+        let metrics = node2_host.run("curl", &["-s", "http://127.0.0.1:4711/metrics"]);
+        let metrics = String::from_utf8_lossy(&metrics.stdout).into_owned();
+        let sample = format!(
+            "palisade_vrrp_discarded_packets_total{{instance=\"VI_1\",reason=\"{reason}\"}} "
+        );
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(sample.as_str()))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {sample} in\n{metrics}"))
+    };
+    for reason in ["ttl", "checksum", "vrid"] {
+        let count = discarded(reason);
+        assert!(count >= 10, "{count} discarded for {reason}:\n{log}");
+    }
     // Control: the valid advert, TTL 255, makes the master step down.
     for _ in 0..5 {
         send(&valid, 255);
@@ -452,8 +491,12 @@ fn three_nodes_partition_heals_with_one_master_and_reannounce() {
     wait_for("node2 takes over", Duration::from_secs(5), || {
         hosts[1].has_address(vip)
     });
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(!hosts[2].has_address(vip), "node3 took the VIP too");
+    // node3 hears node2 now; had it heard nobody, it would take over within its
+    // Master_Down_Interval.
+    let window = master_down_interval(Duration::from_millis(100), 100) + SCHEDULING_MARGIN;
+    if let Err(after) = never_holds(&hosts[2], vip, window) {
+        panic!("node3 took the VIP too, {after:?} into the partition");
+    }
     assert_eq!(
         who_answers(&client, vip).as_deref(),
         Some("node2"),
@@ -585,11 +628,11 @@ fn unicast_peers_work_where_multicast_is_blocked() {
     wait_for("node1 master", Duration::from_secs(10), || {
         node1_host.has_address(vip)
     });
-    std::thread::sleep(Duration::from_millis(800));
-    assert!(
-        !node2_host.has_address(vip),
-        "both masters: unicast adverts did not arrive"
-    );
+    // A backup that hears no (unicast) adverts takes over within its Master_Down_Interval.
+    let window = master_down_interval(Duration::from_millis(100), 100) + SCHEDULING_MARGIN;
+    if let Err(after) = never_holds(&node2_host, vip, window) {
+        panic!("both masters after {after:?}: unicast adverts did not arrive");
+    }
     node1.kill9();
     wait_for("node2 takes over", Duration::from_secs(5), || {
         node2_host.has_address(vip)
@@ -637,8 +680,12 @@ fn independent_groups_v2_and_v3_with_notify_hooks() {
     wait_for("node1 holds both VIPs", Duration::from_secs(15), || {
         node1_host.has_address(vip) && node1_host.has_address(vip2)
     });
-    std::thread::sleep(Duration::from_millis(1500));
-    assert!(!node2_host.has_address(vip) && !node2_host.has_address(vip2));
+    let window = master_down_interval(Duration::from_millis(100), 100) + SCHEDULING_MARGIN;
+    for address in [vip, vip2] {
+        if let Err(after) = never_holds(&node2_host, address, window) {
+            panic!("node2 took {address} too, after {after:?}");
+        }
+    }
     let hooks1 = dir.0.join("node1-hooks.txt");
     wait_for("node1 master hook", Duration::from_secs(5), || {
         std::fs::read_to_string(&hooks1)
@@ -750,12 +797,11 @@ fn drain_hands_over_at_once_survives_restart_and_resume_preempts() {
     wait_for("node1 back, drained", Duration::from_secs(10), || {
         status(&node1_host)["drained"] == true
     });
-    std::thread::sleep(Duration::from_millis(4500));
-    assert!(
-        node2_host.has_address(vip) && !node1_host.has_address(vip),
-        "a drained node took the VIP\n{}",
-        logs()
-    );
+    let window = master_down_interval(Duration::from_secs(1), 150) + SCHEDULING_MARGIN;
+    if let Err(after) = never_holds(&node1_host, vip, window) {
+        panic!("a drained node took the VIP after {after:?}\n{}", logs());
+    }
+    assert!(node2_host.has_address(vip), "{}", logs());
     assert!(logs().contains("starting drained"), "{}", logs());
 
     // Resumed, it preempts (higher priority) after its down timer.
@@ -861,12 +907,20 @@ fn ipv6_group_fails_over_and_the_client_follows_the_neighbour_advert() {
         });
     }
     let holds = |host: &LabHost| host.addresses().contains(&format!(" {vip}/"));
+    // The lab's clients may use the proxy (others are reset at accept: no page to probe).
+    let policy = dir.0.join("policy.toml");
+    std::fs::write(
+        &policy,
+        "default_action = \"allow\"\n[access]\nclients = [\"127.0.0.0/8\", \"fd00::/8\"]\n",
+    )
+    .unwrap_or_else(|error| panic!("{error}"));
     let config = |host: &LabHost, priority: u8| {
         let path = dir.0.join(format!("{}.toml", host.name));
         let text = format!(
-            "[node]\nhostname = \"{name}\"\ndata_dir = \"{data}\"\n[proxy]\nlisten = [\"[::]:9090\"]\ntest_listen = [\"[::]:9091\"]\n[admin]\nlisten = \"127.0.0.1:4711\"\n[health]\ninterval = \"50ms\"\n[[vrrp]]\nname = \"VI_6\"\nvrid = 61\ninterface = \"eth0\"\npriority = {priority}\nadvert_interval = \"100ms\"\nvips = [\"{vip}/64\"]\n",
+            "[node]\nhostname = \"{name}\"\ndata_dir = \"{data}\"\n[policy]\nfile = \"{policy}\"\n[proxy]\nlisten = [\"[::]:9090\"]\ntest_listen = [\"[::]:9091\"]\n[admin]\nlisten = \"127.0.0.1:4711\"\n[health]\ninterval = \"50ms\"\n[[vrrp]]\nname = \"VI_6\"\nvrid = 61\ninterface = \"eth0\"\npriority = {priority}\nadvert_interval = \"100ms\"\nvips = [\"{vip}/64\"]\n",
             name = host.name,
             data = dir.0.join(format!("{}-data", host.name)).display(),
+            policy = policy.display(),
         );
         std::fs::write(&path, text).unwrap_or_else(|error| panic!("{error}"));
         path.display().to_string()

@@ -519,3 +519,50 @@ async fn diagnostic_log_to_a_file_has_no_colour_codes() {
     node.wait_stderr("palisade node started", Duration::from_secs(10));
     assert!(!node.stderr().contains('\u{1b}'), "{:?}", node.stderr());
 }
+
+// === F8: list files are watched like the policy file ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f8_an_entry_added_to_a_list_file_is_blocked_without_sighup() {
+    let dns = palisade_e2e::dns::DnsServer::start().await;
+    let origin = Origin::start().await;
+    dns.set("newbad.test", &[std::net::IpAddr::from([127, 0, 0, 1])]);
+    let policy = POLICY.replace(
+        "[[ruleset]]",
+        "[lists]\nextra = { file = \"extra.txt\" }\n\n[[ruleset]]",
+    ) + "  [[ruleset.rule]]\n  name = \"extra-list\"\n  action = \"block\"\n  host_list = [\"extra\"]\n";
+    // The list file sits beside the policy file, which the node is started with.
+    let dir = palisade_e2e::node::TempDir::new("palisade-lists");
+    let list = dir.0.join("extra.txt");
+    std::fs::write(&list, "oldbad.test\n").unwrap_or_else(|error| panic!("{error}"));
+    let policy = policy.replace("file = \"extra.txt\"", &format!("file = {list:?}"));
+    let node = NodeProcess::start(
+        BIN,
+        &format!("\n[dns]\nservers = [\"{}\"]\n", dns.addr),
+        &policy,
+    );
+    let url = format!("http://newbad.test:{}/small", origin.port());
+    let fetch = || {
+        let mut client = connect_from([127, 0, 0, 1], node.proxy);
+        let request = format!("GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        status_of(&exchange(&mut client, &request).unwrap_or_else(|error| panic!("{error}")))
+    };
+    assert_eq!(fetch(), 200);
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&list)
+        .unwrap_or_else(|error| panic!("{error}"));
+    file.write_all(b"newbad.test\n")
+        .unwrap_or_else(|error| panic!("{error}"));
+    drop(file);
+    // The node polls every 100 ms (the test config); before the fix it never reloaded.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while fetch() != 403 {
+        assert!(
+            Instant::now() < deadline,
+            "the new list entry is still allowed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    node.wait_stderr("policy reloaded", Duration::from_secs(5));
+}

@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use palisade_e2e::ha::HaNode;
+use palisade_e2e::ha::{HaNode, SCHEDULING_MARGIN, master_down_interval, never_holds};
 use std::time::Duration;
 
 use palisade_e2e::netns::{Lab, LabHost, require_netns, wait_for};
@@ -134,12 +134,15 @@ fn keepalived_master_hands_over_to_palisade_on_stop() {
     wait_for("keepalived master", Duration::from_secs(10), || {
         ka.has_address(vip)
     });
-    std::thread::sleep(Duration::from_millis(800));
-    assert!(
-        !pal.has_address(vip),
-        "palisade took the VIP from a higher-priority keepalived\n{}",
-        logs()
-    );
+    // keepalived advertises every 100 ms: a palisade backup that did not hear it would take
+    // over within its Master_Down_Interval.
+    let window = master_down_interval(Duration::from_millis(100), 100) + SCHEDULING_MARGIN;
+    if let Err(after) = never_holds(&pal, vip, window) {
+        panic!(
+            "palisade took the VIP from a higher-priority keepalived after {after:?}\n{}",
+            logs()
+        );
+    }
     // keepalived stops gracefully (priority 0): palisade takes over after Skew_Time.
     signal_namespace(&ka, "TERM", "keepalived");
     let took = wait_for("palisade master", Duration::from_secs(5), || {

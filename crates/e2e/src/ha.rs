@@ -28,11 +28,21 @@ impl HaNode {
         vip: Ipv4Addr,
         extra: &str,
     ) -> HaNode {
+        // Clients on the lab's network may use the proxy (the built-in policy serves
+        // loopback only, and resets everyone else at accept, so `probe` would see nothing).
+        let policy = dir.join(format!("{}-policy.toml", host.name));
+        std::fs::write(
+            &policy,
+            "default_action = \"allow\"\n[access]\nclients = [\"127.0.0.0/8\", \"10.213.0.0/16\", \"fd00::/8\"]\n",
+        )
+        .unwrap_or_else(|error| panic!("{error}"));
         let config = format!(
             r#"
 [node]
 hostname = "{name}"
 data_dir = "{data}"
+[policy]
+file = "{policy}"
 [proxy]
 listen = ["0.0.0.0:9090"]
 test_listen = ["0.0.0.0:9091"]
@@ -51,6 +61,7 @@ vips = ["{vip}/24"]
 "#,
             name = host.name,
             data = dir.join(format!("{}-data", host.name)).display(),
+            policy = policy.display(),
         );
         let path = dir.join(format!("{}.toml", host.name));
         std::fs::write(&path, config).unwrap_or_else(|error| panic!("{error}"));
@@ -120,4 +131,61 @@ pub fn who_answers(client: &LabHost, vip: impl Into<IpAddr>) -> Option<String> {
     in_namespace(&client.ns, || {
         probe(vip, Duration::from_millis(300), Duration::from_millis(500))
     })
+}
+
+/// RFC 5798 6.1 (VRRPv3): how long a backup at `priority` waits beyond three adverts.
+pub fn skew_time(advert_interval: Duration, priority: u8) -> Duration {
+    advert_interval * (256 - u32::from(priority)) / 256
+}
+
+/// RFC 5798 6.1: how long a backup at `priority` hears nothing before it takes over.
+pub fn master_down_interval(advert_interval: Duration, priority: u8) -> Duration {
+    3 * advert_interval + skew_time(advert_interval, priority)
+}
+
+/// Slack for process scheduling in a loaded namespace, added to protocol bounds so a test
+/// asserts the mechanism, not the machine's load.
+pub const SCHEDULING_MARGIN: Duration = Duration::from_millis(500);
+
+/// Checks, for `window`, that `host` never holds `vip`; `Err` with the time it first did.
+/// For "did not happen" assertions: the window is a protocol bound (a backup that hears no
+/// adverts takes over after its Master_Down_Interval), never a bare number.
+pub fn never_holds(host: &LabHost, vip: Ipv4Addr, window: Duration) -> Result<(), Duration> {
+    let started = std::time::Instant::now();
+    while started.elapsed() < window {
+        if host.has_address(vip) {
+            return Err(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// The first HA group of the palisade node in `host`, as `palisade status --json` shows it.
+pub fn group_status(host: &LabHost, binary: &str) -> serde_json::Value {
+    let output = host.run(binary, &["status", "--json"]);
+    let status: serde_json::Value =
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+            panic!(
+                "palisade status in {}: {error}: {}{}",
+                host.name,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
+    status["groups"][0].clone()
+}
+
+/// Waits until the node in `host` reports `field` of its first group as `value` (e.g. its
+/// `master` is another node's address: it has heard that node's adverts).
+pub fn wait_status(host: &LabHost, binary: &str, field: &str, value: &str, timeout: Duration) {
+    wait_for(
+        &format!("{} reports {field} = {value}", host.name),
+        timeout,
+        || {
+            let output = host.run(binary, &["status", "--json"]);
+            serde_json::from_slice::<serde_json::Value>(&output.stdout)
+                .is_ok_and(|status| status["groups"][0][field] == value)
+        },
+    );
 }
