@@ -353,6 +353,14 @@ impl Checker<'_> {
         }
     }
 
+    /// A listening address: port 0 lets the kernel choose (the node logs what it bound).
+    fn listen_addr(&mut self, value: &Spanned<String>, setting: &str) -> Option<SocketAddr> {
+        match value.get_ref().parse::<SocketAddr>() {
+            Ok(addr) if addr.port() == 0 => Some(addr),
+            _ => self.socket_addr(value, setting),
+        }
+    }
+
     fn socket_addrs(
         &mut self,
         value: Option<Spanned<Vec<Spanned<String>>>>,
@@ -364,7 +372,7 @@ impl Checker<'_> {
         };
         let mut addrs = Vec::new();
         for (index, item) in list.get_ref().iter().enumerate() {
-            if let Some(addr) = self.socket_addr(item, &format!("{setting}[{index}]")) {
+            if let Some(addr) = self.listen_addr(item, &format!("{setting}[{index}]")) {
                 addrs.push(addr);
             }
         }
@@ -698,7 +706,7 @@ impl Checker<'_> {
             self.socket_addrs(raw.proxy.test_listen, "proxy.test_listen", "127.0.0.1:9091");
         let admin_listen = match raw.admin.listen {
             Some(value) => self
-                .socket_addr(&value, "admin.listen")
+                .listen_addr(&value, "admin.listen")
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4711))),
             None => SocketAddr::from(([127, 0, 0, 1], 4711)),
         };

@@ -100,6 +100,18 @@ fn load_policy(path: &Path, node: &NodeIdentity) -> anyhow::Result<CompiledPolic
     })
 }
 
+/// The bound addresses of one kind of listener.
+fn bound_of(
+    listeners: &[(tokio::net::TcpListener, SocketAddr, &str)],
+    kind: &str,
+) -> Vec<SocketAddr> {
+    listeners
+        .iter()
+        .filter(|(_, _, listener_kind)| *listener_kind == kind)
+        .map(|(_, bound, _)| *bound)
+        .collect()
+}
+
 /// File descriptors one proxied connection can hold: a tunnel has two sockets and a pipe
 /// (two descriptors) per direction for splice.
 const FDS_PER_CONNECTION: u64 = 6;
@@ -157,7 +169,7 @@ fn init_tracing(config: &NodeConfig) {
 }
 
 async fn serve(
-    config: NodeConfig,
+    mut config: NodeConfig,
     policy_file: PathBuf,
     node_identity: NodeIdentity,
     policy: CompiledPolicy,
@@ -172,6 +184,40 @@ async fn serve(
         metrics.access_log_dropped.clone(),
     )
     .context("cannot start the access log")?;
+    // Bind everything first: a port given as 0 gets one from the kernel, and every later
+    // user (the self-connection guard, the port monitor, the logs) needs the real one.
+    let mut proxy_listeners = Vec::new();
+    for (addr, kind) in config
+        .listen
+        .iter()
+        .map(|addr| (addr, "redirect port"))
+        .chain(config.test_listen.iter().map(|addr| (addr, "test port")))
+    {
+        let listener = bind_retrying(*addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} ({kind})"))?;
+        let bound = listener.local_addr().unwrap_or(*addr);
+        tracing::info!(addr = %bound, kind, "Proxy listening");
+        proxy_listeners.push((listener, bound, kind));
+    }
+    let admin_listener = bind_retrying(config.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (admin)", config.admin_listen))?;
+    let admin_bound = admin_listener.local_addr().unwrap_or(config.admin_listen);
+    tracing::info!(addr = %admin_bound, "Admin interface listening (/metrics, /healthz)");
+    config.listen = bound_of(&proxy_listeners, "redirect port");
+    config.test_listen = bound_of(&proxy_listeners, "test port");
+    config.admin_listen = admin_bound;
+    config.proxy.own_ports.retain(|port| *port != 0);
+    config.proxy.own_ports.extend(
+        config
+            .listen
+            .iter()
+            .chain(&config.test_listen)
+            .chain(std::iter::once(&config.admin_listen))
+            .map(SocketAddr::port),
+    );
+
     let proxy = Proxy::new(
         config.proxy.clone(),
         policy.clone(),
@@ -183,16 +229,7 @@ async fn serve(
 
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
-    for (addr, kind) in config
-        .listen
-        .iter()
-        .map(|addr| (addr, "redirect port"))
-        .chain(config.test_listen.iter().map(|addr| (addr, "test port")))
-    {
-        let listener = bind_retrying(*addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} ({kind})"))?;
-        tracing::info!(%addr, kind, "Proxy listening");
+    for (listener, _, _) in proxy_listeners {
         tokio::spawn(
             proxy
                 .clone()
@@ -207,10 +244,6 @@ async fn serve(
     registry.register_collector(Box::new(palisade_vrrp_linux::metrics::HaMetrics::new(
         groups.iter().map(|group| group.status.clone()).collect(),
     )));
-    let admin_listener = bind_retrying(config.admin_listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (admin)", config.admin_listen))?;
-    tracing::info!(addr = %config.admin_listen, "Admin interface listening (/metrics, /healthz)");
     let control = Arc::new(crate::control::Control::new(
         config.hostname.clone(),
         groups.clone(),

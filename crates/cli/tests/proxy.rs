@@ -418,7 +418,7 @@ async fn error_pages_name_node_and_request_id() {
     let origin = Origin::start().await;
     let node = node_with_dns(&dns, "read_timeout = \"300ms\"\nconnect_timeout = \"2s\"");
     let proxy = proxy_url(&node);
-    let closed_port = palisade_e2e::node::free_port();
+    let (_held, closed_port) = palisade_e2e::node::closed_port();
     let cases = [
         ("http://no-such-name.test/".to_owned(), 502, "DNS: "),
         (format!("http://127.0.0.1:{closed_port}/"), 502, "refused"),

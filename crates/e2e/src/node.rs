@@ -1,6 +1,6 @@
 //! A palisade node as a child process, with its own data directory and free ports.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -8,13 +8,21 @@ use std::time::{Duration, Instant};
 
 static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
 
-/// A free port on 127.0.0.1 (bound and released; a race with another process is possible
-/// but the start-up check below would report it).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
+/// A port on 127.0.0.1 where connections are refused, held for as long as the returned
+/// socket lives: bound but not listening, so no other test can take it meanwhile.
+pub fn closed_port() -> (socket2::Socket, u16) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .unwrap_or_else(|error| panic!("socket: {error}"));
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap_or_else(|error| panic!("bind: {error}"));
+    let port = socket
+        .local_addr()
+        .ok()
+        .and_then(|addr| addr.as_socket())
         .map(|addr| addr.port())
-        .unwrap_or_else(|error| panic!("no free port: {error}"))
+        .unwrap_or_else(|| panic!("no local address"));
+    (socket, port)
 }
 
 /// A fresh directory under the system temp dir, removed on drop.
@@ -63,9 +71,10 @@ impl NodeProcess {
         policy: &str,
     ) -> NodeProcess {
         let dir = TempDir::new("palisade-e2e");
-        let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let test_port = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        // Port 0 everywhere: the node binds what the kernel gives and logs it, so parallel
+        // tests never race for a port.
+        let unbound = SocketAddr::from(([127, 0, 0, 1], 0));
+        let (proxy, test_port, admin) = (unbound, unbound, unbound);
         let policy_path = dir.0.join("policy.toml");
         std::fs::write(&policy_path, policy).unwrap_or_else(|error| panic!("policy: {error}"));
         let config = format!(
@@ -99,16 +108,29 @@ impl NodeProcess {
         node
     }
 
+    /// Waits for the node to log the addresses it bound (redirect, test and admin port).
     fn wait_listening(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("palisade exited at start ({status}):\n{}", self.stderr());
             }
-            let up = [self.proxy, self.test_port, self.admin]
-                .iter()
-                .all(|addr| std::net::TcpStream::connect(addr).is_ok());
-            if up {
+            let log = self.stderr();
+            let bound = |what: &str, kind: Option<&str>| {
+                log.lines()
+                    .filter(|line| line.contains(what))
+                    .filter(|line| kind.is_none_or(|kind| line.contains(kind)))
+                    .find_map(|line| {
+                        let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
+                        addr.parse::<SocketAddr>().ok()
+                    })
+            };
+            if let (Some(proxy), Some(test_port), Some(admin)) = (
+                bound("Proxy listening", Some("redirect port")),
+                bound("Proxy listening", Some("test port")),
+                bound("Admin interface listening", None),
+            ) {
+                (self.proxy, self.test_port, self.admin) = (proxy, test_port, admin);
                 return;
             }
             if Instant::now() > deadline {
