@@ -510,7 +510,15 @@ async fn watch_policy(
             None
         }
     };
-    let mut seen = file_stamp(&path);
+    // The policy file and every list file the live policy read (a blocklist edit must take
+    // effect like a policy edit, or the list fails open: security review F8).
+    let watched = |live: &CompiledPolicy| {
+        let mut files = vec![path.clone()];
+        files.extend(live.source_files().iter().cloned());
+        files
+    };
+    let mut files = watched(&live.load());
+    let mut seen: Vec<_> = files.iter().map(|file| file_stamp(file)).collect();
     loop {
         let forced = tokio::select! {
             _ = tokio::time::sleep(interval) => false,
@@ -519,17 +527,23 @@ async fn watch_policy(
         if forced {
             access_log.reopen();
         }
-        let stamp = file_stamp(&path);
-        if !forced && stamp == seen {
+        let stamps: Vec<_> = files.iter().map(|file| file_stamp(file)).collect();
+        if !forced && stamps == seen {
             continue;
         }
-        seen = stamp;
+        seen = stamps;
         let node = node.clone();
         let reload_path = path.clone();
         let compiled = tokio::task::spawn_blocking(move || load_policy(&reload_path, &node)).await;
         match compiled {
             Ok(Ok(policy)) => {
                 let summary = policy.summary();
+                let now_watched = watched(&policy);
+                if now_watched != files {
+                    // Stamps of the new set, as the policy just compiled saw them.
+                    seen = now_watched.iter().map(|file| file_stamp(file)).collect();
+                    files = now_watched;
+                }
                 live.store(Arc::new(policy));
                 tracing::info!(path = %path.display(), rulesets = summary.rulesets, rules = summary.rules, "policy reloaded");
             }

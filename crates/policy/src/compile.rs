@@ -32,6 +32,8 @@ pub(crate) struct Compiler<'a> {
     read: &'a dyn Fn(&Path) -> io::Result<String>,
     index: LineIndex<'a>,
     errors: Vec<PolicyError>,
+    /// Every list file read, so the binary can watch them like the policy file.
+    source_files: Vec<PathBuf>,
 }
 
 impl<'a> Compiler<'a> {
@@ -48,6 +50,7 @@ impl<'a> Compiler<'a> {
             read,
             index: LineIndex::new(source),
             errors: Vec::new(),
+            source_files: Vec::new(),
         }
     }
 
@@ -99,6 +102,7 @@ impl<'a> Compiler<'a> {
             allow_destinations,
             block_page: block_page.unwrap_or_else(default_block_page),
             summary,
+            source_files: self.source_files,
         })
     }
 
@@ -282,6 +286,9 @@ impl<'a> Compiler<'a> {
             .parent()
             .unwrap_or(Path::new(""))
             .join(file.get_ref());
+        if !self.source_files.contains(&path) {
+            self.source_files.push(path.clone());
+        }
         let text = match (self.read)(&path) {
             Ok(text) => text,
             Err(err) => {

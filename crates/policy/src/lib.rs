@@ -134,6 +134,7 @@ pub struct CompiledPolicy {
     allow_destinations: CidrSet,
     block_page: Template,
     summary: PolicySummary,
+    source_files: Vec<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for CompiledPolicy {
@@ -147,6 +148,12 @@ impl std::fmt::Debug for CompiledPolicy {
 }
 
 impl CompiledPolicy {
+    /// The list files this policy was compiled from (as resolved against the policy file's
+    /// directory), besides the policy file itself: a change to any of them needs a reload.
+    pub fn source_files(&self) -> &[std::path::PathBuf] {
+        &self.source_files
+    }
+
     /// The verdict for one request: the first matching rule's action, else the default.
     pub fn evaluate(&self, req: &RequestFacts<'_>) -> Verdict {
         let facts = Facts {

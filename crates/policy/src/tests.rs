@@ -1025,3 +1025,17 @@ fn arb_addr() -> impl Strategy<Value = IpAddr> {
         arb_v6_addr().prop_map(IpAddr::V6)
     ]
 }
+
+#[test]
+fn list_files_read_are_reported_for_watching() {
+    let policy = compiled(HOSTS);
+    assert_eq!(
+        policy.source_files(),
+        [std::path::PathBuf::from("/etc/palisade/lists/social.txt")]
+    );
+    assert!(
+        compiled("default_action = \"allow\"\n")
+            .source_files()
+            .is_empty()
+    );
+}
