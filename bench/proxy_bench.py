@@ -165,6 +165,8 @@ data_dir = "{WORK}/palisade/data"
 listen = ["{PROXIES['palisade']}"]
 test_listen = ["127.0.0.1:19091"]
 max_connections = 20000
+# Every benchmark client comes from 127.0.0.1: one source, unlike an office.
+max_connections_per_source = 20000
 [policy]
 file = "{WORK}/palisade/policy.toml"
 [admin]
