@@ -7,14 +7,16 @@
 //! - `192.0.2.7`, `2001:db8::1` or `[2001:db8::1]`: that IP-literal host only.
 //!
 //! Names and suffixes live in one hash table, so a lookup costs one probe per label of the host
-//! however large the set; globs cannot be hashed and sit in a short vec scanned in order, and
-//! IP literals in a hash set of their own.
+//! however large the set; globs are indexed by a literal piece in a [`GlobSet`], and IP
+//! literals sit in a hash set of their own.
 
 use std::collections::HashSet;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
+
+use crate::glob::GlobSet;
 
 /// A host as the request names it, classified once per request.
 #[derive(Clone, Copy, Debug)]
@@ -150,7 +152,7 @@ pub(crate) struct DomainSet {
     names: NameTable,
     /// Whether any name is a suffix; without one the label walk is skipped.
     has_suffix: bool,
-    globs: Vec<Box<str>>,
+    globs: GlobSet,
     ips: HashSet<IpAddr>,
     n_patterns: usize,
 }
@@ -179,13 +181,7 @@ impl DomainSet {
                 self.has_suffix = true;
                 self.names.insert(name, SUFFIX)
             }
-            HostPattern::Glob(glob) => {
-                let added = !self.globs.iter().any(|g| **g == *glob);
-                if added {
-                    self.globs.push(glob.into());
-                }
-                added
-            }
+            HostPattern::Glob(glob) => self.globs.insert(glob),
             HostPattern::Ip(ip) => self.ips.insert(ip),
         };
         self.n_patterns += usize::from(added);
@@ -222,9 +218,7 @@ impl DomainSet {
                 }
             }
         }
-        self.globs
-            .iter()
-            .any(|glob| glob_match(glob.as_bytes(), name.as_bytes()))
+        self.globs.matches(name)
     }
 }
 
@@ -300,6 +294,7 @@ impl NameTable {
 
 /// Shell-style match where `*` is any run of bytes (possibly empty, dots included) and every
 /// other byte matches itself. Linear backtracking: worst case patterns x text, both short.
+/// For one pattern (`node_hostname`); a [`GlobSet`] answers for many, and must agree.
 pub(crate) fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t) = (0, 0);
     // Position of the last `*` seen and the text position it is currently stretched to.

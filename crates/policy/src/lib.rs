@@ -23,6 +23,7 @@ mod block_page;
 mod compile;
 mod domain;
 mod error;
+mod glob;
 mod net;
 mod raw;
 
