@@ -189,7 +189,8 @@ impl CompiledPolicy {
         self.allow_destinations.contains(ip)
     }
 
-    /// The block page for a refused request, every substituted value HTML-escaped.
+    /// The block page for a refused request, every substituted value escaped for the context
+    /// its placeholder names (`{{url}}` / `{{url_attr}}` HTML, `{{url_js}}` a JavaScript string).
     pub fn render_block_page(&self, ctx: &BlockPageContext<'_>) -> String {
         self.block_page.render(ctx)
     }

@@ -847,7 +847,7 @@ fn block_page_errors() {
     check_errors(
         "block_page = \"\"\"\n<p>{{rule}}</p>\n<p>{{hostnme}} {{url}}</p>\n{{client_ip\"\"\"\n",
         &[
-            "/etc/palisade/policy.toml:3:4: unknown block page placeholder \"{{hostnme}}\": expected one of {{hostname}}, {{rule}}, {{url}}, {{client_ip}}, {{request_id}}",
+            "/etc/palisade/policy.toml:3:4: unknown block page placeholder \"{{hostnme}}\": expected one of {{hostname}}, {{rule}}, {{url}}, {{client_ip}}, {{request_id}}, each also as {{name_js}} or {{name_attr}}",
             "/etc/palisade/policy.toml:4:1: unterminated block page placeholder: \"{{\" without \"}}\"",
         ],
     );
@@ -855,7 +855,7 @@ fn block_page_errors() {
     check_errors(
         "block_page = \"\\u0041 {{nope}}\"\n",
         &[
-            "/etc/palisade/policy.toml:1:14: unknown block page placeholder \"{{nope}}\": expected one of {{hostname}}, {{rule}}, {{url}}, {{client_ip}}, {{request_id}}",
+            "/etc/palisade/policy.toml:1:14: unknown block page placeholder \"{{nope}}\": expected one of {{hostname}}, {{rule}}, {{url}}, {{client_ip}}, {{request_id}}, each also as {{name_js}} or {{name_attr}}",
         ],
     );
 }
