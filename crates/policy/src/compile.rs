@@ -416,6 +416,15 @@ impl<'a> Compiler<'a> {
             lists: host_lists.unwrap_or_default(),
         });
 
+        let path_ignore_case = match raw.path_ignore_case {
+            Some(flag) if raw.path_prefix.is_none() && raw.path_regex.is_none() => {
+                // It would change nothing, which is likely not what its author meant.
+                self.error(flag.span(), PolicyErrorKind::IgnoreCaseWithoutPath);
+                false
+            }
+            Some(flag) => flag.into_inner(),
+            None => false,
+        };
         let path_prefix = self
             .non_empty("path_prefix", raw.path_prefix)
             .map(|values| {
@@ -432,7 +441,7 @@ impl<'a> Compiler<'a> {
                 }
                 prefixes
             });
-        let path_regex = self.path_regexes(raw.path_regex);
+        let path_regex = self.path_regexes(raw.path_regex, path_ignore_case);
         let port = self
             .non_empty_ports(raw.port)
             .map(|values| self.ports(values));
@@ -463,6 +472,7 @@ impl<'a> Compiler<'a> {
             host,
             path_prefix,
             path_regex: path_regex.flatten(),
+            path_ignore_case,
         };
         Some((rule, applies))
     }
@@ -493,11 +503,18 @@ impl<'a> Compiler<'a> {
     }
 
     /// `Some(None)` when present but broken (reported), so the caller can tell it from absent.
-    fn path_regexes(&mut self, values: Option<Strings>) -> Option<Option<regex::RegexSet>> {
+    fn path_regexes(
+        &mut self,
+        values: Option<Strings>,
+        ignore_case: bool,
+    ) -> Option<Option<regex::RegexSet>> {
         let values = self.non_empty("path_regex", values)?;
         let n_errors = self.errors.len();
         for value in &values {
-            if let Err(err) = regex::Regex::new(value.get_ref()) {
+            let built = regex::RegexBuilder::new(value.get_ref())
+                .case_insensitive(ignore_case)
+                .build();
+            if let Err(err) = built {
                 let (inner, reason) = regex_error(value.get_ref(), &err);
                 let offset = self.offset_in_string(value, inner);
                 self.error_at(
@@ -513,7 +530,12 @@ impl<'a> Compiler<'a> {
             return Some(None);
         }
         let first_span = values.first().map_or(0..0, Spanned::span);
-        match regex::RegexSet::new(values.iter().map(|v| v.get_ref().as_str())) {
+        // The `(?i)` flag folds Unicode case: on ASCII, what request paths are made of, that
+        // is the comparison `path_prefix` makes; beyond it, it only matches more.
+        let set = regex::RegexSetBuilder::new(values.iter().map(|v| v.get_ref().as_str()))
+            .case_insensitive(ignore_case)
+            .build();
+        match set {
             Ok(set) => Some(Some(set)),
             Err(err) => {
                 // Each compiled alone, so this is the combined size limit.

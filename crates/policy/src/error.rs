@@ -48,6 +48,8 @@ pub enum PolicyErrorKind {
     BadNodeHostname { pattern: String, reason: String },
     #[error("invalid path_prefix \"{0}\": must start with \"/\"")]
     BadPathPrefix(String),
+    #[error("path_ignore_case needs path_prefix or path_regex in the same rule")]
+    IgnoreCaseWithoutPath,
     #[error("invalid method \"{0}\": must be an HTTP method token such as GET or CONNECT")]
     BadMethod(String),
     #[error("invalid {what} name \"{name}\": {reason}")]

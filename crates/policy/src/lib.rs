@@ -92,7 +92,10 @@ pub struct RequestFacts<'a> {
     /// Lowercase, no trailing dot; an IPv6 literal without brackets.
     pub host: &'a str,
     pub port: u16,
-    /// Path and query as sent (`"/a/b?x=1"`, not percent-decoded); `""` for CONNECT.
+    /// The path in canonical form, then the query as sent (`"/a/b?x=1"`); `""` for CONNECT.
+    /// Canonical: dot segments removed, repeated slashes merged, `%2F`, `%5C` and `\` read as
+    /// `/`, `;parameters` removed from each segment, unreserved percent-escapes decoded, so
+    /// that no spelling of a path slips past a rule. Rules compare against it as given.
     pub path: &'a str,
 }
 
@@ -223,6 +226,8 @@ struct Rule {
     host: Option<HostCriterion>,
     path_prefix: Option<Vec<Box<str>>>,
     path_regex: Option<regex::RegexSet>,
+    /// `path_prefix` compares ignoring ASCII case (`path_regex` was built that way).
+    path_ignore_case: bool,
 }
 
 /// `host` and `host_list` together are one criterion: the host is in any of them.
@@ -257,7 +262,9 @@ impl Rule {
             return false;
         }
         if let Some(prefixes) = &self.path_prefix
-            && !prefixes.iter().any(|p| facts.path.starts_with(&**p))
+            && !prefixes
+                .iter()
+                .any(|p| has_prefix(facts.path, p, self.path_ignore_case))
         {
             return false;
         }
@@ -267,6 +274,16 @@ impl Rule {
             return false;
         }
         true
+    }
+}
+
+/// Whether `path` starts with `prefix`, optionally ignoring ASCII case, without allocating.
+fn has_prefix(path: &str, prefix: &str, ignore_ascii_case: bool) -> bool {
+    // Bytes, not `str` slicing: the cut may fall inside a multi-byte character.
+    match path.as_bytes().get(..prefix.len()) {
+        Some(head) if ignore_ascii_case => head.eq_ignore_ascii_case(prefix.as_bytes()),
+        Some(head) => head == prefix.as_bytes(),
+        None => false,
     }
 }
 

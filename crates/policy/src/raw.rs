@@ -85,6 +85,7 @@ pub(crate) struct Rule {
     pub(crate) host_list: Option<Strings>,
     pub(crate) path_prefix: Option<Strings>,
     pub(crate) path_regex: Option<Strings>,
+    pub(crate) path_ignore_case: Option<Spanned<bool>>,
     pub(crate) port: Option<Ports>,
     pub(crate) method: Option<Strings>,
     pub(crate) client: Option<Strings>,

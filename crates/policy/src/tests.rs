@@ -296,6 +296,86 @@ path_regex = ['^/x/[0-9]+$', '\?debug=1']
 }
 
 #[test]
+fn path_ignore_case() {
+    let policy = r#"
+[[ruleset]]
+name = "paths"
+[[ruleset.rule]]
+name = "admin"
+action = "block"
+path_prefix = ["/Admin"]
+path_ignore_case = true
+[[ruleset.rule]]
+name = "exports"
+action = "block"
+path_regex = ['^/export/[a-z]+[0-9]*\.csv$']
+path_ignore_case = true
+[[ruleset.rule]]
+name = "exact-case"
+action = "block"
+path_prefix = ["/Secret"]
+path_regex = ['^/Secret']
+path_ignore_case = false
+"#;
+    let c = "127.0.0.1 GET a.example 80";
+    check(policy, &format!("{c} /admin"), Block, "paths/admin");
+    check(
+        policy,
+        &format!("{c} /ADMIN/users?x=1"),
+        Block,
+        "paths/admin",
+    );
+    check(policy, &format!("{c} /aDmInistrator"), Block, "paths/admin");
+    check(policy, &format!("{c} /adm"), Allow, "default");
+    check(
+        policy,
+        &format!("{c} /EXPORT/Q1.CSV"),
+        Block,
+        "paths/exports",
+    );
+    check(
+        policy,
+        &format!("{c} /export/q1.csv"),
+        Block,
+        "paths/exports",
+    );
+    check(policy, &format!("{c} /EXPORT/Q1.CSV/x"), Allow, "default");
+    check(policy, &format!("{c} /Secret/x"), Block, "paths/exact-case");
+    check(policy, &format!("{c} /secret/x"), Allow, "default");
+    // A multi-byte character across the prefix's end neither panics nor matches.
+    check(policy, &format!("{c} /Admé"), Allow, "default");
+    check(policy, "127.0.0.1 CONNECT a.example 443", Allow, "default");
+}
+
+#[test]
+fn path_ignore_case_needs_a_path_criterion() {
+    check_errors(
+        r#"[[ruleset]]
+name = "rs"
+[[ruleset.rule]]
+name = "r"
+action = "block"
+host = ["a.example"]
+path_ignore_case = true
+[[ruleset.rule]]
+name = "r2"
+action = "block"
+path_ignore_case = false
+[[ruleset.rule]]
+name = "r3"
+action = "block"
+path_prefix = ["/a"]
+path_ignore_case = "yes"
+"#,
+        &[
+            "/etc/palisade/policy.toml:7:20: path_ignore_case needs path_prefix or path_regex in the same rule",
+            "/etc/palisade/policy.toml:11:20: path_ignore_case needs path_prefix or path_regex in the same rule",
+            "/etc/palisade/policy.toml:16:20: invalid type: string \"yes\", expected a boolean",
+        ],
+    );
+}
+
+#[test]
 fn port_method_client_criteria() {
     let policy = r#"
 [[ruleset]]
@@ -679,7 +759,7 @@ port = 80
             "/etc/palisade/policy.toml:1:1: unknown key `default_acton` in the policy, expected one of: default_action, access, lists, ruleset, block_page",
             "/etc/palisade/policy.toml:3:1: unknown field `client`, expected one of `clients`, `connect_ports`, `allow_destinations`",
             "/etc/palisade/policy.toml:6:1: unknown field `rules`, expected one of `name`, `node_hostname`, `node_ip`, `rule`",
-            "/etc/palisade/policy.toml:10:1: unknown field `hots`, expected one of `name`, `action`, `host`, `host_list`, `path_prefix`, `path_regex`, `port`, `method`, `client`, `node_hostname`, `node_ip`",
+            "/etc/palisade/policy.toml:10:1: unknown field `hots`, expected one of `name`, `action`, `host`, `host_list`, `path_prefix`, `path_regex`, `path_ignore_case`, `port`, `method`, `client`, `node_hostname`, `node_ip`",
             "/etc/palisade/policy.toml:14:8: invalid type: integer `80`, expected a sequence",
         ],
     );
@@ -690,7 +770,7 @@ fn top_level_key_after_a_table_gets_a_hint() {
     check_errors(
         "[[ruleset]]\nname = \"rs\"\n[[ruleset.rule]]\nname = \"r\"\naction = \"allow\"\nblock_page = \"x\"\n",
         &[
-            "/etc/palisade/policy.toml:6:1: unknown field `block_page`, expected one of `name`, `action`, `host`, `host_list`, `path_prefix`, `path_regex`, `port`, `method`, `client`, `node_hostname`, `node_ip` (`block_page` belongs at the top of the document, before the first [table])",
+            "/etc/palisade/policy.toml:6:1: unknown field `block_page`, expected one of `name`, `action`, `host`, `host_list`, `path_prefix`, `path_regex`, `path_ignore_case`, `port`, `method`, `client`, `node_hostname`, `node_ip` (`block_page` belongs at the top of the document, before the first [table])",
         ],
     );
 }
@@ -939,6 +1019,19 @@ proptest! {
         let verdict = prepended.evaluate(&facts(&request));
         let expected = if first_action == "allow" { Allow } else { Block };
         prop_assert_eq!((verdict.action, &*verdict.rule), (expected, "pre/all"));
+    }
+
+    #[test]
+    fn path_prefix_ignoring_case_agrees_with_lowercasing(
+        prefix in "/[aAbB/é]{0,4}",
+        path in "/[aAbB/é?]{0,6}",
+    ) {
+        let policy = compiled(&format!(
+            "[[ruleset]]\nname = \"rs\"\n[[ruleset.rule]]\nname = \"r\"\naction = \"block\"\npath_prefix = [\"{prefix}\"]\npath_ignore_case = true\n"
+        ));
+        let request = format!("127.0.0.1 GET a.example 80 {path}");
+        let expected = path.to_ascii_lowercase().starts_with(&prefix.to_ascii_lowercase());
+        prop_assert_eq!(policy.evaluate(&facts(&request)).action == Block, expected);
     }
 
     #[test]
