@@ -77,11 +77,12 @@ struct Glob {
 /// Where a glob is filed.
 #[derive(Clone, Copy, Debug)]
 enum Key {
-    /// `len` bytes at `offset` of the glob (its start or its end), and their rolling hash.
+    /// The glob's first `len` bytes, and their rolling hash.
     Prefix {
         len: usize,
         hash: u64,
     },
+    /// The glob's last `len` bytes, from `offset`, and their rolling hash.
     Suffix {
         offset: usize,
         len: usize,
