@@ -566,3 +566,141 @@ async fn f8_an_entry_added_to_a_list_file_is_blocked_without_sighup() {
     }
     node.wait_stderr("policy reloaded", Duration::from_secs(5));
 }
+
+// === F6: path rules match what origins make of the path ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f6_path_rule_bypass_shapes_are_blocked_and_the_origin_sees_rfc3986_form() {
+    let origin = Origin::start().await;
+    let policy = POLICY.to_owned()
+        + r#"  [[ruleset.rule]]
+  name = "admin"
+  action = "block"
+  path_prefix = ["/admin"]
+  [[ruleset.rule]]
+  name = "manage-any-case"
+  action = "block"
+  path_prefix = ["/manage"]
+  path_ignore_case = true
+"#;
+    let node = NodeProcess::start(BIN, "", &policy);
+    let fetch = |path: &str| {
+        let mut client = connect_from([127, 0, 0, 1], node.proxy);
+        let request = format!(
+            "GET http://{}{path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            origin.addr
+        );
+        let response = exchange(&mut client, &request).unwrap_or_else(|error| panic!("{error}"));
+        (
+            status_of(&response),
+            String::from_utf8_lossy(&response).into_owned(),
+        )
+    };
+    // Each of these reached the origin as /admin-equivalent before the fix.
+    for path in [
+        "//admin",
+        "/x/..;/admin",
+        "/;/admin",
+        "/%2Fadmin",
+        "/%2fadmin",
+        "/\\admin",
+        "/%5Cadmin",
+        "/admin;jsessionid=x",
+        "/MANAGE",
+        "/Manage/users",
+    ] {
+        let (status, response) = fetch(path);
+        assert_eq!(status, 403, "{path}: {response}");
+    }
+    assert_eq!(
+        origin.connections(),
+        0,
+        "a blocked shape reached the origin"
+    );
+    // The access log keeps the target as received and the form the rules saw.
+    let record = node.wait_access_log(
+        |record| {
+            record["url"]
+                .as_str()
+                .is_some_and(|url| url.ends_with("//admin"))
+        },
+        Duration::from_secs(10),
+    );
+    assert_eq!(record["rule_path"], "/admin", "{record}");
+    // Allowed paths reach the origin with RFC 3986 normalisation only: escaped slashes stay
+    // (OCSP GETs carry base64 with %2F), merged slashes are not merged, case is kept.
+    for (sent, seen) in [
+        (
+            "/ocsp/MFEwTzBNMEswSTAJ%2Fa%2bb%3D",
+            "/ocsp/MFEwTzBNMEswSTAJ%2Fa%2Bb%3D",
+        ),
+        ("//static/x", "//static/x"),
+        ("/ADMIN", "/ADMIN"),
+        ("/x/../%73mall", "/small"),
+    ] {
+        let (status, response) = fetch(sent);
+        assert_ne!(status, 403, "{sent}: {response}");
+        assert!(
+            origin.requests().iter().any(|request| request.uri == seen),
+            "{sent}: origin never saw {seen}: {:?}",
+            origin
+                .requests()
+                .iter()
+                .map(|request| &request.uri)
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escaped_slashes_can_be_refused_by_setting() {
+    let origin = Origin::start().await;
+    let node = NodeProcess::start(BIN, "refuse_escaped_slashes = true", POLICY);
+    for path in ["/a%2Fb", "/a%5cb"] {
+        let mut client = connect_from([127, 0, 0, 1], node.proxy);
+        let request = format!(
+            "GET http://{}{path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            origin.addr
+        );
+        let response = exchange(&mut client, &request).unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(status_of(&response), 400, "{path}");
+    }
+    assert_eq!(origin.connections(), 0);
+}
+
+// === F10: block-page placeholders cannot break out of a script ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f10_a_url_cannot_break_out_of_a_script_in_the_block_page() {
+    let template = "block_page = '''\n<script>var t = `{{url}}`; var s = \"{{url_js}}\";</script><a href=\"{{url_attr}}\">x</a>\n'''\n";
+    let node = NodeProcess::start(BIN, "", &format!("{template}{POLICY}"));
+    let mut client = connect_from([127, 0, 0, 1], node.proxy);
+    // The reviewer's URL: a template-literal substitution, then a backslash to eat the
+    // closing quote of a JS string.
+    let response = exchange(
+        &mut client,
+        "GET http://127.0.0.2/${alert(document.domain)}`;//\\ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap_or_else(|error| panic!("{error}"));
+    let page = String::from_utf8_lossy(&response).into_owned();
+    assert_eq!(status_of(&response), 403, "{page}");
+    let script = page
+        .split("<script>")
+        .nth(1)
+        .and_then(|rest| rest.split("</script>").next())
+        .unwrap_or_else(|| panic!("no script in {page}"));
+    // Inside the script, none of the characters that end or escape a literal survive.
+    for dangerous in ["${", "\\`", "\\\""] {
+        assert!(!script.contains(dangerous), "{dangerous:?} in {script}");
+    }
+    assert_eq!(
+        script.matches('`').count(),
+        2,
+        "only the template's own backticks: {script}"
+    );
+    assert_eq!(
+        script.matches('"').count(),
+        2,
+        "only the template's own quotes: {script}"
+    );
+}
