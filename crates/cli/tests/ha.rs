@@ -907,13 +907,7 @@ fn ipv6_group_fails_over_and_the_client_follows_the_neighbour_advert() {
         });
     }
     let holds = |host: &LabHost| host.addresses().contains(&format!(" {vip}/"));
-    // The lab's clients may use the proxy (others are reset at accept: no page to probe).
-    let policy = dir.0.join("policy.toml");
-    std::fs::write(
-        &policy,
-        "default_action = \"allow\"\n[access]\nclients = [\"127.0.0.0/8\", \"fd00::/8\"]\n",
-    )
-    .unwrap_or_else(|error| panic!("{error}"));
+    let policy = palisade_e2e::ha::lab_policy(&dir.0, "ipv6");
     let config = |host: &LabHost, priority: u8| {
         let path = dir.0.join(format!("{}.toml", host.name));
         let text = format!(

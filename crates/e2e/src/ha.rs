@@ -28,14 +28,7 @@ impl HaNode {
         vip: Ipv4Addr,
         extra: &str,
     ) -> HaNode {
-        // Clients on the lab's network may use the proxy (the built-in policy serves
-        // loopback only, and resets everyone else at accept, so `probe` would see nothing).
-        let policy = dir.join(format!("{}-policy.toml", host.name));
-        std::fs::write(
-            &policy,
-            "default_action = \"allow\"\n[access]\nclients = [\"127.0.0.0/8\", \"10.213.0.0/16\", \"fd00::/8\"]\n",
-        )
-        .unwrap_or_else(|error| panic!("{error}"));
+        let policy = lab_policy(dir, &host.name);
         let config = format!(
             r#"
 [node]
@@ -95,6 +88,19 @@ vips = ["{vip}/24"]
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// Writes `<dir>/<name>-policy.toml`: clients on the lab's networks (IPv4 and the ULA
+/// prefixes the IPv6 tests use) may use the proxy. The built-in policy serves loopback only
+/// and resets everyone else at accept, so [`probe`] would see nothing.
+pub fn lab_policy(dir: &Path, name: &str) -> PathBuf {
+    let policy = dir.join(format!("{name}-policy.toml"));
+    std::fs::write(
+        &policy,
+        "default_action = \"allow\"\n[access]\nclients = [\"127.0.0.0/8\", \"10.213.0.0/16\", \"fd00::/8\"]\n",
+    )
+    .unwrap_or_else(|error| panic!("{error}"));
+    policy
 }
 
 /// Gone, or a zombie whose threads have all exited. A zombie leader with live threads

@@ -157,10 +157,12 @@ fn start_node(
         ),
         System::Keepalived => String::new(),
     };
+    let policy = palisade_e2e::ha::lab_policy(dir, &tag);
     let config = format!(
-        "[node]\nhostname = \"{name}\"\ndata_dir = \"{data}\"\n[proxy]\nlisten = [\"0.0.0.0:9090\"]\ntest_listen = [\"0.0.0.0:9091\"]\n[admin]\nlisten = \"127.0.0.1:4711\"\n[log]\nlevel = \"warn\"\n[access_log]\npath = \"off\"\n{vrrp}",
+        "[node]\nhostname = \"{name}\"\ndata_dir = \"{data}\"\n[policy]\nfile = \"{policy}\"\n[proxy]\nlisten = [\"0.0.0.0:9090\"]\ntest_listen = [\"0.0.0.0:9091\"]\n[admin]\nlisten = \"127.0.0.1:4711\"\n[log]\nlevel = \"warn\"\n[access_log]\npath = \"off\"\n{vrrp}",
         name = host.name,
-        data = data.display()
+        data = data.display(),
+        policy = policy.display(),
     );
     let config_path = dir.join(format!("{tag}.toml"));
     let _ = std::fs::write(&config_path, config);
