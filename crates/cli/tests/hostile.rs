@@ -704,3 +704,42 @@ async fn f10_a_url_cannot_break_out_of_a_script_in_the_block_page() {
         "only the template's own quotes: {script}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_above_the_minimum_rate_is_never_cut_however_long_it_takes() {
+    let origin = Origin::start().await;
+    let node = NodeProcess::start(
+        BIN,
+        "read_timeout = \"2s\"\nmin_body_rate = 500\nbody_rate_window = \"1s\"",
+        POLICY,
+    );
+    let mut stream = connect_from([127, 0, 0, 1], node.proxy);
+    // 20 KiB at ~4 KiB/s: five windows long, far longer than read_timeout in total, every
+    // window well above 500 B/s.
+    let chunk = [b'u'; 1024];
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        origin.url("/echo"),
+        20 * chunk.len()
+    );
+    stream
+        .write_all(head.as_bytes())
+        .unwrap_or_else(|error| panic!("{error}"));
+    let started = Instant::now();
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(250));
+        stream
+            .write_all(&chunk)
+            .unwrap_or_else(|error| panic!("cut after {:?}: {error}", started.elapsed()));
+    }
+    let mut response = Vec::new();
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = stream.read_to_end(&mut response);
+    assert_eq!(
+        status_of(&response),
+        200,
+        "{}",
+        String::from_utf8_lossy(&response)
+    );
+    assert!(started.elapsed() > Duration::from_secs(4));
+}
