@@ -271,6 +271,19 @@ fn heartbeat_makes_crash_and_stop_failover_fast() {
         &node2_host.addr.to_string(),
         Duration::from_secs(10),
     );
+    // An unknown address knocking on the heartbeat port again and again: refused, and
+    // logged once per interval (10 s), not once per connection.
+    let heartbeat_port = SocketAddr::from((node1_host.addr, 9192));
+    in_namespace(&client.ns, || {
+        for _ in 0..30 {
+            let _ = std::net::TcpStream::connect_timeout(&heartbeat_port, Duration::from_secs(1));
+        }
+    });
+    let refused = "heartbeat connection from an unknown address refused";
+    wait_for("refusal logged", Duration::from_secs(5), || {
+        node1.log_text().contains(refused)
+    });
+    assert_eq!(node1.log_text().matches(refused).count(), 1, "{}", logs());
     // node2 knows who the master is (from an advert) before the master dies.
     wait_status(
         &node2_host,
