@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""palisade vs Squid vs tinyproxy vs a direct connection, in one run, on loopback.
+"""palisade vs HAProxy vs Squid vs tinyproxy vs a direct connection, in one run, on loopback.
 
 Method: ../shared/research/baseline-proxies.md. Each proxy is pinned to CPU 1 (PIN_PROXY),
 the load generators and the nginx origin to CPU 0 (PIN_LOAD), so figures compare per core.
@@ -8,6 +8,16 @@ REPS interleaved repetitions, medians. Latency at a fixed rate: oha -q RATE. Lar
 curl, 100 MiB, plain and CONNECT, medians of 5. Memory: VmRSS idle, with 1,000 connected-idle
 and 1,000 kept-alive client connections. Prints a table with ratios and writes raw figures
 as JSON next to it.
+
+Machine CPU per request (issue 8): every target at the same fixed rate (oha -q RATE, which all
+of them sustain), CPU_REPS interleaved repetitions; the busy time of the whole machine (all
+cores, /proc/stat, softirq included) divided by the requests answered, minus the direct run's:
+what the proxy costs the machine per request, whoever pays it (on loopback the receiver's TCP
+work runs in the sender's context, so per-process CPU figures are soft). palisade runs twice,
+access log off and on (JSON lines to a file, as real deployments log). HAProxy is the
+yardstick: a one-server reverse proxy, one thread, `http-reuse always`, no logging.
+With CALLGRIND=1, instructions per request of the proxy process itself under valgrind
+(repeatable whatever the machine's noise): (I(N2) - I(N1)) / (N2 - N1), start-up cancels out.
 
 Run through bench/proxy-bench.sh, which installs the tools and builds palisade.
 """
@@ -36,9 +46,17 @@ ONLY = [name for name in os.environ.get("ONLY", "").split(",") if name]
 ORIGIN = "127.0.0.1:18080"
 PROXIES = {
     "palisade": "127.0.0.1:19090",
+    "palisade-log": "127.0.0.1:19190",
+    "haproxy": "127.0.0.1:18081",
     "squid": "127.0.0.1:13128",
     "tinyproxy": "127.0.0.1:18888",
 }
+# Reverse proxies take the same absolute-form requests (HTTP/1.1 servers must accept them)
+# but cannot CONNECT.
+NO_CONNECT = {"haproxy"}
+CPU_REPS = int(os.environ.get("CPU_REPS", "10"))
+CPU_DURATION = os.environ.get("CPU_DURATION", "5s")
+CALLGRIND = os.environ.get("CALLGRIND", "") == "1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -176,6 +194,44 @@ level = "warn"
 [access_log]
 path = "off"
 """)
+    write(f"{WORK}/palisade-log/palisade.toml", f"""
+[node]
+hostname = "bench"
+data_dir = "{WORK}/palisade-log/data"
+[proxy]
+listen = ["{PROXIES['palisade-log']}"]
+test_listen = ["127.0.0.1:19191"]
+max_connections = 20000
+max_connections_per_source = 20000
+[policy]
+file = "{WORK}/palisade/policy.toml"
+[admin]
+listen = "127.0.0.1:14712"
+[log]
+level = "warn"
+[access_log]
+path = "access.log"
+format = "json"
+""")
+    write(f"{WORK}/haproxy/haproxy.cfg", f"""
+global
+    nbthread 1
+    # Two descriptors per connection; this machine's hard limit is 20,000.
+    maxconn 9000
+    pidfile {WORK}/haproxy/haproxy.pid
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 120s
+    timeout server 120s
+    timeout http-keep-alive 120s
+    http-reuse always
+frontend bench
+    bind {PROXIES['haproxy']}
+    default_backend origin
+backend origin
+    server nginx {ORIGIN}
+""")
     wrk_lua = """
 local target = os.getenv("WRK_TARGET")
 if target ~= nil and target ~= "" then
@@ -285,6 +341,40 @@ def oha_fixed_rate(target_name):
             "rps": result.get("summary", {}).get("requestsPerSec", 0)}
 
 
+def machine_busy_seconds():
+    """Busy time of every core since boot, from /proc/stat's cpu line: user, nice, system,
+    irq and softirq. Not idle or iowait, and not steal: time the hypervisor gave to other
+    guests is no work of ours."""
+    with open("/proc/stat") as handle:
+        user, nice, system, _idle, _iowait, irq, softirq = (
+            int(value) for value in handle.readline().split()[1:8])
+    return (user + nice + system + irq + softirq) / CLK_TCK
+
+
+def cpu_per_request(target_name, nginx):
+    """One fixed-rate run: machine busy microseconds per answered request, and its p99."""
+    command = ["taskset", "-c", PIN_LOAD, "oha", "-z", CPU_DURATION, "-c", "50", "-q", str(RATE),
+               "--no-tui", "--output-format", "json"]
+    if target_name != "direct":
+        command += ["-x", f"http://{PROXIES[target_name]}"]
+    command.append(f"http://{ORIGIN}/small")
+    if target_name == "direct":
+        move_nginx_worker(nginx, PIN_PROXY)
+    before = machine_busy_seconds()
+    result = json.loads(run(command).stdout)
+    busy = machine_busy_seconds() - before
+    if target_name == "direct":
+        move_nginx_worker(nginx, PIN_LOAD)
+    summary = result.get("summary", {})
+    answered = sum(count for status, count in result.get("statusCodeDistribution", {}).items()
+                   if status == "200")
+    if not answered:
+        raise RuntimeError(f"{target_name}: no request answered at {RATE}/s")
+    return {"us_per_req": busy / answered * 1e6, "answered": answered,
+            "rps": summary.get("requestsPerSec", 0),
+            "p99_ms": result.get("latencyPercentiles", {}).get("p99", 0) * 1000}
+
+
 def curl_download(target_name, connect, path="/large"):
     command = ["taskset", "-c", PIN_LOAD, "curl", "-s", "-o", "/dev/null", "-w",
                "%{http_code} %{size_download} %{speed_download}"]
@@ -343,6 +433,8 @@ def main():
     try:
         starters = {
             "palisade": [PALISADE, "run", "--config", f"{WORK}/palisade/palisade.toml"],
+            "palisade-log": [PALISADE, "run", "--config", f"{WORK}/palisade-log/palisade.toml"],
+            "haproxy": ["haproxy", "-db", "-f", f"{WORK}/haproxy/haproxy.cfg"],
             "squid": ["squid", "-N", "-f", f"{WORK}/squid/squid.conf"],
             "tinyproxy": ["tinyproxy", "-d", "-c", f"{WORK}/tinyproxy/tinyproxy.conf"],
         }
@@ -354,7 +446,7 @@ def main():
 
         # Verify each proxy really forwards (and CONNECTs) before measuring.
         for name in names:
-            for connect in (False, True):
+            for connect in (False,) if name in NO_CONNECT else (False, True):
                 command = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-x",
                            f"http://{PROXIES[name]}", f"http://{ORIGIN}/small"]
                 if connect:
@@ -402,9 +494,22 @@ def main():
             results[target]["fixed_p99_ms"] = statistics.median(value["p99_ms"] for value in values)
             log(f"fixed rate {target}: {results[target]['fixed_p99_ms']:.3f} ms p99")
 
+        # b2) machine CPU per request at one fixed rate, interleaved.
+        cpu_runs = {target: [] for target in targets}
+        for rep in range(CPU_REPS):
+            for target in targets:
+                cpu_runs[target].append(cpu_per_request(target, nginx))
+                log(f"cpu/request rep {rep + 1} {target}: {cpu_runs[target][-1]}")
+        for target in targets:
+            values = [run_["us_per_req"] for run_ in cpu_runs[target]]
+            results[target]["cpu_runs"] = cpu_runs[target]
+            results[target]["cpu_us_per_req"] = statistics.median(values)
+            results[target]["cpu_us_per_req_spread"] = [min(values), max(values)]
+            results[target]["cpu_p99_ms"] = statistics.median(run_["p99_ms"] for run_ in cpu_runs[target])
+
         # c) large downloads.
         for target in targets:
-            for connect in ((False,) if target == "direct" else (False, True)):
+            for connect in ((False,) if target == "direct" or target in NO_CONNECT else (False, True)):
                 speeds = []
                 for _ in range(LARGE_REPS):
                     size, speed = curl_download(target, connect)
@@ -449,9 +554,47 @@ def main():
         for daemon in daemons.values():
             daemon.stop()
         nginx.stop()
+    if CALLGRIND:
+        nginx = Daemon("nginx", ["nginx", "-c", f"{WORK}/nginx/nginx.conf", "-p", f"{WORK}/nginx/"],
+                       ORIGIN, PIN_LOAD)
+        try:
+            for name in ("palisade", "palisade-log", "haproxy"):
+                if name in results:
+                    results[name]["instructions_per_req"] = callgrind_per_request(name, starters[name])
+                    log(f"callgrind {name}: {results[name]['instructions_per_req']:,.0f} instructions/request")
+        finally:
+            nginx.stop()
     with open(f"{WORK}/results.json", "w") as handle:
         json.dump(results, handle, indent=2)
     print_table(results)
+
+
+def callgrind_per_request(name, command, counts=(2000, 6000)):
+    """Instructions the proxy process executes per request, from two callgrind runs of
+    different lengths (start-up, warm-up and exit cancel out in the difference)."""
+    totals = []
+    for count in counts:
+        out = f"{WORK}/callgrind-{name}-{count}.out"
+        process = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + command,
+            stdout=subprocess.DEVNULL, stderr=open(f"{WORK}/callgrind-{name}.stderr", "w"),
+            start_new_session=True)
+        try:
+            wait_port(PROXIES[name], timeout=120)
+            oha = ["oha", "-n", str(count), "-c", "10", "--no-tui", "--output-format", "json",
+                   "-x", f"http://{PROXIES[name]}", f"http://{ORIGIN}/small"]
+            result = json.loads(run(oha).stdout)
+            answered = result.get("statusCodeDistribution", {}).get("200", 0)
+            if answered != count:
+                raise RuntimeError(f"callgrind {name}: {answered} of {count} answered")
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=120)
+        with open(out) as handle:
+            total = next(int(line.split()[1]) for line in handle
+                         if line.startswith(("summary:", "totals:")))
+        totals.append(total)
+    return (totals[1] - totals[0]) / (counts[1] - counts[0])
 
 
 def move_nginx_worker(nginx, cpu):
@@ -460,7 +603,7 @@ def move_nginx_worker(nginx, cpu):
 
 
 def print_table(results):
-    names = [name for name in ("palisade", "squid", "tinyproxy") if name in results]
+    names = [name for name in PROXIES if name in results]
     squid = results.get("squid", {})
     direct = results.get("direct", {})
     print(f"\n# proxy benchmark {results['time']} (kernel {results['machine']})")
@@ -493,11 +636,46 @@ def print_table(results):
               f"| {entry.get('fixed_p99_ms', 0):.3f} | {added or '-'} "
               f"| {entry.get('large_plain_mib_s', 0):,.0f} | {entry.get('large_connect_mib_s', 0):,.0f} "
               f"| {mib(idle)} | {mib(idle1000)} | {mib(kept)} | {per_conn} |")
+    print_cpu_table(results)
     huge = results.get("palisade", {}).get("huge_download")
     if huge:
         print(f"\n10 GiB through palisade: {huge['bytes']} bytes at {huge['mib_s']:.0f} MiB/s, "
               f"RSS {huge['rss_before_kib']} KiB before, {huge['rss_after_kib']} KiB after")
     print(f"\nraw figures: {WORK}/results.json")
+
+
+def print_cpu_table(results):
+    """Issue 8's comparison: machine CPU per request at one fixed rate, net of the direct
+    run, against HAProxy; p99 added over direct; large plain forwarding against direct;
+    instructions per request under callgrind."""
+    direct = results.get("direct", {})
+    haproxy = results.get("haproxy", {})
+    if "cpu_us_per_req" not in direct:
+        return
+    base = direct["cpu_us_per_req"]
+    print(f"\nMachine CPU per request at {RATE} req/s, medians of {CPU_REPS} interleaved "
+          f"{CPU_DURATION} runs (spread min-max), net = minus direct's {base:.1f} µs\n")
+    header = ("| target | µs/request | spread | net µs/request | net vs HAProxy | p99 ms "
+              "| added p99 vs direct ms | large plain vs direct | instructions/request |")
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    haproxy_net = haproxy.get("cpu_us_per_req", 0) - base if haproxy else 0
+    for name in ["direct"] + [name for name in PROXIES if name in results]:
+        entry = results.get(name, {})
+        if "cpu_us_per_req" not in entry:
+            continue
+        value = entry["cpu_us_per_req"]
+        low, high = entry["cpu_us_per_req_spread"]
+        net = value - base
+        versus = f"{net / haproxy_net:.2f}x" if haproxy_net > 0 and name != "direct" else "-"
+        added = f"{entry['cpu_p99_ms'] - direct['cpu_p99_ms']:.3f}" if name != "direct" else "-"
+        plain = entry.get("large_plain_mib_s")
+        ratio = (f"{plain / direct['large_plain_mib_s'] * 100:.0f}%"
+                 if plain and direct.get("large_plain_mib_s") and name != "direct" else "-")
+        instructions = entry.get("instructions_per_req")
+        print(f"| {name} | {value:.1f} | {low:.1f}-{high:.1f} | {net:.1f} | {versus} "
+              f"| {entry['cpu_p99_ms']:.3f} | {added} | {ratio} "
+              f"| {f'{instructions:,.0f}' if instructions else '-'} |")
 
 
 if __name__ == "__main__":
