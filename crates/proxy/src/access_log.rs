@@ -74,7 +74,7 @@ pub struct AccessRecord {
     pub reason: String,
     pub upstream: Option<SocketAddr>,
     pub node: Arc<str>,
-    pub request_id: String,
+    pub request_id: crate::RequestId,
 }
 
 enum Message {
@@ -198,27 +198,68 @@ fn open(target: &LogTarget) -> std::io::Result<Box<dyn std::io::Write + Send>> {
     })
 }
 
+/// One JSON object per line. Written field by field: building a `serde_json::Value` first
+/// cost an allocation per key and value, for every request.
 pub fn format_json(record: &AccessRecord, out: &mut String) {
-    let mut value = serde_json::json!({
-        "time": rfc3339(record.time),
-        "client": record.client.to_string(),
-        "method": record.method,
-        "url": record.url,
-        "status": record.status,
-        "bytes_from_client": record.bytes_from_client,
-        "bytes_to_client": record.bytes_to_client,
-        "duration_ms": (record.duration.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
-        "rule": &*record.rule,
-        "decision": record.decision.as_str(),
-        "reason": record.reason,
-        "upstream": record.upstream.map(|addr| addr.to_string()),
-        "node": &*record.node,
-        "request_id": record.request_id,
-    });
-    if let (Some(rule_path), Some(fields)) = (&record.rule_path, value.as_object_mut()) {
-        fields.insert("rule_path".to_owned(), rule_path.as_str().into());
+    out.push_str("{\"time\":\"");
+    out.push_str(&rfc3339(record.time));
+    let _ = write!(out, "\",\"client\":\"{}\",\"method\":", record.client);
+    json_string(out, &record.method);
+    out.push_str(",\"url\":");
+    json_string(out, &record.url);
+    let duration_ms = (record.duration.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
+    let _ = write!(
+        out,
+        ",\"status\":{},\"bytes_from_client\":{},\"bytes_to_client\":{},\"duration_ms\":{duration_ms},\"rule\":",
+        record.status, record.bytes_from_client, record.bytes_to_client
+    );
+    json_string(out, &record.rule);
+    let _ = write!(
+        out,
+        ",\"decision\":\"{}\",\"reason\":",
+        record.decision.as_str()
+    );
+    json_string(out, &record.reason);
+    match record.upstream {
+        Some(upstream) => {
+            let _ = write!(out, ",\"upstream\":\"{upstream}\"");
+        }
+        None => out.push_str(",\"upstream\":null"),
     }
-    let _ = write!(out, "{value}");
+    out.push_str(",\"node\":");
+    json_string(out, &record.node);
+    let _ = write!(out, ",\"request_id\":\"{}\"", record.request_id);
+    if let Some(rule_path) = &record.rule_path {
+        out.push_str(",\"rule_path\":");
+        json_string(out, rule_path);
+    }
+    out.push('}');
+}
+
+/// A JSON string literal (RFC 8259 7): quotes, backslashes and control characters escaped.
+fn json_string(out: &mut String, text: &str) {
+    out.push('"');
+    let mut clean = 0;
+    for (at, byte) in text.bytes().enumerate() {
+        let escape = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x00..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&text[clean..at]);
+        if escape.is_empty() {
+            let _ = write!(out, "\\u{byte:04x}");
+        } else {
+            out.push_str(escape);
+        }
+        clean = at + 1;
+    }
+    out.push_str(&text[clean..]);
+    out.push('"');
 }
 
 /// Squid's native format (`logformat squid`), then palisade's fields appended:
@@ -307,7 +348,7 @@ mod tests {
             reason: String::new(),
             upstream: Some(SocketAddr::from(([127, 0, 0, 2], 80))),
             node: Arc::from("node-a"),
-            request_id: "abc".to_owned(),
+            request_id: crate::RequestId(0xabc),
         }
     }
 
@@ -330,7 +371,7 @@ mod tests {
         format_squid(&record(), &mut line);
         assert_eq!(
             line,
-            "1795000000.123      4 127.0.0.1 TCP_MISS/200 1234 GET http://a.test/x - HIER_DIRECT/127.0.0.2 - 80 default allow node-a abc"
+            "1795000000.123      4 127.0.0.1 TCP_MISS/200 1234 GET http://a.test/x - HIER_DIRECT/127.0.0.2 - 80 default allow node-a 0000000000000abc"
         );
     }
 
@@ -340,7 +381,7 @@ mod tests {
         format_json(&record(), &mut line);
         let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
         assert_eq!(value["status"], 200);
-        assert_eq!(value["request_id"], "abc");
+        assert_eq!(value["request_id"], "0000000000000abc");
         assert_eq!(value["decision"], "allow");
         assert_eq!(value["duration_ms"], 4.5);
         assert_eq!(value["upstream"], "127.0.0.2:80");
@@ -357,5 +398,29 @@ mod tests {
         let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
         assert_eq!(value["url"], "http://a.test//x");
         assert_eq!(value["rule_path"], "/x");
+    }
+
+    #[test]
+    fn json_strings_round_trip_whatever_they_hold() {
+        for text in [
+            "",
+            "plain",
+            "quote \" and \\ backslash",
+            "ctl \u{1}\u{1f}\n\r\t",
+            "caf\u{e9} \u{1F600}",
+        ] {
+            let mut line = String::new();
+            format_json(
+                &AccessRecord {
+                    reason: text.to_owned(),
+                    ..record()
+                },
+                &mut line,
+            );
+            let value: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|error| panic!("{line}: {error}"));
+            assert_eq!(value["reason"], text, "{line}");
+            assert_eq!(value["upstream"], "127.0.0.2:80");
+        }
     }
 }

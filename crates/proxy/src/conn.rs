@@ -181,7 +181,7 @@ async fn read_request_head(
 
 /// Everything the access log and metrics need about one request.
 struct Exchange {
-    request_id: String,
+    request_id: crate::RequestId,
     time: SystemTime,
     start: Instant,
     client: SocketAddr,
@@ -272,7 +272,7 @@ impl Proxy {
     fn stamp<'a>(&'a self, exchange: &'a Exchange) -> Stamp<'a> {
         Stamp {
             node: &self.node,
-            request_id: &exchange.request_id,
+            request_id: exchange.request_id,
         }
     }
 }
@@ -709,7 +709,7 @@ async fn block(
         rule: &exchange.rule,
         url: &url,
         client_ip: canonical(client.addr.ip()),
-        request_id: &exchange.request_id,
+        request_id: &exchange.request_id.to_string(),
     });
     let response = html_response(403, &page, proxy.stamp(&exchange), close, "");
     exchange.status = 403;
@@ -834,7 +834,7 @@ async fn connect_tunnel(
     addresses: &[IpAddr],
 ) -> bool {
     let key = PoolKey {
-        host: authority.host.to_string(),
+        host: authority.host.clone(),
         port: authority.port,
     };
     let mut upstream = match connect_upstream(proxy, &mut exchange, addresses, &key).await {

@@ -33,7 +33,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
 #[derive(Clone, Copy, Debug)]
 pub struct Stamp<'a> {
     pub node: &'a str,
-    pub request_id: &'a str,
+    pub request_id: crate::RequestId,
 }
 
 /// A complete HTML response with `Content-Length`; `close` adds `Connection: close`.
@@ -65,7 +65,7 @@ pub fn error_response(status: u16, detail: &str, stamp: Stamp<'_>, close: bool) 
         "<!DOCTYPE html>\n<html><head><title>{status} {reason}</title></head>\n<body>\n<h1>{status} {reason}</h1>\n<p>{}</p>\n<hr>\n<p>Answered by node <b>{}</b>, request id <code>{}</code>.</p>\n</body></html>\n",
         escape(detail),
         escape(stamp.node),
-        escape(stamp.request_id),
+        stamp.request_id,
     );
     let extra = if status == 503 {
         "Retry-After: 5\r\n"
@@ -99,15 +99,15 @@ mod tests {
     fn error_page_names_node_and_request() {
         let stamp = Stamp {
             node: "node-<a>",
-            request_id: "r1",
+            request_id: crate::RequestId(0x51),
         };
         let response = error_response(502, "DNS lookup for x.test failed", stamp, true);
         let text = String::from_utf8_lossy(&response);
         assert!(text.starts_with("HTTP/1.1 502 Bad Gateway\r\n"));
-        assert!(text.contains("X-Palisade-Request-Id: r1\r\n"));
+        assert!(text.contains("X-Palisade-Request-Id: 0000000000000051\r\n"));
         assert!(text.contains("Connection: close\r\n"));
         assert!(text.contains("node <b>node-&lt;a&gt;</b>"));
-        assert!(text.contains("request id <code>r1</code>"));
+        assert!(text.contains("request id <code>0000000000000051</code>"));
         let (head, body) = text.split_once("\r\n\r\n").unwrap_or_default();
         assert!(head.contains(&format!("Content-Length: {}", body.len())));
     }

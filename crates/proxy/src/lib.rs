@@ -187,9 +187,9 @@ impl Proxy {
         }))
     }
 
-    fn next_request_id(&self) -> String {
+    fn next_request_id(&self) -> RequestId {
         let counter = self.request_counter.fetch_add(1, Ordering::Relaxed);
-        format!("{:016x}", self.request_id_key.hash_one(counter))
+        RequestId(self.request_id_key.hash_one(counter))
     }
 
     /// Our `Via` entry for a message received with `version`.
@@ -290,13 +290,12 @@ impl Proxy {
     /// the connection is closed at once, after draining what has arrived.
     fn shed(&self, stream: TcpStream, tracker: &TaskTracker) {
         self.metrics.shed_connections.inc();
-        let request_id = self.next_request_id();
         let response = error_page::error_response(
             503,
             "the proxy is at its connection limit; retry shortly",
             error_page::Stamp {
                 node: &self.node,
-                request_id: &request_id,
+                request_id: self.next_request_id(),
             },
             true,
         );
@@ -314,6 +313,18 @@ impl Proxy {
                 let _ = socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Write);
             }
         }
+    }
+}
+
+/// A request's id: in the access log, on error pages, in `X-Palisade-Request-Id`. Kept as a
+/// number and written as 16 hex digits only where it is shown, so a request that nobody
+/// logs costs no formatting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestId(pub u64);
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
     }
 }
 

@@ -127,6 +127,10 @@ pub fn normalize_path(path_and_query: &str) -> String {
         Some(at) => path_and_query.split_at(at),
         None => (path_and_query, ""),
     };
+    if !path.is_empty() && !path.contains('%') && !path.contains("/.") {
+        // Nothing to decode and no dot segment (the common case): one copy.
+        return path_and_query.to_owned();
+    }
     let mut decoded = String::with_capacity(path.len());
     let bytes = path.as_bytes();
     let mut index = 0;

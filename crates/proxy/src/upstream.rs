@@ -15,7 +15,8 @@ use tokio::time::Instant;
 /// carries another's requests.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PoolKey {
-    pub host: String,
+    /// The host as the client named it: a name, or an address (no formatting per request).
+    pub host: crate::target::Host,
     pub port: u16,
 }
 

@@ -108,7 +108,7 @@ pub(super) async fn forward(
     } = plan;
     let addresses = &addresses[..];
     let key = PoolKey {
-        host: target.authority.host.to_string(),
+        host: target.authority.host.clone(),
         port: target.authority.port,
     };
     // Only WebSocket is tunnelled: after a 101 the client speaks to the origin unchecked, so
@@ -606,7 +606,9 @@ where
         // Interim responses: relay to HTTP/1.1 clients only (RFC 9110 15.2).
         if request.version == Version::Http11 {
             let mut out = BytesMut::with_capacity(256);
-            out.extend_from_slice(format!("HTTP/1.1 {status} ").as_bytes());
+            out.extend_from_slice(b"HTTP/1.1 ");
+            put_decimal(&mut out, u64::from(status));
+            out.extend_from_slice(b" ");
             out.extend_from_slice(response.reason());
             out.extend_from_slice(b"\r\n");
             for (name, value) in response.headers() {
@@ -663,33 +665,54 @@ fn upstream_keep_alive(response: &Head) -> bool {
         }
 }
 
-/// Hop-by-hop fields (RFC 9110 7.6.1) plus the framing fields we always set ourselves.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "content-length",
-];
+/// Appends `value` in decimal: heads are written per request, and `format!` would allocate
+/// and go through the formatting machinery for three digits.
+fn put_decimal(out: &mut BytesMut, mut value: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
+}
+
+/// Hop-by-hop fields (RFC 9110 7.6.1) plus the framing fields we always set ourselves:
+/// connection, proxy-connection, keep-alive, te, trailer, transfer-encoding, upgrade,
+/// proxy-authorization, proxy-authenticate, content-length. Sorted by length first: this runs
+/// for every field of every message, and most names share a length with none of them.
+fn is_hop_by_hop_name(name: &[u8]) -> bool {
+    let candidates: &[&[u8]] = match name.len() {
+        2 => &[b"te"],
+        7 => &[b"trailer", b"upgrade"],
+        10 => &[b"connection", b"keep-alive"],
+        14 => &[b"content-length"],
+        16 => &[b"proxy-connection"],
+        17 => &[b"transfer-encoding"],
+        18 => &[b"proxy-authenticate"],
+        19 => &[b"proxy-authorization"],
+        _ => return false,
+    };
+    candidates
+        .iter()
+        .any(|candidate| name.eq_ignore_ascii_case(candidate))
+}
 
 /// Whether a header must not be forwarded: hop-by-hop, or named by `Connection`.
 fn is_hop_by_hop(name: &[u8], head: &Head) -> bool {
-    if HOP_BY_HOP
-        .iter()
-        .any(|hop| name.eq_ignore_ascii_case(hop.as_bytes()))
-    {
+    if is_hop_by_hop_name(name) {
         return true;
     }
-    head.header_all("connection").any(|value| {
-        value
-            .split(|byte| *byte == b',')
-            .any(|token| crate::http1::head::trim_ows(token).eq_ignore_ascii_case(name))
-    })
+    head.connection.names_fields
+        && head.header_all("connection").any(|value| {
+            value
+                .split(|byte| *byte == b',')
+                .any(|token| crate::http1::head::trim_ows(token).eq_ignore_ascii_case(name))
+        })
 }
 
 fn build_upstream_request(
@@ -729,7 +752,9 @@ fn build_upstream_request(
         out.extend_from_slice(b"\r\n");
     }
     if let Some(max_forwards) = max_forwards {
-        out.extend_from_slice(format!("Max-Forwards: {}\r\n", max_forwards - 1).as_bytes());
+        out.extend_from_slice(b"Max-Forwards: ");
+        put_decimal(&mut out, max_forwards - 1);
+        out.extend_from_slice(b"\r\n");
     }
     write_forwarded_for(&mut out, forwarded_for, head, client);
     out.extend_from_slice(b"Via: ");
@@ -737,7 +762,9 @@ fn build_upstream_request(
     out.extend_from_slice(b"\r\n");
     match head.framing {
         Framing::Length(length) => {
-            out.extend_from_slice(format!("Content-Length: {length}\r\n").as_bytes());
+            out.extend_from_slice(b"Content-Length: ");
+            put_decimal(&mut out, length);
+            out.extend_from_slice(b"\r\n");
         }
         Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         Framing::Empty | Framing::UntilClose => {}
@@ -790,7 +817,8 @@ fn write_response_head(
     out: &mut BytesMut,
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(format!("{} ", response.status()).as_bytes());
+    put_decimal(out, u64::from(response.status()));
+    out.extend_from_slice(b" ");
     out.extend_from_slice(response.reason());
     out.extend_from_slice(b"\r\n");
     for (name, value) in response.headers() {
@@ -809,7 +837,9 @@ fn write_response_head(
     out.extend_from_slice(b"\r\n");
     match framing {
         ClientFraming::Length(length) => {
-            out.extend_from_slice(format!("Content-Length: {length}\r\n").as_bytes());
+            out.extend_from_slice(b"Content-Length: ");
+            put_decimal(out, length);
+            out.extend_from_slice(b"\r\n");
         }
         ClientFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         ClientFraming::Empty | ClientFraming::UntilClose => {}
@@ -994,4 +1024,52 @@ async fn relay_upgrade(
     exchange.to_client += bytes.to_client;
     proxy.finish(exchange);
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{is_hop_by_hop_name, put_decimal};
+
+    #[test]
+    fn decimals() {
+        for value in [0, 7, 10, 200, 404, 65_535, u64::MAX] {
+            let mut out = bytes::BytesMut::new();
+            put_decimal(&mut out, value);
+            assert_eq!(out, value.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_names_whatever_their_case() {
+        let listed = [
+            "connection",
+            "proxy-connection",
+            "keep-alive",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-authorization",
+            "proxy-authenticate",
+            "content-length",
+        ];
+        for name in listed {
+            assert!(is_hop_by_hop_name(name.as_bytes()), "{name}");
+            assert!(
+                is_hop_by_hop_name(name.to_ascii_uppercase().as_bytes()),
+                "{name}"
+            );
+        }
+        for name in [
+            "host",
+            "content-type",
+            "tE ",
+            "trailers",
+            "via",
+            "x-forwarded-for",
+            "",
+        ] {
+            assert!(!is_hop_by_hop_name(name.as_bytes()), "{name}");
+        }
+    }
 }

@@ -51,6 +51,9 @@ pub struct ConnectionFlags {
     pub close: bool,
     pub keep_alive: bool,
     pub upgrade: bool,
+    /// `Connection` names some other field (RFC 9110 7.6.1: it is hop-by-hop too). Rare, so
+    /// the per-field hop-by-hop check can skip re-reading `Connection` when it is false.
+    pub names_fields: bool,
 }
 
 /// A parsed head: the raw bytes plus offsets, so parsing allocates one `Vec` of positions.
@@ -421,10 +424,11 @@ fn check_host(head: &Head) -> Result<(), HeadError> {
 
 fn connection_flags(head: &Head) -> ConnectionFlags {
     let mut flags = ConnectionFlags::default();
-    for value in head
-        .header_all("connection")
-        .chain(head.header_all("proxy-connection"))
-    {
+    for (name, value) in head.headers() {
+        let connection = name.eq_ignore_ascii_case(b"connection");
+        if !connection && !name.eq_ignore_ascii_case(b"proxy-connection") {
+            continue;
+        }
         for token in value.split(|byte| *byte == b',').map(trim_ows) {
             if token.eq_ignore_ascii_case(b"close") {
                 flags.close = true;
@@ -432,6 +436,8 @@ fn connection_flags(head: &Head) -> ConnectionFlags {
                 flags.keep_alive = true;
             } else if token.eq_ignore_ascii_case(b"upgrade") {
                 flags.upgrade = true;
+            } else if connection && !token.is_empty() {
+                flags.names_fields = true;
             }
         }
     }
