@@ -525,11 +525,12 @@ async fn admit(
     if rule_path != received_path(head.target()) {
         exchange.rule_path = Some(rule_path.clone().into_owned());
     }
-    let host = target.authority.host.policy_form();
+    let mut host_text = [0u8; 48];
+    let host = target.authority.host.policy_form(&mut host_text);
     let verdict = policy.evaluate(&RequestFacts {
         client: client_ip,
         method: head.method(),
-        host: &host,
+        host,
         port: target.authority.port,
         path: &rule_path,
     });
@@ -568,11 +569,12 @@ async fn admit_connect(
         );
         return Err(Denial::new(403, Decision::Deny, reason));
     }
-    let host = authority.host.policy_form();
+    let mut host_text = [0u8; 48];
+    let host = authority.host.policy_form(&mut host_text);
     let verdict = policy.evaluate(&RequestFacts {
         client: client_ip,
         method: "CONNECT",
-        host: &host,
+        host,
         port: authority.port,
         path: "",
     });

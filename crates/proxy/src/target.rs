@@ -17,13 +17,48 @@ pub enum Host {
 }
 
 impl Host {
-    /// The host as the policy sees it: a name, or an address without brackets.
-    pub fn policy_form(&self) -> std::borrow::Cow<'_, str> {
+    /// The host as the policy sees it: a name, or an address without brackets. An address
+    /// is written into `buf` (no allocation: this runs for every request).
+    pub fn policy_form<'a>(&'a self, buf: &'a mut [u8; 48]) -> &'a str {
         match self {
-            Host::Name(name) => std::borrow::Cow::Borrowed(name),
-            Host::Ip(ip) => std::borrow::Cow::Owned(ip.to_string()),
+            Host::Name(name) => name,
+            Host::Ip(IpAddr::V4(v4)) => {
+                let len = write_ipv4(*v4, buf);
+                std::str::from_utf8(&buf[..len]).unwrap_or_default()
+            }
+            Host::Ip(IpAddr::V6(v6)) => {
+                use std::io::Write as _;
+                let mut cursor = std::io::Cursor::new(&mut buf[..]);
+                // At most 45 bytes (IPv4-mapped form): it fits.
+                let _ = write!(cursor, "{v6}");
+                let len = cursor.position() as usize;
+                std::str::from_utf8(&buf[..len]).unwrap_or_default()
+            }
         }
     }
+}
+
+/// Dotted-quad text of `ip` into `out`, returning its length: the `Display` of the standard
+/// library goes through the formatting machinery, eight calls per address.
+fn write_ipv4(ip: Ipv4Addr, out: &mut [u8]) -> usize {
+    let mut len = 0;
+    for (index, octet) in ip.octets().into_iter().enumerate() {
+        if index > 0 {
+            out[len] = b'.';
+            len += 1;
+        }
+        if octet >= 100 {
+            out[len] = b'0' + octet / 100;
+            len += 1;
+        }
+        if octet >= 10 {
+            out[len] = b'0' + octet / 10 % 10;
+            len += 1;
+        }
+        out[len] = b'0' + octet % 10;
+        len += 1;
+    }
+    len
 }
 
 impl fmt::Display for Host {
@@ -53,10 +88,36 @@ impl fmt::Display for Authority {
 impl Authority {
     /// The value for a `Host` header: the port is left out when it is the scheme default.
     pub fn host_header(&self) -> String {
-        if self.port == 80 {
-            self.host.to_string()
-        } else {
-            self.to_string()
+        let mut out = bytes::BytesMut::with_capacity(64);
+        self.write_host_header(&mut out);
+        String::from_utf8(out.to_vec()).unwrap_or_default()
+    }
+
+    /// [`Self::host_header`] appended to `out`, without going through `format!`.
+    pub fn write_host_header(&self, out: &mut bytes::BytesMut) {
+        match &self.host {
+            Host::Name(name) => out.extend_from_slice(name.as_bytes()),
+            Host::Ip(IpAddr::V4(v4)) => {
+                let mut buf = [0u8; 15];
+                let len = write_ipv4(*v4, &mut buf);
+                out.extend_from_slice(&buf[..len]);
+            }
+            Host::Ip(IpAddr::V6(_)) => out.extend_from_slice(self.host.to_string().as_bytes()),
+        }
+        if self.port != 80 {
+            out.extend_from_slice(b":");
+            let mut digits = [0u8; 5];
+            let mut start = digits.len();
+            let mut port = self.port;
+            loop {
+                start -= 1;
+                digits[start] = b'0' + (port % 10) as u8;
+                port /= 10;
+                if port == 0 {
+                    break;
+                }
+            }
+            out.extend_from_slice(&digits[start..]);
         }
     }
 }
@@ -489,6 +550,36 @@ mod tests {
             proptest::prop_assert!(!once.contains("//") && !once.contains('\\') && !once.contains(';'));
             proptest::prop_assert!(!once.split('/').any(|segment| segment == ".." || segment == "."));
         }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn host_forms_match_the_standard_text(octets in proptest::array::uniform4(0u8..), port in 1u16..) {
+            let ip = Ipv4Addr::from(octets);
+            let mut buf = [0u8; 48];
+            let host = Host::Ip(IpAddr::V4(ip));
+            proptest::prop_assert_eq!(host.policy_form(&mut buf), ip.to_string());
+            let authority = Authority { host, port };
+            let expected = if port == 80 { ip.to_string() } else { format!("{ip}:{port}") };
+            proptest::prop_assert_eq!(authority.host_header(), expected);
+        }
+    }
+
+    #[test]
+    fn host_forms_of_names_and_ipv6() {
+        let mut buf = [0u8; 48];
+        let v6 = Host::Ip("::ffff:255.255.255.255".parse().expect("address literal"));
+        assert_eq!(v6.policy_form(&mut buf), "::ffff:255.255.255.255");
+        let name = Authority {
+            host: Host::Name("a.test".to_owned()),
+            port: 8080,
+        };
+        assert_eq!(name.host_header(), "a.test:8080");
+        let v6 = Authority {
+            host: Host::Ip("2001:db8::1".parse().expect("address literal")),
+            port: 80,
+        };
+        assert_eq!(v6.host_header(), "[2001:db8::1]");
     }
 
     #[test]

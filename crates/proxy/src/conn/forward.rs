@@ -729,7 +729,7 @@ fn build_upstream_request(
     out.extend_from_slice(b" ");
     out.extend_from_slice(target.path_and_query.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
-    out.extend_from_slice(target.authority.host_header().as_bytes());
+    target.authority.write_host_header(&mut out);
     out.extend_from_slice(b"\r\n");
     for (name, value) in head.headers() {
         if is_hop_by_hop(name, head)

@@ -171,38 +171,50 @@ pub fn find_head_end(
 ) -> Result<Option<usize>, HeadError> {
     let mut index = *scanned;
     while index < buf.len() {
-        match buf[index] {
+        // Jump to the next byte that matters (SIMD): a head is mostly plain text.
+        let Some(offset) = memchr::memchr3(b'\n', b'\r', 0, &buf[index..]) else {
+            index = buf.len();
+            break;
+        };
+        let at = index + offset;
+        if at > max_head_bytes {
+            return Err(HeadError::TooLarge);
+        }
+        match buf[at] {
             b'\n' => {
-                if index == 0 || buf[index - 1] != b'\r' {
+                if at == 0 || buf[at - 1] != b'\r' {
                     return Err(HeadError::BareLf);
                 }
                 // "\r\n\r\n" ends the head.
-                if index >= 3 && &buf[index - 3..index] == b"\r\n\r" {
-                    if index + 1 > max_head_bytes {
+                if at >= 3 && &buf[at - 3..at] == b"\r\n\r" {
+                    if at + 1 > max_head_bytes {
                         return Err(HeadError::TooLarge);
                     }
-                    *scanned = index + 1;
-                    return Ok(Some(index + 1));
+                    *scanned = at + 1;
+                    return Ok(Some(at + 1));
                 }
             }
             b'\r' => {
-                if let Some(&next) = buf.get(index + 1)
+                if let Some(&next) = buf.get(at + 1)
                     && next != b'\n'
                 {
                     return Err(HeadError::BareCr);
                 }
-                if index + 1 == buf.len() {
+                if at + 1 == buf.len() {
                     // Can't judge a CR until its successor arrives.
+                    index = at;
                     break;
                 }
             }
-            0 => return Err(HeadError::Nul),
-            _ => {}
+            _ => return Err(HeadError::Nul),
         }
-        index += 1;
+        index = at + 1;
         if index > max_head_bytes {
             return Err(HeadError::TooLarge);
         }
+    }
+    if index > max_head_bytes {
+        return Err(HeadError::TooLarge);
     }
     *scanned = index;
     if index >= max_head_bytes {
@@ -493,6 +505,85 @@ fn header_positions(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The byte-at-a-time scan `find_head_end` replaced: the reference it must agree with.
+    fn find_head_end_naive(
+        buf: &[u8],
+        scanned: &mut usize,
+        max_head_bytes: usize,
+    ) -> Result<Option<usize>, HeadError> {
+        let mut index = *scanned;
+        while index < buf.len() {
+            match buf[index] {
+                b'\n' => {
+                    if index == 0 || buf[index - 1] != b'\r' {
+                        return Err(HeadError::BareLf);
+                    }
+                    if index >= 3 && &buf[index - 3..index] == b"\r\n\r" {
+                        if index + 1 > max_head_bytes {
+                            return Err(HeadError::TooLarge);
+                        }
+                        *scanned = index + 1;
+                        return Ok(Some(index + 1));
+                    }
+                }
+                b'\r' => {
+                    if let Some(&next) = buf.get(index + 1)
+                        && next != b'\n'
+                    {
+                        return Err(HeadError::BareCr);
+                    }
+                    if index + 1 == buf.len() {
+                        break;
+                    }
+                }
+                0 => return Err(HeadError::Nul),
+                _ => {}
+            }
+            index += 1;
+            if index > max_head_bytes {
+                return Err(HeadError::TooLarge);
+            }
+        }
+        *scanned = index;
+        if index >= max_head_bytes {
+            return Err(HeadError::TooLarge);
+        }
+        Ok(None)
+    }
+
+    proptest::proptest! {
+        /// Same verdict, same end and same resume point as the byte-at-a-time scan, for
+        /// heads fed whole or in two pieces.
+        #[test]
+        fn head_end_scan_agrees_with_the_naive_one(
+            buf in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just(b'\r'),
+                    proptest::strategy::Just(b'\n'),
+                    proptest::strategy::Just(0u8),
+                    proptest::strategy::Just(b'a'),
+                    proptest::strategy::Just(b':'),
+                ],
+                0..64,
+            ),
+            max in 1usize..70,
+            split in 0usize..64,
+        ) {
+            let split = split.min(buf.len());
+            let (mut fast, mut naive) = (0, 0);
+            let first = find_head_end(&buf[..split], &mut fast, max);
+            let first_naive = find_head_end_naive(&buf[..split], &mut naive, max);
+            proptest::prop_assert_eq!(&first, &first_naive);
+            proptest::prop_assert_eq!(fast, naive);
+            if matches!(first, Ok(None)) {
+                let whole = find_head_end(&buf, &mut fast, max);
+                let whole_naive = find_head_end_naive(&buf, &mut naive, max);
+                proptest::prop_assert_eq!(whole, whole_naive);
+                proptest::prop_assert_eq!(fast, naive);
+            }
+        }
+    }
 
     fn parse(raw: &str) -> Result<Head, HeadError> {
         let mut scanned = 0;
