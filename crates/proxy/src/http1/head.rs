@@ -62,6 +62,9 @@ pub struct Head {
     raw: Bytes,
     /// Request: method. Response: empty.
     first: (u32, u32),
+    /// The method when it is one of the standard ones: `method()` is asked many times per
+    /// request, and this saves re-checking its UTF-8 each time.
+    known_method: Option<&'static str>,
     status: u16,
     /// Request: target. Response: reason phrase.
     second: (u32, u32),
@@ -78,6 +81,9 @@ impl Head {
 
     /// Request method as sent (case-sensitive token).
     pub fn method(&self) -> &str {
+        if let Some(method) = self.known_method {
+            return method;
+        }
         // Validated as a token (ASCII) by httparse.
         std::str::from_utf8(self.slice(self.first)).unwrap_or("")
     }
@@ -256,9 +262,14 @@ pub fn parse_request(raw: Bytes, limits: HeadLimits) -> Result<Head, HeadError> 
     let first = range_of(&raw, method.as_bytes());
     let second = range_of(&raw, target.as_bytes());
     let headers = header_positions(&raw, request.headers)?;
+    const KNOWN_METHODS: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    let known_method = KNOWN_METHODS.into_iter().find(|known| *known == method);
     let mut head = Head {
         raw,
         first,
+        known_method,
         status: 0,
         second,
         version,
@@ -311,6 +322,7 @@ pub fn parse_response(
     let mut head = Head {
         raw,
         first: (0, 0),
+        known_method: None,
         status: code,
         second,
         version,
