@@ -202,17 +202,27 @@ fn open(target: &LogTarget) -> std::io::Result<Box<dyn std::io::Write + Send>> {
 /// cost an allocation per key and value, for every request.
 pub fn format_json(record: &AccessRecord, out: &mut String) {
     out.push_str("{\"time\":\"");
-    out.push_str(&rfc3339(record.time));
-    let _ = write!(out, "\",\"client\":\"{}\",\"method\":", record.client);
+    rfc3339_into(out, record.time);
+    out.push_str("\",\"client\":\"");
+    push_addr(out, record.client);
+    out.push_str("\",\"method\":");
     json_string(out, &record.method);
     out.push_str(",\"url\":");
     json_string(out, &record.url);
-    let duration_ms = (record.duration.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
-    let _ = write!(
-        out,
-        ",\"status\":{},\"bytes_from_client\":{},\"bytes_to_client\":{},\"duration_ms\":{duration_ms},\"rule\":",
-        record.status, record.bytes_from_client, record.bytes_to_client
-    );
+    out.push_str(",\"status\":");
+    push_padded(out, u64::from(record.status), 1);
+    out.push_str(",\"bytes_from_client\":");
+    push_padded(out, record.bytes_from_client, 1);
+    out.push_str(",\"bytes_to_client\":");
+    push_padded(out, record.bytes_to_client, 1);
+    // Milliseconds with microsecond resolution, written as integers: float formatting
+    // costs more than the rest of the line.
+    let micros = record.duration.as_micros().min(u128::from(u64::MAX)) as u64;
+    out.push_str(",\"duration_ms\":");
+    push_padded(out, micros / 1000, 1);
+    out.push('.');
+    push_padded(out, micros % 1000, 3);
+    out.push_str(",\"rule\":");
     json_string(out, &record.rule);
     let _ = write!(
         out,
@@ -222,13 +232,17 @@ pub fn format_json(record: &AccessRecord, out: &mut String) {
     json_string(out, &record.reason);
     match record.upstream {
         Some(upstream) => {
-            let _ = write!(out, ",\"upstream\":\"{upstream}\"");
+            out.push_str(",\"upstream\":\"");
+            push_addr(out, upstream);
+            out.push('"');
         }
         None => out.push_str(",\"upstream\":null"),
     }
     out.push_str(",\"node\":");
     json_string(out, &record.node);
-    let _ = write!(out, ",\"request_id\":\"{}\"", record.request_id);
+    out.push_str(",\"request_id\":\"");
+    record.request_id.push_hex(out);
+    out.push('"');
     if let Some(rule_path) = &record.rule_path {
         out.push_str(",\"rule_path\":");
         json_string(out, rule_path);
@@ -300,18 +314,64 @@ pub fn format_squid(record: &AccessRecord, out: &mut String) {
 
 /// `2026-11-21T07:26:00.123Z` without pulling in a date crate.
 pub fn rfc3339(time: SystemTime) -> String {
+    let mut out = String::with_capacity(24);
+    rfc3339_into(&mut out, time);
+    out
+}
+
+/// [`rfc3339`] appended to `out`, without the formatting machinery (once per log line).
+fn rfc3339_into(out: &mut String, time: SystemTime) {
     let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since_epoch.as_secs();
     let days = (secs / 86_400) as i64;
     let (year, month, day) = civil_from_days(days);
     let rem = secs % 86_400;
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60,
-        since_epoch.subsec_millis()
-    )
+    push_padded(out, year.max(0) as u64, 4);
+    out.push('-');
+    push_padded(out, u64::from(month), 2);
+    out.push('-');
+    push_padded(out, u64::from(day), 2);
+    out.push('T');
+    push_padded(out, rem / 3600, 2);
+    out.push(':');
+    push_padded(out, (rem / 60) % 60, 2);
+    out.push(':');
+    push_padded(out, rem % 60, 2);
+    out.push('.');
+    push_padded(out, u64::from(since_epoch.subsec_millis()), 3);
+    out.push('Z');
+}
+
+/// `value` in decimal, zero-padded to at least `width` digits.
+fn push_padded(out: &mut String, mut value: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    start = start.min(digits.len() - width.min(digits.len()));
+    out.extend(digits[start..].iter().map(|digit| char::from(*digit)));
+}
+
+/// A socket address as `ip:port` (`[ip]:port` for IPv6).
+fn push_addr(out: &mut String, addr: SocketAddr) {
+    match addr {
+        SocketAddr::V4(v4) => {
+            let mut buf = [0u8; 15];
+            let len = crate::target::write_ipv4(*v4.ip(), &mut buf);
+            out.extend(buf[..len].iter().map(|byte| char::from(*byte)));
+            out.push(':');
+            push_padded(out, u64::from(v4.port()), 1);
+        }
+        SocketAddr::V6(_) => {
+            let _ = write!(out, "{addr}");
+        }
+    }
 }
 
 /// Howard Hinnant's days-to-civil algorithm.
@@ -398,6 +458,21 @@ mod tests {
         let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
         assert_eq!(value["url"], "http://a.test//x");
         assert_eq!(value["rule_path"], "/x");
+    }
+
+    #[test]
+    fn numbers_and_addresses_as_the_formatter_writes_them() {
+        for (value, width) in [(0u64, 1usize), (7, 2), (42, 4), (12_345, 2), (u64::MAX, 3)] {
+            let mut out = String::new();
+            push_padded(&mut out, value, width);
+            assert_eq!(out, format!("{value:0width$}"));
+        }
+        for addr in ["10.0.0.255:65535", "0.0.0.0:1", "[2001:db8::1]:443"] {
+            let addr: SocketAddr = addr.parse().expect("socket address literal");
+            let mut out = String::new();
+            push_addr(&mut out, addr);
+            assert_eq!(out, addr.to_string());
+        }
     }
 
     #[test]

@@ -322,6 +322,20 @@ impl Proxy {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RequestId(pub u64);
 
+impl RequestId {
+    /// The 16 hex digits appended to `out`, without the formatting machinery.
+    pub fn push_hex(self, out: &mut String) {
+        for shift in (0..16).rev() {
+            let nibble = ((self.0 >> (shift * 4)) & 0xf) as u8;
+            out.push(char::from(if nibble < 10 {
+                b'0' + nibble
+            } else {
+                b'a' + nibble - 10
+            }));
+        }
+    }
+}
+
 impl std::fmt::Display for RequestId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:016x}", self.0)

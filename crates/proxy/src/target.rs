@@ -40,7 +40,7 @@ impl Host {
 
 /// Dotted-quad text of `ip` into `out`, returning its length: the `Display` of the standard
 /// library goes through the formatting machinery, eight calls per address.
-fn write_ipv4(ip: Ipv4Addr, out: &mut [u8]) -> usize {
+pub(crate) fn write_ipv4(ip: Ipv4Addr, out: &mut [u8]) -> usize {
     let mut len = 0;
     for (index, octet) in ip.octets().into_iter().enumerate() {
         if index > 0 {
