@@ -355,7 +355,7 @@ fn push_padded(out: &mut String, mut value: u64, width: usize) {
         }
     }
     start = start.min(digits.len() - width.min(digits.len()));
-    out.extend(digits[start..].iter().map(|digit| char::from(*digit)));
+    out.push_str(std::str::from_utf8(&digits[start..]).unwrap_or_default());
 }
 
 /// A socket address as `ip:port` (`[ip]:port` for IPv6).
@@ -364,7 +364,7 @@ fn push_addr(out: &mut String, addr: SocketAddr) {
         SocketAddr::V4(v4) => {
             let mut buf = [0u8; 15];
             let len = crate::target::write_ipv4(*v4.ip(), &mut buf);
-            out.extend(buf[..len].iter().map(|byte| char::from(*byte)));
+            out.push_str(std::str::from_utf8(&buf[..len]).unwrap_or_default());
             out.push(':');
             push_padded(out, u64::from(v4.port()), 1);
         }
