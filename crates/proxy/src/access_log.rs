@@ -9,7 +9,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::mpsc::{RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{SyncSender, TryRecvError, TrySendError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::metrics::counter::Counter;
@@ -82,6 +82,9 @@ enum Message {
     Reopen,
 }
 
+/// How long the writer sleeps between batches of records.
+const BATCH_INTERVAL: Duration = Duration::from_millis(20);
+
 /// Handle to the access log writer; cheap to clone.
 #[derive(Clone)]
 pub struct AccessLog {
@@ -109,38 +112,49 @@ impl AccessLog {
             .spawn(move || {
                 let mut line = String::with_capacity(512);
                 loop {
-                    let message = match receiver.recv_timeout(Duration::from_millis(200)) {
-                        Ok(message) => message,
-                        Err(RecvTimeoutError::Timeout) => {
-                            let _ = sink.flush();
-                            continue;
-                        }
-                        Err(RecvTimeoutError::Disconnected) => break,
-                    };
-                    match message {
-                        Message::Record(record) => {
-                            line.clear();
-                            match format {
-                                LogFormat::Json => format_json(&record, &mut line),
-                                LogFormat::Squid => format_squid(&record, &mut line),
+                    // Sleep between batches rather than block on the channel: a receiver
+                    // parked on it costs every request a futex wake-up (measured: 4 syscalls
+                    // per logged request); a sleeping one costs the senders nothing. A record
+                    // waits at most one interval.
+                    std::thread::sleep(BATCH_INTERVAL);
+                    let mut written = false;
+                    loop {
+                        let message = match receiver.try_recv() {
+                            Ok(message) => message,
+                            Err(TryRecvError::Empty) => break,
+                            Err(TryRecvError::Disconnected) => {
+                                let _ = sink.flush();
+                                return;
                             }
-                            line.push('\n');
-                            if let Err(error) = sink.write_all(line.as_bytes()) {
-                                tracing::error!(%error, "access log write failed");
+                        };
+                        match message {
+                            Message::Record(record) => {
+                                line.clear();
+                                match format {
+                                    LogFormat::Json => format_json(&record, &mut line),
+                                    LogFormat::Squid => format_squid(&record, &mut line),
+                                }
+                                line.push('\n');
+                                if let Err(error) = sink.write_all(line.as_bytes()) {
+                                    tracing::error!(%error, "access log write failed");
+                                }
+                                written = true;
                             }
-                        }
-                        Message::Reopen => {
-                            let _ = sink.flush();
-                            match open(&target) {
-                                Ok(reopened) => sink = reopened,
-                                Err(error) => {
-                                    tracing::error!(%error, "access log reopen failed")
+                            Message::Reopen => {
+                                let _ = sink.flush();
+                                match open(&target) {
+                                    Ok(reopened) => sink = reopened,
+                                    Err(error) => {
+                                        tracing::error!(%error, "access log reopen failed")
+                                    }
                                 }
                             }
                         }
                     }
+                    if written {
+                        let _ = sink.flush();
+                    }
                 }
-                let _ = sink.flush();
             })?;
         Ok(AccessLog {
             sender: Some(sender),
