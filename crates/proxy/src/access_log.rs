@@ -267,6 +267,15 @@ pub fn format_json(record: &AccessRecord, out: &mut String) {
 /// A JSON string literal (RFC 8259 7): quotes, backslashes and control characters escaped.
 fn json_string(out: &mut String, text: &str) {
     out.push('"');
+    if !text
+        .bytes()
+        .any(|byte| byte == b'"' || byte == b'\\' || byte < 0x20)
+    {
+        // The common case: nothing to escape, one copy.
+        out.push_str(text);
+        out.push('"');
+        return;
+    }
     let mut clean = 0;
     for (at, byte) in text.bytes().enumerate() {
         let escape = match byte {
@@ -340,20 +349,23 @@ fn rfc3339_into(out: &mut String, time: SystemTime) {
     let days = (secs / 86_400) as i64;
     let (year, month, day) = civil_from_days(days);
     let rem = secs % 86_400;
-    push_padded(out, year.max(0) as u64, 4);
-    out.push('-');
-    push_padded(out, u64::from(month), 2);
-    out.push('-');
-    push_padded(out, u64::from(day), 2);
-    out.push('T');
-    push_padded(out, rem / 3600, 2);
-    out.push(':');
-    push_padded(out, (rem / 60) % 60, 2);
-    out.push(':');
-    push_padded(out, rem % 60, 2);
-    out.push('.');
-    push_padded(out, u64::from(since_epoch.subsec_millis()), 3);
-    out.push('Z');
+    // Fixed width: every digit has its place, so the line is built on the stack and copied
+    // once.
+    let mut text = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut value: u64| {
+        for position in (at..at + width).rev() {
+            text[position] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(0, 4, year.clamp(0, 9999) as u64);
+    put(5, 2, u64::from(month));
+    put(8, 2, u64::from(day));
+    put(11, 2, rem / 3600);
+    put(14, 2, (rem / 60) % 60);
+    put(17, 2, rem % 60);
+    put(20, 3, u64::from(since_epoch.subsec_millis()));
+    out.push_str(std::str::from_utf8(&text).unwrap_or_default());
 }
 
 /// `value` in decimal, zero-padded to at least `width` digits.
@@ -376,11 +388,25 @@ fn push_padded(out: &mut String, mut value: u64, width: usize) {
 fn push_addr(out: &mut String, addr: SocketAddr) {
     match addr {
         SocketAddr::V4(v4) => {
-            let mut buf = [0u8; 15];
-            let len = crate::target::write_ipv4(*v4.ip(), &mut buf);
+            let mut buf = [0u8; 21];
+            let mut len = crate::target::write_ipv4(*v4.ip(), &mut buf);
+            buf[len] = b':';
+            len += 1;
+            let port = v4.port();
+            let digits = match port {
+                0..=9 => 1,
+                10..=99 => 2,
+                100..=999 => 3,
+                1000..=9999 => 4,
+                _ => 5,
+            };
+            let mut value = port;
+            for position in (len..len + digits).rev() {
+                buf[position] = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+            len += digits;
             out.push_str(std::str::from_utf8(&buf[..len]).unwrap_or_default());
-            out.push(':');
-            push_padded(out, u64::from(v4.port()), 1);
         }
         SocketAddr::V6(_) => {
             let _ = write!(out, "{addr}");
