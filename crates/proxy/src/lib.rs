@@ -325,14 +325,16 @@ pub struct RequestId(pub u64);
 impl RequestId {
     /// The 16 hex digits appended to `out`, without the formatting machinery.
     pub fn push_hex(self, out: &mut String) {
-        for shift in (0..16).rev() {
-            let nibble = ((self.0 >> (shift * 4)) & 0xf) as u8;
-            out.push(char::from(if nibble < 10 {
+        let mut text = [0u8; 16];
+        for (index, digit) in text.iter_mut().enumerate() {
+            let nibble = ((self.0 >> ((15 - index) * 4)) & 0xf) as u8;
+            *digit = if nibble < 10 {
                 b'0' + nibble
             } else {
                 b'a' + nibble - 10
-            }));
+            };
         }
+        out.push_str(std::str::from_utf8(&text).unwrap_or_default());
     }
 }
 
