@@ -173,8 +173,8 @@ async fn a_silent_new_connection_is_closed_after_first_byte_timeout() {
 async fn fd_limit_is_raised_and_an_unservable_max_connections_is_warned() {
     let node = NodeProcess::start(BIN, "max_connections = 1000000", POLICY);
     node.wait_stderr("file descriptor limit", Duration::from_secs(10));
-    let limit = nix_soft_limit(node.pid());
-    let (_, hard) = own_limits();
+    let (limit, _) = max_open_files(&node.pid().to_string());
+    let (_, hard) = max_open_files("self");
     assert_eq!(limit, hard, "the soft limit is raised to the hard one");
     if hard < 6_000_256 {
         node.wait_stderr(
@@ -184,21 +184,10 @@ async fn fd_limit_is_raised_and_an_unservable_max_connections_is_warned() {
     }
 }
 
-/// The soft `Max open files` of a process, from /proc.
-fn nix_soft_limit(pid: u32) -> u64 {
+/// `Max open files` (soft, hard) of a process, from `/proc/<pid>/limits` (or `self`).
+fn max_open_files(pid: &str) -> (u64, u64) {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))
         .unwrap_or_else(|error| panic!("/proc/{pid}/limits: {error}"));
-    limits
-        .lines()
-        .find(|line| line.starts_with("Max open files"))
-        .and_then(|line| line.split_whitespace().nth(3))
-        .and_then(|soft| soft.parse().ok())
-        .unwrap_or_else(|| panic!("no Max open files in {limits}"))
-}
-
-fn own_limits() -> (u64, u64) {
-    let limits = std::fs::read_to_string("/proc/self/limits")
-        .unwrap_or_else(|error| panic!("/proc/self/limits: {error}"));
     let line = limits
         .lines()
         .find(|line| line.starts_with("Max open files"))
@@ -337,7 +326,7 @@ async fn f13_shed_503_is_delivered_not_reset() {
         "max_connections = 1\nfirst_byte_timeout = \"60s\"",
         POLICY,
     );
-    // The start-up probe's connections must be gone before ours takes the only slot.
+    // Nothing else may hold the only slot when ours takes it.
     node.wait_metric(
         "palisade_active_connections",
         |active| active == 0.0,

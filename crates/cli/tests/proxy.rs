@@ -882,7 +882,7 @@ async fn no_open_proxy_clients_outside_the_allowlist_are_denied() {
         "clients = [\"192.0.2.0/24\"]",
     );
     let node = NodeProcess::start(BIN, "", &policy);
-    // The start-up probe's connections are refused too (and may still be counting).
+    // Counted from here: whatever the node saw before is not this curl's.
     let refused = "palisade_refused_connections_total{reason=\"client_not_allowed\"}";
     let before = node.metric(refused);
     let output = curl(&["-x", &proxy_url(&node), &origin.url("/small")]);

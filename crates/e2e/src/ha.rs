@@ -167,21 +167,6 @@ pub fn never_holds(host: &LabHost, vip: Ipv4Addr, window: Duration) -> Result<()
     Ok(())
 }
 
-/// The first HA group of the palisade node in `host`, as `palisade status --json` shows it.
-pub fn group_status(host: &LabHost, binary: &str) -> serde_json::Value {
-    let output = host.run(binary, &["status", "--json"]);
-    let status: serde_json::Value =
-        serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
-            panic!(
-                "palisade status in {}: {error}: {}{}",
-                host.name,
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            )
-        });
-    status["groups"][0].clone()
-}
-
 /// Waits until the node in `host` reports `field` of its first group as `value` (e.g. its
 /// `master` is another node's address: it has heard that node's adverts).
 pub fn wait_status(host: &LabHost, binary: &str, field: &str, value: &str, timeout: Duration) {

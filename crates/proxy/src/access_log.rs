@@ -369,19 +369,8 @@ fn rfc3339_into(out: &mut String, time: SystemTime) {
 }
 
 /// `value` in decimal, zero-padded to at least `width` digits.
-fn push_padded(out: &mut String, mut value: u64, width: usize) {
-    let mut digits = [b'0'; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
-    }
-    start = start.min(digits.len() - width.min(digits.len()));
-    out.push_str(std::str::from_utf8(&digits[start..]).unwrap_or_default());
+fn push_padded(out: &mut String, value: u64, width: usize) {
+    out.push_str(crate::decimal::padded(value, width, &mut [0; 20]));
 }
 
 /// A socket address as `ip:port` (`[ip]:port` for IPv6).
@@ -392,20 +381,10 @@ fn push_addr(out: &mut String, addr: SocketAddr) {
             let mut len = crate::target::write_ipv4(*v4.ip(), &mut buf);
             buf[len] = b':';
             len += 1;
-            let port = v4.port();
-            let digits = match port {
-                0..=9 => 1,
-                10..=99 => 2,
-                100..=999 => 3,
-                1000..=9999 => 4,
-                _ => 5,
-            };
-            let mut value = port;
-            for position in (len..len + digits).rev() {
-                buf[position] = b'0' + (value % 10) as u8;
-                value /= 10;
-            }
-            len += digits;
+            let mut digits = [0; 20];
+            let port = crate::decimal::decimal(u64::from(v4.port()), &mut digits);
+            buf[len..len + port.len()].copy_from_slice(port.as_bytes());
+            len += port.len();
             out.push_str(std::str::from_utf8(&buf[..len]).unwrap_or_default());
         }
         SocketAddr::V6(_) => {

@@ -7,6 +7,7 @@
 pub mod access_log;
 pub mod admission;
 mod conn;
+mod decimal;
 pub mod error_page;
 pub mod http1;
 pub mod metrics;

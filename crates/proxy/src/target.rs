@@ -86,14 +86,8 @@ impl fmt::Display for Authority {
 }
 
 impl Authority {
-    /// The value for a `Host` header: the port is left out when it is the scheme default.
-    pub fn host_header(&self) -> String {
-        let mut out = bytes::BytesMut::with_capacity(64);
-        self.write_host_header(&mut out);
-        String::from_utf8(out.to_vec()).unwrap_or_default()
-    }
-
-    /// [`Self::host_header`] appended to `out`, without going through `format!`.
+    /// The value for a `Host` header appended to `out` (without going through `format!`): the
+    /// port is left out when it is the scheme default.
     pub fn write_host_header(&self, out: &mut bytes::BytesMut) {
         match &self.host {
             Host::Name(name) => out.extend_from_slice(name.as_bytes()),
@@ -106,18 +100,9 @@ impl Authority {
         }
         if self.port != 80 {
             out.extend_from_slice(b":");
-            let mut digits = [0u8; 5];
-            let mut start = digits.len();
-            let mut port = self.port;
-            loop {
-                start -= 1;
-                digits[start] = b'0' + (port % 10) as u8;
-                port /= 10;
-                if port == 0 {
-                    break;
-                }
-            }
-            out.extend_from_slice(&digits[start..]);
+            let mut digits = [0; 20];
+            let port = crate::decimal::decimal(u64::from(self.port), &mut digits);
+            out.extend_from_slice(port.as_bytes());
         }
     }
 }
@@ -430,6 +415,14 @@ fn parse_host(host: &str) -> Result<Host, TargetError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Authority {
+        fn host_header(&self) -> String {
+            let mut out = bytes::BytesMut::new();
+            self.write_host_header(&mut out);
+            String::from_utf8(out.to_vec()).unwrap_or_default()
+        }
+    }
 
     #[track_caller]
     fn check_absolute(target: &str, expected: Result<(&str, u16, &str), TargetError>) {
