@@ -10,6 +10,8 @@
 //! cross-origin HTML form cannot either). Read-only endpoints answer anyone who can reach the
 //! admin port (load balancers poll `/healthz`).
 
+pub mod process_metrics;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;

@@ -178,6 +178,7 @@ async fn serve(
     let policy = Arc::new(ArcSwap::from_pointee(policy));
     let mut registry = Registry::default();
     let metrics = ProxyMetrics::new(&mut registry);
+    registry.register_collector(Box::new(palisade_admin::process_metrics::ProcessCollector));
     let access_log = AccessLog::start(
         config.access_log.clone(),
         config.access_log_format,

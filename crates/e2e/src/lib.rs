@@ -7,6 +7,7 @@ pub mod ha;
 pub mod netns;
 pub mod node;
 pub mod origin;
+pub mod soak;
 
 use std::net::SocketAddr;
 use std::process::Command;

@@ -40,6 +40,8 @@ impl Recorded {
 struct Shared {
     connections: AtomicUsize,
     requests: Mutex<Vec<Recorded>>,
+    /// Off for soaks: millions of recorded requests would be the test's own leak.
+    unrecorded: bool,
 }
 
 /// An HTTP origin on 127.0.0.1 with these routes:
@@ -58,13 +60,26 @@ impl Origin {
 
     /// An origin on a given address, e.g. "[::1]:0".
     pub async fn start_on(bind: &str) -> Origin {
+        Origin::start_with(bind, Shared::default()).await
+    }
+
+    /// An origin that keeps no record of requests (`requests()` stays empty), for long runs.
+    pub async fn start_unrecorded() -> Origin {
+        let shared = Shared {
+            unrecorded: true,
+            ..Shared::default()
+        };
+        Origin::start_with("127.0.0.1:0", shared).await
+    }
+
+    async fn start_with(bind: &str, shared: Shared) -> Origin {
         let listener = TcpListener::bind(bind)
             .await
             .unwrap_or_else(|error| panic!("origin bind: {error}"));
         let addr = listener
             .local_addr()
             .unwrap_or_else(|error| panic!("origin addr: {error}"));
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(shared);
         let accept_shared = shared.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -202,6 +217,9 @@ fn record(
     headers: Vec<(String, String)>,
     body: Vec<u8>,
 ) {
+    if shared.unrecorded {
+        return;
+    }
     if let Ok(mut requests) = shared.requests.lock() {
         requests.push(Recorded {
             method,
