@@ -341,18 +341,20 @@ def oha_fixed_rate(target_name):
             "rps": result.get("summary", {}).get("requestsPerSec", 0)}
 
 
-def machine_busy_seconds():
-    """Busy time of every core since boot, from /proc/stat's cpu line: user, nice, system,
-    irq and softirq. Not idle or iowait, and not steal: time the hypervisor gave to other
-    guests is no work of ours."""
+def machine_times():
+    """(busy, steal) seconds of every core since boot, from /proc/stat's cpu line. Busy is
+    user, nice, system, irq and softirq; not idle or iowait, and not steal: time the
+    hypervisor gave to other guests is no work of ours, but it says how noisy a run was."""
     with open("/proc/stat") as handle:
-        user, nice, system, _idle, _iowait, irq, softirq = (
-            int(value) for value in handle.readline().split()[1:8])
-    return (user + nice + system + irq + softirq) / CLK_TCK
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (
+            int(value) for value in handle.readline().split()[1:9])
+    return (user + nice + system + irq + softirq) / CLK_TCK, steal / CLK_TCK
 
 
-def cpu_per_request(target_name, nginx):
-    """One fixed-rate run: machine busy microseconds per answered request, and its p99."""
+def cpu_per_request(target_name, nginx, daemon=None):
+    """One fixed-rate run: machine busy microseconds per answered request, the proxy
+    process's own CPU per request (soft: it includes part of its peers' loopback TCP work),
+    steal during the run, and its p99."""
     command = ["taskset", "-c", PIN_LOAD, "oha", "-z", CPU_DURATION, "-c", "50", "-q", str(RATE),
                "--no-tui", "--output-format", "json"]
     if target_name != "direct":
@@ -360,9 +362,12 @@ def cpu_per_request(target_name, nginx):
     command.append(f"http://{ORIGIN}/small")
     if target_name == "direct":
         move_nginx_worker(nginx, PIN_PROXY)
-    before = machine_busy_seconds()
+    before, steal_before = machine_times()
+    process_before = daemon.cpu_ticks() if daemon else 0
     result = json.loads(run(command).stdout)
-    busy = machine_busy_seconds() - before
+    after, steal_after = machine_times()
+    busy = after - before
+    process = (daemon.cpu_ticks() - process_before) / CLK_TCK if daemon else 0
     if target_name == "direct":
         move_nginx_worker(nginx, PIN_LOAD)
     summary = result.get("summary", {})
@@ -371,6 +376,8 @@ def cpu_per_request(target_name, nginx):
     if not answered:
         raise RuntimeError(f"{target_name}: no request answered at {RATE}/s")
     return {"us_per_req": busy / answered * 1e6, "answered": answered,
+            "process_us_per_req": process / answered * 1e6,
+            "steal_s": steal_after - steal_before,
             "rps": summary.get("requestsPerSec", 0),
             "p99_ms": result.get("latencyPercentiles", {}).get("p99", 0) * 1000}
 
@@ -498,7 +505,8 @@ def main():
         cpu_runs = {target: [] for target in targets}
         for rep in range(CPU_REPS):
             for target in targets:
-                cpu_runs[target].append(cpu_per_request(target, nginx))
+                cpu_runs[target].append(
+                    cpu_per_request(target, nginx, None if target == "direct" else daemons[target]))
                 log(f"cpu/request rep {rep + 1} {target}: {cpu_runs[target][-1]}")
         for target in targets:
             values = [run_["us_per_req"] for run_ in cpu_runs[target]]
@@ -506,6 +514,15 @@ def main():
             results[target]["cpu_us_per_req"] = statistics.median(values)
             results[target]["cpu_us_per_req_spread"] = [min(values), max(values)]
             results[target]["cpu_p99_ms"] = statistics.median(run_["p99_ms"] for run_ in cpu_runs[target])
+            # Paired with the direct run of the same repetition (adjacent in time), so slow
+            # drifts of the machine cancel out; the median of these is the net figure.
+            net = [run_["us_per_req"] - direct_["us_per_req"]
+                   for run_, direct_ in zip(cpu_runs[target], cpu_runs["direct"])]
+            results[target]["cpu_net_us_per_req"] = statistics.median(net)
+            results[target]["cpu_net_spread"] = [min(net), max(net)]
+            results[target]["process_us_per_req"] = statistics.median(
+                run_["process_us_per_req"] for run_ in cpu_runs[target])
+            results[target]["steal_s"] = statistics.median(run_["steal_s"] for run_ in cpu_runs[target])
 
         # c) large downloads.
         for target in targets:
@@ -655,26 +672,33 @@ def print_cpu_table(results):
     base = direct["cpu_us_per_req"]
     print(f"\nMachine CPU per request at {RATE} req/s, medians of {CPU_REPS} interleaved "
           f"{CPU_DURATION} runs (spread min-max), net = minus direct's {base:.1f} µs\n")
-    header = ("| target | µs/request | spread | net µs/request | net vs HAProxy | p99 ms "
-              "| added p99 vs direct ms | large plain vs direct | instructions/request |")
+    header = ("| target | µs/request | spread | net µs/request (paired) | net spread | net vs HAProxy "
+              "| process µs/request | steal s/run | p99 ms | added p99 vs direct ms "
+              "| large plain vs direct | instructions/request |")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
-    haproxy_net = haproxy.get("cpu_us_per_req", 0) - base if haproxy else 0
+    haproxy_net = haproxy.get("cpu_net_us_per_req", 0) if haproxy else 0
+    haproxy_process = haproxy.get("process_us_per_req", 0) if haproxy else 0
     for name in ["direct"] + [name for name in PROXIES if name in results]:
         entry = results.get(name, {})
         if "cpu_us_per_req" not in entry:
             continue
         value = entry["cpu_us_per_req"]
         low, high = entry["cpu_us_per_req_spread"]
-        net = value - base
+        net = entry.get("cpu_net_us_per_req", 0)
+        net_low, net_high = entry.get("cpu_net_spread", [0, 0])
         versus = f"{net / haproxy_net:.2f}x" if haproxy_net > 0 and name != "direct" else "-"
+        process = entry.get("process_us_per_req", 0)
+        process_text = (f"{process:.1f} ({process / haproxy_process:.2f}x)"
+                        if haproxy_process > 0 and name != "direct" else "-")
         added = f"{entry['cpu_p99_ms'] - direct['cpu_p99_ms']:.3f}" if name != "direct" else "-"
         plain = entry.get("large_plain_mib_s")
         ratio = (f"{plain / direct['large_plain_mib_s'] * 100:.0f}%"
                  if plain and direct.get("large_plain_mib_s") and name != "direct" else "-")
         instructions = entry.get("instructions_per_req")
-        print(f"| {name} | {value:.1f} | {low:.1f}-{high:.1f} | {net:.1f} | {versus} "
-              f"| {entry['cpu_p99_ms']:.3f} | {added} | {ratio} "
+        print(f"| {name} | {value:.1f} | {low:.1f}-{high:.1f} | {net:.1f} "
+              f"| {net_low:.1f}-{net_high:.1f} | {versus} | {process_text} "
+              f"| {entry.get('steal_s', 0):.2f} | {entry['cpu_p99_ms']:.3f} | {added} | {ratio} "
               f"| {f'{instructions:,.0f}' if instructions else '-'} |")
 
 

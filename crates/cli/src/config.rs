@@ -766,7 +766,12 @@ impl Checker<'_> {
             1024..=1_048_576,
             65_536,
         );
-        let max_headers = self.integer(raw.proxy.max_headers, "proxy.max_headers", 8..=1000, 100);
+        let max_headers = self.integer(
+            raw.proxy.max_headers,
+            "proxy.max_headers",
+            8..=palisade_proxy::http1::head::MAX_HEADERS as i64,
+            100,
+        );
         let max_request_line = self.integer(
             raw.proxy.max_request_line,
             "proxy.max_request_line",

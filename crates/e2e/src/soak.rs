@@ -862,7 +862,13 @@ mod tests {
     #[test]
     fn growth_compares_window_medians() {
         let flat = series(
-            |s| 4e6 + if (s as u64).is_multiple_of(7) { 1e6 } else { 0.0 },
+            |s| {
+                4e6 + if (s as u64).is_multiple_of(7) {
+                    1e6
+                } else {
+                    0.0
+                }
+            },
             |_| 60.0,
         );
         let growth = flat

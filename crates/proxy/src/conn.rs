@@ -6,6 +6,7 @@
 //! policy and the destination address are all judged before a byte goes upstream; a body is
 //! forwarded only re-framed by us, so the origin never parses the client's framing.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -107,7 +108,8 @@ pub(crate) async fn serve_connection(
             HeadRead::Head(head) => head,
             HeadRead::Closed => break,
             HeadRead::Invalid(error) => {
-                let mut exchange = Exchange::new(&proxy, &client, "-", "-".to_owned());
+                let mut exchange =
+                    Exchange::new(&proxy, &client, Cow::Borrowed("-"), "-".to_owned());
                 exchange.reason = error.to_string();
                 // The connection closes next, delivered or not.
                 let _ = respond_error(
@@ -147,7 +149,9 @@ pub(crate) async fn linger_close(mut stream: TcpStream) {
     if stream.shutdown().await.is_err() {
         return;
     }
-    let mut scratch = [0u8; 4096];
+    // On the heap, and only now: in the future's state it would make every connection's
+    // task 4 KiB larger for its whole life.
+    let mut scratch = vec![0u8; 4096];
     let mut drained = 0;
     let deadline = Instant::now() + LINGER;
     while drained < LINGER_BYTES {
@@ -228,7 +232,7 @@ struct Exchange {
     time: SystemTime,
     start: Instant,
     client: SocketAddr,
-    method: String,
+    method: Cow<'static, str>,
     url: String,
     /// The canonical path the rules saw, when it differs from the one received.
     rule_path: Option<String>,
@@ -242,7 +246,7 @@ struct Exchange {
 }
 
 impl Exchange {
-    fn new(proxy: &Proxy, client: &Client, method: &str, mut url: String) -> Exchange {
+    fn new(proxy: &Proxy, client: &Client, method: Cow<'static, str>, mut url: String) -> Exchange {
         // Records wait in a bounded queue for the log writer; long URLs must not make that
         // queue large.
         if url.len() > MAX_LOGGED_URL {
@@ -258,13 +262,13 @@ impl Exchange {
             time: SystemTime::now(),
             start: Instant::now(),
             client: client.addr,
-            method: method.to_owned(),
+            method,
             url,
             rule_path: None,
             status: 0,
             from_client: 0,
             to_client: 0,
-            rule: Arc::from("-"),
+            rule: proxy.no_rule.clone(),
             decision: Decision::Error,
             reason: String::new(),
             upstream: None,
@@ -275,7 +279,7 @@ impl Exchange {
 impl Proxy {
     fn finish(&self, exchange: Exchange) {
         self.metrics.record_request(
-            exchange.decision.as_str(),
+            exchange.decision,
             exchange.status,
             exchange.from_client,
             exchange.to_client,
@@ -498,7 +502,7 @@ async fn handle_request(
     head: Head,
     shutdown: &CancellationToken,
 ) -> bool {
-    let mut exchange = Exchange::new(proxy, client, head.method(), head.target().to_owned());
+    let mut exchange = Exchange::new(proxy, client, head.method_owned(), head.target().to_owned());
     exchange.from_client = head.len() as u64;
     // One policy snapshot for the whole request: a reload mid-request does not affect it.
     let policy = proxy.policy.load_full();
@@ -522,7 +526,7 @@ async fn handle_request(
                 addresses,
                 max_forwards,
             };
-            forward::forward(proxy, client, head, plan, exchange, shutdown).await
+            forward::forward(proxy, client, &head, plan, exchange, shutdown).await
         }
     }
 }
@@ -634,7 +638,7 @@ async fn admit_connect(
 
 /// The path and query of an absolute-form target exactly as received ("/" when absent).
 fn received_path(target: &str) -> &str {
-    let rest = target.split_once("://").map_or(target, |(_, rest)| rest);
+    let rest = crate::target::split_scheme(target).map_or(target, |(_, rest)| rest);
     match rest.find(['/', '?']) {
         Some(at) => &rest[at..],
         None => "/",

@@ -5,13 +5,14 @@
 /// Room for any `u64`.
 pub(crate) type Digits = [u8; 20];
 
-/// `value` in decimal, as a slice of `buf`.
-pub(crate) fn decimal(value: u64, buf: &mut Digits) -> &str {
+/// `value` in decimal, as a slice of `buf` (ASCII digits; bytes, because every caller
+/// appends them to bytes, and a `str` would be validated again for nothing).
+pub(crate) fn decimal(value: u64, buf: &mut Digits) -> &[u8] {
     padded(value, 1, buf)
 }
 
 /// `value` in decimal, zero-padded to at least `width` digits (at most 20).
-pub(crate) fn padded(mut value: u64, width: usize, buf: &mut Digits) -> &str {
+pub(crate) fn padded(mut value: u64, width: usize, buf: &mut Digits) -> &[u8] {
     *buf = [b'0'; 20];
     let mut start = buf.len();
     loop {
@@ -23,8 +24,7 @@ pub(crate) fn padded(mut value: u64, width: usize, buf: &mut Digits) -> &str {
         }
     }
     start = start.min(buf.len() - width.min(buf.len()));
-    // Only ASCII digits were written.
-    std::str::from_utf8(&buf[start..]).unwrap_or_default()
+    &buf[start..]
 }
 
 #[cfg(test)]
@@ -34,7 +34,7 @@ mod tests {
     #[test]
     fn decimals() {
         for value in [0, 7, 10, 200, 404, 65_535, u64::MAX] {
-            assert_eq!(decimal(value, &mut [0; 20]), value.to_string());
+            assert_eq!(decimal(value, &mut [0; 20]), value.to_string().as_bytes());
         }
     }
 }

@@ -131,6 +131,8 @@ pub struct Proxy {
     metrics: ProxyMetrics,
     access_log: AccessLog,
     node: Arc<str>,
+    /// "-": the rule of a request no rule has judged yet, shared (no allocation per request).
+    no_rule: Arc<str>,
     /// "<node> (palisade)": our entry in `Via`, also used to spot loops.
     via_token: String,
     via_http10: String,
@@ -177,6 +179,7 @@ impl Proxy {
             metrics,
             access_log,
             node,
+            no_rule: Arc::from("-"),
             via_http10: format!("1.0 {via_token}"),
             via_http11: format!("1.1 {via_token}"),
             via_token,
@@ -325,7 +328,7 @@ pub struct RequestId(pub u64);
 
 impl RequestId {
     /// The 16 hex digits appended to `out`, without the formatting machinery.
-    pub fn push_hex(self, out: &mut String) {
+    pub fn push_hex(self, out: &mut Vec<u8>) {
         let mut text = [0u8; 16];
         for (index, digit) in text.iter_mut().enumerate() {
             let nibble = ((self.0 >> ((15 - index) * 4)) & 0xf) as u8;
@@ -335,7 +338,7 @@ impl RequestId {
                 b'a' + nibble - 10
             };
         }
-        out.push_str(std::str::from_utf8(&text).unwrap_or_default());
+        out.extend_from_slice(&text);
     }
 }
 

@@ -1,12 +1,25 @@
 //! Prometheus metrics of the data plane. The registry is made by the binary and passed in
 //! (no global registry); the admin plane encodes it.
 
+use std::sync::{Arc, OnceLock};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::access_log::Decision;
+
+/// Statuses whose `requests` counter is cached (every valid HTTP status).
+const CACHED_STATUSES: std::ops::RangeInclusive<u16> = 100..=599;
+const DECISIONS: [Decision; 4] = [
+    Decision::Allow,
+    Decision::Block,
+    Decision::Deny,
+    Decision::Error,
+];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -37,6 +50,10 @@ pub struct ProxyMetrics {
     /// Handles into `bytes`, resolved once: no label lookup per request.
     bytes_from_client: Counter,
     bytes_to_client: Counter,
+    /// Handles into `requests` by (decision, status), each resolved on first use: a label
+    /// lookup costs a lock and a hash of the labels, on every request (callgrind: ~5% of
+    /// a request's instructions). Unused slots stay empty and untouched.
+    request_counters: Arc<[OnceLock<Counter>]>,
 }
 
 impl ProxyMetrics {
@@ -52,7 +69,9 @@ impl ProxyMetrics {
                 direction: "to_client",
             })
             .clone();
+        let slots = DECISIONS.len() * CACHED_STATUSES.len();
         let metrics = ProxyMetrics {
+            request_counters: (0..slots).map(|_| OnceLock::new()).collect(),
             bytes_from_client,
             bytes_to_client,
             requests: Family::default(),
@@ -110,15 +129,67 @@ impl ProxyMetrics {
 
     pub fn record_request(
         &self,
-        decision: &'static str,
+        decision: Decision,
         status: u16,
         from_client: u64,
         to_client: u64,
     ) {
-        self.requests
-            .get_or_create(&RequestLabels { decision, status })
-            .inc();
+        let labels = || RequestLabels {
+            decision: decision.as_str(),
+            status,
+        };
+        let slot = DECISIONS
+            .iter()
+            .position(|known| *known == decision)
+            .filter(|_| CACHED_STATUSES.contains(&status))
+            .map(|row| row * CACHED_STATUSES.len() + usize::from(status - CACHED_STATUSES.start()))
+            .and_then(|index| self.request_counters.get(index));
+        match slot {
+            Some(slot) => {
+                slot.get_or_init(|| self.requests.get_or_create(&labels()).clone())
+                    .inc();
+            }
+            None => {
+                self.requests.get_or_create(&labels()).inc();
+            }
+        }
         self.bytes_from_client.inc_by(from_client);
         self.bytes_to_client.inc_by(to_client);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap_or_default();
+        text
+    }
+
+    #[test]
+    fn cached_and_uncached_request_counters_land_in_the_same_family() {
+        let mut registry = Registry::default();
+        let metrics = ProxyMetrics::new(&mut registry);
+        metrics.record_request(Decision::Allow, 200, 10, 20);
+        metrics.record_request(Decision::Allow, 200, 1, 2);
+        metrics.record_request(Decision::Block, 403, 0, 0);
+        // Outside the cached range: no status was ever set.
+        metrics.record_request(Decision::Error, 0, 0, 0);
+        metrics.record_request(Decision::Error, 599, 0, 0);
+        let text = encoded(&registry);
+        for sample in [
+            "palisade_requests_total{decision=\"allow\",status=\"200\"} 2",
+            "palisade_requests_total{decision=\"block\",status=\"403\"} 1",
+            "palisade_requests_total{decision=\"error\",status=\"0\"} 1",
+            "palisade_requests_total{decision=\"error\",status=\"599\"} 1",
+            "palisade_bytes_total{direction=\"from_client\"} 11",
+        ] {
+            assert!(text.contains(sample), "{sample} missing:\n{text}");
+        }
+        // A clone shares the cache and the counters.
+        metrics.clone().record_request(Decision::Allow, 200, 0, 0);
+        assert!(encoded(&registry).contains("status=\"200\"} 3"));
     }
 }

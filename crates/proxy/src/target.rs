@@ -102,7 +102,7 @@ impl Authority {
             out.extend_from_slice(b":");
             let mut digits = [0; 20];
             let port = crate::decimal::decimal(u64::from(self.port), &mut digits);
-            out.extend_from_slice(port.as_bytes());
+            out.extend_from_slice(port);
         }
     }
 }
@@ -134,8 +134,15 @@ pub enum TargetError {
 }
 
 /// Parses `http://authority[/path][?query]`.
+/// `scheme://rest` split at its first ':' (a scheme holds no ':'), or `None`. A byte search:
+/// `split_once("://")` sets up a substring searcher, on every request.
+pub(crate) fn split_scheme(target: &str) -> Option<(&str, &str)> {
+    let (scheme, rest) = target.split_once(':')?;
+    Some((scheme, rest.strip_prefix("//")?))
+}
+
 pub fn parse_absolute(target: &str) -> Result<AbsoluteTarget, TargetError> {
-    let Some((scheme, rest)) = target.split_once("://") else {
+    let Some((scheme, rest)) = split_scheme(target) else {
         return Err(TargetError::NotAbsoluteHttp);
     };
     if scheme.eq_ignore_ascii_case("https") {
@@ -173,7 +180,10 @@ pub fn normalize_path(path_and_query: &str) -> String {
         Some(at) => path_and_query.split_at(at),
         None => (path_and_query, ""),
     };
-    if !path.is_empty() && !path.contains('%') && !path.contains("/.") {
+    if !path.is_empty()
+        && !path.contains('%')
+        && memchr::memmem::find(path.as_bytes(), b"/.").is_none()
+    {
         // Nothing to decode and no dot segment (the common case): one copy.
         return path_and_query.to_owned();
     }

@@ -96,7 +96,9 @@ impl ExchangeError {
 pub(super) async fn forward(
     proxy: &Arc<Proxy>,
     client: &mut Client,
-    head: Head,
+    // Borrowed: an async fn keeps its by-value arguments twice in its state, and every byte
+    // of a request's future is copied when the future is boxed.
+    head: &Head,
     plan: Plan,
     mut exchange: Exchange,
     shutdown: &CancellationToken,
@@ -121,7 +123,7 @@ pub(super) async fn forward(
             .is_some_and(|value| value.eq_ignore_ascii_case(b"websocket"));
     let request_head = build_upstream_request(
         proxy,
-        &head,
+        head,
         &target,
         max_forwards,
         wants_upgrade,
@@ -152,7 +154,7 @@ pub(super) async fn forward(
                 Ok(conn) => conn,
                 Err(error) => {
                     let denial = Denial::connect_failed(&error);
-                    return refuse(proxy, client, exchange, &head, denial).await;
+                    return refuse(proxy, client, exchange, head, denial).await;
                 }
             },
         };
@@ -160,7 +162,7 @@ pub(super) async fn forward(
             proxy,
             client,
             &mut upstream,
-            &head,
+            head,
             &request_head,
             &mut exchange,
         )
@@ -211,14 +213,16 @@ pub(super) async fn forward(
             proxy.finish(exchange);
             return false;
         }
-        return relay_upgrade(proxy, client, upstream, &response, exchange).await;
+        // Boxed: the rare WebSocket relay would otherwise set the size of every request's
+        // future (copied whole when it is boxed per request).
+        return Box::pin(relay_upgrade(proxy, client, upstream, &response, exchange)).await;
     }
 
     // The request body is complete, or abandoned because the origin answered early; in
     // that case neither connection can be reused.
     let request_complete = body_state == BodyState::Complete;
     let client_keep_alive =
-        request_complete && client_wants_keep_alive(&head) && !shutdown.is_cancelled();
+        request_complete && client_wants_keep_alive(head) && !shutdown.is_cancelled();
     let (client_framing, client_keep_alive) =
         client_framing(&response, head.version, client_keep_alive);
     let mut out = BytesMut::with_capacity(512);
@@ -667,7 +671,7 @@ fn upstream_keep_alive(response: &Head) -> bool {
 
 /// Appends `value` in decimal.
 fn put_decimal(out: &mut BytesMut, value: u64) {
-    out.extend_from_slice(crate::decimal::decimal(value, &mut [0; 20]).as_bytes());
+    out.extend_from_slice(crate::decimal::decimal(value, &mut [0; 20]));
 }
 
 /// Hop-by-hop fields (RFC 9110 7.6.1) plus the framing fields we always set ourselves:
