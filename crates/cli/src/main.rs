@@ -2,8 +2,10 @@
 //! drain, exit.
 
 mod admin_client;
+mod allocator;
 mod config;
 mod control;
+mod file_watch;
 mod node;
 
 use std::path::PathBuf;

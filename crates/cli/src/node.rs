@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{self, NodeConfig};
+use crate::file_watch::SettledChange;
 
 pub fn check_config(file: &Path, policy: Option<&Path>) -> anyhow::Result<()> {
     let config =
@@ -50,6 +51,7 @@ pub fn run(config_file: Option<PathBuf>) -> anyhow::Result<()> {
         None => config::defaults(),
     };
     init_tracing(&config);
+    crate::allocator::tune();
     raise_fd_limit(config.proxy.max_connections);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
@@ -495,8 +497,9 @@ fn interface_address(interface: &str, ipv6: bool) -> Option<IpAddr> {
     None
 }
 
-/// Reloads the policy when its file changes (checked every `interval`) or on SIGHUP. A
-/// policy that does not compile is refused with its errors and the old one stays live.
+/// Reloads the policy when its file changes (checked every `interval`; a change counts once
+/// it holds for two polls, so a file caught mid-write is not compiled) or at once on SIGHUP.
+/// A policy that does not compile is refused with its errors and the old one stays live.
 async fn watch_policy(
     path: PathBuf,
     node: NodeIdentity,
@@ -519,7 +522,7 @@ async fn watch_policy(
         files
     };
     let mut files = watched(&live.load());
-    let mut seen: Vec<_> = files.iter().map(|file| file_stamp(file)).collect();
+    let mut change = SettledChange::new(stamps_of(&files));
     loop {
         let forced = tokio::select! {
             _ = tokio::time::sleep(interval) => false,
@@ -528,11 +531,11 @@ async fn watch_policy(
         if forced {
             access_log.reopen();
         }
-        let stamps: Vec<_> = files.iter().map(|file| file_stamp(file)).collect();
-        if !forced && stamps == seen {
+        let stamps = stamps_of(&files);
+        if !forced && !change.poll(stamps.clone()) {
             continue;
         }
-        seen = stamps;
+        change.acted_on(stamps);
         let node = node.clone();
         let reload_path = path.clone();
         let compiled = tokio::task::spawn_blocking(move || load_policy(&reload_path, &node)).await;
@@ -542,10 +545,13 @@ async fn watch_policy(
                 let now_watched = watched(&policy);
                 if now_watched != files {
                     // Stamps of the new set, as the policy just compiled saw them.
-                    seen = now_watched.iter().map(|file| file_stamp(file)).collect();
+                    change.acted_on(stamps_of(&now_watched));
                     files = now_watched;
                 }
                 live.store(Arc::new(policy));
+                // The previous policy is freed by now (or by the last request holding it):
+                // give its pages back rather than keep them as free heap.
+                tokio::task::spawn_blocking(crate::allocator::release_free_memory);
                 tracing::info!(path = %path.display(), rulesets = summary.rulesets, rules = summary.rules, "policy reloaded");
             }
             Ok(Err(error)) => {
@@ -554,6 +560,10 @@ async fn watch_policy(
             Err(error) => tracing::error!(%error, "policy reload task failed"),
         }
     }
+}
+
+fn stamps_of(files: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
+    files.iter().map(|file| file_stamp(file)).collect()
 }
 
 /// Modification time and size: enough to notice an edit or an atomic rename.

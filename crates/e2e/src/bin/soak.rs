@@ -4,6 +4,7 @@
 //! not ask to fail. Prints a sample per minute, the verdict, and writes every sample as JSON.
 //!
 //! Usage: soak PALISADE_BINARY [MINUTES] [JSON_OUT]   (through bench/soak.sh)
+//! To isolate a growth: SOAK_GET_RATE, SOAK_RELOAD_MS, SOAK_ROTATE_S override the plan.
 
 use std::time::Duration;
 
@@ -33,7 +34,24 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let plan = SoakPlan::office(Duration::from_secs_f64(minutes * 60.0));
+    let mut plan = SoakPlan::office(Duration::from_secs_f64(minutes * 60.0));
+    let setting = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|value| value.parse::<u64>().ok())
+    };
+    if let Some(rate) = setting("SOAK_GET_RATE") {
+        plan.get_rate = rate.max(1) as u32;
+    }
+    if let Some(millis) = setting("SOAK_RELOAD_MS") {
+        plan.reload_every = Duration::from_millis(millis.max(1));
+    }
+    if let Some(seconds) = setting("SOAK_ROTATE_S") {
+        plan.rotate_every = Duration::from_secs(seconds.max(1));
+    }
+    // A sample a second: the medians then hold 300 samples per window, and a 6 s reload
+    // period cannot alias with the sampling.
+    plan.sample_every = Duration::from_secs(1);
     let (report, stderr) = runtime.block_on(async {
         let rig = SoakRig::start(&binary).await;
         eprintln!(
@@ -67,6 +85,11 @@ fn main() {
     println!("\ncounts (ok, failed): {:?}", report.counts);
     let reloads = stderr.matches("policy reloaded").count();
     println!("policy reloads logged: {reloads}");
+    // The node's own log, for the reasons behind any failure.
+    let node_log = format!("{out}.node.log");
+    if let Err(error) = std::fs::write(&node_log, &stderr) {
+        eprintln!("cannot write {node_log}: {error}");
+    }
     let mut json = report.to_json();
     json["minutes"] = serde_json::json!(minutes);
     if let Err(error) = std::fs::write(&out, json.to_string()) {
@@ -77,12 +100,12 @@ fn main() {
     match (&verdict, report.failed()) {
         (Ok(growth), 0) => {
             println!(
-                "PASS: seconds {early:?} vs {late:?}: heap in use {:+.1}%, RSS {:+.1}%, heap retained {:+.1}%, max fds {} -> {}",
+                "PASS: seconds {early:?} vs {late:?}: heap in use {:+.1}%, RSS {:+.1}%, heap retained {:+.1}%, open fds {} -> {}",
                 growth.heap_in_use * 100.0,
                 growth.rss * 100.0,
                 growth.heap_retained * 100.0,
-                growth.early_max_fds,
-                growth.late_max_fds
+                growth.early_fds,
+                growth.late_fds
             );
         }
         (verdict, failed) => {
