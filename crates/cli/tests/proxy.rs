@@ -215,6 +215,52 @@ async fn response_framings_chunked_close_delimited_and_head() {
     );
 }
 
+/// Large fixed-length bodies go through the kernel (splice): every byte arrives, in order,
+/// and the bytes read with the response head are not lost or repeated; an origin that cuts
+/// such a body short ends the client's connection with what was sent, and the log says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_fixed_length_bodies_arrive_exact_or_end_the_connection() {
+    let body: Vec<u8> = (0..1_000_003u32).map(|index| (index % 251) as u8).collect();
+    let mut whole =
+        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    whole.extend_from_slice(&body);
+    let complete = RawOrigin::start(Box::leak(whole.clone().into_boxed_slice())).await;
+    // Declares the same length, sends 300,000 bytes and closes.
+    let cut = whole.len() - body.len() + 300_000;
+    let short = RawOrigin::start(Box::leak(whole[..cut].to_vec().into_boxed_slice())).await;
+    let node = node();
+    let proxy = proxy_url(&node);
+    let output = curl(&["-x", &proxy, &format!("http://{}/whole", complete.addr)]);
+    assert_eq!(output.status, 200, "{}", output.stderr);
+    assert!(
+        output.body == body,
+        "body differs: {} bytes",
+        output.body.len()
+    );
+
+    let output = curl(&["-x", &proxy, &format!("http://{}/short", short.addr)]);
+    assert!(!output.success, "curl must see a transfer cut short");
+    assert_eq!(output.body.len(), 300_000, "{}", output.stderr);
+    assert!(
+        output.body == body[..300_000],
+        "the bytes sent arrive unchanged"
+    );
+    let record = node.wait_access_log(
+        |record| {
+            record["url"]
+                .as_str()
+                .is_some_and(|url| url.ends_with("/short"))
+        },
+        WAIT,
+    );
+    assert!(
+        record["reason"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("before the whole body")),
+        "{record}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_download_streams_in_constant_memory() {
     let origin = Origin::start().await;

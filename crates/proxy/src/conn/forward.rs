@@ -21,7 +21,7 @@ use crate::http1::chunked::{LAST_CHUNK, encode_chunk_header};
 use crate::http1::head::{find_head_end, parse_response};
 use crate::http1::{ChunkError, ChunkedDecoder, Decoded, Framing, Head, HeadError, Version};
 use crate::target::AbsoluteTarget;
-use crate::tunnel;
+use crate::tunnel::{self, BodySpliceError};
 use crate::upstream::{PoolKey, UpstreamConn};
 use crate::{ForwardedFor, Proxy};
 
@@ -30,6 +30,9 @@ const BODY_CHUNK: usize = 64 * 1024;
 /// Response bodies up to this size that are already buffered go out in the same write as
 /// the head.
 const COALESCE_LIMIT: usize = 16 * 1024;
+/// Fixed-length bodies at least this large go origin -> client with `splice(2)`: below it,
+/// a pipe's set-up costs more than the copies it saves.
+const SPLICE_MIN_BODY: u64 = 256 * 1024;
 
 /// What admission decided for a request that is to be forwarded.
 pub(super) struct Plan {
@@ -882,6 +885,40 @@ async fn copy_response_body(
                 remaining -= take as u64;
             }
             send!(&out);
+            if remaining >= SPLICE_MIN_BODY {
+                // What came with the head goes first, the rest through the kernel.
+                let take = remaining.min(buf.len() as u64) as usize;
+                if take > 0 {
+                    send!(&buf[..take]);
+                    buf.advance(take);
+                    remaining -= take as u64;
+                }
+                let write_timeout = proxy.config.write_timeout;
+                match tunnel::splice_body(stream, client, remaining, read_timeout, write_timeout)
+                    .await
+                {
+                    Ok(moved) => {
+                        sent += moved;
+                        remaining = 0;
+                    }
+                    // No pipe to be had: copy, as below.
+                    Err((_, BodySpliceError::NoPipe(_))) => {}
+                    Err((moved, error)) => {
+                        let error = match error {
+                            BodySpliceError::NoPipe(error) | BodySpliceError::UpstreamIo(error) => {
+                                ExchangeError::UpstreamIo(error)
+                            }
+                            BodySpliceError::UpstreamClosed => ExchangeError::UpstreamBodyTruncated,
+                            BodySpliceError::UpstreamTimeout => {
+                                ExchangeError::UpstreamTimeout(read_timeout)
+                            }
+                            BodySpliceError::ClientIo(error) => ExchangeError::ClientIo(error),
+                            BodySpliceError::ClientTimeout => ExchangeError::ClientTimeout,
+                        };
+                        return Err((sent + moved, error));
+                    }
+                }
+            }
             while remaining > 0 {
                 if buf.is_empty()
                     && let Err(error) = fill(stream, buf, BODY_CHUNK, read_timeout).await
