@@ -4,7 +4,8 @@
 # valgrind (Debian) and oha (cargo, ~5 min the first time), builds palisade in release mode,
 # runs, prints the tables.
 # Environment: REPS (3), DURATION (10s), RATE (5000), CPU_REPS (10), CPU_DURATION (5s),
-# CALLGRIND=1 (instructions per request under valgrind), ONLY=palisade,haproxy,...
+# CALLGRIND=1 (instructions per request under valgrind), ONLY=palisade,haproxy,...,
+# STAGES=small,fixed,cpu,large,memory,huge (all by default), LARGE_REPS (5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()

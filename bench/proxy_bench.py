@@ -42,6 +42,8 @@ LARGE_REPS = int(os.environ.get("LARGE_REPS", "5"))
 PIN_PROXY = os.environ.get("PIN_PROXY", "1")
 PIN_LOAD = os.environ.get("PIN_LOAD", "0")
 ONLY = [name for name in os.environ.get("ONLY", "").split(",") if name]
+# Which measurements to run (all by default): small, fixed, cpu, large, memory, huge.
+STAGES = set(os.environ.get("STAGES", "small,fixed,cpu,large,memory,huge").split(","))
 
 ORIGIN = "127.0.0.1:18080"
 PROXIES = {
@@ -462,111 +464,122 @@ def main():
                 if code != "200":
                     raise RuntimeError(f"{name} does not forward (connect={connect}): {code}")
 
-        # a) small GETs, interleaved, 2 s warm-up each.
         targets = ["direct"] + names
         for target in targets:
-            daemon = nginx if target == "direct" else daemons[target]
-            if target == "direct":
-                move_nginx_worker(nginx, PIN_PROXY)
-            run(["taskset", "-c", PIN_LOAD, "wrk", "-t", "1", "-c", "50", "-d", "2s",
-                 "-s", f"{WORK}/wrk.lua",
-                 f"http://{ORIGIN if target == 'direct' else PROXIES[target]}/small"],
-                env=dict(os.environ, WRK_TARGET="" if target == "direct" else f"http://{ORIGIN}/small",
-                         WRK_HOST=ORIGIN))
-            if target == "direct":
-                move_nginx_worker(nginx, PIN_LOAD)
-        runs = {target: [] for target in targets}
-        for rep in range(REPS):
+            results.setdefault(target, {})
+        if "small" in STAGES:
+            # a) small GETs, interleaved, 2 s warm-up each.
             for target in targets:
                 daemon = nginx if target == "direct" else daemons[target]
                 if target == "direct":
                     move_nginx_worker(nginx, PIN_PROXY)
-                runs[target].append(wrk(target, daemon))
+                run(["taskset", "-c", PIN_LOAD, "wrk", "-t", "1", "-c", "50", "-d", "2s",
+                     "-s", f"{WORK}/wrk.lua",
+                     f"http://{ORIGIN if target == 'direct' else PROXIES[target]}/small"],
+                    env=dict(os.environ, WRK_TARGET="" if target == "direct" else f"http://{ORIGIN}/small",
+                             WRK_HOST=ORIGIN))
                 if target == "direct":
                     move_nginx_worker(nginx, PIN_LOAD)
-                log(f"small GET rep {rep + 1} {target}: {runs[target][-1]}")
-        for target in targets:
-            entry = results.setdefault(target, {})
-            entry["small_runs"] = runs[target]
-            for key in ("rps", "p50_ms", "p99_ms", "cpu_pct", "errors"):
-                entry[f"small_{key}"] = statistics.median(run_[key] for run_ in runs[target])
-
-        # b) latency at a fixed moderate rate.
-        for target in targets:
-            values = [oha_fixed_rate(target) for _ in range(REPS)]
-            if values[0] is None:
-                break
-            results[target]["fixed_rate"] = values
-            results[target]["fixed_p50_ms"] = statistics.median(value["p50_ms"] for value in values)
-            results[target]["fixed_p99_ms"] = statistics.median(value["p99_ms"] for value in values)
-            log(f"fixed rate {target}: {results[target]['fixed_p99_ms']:.3f} ms p99")
-
-        # b2) machine CPU per request at one fixed rate, interleaved.
-        cpu_runs = {target: [] for target in targets}
-        for rep in range(CPU_REPS):
+            runs = {target: [] for target in targets}
+            for rep in range(REPS):
+                for target in targets:
+                    daemon = nginx if target == "direct" else daemons[target]
+                    if target == "direct":
+                        move_nginx_worker(nginx, PIN_PROXY)
+                    runs[target].append(wrk(target, daemon))
+                    if target == "direct":
+                        move_nginx_worker(nginx, PIN_LOAD)
+                    log(f"small GET rep {rep + 1} {target}: {runs[target][-1]}")
             for target in targets:
-                cpu_runs[target].append(
-                    cpu_per_request(target, nginx, None if target == "direct" else daemons[target]))
-                log(f"cpu/request rep {rep + 1} {target}: {cpu_runs[target][-1]}")
-        for target in targets:
-            values = [run_["us_per_req"] for run_ in cpu_runs[target]]
-            results[target]["cpu_runs"] = cpu_runs[target]
-            results[target]["cpu_us_per_req"] = statistics.median(values)
-            results[target]["cpu_us_per_req_spread"] = [min(values), max(values)]
-            results[target]["cpu_p99_ms"] = statistics.median(run_["p99_ms"] for run_ in cpu_runs[target])
-            # Paired with the direct run of the same repetition (adjacent in time), so slow
-            # drifts of the machine cancel out; the median of these is the net figure.
-            net = [run_["us_per_req"] - direct_["us_per_req"]
-                   for run_, direct_ in zip(cpu_runs[target], cpu_runs["direct"])]
-            results[target]["cpu_net_us_per_req"] = statistics.median(net)
-            results[target]["cpu_net_spread"] = [min(net), max(net)]
-            results[target]["process_us_per_req"] = statistics.median(
-                run_["process_us_per_req"] for run_ in cpu_runs[target])
-            results[target]["steal_s"] = statistics.median(run_["steal_s"] for run_ in cpu_runs[target])
+                entry = results.setdefault(target, {})
+                entry["small_runs"] = runs[target]
+                for key in ("rps", "p50_ms", "p99_ms", "cpu_pct", "errors"):
+                    entry[f"small_{key}"] = statistics.median(run_[key] for run_ in runs[target])
 
-        # c) large downloads.
-        for target in targets:
-            for connect in ((False,) if target == "direct" or target in NO_CONNECT else (False, True)):
-                speeds = []
-                for _ in range(LARGE_REPS):
+        if "fixed" in STAGES:
+            # b) latency at a fixed moderate rate.
+            for target in targets:
+                values = [oha_fixed_rate(target) for _ in range(REPS)]
+                if values[0] is None:
+                    break
+                results[target]["fixed_rate"] = values
+                results[target]["fixed_p50_ms"] = statistics.median(value["p50_ms"] for value in values)
+                results[target]["fixed_p99_ms"] = statistics.median(value["p99_ms"] for value in values)
+                log(f"fixed rate {target}: {results[target]['fixed_p99_ms']:.3f} ms p99")
+
+        if "cpu" in STAGES:
+            # b2) machine CPU per request at one fixed rate, interleaved.
+            cpu_runs = {target: [] for target in targets}
+            for rep in range(CPU_REPS):
+                for target in targets:
+                    cpu_runs[target].append(
+                        cpu_per_request(target, nginx, None if target == "direct" else daemons[target]))
+                    log(f"cpu/request rep {rep + 1} {target}: {cpu_runs[target][-1]}")
+            for target in targets:
+                values = [run_["us_per_req"] for run_ in cpu_runs[target]]
+                results[target]["cpu_runs"] = cpu_runs[target]
+                results[target]["cpu_us_per_req"] = statistics.median(values)
+                results[target]["cpu_us_per_req_spread"] = [min(values), max(values)]
+                results[target]["cpu_p99_ms"] = statistics.median(run_["p99_ms"] for run_ in cpu_runs[target])
+                # Paired with the direct run of the same repetition (adjacent in time), so slow
+                # drifts of the machine cancel out; the median of these is the net figure.
+                net = [run_["us_per_req"] - direct_["us_per_req"]
+                       for run_, direct_ in zip(cpu_runs[target], cpu_runs["direct"])]
+                results[target]["cpu_net_us_per_req"] = statistics.median(net)
+                results[target]["cpu_net_spread"] = [min(net), max(net)]
+                results[target]["process_us_per_req"] = statistics.median(
+                    run_["process_us_per_req"] for run_ in cpu_runs[target])
+                results[target]["steal_s"] = statistics.median(run_["steal_s"] for run_ in cpu_runs[target])
+
+        if "large" in STAGES:
+            # c) large downloads, interleaved across targets (the machine drifts between
+            # repetitions; every target sees the same drift).
+            kinds = [(target, connect) for target in targets
+                     for connect in ((False,) if target == "direct" or target in NO_CONNECT else (False, True))]
+            speeds = {kind: [] for kind in kinds}
+            for _ in range(LARGE_REPS):
+                for target, connect in kinds:
                     size, speed = curl_download(target, connect)
                     assert size == 100 * 1024 * 1024, size
-                    speeds.append(speed)
+                    speeds[(target, connect)].append(speed)
+            for (target, connect), values in speeds.items():
                 key = "large_connect_mib_s" if connect else "large_plain_mib_s"
-                results[target][key] = statistics.median(speeds)
-                results[target][key + "_runs"] = speeds
-                log(f"large {target} connect={connect}: {statistics.median(speeds):.0f} MiB/s")
+                results[target][key] = statistics.median(values)
+                results[target][key + "_runs"] = values
+                log(f"large {target} connect={connect}: {statistics.median(values):.0f} MiB/s")
 
-        # d) memory with many clients.
-        for name in names:
-            daemon = daemons[name]
-            idle = hold_connections(PROXIES[name], 1000, kept_alive=False)
-            time.sleep(2)
-            results[name]["rss_1000_idle_kib"] = daemon.rss_kib()
-            results[name]["idle_still_open"] = still_open(idle)
-            for sock in idle:
-                sock.close()
-            time.sleep(1)
-            try:
-                kept = hold_connections(PROXIES[name], 1000, kept_alive=True)
+        if "memory" in STAGES:
+            # d) memory with many clients.
+            for name in names:
+                daemon = daemons[name]
+                idle = hold_connections(PROXIES[name], 1000, kept_alive=False)
                 time.sleep(2)
-                results[name]["rss_1000_keepalive_kib"] = daemon.rss_kib()
-                results[name]["keepalive_still_open"] = still_open(kept)
-                for sock in kept:
+                results[name]["rss_1000_idle_kib"] = daemon.rss_kib()
+                results[name]["idle_still_open"] = still_open(idle)
+                for sock in idle:
                     sock.close()
-            except OSError as error:
-                results[name]["rss_1000_keepalive_kib"] = None
-                log(f"{name}: keep-alive hold failed: {error}")
-            time.sleep(1)
-            log(f"memory {name}: {results[name]}")
+                time.sleep(1)
+                try:
+                    kept = hold_connections(PROXIES[name], 1000, kept_alive=True)
+                    time.sleep(2)
+                    results[name]["rss_1000_keepalive_kib"] = daemon.rss_kib()
+                    results[name]["keepalive_still_open"] = still_open(kept)
+                    for sock in kept:
+                        sock.close()
+                except OSError as error:
+                    results[name]["rss_1000_keepalive_kib"] = None
+                    log(f"{name}: keep-alive hold failed: {error}")
+                time.sleep(1)
+                log(f"memory {name}: {results[name]}")
 
-        # e) 10 GiB through palisade in constant memory.
-        if "palisade" in daemons:
-            before = daemons["palisade"].rss_kib()
-            size, speed = curl_download("palisade", False, "/huge")
-            results["palisade"]["huge_download"] = {"bytes": size, "mib_s": speed,
-                                                    "rss_before_kib": before,
-                                                    "rss_after_kib": daemons["palisade"].rss_kib()}
+        if "huge" in STAGES:
+            # e) 10 GiB through palisade in constant memory.
+            if "palisade" in daemons:
+                before = daemons["palisade"].rss_kib()
+                size, speed = curl_download("palisade", False, "/huge")
+                results["palisade"]["huge_download"] = {"bytes": size, "mib_s": speed,
+                                                        "rss_before_kib": before,
+                                                        "rss_after_kib": daemons["palisade"].rss_kib()}
     finally:
         for daemon in daemons.values():
             daemon.stop()
@@ -654,6 +667,11 @@ def print_table(results):
               f"| {entry.get('large_plain_mib_s', 0):,.0f} | {entry.get('large_connect_mib_s', 0):,.0f} "
               f"| {mib(idle)} | {mib(idle1000)} | {mib(kept)} | {per_conn} |")
     print_cpu_table(results)
+    direct_large = direct.get("large_plain_mib_s")
+    if direct_large:
+        ratios = ", ".join(f"{name} {results[name]['large_plain_mib_s'] / direct_large * 100:.0f}%"
+                           for name in names if results.get(name, {}).get("large_plain_mib_s"))
+        print(f"\nLarge plain download vs direct (medians of {LARGE_REPS} interleaved): {ratios}")
     huge = results.get("palisade", {}).get("huge_download")
     if huge:
         print(f"\n10 GiB through palisade: {huge['bytes']} bytes at {huge['mib_s']:.0f} MiB/s, "
