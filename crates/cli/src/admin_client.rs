@@ -68,9 +68,18 @@ pub fn status(admin: SocketAddr, json: bool) -> anyhow::Result<()> {
     let groups = value["groups"].as_array().cloned().unwrap_or_default();
     if groups.is_empty() {
         println!("node {node}{drained}: no HA groups configured");
+    } else {
+        println!("node {node}{drained}");
+    }
+    if let Some(id) = value["node_id"].as_str() {
+        println!("node id {id}");
+    }
+    if let Some(problem) = value["store"]["error"].as_str() {
+        println!("STORE UNUSABLE: {problem}");
+    }
+    if groups.is_empty() {
         return Ok(());
     }
-    println!("node {node}{drained}");
     println!(
         "{:<12} {:>4} {:<8} {:<7} {:>4} {:<16} {:>11} {:>9}  VIPs",
         "INSTANCE", "VRID", "IFACE", "STATE", "PRIO", "MASTER", "MASTER PRIO", "ADVERT"

@@ -20,6 +20,8 @@ const MARKER: &str = "drained";
 
 pub struct Control {
     node: String,
+    /// `node_id` and `store` for status (fixed for the process's life).
+    identity: serde_json::Value,
     groups: Vec<GroupHandle>,
     marker: PathBuf,
     drained: AtomicBool,
@@ -42,9 +44,16 @@ pub fn drained_at_start(data_dir: &Path) -> bool {
 }
 
 impl Control {
-    pub fn new(node: String, groups: Vec<GroupHandle>, data_dir: &Path, drained: bool) -> Control {
+    pub fn new(
+        node: String,
+        identity: serde_json::Value,
+        groups: Vec<GroupHandle>,
+        data_dir: &Path,
+        drained: bool,
+    ) -> Control {
         Control {
             node,
+            identity,
             groups,
             marker: data_dir.join(MARKER),
             drained: AtomicBool::new(drained),
@@ -168,7 +177,13 @@ impl NodeControl for Control {
             .iter()
             .map(|group| status_json(&group.status.borrow()))
             .collect();
-        serde_json::json!({ "node": self.node, "drained": self.drained(), "groups": groups })
+        serde_json::json!({
+            "node": self.node,
+            "node_id": self.identity["node_id"],
+            "store": self.identity["store"],
+            "drained": self.drained(),
+            "groups": groups,
+        })
     }
 
     fn drained(&self) -> bool {

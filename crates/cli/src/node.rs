@@ -55,6 +55,7 @@ pub fn run(config_file: Option<PathBuf>) -> anyhow::Result<()> {
     raise_fd_limit(config.proxy.max_connections);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let store = NodeStore::open(&config.data_dir)?;
     let policy_file = match &config.policy_file {
         Some(file) => file.clone(),
         None => {
@@ -75,7 +76,7 @@ pub fn run(config_file: Option<PathBuf>) -> anyhow::Result<()> {
         runtime.worker_threads(config.worker_threads);
     }
     let runtime = runtime.build().context("cannot start the async runtime")?;
-    runtime.block_on(serve(config, policy_file, node_identity, policy))
+    runtime.block_on(serve(config, policy_file, node_identity, policy, store))
 }
 
 fn identity(config: &NodeConfig) -> NodeIdentity {
@@ -100,6 +101,53 @@ fn load_policy(path: &Path, node: &NodeIdentity) -> anyhow::Result<CompiledPolic
         let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
         anyhow!("invalid policy:\n{}", lines.join("\n"))
     })
+}
+
+/// The node's store and the identity it holds. A store that cannot be used does not stop
+/// the node (every node can serve alone, with the policy file it has): it runs under a
+/// temporary identity and says so at start, in status and in the log.
+struct NodeStore {
+    /// Held for the node's life: it also keeps the data directory's lock.
+    store: Option<palisade_store::Store>,
+    node_id: palisade_identity::NodeId,
+    problem: Option<String>,
+}
+
+impl NodeStore {
+    fn open(data_dir: &Path) -> anyhow::Result<NodeStore> {
+        match palisade_store::Store::open(data_dir) {
+            Ok(store) => {
+                let node_id = store.node_id();
+                tracing::info!(%node_id, store = %store.path().display(), "Node identity");
+                Ok(NodeStore {
+                    store: Some(store),
+                    node_id,
+                    problem: None,
+                })
+            }
+            // Two processes on one data directory would fight over every file in it.
+            Err(error @ palisade_store::StoreError::InUse { .. }) => Err(error.into()),
+            Err(error) => {
+                let node_id = palisade_identity::NodeId::random();
+                tracing::error!(%node_id, "STORE UNUSABLE: {error}. Serving with the policy file under a temporary node identity");
+                Ok(NodeStore {
+                    store: None,
+                    node_id,
+                    problem: Some(error.to_string()),
+                })
+            }
+        }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "node_id": self.node_id.to_string(),
+            "store": match (&self.store, &self.problem) {
+                (Some(store), _) => serde_json::json!({ "path": store.path().display().to_string(), "error": null }),
+                (None, problem) => serde_json::json!({ "path": null, "error": problem }),
+            },
+        })
+    }
 }
 
 /// The bound addresses of one kind of listener.
@@ -175,6 +223,7 @@ async fn serve(
     policy_file: PathBuf,
     node_identity: NodeIdentity,
     policy: CompiledPolicy,
+    store: NodeStore,
 ) -> anyhow::Result<()> {
     let summary = policy.summary();
     let policy = Arc::new(ArcSwap::from_pointee(policy));
@@ -249,6 +298,7 @@ async fn serve(
     )));
     let control = Arc::new(crate::control::Control::new(
         config.hostname.clone(),
+        store.status(),
         groups.clone(),
         &config.data_dir,
         start_drained,

@@ -130,3 +130,47 @@ async fn state_changing_endpoints_take_json_only() {
         200
     );
 }
+
+/// The node's identity is a UUID kept in its store, shown by status; a store that cannot be
+/// read does not stop the node: it serves with its policy file, under a temporary identity,
+/// and says so in status and in its log, leaving the damaged file as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_corrupt_store_serves_and_says_so() {
+    let origin = Origin::start().await;
+    let healthy = NodeProcess::start(BIN, "", POLICY);
+    let status: serde_json::Value =
+        serde_json::from_slice(&palisade(&healthy, &["status", "--json"]).stdout)
+            .unwrap_or_default();
+    let id = status["node_id"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(id.len(), 36, "{status}");
+    assert!(status["store"]["error"].is_null(), "{status}");
+    assert!(healthy.stderr().contains(&id), "the start log names the id");
+    assert!(text(&palisade(&healthy, &["status"]).stdout).contains(&format!("node id {id}")));
+
+    let garbage: &[u8] = b"this is not a redb file";
+    let node = NodeProcess::start_with_data(BIN, POLICY, &[("palisade.redb", garbage)]);
+    let proxied = curl(&[
+        "-x",
+        &format!("http://{}", node.proxy),
+        &origin.url("/small"),
+    ]);
+    assert_eq!(proxied.status, 200, "{}", proxied.stderr);
+    let status: serde_json::Value =
+        serde_json::from_slice(&palisade(&node, &["status", "--json"]).stdout).unwrap_or_default();
+    let problem = status["store"]["error"].as_str().unwrap_or_default();
+    assert!(
+        problem.contains("corrupt") && problem.contains("palisade.redb"),
+        "{status}"
+    );
+    assert!(text(&palisade(&node, &["status"]).stdout).contains("STORE UNUSABLE"));
+    assert!(
+        node.stderr().contains("STORE UNUSABLE"),
+        "{}",
+        node.stderr()
+    );
+    assert_eq!(
+        std::fs::read(node.dir.0.join("data/palisade.redb")).unwrap_or_default(),
+        garbage,
+        "the damaged store is left for the operator"
+    );
+}

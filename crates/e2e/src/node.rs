@@ -70,7 +70,29 @@ impl NodeProcess {
         admin_config: &str,
         policy: &str,
     ) -> NodeProcess {
+        NodeProcess::start_inner(binary, extra_config, admin_config, policy, &[])
+    }
+
+    /// As `start`, with `files` (name, bytes) written into the data directory first: a
+    /// store or marker left by an earlier run, or a damaged one.
+    pub fn start_with_data(binary: &str, policy: &str, files: &[(&str, &[u8])]) -> NodeProcess {
+        NodeProcess::start_inner(binary, "", "", policy, files)
+    }
+
+    fn start_inner(
+        binary: &str,
+        extra_config: &str,
+        admin_config: &str,
+        policy: &str,
+        data_files: &[(&str, &[u8])],
+    ) -> NodeProcess {
         let dir = TempDir::new("palisade-e2e");
+        let data = dir.0.join("data");
+        std::fs::create_dir_all(&data).unwrap_or_else(|error| panic!("data dir: {error}"));
+        for (name, bytes) in data_files {
+            std::fs::write(data.join(name), bytes)
+                .unwrap_or_else(|error| panic!("data file {name}: {error}"));
+        }
         // Port 0 everywhere: the node binds what the kernel gives and logs it, so parallel
         // tests never race for a port.
         let unbound = SocketAddr::from(([127, 0, 0, 1], 0));
