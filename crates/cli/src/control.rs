@@ -2,11 +2,11 @@
 //!
 //! A drain takes the node out of service: every HA group leaves like a fault (a Master hands
 //! its VIPs to the next node in line over the heartbeat, or sends priority 0), `/healthz`
-//! answers 503 so that load balancers in front of the node follow, and a marker file in the
-//! data directory keeps the node drained across restarts until `palisade resume`.
+//! answers 503 so that load balancers in front of the node follow, and a marker in the
+//! node's store keeps the node drained across restarts until `palisade resume`.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -15,32 +15,76 @@ use palisade_admin::{BoxFuture, ControlError, NodeControl};
 use palisade_vrrp::State;
 use palisade_vrrp_linux::driver::{GroupHandle, GroupStatus, Left};
 
-/// The file whose presence means "drained"; its content says since when, for the operator.
-const MARKER: &str = "drained";
+/// The marker file of releases before the store: honoured once at start, then moved into
+/// the store.
+const LEGACY_MARKER: &str = "drained";
 
 pub struct Control {
     node: String,
     /// `node_id` and `store` for status (fixed for the process's life).
     identity: serde_json::Value,
     groups: Vec<GroupHandle>,
-    marker: PathBuf,
+    /// Where the drain is recorded; `None` when the store is unusable (then no drain or
+    /// resume can be recorded, and both are refused with the reason).
+    store: Option<Arc<palisade_store::Store>>,
     drained: AtomicBool,
     /// One drain or resume at a time.
     busy: tokio::sync::Mutex<()>,
 }
 
-/// Whether a drain survived the last run (the node then starts drained). A marker that
+/// Whether a drain survived the last run (the node then starts drained). A drain that
 /// cannot be checked counts as present: starting in service by mistake could take a VIP from
-/// a node the operator meant to keep.
-pub fn drained_at_start(data_dir: &Path) -> bool {
-    let marker = data_dir.join(MARKER);
-    match marker.try_exists() {
-        Ok(present) => present,
+/// a node the operator meant to keep. A marker file of an earlier release is moved into the
+/// store.
+pub fn drained_at_start(store: Option<&palisade_store::Store>, data_dir: &Path) -> bool {
+    let legacy = data_dir.join(LEGACY_MARKER);
+    let legacy_present = legacy.try_exists().unwrap_or(true);
+    let Some(store) = store else {
+        tracing::error!(
+            "the store is unusable: cannot tell whether the node was drained; starting drained"
+        );
+        return true;
+    };
+    if legacy_present {
+        match store.set_drained_since(Some(unix_now())) {
+            Ok(()) => {
+                if let Err(error) = std::fs::remove_file(&legacy) {
+                    tracing::warn!(marker = %legacy.display(), %error, "drain moved into the store; cannot remove the old marker");
+                }
+            }
+            Err(error) => tracing::error!(%error, "cannot move the drain marker into the store"),
+        }
+        return true;
+    }
+    match store.drained_since() {
+        Ok(since) => since.is_some(),
         Err(error) => {
-            tracing::error!(marker = %marker.display(), %error, "cannot tell whether the node was drained; starting drained");
+            tracing::error!(%error, "cannot tell whether the node was drained; starting drained");
             true
         }
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .unwrap_or(0)
+}
+
+/// Records the drain (or its end) in the store, off the async workers (a commit waits for
+/// the disk).
+async fn record_drain(
+    store: Option<Arc<palisade_store::Store>>,
+    since: Option<u64>,
+) -> Result<(), String> {
+    let Some(store) = store else {
+        return Err("the store is unusable (see `palisade status`)".to_owned());
+    };
+    tokio::task::spawn_blocking(move || store.set_drained_since(since))
+        .await
+        .map_err(|error| error.to_string())?
+        .map_err(|error| error.to_string())
 }
 
 impl Control {
@@ -48,14 +92,14 @@ impl Control {
         node: String,
         identity: serde_json::Value,
         groups: Vec<GroupHandle>,
-        data_dir: &Path,
+        store: Option<Arc<palisade_store::Store>>,
         drained: bool,
     ) -> Control {
         Control {
             node,
             identity,
             groups,
-            marker: data_dir.join(MARKER),
+            store,
             drained: AtomicBool::new(drained),
             busy: tokio::sync::Mutex::new(()),
         }
@@ -90,12 +134,11 @@ impl Control {
             )));
         }
         // Recorded first, so that a crash half-way through still comes back drained.
-        write_marker(&self.marker).map_err(|error| {
-            ControlError::Failed(format!(
-                "cannot record the drain in {}: {error}; nothing changed",
-                self.marker.display()
-            ))
-        })?;
+        record_drain(self.store.clone(), Some(unix_now()))
+            .await
+            .map_err(|error| {
+                ControlError::Failed(format!("cannot record the drain: {error}; nothing changed"))
+            })?;
         if !self.drained.swap(true, Ordering::SeqCst) {
             tracing::warn!(node = %self.node, "node drained: leaving every HA group, /healthz answers 503");
         }
@@ -117,15 +160,10 @@ impl Control {
         let _busy = self.busy.lock().await;
         // Removed first: a node that resumes now but would come back drained after its next
         // restart is worse than a resume refused with the reason.
-        match std::fs::remove_file(&self.marker) {
-            Ok(()) => sync_parent(&self.marker),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-            Err(error) => {
-                return Err(ControlError::Failed(format!(
-                    "cannot remove the drain marker {}: {error}; still drained",
-                    self.marker.display()
-                )));
-            }
+        if let Err(error) = record_drain(self.store.clone(), None).await {
+            return Err(ControlError::Failed(format!(
+                "cannot record the resume: {error}; still drained"
+            )));
         }
         if self.drained.swap(false, Ordering::SeqCst) {
             tracing::warn!(node = %self.node, "node resumed: back in every HA group");
@@ -231,55 +269,32 @@ async fn wait_for_master(group: &GroupHandle, to: IpAddr) -> Option<()> {
     .map(|_| ())
 }
 
-/// Writes the marker durably: a temporary file, synced, renamed over the marker, and the
-/// directory synced, so that a power cut right after `palisade drain` answered cannot bring
-/// the node back in service.
-fn write_marker(path: &Path) -> std::io::Result<()> {
-    use std::io::Write;
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_secs())
-        .unwrap_or(0);
-    let temporary = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(
-        format!("drained by `palisade drain` at unix time {since}; undo with `palisade resume`\n")
-            .as_bytes(),
-    )?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)?;
-    sync_parent(path);
-    Ok(())
-}
-
-/// Makes a rename or removal in `path`'s directory durable. Best effort: some filesystems
-/// cannot sync a directory, and the change itself has already happened.
-fn sync_parent(path: &Path) {
-    if let Some(parent) = path.parent()
-        && let Ok(directory) = std::fs::File::open(parent)
-        && let Err(error) = directory.sync_all()
-    {
-        tracing::warn!(directory = %parent.display(), %error, "cannot sync the data directory");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn marker_round_trip_and_an_unreadable_marker_counts_as_drained() {
+    fn a_drain_is_read_from_the_store_and_an_old_marker_file_moves_into_it() {
         let dir = std::env::temp_dir().join(format!("palisade-control-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap_or_else(|error| panic!("{error}"));
-        assert!(!drained_at_start(&dir));
-        write_marker(&dir.join(MARKER)).unwrap_or_else(|error| panic!("{error}"));
-        assert!(drained_at_start(&dir));
-        assert!(!dir.join("drained.tmp").exists());
-        // A data directory that is a file: the check fails, the node starts drained.
-        let not_a_dir = dir.join("file");
-        std::fs::write(&not_a_dir, b"").unwrap_or_else(|error| panic!("{error}"));
-        assert!(drained_at_start(&not_a_dir));
+        let store = palisade_store::Store::open(&dir).unwrap_or_else(|error| panic!("{error}"));
+        assert!(!drained_at_start(Some(&store), &dir));
+        std::fs::write(dir.join(LEGACY_MARKER), b"drained by an older release\n")
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert!(drained_at_start(Some(&store), &dir));
+        assert!(!dir.join(LEGACY_MARKER).exists(), "moved into the store");
+        assert!(
+            drained_at_start(Some(&store), &dir),
+            "and still drained from there"
+        );
+        store
+            .set_drained_since(None)
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert!(!drained_at_start(Some(&store), &dir));
+        // No usable store: the drain cannot be checked, the node starts drained.
+        assert!(drained_at_start(None, &dir));
+        drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -108,7 +108,7 @@ fn load_policy(path: &Path, node: &NodeIdentity) -> anyhow::Result<CompiledPolic
 /// temporary identity and says so at start, in status and in the log.
 struct NodeStore {
     /// Held for the node's life: it also keeps the data directory's lock.
-    store: Option<palisade_store::Store>,
+    store: Option<Arc<palisade_store::Store>>,
     node_id: palisade_identity::NodeId,
     problem: Option<String>,
 }
@@ -120,7 +120,7 @@ impl NodeStore {
                 let node_id = store.node_id();
                 tracing::info!(%node_id, store = %store.path().display(), "Node identity");
                 Ok(NodeStore {
-                    store: Some(store),
+                    store: Some(Arc::new(store)),
                     node_id,
                     problem: None,
                 })
@@ -288,9 +288,11 @@ async fn serve(
                 .serve(listener, shutdown.clone(), tracker.clone()),
         );
     }
-    let start_drained = crate::control::drained_at_start(&config.data_dir);
+    let start_drained = crate::control::drained_at_start(store.store.as_deref(), &config.data_dir);
     if start_drained {
-        tracing::warn!(marker = %config.data_dir.join("drained").display(), "starting drained: out of every HA group, /healthz answers 503 (undo with `palisade resume`)");
+        tracing::warn!(
+            "starting drained: out of every HA group, /healthz answers 503 (undo with `palisade resume`)"
+        );
     }
     let (groups, mesh) = start_ha_groups(&config, start_drained).await?;
     registry.register_collector(Box::new(palisade_vrrp_linux::metrics::HaMetrics::new(
@@ -300,7 +302,7 @@ async fn serve(
         config.hostname.clone(),
         store.status(),
         groups.clone(),
-        &config.data_dir,
+        store.store.clone(),
         start_drained,
     ));
     let admin_state = palisade_admin::AdminState {

@@ -1,5 +1,5 @@
 //! The node's durable state, in one redb file, `<data_dir>/palisade.redb`: the only owner of
-//! what must survive a restart (issue 9): the node's identity now; the drain marker and the
+//! what must survive a restart (issue 9): the node's identity and its drain marker now, the
 //! replicated documents as they move in. redb gives crash-safe transactions (a write either
 //! committed whole or not at all) and a file lock, so two processes cannot share one data
 //! directory.
@@ -21,6 +21,8 @@ pub const EXPORT_FORMAT: u64 = 1;
 /// Node-local facts, one value per key.
 const NODE: TableDefinition<&str, &[u8]> = TableDefinition::new("node");
 const NODE_ID: &str = "node_id";
+/// Present while the node is drained; the value is the Unix time of the drain (8 bytes, LE).
+const DRAINED_SINCE: &str = "drained_since";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -78,41 +80,82 @@ impl Store {
         self.node_id
     }
 
+    /// Since when (Unix seconds) the node is drained, if it is: `palisade drain` survives
+    /// restarts until `palisade resume`.
+    pub fn drained_since(&self) -> Result<Option<u64>, StoreError> {
+        let Some(bytes) = self.read(DRAINED_SINCE)? else {
+            return Ok(None);
+        };
+        let bytes: [u8; 8] = bytes
+            .try_into()
+            .map_err(|bytes: Vec<u8>| StoreError::Corrupt {
+                path: self.path.clone(),
+                detail: format!("drain marker of {} bytes", bytes.len()),
+            })?;
+        Ok(Some(u64::from_le_bytes(bytes)))
+    }
+
+    /// Records the drain (`Some(unix seconds)`) or its end (`None`), durably: the call
+    /// returns after the commit is on disk.
+    pub fn set_drained_since(&self, since: Option<u64>) -> Result<(), StoreError> {
+        match since {
+            Some(since) => self.write(DRAINED_SINCE, Some(&since.to_le_bytes())),
+            None => self.write(DRAINED_SINCE, None),
+        }
+    }
+
     fn read_node_id(&self) -> Result<Option<NodeId>, StoreError> {
+        let Some(bytes) = self.read(NODE_ID)? else {
+            return Ok(None);
+        };
+        let bytes: [u8; 16] = bytes
+            .try_into()
+            .map_err(|bytes: Vec<u8>| StoreError::Corrupt {
+                path: self.path.clone(),
+                detail: format!("node id of {} bytes", bytes.len()),
+            })?;
+        Ok(Some(NodeId::from_bytes(bytes)))
+    }
+
+    fn write_node_id(&self, id: NodeId) -> Result<(), StoreError> {
+        self.write(NODE_ID, Some(id.as_bytes()))
+    }
+
+    fn read(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let read = self.db.begin_read().map_err(|error| self.fail(error))?;
         let table = match read.open_table(NODE) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
             Err(error) => return Err(self.fail(error)),
         };
-        let Some(value) = table.get(NODE_ID).map_err(|error| self.fail(error))? else {
-            return Ok(None);
-        };
-        let bytes: [u8; 16] = value.value().try_into().map_err(|_| StoreError::Corrupt {
-            path: self.path.clone(),
-            detail: format!("node id of {} bytes", value.value().len()),
-        })?;
-        Ok(Some(NodeId::from_bytes(bytes)))
+        let value = table.get(key).map_err(|error| self.fail(error))?;
+        Ok(value.map(|value| value.value().to_vec()))
     }
 
-    fn write_node_id(&self, id: NodeId) -> Result<(), StoreError> {
+    /// One key set (or removed with `None`) in its own committed transaction.
+    fn write(&self, key: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
         let write = self.db.begin_write().map_err(|error| self.fail(error))?;
         {
             let mut table = write.open_table(NODE).map_err(|error| self.fail(error))?;
-            table
-                .insert(NODE_ID, id.as_bytes().as_slice())
-                .map_err(|error| self.fail(error))?;
+            match value {
+                Some(value) => table.insert(key, value).map(|_| ()),
+                None => table.remove(key).map(|_| ()),
+            }
+            .map_err(|error| self.fail(error))?;
         }
         write.commit().map_err(|error| self.fail(error))
     }
 
     /// Everything in the store as versioned JSON, for backups and for moving between
     /// releases whose file formats differ.
-    pub fn export(&self) -> serde_json::Value {
-        serde_json::json!({
+    pub fn export(&self) -> Result<serde_json::Value, StoreError> {
+        Ok(serde_json::json!({
             "format": EXPORT_FORMAT,
-            "node": { "id": self.node_id.to_string() },
-        })
+            "node": {
+                "id": self.node_id.to_string(),
+                "drained_since": self.drained_since()?,
+            },
+        }))
     }
 
     /// Replaces the store's contents with an export (of this format). The node's identity
@@ -137,7 +180,16 @@ impl Store {
             .ok_or_else(|| refuse("no node.id".into()))?
             .parse::<NodeId>()
             .map_err(|error| refuse(error.to_string()))?;
+        let drained_since = match export.pointer("/node/drained_since") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(value) => Some(
+                value
+                    .as_u64()
+                    .ok_or_else(|| refuse(format!("node.drained_since is {value}")))?,
+            ),
+        };
         self.write_node_id(id)?;
+        self.set_drained_since(drained_since)?;
         self.node_id = id;
         Ok(())
     }
@@ -228,6 +280,20 @@ mod tests {
     }
 
     #[test]
+    fn the_drain_marker_survives_reopening_until_cleared() {
+        let dir = Dir::new("drain");
+        assert_eq!(open(&dir).drained_since().ok(), Some(None));
+        open(&dir)
+            .set_drained_since(Some(42))
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(open(&dir).drained_since().ok(), Some(Some(42)));
+        open(&dir)
+            .set_drained_since(None)
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(open(&dir).drained_since().ok(), Some(None));
+    }
+
+    #[test]
     fn a_second_process_on_the_same_directory_is_refused() {
         let dir = Dir::new("in-use");
         let _held = open(&dir);
@@ -265,7 +331,10 @@ mod tests {
     fn export_and_import_carry_the_identity() {
         let (from, to) = (Dir::new("export-from"), Dir::new("export-to"));
         let source = open(&from);
-        let export = source.export();
+        source
+            .set_drained_since(Some(1_795_000_000))
+            .unwrap_or_else(|error| panic!("{error}"));
+        let export = source.export().unwrap_or_else(|error| panic!("{error}"));
         assert_eq!(export["format"], EXPORT_FORMAT);
         let mut target = open(&to);
         assert_ne!(target.node_id(), source.node_id());
@@ -273,6 +342,7 @@ mod tests {
             .import(&export)
             .unwrap_or_else(|error| panic!("{error}"));
         assert_eq!(target.node_id(), source.node_id());
+        assert_eq!(target.drained_since().ok(), Some(Some(1_795_000_000)));
         drop(target);
         assert_eq!(
             open(&to).node_id(),
