@@ -74,6 +74,9 @@ pub fn status(admin: SocketAddr, json: bool) -> anyhow::Result<()> {
     if let Some(id) = value["node_id"].as_str() {
         println!("node id {id}");
     }
+    if let Some(revision) = value["policy"]["revision"].as_str() {
+        println!("policy revision {}", revision.get(..12).unwrap_or(revision));
+    }
     if let Some(problem) = value["store"]["error"].as_str() {
         println!("STORE UNUSABLE: {problem}");
     }

@@ -23,6 +23,7 @@ pub struct Control {
     node: String,
     /// `node_id` and `store` for status (fixed for the process's life).
     identity: serde_json::Value,
+    policy_revision: tokio::sync::watch::Receiver<crate::policy_install::PolicyRevision>,
     groups: Vec<GroupHandle>,
     /// Where the drain is recorded; `None` when the store is unusable (then no drain or
     /// resume can be recorded, and both are refused with the reason).
@@ -91,6 +92,7 @@ impl Control {
     pub fn new(
         node: String,
         identity: serde_json::Value,
+        policy_revision: tokio::sync::watch::Receiver<crate::policy_install::PolicyRevision>,
         groups: Vec<GroupHandle>,
         store: Option<Arc<palisade_store::Store>>,
         drained: bool,
@@ -98,6 +100,7 @@ impl Control {
         Control {
             node,
             identity,
+            policy_revision,
             groups,
             store,
             drained: AtomicBool::new(drained),
@@ -219,6 +222,7 @@ impl NodeControl for Control {
             "node": self.node,
             "node_id": self.identity["node_id"],
             "store": self.identity["store"],
+            "policy": { "revision": self.policy_revision.borrow().to_string() },
             "drained": self.drained(),
             "groups": groups,
         })

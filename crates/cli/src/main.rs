@@ -7,6 +7,7 @@ mod config;
 mod control;
 mod file_watch;
 mod node;
+mod policy_install;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

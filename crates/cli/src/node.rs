@@ -25,13 +25,14 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{self, NodeConfig};
 use crate::file_watch::SettledChange;
+use crate::policy_install::PolicyInstaller;
 
 pub fn check_config(file: &Path, policy: Option<&Path>) -> anyhow::Result<()> {
     let config =
         config::load(file).map_err(|errors| anyhow!("invalid configuration:\n{errors}"))?;
     let policy_file = policy.map(Path::to_path_buf).or(config.policy_file.clone());
     if let Some(policy_file) = policy_file {
-        load_policy(&policy_file, &identity(&config))?;
+        crate::policy_install::load(&policy_file, &identity(&config))?;
         println!(
             "{}: ok (policy {}: ok)",
             file.display(),
@@ -69,7 +70,7 @@ pub fn run(config_file: Option<PathBuf>) -> anyhow::Result<()> {
         }
     };
     let node_identity = identity(&config);
-    let policy = load_policy(&policy_file, &node_identity)?;
+    let policy = crate::policy_install::load(&policy_file, &node_identity)?;
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all().thread_name("palisade");
     if config.worker_threads > 0 {
@@ -92,15 +93,6 @@ fn identity(config: &NodeConfig) -> NodeIdentity {
         hostname: config.hostname.clone(),
         proxy_ips,
     }
-}
-
-fn load_policy(path: &Path, node: &NodeIdentity) -> anyhow::Result<CompiledPolicy> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read policy {}", path.display()))?;
-    palisade_policy::compile(&text, path, node).map_err(|errors| {
-        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        anyhow!("invalid policy:\n{}", lines.join("\n"))
-    })
 }
 
 /// The node's store and the identity it holds. A store that cannot be used does not stop
@@ -222,12 +214,18 @@ async fn serve(
     mut config: NodeConfig,
     policy_file: PathBuf,
     node_identity: NodeIdentity,
-    policy: CompiledPolicy,
+    loaded: crate::policy_install::LoadedPolicy,
     store: NodeStore,
 ) -> anyhow::Result<()> {
-    let summary = policy.summary();
-    let policy = Arc::new(ArcSwap::from_pointee(policy));
+    let summary = loaded.policy.summary();
+    let policy = Arc::new(ArcSwap::from_pointee(loaded.policy));
     let mut registry = Registry::default();
+    let installer = Arc::new(PolicyInstaller::new(
+        policy.clone(),
+        loaded.revision,
+        node_identity,
+        &mut registry,
+    ));
     let metrics = ProxyMetrics::new(&mut registry);
     registry.register_collector(Box::new(palisade_admin::process_metrics::ProcessCollector));
     let access_log = AccessLog::start(
@@ -301,6 +299,7 @@ async fn serve(
     let control = Arc::new(crate::control::Control::new(
         config.hostname.clone(),
         store.status(),
+        installer.revision(),
         groups.clone(),
         store.store.clone(),
         start_drained,
@@ -320,6 +319,7 @@ async fn serve(
     tracing::info!(
         node = %config.hostname,
         policy = %policy_file.display(),
+        revision = %loaded.revision.short(),
         rulesets = summary.rulesets,
         rules = summary.rules,
         "palisade node started"
@@ -338,8 +338,7 @@ async fn serve(
     }
     tokio::spawn(watch_policy(
         policy_file,
-        node_identity,
-        policy,
+        installer,
         access_log,
         config.policy_poll_interval,
     ));
@@ -554,8 +553,7 @@ fn interface_address(interface: &str, ipv6: bool) -> Option<IpAddr> {
 /// A policy that does not compile is refused with its errors and the old one stays live.
 async fn watch_policy(
     path: PathBuf,
-    node: NodeIdentity,
-    live: Arc<ArcSwap<CompiledPolicy>>,
+    installer: Arc<PolicyInstaller>,
     access_log: AccessLog,
     interval: Duration,
 ) {
@@ -573,7 +571,7 @@ async fn watch_policy(
         files.extend(live.source_files().iter().cloned());
         files
     };
-    let mut files = watched(&live.load());
+    let mut files = watched(&installer.live());
     let mut change = SettledChange::new(stamps_of(&files));
     loop {
         let forced = tokio::select! {
@@ -588,28 +586,14 @@ async fn watch_policy(
             continue;
         }
         change.acted_on(stamps);
-        let node = node.clone();
-        let reload_path = path.clone();
-        let compiled = tokio::task::spawn_blocking(move || load_policy(&reload_path, &node)).await;
-        match compiled {
-            Ok(Ok(policy)) => {
-                let summary = policy.summary();
-                let now_watched = watched(&policy);
-                if now_watched != files {
-                    // Stamps of the new set, as the policy just compiled saw them.
-                    change.acted_on(stamps_of(&now_watched));
-                    files = now_watched;
-                }
-                live.store(Arc::new(policy));
-                // The previous policy is freed by now (or by the last request holding it):
-                // give its pages back rather than keep them as free heap.
-                tokio::task::spawn_blocking(crate::allocator::release_free_memory);
-                tracing::info!(path = %path.display(), rulesets = summary.rulesets, rules = summary.rules, "policy reloaded");
+        // The installer logs and counts the outcome; a refused policy leaves the live one.
+        if installer.install_file(&path).await.is_ok() {
+            let now_watched = watched(&installer.live());
+            if now_watched != files {
+                // Stamps of the new set, as the policy just compiled saw them.
+                change.acted_on(stamps_of(&now_watched));
+                files = now_watched;
             }
-            Ok(Err(error)) => {
-                tracing::error!(path = %path.display(), "policy reload refused, previous policy stays live: {error:#}");
-            }
-            Err(error) => tracing::error!(%error, "policy reload task failed"),
         }
     }
 }

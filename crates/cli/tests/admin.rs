@@ -138,6 +138,18 @@ async fn a_node_with_a_corrupt_store_serves_and_says_so() {
     let id = status["node_id"].as_str().unwrap_or_default().to_owned();
     assert_eq!(id.len(), 36, "{status}");
     assert!(status["store"]["error"].is_null(), "{status}");
+    // The live policy's revision: a SHA-256 of its sources, the same on every node that
+    // has the same files.
+    let revision = status["policy"]["revision"].as_str().unwrap_or_default();
+    assert_eq!(revision.len(), 64, "{status}");
+    assert!(
+        revision.bytes().all(|byte| byte.is_ascii_hexdigit()),
+        "{status}"
+    );
+    assert!(
+        text(&palisade(&healthy, &["status"]).stdout)
+            .contains(&format!("policy revision {}", &revision[..12]))
+    );
     assert!(healthy.stderr().contains(&id), "the start log names the id");
     assert!(text(&palisade(&healthy, &["status"]).stdout).contains(&format!("node id {id}")));
 

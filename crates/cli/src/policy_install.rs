@@ -1,0 +1,272 @@
+//! The one writer of the live policy (issue 9): compiles off the async workers, swaps the
+//! policy the proxy reads atomically, publishes the live revision on a watch channel, logs
+//! and counts. The file watcher is its first caller; the replicator will be the second, so
+//! the two can never fight over the `ArcSwap`.
+//!
+//! The revision is a SHA-256 of everything the policy was compiled from (the document and
+//! every list file, as read), so two nodes with the same sources show the same revision,
+//! whatever the files' times; later the replicated revision takes its place.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow};
+use arc_swap::ArcSwap;
+use palisade_policy::{CompiledPolicy, NodeIdentity};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+/// What a policy was compiled from, hashed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PolicyRevision([u8; 32]);
+
+impl PolicyRevision {
+    /// The first 12 hex digits, for log lines (as `git` shortens commits).
+    pub fn short(&self) -> String {
+        self.to_string()[..12].to_owned()
+    }
+}
+
+impl fmt::Display for PolicyRevision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for byte in self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for PolicyRevision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PolicyRevision({})", self.short())
+    }
+}
+
+/// A compiled policy and the revision of its sources.
+pub struct LoadedPolicy {
+    pub policy: CompiledPolicy,
+    pub revision: PolicyRevision,
+}
+
+/// Reads and compiles the policy at `path`, hashing every byte it read (blocking: call it
+/// off the async workers).
+pub fn load(path: &Path, node: &NodeIdentity) -> anyhow::Result<LoadedPolicy> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read policy {}", path.display()))?;
+    let read: RefCell<Vec<(PathBuf, String)>> = RefCell::new(Vec::new());
+    let reader = |list: &Path| {
+        let content = std::fs::read_to_string(list)?;
+        read.borrow_mut().push((list.to_owned(), content.clone()));
+        Ok(content)
+    };
+    let policy =
+        palisade_policy::compile_with_reader(&text, path, node, &reader).map_err(|errors| {
+            let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            anyhow!("invalid policy:\n{}", lines.join("\n"))
+        })?;
+    let mut lists = read.into_inner();
+    lists.sort();
+    let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+    // Length-prefixed, so that no two different source sets hash alike.
+    let mut part = |bytes: &[u8]| {
+        hash.update(&(bytes.len() as u64).to_le_bytes());
+        hash.update(bytes);
+    };
+    part(text.as_bytes());
+    for (list, content) in &lists {
+        part(list.to_string_lossy().as_bytes());
+        part(content.as_bytes());
+    }
+    let mut revision = [0u8; 32];
+    revision.copy_from_slice(hash.finish().as_ref());
+    Ok(LoadedPolicy {
+        policy,
+        revision: PolicyRevision(revision),
+    })
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+/// Installs policies into the live `ArcSwap`; the only code that stores into it.
+pub struct PolicyInstaller {
+    live: Arc<ArcSwap<CompiledPolicy>>,
+    node: NodeIdentity,
+    revision: watch::Sender<PolicyRevision>,
+    installs: Family<OutcomeLabels, Counter>,
+}
+
+impl PolicyInstaller {
+    /// Takes over `live`, which holds the policy of `revision` (compiled at start).
+    pub fn new(
+        live: Arc<ArcSwap<CompiledPolicy>>,
+        revision: PolicyRevision,
+        node: NodeIdentity,
+        registry: &mut Registry,
+    ) -> PolicyInstaller {
+        let installs = Family::<OutcomeLabels, Counter>::default();
+        for outcome in ["installed", "unchanged", "refused"] {
+            let _ = installs.get_or_create(&OutcomeLabels { outcome });
+        }
+        registry.register(
+            "palisade_policy_installs",
+            "Policy installs: installed (now live), unchanged (same revision as the live one), refused (did not compile; the live one stays)",
+            installs.clone(),
+        );
+        PolicyInstaller {
+            live,
+            node,
+            revision: watch::Sender::new(revision),
+            installs,
+        }
+    }
+
+    /// The live policy's revision, now and as it changes.
+    pub fn revision(&self) -> watch::Receiver<PolicyRevision> {
+        self.revision.subscribe()
+    }
+
+    pub fn live(&self) -> Arc<CompiledPolicy> {
+        self.live.load_full()
+    }
+
+    /// Compiles the policy file at `path` and makes it live; on any error the live policy
+    /// stays and the error says why.
+    pub async fn install_file(&self, path: &Path) -> anyhow::Result<PolicyRevision> {
+        let (reload_path, node) = (path.to_owned(), self.node.clone());
+        let loaded = tokio::task::spawn_blocking(move || load(&reload_path, &node))
+            .await
+            .map_err(|error| anyhow!("policy compile task failed: {error}"))
+            .and_then(|loaded| loaded);
+        let loaded = match loaded {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                self.count("refused");
+                tracing::error!(path = %path.display(), "policy reload refused, previous policy stays live: {error:#}");
+                return Err(error);
+            }
+        };
+        if loaded.revision == *self.revision.borrow() {
+            self.count("unchanged");
+            tracing::info!(path = %path.display(), revision = %loaded.revision.short(), "policy unchanged");
+            return Ok(loaded.revision);
+        }
+        let summary = loaded.policy.summary();
+        self.live.store(Arc::new(loaded.policy));
+        self.revision.send_replace(loaded.revision);
+        self.count("installed");
+        // The previous policy is freed by now (or by the last request holding it): give its
+        // pages back rather than keep them as free heap.
+        tokio::task::spawn_blocking(crate::allocator::release_free_memory);
+        tracing::info!(path = %path.display(), revision = %loaded.revision.short(), rulesets = summary.rulesets, rules = summary.rules, "policy reloaded");
+        Ok(loaded.revision)
+    }
+
+    fn count(&self, outcome: &'static str) {
+        self.installs
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("palisade-install-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|error| panic!("{error}"));
+        dir
+    }
+
+    fn node() -> NodeIdentity {
+        NodeIdentity {
+            hostname: "test".into(),
+            proxy_ips: Vec::new(),
+        }
+    }
+
+    const POLICY: &str = "default_action = \"allow\"\n[lists]\nbad = { file = \"bad.txt\" }\n[[ruleset]]\nname = \"r\"\n  [[ruleset.rule]]\n  name = \"b\"\n  action = \"block\"\n  host_list = [\"bad\"]\n";
+
+    #[test]
+    fn the_revision_covers_the_document_and_its_lists() {
+        let dir = dir("revision");
+        let policy = dir.join("policy.toml");
+        std::fs::write(&policy, POLICY).unwrap_or_else(|error| panic!("{error}"));
+        std::fs::write(dir.join("bad.txt"), ".a.test\n").unwrap_or_else(|error| panic!("{error}"));
+        let revision = |path: &Path| load(path, &node()).map(|loaded| loaded.revision).ok();
+        let first = revision(&policy);
+        assert!(first.is_some());
+        assert_eq!(revision(&policy), first, "same sources, same revision");
+        std::fs::write(dir.join("bad.txt"), ".b.test\n").unwrap_or_else(|error| panic!("{error}"));
+        let second = revision(&policy);
+        assert_ne!(second, first, "a list edit is a new revision");
+        std::fs::write(&policy, format!("# edited\n{POLICY}"))
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_ne!(
+            revision(&policy),
+            second,
+            "a document edit is a new revision"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn installs_swap_publish_and_count_and_refusals_keep_the_live_policy() {
+        let dir = dir("install");
+        let policy = dir.join("policy.toml");
+        std::fs::write(&policy, POLICY).unwrap_or_else(|error| panic!("{error}"));
+        std::fs::write(dir.join("bad.txt"), ".a.test\n").unwrap_or_else(|error| panic!("{error}"));
+        let loaded = load(&policy, &node()).unwrap_or_else(|error| panic!("{error:#}"));
+        let live = Arc::new(ArcSwap::from_pointee(loaded.policy));
+        let mut registry = Registry::default();
+        let installer = PolicyInstaller::new(live.clone(), loaded.revision, node(), &mut registry);
+        let mut revisions = installer.revision();
+        assert_eq!(
+            installer.install_file(&policy).await.ok(),
+            Some(loaded.revision)
+        );
+        assert!(
+            !revisions.has_changed().unwrap_or(true),
+            "unchanged: nothing published"
+        );
+
+        std::fs::write(dir.join("bad.txt"), ".b.test\n").unwrap_or_else(|error| panic!("{error}"));
+        let before = live.load_full();
+        let installed = installer.install_file(&policy).await.ok();
+        assert!(installed.is_some() && installed != Some(loaded.revision));
+        assert!(!Arc::ptr_eq(&before, &live.load_full()), "swapped");
+        assert!(revisions.has_changed().unwrap_or(false));
+        assert_eq!(Some(*revisions.borrow_and_update()), installed);
+
+        std::fs::write(&policy, "default_action = \"maybe\"\n")
+            .unwrap_or_else(|error| panic!("{error}"));
+        let current = live.load_full();
+        assert!(installer.install_file(&policy).await.is_err());
+        assert!(
+            Arc::ptr_eq(&current, &live.load_full()),
+            "the live policy stays"
+        );
+        assert!(!revisions.has_changed().unwrap_or(true));
+
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap_or_default();
+        for sample in [
+            "palisade_policy_installs_total{outcome=\"installed\"} 1",
+            "palisade_policy_installs_total{outcome=\"unchanged\"} 1",
+            "palisade_policy_installs_total{outcome=\"refused\"} 1",
+        ] {
+            assert!(text.contains(sample), "{sample} missing:\n{text}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
