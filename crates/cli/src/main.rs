@@ -66,8 +66,33 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:4711")]
         admin: std::net::SocketAddr,
     },
+    /// Back up or restore the node's store (identity, drain marker) as versioned JSON, to
+    /// move it to another release or machine. The node must be stopped: a running node
+    /// holds its store's lock.
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum StoreAction {
+    /// Print the store as JSON.
+    Export {
+        /// Node config file (for data_dir; default: ./palisade-data).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Replace the store's contents with an export (the node then has the exported identity).
+    Import {
+        /// The export (JSON).
+        file: PathBuf,
+        /// Node config file (for data_dir; default: ./palisade-data).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -78,6 +103,12 @@ fn main() -> ExitCode {
         Command::Status { admin, json } => admin_client::status(admin, json),
         Command::Drain { admin, force } => admin_client::drain(admin, force),
         Command::Resume { admin } => admin_client::resume(admin),
+        Command::Store {
+            action: StoreAction::Export { config },
+        } => node::store_export(config),
+        Command::Store {
+            action: StoreAction::Import { file, config },
+        } => node::store_import(config, &file),
         Command::Version => {
             println!("palisade {}", env!("CARGO_PKG_VERSION"));
             Ok(())

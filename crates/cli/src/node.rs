@@ -95,6 +95,42 @@ fn identity(config: &NodeConfig) -> NodeIdentity {
     }
 }
 
+/// `palisade store export`: the store of the configured data directory as JSON on stdout.
+pub fn store_export(config_file: Option<PathBuf>) -> anyhow::Result<()> {
+    let store = open_store_offline(config_file)?;
+    let export = store.export()?;
+    println!("{export:#}");
+    Ok(())
+}
+
+/// `palisade store import FILE`: replaces the store's contents with an export.
+pub fn store_import(config_file: Option<PathBuf>, file: &Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let export: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
+    let mut store = open_store_offline(config_file)?;
+    store.import(&export)?;
+    println!(
+        "{}: imported (node id {})",
+        store.path().display(),
+        store.node_id()
+    );
+    Ok(())
+}
+
+fn open_store_offline(config_file: Option<PathBuf>) -> anyhow::Result<palisade_store::Store> {
+    let config = match &config_file {
+        Some(file) => {
+            config::load(file).map_err(|errors| anyhow!("invalid configuration:\n{errors}"))?
+        }
+        None => config::defaults(),
+    };
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    Ok(palisade_store::Store::open(&config.data_dir)?)
+}
+
 /// The node's store and the identity it holds. A store that cannot be used does not stop
 /// the node (every node can serve alone, with the policy file it has): it runs under a
 /// temporary identity and says so at start, in status and in the log.

@@ -180,3 +180,58 @@ async fn a_node_with_a_corrupt_store_serves_and_says_so() {
         "the damaged store is left for the operator"
     );
 }
+
+fn store_command(args: &[&str], config: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(BIN)
+        .arg("store")
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run {BIN}: {error}"))
+}
+
+/// `palisade store export` / `import`: the store as versioned JSON, refused while the node
+/// runs (it holds the store's lock), and an import gives a node the exported identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_exports_and_imports_with_the_node_stopped() {
+    let mut node = NodeProcess::start(BIN, "", POLICY);
+    let status: serde_json::Value =
+        serde_json::from_slice(&palisade(&node, &["status", "--json"]).stdout).unwrap_or_default();
+    let id = status["node_id"].as_str().unwrap_or_default().to_owned();
+    let config = node.dir.0.join("palisade.toml");
+    let busy = store_command(&["export"], &config);
+    assert!(!busy.status.success());
+    assert!(
+        text(&busy.stderr).contains("in use by another palisade process"),
+        "{}",
+        text(&busy.stderr)
+    );
+    node.signal("TERM");
+    assert!(node.wait_exit(std::time::Duration::from_secs(20)).is_some());
+    let exported = store_command(&["export"], &config);
+    assert!(exported.status.success(), "{}", text(&exported.stderr));
+    let export: serde_json::Value = serde_json::from_slice(&exported.stdout).unwrap_or_default();
+    assert_eq!(export["format"], 1, "{export}");
+    assert_eq!(export["node"]["id"], id.as_str(), "{export}");
+
+    let mut other = NodeProcess::start(BIN, "", POLICY);
+    other.signal("TERM");
+    assert!(
+        other
+            .wait_exit(std::time::Duration::from_secs(20))
+            .is_some()
+    );
+    let file = other.dir.0.join("export.json");
+    std::fs::write(&file, &exported.stdout).unwrap_or_else(|error| panic!("{error}"));
+    let other_config = other.dir.0.join("palisade.toml");
+    let imported = store_command(&["import", &file.to_string_lossy()], &other_config);
+    assert!(imported.status.success(), "{}", text(&imported.stderr));
+    let again = store_command(&["export"], &other_config);
+    let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap_or_default();
+    assert_eq!(
+        again["node"]["id"],
+        id.as_str(),
+        "the other node now has the exported identity"
+    );
+}
