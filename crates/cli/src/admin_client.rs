@@ -72,7 +72,10 @@ pub fn status(admin: SocketAddr, json: bool) -> anyhow::Result<()> {
         println!("node {node}{drained}");
     }
     if let Some(id) = value["node_id"].as_str() {
-        println!("node id {id}");
+        match value["node_priority"].as_u64() {
+            Some(priority) => println!("node id {id}, node priority {priority} (lower wins)"),
+            None => println!("node id {id}"),
+        }
     }
     if let Some(revision) = value["policy"]["revision"].as_str() {
         println!("policy revision {}", revision.get(..12).unwrap_or(revision));

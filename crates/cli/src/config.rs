@@ -20,6 +20,8 @@ use toml::Spanned;
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
     pub hostname: String,
+    /// The cluster's node priority (lower wins), not VRRP's.
+    pub node_priority: palisade_identity::NodePriority,
     pub data_dir: PathBuf,
     pub listen: Vec<SocketAddr>,
     pub test_listen: Vec<SocketAddr>,
@@ -186,6 +188,7 @@ mod raw {
     pub struct Node {
         pub hostname: Option<Spanned<String>>,
         pub data_dir: Option<Spanned<String>>,
+        pub priority: Option<Spanned<i64>>,
     }
 
     #[derive(Deserialize, Default)]
@@ -695,6 +698,12 @@ impl Checker<'_> {
             }
             None => system_hostname(),
         };
+        let node_priority = palisade_identity::NodePriority::new(self.integer(
+            raw.node.priority,
+            "node.priority",
+            0..=65_535,
+            i64::from(palisade_identity::NodePriority::DEFAULT.value()),
+        ) as u16);
         let data_dir = raw
             .node
             .data_dir
@@ -967,6 +976,7 @@ impl Checker<'_> {
             health,
             heartbeat,
             hostname,
+            node_priority,
             data_dir,
             listen,
             test_listen,
@@ -1082,6 +1092,10 @@ mod tests {
         check_errors(
             "[proxy]\nmax_connections = 0\n",
             &["palisade.toml:2:19: proxy.max_connections = 0: must be 1..=1000000"],
+        );
+        check_errors(
+            "[node]\npriority = 70000\n",
+            &["palisade.toml:2:12: node.priority = 70000: must be 0..=65535"],
         );
         check_errors(
             "[access_log]\nformat = \"apache\"\n",

@@ -21,7 +21,7 @@ const LEGACY_MARKER: &str = "drained";
 
 pub struct Control {
     node: String,
-    /// `node_id` and `store` for status (fixed for the process's life).
+    /// `node_id`, `store` and `node_priority` for status (fixed for the process's life).
     identity: serde_json::Value,
     policy_revision: tokio::sync::watch::Receiver<crate::policy_install::PolicyRevision>,
     groups: Vec<GroupHandle>,
@@ -222,6 +222,7 @@ impl NodeControl for Control {
             "node": self.node,
             "node_id": self.identity["node_id"],
             "store": self.identity["store"],
+            "node_priority": self.identity["node_priority"],
             "policy": { "revision": self.policy_revision.borrow().to_string() },
             "drained": self.drained(),
             "groups": groups,

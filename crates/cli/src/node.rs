@@ -334,7 +334,11 @@ async fn serve(
     )));
     let control = Arc::new(crate::control::Control::new(
         config.hostname.clone(),
-        store.status(),
+        serde_json::json!({
+            "node_id": store.status()["node_id"],
+            "store": store.status()["store"],
+            "node_priority": config.node_priority.value(),
+        }),
         installer.revision(),
         groups.clone(),
         store.store.clone(),

@@ -151,7 +151,11 @@ async fn a_node_with_a_corrupt_store_serves_and_says_so() {
             .contains(&format!("policy revision {}", &revision[..12]))
     );
     assert!(healthy.stderr().contains(&id), "the start log names the id");
-    assert!(text(&palisade(&healthy, &["status"]).stdout).contains(&format!("node id {id}")));
+    assert!(
+        text(&palisade(&healthy, &["status"]).stdout)
+            .contains(&format!("node id {id}, node priority 100"))
+    );
+    assert_eq!(status["node_priority"], 100, "{status}");
 
     let garbage: &[u8] = b"this is not a redb file";
     let node = NodeProcess::start_with_data(BIN, POLICY, &[("palisade.redb", garbage)]);
