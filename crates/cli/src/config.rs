@@ -19,7 +19,7 @@ use toml::Spanned;
 /// The whole validated node configuration.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
-    pub hostname: String,
+    pub hostname: palisade_identity::NodeName,
     /// The cluster's node priority (lower wins), not VRRP's.
     pub node_priority: palisade_identity::NodePriority,
     pub data_dir: PathBuf,
@@ -684,18 +684,18 @@ impl Checker<'_> {
 
     fn node_config(&mut self, raw: raw::File) -> NodeConfig {
         let hostname = match raw.node.hostname {
-            Some(value) => {
-                let name = value.get_ref().clone();
-                if !is_valid_hostname(&name) {
+            Some(value) => match palisade_identity::NodeName::new(value.get_ref()) {
+                Ok(name) => name,
+                Err(error) => {
                     self.error(
                         &value,
                         "node.hostname",
-                        &format!("{name:?}"),
-                        "must be a host name (letters, digits, '-', '.', '_')",
+                        &format!("{:?}", value.get_ref()),
+                        &format!("must be a host name (letters, digits, '-', '.', '_'): {error}"),
                     );
+                    system_hostname()
                 }
-                name
-            }
+            },
             None => system_hostname(),
         };
         let node_priority = palisade_identity::NodePriority::new(self.integer(
@@ -845,7 +845,7 @@ impl Checker<'_> {
         own_ports.sort_unstable();
         own_ports.dedup();
         let proxy = palisade_proxy::Config {
-            node_hostname: hostname.clone(),
+            node_hostname: hostname.to_string(),
             head_limits: HeadLimits {
                 max_head_bytes: max_head_bytes as usize,
                 max_request_line: max_request_line as usize,
@@ -1020,23 +1020,21 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// A name fit for `Via`, `X-Palisade-Node` and pages: nothing that could end a header line
-/// or need escaping.
+/// or need escaping (`NodeName` holds the rule).
+#[cfg(test)]
 fn is_valid_hostname(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name
-            .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || b"-._".contains(&byte))
+    palisade_identity::NodeName::new(name).is_ok()
 }
 
 /// The machine's host name when it is a valid one, else "palisade": the kernel's name is
 /// whatever root set, and it goes into headers.
-fn system_hostname() -> String {
+fn system_hostname() -> palisade_identity::NodeName {
     nix::unistd::gethostname()
         .ok()
         .and_then(|name| name.into_string().ok())
-        .filter(|name| is_valid_hostname(name))
-        .unwrap_or_else(|| "palisade".to_owned())
+        .and_then(|name| palisade_identity::NodeName::new(&name).ok())
+        .or_else(|| palisade_identity::NodeName::new("palisade").ok())
+        .unwrap_or_else(|| unreachable!("\"palisade\" is a valid node name"))
 }
 
 #[cfg(test)]
@@ -1165,7 +1163,7 @@ mod tests {
         ] {
             assert!(!is_valid_hostname(bad), "{bad:?}");
         }
-        assert!(is_valid_hostname(&system_hostname()));
+        assert!(is_valid_hostname(system_hostname().as_str()));
     }
 
     #[test]

@@ -90,7 +90,7 @@ fn identity(config: &NodeConfig) -> NodeIdentity {
     proxy_ips.sort();
     proxy_ips.dedup();
     NodeIdentity {
-        hostname: config.hostname.clone(),
+        hostname: config.hostname.to_string(),
         proxy_ips,
     }
 }
@@ -333,7 +333,7 @@ async fn serve(
         groups.iter().map(|group| group.status.clone()).collect(),
     )));
     let control = Arc::new(crate::control::Control::new(
-        config.hostname.clone(),
+        config.hostname.to_string(),
         serde_json::json!({
             "node_id": store.status()["node_id"],
             "store": store.status()["store"],
@@ -494,7 +494,7 @@ async fn start_ha_groups(
                 peers: heartbeat.peers.clone(),
                 key: GroupKey::new(&heartbeat.key),
                 local: first.router.primary_address,
-                node_id: config.hostname.clone(),
+                node_id: config.hostname.to_string(),
             })
             .await
             .with_context(|| format!("cannot listen for heartbeats on {}", heartbeat.listen))?;
