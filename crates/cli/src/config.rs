@@ -70,6 +70,8 @@ pub struct VrrpGroup {
     pub notify_master: Option<String>,
     pub notify_backup: Option<String>,
     pub notify_fault: Option<String>,
+    /// A notify hook still running after this is killed (its whole process group).
+    pub notify_timeout: Duration,
 }
 
 /// The in-process port monitor that drives FAULT state.
@@ -172,6 +174,7 @@ mod raw {
         pub notify_master: Option<String>,
         pub notify_backup: Option<String>,
         pub notify_fault: Option<String>,
+        pub notify_timeout: Option<Spanned<String>>,
     }
 
     #[derive(Deserialize, Default)]
@@ -656,6 +659,11 @@ impl Checker<'_> {
                 ),
             }
         }
+        let notify_timeout = self.duration(
+            raw.notify_timeout,
+            "vrrp.notify_timeout",
+            Duration::from_secs(60),
+        );
         let preempt_delay = match raw.preempt_delay {
             Some(value) if value.get_ref() == "0s" => Duration::ZERO,
             other => self.duration(other, "vrrp.preempt_delay", Duration::ZERO),
@@ -679,6 +687,7 @@ impl Checker<'_> {
             notify_master: raw.notify_master,
             notify_backup: raw.notify_backup,
             notify_fault: raw.notify_fault,
+            notify_timeout,
         })
     }
 

@@ -560,6 +560,7 @@ fn group_spec(group: &crate::config::VrrpGroup, drained: bool) -> anyhow::Result
             master: group.notify_master.clone(),
             backup: group.notify_backup.clone(),
             fault: group.notify_fault.clone(),
+            timeout: group.notify_timeout,
         },
         drained,
     })

@@ -48,6 +48,8 @@ pub struct NotifyHooks {
     pub master: Option<String>,
     pub backup: Option<String>,
     pub fault: Option<String>,
+    /// How long a hook may run before its process group is killed.
+    pub timeout: Duration,
 }
 
 /// A group's state for `palisade status` and the admin API.
@@ -222,6 +224,7 @@ pub async fn spawn(
         .map_err(|source| DriverError::Config { name, source })?;
     let (commands_tx, commands) = mpsc::channel(8);
     let (status_tx, status) = watch::channel(status_of(&spec, &router, mesh.is_some(), None));
+    let (name_for_hooks, notify_timeout) = (spec.name.clone(), spec.notify.timeout);
     let driver = Driver {
         spec,
         ifindex,
@@ -235,6 +238,7 @@ pub async fn spawn(
         mesh,
         peers: PeerTable::new(),
         advertised_priority: None,
+        hooks: crate::notify::HookRunner::start(name_for_hooks, notify_timeout),
     };
     let task = tokio::spawn(driver.run(faulty, commands));
     Ok((
@@ -264,6 +268,8 @@ struct Driver {
     peers: PeerTable,
     /// What our last heartbeat status said.
     advertised_priority: Option<u8>,
+    /// Runs the notify hooks one at a time, in transition order.
+    hooks: crate::notify::HookRunner,
 }
 
 impl Driver {
@@ -592,34 +598,11 @@ impl Driver {
             State::Initialize => None,
         };
         if let Some(command) = hook {
-            let child = tokio::process::Command::new("sh")
-                .arg("-c")
-                .arg(command)
-                .arg("palisade-notify")
-                .arg("INSTANCE")
-                .arg(name)
-                .arg(transition.to.to_string())
-                .arg(self.router.priority().get().to_string())
-                .kill_on_drop(false)
-                .spawn();
-            match child {
-                Ok(mut child) => {
-                    let name = name.clone();
-                    // Reap it; a hook that fails is the operator's to see, not ours to retry.
-                    tokio::spawn(async move {
-                        match child.wait().await {
-                            Ok(status) if !status.success() => {
-                                tracing::warn!(instance = %name, %status, "notify hook failed");
-                            }
-                            Err(error) => {
-                                tracing::warn!(instance = %name, %error, "notify hook lost")
-                            }
-                            Ok(_) => {}
-                        }
-                    });
-                }
-                Err(error) => tracing::error!(instance = %name, %error, "cannot run notify hook"),
-            }
+            self.hooks.run(
+                command,
+                &transition.to.to_string(),
+                self.router.priority().get(),
+            );
         }
     }
 }

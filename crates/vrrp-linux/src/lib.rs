@@ -4,4 +4,5 @@ pub mod heartbeat;
 pub mod mesh;
 pub mod metrics;
 pub mod netlink;
+pub mod notify;
 pub mod socket;
