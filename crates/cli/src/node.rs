@@ -167,9 +167,11 @@ impl NodeStore {
         }
     }
 
-    fn status(&self) -> serde_json::Value {
+    /// Who this node is, for status: id, node priority and the store's state.
+    fn status(&self, node_priority: palisade_identity::NodePriority) -> serde_json::Value {
         serde_json::json!({
             "node_id": self.node_id.to_string(),
+            "node_priority": node_priority.value(),
             "store": match (&self.store, &self.problem) {
                 (Some(store), _) => serde_json::json!({ "path": store.path().display().to_string(), "error": null }),
                 (None, problem) => serde_json::json!({ "path": null, "error": problem }),
@@ -334,11 +336,7 @@ async fn serve(
     )));
     let control = Arc::new(crate::control::Control::new(
         config.hostname.to_string(),
-        serde_json::json!({
-            "node_id": store.status()["node_id"],
-            "store": store.status()["store"],
-            "node_priority": config.node_priority.value(),
-        }),
+        store.status(config.node_priority),
         installer.revision(),
         groups.clone(),
         store.store.clone(),

@@ -9,7 +9,7 @@
 
 use std::cell::RefCell;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, anyhow};
@@ -58,10 +58,15 @@ pub struct LoadedPolicy {
 pub fn load(path: &Path, node: &NodeIdentity) -> anyhow::Result<LoadedPolicy> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read policy {}", path.display()))?;
-    let read: RefCell<Vec<(PathBuf, String)>> = RefCell::new(Vec::new());
+    // Each list is hashed as it is read (a list may be a million lines: no second copy),
+    // then the lists' digests are combined in path order.
+    let lists: RefCell<Vec<(String, ring::digest::Digest)>> = RefCell::new(Vec::new());
     let reader = |list: &Path| {
         let content = std::fs::read_to_string(list)?;
-        read.borrow_mut().push((list.to_owned(), content.clone()));
+        let name = list.to_string_lossy().into_owned();
+        lists
+            .borrow_mut()
+            .push((name, digest(&[content.as_bytes()])));
         Ok(content)
     };
     let policy =
@@ -69,25 +74,29 @@ pub fn load(path: &Path, node: &NodeIdentity) -> anyhow::Result<LoadedPolicy> {
             let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
             anyhow!("invalid policy:\n{}", lines.join("\n"))
         })?;
-    let mut lists = read.into_inner();
-    lists.sort();
-    let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
-    // Length-prefixed, so that no two different source sets hash alike.
-    let mut part = |bytes: &[u8]| {
-        hash.update(&(bytes.len() as u64).to_le_bytes());
-        hash.update(bytes);
-    };
-    part(text.as_bytes());
-    for (list, content) in &lists {
-        part(list.to_string_lossy().as_bytes());
-        part(content.as_bytes());
+    let mut lists = lists.into_inner();
+    lists.sort_by(|(one, _), (other, _)| one.cmp(other));
+    let mut parts: Vec<&[u8]> = vec![text.as_bytes()];
+    for (name, list_digest) in &lists {
+        parts.push(name.as_bytes());
+        parts.push(list_digest.as_ref());
     }
     let mut revision = [0u8; 32];
-    revision.copy_from_slice(hash.finish().as_ref());
+    revision.copy_from_slice(digest(&parts).as_ref());
     Ok(LoadedPolicy {
         policy,
         revision: PolicyRevision(revision),
     })
+}
+
+/// SHA-256 of `parts`, each length-prefixed so that no two different part lists hash alike.
+fn digest(parts: &[&[u8]]) -> ring::digest::Digest {
+    let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in parts {
+        hash.update(&(part.len() as u64).to_le_bytes());
+        hash.update(part);
+    }
+    hash.finish()
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -179,6 +188,7 @@ impl PolicyInstaller {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn dir(name: &str) -> PathBuf {
         let dir =

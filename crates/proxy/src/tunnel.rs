@@ -104,7 +104,42 @@ impl Pipe {
         let _ = nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32));
         Ok(Pipe { read, write })
     }
+
+    /// One non-blocking splice of at most `want` bytes from `from` into the pipe (`Ok(0)`:
+    /// `from` is at its end; `WouldBlock`: nothing to read yet, and `from`'s readiness is
+    /// cleared so the next `readable()` waits).
+    fn fill_from(&self, from: &TcpStream, want: usize) -> io::Result<usize> {
+        from.try_io(Interest::READABLE, || {
+            splice(
+                from.as_fd(),
+                None,
+                self.write.as_fd(),
+                None,
+                want,
+                SPLICE_FLAGS,
+            )
+            .map_err(io::Error::from)
+        })
+    }
+
+    /// One non-blocking splice of at most `left` bytes from the pipe into `to`.
+    fn drain_to(&self, to: &TcpStream, left: usize) -> io::Result<usize> {
+        to.try_io(Interest::WRITABLE, || {
+            splice(
+                self.read.as_fd(),
+                None,
+                to.as_fd(),
+                None,
+                left,
+                SPLICE_FLAGS,
+            )
+            .map_err(io::Error::from)
+        })
+    }
 }
+
+const SPLICE_FLAGS: SpliceFFlags =
+    SpliceFFlags::SPLICE_F_MOVE.union(SpliceFFlags::SPLICE_F_NONBLOCK);
 
 /// Why [`splice_body`] stopped before the end.
 #[derive(Debug)]
@@ -133,7 +168,6 @@ pub(crate) async fn splice_body(
     write_timeout: Duration,
 ) -> Result<u64, (u64, BodySpliceError)> {
     let pipe = Pipe::new().map_err(|error| (0, BodySpliceError::NoPipe(error)))?;
-    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
     let mut moved = 0u64;
     let mut remaining = len;
     while remaining > 0 {
@@ -145,11 +179,7 @@ pub(crate) async fn splice_body(
             }
             // Never more than the body: what follows belongs to the next response.
             let want = remaining.min(SPLICE_CHUNK as u64) as usize;
-            let result = from.try_io(Interest::READABLE, || {
-                splice(from.as_fd(), None, pipe.write.as_fd(), None, want, flags)
-                    .map_err(io::Error::from)
-            });
-            match result {
+            match pipe.fill_from(from, want) {
                 Ok(0) => return Err((moved, BodySpliceError::UpstreamClosed)),
                 Ok(spliced) => break spliced,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
@@ -164,11 +194,7 @@ pub(crate) async fn splice_body(
                 Ok(Err(error)) => return Err((moved, BodySpliceError::ClientIo(error))),
                 Err(_) => return Err((moved, BodySpliceError::ClientTimeout)),
             }
-            let result = to.try_io(Interest::WRITABLE, || {
-                splice(pipe.read.as_fd(), None, to.as_fd(), None, left, flags)
-                    .map_err(io::Error::from)
-            });
-            match result {
+            match pipe.drain_to(to, left) {
                 Ok(written) => {
                     left -= written;
                     moved += written as u64;
@@ -198,7 +224,6 @@ async fn splice_direction(
         moved += pending.len() as u64;
     }
     drop(pending);
-    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
     'tunnel: loop {
         // Socket -> pipe. The pipe is empty here, so EAGAIN means "no data yet".
         let in_pipe = loop {
@@ -208,18 +233,7 @@ async fn splice_direction(
                 Err(_) if activity.idle_for() >= idle => break 'tunnel,
                 Err(_) => continue,
             }
-            let result = from.try_io(Interest::READABLE, || {
-                splice(
-                    from.as_fd(),
-                    None,
-                    pipe.write.as_fd(),
-                    None,
-                    SPLICE_CHUNK,
-                    flags,
-                )
-                .map_err(io::Error::from)
-            });
-            match result {
+            match pipe.fill_from(from, SPLICE_CHUNK) {
                 Ok(0) => break 'tunnel,
                 Ok(spliced) => break spliced,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
@@ -237,11 +251,7 @@ async fn splice_direction(
                 Err(_) if activity.idle_for() >= idle => break 'tunnel,
                 Err(_) => continue,
             }
-            let result = to.try_io(Interest::WRITABLE, || {
-                splice(pipe.read.as_fd(), None, to.as_fd(), None, left, flags)
-                    .map_err(io::Error::from)
-            });
-            match result {
+            match pipe.drain_to(to, left) {
                 Ok(written) => {
                     left -= written;
                     moved += written as u64;

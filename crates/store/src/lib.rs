@@ -45,9 +45,14 @@ pub enum StoreError {
 /// The open store. Writes are synchronous (fsync on commit): call them off the async
 /// workers.
 pub struct Store {
+    tables: Tables,
+    node_id: NodeId,
+}
+
+/// The redb file and the file's name for errors.
+struct Tables {
     db: Database,
     path: PathBuf,
-    node_id: NodeId,
 }
 
 impl Store {
@@ -55,24 +60,20 @@ impl Store {
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
         let path = data_dir.join(FILE_NAME);
         let db = Database::create(&path).map_err(|error| open_error(&path, error))?;
-        let mut store = Store {
-            db,
-            path,
-            node_id: NodeId::from_bytes([0; 16]),
-        };
-        store.node_id = match store.read_node_id()? {
-            Some(id) => id,
+        let tables = Tables { db, path };
+        let node_id = match tables.read_fixed::<16>(NODE_ID, "node id")? {
+            Some(bytes) => NodeId::from_bytes(bytes),
             None => {
                 let id = NodeId::random();
-                store.write_node_id(id)?;
+                tables.write(&[(NODE_ID, Some(id.as_bytes()))])?;
                 id
             }
         };
-        Ok(store)
+        Ok(Store { tables, node_id })
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.tables.path
     }
 
     /// This node's identity: made once, kept for the life of the store.
@@ -83,67 +84,16 @@ impl Store {
     /// Since when (Unix seconds) the node is drained, if it is: `palisade drain` survives
     /// restarts until `palisade resume`.
     pub fn drained_since(&self) -> Result<Option<u64>, StoreError> {
-        let Some(bytes) = self.read(DRAINED_SINCE)? else {
-            return Ok(None);
-        };
-        let bytes: [u8; 8] = bytes
-            .try_into()
-            .map_err(|bytes: Vec<u8>| StoreError::Corrupt {
-                path: self.path.clone(),
-                detail: format!("drain marker of {} bytes", bytes.len()),
-            })?;
-        Ok(Some(u64::from_le_bytes(bytes)))
+        let since = self.tables.read_fixed::<8>(DRAINED_SINCE, "drain marker")?;
+        Ok(since.map(u64::from_le_bytes))
     }
 
     /// Records the drain (`Some(unix seconds)`) or its end (`None`), durably: the call
     /// returns after the commit is on disk.
     pub fn set_drained_since(&self, since: Option<u64>) -> Result<(), StoreError> {
-        match since {
-            Some(since) => self.write(DRAINED_SINCE, Some(&since.to_le_bytes())),
-            None => self.write(DRAINED_SINCE, None),
-        }
-    }
-
-    fn read_node_id(&self) -> Result<Option<NodeId>, StoreError> {
-        let Some(bytes) = self.read(NODE_ID)? else {
-            return Ok(None);
-        };
-        let bytes: [u8; 16] = bytes
-            .try_into()
-            .map_err(|bytes: Vec<u8>| StoreError::Corrupt {
-                path: self.path.clone(),
-                detail: format!("node id of {} bytes", bytes.len()),
-            })?;
-        Ok(Some(NodeId::from_bytes(bytes)))
-    }
-
-    fn write_node_id(&self, id: NodeId) -> Result<(), StoreError> {
-        self.write(NODE_ID, Some(id.as_bytes()))
-    }
-
-    fn read(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let read = self.db.begin_read().map_err(|error| self.fail(error))?;
-        let table = match read.open_table(NODE) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(error) => return Err(self.fail(error)),
-        };
-        let value = table.get(key).map_err(|error| self.fail(error))?;
-        Ok(value.map(|value| value.value().to_vec()))
-    }
-
-    /// One key set (or removed with `None`) in its own committed transaction.
-    fn write(&self, key: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
-        let write = self.db.begin_write().map_err(|error| self.fail(error))?;
-        {
-            let mut table = write.open_table(NODE).map_err(|error| self.fail(error))?;
-            match value {
-                Some(value) => table.insert(key, value).map(|_| ()),
-                None => table.remove(key).map(|_| ()),
-            }
-            .map_err(|error| self.fail(error))?;
-        }
-        write.commit().map_err(|error| self.fail(error))
+        let bytes = since.map(u64::to_le_bytes);
+        self.tables
+            .write(&[(DRAINED_SINCE, bytes.as_ref().map(|bytes| &bytes[..]))])
     }
 
     /// Everything in the store as versioned JSON, for backups and for moving between
@@ -162,7 +112,7 @@ impl Store {
     /// comes with it: importing another node's export makes this node that node.
     pub fn import(&mut self, export: &serde_json::Value) -> Result<(), StoreError> {
         let refuse = |detail: String| StoreError::Import {
-            path: self.path.clone(),
+            path: self.tables.path.clone(),
             detail,
         };
         match export.get("format").and_then(serde_json::Value::as_u64) {
@@ -188,10 +138,62 @@ impl Store {
                     .ok_or_else(|| refuse(format!("node.drained_since is {value}")))?,
             ),
         };
-        self.write_node_id(id)?;
-        self.set_drained_since(drained_since)?;
+        let drained_since = drained_since.map(u64::to_le_bytes);
+        // One transaction: a crash mid-import leaves the store as it was, not half-imported.
+        self.tables.write(&[
+            (NODE_ID, Some(&id.as_bytes()[..])),
+            (
+                DRAINED_SINCE,
+                drained_since.as_ref().map(|bytes| &bytes[..]),
+            ),
+        ])?;
         self.node_id = id;
         Ok(())
+    }
+}
+
+impl Tables {
+    fn read(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let read = self.db.begin_read().map_err(|error| self.fail(error))?;
+        let table = match read.open_table(NODE) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(error) => return Err(self.fail(error)),
+        };
+        let value = table.get(key).map_err(|error| self.fail(error))?;
+        Ok(value.map(|value| value.value().to_vec()))
+    }
+
+    /// A value of exactly `N` bytes; another length is corruption (`what` names it).
+    fn read_fixed<const N: usize>(
+        &self,
+        key: &str,
+        what: &str,
+    ) -> Result<Option<[u8; N]>, StoreError> {
+        let Some(bytes) = self.read(key)? else {
+            return Ok(None);
+        };
+        let length = bytes.len();
+        bytes.try_into().map(Some).map_err(|_| StoreError::Corrupt {
+            path: self.path.clone(),
+            detail: format!("{what} of {length} bytes"),
+        })
+    }
+
+    /// Sets (or, with `None`, removes) keys in one committed transaction: all or nothing.
+    fn write(&self, entries: &[(&str, Option<&[u8]>)]) -> Result<(), StoreError> {
+        let write = self.db.begin_write().map_err(|error| self.fail(error))?;
+        {
+            let mut table = write.open_table(NODE).map_err(|error| self.fail(error))?;
+            for (key, value) in entries {
+                match value {
+                    Some(value) => table.insert(*key, *value).map(|_| ()),
+                    None => table.remove(*key).map(|_| ()),
+                }
+                .map_err(|error| self.fail(error))?;
+            }
+        }
+        write.commit().map_err(|error| self.fail(error))
     }
 
     fn fail(&self, error: impl Into<redb::Error>) -> StoreError {
