@@ -7,6 +7,8 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, anyhow};
 use arc_swap::ArcSwap;
 use palisade_health::{Health, PortMonitor, PortMonitorConfig};
+use palisade_peer_link::GroupKey;
+use palisade_peer_link::mesh::{MeshConfig, MeshHandle};
 use palisade_policy::{CompiledPolicy, NodeIdentity};
 use palisade_proxy::access_log::AccessLog;
 use palisade_proxy::metrics::ProxyMetrics;
@@ -14,8 +16,6 @@ use palisade_proxy::ssrf::OwnAddresses;
 use palisade_proxy::{Proxy, bind_listener};
 use palisade_vrrp::{Centiseconds, RouterConfig, Version, Vrid, VrrpPriority};
 use palisade_vrrp_linux::driver::{GroupHandle, GroupSpec, NotifyHooks};
-use palisade_vrrp_linux::heartbeat::GroupKey;
-use palisade_vrrp_linux::mesh::{MeshConfig, MeshHandle};
 use prometheus_client::registry::Registry;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use tokio::signal::unix::{SignalKind, signal};
@@ -330,7 +330,14 @@ async fn serve(
             "starting drained: out of every HA group, /healthz answers 503 (undo with `palisade resume`)"
         );
     }
-    let (groups, mesh) = start_ha_groups(&config, start_drained).await?;
+    let local = palisade_peer_link::LocalIdentity {
+        node_id: store.node_id,
+        incarnation: palisade_identity::Incarnation::random(),
+        name: config.hostname.clone(),
+    };
+    // The node's own tasks, apart from the connections the drain waits for.
+    let tasks = TaskTracker::new();
+    let (groups, mesh) = start_ha_groups(&config, start_drained, local, &tasks).await?;
     registry.register_collector(Box::new(palisade_vrrp_linux::metrics::HaMetrics::new(
         groups.iter().map(|group| group.status.clone()).collect(),
     )));
@@ -438,6 +445,8 @@ async fn bind_retrying(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListe
 async fn start_ha_groups(
     config: &NodeConfig,
     drained: bool,
+    local: palisade_peer_link::LocalIdentity,
+    tasks: &TaskTracker,
 ) -> anyhow::Result<(Vec<GroupHandle>, Option<MeshHandle>)> {
     if config.vrrp.is_empty() {
         return Ok((Vec::new(), None));
@@ -487,16 +496,20 @@ async fn start_ha_groups(
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mesh = match (&config.heartbeat, specs.first()) {
         (Some(heartbeat), Some(first)) => {
-            let mesh = palisade_vrrp_linux::mesh::start(MeshConfig {
-                listen: heartbeat.listen,
-                peers: heartbeat.peers.clone(),
-                key: GroupKey::new(&heartbeat.key),
-                local: first.router.primary_address,
-                node_id: config.hostname.to_string(),
-            })
+            let incarnation = local.incarnation;
+            let mesh = palisade_peer_link::mesh::start(
+                MeshConfig {
+                    listen: heartbeat.listen,
+                    peers: heartbeat.peers.clone(),
+                    local_addr: first.router.primary_address,
+                    auth: Arc::new(GroupKey::new(&heartbeat.key)),
+                    identity: local,
+                },
+                tasks,
+            )
             .await
-            .with_context(|| format!("cannot listen for heartbeats on {}", heartbeat.listen))?;
-            tracing::info!(addr = %heartbeat.listen, peers = ?heartbeat.peers, "Heartbeat listening");
+            .with_context(|| format!("cannot listen for peer links on {}", heartbeat.listen))?;
+            tracing::info!(addr = %heartbeat.listen, peers = ?heartbeat.peers, %incarnation, "Peer links listening");
             Some(mesh)
         }
         _ => None,

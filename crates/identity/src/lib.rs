@@ -54,6 +54,36 @@ impl FromStr for NodeId {
     }
 }
 
+/// One run of a node's process: random at every start, never stored. A peer that sees a
+/// node come back with another incarnation knows the process it knew has died (issue 9: a
+/// lost link is a hint, a new incarnation is proof).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Incarnation([u8; 16]);
+
+impl Incarnation {
+    pub fn random() -> Incarnation {
+        Incarnation(*uuid::Uuid::new_v4().as_bytes())
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+
+    pub fn from_bytes(bytes: [u8; 16]) -> Incarnation {
+        Incarnation(bytes)
+    }
+}
+
+impl fmt::Display for Incarnation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Eight hex digits are enough to tell runs apart in a log line.
+        for byte in &self.0[..4] {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
 /// The node's name as operators know it (its host name by default): shown in status, logs,
 /// `Via` and error pages. Not unique and not an identity.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

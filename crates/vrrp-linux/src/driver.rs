@@ -8,21 +8,17 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use palisade_peer_link::HaMessage;
+use palisade_peer_link::mesh::{Confirmation, Down, MeshEvent, MeshHandle};
 use palisade_vrrp::{
-    Action, Command, DecodeContext, Instant, PeerTable, Reason, Router, RouterConfig, RxError,
+    Action, Command, DecodeContext, Instant, PeerEvent, Reason, Router, RouterConfig, RxError,
     State, Stats, Transition, VrrpPriority,
 };
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use crate::heartbeat::Message;
-use crate::mesh::{MeshEvent, MeshHandle};
-
 use crate::announce::{ArpSender, NaSender};
 use crate::netlink::Addresses;
 use crate::socket::VrrpSocket;
-
-/// How long a leaving master keeps its VIPs after telling its successor to take over.
-const HANDOVER_OVERLAP: Duration = Duration::from_millis(20);
 
 /// Everything one HA group needs (node-local config).
 #[derive(Clone, Debug)]
@@ -223,7 +219,8 @@ pub async fn spawn(
     let router = Router::new(spec.router.clone(), Instant::ZERO)
         .map_err(|source| DriverError::Config { name, source })?;
     let (commands_tx, commands) = mpsc::channel(8);
-    let (status_tx, status) = watch::channel(status_of(&spec, &router, mesh.is_some(), None));
+    let (confirmed_tx, confirmed_rx) = mpsc::unbounded_channel();
+    let (status_tx, status) = watch::channel(status_of(&spec, &router, mesh.is_some()));
     let (name_for_hooks, notify_timeout) = (spec.name.clone(), spec.notify.timeout);
     let driver = Driver {
         spec,
@@ -236,8 +233,10 @@ pub async fn spawn(
         status: status_tx,
         rx_warnings: palisade_log_throttle::LogThrottle::new(Duration::from_secs(10)),
         mesh,
-        peers: PeerTable::new(),
         advertised_priority: None,
+        handed_over_to: None,
+        confirmed_tx,
+        confirmed_rx,
         hooks: crate::notify::HookRunner::start(name_for_hooks, notify_timeout),
     };
     let task = tokio::spawn(driver.run(faulty, commands));
@@ -262,12 +261,15 @@ struct Driver {
     /// Forged or broken packets: counted per reason in the router's stats, logged at most
     /// once per interval.
     rx_warnings: palisade_log_throttle::LogThrottle,
-    /// Heartbeat links to the other nodes, for take-over faster than the advert timer.
+    /// Peer links to the other nodes, for take-over faster than the advert timer.
     mesh: Option<MeshHandle>,
-    /// Peers' priorities in this group, as their heartbeat status says (0: out).
-    peers: PeerTable,
-    /// What our last heartbeat status said.
+    /// What our last status on the peer links said.
     advertised_priority: Option<u8>,
+    /// The peer the last `SendHandover` went to.
+    handed_over_to: Option<IpAddr>,
+    /// Answers of the death confirmations the router asked for.
+    confirmed_tx: mpsc::UnboundedSender<(IpAddr, Confirmation)>,
+    confirmed_rx: mpsc::UnboundedReceiver<(IpAddr, Confirmation)>,
     /// Runs the notify hooks one at a time, in transition order.
     hooks: crate::notify::HookRunner,
 }
@@ -324,6 +326,7 @@ impl Driver {
                     }
                 }
                 event = next_mesh_event(&mut mesh_events) => self.handle_mesh_event(event),
+                Some((peer, answer)) = self.confirmed_rx.recv() => self.confirmed(peer, answer),
                 command = commands.recv() => match command {
                     Some(GroupCommand::Shutdown(done)) => {
                         self.leave(Command::Shutdown).await;
@@ -352,93 +355,88 @@ impl Driver {
         }
     }
 
-    /// Leaves service (`Shutdown` or `Drain(true)`): a Master sends priority 0 and, when a
-    /// heartbeat successor is known, tells it to take over at once instead of letting the
-    /// Backups wait for Skew_Time.
+    /// Leaves service (`Shutdown` or `Drain(true)`): the router sends priority 0 and, when
+    /// the peer links know the next node in line, a handover, then releases the VIPs
+    /// `HANDOVER_OVERLAP` later; this returns once they are released.
     async fn leave(&mut self, command: Command) -> Left {
-        // Pick the successor before leaving, tell it after: the core must have sent priority
-        // 0 and released the VIPs first, or it could take them back from the new master (see
-        // Command::TakeOver).
         let was_master = self.router.state() == State::Master;
-        let successor = self.next_in_line(None, false);
+        self.handed_over_to = None;
         let now = self.now();
         let _ = self.router.handle_command(now, command);
-        let left = match (was_master, successor, self.mesh.clone()) {
-            (true, Some(successor), Some(mesh)) => {
-                // Priority 0 goes out first, then the handover; the VIPs are released only
-                // after the successor has had a moment to take them, so connections arriving
-                // meanwhile are still answered here instead of into a void.
-                let mut deferred = Vec::new();
-                while let Some(action) = self.router.poll_action() {
-                    match action {
-                        Action::RemoveVip(_) => deferred.push(action),
-                        other => self.apply(other).await,
-                    }
-                }
-                let vrid = self.router.vrid().get();
-                tracing::info!(instance = %self.spec.name, %successor, "handing over to the next node in line");
-                mesh.send_to(successor, Message::Handover { vrid });
-                tokio::time::sleep(HANDOVER_OVERLAP).await;
-                for action in deferred {
-                    self.apply(action).await;
-                }
-                Left::HandedOver(successor)
-            }
-            (true, _, _) => Left::Released,
-            (false, _, _) => Left::NotMaster,
-        };
         self.drive_actions().await;
-        left
+        while self.router.is_releasing() {
+            let deadline = self.router.poll_timeout();
+            sleep_until(
+                deadline.map(|at| tokio::time::Instant::from_std(self.epoch + at.since_epoch())),
+            )
+            .await;
+            let now = self.now();
+            self.router.handle_timeout(now);
+            self.drive_actions().await;
+        }
+        match (was_master, self.handed_over_to) {
+            (true, Some(successor)) => Left::HandedOver(successor),
+            (true, None) => Left::Released,
+            (false, _) => Left::NotMaster,
+        }
     }
 
     fn handle_mesh_event(&mut self, event: MeshEvent) {
         let vrid = self.router.vrid().get();
-        match event {
-            MeshEvent::Status {
-                peer,
-                vrid: group,
-                priority,
+        let name = &self.spec.name;
+        let event = match event {
+            MeshEvent::Ha {
+                from,
+                message:
+                    HaMessage::Status {
+                        vrid: group,
+                        vrrp_priority,
+                    },
+            } if group == vrid => PeerEvent::Status {
+                peer: from,
+                priority: VrrpPriority(vrrp_priority),
+            },
+            MeshEvent::Ha {
+                from,
+                message: HaMessage::Handover { vrid: group },
             } if group == vrid => {
-                self.peers.set(peer, VrrpPriority(priority));
+                tracing::info!(instance = %name, %from, "handover received: taking over");
+                PeerEvent::Handover { from }
             }
-            MeshEvent::PeerLeft(peer) => {
-                self.peers.remove(peer);
-            }
-            MeshEvent::PeerLost(peer) => {
-                self.peers.remove(peer);
-                // The master's process died (its kernel closed the link): if we are next in
-                // line, take over now instead of waiting for Master_Down_Interval.
-                let master_lost = self.router.state() == State::Backup
-                    && self.router.master_address() == Some(peer);
-                let primary = self.spec.router.primary_address;
-                if master_lost && self.next_in_line(Some(peer), true) == Some(primary) {
-                    tracing::info!(
-                        instance = %self.spec.name,
-                        master = %peer,
-                        "VRRP_Instance({}) master heartbeat lost: taking over",
-                        self.spec.name
-                    );
-                    let now = self.now();
-                    let _ = self.router.handle_command(now, Command::TakeOver);
-                }
-            }
-            MeshEvent::Handover { peer, vrid: group } if group == vrid => {
-                tracing::info!(instance = %self.spec.name, from = %peer, "handover received: taking over");
-                let now = self.now();
-                if let Err(error) = self.router.handle_command(now, Command::TakeOver) {
-                    tracing::info!(instance = %self.spec.name, %error, "take-over not done");
-                }
-            }
-            MeshEvent::PeerUp(_) | MeshEvent::Status { .. } | MeshEvent::Handover { .. } => {}
+            MeshEvent::PeerDown { peer, why } => match why {
+                Down::Left => PeerEvent::Left { peer: peer.addr },
+                Down::Lost => PeerEvent::LinkLost { peer: peer.addr },
+                // A new incarnation: the process this node knew is gone.
+                Down::Restarted => PeerEvent::Died { peer: peer.addr },
+            },
+            MeshEvent::Ha { .. } | MeshEvent::PeerUp(_) => return,
+        };
+        let now = self.now();
+        if let Err(error) = self.router.handle_peer(now, event) {
+            tracing::info!(instance = %name, %error, "take-over not done");
         }
     }
 
-    /// The node that should hold the VIPs among the live, healthy peers (and this node if
-    /// `include_self`), leaving out `except`: highest priority, then highest address.
-    fn next_in_line(&self, except: Option<IpAddr>, include_self: bool) -> Option<IpAddr> {
-        let own = (self.spec.router.primary_address, self.router.priority());
-        let own = (include_self && self.router.is_eligible()).then_some(own);
-        self.peers.next_in_line(own, except)
+    /// The answer to a death confirmation: only proof takes over at once.
+    fn confirmed(&mut self, peer: IpAddr, answer: Confirmation) {
+        let name = &self.spec.name;
+        let why = match answer {
+            Confirmation::Refused => "its peer-link port refused a connection",
+            Confirmation::NewIncarnation => "it answered as a new process",
+            Confirmation::Alive => {
+                tracing::info!(instance = %name, master = %peer, "VRRP_Instance({name}) master is alive (its link was lost, not its process): no take-over");
+                return;
+            }
+            Confirmation::Unknown => {
+                tracing::info!(instance = %name, master = %peer, "VRRP_Instance({name}) master's death not confirmed: waiting for the advert timer");
+                return;
+            }
+        };
+        tracing::info!(instance = %name, master = %peer, why, "VRRP_Instance({name}) master died: taking over");
+        let now = self.now();
+        if let Err(error) = self.router.handle_peer(now, PeerEvent::Died { peer }) {
+            tracing::info!(instance = %name, %error, "take-over not done");
+        }
     }
 
     fn handle_packet(&mut self, packet: crate::socket::Received) {
@@ -472,17 +470,13 @@ impl Driver {
             };
             if self.advertised_priority != Some(priority) {
                 self.advertised_priority = Some(priority);
-                mesh.broadcast(Message::Status {
+                mesh.broadcast(HaMessage::Status {
                     vrid: self.router.vrid().get(),
-                    priority,
+                    vrrp_priority: priority,
                 });
             }
         }
-        let successor = match self.router.state() {
-            State::Master => self.next_in_line(None, false),
-            _ => None,
-        };
-        let status = status_of(&self.spec, &self.router, self.mesh.is_some(), successor);
+        let status = status_of(&self.spec, &self.router, self.mesh.is_some());
         self.status.send_if_modified(|current| {
             if *current == status {
                 false
@@ -564,6 +558,29 @@ impl Driver {
                 }
             }
             Action::Notify(transition) => self.notify(transition),
+            Action::ConfirmDeath { peer } => {
+                let Some(mesh) = self.mesh.clone() else {
+                    return;
+                };
+                tracing::info!(instance = %name, master = %peer, "VRRP_Instance({name}) master's peer link lost: confirming with one dial");
+                let answers = self.confirmed_tx.clone();
+                tokio::spawn(async move {
+                    let answer = mesh.confirm_death(peer).await;
+                    let _ = answers.send((peer, answer));
+                });
+            }
+            Action::SendHandover { to } => {
+                if let Some(mesh) = &self.mesh {
+                    tracing::info!(instance = %name, successor = %to, "handing over to the next node in line");
+                    mesh.send_to(
+                        to,
+                        HaMessage::Handover {
+                            vrid: self.router.vrid().get(),
+                        },
+                    );
+                    self.handed_over_to = Some(to);
+                }
+            }
         }
     }
 
@@ -607,12 +624,7 @@ impl Driver {
     }
 }
 
-fn status_of(
-    spec: &GroupSpec,
-    router: &Router,
-    heartbeat: bool,
-    successor: Option<IpAddr>,
-) -> GroupStatus {
+fn status_of(spec: &GroupSpec, router: &Router, heartbeat: bool) -> GroupStatus {
     GroupStatus {
         name: spec.name.clone(),
         vrid: router.vrid().get(),
@@ -628,7 +640,7 @@ fn status_of(
         vips: spec.router.vips.clone(),
         drained: router.is_drained(),
         heartbeat,
-        successor,
+        successor: router.successor(),
         stats: router.stats().clone(),
     }
 }

@@ -1,7 +1,5 @@
 pub mod announce;
 pub mod driver;
-pub mod heartbeat;
-pub mod mesh;
 pub mod metrics;
 pub mod netlink;
 pub mod notify;

@@ -56,10 +56,9 @@ mod time;
 mod types;
 
 pub use packet::{Advert, DecodeContext, DecodeError, EncodeError};
-pub use peers::PeerTable;
 pub use router::{
-    Action, Command, CommandError, ConfigError, ConfigErrors, Reason, Router, RouterConfig,
-    RxError, State, Stats, Transition, election_winner,
+    Action, Command, CommandError, ConfigError, ConfigErrors, HANDOVER_OVERLAP, PeerEvent, Reason,
+    Router, RouterConfig, RxError, State, Stats, Transition, election_winner,
 };
 pub use time::Instant;
 pub use types::{Centiseconds, Version, Vrid, VrrpPriority};

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::packet::{Advert, DecodeContext, DecodeError};
+use crate::peers::PeerTable;
 use crate::time::Instant;
 use crate::types::{Centiseconds, Version, Vrid, VrrpPriority};
 
@@ -220,6 +221,9 @@ pub enum Reason {
     Resumed,
     /// A peer asked this Backup to take over at once (explicit handover).
     TakeoverRequested,
+    /// The peer links proved the Master's process dead (its link port refused a dial, or it
+    /// came back as a new incarnation) and this Backup is next in line.
+    MasterDied,
     /// This Backup discarded a lower-priority Master's adverts until its timer expired.
     Preempted,
     /// This Master heard a lower-priority Master and re-announced its VIPs.
@@ -241,6 +245,7 @@ impl Reason {
             Reason::Drained => "drained",
             Reason::Resumed => "resumed",
             Reason::TakeoverRequested => "takeover-requested",
+            Reason::MasterDied => "master-died",
             Reason::Preempted => "preempted",
             Reason::SplitBrainHeal => "split-brain-heal",
         }
@@ -326,7 +331,39 @@ pub enum Action {
     SendGratuitous { vip: IpAddr, repeat: u8 },
     /// Log it and run the notify hook.
     Notify(Transition),
+    /// The last peer link to the Master was lost and this Backup is next in line: dial the
+    /// Master once and report [`PeerEvent::Died`] if that proves its process gone (a lost
+    /// link is a hint, never proof: security review F3). Anything else: report nothing, the
+    /// RFC timers decide.
+    ConfirmDeath { peer: IpAddr },
+    /// Tell this peer to take over now (planned handover; sent after the priority-0 advert,
+    /// before the VIPs are released).
+    SendHandover { to: IpAddr },
 }
+
+/// What the peer links report about another node of the group. The fast paths around the
+/// advert timers (crash take-over, planned handover) are decided here, so they run in
+/// virtual time in `sim::Lan` like every other rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PeerEvent {
+    /// The peer's VRRP priority in this group (0: stopped, faulty or drained).
+    Status {
+        peer: IpAddr,
+        priority: VrrpPriority,
+    },
+    /// The peer said goodbye.
+    Left { peer: IpAddr },
+    /// The last link to the peer ended without a goodbye: a hint that it died.
+    LinkLost { peer: IpAddr },
+    /// Proof that the peer's process died (see [`Action::ConfirmDeath`]).
+    Died { peer: IpAddr },
+    /// The peer, leaving, asked this node to take over now.
+    Handover { from: IpAddr },
+}
+
+/// How long a Master that hands over keeps its VIPs after telling its successor, so that
+/// connections arriving meanwhile are answered here rather than into a void.
+pub const HANDOVER_OVERLAP: Duration = Duration::from_millis(20);
 
 /// Why a received packet or advert was discarded before the state machine saw it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -385,6 +422,8 @@ pub struct Stats {
     pub auth_type_errors: u64,
     pub address_family_errors: u64,
     pub own_adverts: u64,
+    /// Times the peer links lost this Backup's Master and a death confirmation was asked.
+    pub death_confirmations: u64,
 }
 
 /// One VRRP virtual router, sans-IO: events and the time go in, [`Action`]s come out.
@@ -442,6 +481,10 @@ pub struct Router {
     preempted_at: Option<Instant>,
     actions: VecDeque<Action>,
     stats: Stats,
+    /// The other nodes' priorities, as their peer links report them.
+    peers: PeerTable,
+    /// A Master that handed over releases its VIPs then.
+    release_at: Option<Instant>,
 }
 
 impl Router {
@@ -468,6 +511,8 @@ impl Router {
                 discontinuity_time: now,
                 ..Stats::default()
             },
+            peers: PeerTable::new(),
+            release_at: None,
             cfg,
         })
     }
@@ -675,6 +720,10 @@ impl Router {
 
     /// Fires every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.release_at.is_some_and(|at| at <= now) {
+            self.release_at = None;
+            self.remove_vips();
+        }
         match self.state {
             State::Backup => {
                 if self.master_down_at.is_some_and(|at| at <= now) {
@@ -702,8 +751,8 @@ impl Router {
         match command {
             Command::Shutdown => {
                 match self.state {
-                    // RFC 5798 section 6.4.3 (600)-(615).
-                    State::Master => self.resign(Reason::Shutdown, State::Initialize),
+                    // RFC 5798 section 6.4.3 (600)-(615), plus the handover.
+                    State::Master => self.hand_over(now, Reason::Shutdown, State::Initialize),
                     // RFC 5798 section 6.4.2 (300)-(310).
                     State::Backup | State::Fault => {
                         self.cancel_timers();
@@ -734,18 +783,70 @@ impl Router {
             }
             Command::Drain(drained) => {
                 self.drained = drained;
-                self.reconsider_eligibility(now, Reason::Drained, Reason::Resumed);
+                if drained && self.state == State::Master {
+                    self.hand_over(now, Reason::Drained, State::Fault);
+                } else {
+                    self.reconsider_eligibility(now, Reason::Drained, Reason::Resumed);
+                }
                 Ok(())
             }
-            Command::TakeOver => {
-                if self.state == State::Backup && self.is_eligible() {
-                    self.become_master(now, Reason::TakeoverRequested);
-                    Ok(())
-                } else {
-                    Err(CommandError::TakeOverRefused { state: self.state })
+            Command::TakeOver => self.take_over(now, Reason::TakeoverRequested),
+        }
+    }
+
+    /// See [`PeerEvent`]. An error only for a handover this node cannot take.
+    pub fn handle_peer(&mut self, now: Instant, event: PeerEvent) -> Result<(), CommandError> {
+        match event {
+            PeerEvent::Status { peer, priority } => self.peers.set(peer, priority),
+            PeerEvent::Left { peer } => self.peers.remove(peer),
+            PeerEvent::LinkLost { peer } => {
+                self.peers.remove(peer);
+                if self.next_after_master(peer) {
+                    self.stats.death_confirmations += 1;
+                    self.actions.push_back(Action::ConfirmDeath { peer });
                 }
             }
+            PeerEvent::Died { peer } => {
+                self.peers.remove(peer);
+                if self.next_after_master(peer) {
+                    return self.take_over(now, Reason::MasterDied);
+                }
+            }
+            PeerEvent::Handover { .. } => return self.take_over(now, Reason::TakeoverRequested),
         }
+        Ok(())
+    }
+
+    /// Whether `peer` is this Backup's Master and this node is next in line without it.
+    fn next_after_master(&self, peer: IpAddr) -> bool {
+        let own = self
+            .is_eligible()
+            .then_some((self.cfg.primary_address, self.priority));
+        self.state == State::Backup
+            && self.master_address == Some(peer)
+            && self.peers.next_in_line(own, Some(peer)) == Some(self.cfg.primary_address)
+    }
+
+    fn take_over(&mut self, now: Instant, reason: Reason) -> Result<(), CommandError> {
+        if self.state == State::Backup && self.is_eligible() {
+            self.become_master(now, reason);
+            Ok(())
+        } else {
+            Err(CommandError::TakeOverRefused { state: self.state })
+        }
+    }
+
+    /// The live peer that would take over if this Master left now (none when not Master).
+    pub fn successor(&self) -> Option<IpAddr> {
+        match self.state {
+            State::Master => self.peers.next_in_line(None, None),
+            _ => None,
+        }
+    }
+
+    /// A Master that handed over and has not yet released its VIPs.
+    pub fn is_releasing(&self) -> bool {
+        self.release_at.is_some()
     }
 
     // === outputs ===
@@ -757,10 +858,15 @@ impl Router {
 
     /// When [`Router::handle_timeout`] must be called next, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [self.master_down_at, self.adver_at, self.garp_refresh_at]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.master_down_at,
+            self.adver_at,
+            self.garp_refresh_at,
+            self.release_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 }
 
@@ -846,6 +952,8 @@ impl Router {
 
     fn become_master(&mut self, now: Instant, reason: Reason) {
         let from = self.state;
+        // Back to Master within the handover overlap: the VIPs stay.
+        self.release_at = None;
         self.state = State::Master;
         self.master_down_at = None;
         self.master_address = Some(self.cfg.primary_address);
@@ -908,6 +1016,24 @@ impl Router {
         self.cancel_timers();
         self.send_advert(VrrpPriority::STOP);
         self.remove_vips();
+        self.master_address = None;
+        self.enter(to, reason);
+    }
+
+    /// A Master leaving service (Shutdown, drain): priority 0 first, then a handover to the
+    /// next node in line if the peer links know one, and the VIPs released
+    /// [`HANDOVER_OVERLAP`] later; without a successor, [`Router::resign`]'s Skew_Time path.
+    fn hand_over(&mut self, now: Instant, reason: Reason, to: State) {
+        let Some(successor) = self.peers.next_in_line(None, None) else {
+            return self.resign(reason, to);
+        };
+        self.cancel_timers();
+        self.send_advert(VrrpPriority::STOP);
+        // After priority 0, so the successor cannot hear this node as a better Master and
+        // give the VIPs back (see Command::TakeOver).
+        self.actions
+            .push_back(Action::SendHandover { to: successor });
+        self.release_at = Some(now + HANDOVER_OVERLAP);
         self.master_address = None;
         self.enter(to, reason);
     }

@@ -7,6 +7,12 @@
 //! [`Lan::step`] jumps to the next delivery or timer, so a test of a 1 s interval takes no
 //! time, and every instant is exact to the microsecond.
 //!
+//! With [`Lan::enable_peer_links`], the nodes also have the peer links of the driver: each
+//! node's status reaches the others, a crash closes its links (a [`PeerEvent::LinkLost`] at
+//! every other node), [`Action::ConfirmDeath`] is answered as a dial would be (the death
+//! proved if the node is down, nothing if it is up), and [`Action::SendHandover`] arrives as
+//! [`PeerEvent::Handover`]; [`Lan::cut_peer_link`] loses a link between two live nodes.
+//!
 //! Events at the same instant run in a fixed order: first every packet due (in the order
 //! sent, including those sent with zero delay while delivering), then the timers of the
 //! routers in index order. Loss draws from a PRNG seeded in [`Lan::new`], so a failing seed
@@ -17,8 +23,11 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::packet::{DecodeContext, REQUIRED_TTL, multicast_group};
-use crate::router::{Action, Command, CommandError, ConfigErrors, Router, RouterConfig, State};
+use crate::router::{
+    Action, Command, CommandError, ConfigErrors, PeerEvent, Router, RouterConfig, State,
+};
 use crate::time::Instant;
+use crate::types::VrrpPriority;
 
 /// What one router did and when: the LAN's log, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +49,7 @@ pub struct Lan {
     links: HashMap<(usize, usize), Link>,
     rng_state: u64,
     log: Vec<Record>,
+    peer_links: bool,
 }
 
 #[derive(Debug)]
@@ -51,6 +61,8 @@ struct Node {
     up: bool,
     /// The VIPs configured on this node's interface.
     vips: BTreeSet<IpAddr>,
+    /// The priority its peer links last reported (peer links only).
+    published: Option<VrrpPriority>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -64,8 +76,13 @@ struct Link {
 #[derive(Debug)]
 struct Delivery {
     to: usize,
-    ctx: DecodeContext,
-    bytes: Vec<u8>,
+    what: Delivered,
+}
+
+#[derive(Debug)]
+enum Delivered {
+    Packet { ctx: DecodeContext, bytes: Vec<u8> },
+    Peer(PeerEvent),
 }
 
 impl Lan {
@@ -79,6 +96,7 @@ impl Lan {
             links: HashMap::new(),
             rng_state: seed,
             log: Vec::new(),
+            peer_links: false,
         }
     }
 
@@ -90,6 +108,7 @@ impl Lan {
             router,
             up: true,
             vips: BTreeSet::new(),
+            published: None,
         });
         Ok(self.nodes.len() - 1)
     }
@@ -176,9 +195,39 @@ impl Lan {
         }
     }
 
-    /// Stops `node` silently (kill -9): no priority-0 advert, its VIPs stay configured.
+    /// Gives every node peer links to every other (see the [module docs](self)).
+    pub fn enable_peer_links(&mut self) {
+        self.peer_links = true;
+    }
+
+    /// Stops `node` silently (kill -9): no priority-0 advert, its VIPs stay configured. Its
+    /// kernel closes its peer links.
     pub fn crash(&mut self, node: usize) {
         self.nodes[node].up = false;
+        self.nodes[node].published = None;
+        let peer = self.nodes[node].cfg.primary_address;
+        for to in self.others(node) {
+            self.send_peer(node, to, PeerEvent::LinkLost { peer });
+        }
+    }
+
+    /// The peer link between two live nodes is lost (a reset on the path): each gets a
+    /// [`PeerEvent::LinkLost`] for the other, although both are alive.
+    pub fn cut_peer_link(&mut self, a: usize, b: usize) {
+        let (addr_a, addr_b) = (
+            self.nodes[a].cfg.primary_address,
+            self.nodes[b].cfg.primary_address,
+        );
+        self.schedule(
+            self.now,
+            b,
+            Delivered::Peer(PeerEvent::LinkLost { peer: addr_a }),
+        );
+        self.schedule(
+            self.now,
+            a,
+            Delivered::Peer(PeerEvent::LinkLost { peer: addr_b }),
+        );
     }
 
     /// A fresh process on a crashed (or running) node: a new router from the same config,
@@ -193,10 +242,15 @@ impl Lan {
         self.start(node);
     }
 
-    /// A graceful stop: the Shutdown command (a Master sends priority 0).
+    /// A graceful stop: the Shutdown command (a Master sends priority 0 and hands over),
+    /// then goodbyes on the peer links.
     pub fn shutdown(&mut self, node: usize) {
         // Shutdown is never refused.
         let _ = self.command(node, Command::Shutdown);
+        let peer = self.nodes[node].cfg.primary_address;
+        for to in self.others(node) {
+            self.send_peer(node, to, PeerEvent::Left { peer });
+        }
     }
 
     /// Tracked health of `node`: `true` means unhealthy.
@@ -218,7 +272,7 @@ impl Lan {
     /// Delivers raw bytes (a forged or broken packet) to `node` now, with the IP-layer facts
     /// in `ctx`.
     pub fn inject(&mut self, node: usize, ctx: DecodeContext, bytes: Vec<u8>) {
-        self.schedule(self.now, node, ctx, bytes);
+        self.schedule(self.now, node, Delivered::Packet { ctx, bytes });
     }
 
     // === the network ===
@@ -272,10 +326,16 @@ impl Lan {
             let delivery = entry.remove();
             let node = &mut self.nodes[delivery.to];
             if node.up {
-                // Refused packets are counted in the router's stats.
-                let _ = node
-                    .router
-                    .handle_packet(now, &delivery.ctx, &delivery.bytes);
+                match delivery.what {
+                    // Refused packets are counted in the router's stats.
+                    Delivered::Packet { ctx, bytes } => {
+                        let _ = node.router.handle_packet(now, &ctx, &bytes);
+                    }
+                    // A refused handover changes nothing; the RFC rules go on.
+                    Delivered::Peer(event) => {
+                        let _ = node.router.handle_peer(now, event);
+                    }
+                }
                 self.drain(delivery.to);
             }
         }
@@ -340,7 +400,11 @@ impl Lan {
                         if link.cut || self.lose(link.loss_ppm) {
                             continue;
                         }
-                        self.schedule(self.now + link.delay, to, ctx, bytes.clone());
+                        let what = Delivered::Packet {
+                            ctx,
+                            bytes: bytes.clone(),
+                        };
+                        self.schedule(self.now + link.delay, to, what);
                     }
                 }
                 Action::AddVip(vip) => {
@@ -350,6 +414,32 @@ impl Lan {
                     self.nodes[node].vips.remove(vip);
                 }
                 Action::SendGratuitous { .. } | Action::Notify(_) => {}
+                Action::ConfirmDeath { peer } => {
+                    // One dial: refused if the node is down (proof); if it is up, the link
+                    // is back and its status arrives again.
+                    if let Some(target) = self.node_at(*peer) {
+                        if self.nodes[target].up {
+                            let priority = self.nodes[target].published;
+                            if let Some(priority) = priority {
+                                let event = PeerEvent::Status {
+                                    peer: *peer,
+                                    priority,
+                                };
+                                self.send_peer(target, node, event);
+                            }
+                        } else {
+                            let delay = self.link(node, target).delay;
+                            let event = Delivered::Peer(PeerEvent::Died { peer: *peer });
+                            self.schedule(self.now + delay + delay, node, event);
+                        }
+                    }
+                }
+                Action::SendHandover { to } => {
+                    let from = self.nodes[node].cfg.primary_address;
+                    if let Some(target) = self.node_at(*to) {
+                        self.send_peer(node, target, PeerEvent::Handover { from });
+                    }
+                }
             }
             self.log.push(Record {
                 at: self.now,
@@ -357,12 +447,57 @@ impl Lan {
                 action,
             });
         }
+        self.publish_status(node);
     }
 
-    fn schedule(&mut self, at: Instant, to: usize, ctx: DecodeContext, bytes: Vec<u8>) {
+    /// What the driver does after every batch of actions: report this node's priority on
+    /// its peer links when it changed (0 while not in the election).
+    fn publish_status(&mut self, node: usize) {
+        if !self.peer_links || !self.nodes[node].up {
+            return;
+        }
+        let router = &self.nodes[node].router;
+        let priority = match router.state() {
+            State::Initialize | State::Fault => VrrpPriority::STOP,
+            State::Backup | State::Master => router.priority(),
+        };
+        if self.nodes[node].published == Some(priority) {
+            return;
+        }
+        self.nodes[node].published = Some(priority);
+        let peer = self.nodes[node].cfg.primary_address;
+        for to in self.others(node) {
+            self.send_peer(node, to, PeerEvent::Status { peer, priority });
+        }
+    }
+
+    fn others(&self, node: usize) -> Vec<usize> {
+        (0..self.nodes.len()).filter(|&to| to != node).collect()
+    }
+
+    fn node_at(&self, address: IpAddr) -> Option<usize> {
+        self.nodes
+            .iter()
+            .position(|node| node.cfg.primary_address == address)
+    }
+
+    /// A peer-link message from `from` to `to` over their link (TCP: never lost, but not
+    /// through a cut).
+    fn send_peer(&mut self, from: usize, to: usize, event: PeerEvent) {
+        if !self.peer_links {
+            return;
+        }
+        let link = self.links.get(&(from, to)).copied().unwrap_or_default();
+        if link.cut {
+            return;
+        }
+        self.schedule(self.now + link.delay, to, Delivered::Peer(event));
+    }
+
+    fn schedule(&mut self, at: Instant, to: usize, what: Delivered) {
         self.next_seq += 1;
         self.in_flight
-            .insert((at, self.next_seq), Delivery { to, ctx, bytes });
+            .insert((at, self.next_seq), Delivery { to, what });
     }
 
     fn lose(&mut self, loss_ppm: u32) -> bool {

@@ -1,0 +1,238 @@
+//! One link over TCP: the handshake on a connected stream, then a task that opens what
+//! arrives, sends what the mesh queues, pings every second and drops a link that carries
+//! nothing for three seconds. Sockets keep TCP keepalive and a 3 s `TCP_USER_TIMEOUT`, so a
+//! peer that vanishes without a FIN (host down, path cut) surfaces as an error instead of a
+//! link that looks up for hours (security review F3).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::auth::{Authenticator, Role};
+use crate::frame::{FrameError, Opened, Opener, Sealer};
+use crate::handshake::{Handshake, HandshakeError, LocalIdentity, NONCE_LEN, PeerIdentity};
+use crate::message::Message;
+
+/// A handshake must complete within this.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Both ends send a ping this often.
+pub const PING_INTERVAL: Duration = Duration::from_secs(1);
+/// A link that carried nothing for this long is dropped (a hint, not proof, of a death).
+pub const SILENCE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Unacknowledged data for this long fails the socket (`TCP_USER_TIMEOUT`).
+pub const USER_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("{0}")]
+    Handshake(#[from] HandshakeError),
+    #[error("handshake timed out")]
+    Timeout,
+    #[error("no randomness available")]
+    Random,
+}
+
+/// How a link ended, as its task saw it.
+#[derive(Debug)]
+pub enum LinkEnd {
+    /// The peer said `Bye` before closing: an orderly stop.
+    Bye,
+    /// Closed or reset without `Bye`, or silent for [`SILENCE_TIMEOUT`]: the peer's process
+    /// may have died, or the path failed. A hint only.
+    Lost(Lost),
+    /// A frame failed authentication or made no sense: the link is dropped. Proves nothing
+    /// about the peer (anyone on the path can inject bytes).
+    Rejected(FrameError),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lost {
+    Closed,
+    Error(io::ErrorKind),
+    Silent,
+}
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Lost::Closed => f.write_str("closed without a goodbye"),
+            Lost::Error(kind) => write!(f, "{kind}"),
+            Lost::Silent => write!(f, "nothing received for {} s", SILENCE_TIMEOUT.as_secs()),
+        }
+    }
+}
+
+/// Keepalive, user timeout and no Nagle on a link's socket.
+pub fn tune(stream: &TcpStream) -> io::Result<()> {
+    let socket = socket2::SockRef::from(stream);
+    socket.set_tcp_nodelay(true)?;
+    socket.set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(1))
+            .with_interval(Duration::from_secs(1))
+            .with_retries(3),
+    )?;
+    socket.set_tcp_user_timeout(Some(USER_TIMEOUT))
+}
+
+pub(crate) fn nonce() -> Result<[u8; NONCE_LEN], LinkError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    SystemRandom::new()
+        .fill(&mut nonce)
+        .map_err(|_| LinkError::Random)?;
+    Ok(nonce)
+}
+
+/// An established link, not yet running.
+pub struct Link {
+    stream: TcpStream,
+    sealer: Sealer,
+    opener: Opener,
+    /// Bytes that arrived behind the handshake.
+    leftover: Vec<u8>,
+    pub peer: PeerIdentity,
+    pub remote: SocketAddr,
+}
+
+/// Runs the handshake as `role` on a connected stream.
+pub async fn handshake(
+    mut stream: TcpStream,
+    role: Role,
+    auth: Arc<dyn Authenticator>,
+    local: LocalIdentity,
+) -> Result<Link, LinkError> {
+    let remote = stream.peer_addr()?;
+    tune(&stream)?;
+    let nonce = nonce()?;
+    let mut handshake = match role {
+        Role::Client => Handshake::client(auth, local, nonce),
+        Role::Server => Handshake::server(auth, local, nonce),
+    };
+    let mut buffer = Vec::with_capacity(1024);
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        loop {
+            let outgoing = handshake.take_outgoing();
+            if !outgoing.is_empty() {
+                stream.write_all(&outgoing).await?;
+            }
+            if handshake.is_established() {
+                return Ok(());
+            }
+            if stream.read_buf(&mut buffer).await? == 0 {
+                return Err(LinkError::Io(io::ErrorKind::UnexpectedEof.into()));
+            }
+            let used = handshake.receive(&buffer)?;
+            buffer.drain(..used);
+        }
+    })
+    .await
+    .map_err(|_| LinkError::Timeout)??;
+    let Some(established) = handshake.finish() else {
+        return Err(LinkError::Timeout);
+    };
+    Ok(Link {
+        stream,
+        sealer: established.sealer,
+        opener: established.opener,
+        leftover: buffer,
+        peer: established.peer,
+        remote,
+    })
+}
+
+/// What the mesh asks of a running link.
+pub(crate) enum Outgoing {
+    Send(Message),
+    /// Say goodbye and close; answers once written.
+    Bye(oneshot::Sender<()>),
+}
+
+impl Link {
+    /// Runs the link until it ends or `outgoing` closes (the mesh dropped it: it closes
+    /// quietly). Every received message goes to `received`.
+    pub(crate) async fn run(
+        self,
+        mut outgoing: mpsc::Receiver<Outgoing>,
+        mut received: impl FnMut(Message),
+    ) -> Option<LinkEnd> {
+        let Link {
+            stream,
+            mut sealer,
+            mut opener,
+            leftover,
+            ..
+        } = self;
+        let (mut read, mut write) = stream.into_split();
+        let mut input = leftover;
+        let mut frame = Vec::with_capacity(64);
+        let mut ping = tokio::time::interval(PING_INTERVAL);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heard = tokio::time::Instant::now();
+        loop {
+            // Open whatever whole frames are buffered.
+            loop {
+                match opener.open(&input) {
+                    Ok(Some((opened, used))) => {
+                        input.drain(..used);
+                        heard = tokio::time::Instant::now();
+                        match opened {
+                            Opened::Message(Message::Bye) => return Some(LinkEnd::Bye),
+                            Opened::Message(Message::Ping) => {}
+                            Opened::Message(message) => received(message),
+                            Opened::Skipped { plane, version } => {
+                                tracing::debug!(
+                                    plane,
+                                    version,
+                                    "peer-link frame of a plane this build does not speak skipped"
+                                );
+                            }
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(error) => return Some(LinkEnd::Rejected(error)),
+                }
+            }
+            let to_send = tokio::select! {
+                read_result = read.read_buf(&mut input) => match read_result {
+                    Ok(0) => return Some(LinkEnd::Lost(Lost::Closed)),
+                    Ok(_) => continue,
+                    Err(error) => return Some(LinkEnd::Lost(Lost::Error(error.kind()))),
+                },
+                _ = ping.tick() => Outgoing::Send(Message::Ping),
+                () = tokio::time::sleep_until(heard + SILENCE_TIMEOUT) => {
+                    return Some(LinkEnd::Lost(Lost::Silent));
+                }
+                next = outgoing.recv() => match next {
+                    Some(next) => next,
+                    None => return None,
+                },
+            };
+            frame.clear();
+            let (message, done) = match to_send {
+                Outgoing::Send(message) => (message, None),
+                Outgoing::Bye(done) => (Message::Bye, Some(done)),
+            };
+            sealer.seal(&message, &mut frame);
+            // A peer that stops reading fails the write within the user timeout; bound it
+            // here too, so a full send buffer cannot hold the link task.
+            match tokio::time::timeout(USER_TIMEOUT, write.write_all(&frame)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => return Some(LinkEnd::Lost(Lost::Error(error.kind()))),
+                Err(_) => return Some(LinkEnd::Lost(Lost::Silent)),
+            }
+            if let Some(done) = done {
+                let _ = write.shutdown().await;
+                let _ = done.send(());
+                return None;
+            }
+        }
+    }
+}

@@ -1,0 +1,631 @@
+//! The node's links to its peers: one per pair of nodes, keyed by the peer's `NodeId` and a
+//! per-link id, kept up for the life of the node and turned into [`MeshEvent`]s.
+//!
+//! - Of each pair, the node with the lower address dials (again every 200 ms while no link
+//!   is up) and the other accepts; either side may also dial once to confirm a death
+//!   ([`MeshHandle::confirm_death`]), and that link then becomes the pair's link.
+//! - A peer is up while any link to it is; it is down only when the last one ends. A link
+//!   that ends while another remains changes nothing (security review F5), and a link from
+//!   a new incarnation of the peer closes the old incarnation's links: that process is gone.
+//! - Only configured peer addresses may connect; others are refused and logged at a bounded
+//!   rate, and at most [`MAX_PENDING_HANDSHAKES`] handshakes run at once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use palisade_identity::{Incarnation, NodeId, NodeName};
+use palisade_log_throttle::LogThrottle;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
+
+use crate::auth::{Authenticator, Role};
+use crate::handshake::{LocalIdentity, PeerIdentity};
+use crate::link::{self, Link, LinkEnd, LinkError, Outgoing};
+use crate::message::{HaMessage, Message};
+
+/// Handshakes from configured addresses allowed in flight at once.
+pub const MAX_PENDING_HANDSHAKES: usize = 16;
+/// How often the dialling side retries while its link is down.
+const REDIAL: Duration = Duration::from_millis(200);
+/// The whole budget of one death confirmation.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Clone)]
+pub struct MeshConfig {
+    pub listen: SocketAddr,
+    /// The other nodes' link addresses (their primary address and link port).
+    pub peers: Vec<SocketAddr>,
+    /// This node's primary address: the source of the links it dials, so peers know it by
+    /// the address VRRP knows it by.
+    pub local_addr: IpAddr,
+    pub auth: Arc<dyn Authenticator>,
+    pub identity: LocalIdentity,
+}
+
+/// A peer as its links proved it to be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub id: NodeId,
+    pub name: NodeName,
+    pub addr: IpAddr,
+    pub incarnation: Incarnation,
+}
+
+/// Why a peer is down (its last link ended).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Down {
+    /// It said goodbye: an orderly stop.
+    Left,
+    /// Closed, reset, silent or garbled without a goodbye: a hint that it died, never proof.
+    Lost,
+    /// A link from a new incarnation arrived: the process this node knew is gone.
+    Restarted,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MeshEvent {
+    PeerUp(Peer),
+    PeerDown { peer: Peer, why: Down },
+    Ha { from: IpAddr, message: HaMessage },
+}
+
+/// The answer of [`MeshHandle::confirm_death`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Confirmation {
+    /// Its link port refused the connection: nothing listens there, the process is gone.
+    Refused,
+    /// A handshake completed with another incarnation: the process was restarted.
+    NewIncarnation,
+    /// A handshake completed with the incarnation it had: alive (the link is back up).
+    Alive,
+    /// No answer within [`CONFIRM_TIMEOUT`], or no way to tell: proves nothing.
+    Unknown,
+}
+
+impl Confirmation {
+    pub fn proves_death(self) -> bool {
+        matches!(self, Confirmation::Refused | Confirmation::NewIncarnation)
+    }
+}
+
+enum Command {
+    /// Re-emit every live peer and its latest status (for a subscriber that joined late).
+    Replay,
+    Broadcast(HaMessage),
+    To(IpAddr, HaMessage),
+    Confirm(IpAddr, oneshot::Sender<Confirmation>),
+    Leave(oneshot::Sender<()>),
+}
+
+enum Internal {
+    Up {
+        link_id: u64,
+        peer: PeerIdentity,
+        addr: IpAddr,
+        sender: mpsc::Sender<Outgoing>,
+    },
+    Received {
+        link_id: u64,
+        message: Message,
+    },
+    Ended {
+        link_id: u64,
+        end: Option<LinkEnd>,
+    },
+}
+
+/// Talks to the mesh task. Cheap to clone.
+#[derive(Clone)]
+pub struct MeshHandle {
+    commands: mpsc::UnboundedSender<Command>,
+    events: broadcast::Sender<MeshEvent>,
+    peers: watch::Receiver<Vec<Peer>>,
+}
+
+impl MeshHandle {
+    /// Events from now on, starting with every live peer and its latest status.
+    pub fn subscribe(&self) -> broadcast::Receiver<MeshEvent> {
+        let receiver = self.events.subscribe();
+        let _ = self.commands.send(Command::Replay);
+        receiver
+    }
+
+    /// The peers with a link up now.
+    pub fn peers(&self) -> Vec<Peer> {
+        self.peers.borrow().clone()
+    }
+
+    /// Sends to every peer (a `Status` is also sent to peers that connect later).
+    pub fn broadcast(&self, message: HaMessage) {
+        let _ = self.commands.send(Command::Broadcast(message));
+    }
+
+    pub fn send_to(&self, peer: IpAddr, message: HaMessage) {
+        let _ = self.commands.send(Command::To(peer, message));
+    }
+
+    /// Dials the peer at `addr` once to learn whether the process this node knew is dead.
+    pub async fn confirm_death(&self, addr: IpAddr) -> Confirmation {
+        let (answer, wait) = oneshot::channel();
+        if self.commands.send(Command::Confirm(addr, answer)).is_err() {
+            return Confirmation::Unknown;
+        }
+        wait.await.unwrap_or(Confirmation::Unknown)
+    }
+
+    /// Says goodbye on every link; returns once the goodbyes are written (at most 1 s).
+    pub async fn leave(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.commands.send(Command::Leave(done)).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), wait).await;
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Shared {
+    config: MeshConfig,
+    internal: mpsc::UnboundedSender<Internal>,
+    link_ids: Arc<AtomicU64>,
+}
+
+/// Binds the link listener and starts the mesh's tasks under `tasks`.
+pub async fn start(
+    config: MeshConfig,
+    tasks: &tokio_util::task::TaskTracker,
+) -> std::io::Result<MeshHandle> {
+    let listener = TcpListener::bind(config.listen).await?;
+    let (commands_tx, commands) = mpsc::unbounded_channel();
+    let (events, _) = broadcast::channel(256);
+    let (internal_tx, internal) = mpsc::unbounded_channel();
+    let (peers_tx, peers) = watch::channel(Vec::new());
+    let shared = Shared {
+        config: config.clone(),
+        internal: internal_tx,
+        link_ids: Arc::new(AtomicU64::new(1)),
+    };
+    tasks.spawn(accept_loop(listener, shared.clone()));
+    for peer in &config.peers {
+        if config.local_addr < peer.ip() {
+            tasks.spawn(dial_loop(*peer, shared.clone()));
+        }
+    }
+    let mesh = Mesh {
+        shared,
+        events: events.clone(),
+        peers_watch: peers_tx,
+        peers: HashMap::new(),
+        link_owner: HashMap::new(),
+        incarnations: HashMap::new(),
+        our_statuses: BTreeMap::new(),
+        peer_statuses: BTreeMap::new(),
+        send_warnings: LogThrottle::new(Duration::from_secs(10)),
+    };
+    tasks.spawn(mesh.run(commands, internal));
+    Ok(MeshHandle {
+        commands: commands_tx,
+        events,
+        peers,
+    })
+}
+
+async fn accept_loop(listener: TcpListener, shared: Shared) {
+    // Anyone who can reach the port can cause these lines: one per interval each.
+    let unknown_log = Arc::new(LogThrottle::new(Duration::from_secs(10)));
+    let refused_log = Arc::new(LogThrottle::new(Duration::from_secs(10)));
+    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    loop {
+        let Ok((stream, remote)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        if shared.internal.is_closed() {
+            return;
+        }
+        // Only configured peers may hold a link.
+        if !shared
+            .config
+            .peers
+            .iter()
+            .any(|peer| peer.ip() == remote.ip())
+        {
+            if let Some(suppressed) = unknown_log.admit() {
+                tracing::warn!(%remote, suppressed, "peer-link connection from an unknown address refused");
+            }
+            continue;
+        }
+        let Ok(permit) = pending.clone().try_acquire_owned() else {
+            if let Some(suppressed) = refused_log.admit() {
+                tracing::warn!(%remote, suppressed, "peer-link connection refused: too many handshakes in progress");
+            }
+            continue;
+        };
+        let shared = shared.clone();
+        let refused_log = refused_log.clone();
+        tokio::spawn(async move {
+            let config = &shared.config;
+            let handshake = link::handshake(
+                stream,
+                Role::Server,
+                config.auth.clone(),
+                config.identity.clone(),
+            )
+            .await;
+            drop(permit);
+            match handshake {
+                Ok(link) => serve_link(link, &shared).await,
+                Err(error) => {
+                    if let Some(suppressed) = refused_log.admit() {
+                        tracing::warn!(%remote, %error, suppressed, "peer-link peer refused");
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn dial_loop(peer: SocketAddr, shared: Shared) {
+    loop {
+        match dial(peer, &shared.config).await {
+            Ok(link) => serve_link(link, &shared).await,
+            Err(error) => tracing::debug!(%peer, %error, "peer-link dial failed"),
+        }
+        if shared.internal.is_closed() {
+            return;
+        }
+        tokio::time::sleep(REDIAL).await;
+    }
+}
+
+async fn connect(peer: SocketAddr, config: &MeshConfig) -> std::io::Result<TcpStream> {
+    // Dial from the primary address, so the peer sees the address VRRP knows us by.
+    let socket = if peer.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }?;
+    socket.bind(SocketAddr::new(config.local_addr, 0))?;
+    socket.connect(peer).await
+}
+
+async fn dial(peer: SocketAddr, config: &MeshConfig) -> Result<Link, LinkError> {
+    let stream = tokio::time::timeout(link::HANDSHAKE_TIMEOUT, connect(peer, config))
+        .await
+        .map_err(|_| LinkError::Timeout)??;
+    link::handshake(
+        stream,
+        Role::Client,
+        config.auth.clone(),
+        config.identity.clone(),
+    )
+    .await
+}
+
+/// Hands the link to the mesh and runs it until it ends.
+async fn serve_link(link: Link, shared: &Shared) {
+    let link_id = shared.link_ids.fetch_add(1, Ordering::Relaxed);
+    let (sender, outgoing) = mpsc::channel(64);
+    let up = Internal::Up {
+        link_id,
+        peer: link.peer.clone(),
+        addr: link.remote.ip(),
+        sender,
+    };
+    if shared.internal.send(up).is_err() {
+        return;
+    }
+    let internal = shared.internal.clone();
+    let end = link
+        .run(outgoing, |message| {
+            let _ = internal.send(Internal::Received { link_id, message });
+        })
+        .await;
+    let _ = shared.internal.send(Internal::Ended { link_id, end });
+}
+
+/// One dial to learn whether the peer at `target` is the process this node knew.
+async fn confirm(target: SocketAddr, known: Option<Incarnation>, shared: Shared) -> Confirmation {
+    let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
+    loop {
+        let stream = match tokio::time::timeout_at(deadline, connect(target, &shared.config)).await
+        {
+            Err(_) => return Confirmation::Unknown,
+            Ok(Err(error)) if error.kind() == std::io::ErrorKind::ConnectionRefused => {
+                return Confirmation::Refused;
+            }
+            Ok(Err(_)) => return Confirmation::Unknown,
+            Ok(Ok(stream)) => stream,
+        };
+        let config = &shared.config;
+        let handshake = link::handshake(
+            stream,
+            Role::Client,
+            config.auth.clone(),
+            config.identity.clone(),
+        );
+        match tokio::time::timeout_at(deadline, handshake).await {
+            Ok(Ok(link)) => {
+                let answer = match known {
+                    Some(known) if known != link.peer.incarnation => Confirmation::NewIncarnation,
+                    _ => Confirmation::Alive,
+                };
+                let shared = shared.clone();
+                tokio::spawn(async move { serve_link(link, &shared).await });
+                return answer;
+            }
+            // Accepted and then reset or closed: a listener that went away with its
+            // process a moment after the accept. Ask again.
+            Ok(Err(LinkError::Io(error)))
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            _ => return Confirmation::Unknown,
+        }
+    }
+}
+
+struct PeerLinks {
+    peer: Peer,
+    /// Every link up to this peer; the newest sends.
+    links: BTreeMap<u64, mpsc::Sender<Outgoing>>,
+}
+
+struct Mesh {
+    shared: Shared,
+    events: broadcast::Sender<MeshEvent>,
+    peers_watch: watch::Sender<Vec<Peer>>,
+    peers: HashMap<NodeId, PeerLinks>,
+    link_owner: HashMap<u64, NodeId>,
+    /// The last incarnation seen at each address, kept after its links end: what a
+    /// confirmation compares against.
+    incarnations: HashMap<IpAddr, Incarnation>,
+    /// Our latest status per VRID, for peers that connect later.
+    our_statuses: BTreeMap<u8, HaMessage>,
+    /// Peers' latest status per (address, VRID), for late subscribers.
+    peer_statuses: BTreeMap<(IpAddr, u8), HaMessage>,
+    send_warnings: LogThrottle,
+}
+
+impl Mesh {
+    async fn run(
+        mut self,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        mut internal: mpsc::UnboundedReceiver<Internal>,
+    ) {
+        loop {
+            tokio::select! {
+                event = internal.recv() => match event {
+                    Some(event) => self.on_internal(event),
+                    None => return,
+                },
+                command = commands.recv() => match command {
+                    Some(Command::Leave(done)) => {
+                        self.leave().await;
+                        let _ = done.send(());
+                    }
+                    Some(command) => self.on_command(command),
+                    None => return,
+                },
+            }
+        }
+    }
+
+    fn emit(&self, event: MeshEvent) {
+        let _ = self.events.send(event);
+    }
+
+    fn publish_peers(&self) {
+        let mut up: Vec<Peer> = self
+            .peers
+            .values()
+            .filter(|p| !p.links.is_empty())
+            .map(|p| p.peer.clone())
+            .collect();
+        up.sort_by_key(|peer| peer.addr);
+        self.peers_watch.send_replace(up);
+    }
+
+    fn on_internal(&mut self, event: Internal) {
+        match event {
+            Internal::Up {
+                link_id,
+                peer,
+                addr,
+                sender,
+            } => self.link_up(link_id, peer, addr, sender),
+            Internal::Received { link_id, message } => {
+                let Some(from) = self
+                    .link_owner
+                    .get(&link_id)
+                    .and_then(|id| self.peers.get(id))
+                    .map(|links| links.peer.addr)
+                else {
+                    return;
+                };
+                if let Message::Ha(message) = message {
+                    if let HaMessage::Status { vrid, .. } = message {
+                        self.peer_statuses.insert((from, vrid), message);
+                    }
+                    self.emit(MeshEvent::Ha { from, message });
+                }
+            }
+            Internal::Ended { link_id, end } => self.link_ended(link_id, end),
+        }
+    }
+
+    fn link_up(
+        &mut self,
+        link_id: u64,
+        identity: PeerIdentity,
+        addr: IpAddr,
+        sender: mpsc::Sender<Outgoing>,
+    ) {
+        let PeerIdentity {
+            node_id,
+            incarnation,
+            name,
+        } = identity;
+        self.incarnations.insert(addr, incarnation);
+        let peer = Peer {
+            id: node_id,
+            name,
+            addr,
+            incarnation,
+        };
+        let entry = self.peers.entry(node_id).or_insert_with(|| PeerLinks {
+            peer: peer.clone(),
+            links: BTreeMap::new(),
+        });
+        let mut restarted = None;
+        if !entry.links.is_empty() && entry.peer.incarnation != incarnation {
+            // Dropping the senders closes the old incarnation's links quietly.
+            for old in std::mem::take(&mut entry.links).into_keys() {
+                self.link_owner.remove(&old);
+            }
+            restarted = Some(entry.peer.clone());
+        }
+        entry.peer = peer.clone();
+        for status in self.our_statuses.values() {
+            let _ = sender.try_send(Outgoing::Send(Message::Ha(*status)));
+        }
+        let first = entry.links.is_empty();
+        entry.links.insert(link_id, sender);
+        self.link_owner.insert(link_id, node_id);
+        if let Some(old) = restarted {
+            tracing::warn!(peer = %old.name, id = %old.id, addr = %old.addr, old = %old.incarnation, new = %incarnation, "peer restarted: the process this node knew is gone");
+            self.peer_statuses
+                .retain(|(known, _), _| *known != old.addr);
+            self.emit(MeshEvent::PeerDown {
+                peer: old,
+                why: Down::Restarted,
+            });
+        }
+        if first {
+            tracing::info!(peer = %peer.name, id = %peer.id, addr = %peer.addr, incarnation = %peer.incarnation, "peer link up");
+            self.emit(MeshEvent::PeerUp(peer));
+            self.publish_peers();
+        } else {
+            tracing::debug!(peer = %peer.name, addr = %peer.addr, link_id, "another link to a peer");
+        }
+    }
+
+    fn link_ended(&mut self, link_id: u64, end: Option<LinkEnd>) {
+        // Links this node closed itself are no longer owned: nothing to report.
+        let Some(node_id) = self.link_owner.remove(&link_id) else {
+            return;
+        };
+        let Some(entry) = self.peers.get_mut(&node_id) else {
+            return;
+        };
+        entry.links.remove(&link_id);
+        let peer = entry.peer.clone();
+        if !entry.links.is_empty() {
+            tracing::info!(peer = %peer.name, addr = %peer.addr, ?end, "a peer link ended; another link to the peer remains");
+            return;
+        }
+        self.peer_statuses
+            .retain(|(known, _), _| *known != peer.addr);
+        self.publish_peers();
+        let why = match end {
+            Some(LinkEnd::Bye) => {
+                tracing::info!(peer = %peer.name, addr = %peer.addr, "peer left");
+                Down::Left
+            }
+            Some(LinkEnd::Lost(lost)) => {
+                tracing::warn!(peer = %peer.name, addr = %peer.addr, why = %lost, "peer link lost");
+                Down::Lost
+            }
+            Some(LinkEnd::Rejected(error)) => {
+                tracing::warn!(peer = %peer.name, addr = %peer.addr, %error, "peer link dropped");
+                Down::Lost
+            }
+            None => Down::Left,
+        };
+        self.emit(MeshEvent::PeerDown { peer, why });
+    }
+
+    fn send_on(&self, links: &PeerLinks, message: HaMessage) {
+        let Some(sender) = links.links.values().next_back() else {
+            return;
+        };
+        if sender
+            .try_send(Outgoing::Send(Message::Ha(message)))
+            .is_err()
+            && let Some(suppressed) = self.send_warnings.admit()
+        {
+            // The link's own write timeout ends a link that stopped moving.
+            tracing::warn!(peer = %links.peer.name, suppressed, "peer link queue full: message dropped");
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Replay => {
+                for links in self.peers.values().filter(|links| !links.links.is_empty()) {
+                    self.emit(MeshEvent::PeerUp(links.peer.clone()));
+                }
+                for ((from, _), message) in &self.peer_statuses {
+                    self.emit(MeshEvent::Ha {
+                        from: *from,
+                        message: *message,
+                    });
+                }
+            }
+            Command::Broadcast(message) => {
+                if let HaMessage::Status { vrid, .. } = message {
+                    self.our_statuses.insert(vrid, message);
+                }
+                for links in self.peers.values() {
+                    self.send_on(links, message);
+                }
+            }
+            Command::To(addr, message) => {
+                if let Some(links) = self.peers.values().find(|links| links.peer.addr == addr) {
+                    self.send_on(links, message);
+                }
+            }
+            Command::Confirm(addr, answer) => {
+                let target = self
+                    .shared
+                    .config
+                    .peers
+                    .iter()
+                    .find(|peer| peer.ip() == addr);
+                let Some(target) = target.copied() else {
+                    let _ = answer.send(Confirmation::Unknown);
+                    return;
+                };
+                let known = self.incarnations.get(&addr).copied();
+                let shared = self.shared.clone();
+                tokio::spawn(async move {
+                    let _ = answer.send(confirm(target, known, shared).await);
+                });
+            }
+            Command::Leave(_) => {}
+        }
+    }
+
+    async fn leave(&mut self) {
+        let mut written = Vec::new();
+        for links in self.peers.values_mut() {
+            for (link_id, sender) in std::mem::take(&mut links.links) {
+                self.link_owner.remove(&link_id);
+                let (done, wait) = oneshot::channel();
+                if sender.try_send(Outgoing::Bye(done)).is_ok() {
+                    written.push(wait);
+                }
+            }
+        }
+        for wait in written {
+            let _ = wait.await;
+        }
+        self.publish_peers();
+    }
+}

@@ -1,0 +1,123 @@
+//! The typed messages a link carries, one enum per plane. Every plane has its own wire
+//! version: a frame of a plane or version this build does not speak is authenticated, then
+//! skipped and counted, so nodes of different releases keep their links (replication and the
+//! director's load reports arrive in later releases as planes of their own).
+
+use crate::frame::FrameError;
+
+/// Plane numbers on the wire.
+pub mod plane {
+    /// The link itself: handshake, pings, goodbye.
+    pub const LINK: u8 = 0;
+    /// High availability: VRRP status and planned handover.
+    pub const HA: u8 = 1;
+}
+
+/// Wire version of each plane this build speaks.
+pub const LINK_VERSION: u8 = 1;
+pub const HA_VERSION: u8 = 1;
+
+/// Message kinds of the link plane (1-3 are the handshake's).
+pub(crate) mod link_kind {
+    pub const HELLO: u8 = 1;
+    pub const CHALLENGE: u8 = 2;
+    pub const AUTH: u8 = 3;
+    pub const PING: u8 = 10;
+    pub const BYE: u8 = 11;
+}
+
+mod ha_kind {
+    pub const STATUS: u8 = 1;
+    pub const HANDOVER: u8 = 2;
+}
+
+/// What a link carries after its handshake.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// Sent every second by both ends: a link that carries nothing for three seconds is
+    /// dropped (a hint that the peer may be gone, never proof).
+    Ping,
+    /// An orderly goodbye: the connection closing after this is not a crash.
+    Bye,
+    Ha(HaMessage),
+}
+
+/// The HA plane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HaMessage {
+    /// This node's current VRRP priority in a group (0: faulty, drained or leaving), so every
+    /// node knows who is next in line when the master dies.
+    Status { vrid: u8, vrrp_priority: u8 },
+    /// "Take over this group now": sent by a leaving master to the next node in line.
+    Handover { vrid: u8 },
+}
+
+/// A message as (plane, version, kind, payload).
+pub(crate) struct Encoded {
+    pub plane: u8,
+    pub version: u8,
+    pub kind: u8,
+    pub payload: [u8; 2],
+    pub length: usize,
+}
+
+impl Encoded {
+    pub fn payload(&self) -> &[u8] {
+        &self.payload[..self.length]
+    }
+}
+
+impl Message {
+    pub(crate) fn encode(&self) -> Encoded {
+        let (plane, version, kind, payload, length) = match *self {
+            Message::Ping => (plane::LINK, LINK_VERSION, link_kind::PING, [0, 0], 0),
+            Message::Bye => (plane::LINK, LINK_VERSION, link_kind::BYE, [0, 0], 0),
+            Message::Ha(HaMessage::Status {
+                vrid,
+                vrrp_priority,
+            }) => (
+                plane::HA,
+                HA_VERSION,
+                ha_kind::STATUS,
+                [vrid, vrrp_priority],
+                2,
+            ),
+            Message::Ha(HaMessage::Handover { vrid }) => {
+                (plane::HA, HA_VERSION, ha_kind::HANDOVER, [vrid, 0], 1)
+            }
+        };
+        Encoded {
+            plane,
+            version,
+            kind,
+            payload,
+            length,
+        }
+    }
+
+    /// `Ok(None)`: a plane or plane version this build does not speak.
+    pub(crate) fn decode(
+        plane: u8,
+        version: u8,
+        kind: u8,
+        payload: &[u8],
+    ) -> Result<Option<Message>, FrameError> {
+        let message = match (plane, version) {
+            (plane::LINK, LINK_VERSION) => match (kind, payload) {
+                (link_kind::PING, []) => Message::Ping,
+                (link_kind::BYE, []) => Message::Bye,
+                _ => return Err(FrameError::Malformed("unknown link message")),
+            },
+            (plane::HA, HA_VERSION) => match (kind, payload) {
+                (ha_kind::STATUS, [vrid, vrrp_priority]) => Message::Ha(HaMessage::Status {
+                    vrid: *vrid,
+                    vrrp_priority: *vrrp_priority,
+                }),
+                (ha_kind::HANDOVER, [vrid]) => Message::Ha(HaMessage::Handover { vrid: *vrid }),
+                _ => return Err(FrameError::Malformed("unknown HA message")),
+            },
+            _ => return Ok(None),
+        };
+        Ok(Some(message))
+    }
+}

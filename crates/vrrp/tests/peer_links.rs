@@ -1,0 +1,178 @@
+//! The fast paths around the advert timers, decided by the router on peer-link events and
+//! run on a simulated LAN in virtual time (issue 9): a crash proved by a dial is taken over
+//! at once, a lost link to a live Master changes nothing (security review F3), a leaving
+//! Master hands over to the node next in line.
+//!
+//! Set-up as in `election.rs`: VRID 51, VIP 10.213.0.100, node1 = 10.213.0.11 (priority
+//! 150), node2 = .12 (100), node3 = .13 (50), 1 s adverts, peer links with 1 ms latency.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use palisade_vrrp::sim::Lan;
+use palisade_vrrp::{
+    Action, HANDOVER_OVERLAP, Instant, Reason, RouterConfig, State, Vrid, VrrpPriority,
+};
+
+const VIP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 213, 0, 100));
+const LATENCY: Duration = Duration::from_millis(1);
+
+fn addr(last_octet: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 213, 0, last_octet))
+}
+
+fn cfg(last_octet: u8, priority: u8) -> RouterConfig {
+    let Some(vrid) = Vrid::new(51) else {
+        panic!("VRID 51 is valid");
+    };
+    RouterConfig::new(vrid, VrrpPriority(priority), addr(last_octet), vec![VIP])
+}
+
+/// Three nodes with peer links, settled: node1 Master, the others Backup and every status
+/// known.
+fn three() -> Lan {
+    let mut lan = Lan::new(7);
+    for (octet, priority) in [(11, 150), (12, 100), (13, 50)] {
+        if lan.add_router(cfg(octet, priority)).is_err() {
+            panic!("valid config");
+        }
+    }
+    lan.enable_peer_links();
+    for (a, b) in [(0, 1), (0, 2), (1, 2)] {
+        lan.set_delay(a, b, LATENCY);
+    }
+    lan.start_all();
+    let settled = lan.drive_until(
+        |lan| lan.masters() == [0] && lan.router(0).successor() == Some(addr(12)),
+        Instant::from_micros(10_000_000),
+    );
+    assert!(settled, "node1 Master with node2 as its successor");
+    lan.run_for(Duration::from_secs(1));
+    lan
+}
+
+fn confirmations(lan: &Lan, node: usize, since: Instant) -> usize {
+    lan.actions_since(node, since)
+        .iter()
+        .filter(|(_, action)| matches!(action, Action::ConfirmDeath { .. }))
+        .count()
+}
+
+fn became_master(lan: &Lan, node: usize, since: Instant) -> Option<(Instant, Reason)> {
+    lan.actions_since(node, since)
+        .into_iter()
+        .find_map(|(at, action)| match action {
+            Action::Notify(t) if t.to == State::Master && t.from != State::Master => {
+                Some((at, t.reason))
+            }
+            _ => None,
+        })
+}
+
+#[test]
+fn a_crash_proved_by_the_dial_is_taken_over_by_the_next_in_line_at_once() {
+    let mut lan = three();
+    let crashed_at = lan.now();
+    lan.crash(0);
+    let master_down = lan.router(1).master_down_interval();
+    lan.run_for(master_down * 2);
+    // Link lost after 1 ms, refused dial back after 2 more: node2 is Master 3 ms after the
+    // crash, not Master_Down_Interval later.
+    assert_eq!(
+        became_master(&lan, 1, crashed_at),
+        Some((crashed_at + LATENCY * 3, Reason::MasterDied))
+    );
+    // Only the node next in line dialled; node3 never took over.
+    assert_eq!(confirmations(&lan, 1, crashed_at), 1);
+    assert_eq!(confirmations(&lan, 2, crashed_at), 0);
+    assert_eq!(became_master(&lan, 2, crashed_at), None);
+    assert_eq!(
+        lan.vip_holders(VIP),
+        [0, 1],
+        "node1 crashed with its VIP configured"
+    );
+}
+
+#[test]
+fn a_lost_link_to_a_live_master_changes_nothing() {
+    let mut lan = three();
+    let cut_at = lan.now();
+    lan.cut_peer_link(0, 1);
+    lan.run_for(lan.router(1).master_down_interval() * 3);
+    // node2 asked for a confirmation, which found node1 alive: no take-over, one Master all
+    // along, and node1 knows node2 as its successor again.
+    assert_eq!(confirmations(&lan, 1, cut_at), 1);
+    assert_eq!(became_master(&lan, 1, cut_at), None);
+    assert_eq!(lan.masters(), [0]);
+    assert_eq!(lan.vip_holders(VIP), [0]);
+    assert_eq!(lan.router(0).stats().master_transitions, 1);
+}
+
+#[test]
+fn a_lost_link_seen_by_a_node_not_next_in_line_asks_nothing() {
+    let mut lan = three();
+    let cut_at = lan.now();
+    lan.cut_peer_link(0, 2);
+    lan.run_for(Duration::from_secs(5));
+    assert_eq!(confirmations(&lan, 2, cut_at), 0);
+    assert_eq!(lan.masters(), [0]);
+}
+
+#[test]
+fn a_leaving_master_hands_over_to_the_next_in_line_and_releases_after_the_overlap() {
+    let mut lan = three();
+    let left_at = lan.now();
+    lan.shutdown(0);
+    let handed = lan.actions_since(0, left_at);
+    let kinds: Vec<&str> = handed
+        .iter()
+        .filter_map(|(_, action)| match action {
+            Action::SendAdvert(advert) if advert.priority == VrrpPriority::STOP => Some("prio 0"),
+            Action::SendHandover { to } if *to == addr(12) => Some("handover to node2"),
+            Action::RemoveVip(_) => Some("release"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["prio 0", "handover to node2"],
+        "the VIP is still held"
+    );
+    assert!(lan.router(0).is_releasing());
+    lan.run_for(HANDOVER_OVERLAP);
+    assert_eq!(
+        became_master(&lan, 1, left_at),
+        Some((left_at + LATENCY, Reason::TakeoverRequested))
+    );
+    assert_eq!(lan.vip_holders(VIP), [1]);
+    assert!(!lan.router(0).is_releasing());
+    let released_at = lan
+        .actions_since(0, left_at)
+        .into_iter()
+        .find_map(|(at, action)| matches!(action, Action::RemoveVip(_)).then_some(at));
+    assert_eq!(released_at, Some(left_at + HANDOVER_OVERLAP));
+    lan.run_for(Duration::from_secs(10));
+    assert_eq!(lan.masters(), [1]);
+    assert_eq!(became_master(&lan, 2, left_at), None);
+}
+
+#[test]
+fn without_peer_links_a_crash_waits_for_master_down_interval() {
+    let mut lan = Lan::new(7);
+    for (octet, priority) in [(11, 150), (12, 100)] {
+        if lan.add_router(cfg(octet, priority)).is_err() {
+            panic!("valid config");
+        }
+    }
+    lan.start_all();
+    assert!(lan.drive_until(|lan| lan.masters() == [0], Instant::from_micros(10_000_000)));
+    lan.run_for(Duration::from_millis(500));
+    let crashed_at = lan.now();
+    lan.crash(0);
+    lan.run_for(Duration::from_secs(10));
+    let Some((at, reason)) = became_master(&lan, 1, crashed_at) else {
+        panic!("node2 never took over");
+    };
+    assert_eq!(reason, Reason::MasterDown);
+    assert!(at - crashed_at > lan.router(1).master_down_interval() / 2);
+}
