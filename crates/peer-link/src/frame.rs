@@ -65,7 +65,8 @@ pub struct Sealer {
 }
 
 impl Sealer {
-    pub(crate) fn new(key: hmac::Key) -> Sealer {
+    /// A sealer for one direction (its key normally comes from the handshake).
+    pub fn new(key: hmac::Key) -> Sealer {
         Sealer { key, seq: 0 }
     }
 
@@ -102,7 +103,8 @@ pub struct Opener {
 }
 
 impl Opener {
-    pub(crate) fn new(key: hmac::Key) -> Opener {
+    /// An opener for one direction (its key normally comes from the handshake).
+    pub fn new(key: hmac::Key) -> Opener {
         Opener { key, seq: 0 }
     }
 
