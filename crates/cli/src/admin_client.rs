@@ -83,6 +83,23 @@ pub fn status(admin: SocketAddr, json: bool) -> anyhow::Result<()> {
     if let Some(problem) = value["store"]["error"].as_str() {
         println!("STORE UNUSABLE: {problem}");
     }
+    if let Some(peers) = value["peers"].as_array() {
+        let up: Vec<String> = peers
+            .iter()
+            .map(|peer| {
+                format!(
+                    "{} ({})",
+                    peer["name"].as_str().unwrap_or("?"),
+                    peer["address"].as_str().unwrap_or("?")
+                )
+            })
+            .collect();
+        if up.is_empty() {
+            println!("peer links: none up");
+        } else {
+            println!("peer links up: {}", up.join(", "));
+        }
+    }
     if groups.is_empty() {
         return Ok(());
     }

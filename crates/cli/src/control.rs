@@ -25,6 +25,8 @@ pub struct Control {
     identity: serde_json::Value,
     policy_revision: tokio::sync::watch::Receiver<crate::policy_install::PolicyRevision>,
     groups: Vec<GroupHandle>,
+    /// The peer links, when configured.
+    mesh: Option<palisade_peer_link::mesh::MeshHandle>,
     /// Where the drain is recorded; `None` when the store is unusable (then no drain or
     /// resume can be recorded, and both are refused with the reason).
     store: Option<Arc<palisade_store::Store>>,
@@ -94,6 +96,7 @@ impl Control {
         identity: serde_json::Value,
         policy_revision: tokio::sync::watch::Receiver<crate::policy_install::PolicyRevision>,
         groups: Vec<GroupHandle>,
+        mesh: Option<palisade_peer_link::mesh::MeshHandle>,
         store: Option<Arc<palisade_store::Store>>,
         drained: bool,
     ) -> Control {
@@ -102,6 +105,7 @@ impl Control {
             identity,
             policy_revision,
             groups,
+            mesh,
             store,
             drained: AtomicBool::new(drained),
             busy: tokio::sync::Mutex::new(()),
@@ -226,6 +230,17 @@ impl NodeControl for Control {
             "policy": { "revision": self.policy_revision.borrow().to_string() },
             "drained": self.drained(),
             "groups": groups,
+            "peers": self.mesh.as_ref().map(|mesh| {
+                mesh.peers()
+                    .into_iter()
+                    .map(|peer| serde_json::json!({
+                        "name": peer.name.as_str(),
+                        "node_id": peer.id.to_string(),
+                        "address": peer.addr.to_string(),
+                        "incarnation": peer.incarnation.to_string(),
+                    }))
+                    .collect::<Vec<_>>()
+            }),
         })
     }
 

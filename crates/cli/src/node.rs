@@ -346,6 +346,7 @@ async fn serve(
         store.status(config.node_priority),
         installer.revision(),
         groups.clone(),
+        mesh.clone(),
         store.store.clone(),
         start_drained,
     ));
