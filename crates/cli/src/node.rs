@@ -54,30 +54,82 @@ pub fn run(config_file: Option<PathBuf>) -> anyhow::Result<()> {
     init_tracing(&config);
     crate::allocator::tune();
     raise_fd_limit(config.proxy.max_connections);
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
-    let store = NodeStore::open(&config.data_dir)?;
-    let policy_file = match &config.policy_file {
-        Some(file) => file.clone(),
-        None => {
-            let file = config.data_dir.join("policy.toml");
-            if !file.exists() {
-                std::fs::write(&file, palisade_policy::default_source())
-                    .with_context(|| format!("cannot write {}", file.display()))?;
-                tracing::info!(path = %file.display(), "wrote the built-in default policy");
-            }
-            file
-        }
-    };
-    let node_identity = identity(&config);
-    let policy = crate::policy_install::load(&policy_file, &node_identity)?;
+    let node = Node::build(config)?;
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all().thread_name("palisade");
-    if config.worker_threads > 0 {
-        runtime.worker_threads(config.worker_threads);
+    if node.config.worker_threads > 0 {
+        runtime.worker_threads(node.config.worker_threads);
     }
     let runtime = runtime.build().context("cannot start the async runtime")?;
-    runtime.block_on(serve(config, policy_file, node_identity, policy, store))
+    runtime.block_on(async {
+        let mut terminate =
+            signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+        let mut interrupt =
+            signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+        let running = node.start().await?;
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM: draining"),
+            _ = interrupt.recv() => tracing::info!("SIGINT: draining"),
+        }
+        running.stop().await;
+        Ok(())
+    })
+}
+
+/// A node built from its configuration: everything validated and loaded (config, data
+/// directory, store, policy, HA groups), nothing bound and nothing spawned. [`Node::start`]
+/// binds and spawns (linkerd's build-then-spawn, STYLE.md §14), so a node that cannot run
+/// fails before it touches a port.
+pub struct Node {
+    config: NodeConfig,
+    policy_file: PathBuf,
+    node_identity: NodeIdentity,
+    loaded: crate::policy_install::LoadedPolicy,
+    store: NodeStore,
+    group_specs: Vec<GroupSpec>,
+    drained: bool,
+}
+
+/// How long stopping waits for the node's own tasks after the drain (a notify hook may
+/// still run; it is killed at its own timeout).
+const TASKS_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Node {
+    pub fn build(config: NodeConfig) -> anyhow::Result<Node> {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!("cannot create data directory {}", config.data_dir.display())
+        })?;
+        let store = NodeStore::open(&config.data_dir)?;
+        let policy_file = match &config.policy_file {
+            Some(file) => file.clone(),
+            None => {
+                let file = config.data_dir.join("policy.toml");
+                if !file.exists() {
+                    std::fs::write(&file, palisade_policy::default_source())
+                        .with_context(|| format!("cannot write {}", file.display()))?;
+                    tracing::info!(path = %file.display(), "wrote the built-in default policy");
+                }
+                file
+            }
+        };
+        let node_identity = identity(&config);
+        let loaded = crate::policy_install::load(&policy_file, &node_identity)?;
+        let drained = crate::control::drained_at_start(store.store.as_deref(), &config.data_dir);
+        let group_specs = config
+            .vrrp
+            .iter()
+            .map(|group| group_spec(group, drained))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Node {
+            config,
+            policy_file,
+            node_identity,
+            loaded,
+            store,
+            group_specs,
+            drained,
+        })
+    }
 }
 
 fn identity(config: &NodeConfig) -> NodeIdentity {
@@ -248,13 +300,81 @@ fn init_tracing(config: &NodeConfig) {
     }
 }
 
-async fn serve(
-    mut config: NodeConfig,
-    policy_file: PathBuf,
-    node_identity: NodeIdentity,
-    loaded: crate::policy_install::LoadedPolicy,
-    store: NodeStore,
-) -> anyhow::Result<()> {
+/// A started node; [`RunningNode::stop`] takes it down in order.
+pub struct RunningNode {
+    /// Every task the node spawned, apart from client connections.
+    tasks: TaskTracker,
+    /// Ends them (after the drain).
+    stop: CancellationToken,
+    /// Client connections: the drain waits for these.
+    connections: TaskTracker,
+    /// Closes the proxy listeners.
+    stop_accepting: CancellationToken,
+    groups: Vec<GroupHandle>,
+    mesh: Option<MeshHandle>,
+    drain_timeout: Duration,
+}
+
+impl Node {
+    /// Binds every listener and spawns every task under one tracker.
+    pub async fn start(self) -> anyhow::Result<RunningNode> {
+        start_node(self).await
+    }
+}
+
+impl RunningNode {
+    /// Leaves the HA groups (handing the VIPs over), says goodbye to the peers, stops
+    /// accepting, waits up to `drain_timeout` for the connections in flight, then stops and
+    /// joins every task.
+    pub async fn stop(self) {
+        for group in &self.groups {
+            group.shutdown().await;
+        }
+        if let Some(mesh) = &self.mesh {
+            mesh.leave().await;
+        }
+        self.stop_accepting.cancel();
+        self.connections.close();
+        let in_flight = self.connections.len();
+        tracing::info!(connections = in_flight, timeout = ?self.drain_timeout, "stopped accepting; waiting for in-flight requests");
+        if tokio::time::timeout(self.drain_timeout, self.connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                connections = self.connections.len(),
+                "drain timeout reached; closing remaining connections"
+            );
+        } else {
+            tracing::info!("drained");
+        }
+        self.stop.cancel();
+        self.tasks.close();
+        let running = self.tasks.len();
+        if tokio::time::timeout(TASKS_STOP_TIMEOUT, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                tasks = self.tasks.len(),
+                "tasks still running at exit (a notify hook?)"
+            );
+        } else {
+            tracing::info!(tasks = running, "stopped: every task joined");
+        }
+    }
+}
+
+async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
+    let Node {
+        mut config,
+        policy_file,
+        node_identity,
+        loaded,
+        store,
+        group_specs,
+        drained: start_drained,
+    } = node;
     let summary = loaded.policy.summary();
     let policy = Arc::new(ArcSwap::from_pointee(loaded.policy));
     let mut registry = Registry::default();
@@ -315,16 +435,17 @@ async fn serve(
     )
     .context("cannot start the proxy")?;
 
-    let shutdown = CancellationToken::new();
-    let tracker = TaskTracker::new();
+    let tasks = TaskTracker::new();
+    let stop = CancellationToken::new();
+    let stop_accepting = CancellationToken::new();
+    let connections = TaskTracker::new();
     for (listener, _, _) in proxy_listeners {
-        tokio::spawn(
+        tasks.spawn(
             proxy
                 .clone()
-                .serve(listener, shutdown.clone(), tracker.clone()),
+                .serve(listener, stop_accepting.clone(), connections.clone()),
         );
     }
-    let start_drained = crate::control::drained_at_start(store.store.as_deref(), &config.data_dir);
     if start_drained {
         tracing::warn!(
             "starting drained: out of every HA group, /healthz answers 503 (undo with `palisade resume`)"
@@ -335,9 +456,7 @@ async fn serve(
         incarnation: palisade_identity::Incarnation::random(),
         name: config.hostname.clone(),
     };
-    // The node's own tasks, apart from the connections the drain waits for.
-    let tasks = TaskTracker::new();
-    let (groups, mesh) = start_ha_groups(&config, start_drained, local, &tasks).await?;
+    let (groups, mesh) = start_ha_groups(&config, group_specs, local, &tasks, &stop).await?;
     registry.register_collector(Box::new(palisade_vrrp_linux::metrics::HaMetrics::new(
         groups.iter().map(|group| group.status.clone()).collect(),
     )));
@@ -355,12 +474,12 @@ async fn serve(
         node: Arc::from(config.hostname.as_str()),
         control,
     };
-    let admin_shutdown = CancellationToken::new();
-    tokio::spawn(palisade_admin::serve(
+    // The admin interface answers through the drain (status, /healthz 503) until the end.
+    tasks.spawn(palisade_admin::serve(
         admin_listener,
         admin_state,
         config.admin_limits,
-        admin_shutdown.clone(),
+        stop.clone(),
     ));
     tracing::info!(
         node = %config.hostname,
@@ -372,55 +491,35 @@ async fn serve(
     );
 
     {
-        let proxy = proxy.clone();
-        tokio::spawn(async move {
+        let (proxy, stop) = (proxy.clone(), stop.clone());
+        tasks.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = stop.cancelled() => return,
+                }
                 proxy.sweep_pool();
                 proxy.refresh_own_addresses();
             }
         });
     }
-    tokio::spawn(watch_policy(
+    tasks.spawn(watch_policy(
         policy_file,
         installer,
         access_log,
         config.policy_poll_interval,
+        stop.clone(),
     ));
-
-    let mut terminate =
-        signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM: draining"),
-        _ = interrupt.recv() => tracing::info!("SIGINT: draining"),
-    }
-    // Leave the HA groups first (priority 0: a backup takes over after Skew_Time), then
-    // drain what this node still serves.
-    for group in &groups {
-        group.shutdown().await;
-    }
-    if let Some(mesh) = &mesh {
-        mesh.leave().await;
-    }
-    shutdown.cancel();
-    tracker.close();
-    let in_flight = tracker.len();
-    tracing::info!(connections = in_flight, timeout = ?config.drain_timeout, "stopped accepting; waiting for in-flight requests");
-    if tokio::time::timeout(config.drain_timeout, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            connections = tracker.len(),
-            "drain timeout reached; closing remaining connections"
-        );
-    } else {
-        tracing::info!("drained");
-    }
-    admin_shutdown.cancel();
-    Ok(())
+    Ok(RunningNode {
+        tasks,
+        stop,
+        connections,
+        stop_accepting,
+        groups,
+        mesh,
+        drain_timeout: config.drain_timeout,
+    })
 }
 
 /// Binds a listener, retrying for a moment while the address is in use: right after a crash
@@ -445,9 +544,10 @@ async fn bind_retrying(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListe
 /// Starts the health monitor and one VRRP driver per configured HA group.
 async fn start_ha_groups(
     config: &NodeConfig,
-    drained: bool,
+    specs: Vec<GroupSpec>,
     local: palisade_peer_link::LocalIdentity,
     tasks: &TaskTracker,
+    stop: &CancellationToken,
 ) -> anyhow::Result<(Vec<GroupHandle>, Option<MeshHandle>)> {
     if config.vrrp.is_empty() {
         return Ok((Vec::new(), None));
@@ -480,9 +580,16 @@ async fn start_ha_groups(
         Health::Failed
     };
     let (health_tx, mut health_rx) = watch::channel(initial);
-    tokio::spawn(monitor.run(initial, health_tx));
+    let monitor_stop = stop.clone();
+    tasks.spawn(async move {
+        tokio::select! {
+            () = monitor.run(initial, health_tx) => {}
+            () = monitor_stop.cancelled() => {}
+        }
+    });
     let (faulty_tx, faulty_rx) = watch::channel(initial == Health::Failed);
-    tokio::spawn(async move {
+    // Ends with the monitor (its sender dropped).
+    tasks.spawn(async move {
         while health_rx.changed().await.is_ok() {
             let failed = *health_rx.borrow_and_update() == Health::Failed;
             if faulty_tx.send(failed).is_err() {
@@ -490,11 +597,6 @@ async fn start_ha_groups(
             }
         }
     });
-    let specs = config
-        .vrrp
-        .iter()
-        .map(|group| group_spec(group, drained))
-        .collect::<anyhow::Result<Vec<_>>>()?;
     let mesh = match (&config.heartbeat, specs.first()) {
         (Some(heartbeat), Some(first)) => {
             let incarnation = local.incarnation;
@@ -507,6 +609,7 @@ async fn start_ha_groups(
                     identity: local,
                 },
                 tasks,
+                stop.clone(),
             )
             .await
             .with_context(|| format!("cannot listen for peer links on {}", heartbeat.listen))?;
@@ -517,8 +620,8 @@ async fn start_ha_groups(
     };
     let mut handles = Vec::new();
     for (group, spec) in config.vrrp.iter().zip(specs) {
-        let (handle, _task) =
-            palisade_vrrp_linux::driver::spawn(spec, faulty_rx.clone(), mesh.clone())
+        let handle =
+            palisade_vrrp_linux::driver::spawn(spec, faulty_rx.clone(), mesh.clone(), tasks)
                 .await
                 .with_context(|| format!("cannot start HA group {}", group.name))?;
         tracing::info!(
@@ -609,6 +712,7 @@ async fn watch_policy(
     installer: Arc<PolicyInstaller>,
     access_log: AccessLog,
     interval: Duration,
+    stop: CancellationToken,
 ) {
     let mut hangup = match signal(SignalKind::hangup()) {
         Ok(hangup) => Some(hangup),
@@ -628,6 +732,7 @@ async fn watch_policy(
     let mut change = SettledChange::new(stamps_of(&files));
     loop {
         let forced = tokio::select! {
+            () = stop.cancelled() => return,
             _ = tokio::time::sleep(interval) => false,
             Some(()) = async { match hangup.as_mut() { Some(hangup) => hangup.recv().await, None => std::future::pending().await } } => true,
         };

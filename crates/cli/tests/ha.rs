@@ -354,6 +354,11 @@ fn heartbeat_makes_crash_and_stop_failover_fast() {
         "{}",
         logs()
     );
+    // The stopped node joined every task: VRRP driver, notify runner, netlink, peer links,
+    // health monitor, listeners, admin.
+    wait_for("node1 joined its tasks", Duration::from_secs(10), || {
+        node1.log_text().contains("stopped: every task joined")
+    });
 }
 
 /// Forged adverts on the wire change nothing: a wrong TTL, a bad checksum or another VRID,

@@ -1054,6 +1054,12 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
         .unwrap_or_else(|| panic!("did not exit after drain"));
     assert!(status.success(), "{status}");
     assert!(node.stderr().contains("drained"), "{}", node.stderr());
+    // Every task the node spawned (listeners, admin, watcher, sweeper) was joined.
+    assert!(
+        node.stderr().contains("stopped: every task joined"),
+        "{}",
+        node.stderr()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

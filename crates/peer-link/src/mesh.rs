@@ -20,6 +20,8 @@ use palisade_identity::{Incarnation, NodeId, NodeName};
 use palisade_log_throttle::LogThrottle;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::auth::{Authenticator, Role};
 use crate::handshake::{LocalIdentity, PeerIdentity};
@@ -123,9 +125,15 @@ pub struct MeshHandle {
     commands: mpsc::UnboundedSender<Command>,
     events: broadcast::Sender<MeshEvent>,
     peers: watch::Receiver<Vec<Peer>>,
+    listen_addr: SocketAddr,
 }
 
 impl MeshHandle {
+    /// The address the link listener is bound to (its port, when configured as 0).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen_addr
+    }
+
     /// Events from now on, starting with every live peer and its latest status.
     pub fn subscribe(&self) -> broadcast::Receiver<MeshEvent> {
         let receiver = self.events.subscribe();
@@ -170,14 +178,19 @@ struct Shared {
     config: MeshConfig,
     internal: mpsc::UnboundedSender<Internal>,
     link_ids: Arc<AtomicU64>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
 }
 
-/// Binds the link listener and starts the mesh's tasks under `tasks`.
+/// Binds the link listener and starts the mesh's tasks under `tasks`; they all end once
+/// `stop` is cancelled (say goodbye first: [`MeshHandle::leave`]).
 pub async fn start(
     config: MeshConfig,
-    tasks: &tokio_util::task::TaskTracker,
+    tasks: &TaskTracker,
+    stop: CancellationToken,
 ) -> std::io::Result<MeshHandle> {
     let listener = TcpListener::bind(config.listen).await?;
+    let listen_addr = listener.local_addr()?;
     let (commands_tx, commands) = mpsc::unbounded_channel();
     let (events, _) = broadcast::channel(256);
     let (internal_tx, internal) = mpsc::unbounded_channel();
@@ -186,6 +199,8 @@ pub async fn start(
         config: config.clone(),
         internal: internal_tx,
         link_ids: Arc::new(AtomicU64::new(1)),
+        tasks: tasks.clone(),
+        stop,
     };
     tasks.spawn(accept_loop(listener, shared.clone()));
     for peer in &config.peers {
@@ -209,6 +224,7 @@ pub async fn start(
         commands: commands_tx,
         events,
         peers,
+        listen_addr,
     })
 }
 
@@ -218,13 +234,14 @@ async fn accept_loop(listener: TcpListener, shared: Shared) {
     let refused_log = Arc::new(LogThrottle::new(Duration::from_secs(10)));
     let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
     loop {
-        let Ok((stream, remote)) = listener.accept().await else {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shared.stop.cancelled() => return,
+        };
+        let Ok((stream, remote)) = accepted else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        if shared.internal.is_closed() {
-            return;
-        }
         // Only configured peers may hold a link.
         if !shared
             .config
@@ -243,9 +260,10 @@ async fn accept_loop(listener: TcpListener, shared: Shared) {
             }
             continue;
         };
-        let shared = shared.clone();
+        let task_shared = shared.clone();
         let refused_log = refused_log.clone();
-        tokio::spawn(async move {
+        shared.tasks.spawn(async move {
+            let shared = task_shared;
             let config = &shared.config;
             let handshake = link::handshake(
                 stream,
@@ -268,15 +286,19 @@ async fn accept_loop(listener: TcpListener, shared: Shared) {
 }
 
 async fn dial_loop(peer: SocketAddr, shared: Shared) {
-    loop {
-        match dial(peer, &shared.config).await {
-            Ok(link) => serve_link(link, &shared).await,
-            Err(error) => tracing::debug!(%peer, %error, "peer-link dial failed"),
+    let stop = shared.stop.clone();
+    let redial = async {
+        loop {
+            match dial(peer, &shared.config).await {
+                Ok(link) => serve_link(link, &shared).await,
+                Err(error) => tracing::debug!(%peer, %error, "peer-link dial failed"),
+            }
+            tokio::time::sleep(REDIAL).await;
         }
-        if shared.internal.is_closed() {
-            return;
-        }
-        tokio::time::sleep(REDIAL).await;
+    };
+    tokio::select! {
+        () = redial => {}
+        () = stop.cancelled() => {}
     }
 }
 
@@ -352,8 +374,10 @@ async fn confirm(target: SocketAddr, known: Option<Incarnation>, shared: Shared)
                     Some(known) if known != link.peer.incarnation => Confirmation::NewIncarnation,
                     _ => Confirmation::Alive,
                 };
-                let shared = shared.clone();
-                tokio::spawn(async move { serve_link(link, &shared).await });
+                let link_shared = shared.clone();
+                shared
+                    .tasks
+                    .spawn(async move { serve_link(link, &link_shared).await });
                 return answer;
             }
             // Accepted and then reset or closed: a listener that went away with its
@@ -399,8 +423,11 @@ impl Mesh {
         mut commands: mpsc::UnboundedReceiver<Command>,
         mut internal: mpsc::UnboundedReceiver<Internal>,
     ) {
+        let stop = self.shared.stop.clone();
         loop {
             tokio::select! {
+                // Dropping every link's sender closes the links.
+                () = stop.cancelled() => return,
                 event = internal.recv() => match event {
                     Some(event) => self.on_internal(event),
                     None => return,
@@ -604,7 +631,7 @@ impl Mesh {
                 };
                 let known = self.incarnations.get(&addr).copied();
                 let shared = self.shared.clone();
-                tokio::spawn(async move {
+                self.shared.tasks.spawn(async move {
                     let _ = answer.send(confirm(target, known, shared).await);
                 });
             }
@@ -627,5 +654,122 @@ impl Mesh {
             let _ = wait.await;
         }
         self.publish_peers();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::GroupKey;
+    use palisade_identity::NodeName;
+
+    struct Running {
+        handle: MeshHandle,
+        stop: CancellationToken,
+        tasks: TaskTracker,
+        id: NodeId,
+    }
+
+    async fn mesh(local: [u8; 4], peer: SocketAddr, name: &str) -> Running {
+        let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
+        let Ok(name) = NodeName::new(name) else {
+            panic!("name");
+        };
+        let id = NodeId::random();
+        let local_addr = IpAddr::from(local);
+        let config = MeshConfig {
+            listen: SocketAddr::new(local_addr, 0),
+            peers: vec![peer],
+            local_addr,
+            auth: Arc::new(GroupKey::new(b"test key")),
+            identity: LocalIdentity {
+                node_id: id,
+                incarnation: Incarnation::random(),
+                name,
+            },
+        };
+        let Ok(handle) = start(config, &tasks, stop.clone()).await else {
+            panic!("mesh did not start");
+        };
+        Running {
+            handle,
+            stop,
+            tasks,
+            id,
+        }
+    }
+
+    async fn next(events: &mut broadcast::Receiver<MeshEvent>) -> MeshEvent {
+        match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
+            Ok(Ok(event)) => event,
+            other => panic!("no mesh event: {other:?}"),
+        }
+    }
+
+    /// 127.0.0.1 dials 127.0.0.2 (lower address dials); the other only accepts, so its
+    /// configured port for the first is never used.
+    #[tokio::test]
+    async fn links_come_up_carry_status_and_a_stopped_peer_is_confirmed_dead() {
+        let b = mesh(
+            [127, 0, 0, 2],
+            "127.0.0.1:9"
+                .parse()
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9))),
+            "b",
+        )
+        .await;
+        let mut b_events = b.handle.subscribe();
+        let a = mesh([127, 0, 0, 1], b.handle.listen_addr(), "a").await;
+        let mut a_events = a.handle.subscribe();
+        let MeshEvent::PeerUp(seen_by_a) = next(&mut a_events).await else {
+            panic!("expected PeerUp");
+        };
+        assert_eq!(seen_by_a.id, b.id);
+        assert!(matches!(next(&mut b_events).await, MeshEvent::PeerUp(peer) if peer.id == a.id));
+
+        let status = HaMessage::Status {
+            vrid: 51,
+            vrrp_priority: 100,
+        };
+        a.handle.broadcast(status);
+        assert_eq!(
+            next(&mut b_events).await,
+            MeshEvent::Ha {
+                from: IpAddr::from([127, 0, 0, 1]),
+                message: status
+            }
+        );
+        let b_addr = IpAddr::from([127, 0, 0, 2]);
+        assert_eq!(a.handle.confirm_death(b_addr).await, Confirmation::Alive);
+        // Nobody configured at this address.
+        assert_eq!(
+            a.handle.confirm_death(IpAddr::from([127, 0, 0, 3])).await,
+            Confirmation::Unknown
+        );
+
+        // b stops without a goodbye (its tasks end, its sockets close): a hint at a, then
+        // proof from the dial.
+        b.stop.cancel();
+        b.tasks.close();
+        b.tasks.wait().await;
+        loop {
+            match next(&mut a_events).await {
+                MeshEvent::PeerDown { peer, why } => {
+                    assert_eq!((peer.id, why), (b.id, Down::Lost));
+                    break;
+                }
+                // A confirmation's link may come and go first.
+                MeshEvent::PeerUp(_) | MeshEvent::Ha { .. } => {}
+            }
+        }
+        assert_eq!(a.handle.confirm_death(b_addr).await, Confirmation::Refused);
+        a.stop.cancel();
+        a.tasks.close();
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), a.tasks.wait())
+                .await
+                .is_ok(),
+            "every task of the mesh ends on stop"
+        );
     }
 }

@@ -175,13 +175,15 @@ enum Announcer {
     V6(NaSender),
 }
 
-/// Opens the sockets and starts the group's task. `faulty` is the node's tracked health
+/// Opens the sockets and starts the group's task under `tasks` (it ends on
+/// [`GroupHandle::shutdown`] or when every handle is dropped). `faulty` is the node's tracked health
 /// (`true` = the proxy is not serving): a faulty node never holds or takes the VIP.
 pub async fn spawn(
     spec: GroupSpec,
     faulty: watch::Receiver<bool>,
     mesh: Option<MeshHandle>,
-) -> Result<(GroupHandle, tokio::task::JoinHandle<()>), DriverError> {
+    tasks: &tokio_util::task::TaskTracker,
+) -> Result<GroupHandle, DriverError> {
     let name = spec.name.clone();
     let ifindex = nix::net::if_::if_nametoindex(spec.interface.as_str()).map_err(|source| {
         DriverError::Interface {
@@ -190,7 +192,7 @@ pub async fn spawn(
             source,
         }
     })?;
-    let addresses = Addresses::open().map_err(|source| DriverError::Netlink {
+    let addresses = Addresses::open(tasks).map_err(|source| DriverError::Netlink {
         name: name.clone(),
         source,
     })?;
@@ -237,16 +239,14 @@ pub async fn spawn(
         handed_over_to: None,
         confirmed_tx,
         confirmed_rx,
-        hooks: crate::notify::HookRunner::start(name_for_hooks, notify_timeout),
+        hooks: crate::notify::HookRunner::start(name_for_hooks, notify_timeout, tasks),
+        tasks: tasks.clone(),
     };
-    let task = tokio::spawn(driver.run(faulty, commands));
-    Ok((
-        GroupHandle {
-            commands: commands_tx,
-            status,
-        },
-        task,
-    ))
+    tasks.spawn(driver.run(faulty, commands));
+    Ok(GroupHandle {
+        commands: commands_tx,
+        status,
+    })
 }
 
 struct Driver {
@@ -272,6 +272,8 @@ struct Driver {
     confirmed_rx: mpsc::UnboundedReceiver<(IpAddr, Confirmation)>,
     /// Runs the notify hooks one at a time, in transition order.
     hooks: crate::notify::HookRunner,
+    /// The node's task tracker, for the death confirmations.
+    tasks: tokio_util::task::TaskTracker,
 }
 
 impl Driver {
@@ -564,7 +566,7 @@ impl Driver {
                 };
                 tracing::info!(instance = %name, master = %peer, "VRRP_Instance({name}) master's peer link lost: confirming with one dial");
                 let answers = self.confirmed_tx.clone();
-                tokio::spawn(async move {
+                self.tasks.spawn(async move {
                     let answer = mesh.confirm_death(peer).await;
                     let _ = answers.send((peer, answer));
                 });

@@ -34,10 +34,11 @@ pub struct Addresses {
 }
 
 impl Addresses {
-    /// Opens a netlink connection; its driver runs on the current tokio runtime.
-    pub fn open() -> Result<Addresses, NetlinkError> {
+    /// Opens a netlink connection; its driver runs under `tasks` until every clone of the
+    /// handle is dropped.
+    pub fn open(tasks: &tokio_util::task::TaskTracker) -> Result<Addresses, NetlinkError> {
         let (connection, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Open)?;
-        tokio::spawn(connection);
+        tasks.spawn(connection);
         Ok(Addresses { handle })
     }
 

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
 
 /// One hook to run: the command (through `sh -c`) and keepalived's arguments.
 #[derive(Debug)]
@@ -23,10 +24,10 @@ pub struct HookRunner {
 }
 
 impl HookRunner {
-    /// Starts the runner of group `instance` on the current runtime.
-    pub fn start(instance: String, timeout: Duration) -> HookRunner {
+    /// Starts the runner of group `instance` under `tasks`.
+    pub fn start(instance: String, timeout: Duration, tasks: &TaskTracker) -> HookRunner {
         let (queue, mut runs) = mpsc::unbounded_channel::<HookRun>();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             while let Some(run) = runs.recv().await {
                 run_one(&instance, run, timeout).await;
             }
@@ -99,7 +100,11 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap_or_else(|error| panic!("{error}"));
         let log = dir.join("log");
-        let runner = HookRunner::start("VI_1".into(), Duration::from_millis(500));
+        let runner = HookRunner::start(
+            "VI_1".into(),
+            Duration::from_millis(500),
+            &TaskTracker::new(),
+        );
         // The first hook is slow: run concurrently, the second would log first.
         let slow = format!("sleep 0.3; echo \"$3 $4\" >> {}", log.display());
         let fast = format!("echo \"$3 $4\" >> {}", log.display());

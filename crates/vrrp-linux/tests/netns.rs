@@ -93,7 +93,8 @@ fn vip_add_remove_is_idempotent_and_garp_updates_neighbours() {
     let mac = in_namespace(&node1.ns, || interface_mac("eth0"))
         .unwrap_or_else(|error| panic!("mac: {error}"));
     block_on_in(&node1.ns, async move {
-        let addresses = Addresses::open().unwrap_or_else(|error| panic!("netlink: {error}"));
+        let addresses = Addresses::open(&tokio_util::task::TaskTracker::new())
+            .unwrap_or_else(|error| panic!("netlink: {error}"));
         let index = addresses
             .interface_index("eth0")
             .await
@@ -144,7 +145,8 @@ fn vip_add_remove_is_idempotent_and_garp_updates_neighbours() {
         std::thread::sleep(Duration::from_millis(20));
     }
     block_on_in(&node1.ns, async move {
-        let addresses = Addresses::open().unwrap_or_else(|error| panic!("netlink: {error}"));
+        let addresses = Addresses::open(&tokio_util::task::TaskTracker::new())
+            .unwrap_or_else(|error| panic!("netlink: {error}"));
         let index = addresses
             .interface_index("eth0")
             .await
