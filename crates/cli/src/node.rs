@@ -456,7 +456,8 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
         incarnation: palisade_identity::Incarnation::random(),
         name: config.hostname.clone(),
     };
-    let (groups, mesh) = start_ha_groups(&config, group_specs, local, &tasks, &stop).await?;
+    let (groups, mesh) =
+        start_ha_groups(&config, group_specs, local, &mut registry, &tasks, &stop).await?;
     registry.register_collector(Box::new(palisade_vrrp_linux::metrics::HaMetrics::new(
         groups.iter().map(|group| group.status.clone()).collect(),
     )));
@@ -546,6 +547,7 @@ async fn start_ha_groups(
     config: &NodeConfig,
     specs: Vec<GroupSpec>,
     local: palisade_peer_link::LocalIdentity,
+    registry: &mut Registry,
     tasks: &TaskTracker,
     stop: &CancellationToken,
 ) -> anyhow::Result<(Vec<GroupHandle>, Option<MeshHandle>)> {
@@ -607,6 +609,7 @@ async fn start_ha_groups(
                     local_addr: first.router.primary_address,
                     auth: Arc::new(GroupKey::new(&heartbeat.key)),
                     identity: local,
+                    metrics: palisade_peer_link::metrics::MeshMetrics::new(registry),
                 },
                 tasks,
                 stop.clone(),

@@ -284,6 +284,14 @@ fn heartbeat_makes_crash_and_stop_failover_fast() {
         node1.log_text().contains(refused)
     });
     assert_eq!(node1.log_text().matches(refused).count(), 1, "{}", logs());
+    // ... and every one of them counted.
+    let metrics = node1_host.run("curl", &["-s", "http://127.0.0.1:4711/metrics"]);
+    let counted = "palisade_peer_link_refused_connections_total{reason=\"unknown_address\"} 30";
+    assert!(
+        String::from_utf8_lossy(&metrics.stdout).contains(counted),
+        "{}",
+        String::from_utf8_lossy(&metrics.stdout)
+    );
     // node2 knows who the master is (from an advert) before the master dies.
     wait_status(
         &node2_host,

@@ -39,6 +39,14 @@ fn status(host: &LabHost) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null)
 }
 
+/// A sample's value on the node's /metrics (`name{labels}` as printed).
+fn metric(host: &LabHost, sample: &str) -> Option<f64> {
+    let output = host.run("curl", &["-s", "http://127.0.0.1:4711/metrics"]);
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+}
+
 fn successor(host: &LabHost) -> serde_json::Value {
     status(host)["groups"][0]["successor"].clone()
 }
@@ -128,6 +136,10 @@ fn a_reset_link_to_a_live_master_is_not_a_failover() {
     wait_for("link back", Duration::from_secs(5), || {
         successor(&host1) == host2.addr.to_string()
     });
+    let alive = "palisade_peer_death_confirmations_total{answer=\"alive\"}";
+    assert_eq!(metric(&host2, alive), Some(1.0));
+    let lost = "palisade_peer_link_ends_total{why=\"lost\"}";
+    assert_eq!(metric(&host2, lost), Some(1.0));
 }
 
 /// F3 (liveness): a link whose packets vanish (a blackhole on the path, the peer host frozen)
@@ -186,6 +198,9 @@ fn a_blackholed_link_is_noticed_and_is_only_a_hint() {
     wait_for("link back", Duration::from_secs(10), || {
         successor(&host1) == host2.addr.to_string()
     });
+    let unknown = "palisade_peer_death_confirmations_total{answer=\"unknown\"}";
+    assert!(metric(&host2, unknown).is_some_and(|count| count >= 1.0));
+    assert_eq!(metric(&host1, "palisade_peer_links_peers_up"), Some(1.0));
 }
 
 /// A fake peer on a blocking socket in its own namespace.
@@ -347,6 +362,8 @@ fn reflected_frames_are_refused() {
     });
     assert!(successor(&host1).is_null(), "{}", node1.log_text());
     assert!(host1.has_address(vip));
+    let rejected = "palisade_peer_link_ends_total{why=\"rejected\"}";
+    assert_eq!(metric(&host1, rejected), Some(1.0));
 }
 
 /// F5: two links from the same peer process; the first one reset. Today the old link's end
@@ -416,4 +433,7 @@ fn a_second_link_survives_the_first_and_a_new_incarnation_replaces_both() {
     let peers = status(&host1)["peers"].clone();
     assert_eq!(peers[0]["incarnation"], second_run.to_string(), "{peers}");
     assert_eq!(peers.as_array().map(Vec::len), Some(1), "{peers}");
+    let replaced = "palisade_peer_link_ends_total{why=\"replaced\"}";
+    assert_eq!(metric(&host1, replaced), Some(1.0));
+    assert_eq!(metric(&host1, "palisade_peer_links_peers_up"), Some(1.0));
 }

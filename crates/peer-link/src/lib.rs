@@ -18,6 +18,7 @@ pub mod handshake;
 pub mod link;
 pub mod mesh;
 pub mod message;
+pub mod metrics;
 
 pub use auth::{Authenticator, GroupKey};
 pub use handshake::{LocalIdentity, PeerIdentity};

@@ -161,6 +161,7 @@ impl Link {
     pub(crate) async fn run(
         self,
         mut outgoing: mpsc::Receiver<Outgoing>,
+        skipped_frames: prometheus_client::metrics::counter::Counter,
         mut received: impl FnMut(Message),
     ) -> Option<LinkEnd> {
         let Link {
@@ -188,6 +189,7 @@ impl Link {
                             Opened::Message(Message::Ping) => {}
                             Opened::Message(message) => received(message),
                             Opened::Skipped { plane, version } => {
+                                skipped_frames.inc();
                                 tracing::debug!(
                                     plane,
                                     version,

@@ -27,6 +27,7 @@ use crate::auth::{Authenticator, Role};
 use crate::handshake::{LocalIdentity, PeerIdentity};
 use crate::link::{self, Link, LinkEnd, LinkError, Outgoing};
 use crate::message::{HaMessage, Message};
+use crate::metrics::MeshMetrics;
 
 /// Handshakes from configured addresses allowed in flight at once.
 pub const MAX_PENDING_HANDSHAKES: usize = 16;
@@ -45,6 +46,7 @@ pub struct MeshConfig {
     pub local_addr: IpAddr,
     pub auth: Arc<dyn Authenticator>,
     pub identity: LocalIdentity,
+    pub metrics: MeshMetrics,
 }
 
 /// A peer as its links proved it to be.
@@ -249,12 +251,14 @@ async fn accept_loop(listener: TcpListener, shared: Shared) {
             .iter()
             .any(|peer| peer.ip() == remote.ip())
         {
+            shared.config.metrics.refused("unknown_address");
             if let Some(suppressed) = unknown_log.admit() {
                 tracing::warn!(%remote, suppressed, "peer-link connection from an unknown address refused");
             }
             continue;
         }
         let Ok(permit) = pending.clone().try_acquire_owned() else {
+            shared.config.metrics.refused("busy");
             if let Some(suppressed) = refused_log.admit() {
                 tracing::warn!(%remote, suppressed, "peer-link connection refused: too many handshakes in progress");
             }
@@ -276,6 +280,7 @@ async fn accept_loop(listener: TcpListener, shared: Shared) {
             match handshake {
                 Ok(link) => serve_link(link, &shared).await,
                 Err(error) => {
+                    config.metrics.refused("handshake");
                     if let Some(suppressed) = refused_log.admit() {
                         tracing::warn!(%remote, %error, suppressed, "peer-link peer refused");
                     }
@@ -340,8 +345,9 @@ async fn serve_link(link: Link, shared: &Shared) {
         return;
     }
     let internal = shared.internal.clone();
+    let skipped = shared.config.metrics.skipped_frames.clone();
     let end = link
-        .run(outgoing, |message| {
+        .run(outgoing, skipped, |message| {
             let _ = internal.send(Internal::Received { link_id, message });
         })
         .await;
@@ -449,6 +455,8 @@ impl Mesh {
     }
 
     fn publish_peers(&self) {
+        let up_count = self.peers.values().filter(|p| !p.links.is_empty()).count();
+        self.shared.config.metrics.peers_up.set(up_count as i64);
         let mut up: Vec<Peer> = self
             .peers
             .values()
@@ -515,6 +523,7 @@ impl Mesh {
             // Dropping the senders closes the old incarnation's links quietly.
             for old in std::mem::take(&mut entry.links).into_keys() {
                 self.link_owner.remove(&old);
+                self.shared.config.metrics.ended("replaced");
             }
             restarted = Some(entry.peer.clone());
         }
@@ -548,6 +557,11 @@ impl Mesh {
         let Some(node_id) = self.link_owner.remove(&link_id) else {
             return;
         };
+        self.shared.config.metrics.ended(match &end {
+            Some(LinkEnd::Bye) | None => "bye",
+            Some(LinkEnd::Lost(_)) => "lost",
+            Some(LinkEnd::Rejected(_)) => "rejected",
+        });
         let Some(entry) = self.peers.get_mut(&node_id) else {
             return;
         };
@@ -632,7 +646,14 @@ impl Mesh {
                 let known = self.incarnations.get(&addr).copied();
                 let shared = self.shared.clone();
                 self.shared.tasks.spawn(async move {
-                    let _ = answer.send(confirm(target, known, shared).await);
+                    let confirmation = confirm(target, known, shared.clone()).await;
+                    shared.config.metrics.confirmed(match confirmation {
+                        Confirmation::Refused => "refused",
+                        Confirmation::NewIncarnation => "new_incarnation",
+                        Confirmation::Alive => "alive",
+                        Confirmation::Unknown => "unknown",
+                    });
+                    let _ = answer.send(confirmation);
                 });
             }
             Command::Leave(_) => {}
@@ -687,6 +708,7 @@ mod tests {
                 incarnation: Incarnation::random(),
                 name,
             },
+            metrics: MeshMetrics::default(),
         };
         let Ok(handle) = start(config, &tasks, stop.clone()).await else {
             panic!("mesh did not start");
