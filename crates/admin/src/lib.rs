@@ -64,7 +64,7 @@ pub trait NodeControl: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct AdminState {
     pub registry: Arc<Registry>,
-    pub node: Arc<str>,
+    pub node: palisade_identity::NodeName,
     pub control: Arc<dyn NodeControl>,
 }
 

@@ -854,7 +854,7 @@ impl Checker<'_> {
         own_ports.sort_unstable();
         own_ports.dedup();
         let proxy = palisade_proxy::Config {
-            node_hostname: hostname.to_string(),
+            node_name: hostname.clone(),
             head_limits: HeadLimits {
                 max_head_bytes: max_head_bytes as usize,
                 max_request_line: max_request_line as usize,
@@ -1042,8 +1042,7 @@ fn system_hostname() -> palisade_identity::NodeName {
         .ok()
         .and_then(|name| name.into_string().ok())
         .and_then(|name| palisade_identity::NodeName::new(&name).ok())
-        .or_else(|| palisade_identity::NodeName::new("palisade").ok())
-        .unwrap_or_else(|| unreachable!("\"palisade\" is a valid node name"))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use palisade_vrrp_linux::driver::{GroupHandle, GroupStatus, Left};
 const LEGACY_MARKER: &str = "drained";
 
 pub struct Control {
-    node: String,
+    node: palisade_identity::NodeName,
     /// `node_id`, `store` and `node_priority` for status (fixed for the process's life).
     identity: serde_json::Value,
     policy_revision: tokio::sync::watch::Receiver<crate::policy_install::PolicyRevision>,
@@ -92,7 +92,7 @@ async fn record_drain(
 
 impl Control {
     pub fn new(
-        node: String,
+        node: palisade_identity::NodeName,
         identity: serde_json::Value,
         policy_revision: tokio::sync::watch::Receiver<crate::policy_install::PolicyRevision>,
         groups: Vec<GroupHandle>,
@@ -223,7 +223,7 @@ impl NodeControl for Control {
             .map(|group| status_json(&group.status.borrow()))
             .collect();
         serde_json::json!({
-            "node": self.node,
+            "node": self.node.as_str(),
             "node_id": self.identity["node_id"],
             "store": self.identity["store"],
             "node_priority": self.identity["node_priority"],

@@ -142,7 +142,7 @@ fn identity(config: &NodeConfig) -> NodeIdentity {
     proxy_ips.sort();
     proxy_ips.dedup();
     NodeIdentity {
-        hostname: config.hostname.to_string(),
+        name: config.hostname.clone(),
         proxy_ips,
     }
 }
@@ -462,7 +462,7 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
         groups.iter().map(|group| group.status.clone()).collect(),
     )));
     let control = Arc::new(crate::control::Control::new(
-        config.hostname.to_string(),
+        config.hostname.clone(),
         store.status(config.node_priority),
         installer.revision(),
         groups.clone(),
@@ -472,7 +472,7 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
     ));
     let admin_state = palisade_admin::AdminState {
         registry: Arc::new(registry),
-        node: Arc::from(config.hostname.as_str()),
+        node: config.hostname.clone(),
         control,
     };
     // The admin interface answers through the drain (status, /healthz 503) until the end.

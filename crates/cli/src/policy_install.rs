@@ -200,7 +200,7 @@ mod tests {
 
     fn node() -> NodeIdentity {
         NodeIdentity {
-            hostname: "test".into(),
+            name: palisade_identity::NodeName::default(),
             proxy_ips: Vec::new(),
         }
     }

@@ -124,6 +124,13 @@ impl NodeName {
     }
 }
 
+impl Default for NodeName {
+    /// "palisade": the name of a node whose host name is not a valid node name.
+    fn default() -> NodeName {
+        NodeName("palisade".to_owned())
+    }
+}
+
 impl fmt::Display for NodeName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -100,7 +100,7 @@ name = "bench"
 
 fn node() -> NodeIdentity {
     NodeIdentity {
-        hostname: "bench".to_string(),
+        name: palisade_identity::NodeName::default(),
         proxy_ips: Vec::new(),
     }
 }

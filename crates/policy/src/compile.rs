@@ -585,7 +585,8 @@ impl<'a> Compiler<'a> {
         if let Some(patterns) = self.non_empty("node_hostname", hostnames) {
             let hostname = self
                 .node
-                .hostname
+                .name
+                .as_str()
                 .trim_end_matches('.')
                 .to_ascii_lowercase();
             let mut any = false;

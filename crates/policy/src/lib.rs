@@ -37,7 +37,7 @@ use net::{CidrSet, PortSet};
 /// Who this node is, for the rulesets and rules limited to some nodes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeIdentity {
-    pub hostname: String,
+    pub name: palisade_identity::NodeName,
     pub proxy_ips: Vec<IpAddr>,
 }
 

@@ -13,7 +13,7 @@ const ORIGIN: &str = "/etc/palisade/policy.toml";
 
 fn node() -> NodeIdentity {
     NodeIdentity {
-        hostname: "proxy-eu-1".to_string(),
+        name: palisade_identity::NodeName::new("proxy-eu-1").unwrap(),
         proxy_ips: vec!["10.1.0.5".parse().unwrap(), "2001:db8::5".parse().unwrap()],
     }
 }
@@ -570,7 +570,7 @@ fn node_scoping() {
     );
 
     let us_node = NodeIdentity {
-        hostname: "proxy-us-2".to_string(),
+        name: palisade_identity::NodeName::new("proxy-us-2").unwrap(),
         proxy_ips: vec!["192.168.1.1".parse().unwrap()],
     };
     let policy = compile_text(NODE_SCOPED, &us_node).unwrap();

@@ -43,7 +43,7 @@ use crate::upstream::{Pool, PoolSettings};
 #[derive(Clone, Debug)]
 pub struct Config {
     /// This node's name: on error pages, in `Via`, in the access log.
-    pub node_hostname: String,
+    pub node_name: palisade_identity::NodeName,
     pub head_limits: HeadLimits,
     /// Client connections served at once; above it new connections get 503.
     pub max_connections: usize,
@@ -98,7 +98,7 @@ pub enum ForwardedFor {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            node_hostname: "palisade".to_owned(),
+            node_name: palisade_identity::NodeName::default(),
             head_limits: HeadLimits::default(),
             max_connections: 10_000,
             max_connections_per_source: 1_000,
@@ -165,7 +165,7 @@ impl Proxy {
     ) -> Result<Arc<Proxy>, StartError> {
         let resolver = Resolver::new(&config.resolver)?;
         let pool = Pool::new(config.pool);
-        let node: Arc<str> = Arc::from(config.node_hostname.as_str());
+        let node: Arc<str> = Arc::from(config.node_name.as_str());
         let via_token = format!("{node} (palisade)");
         let sources = SourceLimiter::new(config.max_connections_per_source);
         let internal = InternalEndpoints::new(config.own_ports.clone());
