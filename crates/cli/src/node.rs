@@ -644,7 +644,7 @@ fn group_spec(group: &crate::config::VrrpGroup, drained: bool) -> anyhow::Result
     let ipv6 = group.vips.first().is_some_and(IpAddr::is_ipv6);
     let primary = match group.primary_address {
         Some(primary) => primary,
-        None => interface_address(&group.interface, ipv6).with_context(|| {
+        None => palisade_vrrp_linux::socket::primary_address(&group.interface, ipv6).with_context(|| {
             format!(
                 "HA group {}: interface {} has no {} address to send adverts from (set vrrp.primary_address)",
                 group.name,
@@ -682,29 +682,6 @@ fn group_spec(group: &crate::config::VrrpGroup, drained: bool) -> anyhow::Result
         },
         drained,
     })
-}
-
-/// The interface's first IPv4 address, or its IPv6 link-local address.
-fn interface_address(interface: &str, ipv6: bool) -> Option<IpAddr> {
-    let addresses = nix::ifaddrs::getifaddrs().ok()?;
-    for address in addresses {
-        if address.interface_name != interface {
-            continue;
-        }
-        let Some(storage) = address.address else {
-            continue;
-        };
-        if !ipv6 {
-            if let Some(v4) = storage.as_sockaddr_in() {
-                return Some(IpAddr::V4(v4.ip()));
-            }
-        } else if let Some(v6) = storage.as_sockaddr_in6()
-            && (v6.ip().segments()[0] & 0xffc0) == 0xfe80
-        {
-            return Some(IpAddr::V6(v6.ip()));
-        }
-    }
-    None
 }
 
 /// Reloads the policy when its file changes (checked every `interval`; a change counts once

@@ -230,3 +230,27 @@ fn recv_v6(socket: &Socket) -> io::Result<Option<Received>> {
         payload: buf[..read].to_vec(),
     }))
 }
+
+/// The address adverts go out from when the config names none: the interface's first IPv4
+/// address, or its IPv6 link-local address (RFC 5798 section 5.1.1.1 / 5.1.2.1).
+pub fn primary_address(interface: &str, ipv6: bool) -> Option<IpAddr> {
+    let addresses = nix::ifaddrs::getifaddrs().ok()?;
+    for address in addresses {
+        if address.interface_name != interface {
+            continue;
+        }
+        let Some(storage) = address.address else {
+            continue;
+        };
+        if !ipv6 {
+            if let Some(v4) = storage.as_sockaddr_in() {
+                return Some(IpAddr::V4(v4.ip()));
+            }
+        } else if let Some(v6) = storage.as_sockaddr_in6()
+            && (v6.ip().segments()[0] & 0xffc0) == 0xfe80
+        {
+            return Some(IpAddr::V6(v6.ip()));
+        }
+    }
+    None
+}
