@@ -148,6 +148,16 @@ pub async fn handshake(
     })
 }
 
+impl Link {
+    /// Says goodbye and closes, without running the link.
+    pub(crate) async fn close_with_bye(mut self) {
+        let mut frame = Vec::new();
+        self.sealer.seal(&Message::Bye, &mut frame);
+        let _ = tokio::time::timeout(USER_TIMEOUT, self.stream.write_all(&frame)).await;
+        let _ = self.stream.shutdown().await;
+    }
+}
+
 /// What the mesh asks of a running link.
 pub(crate) enum Outgoing {
     Send(Message),

@@ -10,7 +10,7 @@
 //! - Only configured peer addresses may connect; others are refused and logged at a bounded
 //!   rate, and at most [`MAX_PENDING_HANDSHAKES`] handshakes run at once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,8 +29,12 @@ use crate::link::{self, Link, LinkEnd, LinkError, Outgoing};
 use crate::message::{HaMessage, Message};
 use crate::metrics::MeshMetrics;
 
-/// Handshakes from configured addresses allowed in flight at once.
+/// Handshakes from configured addresses allowed in flight at once ...
 pub const MAX_PENDING_HANDSHAKES: usize = 16;
+/// ... and from any one of them (any local user of a peer host can connect from its address).
+pub const MAX_PENDING_PER_ADDRESS: usize = 4;
+/// Links kept up to one peer at once; a newer one closes the oldest.
+pub const MAX_LINKS_PER_PEER: usize = 4;
 /// How often the dialling side retries while its link is down.
 const REDIAL: Duration = Duration::from_millis(200);
 /// The whole budget of one death confirmation.
@@ -109,6 +113,8 @@ enum Internal {
         link_id: u64,
         peer: PeerIdentity,
         addr: IpAddr,
+        /// The configured address this node dialled, for links it dialled.
+        dialled: Option<SocketAddr>,
         sender: mpsc::Sender<Outgoing>,
     },
     Received {
@@ -119,6 +125,8 @@ enum Internal {
         link_id: u64,
         end: Option<LinkEnd>,
     },
+    /// A dial of ours reached the expected peer at this configured address.
+    Verified(SocketAddr),
 }
 
 /// Talks to the mesh task. Cheap to clone.
@@ -182,6 +190,8 @@ struct Shared {
     link_ids: Arc<AtomicU64>,
     tasks: TaskTracker,
     stop: CancellationToken,
+    /// Cancelled by [`MeshHandle::leave`]: no new links from then on.
+    leaving: CancellationToken,
 }
 
 /// Binds the link listener and starts the mesh's tasks under `tasks`; they all end once
@@ -203,6 +213,7 @@ pub async fn start(
         link_ids: Arc::new(AtomicU64::new(1)),
         tasks: tasks.clone(),
         stop,
+        leaving: CancellationToken::new(),
     };
     tasks.spawn(accept_loop(listener, shared.clone()));
     for peer in &config.peers {
@@ -217,6 +228,7 @@ pub async fn start(
         peers: HashMap::new(),
         link_owner: HashMap::new(),
         incarnations: HashMap::new(),
+        verified: HashSet::new(),
         our_statuses: BTreeMap::new(),
         peer_statuses: BTreeMap::new(),
         send_warnings: LogThrottle::new(Duration::from_secs(10)),
@@ -235,6 +247,7 @@ async fn accept_loop(listener: TcpListener, shared: Shared) {
     let unknown_log = Arc::new(LogThrottle::new(Duration::from_secs(10)));
     let refused_log = Arc::new(LogThrottle::new(Duration::from_secs(10)));
     let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let pending_per_address = Arc::new(std::sync::Mutex::new(HashMap::new()));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -244,6 +257,11 @@ async fn accept_loop(listener: TcpListener, shared: Shared) {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        // A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d.
+        let remote = SocketAddr::new(remote.ip().to_canonical(), remote.port());
+        if shared.leaving.is_cancelled() {
+            continue;
+        }
         // Only configured peers may hold a link.
         if !shared
             .config
@@ -257,7 +275,9 @@ async fn accept_loop(listener: TcpListener, shared: Shared) {
             }
             continue;
         }
-        let Ok(permit) = pending.clone().try_acquire_owned() else {
+        let per_address = PendingSlot::take(&pending_per_address, remote.ip());
+        let (Ok(permit), Some(per_address)) = (pending.clone().try_acquire_owned(), per_address)
+        else {
             shared.config.metrics.refused("busy");
             if let Some(suppressed) = refused_log.admit() {
                 tracing::warn!(%remote, suppressed, "peer-link connection refused: too many handshakes in progress");
@@ -276,9 +296,9 @@ async fn accept_loop(listener: TcpListener, shared: Shared) {
                 config.identity.clone(),
             )
             .await;
-            drop(permit);
+            drop((permit, per_address));
             match handshake {
-                Ok(link) => serve_link(link, &shared).await,
+                Ok(link) => serve_link(link, &shared, None).await,
                 Err(error) => {
                     config.metrics.refused("handshake");
                     if let Some(suppressed) = refused_log.admit() {
@@ -295,7 +315,7 @@ async fn dial_loop(peer: SocketAddr, shared: Shared) {
     let redial = async {
         loop {
             match dial(peer, &shared.config).await {
-                Ok(link) => serve_link(link, &shared).await,
+                Ok(link) => serve_link(link, &shared, Some(peer)).await,
                 Err(error) => tracing::debug!(%peer, %error, "peer-link dial failed"),
             }
             tokio::time::sleep(REDIAL).await;
@@ -304,6 +324,48 @@ async fn dial_loop(peer: SocketAddr, shared: Shared) {
     tokio::select! {
         () = redial => {}
         () = stop.cancelled() => {}
+        () = shared.leaving.cancelled() => {}
+    }
+}
+
+/// One pending handshake from an address; dropping it frees the slot.
+struct PendingSlot {
+    slots: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+    addr: IpAddr,
+}
+
+impl PendingSlot {
+    fn take(
+        slots: &Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+        addr: IpAddr,
+    ) -> Option<PendingSlot> {
+        let mut map = slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = map.entry(addr).or_insert(0);
+        if *count >= MAX_PENDING_PER_ADDRESS {
+            return None;
+        }
+        *count += 1;
+        Some(PendingSlot {
+            slots: slots.clone(),
+            addr,
+        })
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = map.get_mut(&self.addr) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.addr);
+            }
+        }
     }
 }
 
@@ -332,13 +394,14 @@ async fn dial(peer: SocketAddr, config: &MeshConfig) -> Result<Link, LinkError> 
 }
 
 /// Hands the link to the mesh and runs it until it ends.
-async fn serve_link(link: Link, shared: &Shared) {
+async fn serve_link(link: Link, shared: &Shared, dialled: Option<SocketAddr>) {
     let link_id = shared.link_ids.fetch_add(1, Ordering::Relaxed);
     let (sender, outgoing) = mpsc::channel(64);
     let up = Internal::Up {
         link_id,
         peer: link.peer.clone(),
-        addr: link.remote.ip(),
+        addr: link.remote.ip().to_canonical(),
+        dialled,
         sender,
     };
     if shared.internal.send(up).is_err() {
@@ -355,14 +418,25 @@ async fn serve_link(link: Link, shared: &Shared) {
 }
 
 /// One dial to learn whether the peer at `target` is the process this node knew.
-async fn confirm(target: SocketAddr, known: Option<Incarnation>, shared: Shared) -> Confirmation {
+async fn confirm(
+    target: SocketAddr,
+    known: Option<Incarnation>,
+    verified: bool,
+    shared: Shared,
+) -> Confirmation {
     let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
     loop {
         let stream = match tokio::time::timeout_at(deadline, connect(target, &shared.config)).await
         {
             Err(_) => return Confirmation::Unknown,
+            // A refusal proves a death only where this node has reached the peer before:
+            // a wrong port in `peers` or a firewall's reject proves nothing.
             Ok(Err(error)) if error.kind() == std::io::ErrorKind::ConnectionRefused => {
-                return Confirmation::Refused;
+                if verified {
+                    return Confirmation::Refused;
+                }
+                tracing::warn!(%target, "peer-link dial refused where this node never reached the peer: not proof of a death (check heartbeat.peers)");
+                return Confirmation::Unknown;
             }
             Ok(Err(_)) => return Confirmation::Unknown,
             Ok(Ok(stream)) => stream,
@@ -383,7 +457,7 @@ async fn confirm(target: SocketAddr, known: Option<Incarnation>, shared: Shared)
                 let link_shared = shared.clone();
                 shared
                     .tasks
-                    .spawn(async move { serve_link(link, &link_shared).await });
+                    .spawn(async move { serve_link(link, &link_shared, Some(target)).await });
                 return answer;
             }
             // Accepted and then reset or closed: a listener that went away with its
@@ -391,12 +465,33 @@ async fn confirm(target: SocketAddr, known: Option<Incarnation>, shared: Shared)
             Ok(Err(LinkError::Io(error)))
                 if matches!(
                     error.kind(),
-                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+                    std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::UnexpectedEof
+                        | std::io::ErrorKind::NotConnected
+                        | std::io::ErrorKind::BrokenPipe
                 ) =>
             {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             _ => return Confirmation::Unknown,
+        }
+    }
+}
+
+/// Dials a configured peer address once to learn whether a refusal there would mean
+/// anything: a handshake with the expected node proves the address right; the link is then
+/// closed with a goodbye (the pair keeps its one link).
+async fn verify(target: SocketAddr, expected: NodeId, shared: Shared) {
+    match dial(target, &shared.config).await {
+        Ok(link) if link.peer.node_id == expected => {
+            let _ = shared.internal.send(Internal::Verified(target));
+            link.close_with_bye().await;
+        }
+        Ok(link) => {
+            tracing::warn!(%target, expected = %expected, answered = %link.peer.node_id, "peer-link address answered by another node: a lost link to the expected one will wait for the advert timers (check heartbeat.peers)");
+        }
+        Err(error) => {
+            tracing::warn!(%target, %error, "cannot dial the peer at its configured address: a lost link to it will wait for the advert timers (check heartbeat.peers and firewalls)");
         }
     }
 }
@@ -416,6 +511,8 @@ struct Mesh {
     /// The last incarnation seen at each address, kept after its links end: what a
     /// confirmation compares against.
     incarnations: HashMap<IpAddr, Incarnation>,
+    /// Configured addresses where a dial of ours reached the expected peer.
+    verified: HashSet<SocketAddr>,
     /// Our latest status per VRID, for peers that connect later.
     our_statuses: BTreeMap<u8, HaMessage>,
     /// Peers' latest status per (address, VRID), for late subscribers.
@@ -473,8 +570,12 @@ impl Mesh {
                 link_id,
                 peer,
                 addr,
+                dialled,
                 sender,
-            } => self.link_up(link_id, peer, addr, sender),
+            } => self.link_up(link_id, peer, addr, dialled, sender),
+            Internal::Verified(target) => {
+                self.verified.insert(target);
+            }
             Internal::Received { link_id, message } => {
                 let Some(from) = self
                     .link_owner
@@ -500,32 +601,67 @@ impl Mesh {
         link_id: u64,
         identity: PeerIdentity,
         addr: IpAddr,
+        dialled: Option<SocketAddr>,
         sender: mpsc::Sender<Outgoing>,
     ) {
+        if self.shared.leaving.is_cancelled() {
+            // Dropping the sender closes it: this node is leaving.
+            return;
+        }
         let PeerIdentity {
             node_id,
             incarnation,
             name,
         } = identity;
         self.incarnations.insert(addr, incarnation);
+        match dialled {
+            Some(target) => {
+                self.verified.insert(target);
+            }
+            None => {
+                let target = self
+                    .shared
+                    .config
+                    .peers
+                    .iter()
+                    .find(|peer| peer.ip() == addr);
+                if let Some(&target) = target
+                    && !self.verified.contains(&target)
+                {
+                    let shared = self.shared.clone();
+                    self.shared.tasks.spawn(verify(target, node_id, shared));
+                }
+            }
+        }
         let peer = Peer {
             id: node_id,
             name,
             addr,
             incarnation,
         };
+        let metrics = self.shared.config.metrics.clone();
+        let known = self.peers.contains_key(&node_id);
         let entry = self.peers.entry(node_id).or_insert_with(|| PeerLinks {
             peer: peer.clone(),
             links: BTreeMap::new(),
         });
-        let mut restarted = None;
-        if !entry.links.is_empty() && entry.peer.incarnation != incarnation {
+        // Another incarnation than the one this node knew, with its links up or not: the
+        // process it knew is gone (it may have crashed and come back before anyone could
+        // confirm the crash).
+        let restarted =
+            (known && entry.peer.incarnation != incarnation).then(|| entry.peer.clone());
+        if restarted.is_some() {
             // Dropping the senders closes the old incarnation's links quietly.
             for old in std::mem::take(&mut entry.links).into_keys() {
                 self.link_owner.remove(&old);
-                self.shared.config.metrics.ended("replaced");
+                metrics.ended("replaced");
             }
-            restarted = Some(entry.peer.clone());
+        }
+        if entry.links.len() >= MAX_LINKS_PER_PEER
+            && let Some((oldest, _)) = entry.links.pop_first()
+        {
+            self.link_owner.remove(&oldest);
+            metrics.ended("replaced");
         }
         entry.peer = peer.clone();
         for status in self.our_statuses.values() {
@@ -628,7 +764,11 @@ impl Mesh {
                 }
             }
             Command::To(addr, message) => {
-                if let Some(links) = self.peers.values().find(|links| links.peer.addr == addr) {
+                if let Some(links) = self
+                    .peers
+                    .values()
+                    .find(|links| links.peer.addr == addr && !links.links.is_empty())
+                {
                     self.send_on(links, message);
                 }
             }
@@ -644,9 +784,10 @@ impl Mesh {
                     return;
                 };
                 let known = self.incarnations.get(&addr).copied();
+                let verified = self.verified.contains(&target);
                 let shared = self.shared.clone();
                 self.shared.tasks.spawn(async move {
-                    let confirmation = confirm(target, known, shared.clone()).await;
+                    let confirmation = confirm(target, known, verified, shared.clone()).await;
                     shared.config.metrics.confirmed(match confirmation {
                         Confirmation::Refused => "refused",
                         Confirmation::NewIncarnation => "new_incarnation",
@@ -661,6 +802,8 @@ impl Mesh {
     }
 
     async fn leave(&mut self) {
+        // No new links from now on: a peer redialling would only see them cut at exit.
+        self.shared.leaving.cancel();
         let mut written = Vec::new();
         for links in self.peers.values_mut() {
             for (link_id, sender) in std::mem::take(&mut links.links) {
@@ -763,6 +906,10 @@ mod tests {
         );
         let b_addr = IpAddr::from([127, 0, 0, 2]);
         assert_eq!(a.handle.confirm_death(b_addr).await, Confirmation::Alive);
+        // b's configuration has a wrong port for a: b's dial is refused although a is alive,
+        // and since b never reached a there, the refusal proves nothing.
+        let a_addr = IpAddr::from([127, 0, 0, 1]);
+        assert_eq!(b.handle.confirm_death(a_addr).await, Confirmation::Unknown);
         // Nobody configured at this address.
         assert_eq!(
             a.handle.confirm_death(IpAddr::from([127, 0, 0, 3])).await,
@@ -793,5 +940,41 @@ mod tests {
                 .is_ok(),
             "every task of the mesh ends on stop"
         );
+    }
+
+    /// A node that leaves says goodbye (its peers see `Left`, not `Lost`) and takes no new
+    /// links afterwards: its peer does not see it come back before it exits.
+    #[tokio::test]
+    async fn a_leaving_node_says_goodbye_and_takes_no_new_links() {
+        let b = mesh([127, 0, 0, 4], SocketAddr::from(([127, 0, 0, 3], 9)), "b").await;
+        let a = mesh([127, 0, 0, 3], b.handle.listen_addr(), "a").await;
+        let mut b_events = b.handle.subscribe();
+        loop {
+            if let MeshEvent::PeerUp(peer) = next(&mut b_events).await {
+                assert_eq!(peer.id, a.id);
+                break;
+            }
+        }
+        a.handle.leave().await;
+        loop {
+            match next(&mut b_events).await {
+                MeshEvent::PeerDown { peer, why } => {
+                    assert_eq!((peer.id, why), (a.id, Down::Left));
+                    break;
+                }
+                MeshEvent::PeerUp(_) | MeshEvent::Ha { .. } => {}
+            }
+        }
+        // a would redial every 200 ms if it still took links.
+        let quiet = tokio::time::timeout(REDIAL * 5, async {
+            loop {
+                if let MeshEvent::PeerUp(_) = next(&mut b_events).await {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(quiet.is_err(), "a linked up again after leaving");
+        assert!(b.handle.peers().is_empty());
     }
 }

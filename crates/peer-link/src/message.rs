@@ -1,6 +1,6 @@
 //! The typed messages a link carries, one enum per plane. Every plane has its own wire
-//! version: a frame of a plane or version this build does not speak is authenticated, then
-//! skipped and counted, so nodes of different releases keep their links (replication and the
+//! version: a frame of a plane, version or kind this build does not speak is authenticated,
+//! then skipped and counted, so nodes of different releases keep their links (replication and the
 //! director's load reports arrive in later releases as planes of their own).
 
 use crate::frame::FrameError;
@@ -95,7 +95,7 @@ impl Message {
         }
     }
 
-    /// `Ok(None)`: a plane or plane version this build does not speak.
+    /// `Ok(None)`: a plane, plane version or message kind this build does not speak.
     pub(crate) fn decode(
         plane: u8,
         version: u8,
@@ -106,7 +106,11 @@ impl Message {
             (plane::LINK, LINK_VERSION) => match (kind, payload) {
                 (link_kind::PING, []) => Message::Ping,
                 (link_kind::BYE, []) => Message::Bye,
-                _ => return Err(FrameError::Malformed("unknown link message")),
+                (link_kind::PING | link_kind::BYE, _) => {
+                    return Err(FrameError::Malformed("link message of the wrong length"));
+                }
+                // A kind added by a later release of this version: skipped, not fatal.
+                _ => return Ok(None),
             },
             (plane::HA, HA_VERSION) => match (kind, payload) {
                 (ha_kind::STATUS, [vrid, vrrp_priority]) => Message::Ha(HaMessage::Status {
@@ -114,7 +118,10 @@ impl Message {
                     vrrp_priority: *vrrp_priority,
                 }),
                 (ha_kind::HANDOVER, [vrid]) => Message::Ha(HaMessage::Handover { vrid: *vrid }),
-                _ => return Err(FrameError::Malformed("unknown HA message")),
+                (ha_kind::STATUS | ha_kind::HANDOVER, _) => {
+                    return Err(FrameError::Malformed("HA message of the wrong length"));
+                }
+                _ => return Ok(None),
             },
             _ => return Ok(None),
         };

@@ -327,7 +327,17 @@ impl Driver {
                         let _ = self.router.handle_command(now, Command::Fault(unhealthy));
                     }
                 }
-                event = next_mesh_event(&mut mesh_events) => self.handle_mesh_event(event),
+                event = next_mesh_event(&mut mesh_events) => match event {
+                    Some(event) => self.handle_mesh_event(event),
+                    None => {
+                        // Events were missed (a peer's loss, a goodbye): what the router
+                        // knows of its peers may be stale. Forget it; the mesh replays every
+                        // live peer's status to the new subscription.
+                        tracing::warn!(instance = %self.spec.name, "peer-link events missed: relearning the peers");
+                        self.router.forget_peers();
+                        mesh_events = self.mesh.as_ref().map(MeshHandle::subscribe);
+                    }
+                },
                 Some((peer, answer)) = self.confirmed_rx.recv() => self.confirmed(peer, answer),
                 command = commands.recv() => match command {
                     Some(GroupCommand::Shutdown(done)) => {
@@ -647,13 +657,13 @@ fn status_of(spec: &GroupSpec, router: &Router, heartbeat: bool) -> GroupStatus 
     }
 }
 
-async fn next_mesh_event(events: &mut Option<broadcast::Receiver<MeshEvent>>) -> MeshEvent {
+/// The next peer-link event; `None` when a burst outran this subscriber and some were lost.
+async fn next_mesh_event(events: &mut Option<broadcast::Receiver<MeshEvent>>) -> Option<MeshEvent> {
     loop {
         match events {
             Some(receiver) => match receiver.recv().await {
-                Ok(event) => return event,
-                // A burst outran us: later events still come.
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Ok(event) => return Some(event),
+                Err(broadcast::error::RecvError::Lagged(_)) => return None,
                 Err(broadcast::error::RecvError::Closed) => *events = None,
             },
             None => std::future::pending::<()>().await,

@@ -314,6 +314,8 @@ pub enum CommandError {
     PriorityZero,
     #[error("take-over refused in {state} state: only a healthy, undrained BACKUP takes over")]
     TakeOverRefused { state: State },
+    #[error("handover from {from} ignored: this node's master is {master}")]
+    HandoverNotFromMaster { from: IpAddr, master: IpAddr },
 }
 
 /// Something the driver must do, in the order [`Router::poll_action`] returns them.
@@ -812,7 +814,16 @@ impl Router {
                     return self.take_over(now, Reason::MasterDied);
                 }
             }
-            PeerEvent::Handover { .. } => return self.take_over(now, Reason::TakeoverRequested),
+            PeerEvent::Handover { from } => {
+                // Only the master (or, after its priority-0 advert, the one that just left)
+                // hands over; a late or stray handover from another node changes nothing.
+                if let Some(master) = self.master_address
+                    && master != from
+                {
+                    return Err(CommandError::HandoverNotFromMaster { from, master });
+                }
+                return self.take_over(now, Reason::TakeoverRequested);
+            }
         }
         Ok(())
     }
@@ -842,6 +853,12 @@ impl Router {
             State::Master => self.peers.next_in_line(None, None),
             _ => None,
         }
+    }
+
+    /// Forgets every peer's status: after the peer-link events were missed (a lagging
+    /// subscriber), before they are replayed.
+    pub fn forget_peers(&mut self) {
+        self.peers = PeerTable::new();
     }
 
     /// A Master that handed over and has not yet released its VIPs.

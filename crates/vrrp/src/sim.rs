@@ -63,6 +63,10 @@ struct Node {
     vips: BTreeSet<IpAddr>,
     /// The priority its peer links last reported (peer links only).
     published: Option<VrrpPriority>,
+    /// Which run of the process this is (a restart is a new incarnation).
+    incarnation: u64,
+    /// The incarnation of each other node this node last heard from.
+    known: HashMap<usize, u64>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -109,6 +113,8 @@ impl Lan {
             up: true,
             vips: BTreeSet::new(),
             published: None,
+            incarnation: 0,
+            known: HashMap::new(),
         });
         Ok(self.nodes.len() - 1)
     }
@@ -239,6 +245,8 @@ impl Lan {
         };
         self.nodes[node].router = router;
         self.nodes[node].up = true;
+        self.nodes[node].incarnation += 1;
+        self.nodes[node].published = None;
         self.start(node);
     }
 
@@ -273,6 +281,11 @@ impl Lan {
     /// in `ctx`.
     pub fn inject(&mut self, node: usize, ctx: DecodeContext, bytes: Vec<u8>) {
         self.schedule(self.now, node, Delivered::Packet { ctx, bytes });
+    }
+
+    /// Delivers a peer-link event to `node` now (a message a peer could send).
+    pub fn peer_event(&mut self, node: usize, event: PeerEvent) {
+        self.schedule(self.now, node, Delivered::Peer(event));
     }
 
     // === the network ===
@@ -415,18 +428,14 @@ impl Lan {
                 }
                 Action::SendGratuitous { .. } | Action::Notify(_) => {}
                 Action::ConfirmDeath { peer } => {
-                    // One dial: refused if the node is down (proof); if it is up, the link
-                    // is back and its status arrives again.
+                    // One dial: refused if the node is down, or answered by a new
+                    // incarnation: proof. The same incarnation: the link is back and both
+                    // statuses cross it again.
                     if let Some(target) = self.node_at(*peer) {
-                        if self.nodes[target].up {
-                            let priority = self.nodes[target].published;
-                            if let Some(priority) = priority {
-                                let event = PeerEvent::Status {
-                                    peer: *peer,
-                                    priority,
-                                };
-                                self.send_peer(target, node, event);
-                            }
+                        let known = self.nodes[node].known.get(&target).copied();
+                        let same = known == Some(self.nodes[target].incarnation);
+                        if self.nodes[target].up && same {
+                            self.exchange_statuses(node, target);
                         } else {
                             let delay = self.link(node, target).delay;
                             let event = Delivered::Peer(PeerEvent::Died { peer: *peer });
@@ -471,6 +480,16 @@ impl Lan {
         }
     }
 
+    /// Both nodes send their current status over their (re-made) link.
+    fn exchange_statuses(&mut self, a: usize, b: usize) {
+        for (from, to) in [(a, b), (b, a)] {
+            if let Some(priority) = self.nodes[from].published {
+                let peer = self.nodes[from].cfg.primary_address;
+                self.send_peer(from, to, PeerEvent::Status { peer, priority });
+            }
+        }
+    }
+
     fn others(&self, node: usize) -> Vec<usize> {
         (0..self.nodes.len()).filter(|&to| to != node).collect()
     }
@@ -491,7 +510,17 @@ impl Lan {
         if link.cut {
             return;
         }
-        self.schedule(self.now + link.delay, to, Delivered::Peer(event));
+        let at = self.now + link.delay;
+        if let PeerEvent::Status { peer, .. } = event {
+            // A link from a new incarnation of `from`: the receiver's mesh reports the old
+            // process gone (`Down::Restarted`) before the new one's status.
+            let incarnation = self.nodes[from].incarnation;
+            let known = self.nodes[to].known.insert(from, incarnation);
+            if known.is_some_and(|known| known != incarnation) {
+                self.schedule(at, to, Delivered::Peer(PeerEvent::Died { peer }));
+            }
+        }
+        self.schedule(at, to, Delivered::Peer(event));
     }
 
     fn schedule(&mut self, at: Instant, to: usize, what: Delivered) {

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use palisade_vrrp::sim::Lan;
 use palisade_vrrp::{
-    Action, HANDOVER_OVERLAP, Instant, Reason, RouterConfig, State, Vrid, VrrpPriority,
+    Action, Command, HANDOVER_OVERLAP, Instant, PeerEvent, Reason, RouterConfig, State, Vrid,
+    VrrpPriority,
 };
 
 const VIP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 213, 0, 100));
@@ -106,6 +107,7 @@ fn a_lost_link_to_a_live_master_changes_nothing() {
     assert_eq!(lan.masters(), [0]);
     assert_eq!(lan.vip_holders(VIP), [0]);
     assert_eq!(lan.router(0).stats().master_transitions, 1);
+    assert_eq!(lan.router(0).successor(), Some(addr(12)));
 }
 
 #[test]
@@ -175,4 +177,70 @@ fn without_peer_links_a_crash_waits_for_master_down_interval() {
     };
     assert_eq!(reason, Reason::MasterDown);
     assert!(at - crashed_at > lan.router(1).master_down_interval() / 2);
+}
+
+#[test]
+fn a_handover_from_a_node_that_is_not_the_master_is_ignored() {
+    let mut lan = three();
+    let since = lan.now();
+    // node3 (not the master) tells node2 to take over: a stale or stray message.
+    lan.peer_event(1, PeerEvent::Handover { from: addr(13) });
+    lan.run_for(Duration::from_secs(5));
+    assert_eq!(became_master(&lan, 1, since), None);
+    assert_eq!(lan.masters(), [0]);
+}
+
+#[test]
+fn a_master_that_crashes_and_comes_back_at_once_is_proved_dead_by_its_new_incarnation() {
+    let mut lan = three();
+    let crashed_at = lan.now();
+    lan.crash(0);
+    // Back before anyone could dial it: the dial reaches a new process.
+    lan.restart(0);
+    lan.run_for(Duration::from_millis(10));
+    let Some((at, reason)) = became_master(&lan, 1, crashed_at) else {
+        panic!("node2 did not take over from the restarted master");
+    };
+    assert_eq!(reason, Reason::MasterDied);
+    assert!(at - crashed_at <= LATENCY * 3, "took {:?}", at - crashed_at);
+    // The restarted node1 preempts later by the RFC rules (priority 150 > 100).
+    lan.run_for(lan.router(0).master_down_interval() * 2);
+    assert_eq!(lan.masters(), [0]);
+}
+
+#[test]
+fn an_owner_back_in_service_within_the_overlap_keeps_its_vips() {
+    let mut lan = Lan::new(7);
+    for (octet, priority) in [(11, 255), (12, 100)] {
+        if lan.add_router(cfg(octet, priority)).is_err() {
+            panic!("valid config");
+        }
+    }
+    lan.enable_peer_links();
+    lan.set_delay(0, 1, LATENCY);
+    lan.start_all();
+    assert!(lan.drive_until(
+        |lan| lan.router(0).successor() == Some(addr(12)),
+        Instant::from_micros(10_000_000)
+    ));
+    let drained_at = lan.now();
+    assert_eq!(lan.command(0, Command::Drain(true)), Ok(()));
+    assert!(lan.router(0).is_releasing());
+    lan.run_for(HANDOVER_OVERLAP / 4);
+    // The operator resumes at once: the address owner is Master again, and the release the
+    // handover scheduled must not take its VIPs away.
+    assert_eq!(lan.command(0, Command::Drain(false)), Ok(()));
+    assert_eq!(lan.router(0).state(), State::Master);
+    lan.run_for(HANDOVER_OVERLAP * 2);
+    let released = lan
+        .actions_since(0, drained_at)
+        .into_iter()
+        .any(|(_, action)| matches!(action, Action::RemoveVip(_)));
+    assert!(
+        !released,
+        "the owner's VIPs were released after it came back"
+    );
+    lan.run_for(Duration::from_secs(5));
+    assert_eq!(lan.masters(), [0]);
+    assert_eq!(lan.vip_holders(VIP), [0]);
 }
