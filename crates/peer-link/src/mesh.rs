@@ -425,10 +425,14 @@ async fn confirm(
     shared: Shared,
 ) -> Confirmation {
     let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
+    // Every other I/O failure is asked again until the deadline: a socket caught while the
+    // peer's process exits can fail in several ways (reset after the accept, a reset socket
+    // refusing options) before its port refuses cleanly.
+    let mut last_error = String::from("no answer");
     loop {
-        let stream = match tokio::time::timeout_at(deadline, connect(target, &shared.config)).await
-        {
-            Err(_) => return Confirmation::Unknown,
+        let connected = tokio::time::timeout_at(deadline, connect(target, &shared.config)).await;
+        let stream = match connected {
+            Err(_) => break,
             // A refusal proves a death only where this node has reached the peer before:
             // a wrong port in `peers` or a firewall's reject proves nothing.
             Ok(Err(error)) if error.kind() == std::io::ErrorKind::ConnectionRefused => {
@@ -438,7 +442,11 @@ async fn confirm(
                 tracing::warn!(%target, "peer-link dial refused where this node never reached the peer: not proof of a death (check heartbeat.peers)");
                 return Confirmation::Unknown;
             }
-            Ok(Err(_)) => return Confirmation::Unknown,
+            Ok(Err(error)) => {
+                last_error = format!("connect: {error}");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
             Ok(Ok(stream)) => stream,
         };
         let config = &shared.config;
@@ -460,22 +468,19 @@ async fn confirm(
                     .spawn(async move { serve_link(link, &link_shared, Some(target)).await });
                 return answer;
             }
-            // Accepted and then reset or closed: a listener that went away with its
-            // process a moment after the accept. Ask again.
-            Ok(Err(LinkError::Io(error)))
-                if matches!(
-                    error.kind(),
-                    std::io::ErrorKind::ConnectionReset
-                        | std::io::ErrorKind::UnexpectedEof
-                        | std::io::ErrorKind::NotConnected
-                        | std::io::ErrorKind::BrokenPipe
-                ) =>
-            {
+            Ok(Err(LinkError::Io(error))) => {
+                last_error = format!("handshake: {error}");
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            _ => return Confirmation::Unknown,
+            Ok(Err(error)) => {
+                tracing::info!(%target, %error, "death confirmation: the peer answered but the handshake failed");
+                return Confirmation::Unknown;
+            }
+            Err(_) => break,
         }
     }
+    tracing::info!(%target, error = %last_error, "death confirmation: no answer within {CONFIRM_TIMEOUT:?}");
+    Confirmation::Unknown
 }
 
 /// Dials a configured peer address once to learn whether a refusal there would mean
