@@ -1,0 +1,399 @@
+//! The set of revisions a node holds, and its head.
+//!
+//! The head is a pure function of the set of saves. The *frontier* is the saves no other save
+//! builds on (through merges too): one save there is the head; several (saves on both sides
+//! of a partition) are settled by one merge revision whose parents are exactly the frontier,
+//! whose id is a hash of them and whose content is the winner's by the seeds' rule. Nodes
+//! holding the same saves therefore make the same merge, whatever order anything arrived in,
+//! and merges never pile up on merges: a merge is never in the frontier, it only lets a later
+//! save name every save it settled as its ancestors. Nothing is ever removed: a losing save
+//! stays in history, under the merge.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use crate::revision::{Revision, RevisionId, RevisionKind};
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HistoryError {
+    #[error("revision {claimed} does not hash to its id (computed {computed})")]
+    BadId {
+        claimed: RevisionId,
+        computed: RevisionId,
+    },
+    #[error("revision {0} has the wrong parents for its kind")]
+    BadParents(RevisionId),
+}
+
+/// What [`History::insert`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Inserted {
+    /// New, with every parent known: part of the history now (with any pending revisions it
+    /// completed).
+    New,
+    /// Already held.
+    Known,
+    /// Held aside until these parents arrive.
+    Pending { missing: Vec<RevisionId> },
+}
+
+/// One settlement of concurrent heads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settled {
+    pub merge: RevisionId,
+    pub winner: RevisionId,
+    /// Heads whose content lost (still in history, restorable).
+    pub losers: Vec<RevisionId>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct History {
+    revisions: HashMap<RevisionId, Revision>,
+    /// The saves no other save builds on.
+    frontier: BTreeSet<RevisionId>,
+    /// Revisions waiting for a parent, by the parent they wait for.
+    pending: HashMap<RevisionId, Vec<Revision>>,
+    pending_count: usize,
+}
+
+/// Revisions held aside at most (a peer sending orphans cannot grow this without bound).
+pub const MAX_PENDING: usize = 10_000;
+
+impl History {
+    pub fn new() -> History {
+        History::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.revisions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.revisions.is_empty()
+    }
+
+    pub fn get(&self, id: &RevisionId) -> Option<&Revision> {
+        self.revisions.get(id)
+    }
+
+    pub fn contains(&self, id: &RevisionId) -> bool {
+        self.revisions.contains_key(id)
+    }
+
+    /// Every revision held (in no particular order).
+    pub fn revisions(&self) -> impl Iterator<Item = &Revision> {
+        self.revisions.values()
+    }
+
+    /// The saves no other save builds on, by id (what a digest advertises).
+    pub fn frontier(&self) -> impl Iterator<Item = &Revision> {
+        self.frontier.iter().filter_map(|id| self.revisions.get(id))
+    }
+
+    /// The id the merge of the current frontier has (whether made yet or not).
+    fn frontier_merge_id(&self) -> Option<RevisionId> {
+        let frontier: Vec<&Revision> = self.frontier().collect();
+        (frontier.len() >= 2)
+            .then(|| Revision::merge(&frontier).map(|merge| merge.id))
+            .flatten()
+    }
+
+    /// The head: the one latest save, or the merge of several once [`History::settle`] has
+    /// made it.
+    pub fn head(&self) -> Option<&Revision> {
+        match self.frontier.len() {
+            0 => None,
+            1 => self.frontier().next(),
+            _ => self.revisions.get(&self.frontier_merge_id()?),
+        }
+    }
+
+    /// Adds a revision (checked against its id). One whose parents are not all here waits
+    /// until they arrive; every pending revision a new one completes is added too.
+    pub fn insert(&mut self, revision: Revision) -> Result<Inserted, HistoryError> {
+        let computed = revision.computed_id();
+        if computed != revision.id {
+            return Err(HistoryError::BadId {
+                claimed: revision.id,
+                computed,
+            });
+        }
+        let parents_ok = match revision.kind {
+            RevisionKind::Save => revision.parents.len() <= 1,
+            RevisionKind::Merge => {
+                revision.parents.len() >= 2
+                    && revision.parents.windows(2).all(|w| w[0] < w[1])
+                    && Revision::merge_fields_match(&revision, |id| self.revisions.get(id))
+            }
+        };
+        if !parents_ok {
+            return Err(HistoryError::BadParents(revision.id));
+        }
+        if self.revisions.contains_key(&revision.id) {
+            return Ok(Inserted::Known);
+        }
+        let missing: Vec<RevisionId> = (revision.parents.iter())
+            .filter(|parent| !self.revisions.contains_key(parent))
+            .copied()
+            .collect();
+        if let Some(first) = missing.first() {
+            let waiting = self.pending.entry(*first).or_default();
+            if !waiting.iter().any(|known| known.id == revision.id)
+                && self.pending_count < MAX_PENDING
+            {
+                waiting.push(revision);
+                self.pending_count += 1;
+            }
+            return Ok(Inserted::Pending { missing });
+        }
+        let mut ready = VecDeque::from([revision]);
+        while let Some(revision) = ready.pop_front() {
+            let id = revision.id;
+            if self.revisions.contains_key(&id) {
+                continue;
+            }
+            let missing = revision
+                .parents
+                .iter()
+                .find(|p| !self.revisions.contains_key(p));
+            if let Some(parent) = missing.copied() {
+                // Completed one parent; still waiting for another.
+                self.pending.entry(parent).or_default().push(revision);
+                self.pending_count += 1;
+                continue;
+            }
+            if revision.kind == RevisionKind::Merge
+                && (revision.parents.iter().any(|parent| {
+                    self.revisions.get(parent).map(|p| p.kind) != Some(RevisionKind::Save)
+                }) || !Revision::merge_fields_match(&revision, |id| self.revisions.get(id)))
+            {
+                // A merge settles saves only, and carries exactly what merging them gives;
+                // anything else is not one of ours.
+                continue;
+            }
+            if revision.kind == RevisionKind::Save {
+                // Every save it builds on leaves the frontier: its parent, or the saves its
+                // parent merge settled (their own ancestors left when they came).
+                for parent in &revision.parents {
+                    match self.revisions.get(parent) {
+                        Some(parent) if parent.kind == RevisionKind::Merge => {
+                            for settled in &parent.parents {
+                                self.frontier.remove(settled);
+                            }
+                        }
+                        _ => {
+                            self.frontier.remove(parent);
+                        }
+                    }
+                }
+                // No save already held builds on a new one: children wait for parents.
+                self.frontier.insert(id);
+            }
+            self.revisions.insert(id, revision);
+            if let Some(waiting) = self.pending.remove(&id) {
+                self.pending_count -= waiting.len();
+                ready.extend(waiting);
+            }
+        }
+        Ok(Inserted::New)
+    }
+
+    /// Settles a frontier of several saves by their merge revision (see the module docs);
+    /// returns what was settled, if a merge was made.
+    pub fn settle(&mut self) -> Option<Settled> {
+        if self.frontier.len() < 2 {
+            return None;
+        }
+        let heads: Vec<&Revision> = self.frontier().collect();
+        let merge = Revision::merge(&heads)?;
+        if self.revisions.contains_key(&merge.id) {
+            return None;
+        }
+        let winner = heads
+            .iter()
+            .find(|head| {
+                head.content == merge.content
+                    && head.author == merge.author
+                    && head.time == merge.time
+            })
+            .map(|head| head.id)?;
+        let losers = heads
+            .iter()
+            .filter(|head| head.content != merge.content)
+            .map(|head| head.id)
+            .collect();
+        let settled = Settled {
+            merge: merge.id,
+            winner,
+            losers,
+        };
+        // Its parents are all here, and its id is its own hash: it goes in.
+        let _ = self.insert(merge);
+        Some(settled)
+    }
+
+    /// Whether `ancestor` is `descendant` or one of its ancestors.
+    pub fn is_ancestor(&self, ancestor: &RevisionId, descendant: &RevisionId) -> bool {
+        let mut seen = BTreeSet::new();
+        let mut queue = VecDeque::from([*descendant]);
+        while let Some(id) = queue.pop_front() {
+            if id == *ancestor {
+                return true;
+            }
+            if !seen.insert(id) {
+                continue;
+            }
+            if let Some(revision) = self.revisions.get(&id) {
+                queue.extend(revision.parents.iter().copied());
+            }
+        }
+        false
+    }
+
+    /// Revisions held aside for missing parents.
+    pub fn pending(&self) -> usize {
+        self.pending_count
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hlc::HlcTime;
+    use crate::revision::ContentId;
+    use palisade_identity::{NodeId, NodePriority};
+
+    fn node(last: u8) -> NodeId {
+        NodeId::from_bytes([last; 16])
+    }
+
+    fn save(parent: Option<&Revision>, author: u8, priority: u16, ms: u64, text: &str) -> Revision {
+        Revision::save(
+            parent.map(|parent| parent.id),
+            node(author),
+            NodePriority::new(priority),
+            HlcTime { ms, counter: 0 },
+            ContentId::of(text.as_bytes()),
+            "admin",
+            text,
+        )
+    }
+
+    fn insert(history: &mut History, revision: &Revision) -> Inserted {
+        match history.insert(revision.clone()) {
+            Ok(inserted) => inserted,
+            Err(error) => panic!("{error}"),
+        }
+    }
+
+    #[test]
+    fn a_descendant_wins_even_over_a_better_priority() {
+        let mut history = History::new();
+        let base = save(None, 1, 1, 1_000, "base from priority 1");
+        // An edit on a priority-2 node after it saw the priority-1 version.
+        let edit = save(Some(&base), 2, 2, 2_000, "edit on priority 2");
+        insert(&mut history, &base);
+        insert(&mut history, &edit);
+        assert_eq!(history.settle(), None);
+        assert_eq!(history.head().map(|head| head.id), Some(edit.id));
+    }
+
+    #[test]
+    fn concurrent_saves_merge_by_priority_then_time_then_node_id_and_keep_the_loser() {
+        let base = save(None, 1, 100, 1_000, "base");
+        let cases = [
+            // (a, b, winner is a?)
+            (
+                save(Some(&base), 1, 50, 2_000, "a"),
+                save(Some(&base), 2, 100, 3_000, "b"),
+                true,
+            ),
+            (
+                save(Some(&base), 1, 100, 2_000, "a"),
+                save(Some(&base), 2, 100, 3_000, "b"),
+                false,
+            ),
+            (
+                save(Some(&base), 1, 100, 2_000, "a"),
+                save(Some(&base), 2, 100, 2_000, "b"),
+                true,
+            ),
+        ];
+        for (a, b, a_wins) in cases {
+            for order in [[&a, &b], [&b, &a]] {
+                let mut history = History::new();
+                insert(&mut history, &base);
+                for revision in order {
+                    insert(&mut history, revision);
+                }
+                let Some(settled) = history.settle() else {
+                    panic!("two heads, no merge");
+                };
+                let (winner, loser) = if a_wins { (&a, &b) } else { (&b, &a) };
+                assert_eq!(settled.winner, winner.id);
+                assert_eq!(settled.losers, vec![loser.id]);
+                let head = history.head().cloned();
+                let Some(head) = head else { panic!("no head") };
+                assert_eq!(head.content, winner.content);
+                assert_eq!(head.kind, RevisionKind::Merge);
+                assert!(history.contains(&loser.id), "the loser stays in history");
+            }
+        }
+    }
+
+    #[test]
+    fn a_revision_waits_for_its_parent_and_a_forged_id_is_refused() {
+        let mut history = History::new();
+        let base = save(None, 1, 100, 1_000, "base");
+        let child = save(Some(&base), 1, 100, 2_000, "child");
+        assert_eq!(
+            insert(&mut history, &child),
+            Inserted::Pending {
+                missing: vec![base.id]
+            }
+        );
+        assert_eq!(history.head(), None);
+        assert_eq!(insert(&mut history, &base), Inserted::New);
+        assert_eq!(history.head().map(|head| head.id), Some(child.id));
+        assert_eq!(history.pending(), 0);
+        let mut forged = save(Some(&child), 9, 0, 3_000, "forged");
+        forged.message = "changed after hashing".to_owned();
+        assert!(matches!(
+            history.insert(forged),
+            Err(HistoryError::BadId { .. })
+        ));
+    }
+
+    #[test]
+    fn the_same_merge_is_made_whatever_the_arrival_order() {
+        let base = save(None, 1, 100, 1_000, "base");
+        let a = save(Some(&base), 1, 100, 2_000, "a");
+        let b = save(Some(&base), 2, 100, 2_500, "b");
+        let c = save(Some(&base), 3, 100, 2_200, "c");
+        let mut heads = Vec::new();
+        for order in [[&a, &b, &c], [&c, &b, &a], [&b, &a, &c]] {
+            let mut history = History::new();
+            insert(&mut history, &base);
+            for revision in order {
+                insert(&mut history, revision);
+            }
+            history.settle();
+            heads.push(history.head().map(|head| (head.id, head.content)));
+        }
+        assert!(heads.windows(2).all(|pair| pair[0] == pair[1]), "{heads:?}");
+        assert_eq!(heads[0].map(|(_, content)| content), Some(b.content));
+    }
+
+    #[test]
+    fn ancestry() {
+        let mut history = History::new();
+        let base = save(None, 1, 100, 1_000, "base");
+        let child = save(Some(&base), 1, 100, 2_000, "child");
+        let other = save(Some(&base), 2, 100, 2_000, "other");
+        for revision in [&base, &child, &other] {
+            insert(&mut history, revision);
+        }
+        assert!(history.is_ancestor(&base.id, &child.id));
+        assert!(history.is_ancestor(&child.id, &child.id));
+        assert!(!history.is_ancestor(&other.id, &child.id));
+    }
+}
