@@ -15,9 +15,13 @@
 
 pub mod history;
 pub mod hlc;
+pub mod replica;
 pub mod revision;
 pub mod sim;
+pub mod wire;
 
 pub use history::{History, HistoryError, Inserted};
 pub use hlc::{ClockSkew, Hlc, HlcTime};
+pub use replica::{Base, Replica, ReplicaEvent, SaveError};
 pub use revision::{ContentId, Revision, RevisionId, RevisionKind};
+pub use wire::{SyncMessage, WireError};

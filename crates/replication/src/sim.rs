@@ -1,39 +1,36 @@
-//! Nodes replicating revisions in virtual time, for property tests.
+//! Replicas in virtual time, for property tests and convergence figures.
 //!
-//! Each node holds a [`History`] and an [`Hlc`] over its own wall clock (a skew per node).
-//! A save is pushed to every peer at once; every `digest_interval` each node sends each peer
-//! its heads; a node that hears of a revision it lacks asks for it, and asks again for the
-//! parents of anything that arrives ahead of them. Messages are delayed, lost, duplicated
-//! and reordered by a seeded PRNG, and pairs can be partitioned and healed.
+//! Every node is a real [`Replica`]; its messages go through the real codec ([`SyncMessage`]
+//! bytes) over a network that delays, loses, duplicates and reorders them with a seeded
+//! PRNG, and whose pairs can be partitioned and healed. Each node's wall clock has its own
+//! skew. Every `digest_interval` each replica ticks (anti-entropy); a partition takes the
+//! links down and healing brings them up, so each end sends a digest at once.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use palisade_identity::{NodeId, NodePriority};
 
-use crate::history::{History, Inserted, Settled};
-use crate::hlc::{Hlc, HlcTime};
-use crate::revision::{ContentId, Revision, RevisionId};
+use crate::history::{History, Settled};
+use crate::hlc::HlcTime;
+use crate::replica::{Base, Replica, ReplicaEvent};
+use crate::revision::{ContentId, RevisionId};
+use crate::wire::SyncMessage;
 
-#[derive(Clone, Debug)]
-enum Message {
-    Push(Revision),
-    Digest(Vec<RevisionId>),
-    Want(Vec<RevisionId>),
-}
-
-#[derive(Debug)]
 pub struct SimNode {
-    pub id: NodeId,
-    pub priority: NodePriority,
-    pub history: History,
-    pub hlc: Hlc,
-    /// Added to the LAN's time to give this node's wall clock.
+    pub replica: Replica,
+    /// Added to the cluster's time to give this node's wall clock.
     pub skew_ms: i64,
     /// Settlements this node made (conflicts resolved).
     pub settled: Vec<Settled>,
     /// Revisions refused for a time too far ahead.
     pub refused: usize,
+}
+
+impl SimNode {
+    pub fn history(&self) -> &History {
+        self.replica.history()
+    }
 }
 
 /// The network's behaviour.
@@ -63,38 +60,48 @@ pub struct Cluster {
     pub nodes: Vec<SimNode>,
     network: Network,
     now_ms: u64,
-    queue: BTreeMap<(u64, u64), (usize, usize, Message)>,
+    queue: BTreeMap<(u64, u64), (usize, usize, Vec<u8>)>,
     seq: u64,
     cut: Vec<(usize, usize)>,
     rng: u64,
     next_digest_ms: u64,
-    /// Messages sent, for cost figures.
+    /// Messages and bytes sent (lost ones included), for cost figures.
     pub messages: u64,
+    pub bytes: u64,
 }
 
 const MAX_AHEAD: Duration = Duration::from_secs(120);
 
 impl Cluster {
-    /// `nodes` (priority, clock skew in ms), starting at wall time `start_ms`.
+    /// `nodes` (node priority, clock skew in ms), every pair linked, at wall time `start_ms`.
     pub fn new(nodes: &[(u16, i64)], network: Network, seed: u64, start_ms: u64) -> Cluster {
-        let nodes = nodes
+        let mut nodes: Vec<SimNode> = nodes
             .iter()
             .enumerate()
             .map(|(index, &(priority, skew_ms))| {
                 let mut id = [0u8; 16];
                 id[..8].copy_from_slice(&(index as u64 + 1).to_be_bytes());
                 SimNode {
-                    id: NodeId::from_bytes(id),
-                    priority: NodePriority::new(priority),
-                    history: History::new(),
-                    hlc: Hlc::new(HlcTime::default(), MAX_AHEAD),
+                    replica: Replica::new(
+                        NodeId::from_bytes(id),
+                        NodePriority::new(priority),
+                        History::new(),
+                        HlcTime::default(),
+                        MAX_AHEAD,
+                    ),
                     skew_ms,
                     settled: Vec::new(),
                     refused: 0,
                 }
             })
             .collect();
-        Cluster {
+        let ids: Vec<NodeId> = nodes.iter().map(|node| node.replica.me()).collect();
+        for node in &mut nodes {
+            for id in &ids {
+                node.replica.peer_up(*id);
+            }
+        }
+        let mut cluster = Cluster {
             nodes,
             network,
             now_ms: start_ms,
@@ -102,9 +109,14 @@ impl Cluster {
             seq: 0,
             cut: Vec::new(),
             rng: seed,
-            next_digest_ms: start_ms,
+            next_digest_ms: start_ms + network.digest_interval.as_millis() as u64,
             messages: 0,
+            bytes: 0,
+        };
+        for node in 0..cluster.nodes.len() {
+            cluster.flush(node);
         }
+        cluster
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -118,31 +130,32 @@ impl Cluster {
     /// A save on `node` on top of its current head, pushed to every peer.
     pub fn save(&mut self, node: usize, text: &str) -> RevisionId {
         let wall = self.wall(node);
-        let time = self.nodes[node].hlc.now(wall);
-        let parent = self.nodes[node].history.head().map(|head| head.id);
-        let revision = Revision::save(
-            parent,
-            self.nodes[node].id,
-            self.nodes[node].priority,
-            time,
+        let saved = self.nodes[node].replica.save(
+            wall,
+            Base::Head,
             ContentId::of(text.as_bytes()),
             "admin",
             text,
         );
-        let id = revision.id;
-        let _ = self.nodes[node].history.insert(revision.clone());
-        self.settle(node);
-        for to in 0..self.nodes.len() {
-            if to != node {
-                self.send(node, to, Message::Push(revision.clone()));
+        self.flush(node);
+        match saved {
+            Ok(revision) => revision.id,
+            Err(error) => {
+                unreachable!("a save on the head with short texts is never refused: {error}")
             }
         }
-        id
     }
 
+    /// Cuts `a` from `b`: their links go down (each replica hears of it).
     pub fn partition(&mut self, a: usize, b: usize) {
+        if self.cut.contains(&(a, b)) {
+            return;
+        }
         self.cut.push((a, b));
         self.cut.push((b, a));
+        let (id_a, id_b) = (self.nodes[a].replica.me(), self.nodes[b].replica.me());
+        self.nodes[a].replica.peer_down(id_b);
+        self.nodes[b].replica.peer_down(id_a);
     }
 
     /// Splits the nodes into two sides that cannot talk.
@@ -154,8 +167,14 @@ impl Cluster {
         }
     }
 
+    /// Repairs every cut: the links come back up, and each end sends the other its digest
+    /// (the reconnect half of anti-entropy).
     pub fn heal(&mut self) {
-        self.cut.clear();
+        for (a, b) in std::mem::take(&mut self.cut) {
+            let id_b = self.nodes[b].replica.me();
+            self.nodes[a].replica.peer_up(id_b);
+            self.flush(a);
+        }
     }
 
     pub fn set_network(&mut self, network: Network) {
@@ -165,33 +184,19 @@ impl Cluster {
     /// Runs every event up to `now + duration`.
     pub fn run_for(&mut self, duration: Duration) {
         let until = self.now_ms + duration.as_millis() as u64;
-        loop {
-            let next_message = self.queue.keys().next().map(|(at, _)| *at);
-            let next = match next_message {
-                Some(at) if at <= self.next_digest_ms => at,
-                _ => self.next_digest_ms,
-            };
-            if next > until {
-                break;
-            }
+        while let Some(next) = self.next_event(until) {
             self.now_ms = self.now_ms.max(next);
-            if next_message == Some(next) {
-                if let Some(((_, _), (from, to, message))) = self.queue.pop_first() {
-                    self.deliver(from, to, message);
+            match self.queue.first_key_value() {
+                Some(((at, _), _)) if *at <= self.next_digest_ms => {
+                    if let Some((_, (from, to, bytes))) = self.queue.pop_first() {
+                        self.deliver(from, to, &bytes);
+                    }
                 }
-            } else {
-                self.next_digest_ms = next + self.network.digest_interval.as_millis() as u64;
-                for from in 0..self.nodes.len() {
-                    let history = &self.nodes[from].history;
-                    let heads: Vec<RevisionId> = history
-                        .frontier()
-                        .chain(history.head())
-                        .map(|revision| revision.id)
-                        .collect();
-                    for to in 0..self.nodes.len() {
-                        if to != from {
-                            self.send(from, to, Message::Digest(heads.clone()));
-                        }
+                _ => {
+                    self.next_digest_ms = next + self.network.digest_interval.as_millis() as u64;
+                    for node in 0..self.nodes.len() {
+                        self.nodes[node].replica.tick();
+                        self.flush(node);
                     }
                 }
             }
@@ -199,58 +204,68 @@ impl Cluster {
         self.now_ms = until;
     }
 
+    /// Runs until every node has the same head (or `limit` passes); the time it took.
+    pub fn run_until_converged(&mut self, limit: Duration) -> Option<Duration> {
+        let start = self.now_ms;
+        while self.now_ms - start < limit.as_millis() as u64 {
+            if self.converged().is_some() {
+                return Some(Duration::from_millis(self.now_ms - start));
+            }
+            self.run_for(Duration::from_millis(1));
+        }
+        None
+    }
+
+    fn next_event(&self, until: u64) -> Option<u64> {
+        let next = match self.queue.first_key_value() {
+            Some(((at, _), _)) => (*at).min(self.next_digest_ms),
+            None => self.next_digest_ms,
+        };
+        (next <= until).then_some(next)
+    }
+
     /// Whether every node has one head, the same one.
     pub fn converged(&self) -> Option<RevisionId> {
-        let first = self.nodes.first()?.history.head()?.id;
+        let first = self.nodes.first()?.replica.head()?.id;
         self.nodes
             .iter()
-            .all(|node| node.history.head().map(|head| head.id) == Some(first))
+            .all(|node| node.replica.head().map(|head| head.id) == Some(first))
             .then_some(first)
     }
 
-    fn settle(&mut self, node: usize) {
-        while let Some(settled) = self.nodes[node].history.settle() {
-            self.nodes[node].settled.push(settled);
-        }
+    fn node_index(&self, id: NodeId) -> Option<usize> {
+        self.nodes.iter().position(|node| node.replica.me() == id)
     }
 
-    fn deliver(&mut self, from: usize, to: usize, message: Message) {
-        match message {
-            Message::Push(revision) => {
-                let wall = self.wall(to);
-                if self.nodes[to].hlc.observe(revision.time, wall).is_err() {
-                    self.nodes[to].refused += 1;
-                    return;
-                }
-                match self.nodes[to].history.insert(revision) {
-                    Ok(Inserted::Pending { missing }) => {
-                        self.send(to, from, Message::Want(missing))
-                    }
-                    Ok(Inserted::New | Inserted::Known) | Err(_) => {}
-                }
-                self.settle(to);
+    fn deliver(&mut self, from: usize, to: usize, bytes: &[u8]) {
+        let Ok(message) = SyncMessage::decode(bytes) else {
+            unreachable!("the sim only carries encoded messages");
+        };
+        let wall = self.wall(to);
+        let sender = self.nodes[from].replica.me();
+        self.nodes[to].replica.handle(sender, message, wall);
+        self.flush(to);
+    }
+
+    /// Sends what the replica queued and records its events.
+    fn flush(&mut self, node: usize) {
+        while let Some(event) = self.nodes[node].replica.poll_event() {
+            match event {
+                ReplicaEvent::Settled(settled) => self.nodes[node].settled.push(settled),
+                ReplicaEvent::ClockSkew { .. } => self.nodes[node].refused += 1,
+                ReplicaEvent::NewHead(_) | ReplicaEvent::Refused { .. } => {}
             }
-            Message::Digest(heads) => {
-                let missing: Vec<RevisionId> = heads
-                    .into_iter()
-                    .filter(|id| !self.nodes[to].history.contains(id))
-                    .collect();
-                if !missing.is_empty() {
-                    self.send(to, from, Message::Want(missing));
-                }
-            }
-            Message::Want(ids) => {
-                for id in ids {
-                    if let Some(revision) = self.nodes[to].history.get(&id).cloned() {
-                        self.send(to, from, Message::Push(revision));
-                    }
-                }
+        }
+        while let Some((to, message)) = self.nodes[node].replica.poll_transmit() {
+            if let Some(to) = self.node_index(to) {
+                self.send(node, to, message.encode());
             }
         }
     }
 
-    fn send(&mut self, from: usize, to: usize, message: Message) {
+    fn send(&mut self, from: usize, to: usize, bytes: Vec<u8>) {
         self.messages += 1;
+        self.bytes += bytes.len() as u64;
         if self.cut.contains(&(from, to)) || self.chance(self.network.loss_ppm) {
             return;
         }
@@ -260,15 +275,13 @@ impl Cluster {
             1
         };
         for _ in 0..copies {
-            let spread = self
-                .network
-                .max_delay
+            let spread = (self.network.max_delay)
                 .saturating_sub(self.network.min_delay)
                 .as_millis() as u64;
             let delay = self.network.min_delay.as_millis() as u64 + self.random() % (spread + 1);
             self.seq += 1;
             self.queue
-                .insert((self.now_ms + delay, self.seq), (from, to, message.clone()));
+                .insert((self.now_ms + delay, self.seq), (from, to, bytes.clone()));
         }
     }
 

@@ -27,7 +27,7 @@ fn step(nodes: usize) -> impl Strategy<Value = Step> {
 
 /// The saves no other save builds on (through merges too), from one node's history.
 fn latest_saves(cluster: &Cluster) -> Vec<Revision> {
-    let history = &cluster.nodes[0].history;
+    let history = &cluster.nodes[0].history();
     let saves: Vec<&Revision> = history
         .revisions()
         .filter(|revision| revision.kind == RevisionKind::Save)
@@ -88,13 +88,13 @@ fn scenario(
         cluster
             .nodes
             .iter()
-            .map(|n| n.history.frontier().map(|h| h.id).collect::<Vec<_>>())
+            .map(|n| n.history().frontier().map(|h| h.id).collect::<Vec<_>>())
             .collect::<Vec<_>>()
     );
     for node in &cluster.nodes {
         for id in &saved {
             prop_assert!(
-                node.history.contains(id),
+                node.history().contains(id),
                 "a save is missing from a node's history"
             );
         }
@@ -107,7 +107,7 @@ fn scenario(
     else {
         return Err(TestCaseError::fail("no latest save"));
     };
-    let head = cluster.nodes[0].history.head().map(|head| head.content);
+    let head = cluster.nodes[0].history().head().map(|head| head.content);
     prop_assert_eq!(head, Some(winner.content));
     Ok(())
 }
@@ -158,14 +158,17 @@ fn a_partition_with_saves_on_both_sides_heals_to_the_better_priority_with_the_lo
         panic!("no common head");
     };
     for node in &cluster.nodes {
-        let head = node.history.get(&head).cloned();
-        let winner = node.history.get(&older).map(|revision| revision.content);
+        let head = node.history().get(&head).cloned();
+        let winner = node.history().get(&older).map(|revision| revision.content);
         assert_eq!(
             head.map(|head| head.content),
             winner,
             "priority 1 wins although older"
         );
-        assert!(node.history.contains(&newer), "the loser stays in history");
+        assert!(
+            node.history().contains(&newer),
+            "the loser stays in history"
+        );
     }
     let settled: Vec<_> = cluster
         .nodes
@@ -191,6 +194,6 @@ fn a_node_whose_clock_is_too_far_ahead_is_refused() {
     );
     let ahead = cluster.save(1, "from the future");
     cluster.run_for(Duration::from_secs(20));
-    assert!(!cluster.nodes[0].history.contains(&ahead));
+    assert!(!cluster.nodes[0].history().contains(&ahead));
     assert!(cluster.nodes[0].refused > 0);
 }

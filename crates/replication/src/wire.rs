@@ -1,0 +1,307 @@
+//! Replication messages on the wire, sans-IO and strict: every length is bounded and checked,
+//! strings are UTF-8, nothing may trail. Carried by the peer links as the replication plane
+//! (its own wire version, [`VERSION`]).
+
+use palisade_identity::{NodeId, NodePriority};
+
+use crate::hlc::HlcTime;
+use crate::revision::{ContentId, Revision, RevisionId, RevisionKind};
+
+/// The replication plane's wire version.
+pub const VERSION: u8 = 1;
+/// Revisions in one message at most.
+pub const MAX_REVISIONS: usize = 256;
+/// Ids in one message at most.
+pub const MAX_IDS: usize = 1024;
+/// Parents of one revision at most (a merge of that many concurrent saves).
+pub const MAX_PARENTS: usize = 64;
+pub const MAX_SAVED_BY: usize = 256;
+pub const MAX_MESSAGE: usize = 4096;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncMessage {
+    /// Revisions: a new save pushed to every peer, or what a peer asked for.
+    Revisions(Vec<Revision>),
+    /// Anti-entropy: this node's frontier and head.
+    Digest {
+        frontier: Vec<RevisionId>,
+        head: Option<RevisionId>,
+    },
+    /// Please send these revisions.
+    Want(Vec<RevisionId>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("replication message truncated")]
+    Truncated,
+    #[error("replication message: {0}")]
+    Malformed(&'static str),
+    #[error("replication message of version {0}, this node speaks {VERSION}")]
+    Version(u8),
+}
+
+mod kind {
+    pub const REVISIONS: u8 = 1;
+    pub const DIGEST: u8 = 2;
+    pub const WANT: u8 = 3;
+}
+
+impl SyncMessage {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![VERSION];
+        match self {
+            SyncMessage::Revisions(revisions) => {
+                out.push(kind::REVISIONS);
+                out.extend_from_slice(&(revisions.len() as u16).to_be_bytes());
+                for revision in revisions {
+                    encode_revision(revision, &mut out);
+                }
+            }
+            SyncMessage::Digest { frontier, head } => {
+                out.push(kind::DIGEST);
+                encode_ids(frontier, &mut out);
+                match head {
+                    Some(head) => {
+                        out.push(1);
+                        out.extend_from_slice(&head.0);
+                    }
+                    None => out.push(0),
+                }
+            }
+            SyncMessage::Want(ids) => {
+                out.push(kind::WANT);
+                encode_ids(ids, &mut out);
+            }
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<SyncMessage, WireError> {
+        let mut reader = Reader { bytes };
+        let version = reader.u8()?;
+        if version != VERSION {
+            return Err(WireError::Version(version));
+        }
+        let message = match reader.u8()? {
+            kind::REVISIONS => {
+                let count = usize::from(reader.u16()?);
+                if count > MAX_REVISIONS {
+                    return Err(WireError::Malformed("too many revisions"));
+                }
+                let mut revisions = Vec::with_capacity(count);
+                for _ in 0..count {
+                    revisions.push(decode_revision(&mut reader)?);
+                }
+                SyncMessage::Revisions(revisions)
+            }
+            kind::DIGEST => {
+                let frontier = decode_ids(&mut reader)?;
+                let head = match reader.u8()? {
+                    0 => None,
+                    1 => Some(RevisionId(reader.array()?)),
+                    _ => return Err(WireError::Malformed("head flag")),
+                };
+                SyncMessage::Digest { frontier, head }
+            }
+            kind::WANT => SyncMessage::Want(decode_ids(&mut reader)?),
+            _ => return Err(WireError::Malformed("unknown kind")),
+        };
+        if !reader.bytes.is_empty() {
+            return Err(WireError::Malformed("trailing bytes"));
+        }
+        Ok(message)
+    }
+}
+
+fn encode_ids(ids: &[RevisionId], out: &mut Vec<u8>) {
+    let ids = &ids[..ids.len().min(MAX_IDS)];
+    out.extend_from_slice(&(ids.len() as u16).to_be_bytes());
+    for id in ids {
+        out.extend_from_slice(&id.0);
+    }
+}
+
+fn decode_ids(reader: &mut Reader<'_>) -> Result<Vec<RevisionId>, WireError> {
+    let count = usize::from(reader.u16()?);
+    if count > MAX_IDS {
+        return Err(WireError::Malformed("too many ids"));
+    }
+    (0..count).map(|_| reader.array().map(RevisionId)).collect()
+}
+
+fn encode_revision(revision: &Revision, out: &mut Vec<u8>) {
+    out.push(match revision.kind {
+        RevisionKind::Save => 1,
+        RevisionKind::Merge => 2,
+    });
+    out.push(revision.parents.len().min(MAX_PARENTS) as u8);
+    for parent in revision.parents.iter().take(MAX_PARENTS) {
+        out.extend_from_slice(&parent.0);
+    }
+    out.extend_from_slice(&revision.id.0);
+    out.extend_from_slice(revision.author.as_bytes());
+    out.extend_from_slice(&revision.author_priority.value().to_be_bytes());
+    out.extend_from_slice(&revision.time.ms.to_be_bytes());
+    out.extend_from_slice(&revision.time.counter.to_be_bytes());
+    out.extend_from_slice(&revision.content.0);
+    for (text, limit) in [
+        (&revision.saved_by, MAX_SAVED_BY),
+        (&revision.message, MAX_MESSAGE),
+    ] {
+        let text = truncate(text, limit);
+        out.extend_from_slice(&(text.len() as u16).to_be_bytes());
+        out.extend_from_slice(text.as_bytes());
+    }
+}
+
+/// At most `limit` bytes, cut at a character boundary (a longer text is refused before it is
+/// saved; this only keeps the encoder total).
+fn truncate(text: &str, limit: usize) -> &str {
+    let mut end = text.len().min(limit);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+fn decode_revision(reader: &mut Reader<'_>) -> Result<Revision, WireError> {
+    let kind = match reader.u8()? {
+        1 => RevisionKind::Save,
+        2 => RevisionKind::Merge,
+        _ => return Err(WireError::Malformed("revision kind")),
+    };
+    let parent_count = usize::from(reader.u8()?);
+    if parent_count > MAX_PARENTS {
+        return Err(WireError::Malformed("too many parents"));
+    }
+    let parents = (0..parent_count)
+        .map(|_| reader.array().map(RevisionId))
+        .collect::<Result<Vec<_>, _>>()?;
+    let id = RevisionId(reader.array()?);
+    let author = NodeId::from_bytes(reader.array()?);
+    let author_priority = NodePriority::new(reader.u16()?);
+    let ms = u64::from_be_bytes(reader.array()?);
+    let counter = reader.u16()?;
+    let content = ContentId(reader.array()?);
+    let saved_by = reader.text(MAX_SAVED_BY)?;
+    let message = reader.text(MAX_MESSAGE)?;
+    Ok(Revision {
+        id,
+        kind,
+        parents,
+        author,
+        author_priority,
+        time: HlcTime { ms, counter },
+        content,
+        saved_by,
+        message,
+    })
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, count: usize) -> Result<&'a [u8], WireError> {
+        if self.bytes.len() < count {
+            return Err(WireError::Truncated);
+        }
+        let (taken, rest) = self.bytes.split_at(count);
+        self.bytes = rest;
+        Ok(taken)
+    }
+
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, WireError> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+
+    fn text(&mut self, limit: usize) -> Result<String, WireError> {
+        let length = usize::from(self.u16()?);
+        if length > limit {
+            return Err(WireError::Malformed("text too long"));
+        }
+        std::str::from_utf8(self.take(length)?)
+            .map(str::to_owned)
+            .map_err(|_| WireError::Malformed("text not UTF-8"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn revision(parent: Option<RevisionId>, text: &str) -> Revision {
+        Revision::save(
+            parent,
+            NodeId::from_bytes([3; 16]),
+            NodePriority::new(7),
+            HlcTime {
+                ms: 1_800_000_000_000,
+                counter: 2,
+            },
+            ContentId::of(text.as_bytes()),
+            "alice",
+            text,
+        )
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        let first = revision(None, "first");
+        let second = revision(Some(first.id), "second: ünïcode");
+        let messages = [
+            SyncMessage::Revisions(vec![first.clone(), second.clone()]),
+            SyncMessage::Digest {
+                frontier: vec![first.id, second.id],
+                head: Some(second.id),
+            },
+            SyncMessage::Digest {
+                frontier: Vec::new(),
+                head: None,
+            },
+            SyncMessage::Want(vec![first.id]),
+        ];
+        for message in messages {
+            assert_eq!(SyncMessage::decode(&message.encode()), Ok(message));
+        }
+    }
+
+    #[test]
+    fn truncation_trailing_bytes_and_bad_versions_are_errors() {
+        let bytes = SyncMessage::Revisions(vec![revision(None, "x")]).encode();
+        for cut in 0..bytes.len() {
+            assert!(SyncMessage::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert_eq!(
+            SyncMessage::decode(&trailing),
+            Err(WireError::Malformed("trailing bytes"))
+        );
+        let mut newer = bytes;
+        newer[0] = 2;
+        assert_eq!(SyncMessage::decode(&newer), Err(WireError::Version(2)));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            if let Ok(message) = SyncMessage::decode(&bytes) {
+                prop_assert_eq!(SyncMessage::decode(&message.encode()), Ok(message));
+            }
+        }
+    }
+}
