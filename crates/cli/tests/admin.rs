@@ -216,7 +216,7 @@ async fn the_store_exports_and_imports_with_the_node_stopped() {
     let exported = store_command(&["export"], &config);
     assert!(exported.status.success(), "{}", text(&exported.stderr));
     let export: serde_json::Value = serde_json::from_slice(&exported.stdout).unwrap_or_default();
-    assert_eq!(export["format"], 1, "{export}");
+    assert_eq!(export["format"], 2, "{export}");
     assert_eq!(export["node"]["id"], id.as_str(), "{export}");
 
     let mut other = NodeProcess::start(BIN, "", POLICY);

@@ -16,13 +16,20 @@ use redb::{Database, ReadableDatabase, TableDefinition};
 /// The file name inside the data directory.
 pub const FILE_NAME: &str = "palisade.redb";
 /// Version of the export format (and of the tables' layout it mirrors).
-pub const EXPORT_FORMAT: u64 = 1;
+pub const EXPORT_FORMAT: u64 = 2;
+/// Earlier export formats this release still reads.
+const READS_FORMATS: [u64; 2] = [1, 2];
 
 /// Node-local facts, one value per key.
 const NODE: TableDefinition<&str, &[u8]> = TableDefinition::new("node");
 const NODE_ID: &str = "node_id";
 /// Present while the node is drained; the value is the Unix time of the drain (8 bytes, LE).
 const DRAINED_SINCE: &str = "drained_since";
+const HLC_HIGH_WATER: &str = "hlc_high_water";
+/// Replicated revisions by id, in the replication plane's encoding (opaque here).
+const REVISIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("revisions");
+/// Content-addressed documents (policy bundles, list files) by SHA-256.
+const CONTENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("contents");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -96,15 +103,86 @@ impl Store {
             .write(&[(DRAINED_SINCE, bytes.as_ref().map(|bytes| &bytes[..]))])
     }
 
+    /// The replication clock's high-water mark (opaque bytes of the replication plane).
+    pub fn hlc_high_water(&self) -> Result<Option<[u8; 10]>, StoreError> {
+        self.tables
+            .read_fixed::<10>(HLC_HIGH_WATER, "clock high-water mark")
+    }
+
+    /// Stores a revision with the contents it brings and the clock's high-water mark, in one
+    /// committed transaction: a crash leaves all of it or none.
+    pub fn save_revision(
+        &self,
+        id: &[u8; 32],
+        revision: &[u8],
+        contents: &[([u8; 32], &[u8])],
+        high_water: [u8; 10],
+    ) -> Result<(), StoreError> {
+        let tables = &self.tables;
+        let write = tables
+            .db
+            .begin_write()
+            .map_err(|error| tables.fail(error))?;
+        {
+            let mut revisions = write
+                .open_table(REVISIONS)
+                .map_err(|error| tables.fail(error))?;
+            revisions
+                .insert(&id[..], revision)
+                .map_err(|error| tables.fail(error))?;
+            let mut table = write
+                .open_table(CONTENTS)
+                .map_err(|error| tables.fail(error))?;
+            for (content_id, bytes) in contents {
+                table
+                    .insert(&content_id[..], *bytes)
+                    .map_err(|error| tables.fail(error))?;
+            }
+            let mut node = write.open_table(NODE).map_err(|error| tables.fail(error))?;
+            node.insert(HLC_HIGH_WATER, &high_water[..])
+                .map_err(|error| tables.fail(error))?;
+        }
+        write.commit().map_err(|error| tables.fail(error))
+    }
+
+    /// Every stored revision (encoded), in no particular order.
+    pub fn revisions(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.tables
+            .all(REVISIONS)
+            .map(|entries| entries.into_iter().map(|(_, value)| value).collect())
+    }
+
+    /// A stored document by its content id.
+    pub fn content(&self, id: &[u8; 32]) -> Result<Option<Vec<u8>>, StoreError> {
+        let tables = &self.tables;
+        let read = tables.db.begin_read().map_err(|error| tables.fail(error))?;
+        let table = match read.open_table(CONTENTS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(error) => return Err(tables.fail(error)),
+        };
+        let value = table.get(&id[..]).map_err(|error| tables.fail(error))?;
+        Ok(value.map(|value| value.value().to_vec()))
+    }
+
     /// Everything in the store as versioned JSON, for backups and for moving between
     /// releases whose file formats differ.
     pub fn export(&self) -> Result<serde_json::Value, StoreError> {
+        let hex_pairs = |entries: Vec<(Vec<u8>, Vec<u8>)>| -> serde_json::Value {
+            entries
+                .into_iter()
+                .map(|(key, value)| serde_json::json!([hex(&key), hex(&value)]))
+                .collect()
+        };
         Ok(serde_json::json!({
             "format": EXPORT_FORMAT,
             "node": {
                 "id": self.node_id.to_string(),
                 "drained_since": self.drained_since()?,
+                "hlc_high_water": self.hlc_high_water()?.map(|mark| hex(&mark)),
             },
+            "revisions": hex_pairs(self.tables.all(REVISIONS)?),
+            "contents": hex_pairs(self.tables.all(CONTENTS)?),
         }))
     }
 
@@ -116,10 +194,10 @@ impl Store {
             detail,
         };
         match export.get("format").and_then(serde_json::Value::as_u64) {
-            Some(EXPORT_FORMAT) => {}
+            Some(format) if READS_FORMATS.contains(&format) => {}
             Some(other) => {
                 return Err(refuse(format!(
-                    "export format {other}, this release reads {EXPORT_FORMAT}"
+                    "export format {other}, this release reads {READS_FORMATS:?}"
                 )));
             }
             None => return Err(refuse("no \"format\": not a palisade store export".into())),
@@ -139,20 +217,113 @@ impl Store {
             ),
         };
         let drained_since = drained_since.map(u64::to_le_bytes);
-        // One transaction: a crash mid-import leaves the store as it was, not half-imported.
-        self.tables.write(&[
-            (NODE_ID, Some(&id.as_bytes()[..])),
-            (
-                DRAINED_SINCE,
-                drained_since.as_ref().map(|bytes| &bytes[..]),
+        let high_water = match export.pointer("/node/hlc_high_water") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(value) => Some(
+                value
+                    .as_str()
+                    .and_then(unhex)
+                    .filter(|bytes| bytes.len() == 10)
+                    .ok_or_else(|| refuse(format!("node.hlc_high_water is {value}")))?,
             ),
-        ])?;
+        };
+        let pairs = |name: &str| -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+            let Some(entries) = export.get(name) else {
+                return Ok(Vec::new());
+            };
+            let entries = entries
+                .as_array()
+                .ok_or_else(|| refuse(format!("{name} is not a list")))?;
+            entries
+                .iter()
+                .enumerate()
+                .map(|(index, entry)| {
+                    let pair = entry.as_array().filter(|pair| pair.len() == 2);
+                    let key = pair.and_then(|pair| pair[0].as_str()).and_then(unhex);
+                    let value = pair.and_then(|pair| pair[1].as_str()).and_then(unhex);
+                    match (key, value) {
+                        (Some(key), Some(value)) if key.len() == 32 => Ok((key, value)),
+                        _ => Err(refuse(format!("{name}[{index}] is not [id, bytes] in hex"))),
+                    }
+                })
+                .collect()
+        };
+        let (revisions, contents) = (pairs("revisions")?, pairs("contents")?);
+        // One transaction: a crash mid-import leaves the store as it was, not half-imported.
+        let tables = &self.tables;
+        let write = tables
+            .db
+            .begin_write()
+            .map_err(|error| tables.fail(error))?;
+        {
+            let mut node = write.open_table(NODE).map_err(|error| tables.fail(error))?;
+            node.insert(NODE_ID, &id.as_bytes()[..])
+                .map_err(|error| tables.fail(error))?;
+            match &drained_since {
+                Some(bytes) => node.insert(DRAINED_SINCE, &bytes[..]).map(|_| ()),
+                None => node.remove(DRAINED_SINCE).map(|_| ()),
+            }
+            .map_err(|error| tables.fail(error))?;
+            match &high_water {
+                Some(bytes) => node.insert(HLC_HIGH_WATER, &bytes[..]).map(|_| ()),
+                None => node.remove(HLC_HIGH_WATER).map(|_| ()),
+            }
+            .map_err(|error| tables.fail(error))?;
+            for (definition, entries) in [(REVISIONS, &revisions), (CONTENTS, &contents)] {
+                write
+                    .delete_table(definition)
+                    .map_err(|error| tables.fail(error))?;
+                let mut table = write
+                    .open_table(definition)
+                    .map_err(|error| tables.fail(error))?;
+                for (key, value) in entries {
+                    table
+                        .insert(&key[..], &value[..])
+                        .map_err(|error| tables.fail(error))?;
+                }
+            }
+        }
+        write.commit().map_err(|error| tables.fail(error))?;
         self.node_id = id;
         Ok(())
     }
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(text.get(at..at + 2)?, 16).ok())
+        .collect()
+}
+
 impl Tables {
+    /// Every entry of a table, in key order.
+    fn all(
+        &self,
+        definition: TableDefinition<&[u8], &[u8]>,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        use redb::ReadableTable;
+        let read = self.db.begin_read().map_err(|error| self.fail(error))?;
+        let table = match read.open_table(definition) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(error) => return Err(self.fail(error)),
+        };
+        let mut entries = Vec::new();
+        for entry in table.iter().map_err(|error| self.fail(error))? {
+            let (key, value) = entry.map_err(|error| self.fail(error))?;
+            entries.push((key.value().to_vec(), value.value().to_vec()));
+        }
+        Ok(entries)
+    }
+
     fn read(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let read = self.db.begin_read().map_err(|error| self.fail(error))?;
         let table = match read.open_table(NODE) {
@@ -330,6 +501,50 @@ mod tests {
     }
 
     #[test]
+    fn revisions_contents_and_the_clock_mark_survive_reopening_and_export() {
+        let (from, to) = (Dir::new("repl-from"), Dir::new("repl-to"));
+        let source = open(&from);
+        let (id, content) = ([7u8; 32], [9u8; 32]);
+        source
+            .save_revision(
+                &id,
+                b"revision bytes",
+                &[(content, b"policy bundle")],
+                [1; 10],
+            )
+            .unwrap_or_else(|error| panic!("{error}"));
+        drop(source);
+        let source = open(&from);
+        assert_eq!(
+            source.revisions().ok(),
+            Some(vec![b"revision bytes".to_vec()])
+        );
+        assert_eq!(
+            source.content(&content).ok(),
+            Some(Some(b"policy bundle".to_vec()))
+        );
+        assert_eq!(source.content(&[0; 32]).ok(), Some(None));
+        assert_eq!(source.hlc_high_water().ok(), Some(Some([1; 10])));
+        let export = source.export().unwrap_or_else(|error| panic!("{error}"));
+        let mut target = open(&to);
+        target
+            .import(&export)
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(target.revisions().ok(), source.revisions().ok());
+        assert_eq!(
+            target.content(&content).ok(),
+            Some(Some(b"policy bundle".to_vec()))
+        );
+        assert_eq!(target.hlc_high_water().ok(), Some(Some([1; 10])));
+        // A format-1 export (before replication) still imports, with nothing replicated.
+        let old = serde_json::json!({"format": 1, "node": {"id": source.node_id().to_string(), "drained_since": null}});
+        target
+            .import(&old)
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(target.revisions().ok(), Some(Vec::new()));
+    }
+
+    #[test]
     fn export_and_import_carry_the_identity() {
         let (from, to) = (Dir::new("export-from"), Dir::new("export-to"));
         let source = open(&from);
@@ -353,7 +568,8 @@ mod tests {
         );
         let mut target = open(&to);
         for bad in [
-            serde_json::json!({"format": 2, "node": {"id": source.node_id().to_string()}}),
+            serde_json::json!({"format": 3, "node": {"id": source.node_id().to_string()}}),
+            serde_json::json!({"format": 2, "node": {"id": source.node_id().to_string()}, "revisions": [["00", "11"]]}),
             serde_json::json!({"node": {"id": source.node_id().to_string()}}),
             serde_json::json!({"format": 1, "node": {"id": "node-a"}}),
         ] {
