@@ -114,6 +114,48 @@ impl SyncMessage {
     }
 }
 
+impl Revision {
+    /// The revision as stored (the same encoding as on the wire).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = vec![VERSION];
+        encode_revision(self, &mut out);
+        out
+    }
+
+    /// A stored revision; its id is checked when it goes into a [`History`](crate::History).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Revision, WireError> {
+        let mut reader = Reader { bytes };
+        let version = reader.u8()?;
+        if version != VERSION {
+            return Err(WireError::Version(version));
+        }
+        let revision = decode_revision(&mut reader)?;
+        if !reader.bytes.is_empty() {
+            return Err(WireError::Malformed("trailing bytes"));
+        }
+        Ok(revision)
+    }
+}
+
+impl HlcTime {
+    /// The stored form of a high-water mark.
+    pub fn to_bytes(self) -> [u8; 10] {
+        let mut out = [0u8; 10];
+        out[..8].copy_from_slice(&self.ms.to_be_bytes());
+        out[8..].copy_from_slice(&self.counter.to_be_bytes());
+        out
+    }
+
+    pub fn from_bytes(bytes: [u8; 10]) -> HlcTime {
+        let mut ms = [0u8; 8];
+        ms.copy_from_slice(&bytes[..8]);
+        HlcTime {
+            ms: u64::from_be_bytes(ms),
+            counter: u16::from_be_bytes([bytes[8], bytes[9]]),
+        }
+    }
+}
+
 fn encode_ids(ids: &[RevisionId], out: &mut Vec<u8>) {
     let ids = &ids[..ids.len().min(MAX_IDS)];
     out.extend_from_slice(&(ids.len() as u16).to_be_bytes());
@@ -277,6 +319,17 @@ mod tests {
         for message in messages {
             assert_eq!(SyncMessage::decode(&message.encode()), Ok(message));
         }
+    }
+
+    #[test]
+    fn stored_forms_round_trip() {
+        let stored = revision(None, "stored");
+        assert_eq!(Revision::from_bytes(&stored.to_bytes()), Ok(stored));
+        let mark = HlcTime {
+            ms: 1_800_000_000_123,
+            counter: 9,
+        };
+        assert_eq!(HlcTime::from_bytes(mark.to_bytes()), mark);
     }
 
     #[test]

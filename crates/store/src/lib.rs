@@ -168,7 +168,7 @@ impl Store {
     /// Everything in the store as versioned JSON, for backups and for moving between
     /// releases whose file formats differ.
     pub fn export(&self) -> Result<serde_json::Value, StoreError> {
-        let hex_pairs = |entries: Vec<(Vec<u8>, Vec<u8>)>| -> serde_json::Value {
+        let hex_pairs = |entries: Entries| -> serde_json::Value {
             entries
                 .into_iter()
                 .map(|(key, value)| serde_json::json!([hex(&key), hex(&value)]))
@@ -227,7 +227,7 @@ impl Store {
                     .ok_or_else(|| refuse(format!("node.hlc_high_water is {value}")))?,
             ),
         };
-        let pairs = |name: &str| -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let pairs = |name: &str| -> Result<Entries, StoreError> {
             let Some(entries) = export.get(name) else {
                 return Ok(Vec::new());
             };
@@ -289,12 +289,15 @@ impl Store {
     }
 }
 
+/// A table's entries: (key, value) in key order.
+type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())
@@ -305,10 +308,7 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 
 impl Tables {
     /// Every entry of a table, in key order.
-    fn all(
-        &self,
-        definition: TableDefinition<&[u8], &[u8]>,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn all(&self, definition: TableDefinition<&[u8], &[u8]>) -> Result<Entries, StoreError> {
         use redb::ReadableTable;
         let read = self.db.begin_read().map_err(|error| self.fail(error))?;
         let table = match read.open_table(definition) {

@@ -1,0 +1,333 @@
+//! The cluster's trust (issue 10): a cluster CA, node certificates that name the node by its
+//! `NodeId` (never by an address: NAT'd members and address changes keep working), join
+//! tokens that pin the CA, and the mutual-TLS configurations of the peer links.
+//!
+//! A node certificate carries one DNS name, `node-<uuid>.<cluster>.palisade`, which is also
+//! the TLS server name a peer checks whatever address it dialled. The CA key stays where the
+//! cluster was made (or offline); members hold only the CA certificate.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use palisade_identity::NodeId;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use time::OffsetDateTime;
+
+/// The DNS-name suffix of every node certificate.
+const SUFFIX: &str = "palisade";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    #[error("certificate error: {0}")]
+    Certificate(#[from] rcgen::Error),
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("TLS client verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    #[error("not a certificate this cluster issues: {0}")]
+    NotOurs(String),
+    #[error("malformed {what}: {detail}")]
+    Malformed { what: &'static str, detail: String },
+}
+
+/// A cluster's id: random, made by `palisade cluster init`, part of every node's name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ClusterId(String);
+
+impl ClusterId {
+    /// A new random id (16 hex digits).
+    pub fn random() -> ClusterId {
+        let bytes = *NodeId::random().as_bytes();
+        ClusterId(
+            bytes[..8]
+                .iter()
+                .map(|byte| format!("{byte:02x}"))
+                .collect(),
+        )
+    }
+
+    pub fn parse(text: &str) -> Result<ClusterId, TrustError> {
+        let valid = text.len() == 16
+            && text
+                .bytes()
+                .all(|byte| byte.is_ascii_hexdigit() && !byte.is_ascii_uppercase());
+        if valid {
+            Ok(ClusterId(text.to_owned()))
+        } else {
+            Err(TrustError::Malformed {
+                what: "cluster id",
+                detail: text.to_owned(),
+            })
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The name a node's certificate carries and its peers check: `node-<uuid>.<cluster>.palisade`.
+pub fn node_dns_name(node: NodeId, cluster: &ClusterId) -> String {
+    format!("node-{node}.{}.{SUFFIX}", cluster.as_str())
+}
+
+/// The node a name belongs to, if it is one of `cluster`'s.
+pub fn node_of_dns_name(name: &str, cluster: &ClusterId) -> Option<NodeId> {
+    let rest = name.strip_prefix("node-")?;
+    let id = rest.strip_suffix(&format!(".{}.{SUFFIX}", cluster.as_str()))?;
+    id.parse().ok()
+}
+
+/// SHA-256 of a certificate's DER: what a join token pins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Fingerprint(pub [u8; 32]);
+
+impl Fingerprint {
+    pub fn of(der: &[u8]) -> Fingerprint {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, der).as_ref());
+        Fingerprint(out)
+    }
+}
+
+impl std::fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for byte in self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The cluster CA: its certificate (every member holds it) and its key (only where the
+/// cluster was made, or offline).
+pub struct ClusterCa {
+    pub cluster: ClusterId,
+    pub cert_pem: String,
+    key: KeyPair,
+    cert_der: CertificateDer<'static>,
+}
+
+fn offset(now: OffsetDateTime, lifetime: Duration) -> OffsetDateTime {
+    now + time::Duration::seconds(lifetime.as_secs().min(i64::MAX as u64) as i64)
+}
+
+impl ClusterCa {
+    /// A new CA for `cluster`, valid from `now` for `lifetime`.
+    pub fn create(
+        cluster: ClusterId,
+        now: OffsetDateTime,
+        lifetime: Duration,
+    ) -> Result<ClusterCa, TrustError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(
+            DnType::CommonName,
+            format!("palisade cluster {} CA", cluster.as_str()),
+        );
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.not_before = now - time::Duration::minutes(5);
+        params.not_after = offset(now, lifetime);
+        let cert = params.self_signed(&key)?;
+        Ok(ClusterCa {
+            cluster,
+            cert_pem: cert.pem(),
+            cert_der: cert.der().clone(),
+            key,
+        })
+    }
+
+    /// The CA of `cluster` from its stored certificate and key.
+    pub fn from_pem(
+        cluster: ClusterId,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<ClusterCa, TrustError> {
+        let key = KeyPair::from_pem(key_pem)?;
+        let cert_der = pem_certificate(cert_pem)?;
+        Ok(ClusterCa {
+            cluster,
+            cert_pem: cert_pem.to_owned(),
+            cert_der,
+            key,
+        })
+    }
+
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of(&self.cert_der)
+    }
+
+    /// Signs a node's request: the certificate names the node the request names (nothing
+    /// else it asks for is taken), serves as client and server, and is valid for
+    /// `lifetime` from `now`.
+    pub fn sign(
+        &self,
+        csr_pem: &str,
+        now: OffsetDateTime,
+        lifetime: Duration,
+    ) -> Result<(NodeId, String), TrustError> {
+        let request = CertificateSigningRequestParams::from_pem(csr_pem)?;
+        let node = request
+            .params
+            .subject_alt_names
+            .iter()
+            .find_map(|san| match san {
+                SanType::DnsName(name) => node_of_dns_name(name.as_str(), &self.cluster),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                TrustError::NotOurs(format!(
+                    "the request names no node of cluster {}",
+                    self.cluster.as_str()
+                ))
+            })?;
+        let mut params = CertificateParams::new(vec![node_dns_name(node, &self.cluster)])?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, node_dns_name(node, &self.cluster));
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.not_before = now - time::Duration::minutes(5);
+        params.not_after = offset(now, lifetime);
+        params.use_authority_key_identifier_extension = true;
+        let issuer = Issuer::from_ca_cert_der(&self.cert_der, &self.key)?;
+        let cert = params.signed_by(&request.public_key, &issuer)?;
+        Ok((node, cert.pem()))
+    }
+}
+
+/// A node's own key and its signing request for `cluster` (the key never leaves the node).
+pub fn node_key_and_request(
+    node: NodeId,
+    cluster: &ClusterId,
+) -> Result<(String, String), TrustError> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let params = CertificateParams::new(vec![node_dns_name(node, cluster)])?;
+    let request = params.serialize_request(&key)?;
+    Ok((key.serialize_pem(), request.pem()?))
+}
+
+fn pem_certificate(pem: &str) -> Result<CertificateDer<'static>, TrustError> {
+    let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|error| {
+        TrustError::Malformed {
+            what: "certificate PEM",
+            detail: error.to_string(),
+        }
+    })?;
+    Ok(CertificateDer::from(parsed.contents))
+}
+
+/// What a certificate says of the node that holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeCertificate {
+    pub node: NodeId,
+    pub not_after: OffsetDateTime,
+}
+
+impl NodeCertificate {
+    /// Reads a node certificate of `cluster` (DER).
+    pub fn read(der: &[u8], cluster: &ClusterId) -> Result<NodeCertificate, TrustError> {
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(der).map_err(|error| TrustError::Malformed {
+                what: "certificate",
+                detail: error.to_string(),
+            })?;
+        let node = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .and_then(|san| {
+                san.value.general_names.iter().find_map(|name| match name {
+                    x509_parser::extensions::GeneralName::DNSName(name) => {
+                        node_of_dns_name(name, cluster)
+                    }
+                    _ => None,
+                })
+            })
+            .ok_or_else(|| {
+                TrustError::NotOurs(format!("no node name of cluster {}", cluster.as_str()))
+            })?;
+        Ok(NodeCertificate {
+            node,
+            not_after: cert.validity().not_after.to_datetime(),
+        })
+    }
+
+    /// Time left before it expires (zero once it has).
+    pub fn remaining(&self, now: OffsetDateTime) -> Duration {
+        let left = self.not_after - now;
+        Duration::from_secs(left.whole_seconds().max(0) as u64)
+    }
+}
+
+/// This node's TLS identity: its certificate chain and key, and the CAs it trusts (two during
+/// a CA rotation).
+pub struct TlsIdentity {
+    pub cluster: ClusterId,
+    pub node: NodeId,
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub trusted_ca_pems: Vec<String>,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    // ring only: two providers in one process make rustls panic at run time.
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl TlsIdentity {
+    fn roots(&self) -> Result<rustls::RootCertStore, TrustError> {
+        let mut roots = rustls::RootCertStore::empty();
+        for pem in &self.trusted_ca_pems {
+            roots.add(pem_certificate(pem)?)?;
+        }
+        Ok(roots)
+    }
+
+    fn chain_and_key(
+        &self,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TrustError> {
+        let key = KeyPair::from_pem(&self.key_pem)?;
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        Ok((vec![pem_certificate(&self.cert_pem)?], key))
+    }
+
+    /// Accepting peer links: a client certificate of a trusted CA is required.
+    pub fn server_config(&self) -> Result<rustls::ServerConfig, TrustError> {
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(self.roots()?),
+            provider(),
+        )
+        .build()?;
+        let (chain, key) = self.chain_and_key()?;
+        Ok(rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)?)
+    }
+
+    /// Dialling peer links: the peer must present a certificate of a trusted CA for the name
+    /// given as server name (`node_dns_name` of the node expected there).
+    pub fn client_config(&self) -> Result<rustls::ClientConfig, TrustError> {
+        let (chain, key) = self.chain_and_key()?;
+        Ok(rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_root_certificates(self.roots()?)
+            .with_client_auth_cert(chain, key)?)
+    }
+}
+
+#[cfg(test)]
+mod tests;
