@@ -313,18 +313,22 @@ async fn accept_loop(listener: TcpListener, shared: Shared) {
 async fn dial_loop(peer: SocketAddr, shared: Shared) {
     let stop = shared.stop.clone();
     let redial = async {
-        loop {
+        // Leaving stops the redialling, never a link in use: its goodbye must go out.
+        while !shared.leaving.is_cancelled() {
             match dial(peer, &shared.config).await {
+                Ok(link) if shared.leaving.is_cancelled() => link.close_with_bye().await,
                 Ok(link) => serve_link(link, &shared, Some(peer)).await,
                 Err(error) => tracing::debug!(%peer, %error, "peer-link dial failed"),
             }
-            tokio::time::sleep(REDIAL).await;
+            tokio::select! {
+                () = tokio::time::sleep(REDIAL) => {}
+                () = shared.leaving.cancelled() => {}
+            }
         }
     };
     tokio::select! {
         () = redial => {}
         () = stop.cancelled() => {}
-        () = shared.leaving.cancelled() => {}
     }
 }
 
