@@ -32,7 +32,7 @@ pub fn check_config(file: &Path, policy: Option<&Path>) -> anyhow::Result<()> {
         config::load(file).map_err(|errors| anyhow!("invalid configuration:\n{errors}"))?;
     let policy_file = policy.map(Path::to_path_buf).or(config.policy_file.clone());
     if let Some(policy_file) = policy_file {
-        crate::policy_install::load(&policy_file, &identity(&config))?;
+        crate::policy_install::load(&policy_file, &identity(&config, None))?;
         println!(
             "{}: ok (policy {}: ok)",
             file.display(),
@@ -112,7 +112,7 @@ impl Node {
                 file
             }
         };
-        let node_identity = identity(&config);
+        let node_identity = identity(&config, Some(store.node_id));
         let loaded = crate::policy_install::load(&policy_file, &node_identity)?;
         let drained = crate::control::drained_at_start(store.store.as_deref(), &config.data_dir);
         let group_specs = config
@@ -132,7 +132,7 @@ impl Node {
     }
 }
 
-fn identity(config: &NodeConfig) -> NodeIdentity {
+fn identity(config: &NodeConfig, id: Option<palisade_identity::NodeId>) -> NodeIdentity {
     let mut proxy_ips: Vec<_> = config
         .listen
         .iter()
@@ -142,6 +142,7 @@ fn identity(config: &NodeConfig) -> NodeIdentity {
     proxy_ips.sort();
     proxy_ips.dedup();
     NodeIdentity {
+        id,
         name: config.hostname.clone(),
         proxy_ips,
     }

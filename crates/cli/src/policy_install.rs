@@ -202,6 +202,7 @@ mod tests {
         NodeIdentity {
             name: palisade_identity::NodeName::default(),
             proxy_ips: Vec::new(),
+            id: None,
         }
     }
 

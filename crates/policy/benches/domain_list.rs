@@ -102,6 +102,7 @@ fn node() -> NodeIdentity {
     NodeIdentity {
         name: palisade_identity::NodeName::default(),
         proxy_ips: Vec::new(),
+        id: None,
     }
 }
 

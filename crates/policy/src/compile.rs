@@ -360,7 +360,8 @@ impl<'a> Compiler<'a> {
                 Some(header) => {
                     self.name(&header.name, "ruleset");
                     self.unique(&header.name, "ruleset", &mut ruleset_lines);
-                    let applies = self.applies(header.node_hostname, header.node_ip);
+                    let applies =
+                        self.applies(header.node_hostname, header.node_ip, header.node_id);
                     (header.name.into_inner(), applies)
                 }
                 None => (String::new(), false),
@@ -400,7 +401,7 @@ impl<'a> Compiler<'a> {
         let n_errors = self.errors.len();
         self.name(&raw.name, "rule");
         let action = self.action(&raw.action);
-        let applies = self.applies(raw.node_hostname, raw.node_ip);
+        let applies = self.applies(raw.node_hostname, raw.node_ip, raw.node_id);
 
         let host_inline = self
             .non_empty("host", raw.host)
@@ -580,7 +581,12 @@ impl<'a> Compiler<'a> {
 
     /// Whether a ruleset or rule with these `node_*` criteria is for this node; both present
     /// means both must hold.
-    fn applies(&mut self, hostnames: Option<Strings>, ips: Option<Strings>) -> bool {
+    fn applies(
+        &mut self,
+        hostnames: Option<Strings>,
+        ips: Option<Strings>,
+        ids: Option<Strings>,
+    ) -> bool {
         let mut applies = true;
         if let Some(patterns) = self.non_empty("node_hostname", hostnames) {
             let hostname = self
@@ -609,6 +615,19 @@ impl<'a> Compiler<'a> {
         if let Some(cidrs) = self.non_empty("node_ip", ips) {
             let set = self.cidrs(cidrs);
             applies &= self.node.proxy_ips.iter().any(|&ip| set.contains(ip));
+        }
+        // The seeds' System.UUID: survives renames and address changes.
+        if let Some(values) = self.non_empty("node_id", ids) {
+            let mut any = false;
+            for value in values {
+                match value.get_ref().parse::<palisade_identity::NodeId>() {
+                    Ok(id) => any |= self.node.id == Some(id),
+                    Err(_) => {
+                        self.error(value.span(), PolicyErrorKind::BadNodeId(value.into_inner()))
+                    }
+                }
+            }
+            applies &= any;
         }
         applies
     }

@@ -46,6 +46,10 @@ pub enum PolicyErrorKind {
     BadHostPattern { pattern: String, reason: String },
     #[error("invalid node_hostname pattern \"{pattern}\": {reason}")]
     BadNodeHostname { pattern: String, reason: String },
+    #[error(
+        "invalid node_id \"{0}\": expected a node id such as 0b6f7c1e-8d2a-4f0e-9c53-2d1f1a7e4b90 (`palisade status` shows it)"
+    )]
+    BadNodeId(String),
     #[error("invalid path_prefix \"{0}\": must start with \"/\"")]
     BadPathPrefix(String),
     #[error("path_ignore_case needs path_prefix or path_regex in the same rule")]

@@ -39,6 +39,9 @@ use net::{CidrSet, PortSet};
 pub struct NodeIdentity {
     pub name: palisade_identity::NodeName,
     pub proxy_ips: Vec<IpAddr>,
+    /// `None` before the node has one (a policy checked offline): `node_id` criteria then
+    /// match nothing.
+    pub id: Option<palisade_identity::NodeId>,
 }
 
 /// The policy a node runs with before any policy has been set: loopback clients only, CONNECT

@@ -69,6 +69,7 @@ pub(crate) struct RulesetHeader {
     pub(crate) name: Spanned<String>,
     pub(crate) node_hostname: Option<Strings>,
     pub(crate) node_ip: Option<Strings>,
+    pub(crate) node_id: Option<Strings>,
     /// Always taken out before deserializing (rules are read one by one); declared so that an
     /// unknown-key message lists `rule` among the keys a ruleset accepts.
     #[serde(default)]
@@ -91,6 +92,7 @@ pub(crate) struct Rule {
     pub(crate) client: Option<Strings>,
     pub(crate) node_hostname: Option<Strings>,
     pub(crate) node_ip: Option<Strings>,
+    pub(crate) node_id: Option<Strings>,
 }
 
 const TOP_LEVEL_KEYS: &str = "default_action, access, lists, ruleset, block_page";

@@ -11,10 +11,13 @@ use super::*;
 
 const ORIGIN: &str = "/etc/palisade/policy.toml";
 
+const THIS_NODE: &str = "0b6f7c1e-8d2a-4f0e-9c53-2d1f1a7e4b90";
+
 fn node() -> NodeIdentity {
     NodeIdentity {
         name: palisade_identity::NodeName::new("proxy-eu-1").unwrap(),
         proxy_ips: vec!["10.1.0.5".parse().unwrap(), "2001:db8::5".parse().unwrap()],
+        id: Some(THIS_NODE.parse().unwrap()),
     }
 }
 
@@ -572,6 +575,7 @@ fn node_scoping() {
     let us_node = NodeIdentity {
         name: palisade_identity::NodeName::new("proxy-us-2").unwrap(),
         proxy_ips: vec!["192.168.1.1".parse().unwrap()],
+        id: None,
     };
     let policy = compile_text(NODE_SCOPED, &us_node).unwrap();
     let verdict = |host: &str| {
@@ -758,8 +762,8 @@ port = 80
         &[
             "/etc/palisade/policy.toml:1:1: unknown key `default_acton` in the policy, expected one of: default_action, access, lists, ruleset, block_page",
             "/etc/palisade/policy.toml:3:1: unknown field `client`, expected one of `clients`, `connect_ports`, `allow_destinations`",
-            "/etc/palisade/policy.toml:6:1: unknown field `rules`, expected one of `name`, `node_hostname`, `node_ip`, `rule`",
-            "/etc/palisade/policy.toml:10:1: unknown field `hots`, expected one of `name`, `action`, `host`, `host_list`, `path_prefix`, `path_regex`, `path_ignore_case`, `port`, `method`, `client`, `node_hostname`, `node_ip`",
+            "/etc/palisade/policy.toml:6:1: unknown field `rules`, expected one of `name`, `node_hostname`, `node_ip`, `node_id`, `rule`",
+            "/etc/palisade/policy.toml:10:1: unknown field `hots`, expected one of `name`, `action`, `host`, `host_list`, `path_prefix`, `path_regex`, `path_ignore_case`, `port`, `method`, `client`, `node_hostname`, `node_ip`, `node_id`",
             "/etc/palisade/policy.toml:14:8: invalid type: integer `80`, expected a sequence",
         ],
     );
@@ -770,7 +774,7 @@ fn top_level_key_after_a_table_gets_a_hint() {
     check_errors(
         "[[ruleset]]\nname = \"rs\"\n[[ruleset.rule]]\nname = \"r\"\naction = \"allow\"\nblock_page = \"x\"\n",
         &[
-            "/etc/palisade/policy.toml:6:1: unknown field `block_page`, expected one of `name`, `action`, `host`, `host_list`, `path_prefix`, `path_regex`, `path_ignore_case`, `port`, `method`, `client`, `node_hostname`, `node_ip` (`block_page` belongs at the top of the document, before the first [table])",
+            "/etc/palisade/policy.toml:6:1: unknown field `block_page`, expected one of `name`, `action`, `host`, `host_list`, `path_prefix`, `path_regex`, `path_ignore_case`, `port`, `method`, `client`, `node_hostname`, `node_ip`, `node_id` (`block_page` belongs at the top of the document, before the first [table])",
         ],
     );
 }
@@ -1130,5 +1134,53 @@ fn list_files_read_are_reported_for_watching() {
         compiled("default_action = \"allow\"\n")
             .source_files()
             .is_empty()
+    );
+}
+
+/// The seeds' System.UUID criterion: a ruleset or rule for one node by its id, which
+/// survives renames and address changes.
+#[test]
+fn node_id_scoping() {
+    let policy = format!(
+        r#"
+default_action = "allow"
+[[ruleset]]
+name = "this-node"
+node_id = ["{THIS_NODE}"]
+[[ruleset.rule]]
+name = "block"
+action = "block"
+host = ["here.example"]
+[[ruleset]]
+name = "other-node"
+node_id = ["11111111-2222-4333-8444-555555555555"]
+[[ruleset.rule]]
+name = "block"
+action = "block"
+host = ["there.example"]
+"#
+    );
+    check(
+        &policy,
+        "127.0.0.1 GET here.example 80 /",
+        Block,
+        "this-node/block",
+    );
+    check(
+        &policy,
+        "127.0.0.1 GET there.example 80 /",
+        Allow,
+        "default",
+    );
+    // Checked without an id (offline), no node_id ruleset applies.
+    let offline = NodeIdentity { id: None, ..node() };
+    let compiled = compile_text(&policy, &offline).unwrap();
+    let verdict = compiled.evaluate(&facts("127.0.0.1 GET here.example 80 /"));
+    assert_eq!(verdict.action, Allow);
+    check_errors(
+        "[[ruleset]]\nname = \"x\"\nnode_id = [\"node-a\"]\n",
+        &[
+            "/etc/palisade/policy.toml:3:12: invalid node_id \"node-a\": expected a node id such as 0b6f7c1e-8d2a-4f0e-9c53-2d1f1a7e4b90 (`palisade status` shows it)",
+        ],
     );
 }
