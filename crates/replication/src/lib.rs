@@ -13,6 +13,7 @@
 //! - [`sim`]: nodes exchanging revisions over a lossy, reordering, partitionable network in
 //!   virtual time, for property tests of convergence.
 
+pub mod coordinator;
 pub mod history;
 pub mod hlc;
 pub mod replica;
