@@ -8,6 +8,7 @@
 //! whatever the files' times; later the replicated revision takes its place.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
@@ -58,15 +59,16 @@ pub struct LoadedPolicy {
 pub fn load(path: &Path, node: &NodeIdentity) -> anyhow::Result<LoadedPolicy> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read policy {}", path.display()))?;
-    // Each list is hashed as it is read (a list may be a million lines: no second copy),
-    // then the lists' digests are combined in path order.
-    let lists: RefCell<Vec<(String, ring::digest::Digest)>> = RefCell::new(Vec::new());
+    // Each list is hashed as it is read (a list may be a million lines: no second copy);
+    // the revision is the policy bundle's id, the same a replicated revision carries.
+    let lists: RefCell<BTreeMap<String, [u8; 32]>> = RefCell::new(BTreeMap::new());
     let reader = |list: &Path| {
         let content = std::fs::read_to_string(list)?;
-        let name = list.to_string_lossy().into_owned();
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, content.as_bytes()).as_ref());
         lists
             .borrow_mut()
-            .push((name, digest(&[content.as_bytes()])));
+            .insert(palisade_policy::bundle::list_key(path, list), hash);
         Ok(content)
     };
     let policy =
@@ -74,29 +76,11 @@ pub fn load(path: &Path, node: &NodeIdentity) -> anyhow::Result<LoadedPolicy> {
             let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
             anyhow!("invalid policy:\n{}", lines.join("\n"))
         })?;
-    let mut lists = lists.into_inner();
-    lists.sort_by(|(one, _), (other, _)| one.cmp(other));
-    let mut parts: Vec<&[u8]> = vec![text.as_bytes()];
-    for (name, list_digest) in &lists {
-        parts.push(name.as_bytes());
-        parts.push(list_digest.as_ref());
-    }
-    let mut revision = [0u8; 32];
-    revision.copy_from_slice(digest(&parts).as_ref());
+    let revision = palisade_policy::bundle::bundle_id(&text, &lists.into_inner());
     Ok(LoadedPolicy {
         policy,
         revision: PolicyRevision(revision),
     })
-}
-
-/// SHA-256 of `parts`, each length-prefixed so that no two different part lists hash alike.
-fn digest(parts: &[&[u8]]) -> ring::digest::Digest {
-    let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
-    for part in parts {
-        hash.update(&(part.len() as u64).to_le_bytes());
-        hash.update(part);
-    }
-    hash.finish()
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

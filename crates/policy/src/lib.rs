@@ -20,6 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 mod block_page;
+pub mod bundle;
 mod compile;
 mod domain;
 mod error;
@@ -28,6 +29,7 @@ mod net;
 mod raw;
 
 pub use block_page::BlockPageContext;
+pub use bundle::{BundleError, PolicyBundle};
 pub use error::{PolicyError, PolicyErrorKind};
 
 use block_page::Template;
