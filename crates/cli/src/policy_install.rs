@@ -65,7 +65,9 @@ pub fn load(path: &Path, node: &NodeIdentity) -> anyhow::Result<LoadedPolicy> {
     let reader = |list: &Path| {
         let content = std::fs::read_to_string(list)?;
         let mut hash = [0u8; 32];
-        hash.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, content.as_bytes()).as_ref());
+        hash.copy_from_slice(
+            ring::digest::digest(&ring::digest::SHA256, content.as_bytes()).as_ref(),
+        );
         lists
             .borrow_mut()
             .insert(palisade_policy::bundle::list_key(path, list), hash);
