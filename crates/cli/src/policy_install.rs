@@ -62,7 +62,7 @@ pub fn load(path: &Path, node: &NodeIdentity) -> anyhow::Result<LoadedPolicy> {
     // Each list is hashed as it is read (a list may be a million lines: no second copy);
     // the revision is the policy bundle's id, the same a replicated revision carries.
     let lists: RefCell<BTreeMap<String, [u8; 32]>> = RefCell::new(BTreeMap::new());
-    let reader = |list: &Path| {
+    let reader = |list: &Path, declared: &str| {
         let content = std::fs::read_to_string(list)?;
         let mut hash = [0u8; 32];
         hash.copy_from_slice(
@@ -70,7 +70,7 @@ pub fn load(path: &Path, node: &NodeIdentity) -> anyhow::Result<LoadedPolicy> {
         );
         lists
             .borrow_mut()
-            .insert(palisade_policy::bundle::list_key(path, list), hash);
+            .insert(palisade_policy::bundle::list_key(declared), hash);
         Ok(content)
     };
     let policy =

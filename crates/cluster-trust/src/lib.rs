@@ -112,8 +112,22 @@ pub struct ClusterCa {
     cert_der: CertificateDer<'static>,
 }
 
+/// `now + lifetime`, or the end of year 9999 (X.509's latest) for lifetimes past it.
 fn offset(now: OffsetDateTime, lifetime: Duration) -> OffsetDateTime {
-    now + time::Duration::seconds(lifetime.as_secs().min(i64::MAX as u64) as i64)
+    let latest = rcgen::date_time_ymd(9999, 12, 31);
+    i64::try_from(lifetime.as_secs())
+        .ok()
+        .and_then(|seconds| now.checked_add(time::Duration::seconds(seconds)))
+        .map_or(latest, |end| end.min(latest))
+}
+
+/// A random 16-byte serial number (RFC 5280 4.1.2.2: unique per CA; a renewal with the same
+/// key must not reuse one).
+fn serial() -> rcgen::SerialNumber {
+    let mut bytes = *NodeId::random().as_bytes();
+    // Positive, as DER integers for serials must be.
+    bytes[0] &= 0x7f;
+    rcgen::SerialNumber::from_slice(&bytes)
 }
 
 impl ClusterCa {
@@ -133,6 +147,7 @@ impl ClusterCa {
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         params.not_before = now - time::Duration::minutes(5);
         params.not_after = offset(now, lifetime);
+        params.serial_number = Some(serial());
         let cert = params.self_signed(&key)?;
         Ok(ClusterCa {
             cluster,
@@ -166,9 +181,22 @@ impl ClusterCa {
         Fingerprint::of(&self.cert_der)
     }
 
+    /// When the CA certificate expires.
+    pub fn not_after(&self) -> Result<OffsetDateTime, TrustError> {
+        let (_, cert) = x509_parser::parse_x509_certificate(&self.cert_der).map_err(|error| {
+            TrustError::Malformed {
+                what: "CA certificate",
+                detail: error.to_string(),
+            }
+        })?;
+        Ok(cert.validity().not_after.to_datetime())
+    }
+
     /// Signs a node's request: the certificate names the node the request names (nothing
-    /// else it asks for is taken), serves as client and server, and is valid for
-    /// `lifetime` from `now`.
+    /// else it asks for is taken), serves as client and server, is no CA, and is valid for
+    /// `lifetime` from `now` (never past the CA's own expiry). The caller decides whether
+    /// that node may have one: the id must be the one its join token was issued for, and not
+    /// a member's already.
     pub fn sign(
         &self,
         csr_pem: &str,
@@ -200,7 +228,10 @@ impl ClusterCa {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         params.not_before = now - time::Duration::minutes(5);
-        params.not_after = offset(now, lifetime);
+        // Never beyond the CA: a certificate that outlives its issuer only fails later.
+        params.not_after = offset(now, lifetime).min(self.not_after()?);
+        params.serial_number = Some(serial());
+        params.is_ca = IsCa::ExplicitNoCa;
         params.use_authority_key_identifier_extension = true;
         let issuer = Issuer::from_ca_cert_der(&self.cert_der, &self.key)?;
         let cert = params.signed_by(&request.public_key, &issuer)?;

@@ -152,6 +152,42 @@ fn a_request_for_another_cluster_is_not_signed_and_expiry_is_read() {
 }
 
 #[test]
+fn node_certificates_never_outlive_the_ca_and_get_distinct_serials() {
+    let now = OffsetDateTime::now_utc();
+    let ca = ClusterCa::create(ClusterId::random(), now, 30 * DAY)
+        .unwrap_or_else(|error| panic!("{error}"));
+    let node = NodeId::random();
+    let (_, csr) =
+        node_key_and_request(node, &ca.cluster).unwrap_or_else(|error| panic!("{error}"));
+    let (_, first) = ca
+        .sign(&csr, now, 365 * DAY)
+        .unwrap_or_else(|error| panic!("{error}"));
+    let (_, second) = ca
+        .sign(&csr, now, Duration::MAX)
+        .unwrap_or_else(|error| panic!("{error}"));
+    let der = |pem: &str| pem_certificate(pem).unwrap_or_else(|error| panic!("{error}"));
+    let parse = |der: &CertificateDer<'static>| {
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(der).unwrap_or_else(|error| panic!("{error}"));
+        (
+            cert.validity().not_after.to_datetime(),
+            cert.raw_serial().to_vec(),
+            cert.is_ca(),
+        )
+    };
+    let (first_end, first_serial, first_is_ca) = parse(&der(&first));
+    let (second_end, second_serial, _) = parse(&der(&second));
+    let ca_end = ca.not_after().unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(first_end, ca_end);
+    assert_eq!(second_end, ca_end);
+    assert_ne!(
+        first_serial, second_serial,
+        "a renewal with the same key reused the serial"
+    );
+    assert!(!first_is_ca);
+}
+
+#[test]
 fn names_and_ids() {
     let cluster = ClusterId::random();
     let node = NodeId::random();

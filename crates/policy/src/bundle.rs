@@ -19,8 +19,8 @@ fn sha256(bytes: &[u8]) -> ContentHash {
     out
 }
 
-/// A policy document and its lists, by the path the document names them with (relative to
-/// the document's directory when it lies under it).
+/// A policy document and its lists, by the name the document declares them with
+/// ([`list_key`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PolicyBundle {
     pub document: String,
@@ -48,13 +48,28 @@ fn sha256_of(context: digest::Context) -> ContentHash {
     out
 }
 
-/// The key a list is filed under: relative to the document's directory when under it.
-pub fn list_key(origin: &Path, list: &Path) -> String {
-    let base = origin.parent().unwrap_or(Path::new(""));
-    list.strip_prefix(base)
-        .unwrap_or(list)
-        .to_string_lossy()
-        .into_owned()
+/// The key a list is filed under: its name as the document declares it, lexically normalised
+/// (`./a/../lists/x.txt` is `lists/x.txt`), so the key does not depend on where the document
+/// lies or how its path was spelled.
+pub fn list_key(declared: &str) -> String {
+    let absolute = declared.starts_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for part in declared.split('/') {
+        match part {
+            "" | "." => {}
+            ".." if parts.last().is_some_and(|last| *last != "..") => {
+                parts.pop();
+            }
+            ".." if absolute => {}
+            other => parts.push(other),
+        }
+    }
+    let joined = parts.join("/");
+    if absolute {
+        format!("/{joined}")
+    } else {
+        joined
+    }
 }
 
 impl PolicyBundle {
@@ -69,11 +84,9 @@ impl PolicyBundle {
             error: error.to_string(),
         })?;
         let lists = std::cell::RefCell::new(BTreeMap::new());
-        let reader = |path: &Path| {
+        let reader = |path: &Path, declared: &str| {
             let text = std::fs::read_to_string(path)?;
-            lists
-                .borrow_mut()
-                .insert(list_key(origin, path), text.clone());
+            lists.borrow_mut().insert(list_key(declared), text.clone());
             Ok(text)
         };
         let compiled = crate::compile_with_reader(&document, origin, node, &reader)
@@ -94,13 +107,10 @@ impl PolicyBundle {
         origin: &Path,
         node: &NodeIdentity,
     ) -> Result<CompiledPolicy, Vec<PolicyError>> {
-        let reader = |path: &Path| {
-            self.lists
-                .get(&list_key(origin, path))
-                .cloned()
-                .ok_or_else(|| {
-                    std::io::Error::new(std::io::ErrorKind::NotFound, "not in the policy bundle")
-                })
+        let reader = |_: &Path, declared: &str| {
+            self.lists.get(&list_key(declared)).cloned().ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::NotFound, "not in the policy bundle")
+            })
         };
         crate::compile_with_reader(&self.document, origin, node, &reader)
     }
@@ -180,6 +190,19 @@ mod tests {
         assert_ne!(changed.id(), bundle.id());
         let _ = std::fs::remove_dir_all(here);
         let _ = std::fs::remove_dir_all(there);
+    }
+
+    #[test]
+    fn list_keys_are_the_declared_names_normalised() {
+        assert_eq!(list_key("lists/x.txt"), "lists/x.txt");
+        assert_eq!(list_key("./lists//x.txt"), "lists/x.txt");
+        assert_eq!(list_key("a/../lists/x.txt"), "lists/x.txt");
+        assert_eq!(list_key("../shared/x.txt"), "../shared/x.txt");
+        assert_eq!(
+            list_key("/etc/palisade/../palisade/x.txt"),
+            "/etc/palisade/x.txt"
+        );
+        assert_eq!(list_key("/../x.txt"), "/x.txt");
     }
 
     #[test]

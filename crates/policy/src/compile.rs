@@ -29,7 +29,7 @@ pub(crate) struct Compiler<'a> {
     source: &'a str,
     origin: &'a Path,
     node: &'a NodeIdentity,
-    read: &'a dyn Fn(&Path) -> io::Result<String>,
+    read: &'a dyn Fn(&Path, &str) -> io::Result<String>,
     index: LineIndex<'a>,
     errors: Vec<PolicyError>,
     /// Every list file read, so the binary can watch them like the policy file.
@@ -41,7 +41,7 @@ impl<'a> Compiler<'a> {
         source: &'a str,
         origin: &'a Path,
         node: &'a NodeIdentity,
-        read: &'a dyn Fn(&Path) -> io::Result<String>,
+        read: &'a dyn Fn(&Path, &str) -> io::Result<String>,
     ) -> Self {
         Compiler {
             source,
@@ -289,7 +289,7 @@ impl<'a> Compiler<'a> {
         if !self.source_files.contains(&path) {
             self.source_files.push(path.clone());
         }
-        let text = match (self.read)(&path) {
+        let text = match (self.read)(&path, file.get_ref()) {
             Ok(text) => text,
             Err(err) => {
                 self.error(

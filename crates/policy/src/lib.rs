@@ -59,16 +59,19 @@ pub fn compile(
     origin: &Path,
     node: &NodeIdentity,
 ) -> Result<CompiledPolicy, Vec<PolicyError>> {
-    compile_with_reader(source, origin, node, &|path| std::fs::read_to_string(path))
+    compile_with_reader(source, origin, node, &|path, _| {
+        std::fs::read_to_string(path)
+    })
 }
 
 /// [`compile`] with list files read through `read` (given the path already joined to the
-/// directory of `origin`), so that tests and the replication layer need no file system.
+/// directory of `origin`, and the name as the document declares it), so that tests and the
+/// replication layer need no file system.
 pub fn compile_with_reader(
     source: &str,
     origin: &Path,
     node: &NodeIdentity,
-    read: &dyn Fn(&Path) -> std::io::Result<String>,
+    read: &dyn Fn(&Path, &str) -> std::io::Result<String>,
 ) -> Result<CompiledPolicy, Vec<PolicyError>> {
     compile::Compiler::new(source, origin, node, read).compile()
 }

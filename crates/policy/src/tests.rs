@@ -37,7 +37,7 @@ fn files() -> HashMap<&'static str, &'static str> {
 
 fn compile_text(source: &str, node: &NodeIdentity) -> Result<CompiledPolicy, Vec<PolicyError>> {
     let files = files();
-    let read = |path: &Path| -> io::Result<String> {
+    let read = |path: &Path, _: &str| -> io::Result<String> {
         let key = path.to_str().unwrap_or_default();
         files.get(key).map(|text| text.to_string()).ok_or_else(|| {
             io::Error::new(
@@ -962,7 +962,7 @@ path_regex = ["("]
 #[test]
 fn huge_list_file_reports_a_bounded_number_of_errors() {
     let bad_lines = "bad..example\n".repeat(1000);
-    let read = |_: &Path| -> io::Result<String> { Ok(bad_lines.clone()) };
+    let read = |_: &Path, _: &str| -> io::Result<String> { Ok(bad_lines.clone()) };
     let source = "[lists]\nbig = { file = \"big.txt\" }\n";
     let errors = compile_with_reader(source, Path::new("p.toml"), &node(), &read).unwrap_err();
     assert_eq!(errors.len(), 21);

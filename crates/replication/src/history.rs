@@ -22,6 +22,8 @@ pub enum HistoryError {
     },
     #[error("revision {0} has the wrong parents for its kind")]
     BadParents(RevisionId),
+    #[error("merge {0} does not carry what merging its parents gives")]
+    BadMerge(RevisionId),
 }
 
 /// What [`History::insert`] did.
@@ -120,13 +122,17 @@ impl History {
         let parents_ok = match revision.kind {
             RevisionKind::Save => revision.parents.len() <= 1,
             RevisionKind::Merge => {
-                revision.parents.len() >= 2
+                (2..=crate::wire::MAX_PARENTS).contains(&revision.parents.len())
                     && revision.parents.windows(2).all(|w| w[0] < w[1])
-                    && Revision::merge_fields_match(&revision, |id| self.revisions.get(id))
             }
         };
         if !parents_ok {
             return Err(HistoryError::BadParents(revision.id));
+        }
+        if revision.kind == RevisionKind::Merge
+            && !Revision::merge_fields_match(&revision, |id| self.revisions.get(id))
+        {
+            return Err(HistoryError::BadMerge(revision.id));
         }
         if self.revisions.contains_key(&revision.id) {
             return Ok(Inserted::Known);
@@ -136,15 +142,21 @@ impl History {
             .copied()
             .collect();
         if let Some(first) = missing.first() {
-            let waiting = self.pending.entry(*first).or_default();
-            if !waiting.iter().any(|known| known.id == revision.id)
-                && self.pending_count < MAX_PENDING
-            {
-                waiting.push(revision);
-                self.pending_count += 1;
+            // Full at MAX_PENDING: the revision is dropped (anti-entropy offers it again
+            // once its parents are here); no empty entries are left behind.
+            if self.pending_count < MAX_PENDING {
+                let waiting = self.pending.entry(*first).or_default();
+                // The same id with other fields (a forged merge) must not shut out the real
+                // one: only an identical revision is a duplicate.
+                if !waiting.iter().any(|known| *known == revision) {
+                    waiting.push(revision);
+                    self.pending_count += 1;
+                }
             }
             return Ok(Inserted::Pending { missing });
         }
+        let top = revision.id;
+        let mut rejected = None;
         let mut ready = VecDeque::from([revision]);
         while let Some(revision) = ready.pop_front() {
             let id = revision.id;
@@ -168,6 +180,9 @@ impl History {
             {
                 // A merge settles saves only, and carries exactly what merging them gives;
                 // anything else is not one of ours.
+                if id == top {
+                    rejected = Some(id);
+                }
                 continue;
             }
             if revision.kind == RevisionKind::Save {
@@ -194,13 +209,18 @@ impl History {
                 ready.extend(waiting);
             }
         }
-        Ok(Inserted::New)
+        match rejected {
+            Some(id) => Err(HistoryError::BadMerge(id)),
+            None => Ok(Inserted::New),
+        }
     }
 
     /// Settles a frontier of several saves by their merge revision (see the module docs);
     /// returns what was settled, if a merge was made.
     pub fn settle(&mut self) -> Option<Settled> {
-        if self.frontier.len() < 2 {
+        // More concurrent saves than a merge may name (only a hostile member makes that
+        // many): no merge, no head; the node keeps the policy it runs.
+        if !(2..=crate::wire::MAX_PARENTS).contains(&self.frontier.len()) {
             return None;
         }
         let heads: Vec<&Revision> = self.frontier().collect();
@@ -381,6 +401,42 @@ mod tests {
         }
         assert!(heads.windows(2).all(|pair| pair[0] == pair[1]), "{heads:?}");
         assert_eq!(heads[0].map(|(_, content)| content), Some(b.content));
+    }
+
+    #[test]
+    fn a_forged_merge_neither_gets_in_nor_shuts_out_the_real_one() {
+        let base = save(None, 1, 100, 1_000, "base");
+        let a = save(Some(&base), 1, 100, 2_000, "a");
+        let b = save(Some(&base), 2, 100, 3_000, "b");
+        let Some(real) = Revision::merge(&[&a, &b]) else {
+            panic!("no merge");
+        };
+        // Same parents, so the same id, but the loser's content.
+        let mut forged = real.clone();
+        forged.content = a.content;
+        forged.author = a.author;
+        forged.time = a.time;
+        let mut history = History::new();
+        insert(&mut history, &base);
+        // Both arrive before their parents; the forgery first.
+        assert!(matches!(
+            insert(&mut history, &forged),
+            Inserted::Pending { .. }
+        ));
+        assert!(matches!(
+            insert(&mut history, &real),
+            Inserted::Pending { .. }
+        ));
+        insert(&mut history, &a);
+        insert(&mut history, &b);
+        assert_eq!(history.get(&real.id), Some(&real));
+        // Sent with its parents known, a forgery is refused outright.
+        let mut fresh = History::new();
+        for revision in [&base, &a, &b] {
+            insert(&mut fresh, revision);
+        }
+        assert_eq!(fresh.insert(forged), Err(HistoryError::BadMerge(real.id)));
+        assert!(!fresh.contains(&real.id));
     }
 
     #[test]

@@ -70,6 +70,10 @@ impl Replica {
         high_water: HlcTime,
         max_ahead: Duration,
     ) -> Replica {
+        // Never stamp a save before something already held, even if the mark was persisted
+        // late.
+        let newest = history.revisions().map(|revision| revision.time).max();
+        let high_water = newest.map_or(high_water, |newest| newest.max(high_water));
         let mut replica = Replica {
             me,
             priority,
@@ -194,9 +198,13 @@ impl Replica {
                 self.want(from, missing);
             }
             SyncMessage::Want(ids) => {
+                // At most one message's worth per want: whatever more a peer lacks, its next
+                // digest round asks for again (a want of a thousand ids cannot queue
+                // megabytes).
                 let found: Vec<Revision> = ids
                     .iter()
                     .filter_map(|id| self.history.get(id).cloned())
+                    .take(MAX_REVISIONS)
                     .collect();
                 for chunk in found.chunks(MAX_REVISIONS) {
                     self.outbox

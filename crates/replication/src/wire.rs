@@ -14,7 +14,7 @@ pub const MAX_REVISIONS: usize = 256;
 /// Ids in one message at most.
 pub const MAX_IDS: usize = 1024;
 /// Parents of one revision at most (a merge of that many concurrent saves).
-pub const MAX_PARENTS: usize = 64;
+pub const MAX_PARENTS: usize = 1024;
 pub const MAX_SAVED_BY: usize = 256;
 pub const MAX_MESSAGE: usize = 4096;
 
@@ -177,8 +177,12 @@ fn encode_revision(revision: &Revision, out: &mut Vec<u8>) {
         RevisionKind::Save => 1,
         RevisionKind::Merge => 2,
     });
-    out.push(revision.parents.len().min(MAX_PARENTS) as u8);
-    for parent in revision.parents.iter().take(MAX_PARENTS) {
+    // A history never holds more parents than MAX_PARENTS (refused on insert), so nothing
+    // is cut here.
+    out.extend_from_slice(
+        &(revision.parents.len().min(usize::from(u16::MAX)) as u16).to_be_bytes(),
+    );
+    for parent in &revision.parents {
         out.extend_from_slice(&parent.0);
     }
     out.extend_from_slice(&revision.id.0);
@@ -213,7 +217,7 @@ fn decode_revision(reader: &mut Reader<'_>) -> Result<Revision, WireError> {
         2 => RevisionKind::Merge,
         _ => return Err(WireError::Malformed("revision kind")),
     };
-    let parent_count = usize::from(reader.u8()?);
+    let parent_count = usize::from(reader.u16()?);
     if parent_count > MAX_PARENTS {
         return Err(WireError::Malformed("too many parents"));
     }

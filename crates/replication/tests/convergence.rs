@@ -109,6 +109,30 @@ fn scenario(
     };
     let head = cluster.nodes[0].history().head().map(|head| head.content);
     prop_assert_eq!(head, Some(winner.content));
+    // The rule by hand, not through `wins_over`: lowest priority value, then newest time,
+    // then lowest node id.
+    let by_hand = latest
+        .iter()
+        .min_by(|x, y| {
+            x.author_priority
+                .value()
+                .cmp(&y.author_priority.value())
+                .then(y.time.cmp(&x.time))
+                .then(x.author.cmp(&y.author))
+        })
+        .map(|revision| revision.content);
+    prop_assert_eq!(by_hand, Some(winner.content));
+    // The head does not depend on arrival order: the whole history, fed to a fresh one in
+    // reverse order (children before parents), gives the same head.
+    let mut all: Vec<Revision> = cluster.nodes[0].history().revisions().cloned().collect();
+    all.sort_by_key(|revision| (std::cmp::Reverse(revision.time), revision.id));
+    let mut fresh = palisade_replication::History::new();
+    for revision in all {
+        prop_assert!(fresh.insert(revision).is_ok());
+    }
+    prop_assert_eq!(fresh.pending(), 0);
+    fresh.settle();
+    prop_assert_eq!(fresh.head().map(|head| head.id), cluster.converged());
     Ok(())
 }
 
