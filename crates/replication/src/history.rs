@@ -148,7 +148,7 @@ impl History {
                 let waiting = self.pending.entry(*first).or_default();
                 // The same id with other fields (a forged merge) must not shut out the real
                 // one: only an identical revision is a duplicate.
-                if !waiting.iter().any(|known| *known == revision) {
+                if !waiting.contains(&revision) {
                     waiting.push(revision);
                     self.pending_count += 1;
                 }
