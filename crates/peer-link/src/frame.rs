@@ -9,8 +9,9 @@ use crate::auth::{TAG_LEN, constant_time_eq};
 use crate::message::Message;
 
 pub const HEADER_LEN: usize = 5;
-/// Largest payload after the handshake.
-pub const MAX_PAYLOAD: usize = 16 * 1024;
+/// Largest payload after the handshake (the length field's limit; replication messages are
+/// cut to fit).
+pub const MAX_PAYLOAD: usize = 65_000;
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
@@ -77,7 +78,7 @@ impl Sealer {
         write_frame(
             out,
             (encoded.plane, encoded.version, encoded.kind),
-            encoded.payload(),
+            &encoded.payload,
         );
         let tag = tag(&self.key, self.seq, &out[start..]);
         out.extend_from_slice(&tag.as_ref()[..TAG_LEN]);
@@ -159,6 +160,7 @@ mod tests {
                 vrrp_priority: 150,
             }),
             Message::Ha(HaMessage::Handover { vrid: 51 }),
+            Message::Replication(vec![7; 60_000]),
             Message::Bye,
         ];
         let mut wire = Vec::new();

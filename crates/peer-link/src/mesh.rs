@@ -76,8 +76,19 @@ pub enum Down {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MeshEvent {
     PeerUp(Peer),
-    PeerDown { peer: Peer, why: Down },
-    Ha { from: IpAddr, message: HaMessage },
+    PeerDown {
+        peer: Peer,
+        why: Down,
+    },
+    Ha {
+        from: IpAddr,
+        message: HaMessage,
+    },
+    /// A replication message from a peer (its plane's own encoding).
+    Replication {
+        from: NodeId,
+        bytes: Vec<u8>,
+    },
 }
 
 /// The answer of [`MeshHandle::confirm_death`].
@@ -104,6 +115,7 @@ enum Command {
     Replay,
     Broadcast(HaMessage),
     To(IpAddr, HaMessage),
+    Replication(NodeId, Vec<u8>),
     Confirm(IpAddr, oneshot::Sender<Confirmation>),
     Leave(oneshot::Sender<()>),
 }
@@ -163,6 +175,12 @@ impl MeshHandle {
 
     pub fn send_to(&self, peer: IpAddr, message: HaMessage) {
         let _ = self.commands.send(Command::To(peer, message));
+    }
+
+    /// A replication message to the peer with this id (dropped if no link to it is up: the
+    /// next digest repairs it).
+    pub fn send_replication(&self, peer: NodeId, bytes: Vec<u8>) {
+        let _ = self.commands.send(Command::Replication(peer, bytes));
     }
 
     /// Dials the peer at `addr` once to learn whether the process this node knew is dead.
@@ -586,14 +604,21 @@ impl Mesh {
                 self.verified.insert(target);
             }
             Internal::Received { link_id, message } => {
-                let Some(from) = self
+                let Some((from, from_id)) = self
                     .link_owner
                     .get(&link_id)
                     .and_then(|id| self.peers.get(id))
-                    .map(|links| links.peer.addr)
+                    .map(|links| (links.peer.addr, links.peer.id))
                 else {
                     return;
                 };
+                if let Message::Replication(bytes) = message {
+                    self.emit(MeshEvent::Replication {
+                        from: from_id,
+                        bytes,
+                    });
+                    return;
+                }
                 if let Message::Ha(message) = message {
                     if let HaMessage::Status { vrid, .. } = message {
                         self.peer_statuses.insert((from, vrid), message);
@@ -781,6 +806,19 @@ impl Mesh {
                     self.send_on(links, message);
                 }
             }
+            Command::Replication(peer, bytes) => {
+                if let Some(links) = self.peers.get(&peer) {
+                    let sender = links.links.values().next_back();
+                    if let Some(sender) = sender
+                        && sender
+                            .try_send(Outgoing::Send(Message::Replication(bytes)))
+                            .is_err()
+                        && let Some(suppressed) = self.send_warnings.admit()
+                    {
+                        tracing::warn!(peer = %links.peer.name, suppressed, "peer link queue full: replication message dropped");
+                    }
+                }
+            }
             Command::Confirm(addr, answer) => {
                 let target = self
                     .shared
@@ -913,6 +951,17 @@ mod tests {
                 message: status
             }
         );
+        // The replication plane, addressed by node id.
+        a.handle.send_replication(b.id, vec![1, 2, 3]);
+        loop {
+            match next(&mut b_events).await {
+                MeshEvent::Replication { from, bytes } => {
+                    assert_eq!((from, bytes), (a.id, vec![1, 2, 3]));
+                    break;
+                }
+                MeshEvent::PeerUp(_) | MeshEvent::Ha { .. } | MeshEvent::PeerDown { .. } => {}
+            }
+        }
         let b_addr = IpAddr::from([127, 0, 0, 2]);
         assert_eq!(a.handle.confirm_death(b_addr).await, Confirmation::Alive);
         // b's configuration has a wrong port for a: b's dial is refused although a is alive,
@@ -937,7 +986,7 @@ mod tests {
                     break;
                 }
                 // A confirmation's link may come and go first.
-                MeshEvent::PeerUp(_) | MeshEvent::Ha { .. } => {}
+                MeshEvent::PeerUp(_) | MeshEvent::Ha { .. } | MeshEvent::Replication { .. } => {}
             }
         }
         assert_eq!(a.handle.confirm_death(b_addr).await, Confirmation::Refused);
@@ -971,7 +1020,7 @@ mod tests {
                     assert_eq!((peer.id, why), (a.id, Down::Left));
                     break;
                 }
-                MeshEvent::PeerUp(_) | MeshEvent::Ha { .. } => {}
+                MeshEvent::PeerUp(_) | MeshEvent::Ha { .. } | MeshEvent::Replication { .. } => {}
             }
         }
         // a would redial every 200 ms if it still took links.

@@ -11,11 +11,14 @@ pub mod plane {
     pub const LINK: u8 = 0;
     /// High availability: VRRP status and planned handover.
     pub const HA: u8 = 1;
+    /// Central management: replication messages (their own encoding and version inside).
+    pub const REPLICATION: u8 = 2;
 }
 
 /// Wire version of each plane this build speaks.
 pub const LINK_VERSION: u8 = 1;
 pub const HA_VERSION: u8 = 1;
+pub const REPLICATION_VERSION: u8 = 1;
 
 /// Message kinds of the link plane (1-3 are the handshake's).
 pub(crate) mod link_kind {
@@ -24,6 +27,10 @@ pub(crate) mod link_kind {
     pub const AUTH: u8 = 3;
     pub const PING: u8 = 10;
     pub const BYE: u8 = 11;
+}
+
+mod replication_kind {
+    pub const SYNC: u8 = 1;
 }
 
 mod ha_kind {
@@ -40,6 +47,8 @@ pub enum Message {
     /// An orderly goodbye: the connection closing after this is not a crash.
     Bye,
     Ha(HaMessage),
+    /// One replication message (`palisade_replication::SyncMessage` bytes).
+    Replication(Vec<u8>),
 }
 
 /// The HA plane.
@@ -53,25 +62,29 @@ pub enum HaMessage {
 }
 
 /// A message as (plane, version, kind, payload).
-pub(crate) struct Encoded {
+pub(crate) struct Encoded<'a> {
     pub plane: u8,
     pub version: u8,
     pub kind: u8,
-    pub payload: [u8; 2],
-    pub length: usize,
-}
-
-impl Encoded {
-    pub fn payload(&self) -> &[u8] {
-        &self.payload[..self.length]
-    }
+    pub payload: std::borrow::Cow<'a, [u8]>,
 }
 
 impl Message {
-    pub(crate) fn encode(&self) -> Encoded {
-        let (plane, version, kind, payload, length) = match *self {
-            Message::Ping => (plane::LINK, LINK_VERSION, link_kind::PING, [0, 0], 0),
-            Message::Bye => (plane::LINK, LINK_VERSION, link_kind::BYE, [0, 0], 0),
+    pub(crate) fn encode(&self) -> Encoded<'_> {
+        use std::borrow::Cow;
+        let (plane, version, kind, payload) = match self {
+            Message::Ping => (
+                plane::LINK,
+                LINK_VERSION,
+                link_kind::PING,
+                Cow::Borrowed(&[][..]),
+            ),
+            Message::Bye => (
+                plane::LINK,
+                LINK_VERSION,
+                link_kind::BYE,
+                Cow::Borrowed(&[][..]),
+            ),
             Message::Ha(HaMessage::Status {
                 vrid,
                 vrrp_priority,
@@ -79,19 +92,26 @@ impl Message {
                 plane::HA,
                 HA_VERSION,
                 ha_kind::STATUS,
-                [vrid, vrrp_priority],
-                2,
+                Cow::Owned(vec![*vrid, *vrrp_priority]),
             ),
-            Message::Ha(HaMessage::Handover { vrid }) => {
-                (plane::HA, HA_VERSION, ha_kind::HANDOVER, [vrid, 0], 1)
-            }
+            Message::Ha(HaMessage::Handover { vrid }) => (
+                plane::HA,
+                HA_VERSION,
+                ha_kind::HANDOVER,
+                Cow::Owned(vec![*vrid]),
+            ),
+            Message::Replication(bytes) => (
+                plane::REPLICATION,
+                REPLICATION_VERSION,
+                replication_kind::SYNC,
+                Cow::Borrowed(&bytes[..]),
+            ),
         };
         Encoded {
             plane,
             version,
             kind,
             payload,
-            length,
         }
     }
 
@@ -121,6 +141,10 @@ impl Message {
                 (ha_kind::STATUS | ha_kind::HANDOVER, _) => {
                     return Err(FrameError::Malformed("HA message of the wrong length"));
                 }
+                _ => return Ok(None),
+            },
+            (plane::REPLICATION, REPLICATION_VERSION) => match kind {
+                replication_kind::SYNC => Message::Replication(payload.to_vec()),
                 _ => return Ok(None),
             },
             _ => return Ok(None),

@@ -16,7 +16,7 @@ use palisade_identity::{NodeId, NodePriority};
 use crate::history::{History, HistoryError, Inserted, Settled};
 use crate::hlc::{ClockSkew, Hlc, HlcTime};
 use crate::revision::{ContentId, Revision, RevisionId};
-use crate::wire::{MAX_IDS, MAX_REVISIONS, SyncMessage};
+use crate::wire::{MAX_IDS, MAX_MESSAGE_BYTES, MAX_REVISIONS, SyncMessage};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReplicaEvent {
@@ -206,9 +206,21 @@ impl Replica {
                     .filter_map(|id| self.history.get(id).cloned())
                     .take(MAX_REVISIONS)
                     .collect();
-                for chunk in found.chunks(MAX_REVISIONS) {
-                    self.outbox
-                        .push_back((from, SyncMessage::Revisions(chunk.to_vec())));
+                // Cut to fit a peer-link frame.
+                let mut batch = Vec::new();
+                let mut size = 0;
+                for revision in found {
+                    let length = revision.to_bytes().len();
+                    if !batch.is_empty() && size + length > MAX_MESSAGE_BYTES {
+                        self.outbox
+                            .push_back((from, SyncMessage::Revisions(std::mem::take(&mut batch))));
+                        size = 0;
+                    }
+                    size += length;
+                    batch.push(revision);
+                }
+                if !batch.is_empty() {
+                    self.outbox.push_back((from, SyncMessage::Revisions(batch)));
                 }
             }
         }
@@ -317,6 +329,41 @@ mod tests {
             panic!("forced save refused");
         };
         assert_eq!(forced.parents, vec![second.id]);
+    }
+
+    #[test]
+    fn answers_to_wants_fit_a_peer_link_frame() {
+        let mut node = replica(1);
+        let long = "x".repeat(crate::wire::MAX_MESSAGE);
+        let mut ids = Vec::new();
+        for index in 0..40u64 {
+            let saved = node.save(
+                1_000 + index,
+                Base::Head,
+                ContentId::of(&index.to_be_bytes()),
+                "alice",
+                &long,
+            );
+            let Ok(saved) = saved else {
+                panic!("save refused")
+            };
+            ids.push(saved.id);
+        }
+        let peer = NodeId::from_bytes([2; 16]);
+        node.handle(peer, SyncMessage::Want(ids.clone()), 2_000);
+        let mut answered = 0;
+        while let Some((to, message)) = node.poll_transmit() {
+            assert_eq!(to, peer);
+            assert!(
+                message.encode().len() <= MAX_MESSAGE_BYTES + 8,
+                "{}",
+                message.encode().len()
+            );
+            if let SyncMessage::Revisions(revisions) = message {
+                answered += revisions.len();
+            }
+        }
+        assert_eq!(answered, ids.len());
     }
 
     #[test]

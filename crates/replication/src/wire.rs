@@ -17,6 +17,9 @@ pub const MAX_IDS: usize = 1024;
 pub const MAX_PARENTS: usize = 1024;
 pub const MAX_SAVED_BY: usize = 256;
 pub const MAX_MESSAGE: usize = 4096;
+/// Encoded size a message is kept under, so it fits one peer-link frame (65,000 bytes). The
+/// largest revision (1,024 parents, longest texts) is about 37 kB.
+pub const MAX_MESSAGE_BYTES: usize = 60_000;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SyncMessage {
