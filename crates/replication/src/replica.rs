@@ -28,6 +28,23 @@ pub enum ReplicaEvent {
     ClockSkew { from: NodeId, skew: ClockSkew },
     /// A peer sent a revision that is not valid.
     Refused { from: NodeId, error: HistoryError },
+    /// A content arrived whole and matches its id: store it, read it, and call
+    /// [`Replica::resolve`] with what it names (a bundle: its lists; a list: nothing).
+    ContentArrived { id: ContentId, bytes: Vec<u8> },
+    /// A peer asks for contents: answer each one the store holds with
+    /// [`Replica::send_content`].
+    ContentWanted { from: NodeId, ids: Vec<ContentId> },
+    /// Every content the head needs is here: validate and activate it.
+    HeadReady(RevisionId),
+}
+
+/// Contents being received in chunks, at most this many at once.
+const MAX_ASSEMBLING: usize = 64;
+
+struct Assembly {
+    total: u64,
+    chunks: std::collections::BTreeMap<u64, Vec<u8>>,
+    received: u64,
 }
 
 /// What the save was based on.
@@ -58,6 +75,15 @@ pub struct Replica {
     head: Option<RevisionId>,
     outbox: VecDeque<(NodeId, SyncMessage)>,
     events: VecDeque<ReplicaEvent>,
+    /// Contents this node holds (from the store at start, then as they arrive).
+    have: std::collections::HashSet<ContentId>,
+    /// Contents the node has read, with what each needs ([`Replica::resolve`]).
+    resolved: std::collections::HashMap<ContentId, Vec<ContentId>>,
+    assembling: std::collections::HashMap<ContentId, Assembly>,
+    /// The head reported ready last (a new head resets it).
+    ready: Option<RevisionId>,
+    /// Which peer the next content request goes to (round robin).
+    next_source: usize,
 }
 
 impl Replica {
@@ -83,9 +109,161 @@ impl Replica {
             head: None,
             outbox: VecDeque::new(),
             events: VecDeque::new(),
+            have: std::collections::HashSet::new(),
+            resolved: std::collections::HashMap::new(),
+            assembling: std::collections::HashMap::new(),
+            ready: None,
+            next_source: 0,
         };
         replica.settle();
         replica
+    }
+
+    /// Contents already held (from the store), before anything else happens.
+    pub fn with_contents(mut self, held: impl IntoIterator<Item = ContentId>) -> Replica {
+        self.have.extend(held);
+        self.check_ready();
+        self
+    }
+
+    /// The node has read content `id` (held) and it needs `needs` (a bundle: its lists).
+    /// A head is ready once every content it needs is held and resolved, so it is never
+    /// activated with a list missing.
+    pub fn resolve(&mut self, id: ContentId, needs: impl IntoIterator<Item = ContentId>) {
+        self.resolved.insert(id, needs.into_iter().collect());
+        self.request_missing();
+        self.check_ready();
+    }
+
+    /// Sends a held content to a peer that asked for it, in chunks.
+    pub fn send_content(&mut self, to: NodeId, id: ContentId, bytes: &[u8]) {
+        let total = bytes.len() as u64;
+        if bytes.is_empty() {
+            self.outbox.push_back((
+                to,
+                SyncMessage::Content {
+                    id,
+                    offset: 0,
+                    total: 0,
+                    bytes: Vec::new(),
+                },
+            ));
+        }
+        for (index, chunk) in bytes.chunks(crate::wire::MAX_CONTENT_CHUNK).enumerate() {
+            let offset = (index * crate::wire::MAX_CONTENT_CHUNK) as u64;
+            self.outbox.push_back((
+                to,
+                SyncMessage::Content {
+                    id,
+                    offset,
+                    total,
+                    bytes: chunk.to_vec(),
+                },
+            ));
+        }
+    }
+
+    /// What the head needs: its content, and what every resolved content needs in turn;
+    /// and whether all of it is held and resolved.
+    fn needed(&self) -> (BTreeSet<ContentId>, bool) {
+        let mut needed = BTreeSet::new();
+        let mut complete = true;
+        let mut queue: Vec<ContentId> = self
+            .history
+            .head()
+            .map(|head| head.content)
+            .into_iter()
+            .collect();
+        while let Some(id) = queue.pop() {
+            if !needed.insert(id) {
+                continue;
+            }
+            match self.resolved.get(&id) {
+                Some(needs) => queue.extend(needs.iter().copied()),
+                None => complete = false,
+            }
+            complete &= self.have.contains(&id);
+        }
+        (needed, complete)
+    }
+
+    /// Asks one peer (a different one each time) for every needed content not held.
+    fn request_missing(&mut self) {
+        let (needed, _) = self.needed();
+        let missing: Vec<ContentId> = needed
+            .into_iter()
+            .filter(|id| !self.have.contains(id))
+            .collect();
+        if missing.is_empty() || self.peers.is_empty() {
+            return;
+        }
+        let peer = self
+            .peers
+            .iter()
+            .nth(self.next_source % self.peers.len())
+            .copied();
+        self.next_source = self.next_source.wrapping_add(1);
+        if let Some(peer) = peer {
+            for chunk in missing.chunks(MAX_IDS) {
+                self.outbox
+                    .push_back((peer, SyncMessage::WantContent(chunk.to_vec())));
+            }
+        }
+    }
+
+    fn check_ready(&mut self) {
+        let Some(head) = self.history.head().map(|head| head.id) else {
+            return;
+        };
+        let (_, complete) = self.needed();
+        if self.ready != Some(head) && complete {
+            self.ready = Some(head);
+            self.events.push_back(ReplicaEvent::HeadReady(head));
+        }
+    }
+
+    fn content_part(&mut self, id: ContentId, offset: u64, total: u64, bytes: Vec<u8>) {
+        if self.have.contains(&id) || !self.needed().0.contains(&id) {
+            return;
+        }
+        if !self.assembling.contains_key(&id) && self.assembling.len() >= MAX_ASSEMBLING {
+            return;
+        }
+        let assembly = self.assembling.entry(id).or_insert_with(|| Assembly {
+            total,
+            chunks: std::collections::BTreeMap::new(),
+            received: 0,
+        });
+        if assembly.total != total {
+            // Chunks of two different claims about one id: start over.
+            self.assembling.remove(&id);
+            return;
+        }
+        let length = bytes.len() as u64;
+        if assembly.chunks.insert(offset, bytes).is_none() {
+            assembly.received += length;
+        }
+        if assembly.received < assembly.total {
+            return;
+        }
+        let Some(assembly) = self.assembling.remove(&id) else {
+            return;
+        };
+        let mut whole = Vec::with_capacity(assembly.total as usize);
+        for (offset, chunk) in assembly.chunks {
+            if offset != whole.len() as u64 {
+                return;
+            }
+            whole.extend_from_slice(&chunk);
+        }
+        if whole.len() as u64 != assembly.total || ContentId::of(&whole) != id {
+            // Corrupt or forged: dropped; asked again on the next tick.
+            return;
+        }
+        self.have.insert(id);
+        self.events
+            .push_back(ReplicaEvent::ContentArrived { id, bytes: whole });
+        self.check_ready();
     }
 
     pub fn me(&self) -> NodeId {
@@ -150,6 +328,8 @@ impl Replica {
             });
         }
         let time = self.hlc.now(wall_ms);
+        // The saver holds what it saves (its caller stored it first).
+        self.have.insert(content);
         let revision = Revision::save(
             head,
             self.me,
@@ -197,6 +377,22 @@ impl Replica {
                     .collect();
                 self.want(from, missing);
             }
+            // The store knows what it holds (lists saved with a bundle, contents from
+            // before a restart): the node answers what it can.
+            SyncMessage::WantContent(ids) => {
+                if !ids.is_empty() {
+                    self.events
+                        .push_back(ReplicaEvent::ContentWanted { from, ids });
+                }
+            }
+            SyncMessage::Content {
+                id,
+                offset,
+                total,
+                bytes,
+            } => {
+                self.content_part(id, offset, total, bytes);
+            }
             SyncMessage::Want(ids) => {
                 // At most one message's worth per want: whatever more a peer lacks, its next
                 // digest round asks for again (a want of a thousand ids cannot queue
@@ -226,12 +422,14 @@ impl Replica {
         }
     }
 
-    /// Anti-entropy: a digest to every peer.
+    /// Anti-entropy: a digest to every peer, and the head's missing contents asked for again
+    /// (of another peer).
     pub fn tick(&mut self) {
         let digest = self.digest();
         for peer in &self.peers {
             self.outbox.push_back((*peer, digest.clone()));
         }
+        self.request_missing();
     }
 
     pub fn poll_transmit(&mut self) -> Option<(NodeId, SyncMessage)> {
@@ -272,6 +470,9 @@ impl Replica {
             self.head = head;
             if let Some(head) = head {
                 self.events.push_back(ReplicaEvent::NewHead(head));
+                // A new head needs its own bundle, and what it names (`resolve`).
+                self.request_missing();
+                self.check_ready();
             }
         }
     }
@@ -364,6 +565,147 @@ mod tests {
             }
         }
         assert_eq!(answered, ids.len());
+    }
+
+    /// Pumps messages both ways (reversing each batch: order must not matter) until quiet;
+    /// answers content wants from `stores` and resolves arrivals by `needs`.
+    fn pump(
+        nodes: &mut [Replica; 2],
+        stores: &mut [std::collections::HashMap<ContentId, Vec<u8>>; 2],
+        needs: &std::collections::HashMap<ContentId, Vec<ContentId>>,
+    ) -> Vec<ReplicaEvent> {
+        let mut seen = Vec::new();
+        for _ in 0..50 {
+            let mut quiet = true;
+            for from in 0..2 {
+                let to = 1 - from;
+                while let Some(event) = nodes[from].poll_event() {
+                    match &event {
+                        ReplicaEvent::ContentWanted { from: peer, ids } => {
+                            for id in ids {
+                                if let Some(bytes) = stores[from].get(id).cloned() {
+                                    nodes[from].send_content(*peer, *id, &bytes);
+                                }
+                            }
+                        }
+                        ReplicaEvent::ContentArrived { id, bytes } => {
+                            stores[from].insert(*id, bytes.clone());
+                            let wanted = needs.get(id).cloned().unwrap_or_default();
+                            nodes[from].resolve(*id, wanted);
+                        }
+                        _ => {}
+                    }
+                    if from == 1 {
+                        seen.push(event);
+                    }
+                }
+                let mut batch = Vec::new();
+                while let Some((_, message)) = nodes[from].poll_transmit() {
+                    batch.push(message);
+                }
+                quiet &= batch.is_empty();
+                batch.reverse();
+                let me = nodes[from].me();
+                for message in batch {
+                    nodes[to].handle(me, message, 1_000);
+                }
+            }
+            if quiet {
+                break;
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn a_head_is_ready_only_with_its_bundle_and_every_list_it_names() {
+        let mut nodes = [replica(1), replica(2)];
+        let (a_id, b_id) = (nodes[0].me(), nodes[1].me());
+        nodes[0].peer_up(b_id);
+        nodes[1].peer_up(a_id);
+        let list: Vec<u8> = (0..200_000u32).flat_map(|n| n.to_be_bytes()).collect();
+        let list_id = ContentId::of(&list);
+        let bundle = b"document naming one list".to_vec();
+        let bundle_id = ContentId::of(&bundle);
+        let needs = std::collections::HashMap::from([(bundle_id, vec![list_id])]);
+        let mut stores = [
+            std::collections::HashMap::new(),
+            std::collections::HashMap::new(),
+        ];
+        stores[0].insert(bundle_id, bundle.clone());
+        stores[0].insert(list_id, list.clone());
+        let Ok(saved) = nodes[0].save(1_000, Base::Head, bundle_id, "alice", "with a big list")
+        else {
+            panic!("save refused");
+        };
+        nodes[0].resolve(bundle_id, [list_id]);
+        nodes[0].resolve(list_id, []);
+        let seen = pump(&mut nodes, &mut stores, &needs);
+        let arrived = |id: ContentId| {
+            seen.iter().position(
+                |event| matches!(event, ReplicaEvent::ContentArrived { id: got, .. } if *got == id),
+            )
+        };
+        let ready = seen
+            .iter()
+            .position(|event| *event == ReplicaEvent::HeadReady(saved.id));
+        let (Some(bundle_at), Some(list_at), Some(ready_at)) =
+            (arrived(bundle_id), arrived(list_id), ready)
+        else {
+            panic!("missing events: {seen:?}");
+        };
+        assert!(bundle_at < list_at && list_at < ready_at, "{seen:?}");
+        assert_eq!(stores[1].get(&list_id).map(Vec::len), Some(800_000));
+    }
+
+    #[test]
+    fn a_content_that_does_not_match_its_id_is_dropped() {
+        let mut b = replica(2);
+        let peer = NodeId::from_bytes([1; 16]);
+        b.peer_up(peer);
+        let real = ContentId::of(b"real");
+        // Someone else's save whose bundle b has not got.
+        let saved = Revision::save(
+            None,
+            peer,
+            NodePriority::default(),
+            HlcTime {
+                ms: 900,
+                counter: 0,
+            },
+            real,
+            "alice",
+            "x",
+        );
+        b.handle(peer, SyncMessage::Revisions(vec![saved]), 1_000);
+        b.handle(
+            peer,
+            SyncMessage::Content {
+                id: real,
+                offset: 0,
+                total: 4,
+                bytes: b"fake".to_vec(),
+            },
+            1_000,
+        );
+        assert!(
+            !std::iter::from_fn(|| b.poll_event())
+                .any(|event| matches!(event, ReplicaEvent::ContentArrived { .. }))
+        );
+        b.handle(
+            peer,
+            SyncMessage::Content {
+                id: real,
+                offset: 0,
+                total: 4,
+                bytes: b"real".to_vec(),
+            },
+            1_000,
+        );
+        assert!(
+            std::iter::from_fn(|| b.poll_event())
+                .any(|event| matches!(event, ReplicaEvent::ContentArrived { .. }))
+        );
     }
 
     #[test]

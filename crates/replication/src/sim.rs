@@ -25,6 +25,10 @@ pub struct SimNode {
     pub settled: Vec<Settled>,
     /// Revisions refused for a time too far ahead.
     pub refused: usize,
+    /// The node's content store.
+    pub contents: std::collections::HashMap<ContentId, Vec<u8>>,
+    /// The head whose contents are all here (what the node would activate).
+    pub ready: Option<RevisionId>,
 }
 
 impl SimNode {
@@ -92,6 +96,8 @@ impl Cluster {
                     skew_ms,
                     settled: Vec::new(),
                     refused: 0,
+                    contents: std::collections::HashMap::new(),
+                    ready: None,
                 }
             })
             .collect();
@@ -130,6 +136,9 @@ impl Cluster {
     /// A save on `node` on top of its current head, pushed to every peer.
     pub fn save(&mut self, node: usize, text: &str) -> RevisionId {
         let wall = self.wall(node);
+        self.nodes[node]
+            .contents
+            .insert(ContentId::of(text.as_bytes()), text.as_bytes().to_vec());
         let saved = self.nodes[node].replica.save(
             wall,
             Base::Head,
@@ -137,6 +146,9 @@ impl Cluster {
             "admin",
             text,
         );
+        self.nodes[node]
+            .replica
+            .resolve(ContentId::of(text.as_bytes()), []);
         self.flush(node);
         match saved {
             Ok(revision) => revision.id,
@@ -224,12 +236,14 @@ impl Cluster {
         (next <= until).then_some(next)
     }
 
-    /// Whether every node has one head, the same one.
+    /// Whether every node has one head, the same one, with its content (ready to activate).
     pub fn converged(&self) -> Option<RevisionId> {
         let first = self.nodes.first()?.replica.head()?.id;
         self.nodes
             .iter()
-            .all(|node| node.replica.head().map(|head| head.id) == Some(first))
+            .all(|node| {
+                node.replica.head().map(|head| head.id) == Some(first) && node.ready == Some(first)
+            })
             .then_some(first)
     }
 
@@ -250,9 +264,23 @@ impl Cluster {
     /// Sends what the replica queued and records its events.
     fn flush(&mut self, node: usize) {
         while let Some(event) = self.nodes[node].replica.poll_event() {
+            let this = &mut self.nodes[node];
             match event {
-                ReplicaEvent::Settled(settled) => self.nodes[node].settled.push(settled),
-                ReplicaEvent::ClockSkew { .. } => self.nodes[node].refused += 1,
+                ReplicaEvent::Settled(settled) => this.settled.push(settled),
+                ReplicaEvent::ClockSkew { .. } => this.refused += 1,
+                ReplicaEvent::ContentArrived { id, bytes } => {
+                    this.contents.insert(id, bytes);
+                    // The sim's contents name nothing further.
+                    this.replica.resolve(id, []);
+                }
+                ReplicaEvent::ContentWanted { from, ids } => {
+                    for id in ids {
+                        if let Some(bytes) = this.contents.get(&id).cloned() {
+                            this.replica.send_content(from, id, &bytes);
+                        }
+                    }
+                }
+                ReplicaEvent::HeadReady(head) => this.ready = Some(head),
                 ReplicaEvent::NewHead(_) | ReplicaEvent::Refused { .. } => {}
             }
         }

@@ -32,6 +32,15 @@ pub enum SyncMessage {
     },
     /// Please send these revisions.
     Want(Vec<RevisionId>),
+    /// Please send these contents (policy bundles, list files).
+    WantContent(Vec<ContentId>),
+    /// Part of a content: `bytes` at `offset` of `total`.
+    Content {
+        id: ContentId,
+        offset: u64,
+        total: u64,
+        bytes: Vec<u8>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -48,7 +57,14 @@ mod kind {
     pub const REVISIONS: u8 = 1;
     pub const DIGEST: u8 = 2;
     pub const WANT: u8 = 3;
+    pub const WANT_CONTENT: u8 = 4;
+    pub const CONTENT: u8 = 5;
 }
+
+/// Bytes of content in one message at most.
+pub const MAX_CONTENT_CHUNK: usize = 56_000;
+/// A content's size at most (a 1,000,000-entry list is ~20 MB).
+pub const MAX_CONTENT: u64 = 256 * 1024 * 1024;
 
 impl SyncMessage {
     pub fn encode(&self) -> Vec<u8> {
@@ -75,6 +91,28 @@ impl SyncMessage {
             SyncMessage::Want(ids) => {
                 out.push(kind::WANT);
                 encode_ids(ids, &mut out);
+            }
+            SyncMessage::WantContent(ids) => {
+                out.push(kind::WANT_CONTENT);
+                let ids = &ids[..ids.len().min(MAX_IDS)];
+                out.extend_from_slice(&(ids.len() as u16).to_be_bytes());
+                for id in ids {
+                    out.extend_from_slice(&id.0);
+                }
+            }
+            SyncMessage::Content {
+                id,
+                offset,
+                total,
+                bytes,
+            } => {
+                out.push(kind::CONTENT);
+                out.extend_from_slice(&id.0);
+                out.extend_from_slice(&offset.to_be_bytes());
+                out.extend_from_slice(&total.to_be_bytes());
+                let bytes = &bytes[..bytes.len().min(MAX_CONTENT_CHUNK)];
+                out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+                out.extend_from_slice(bytes);
             }
         }
         out
@@ -108,6 +146,32 @@ impl SyncMessage {
                 SyncMessage::Digest { frontier, head }
             }
             kind::WANT => SyncMessage::Want(decode_ids(&mut reader)?),
+            kind::WANT_CONTENT => {
+                let ids = decode_ids(&mut reader)?;
+                SyncMessage::WantContent(ids.into_iter().map(|id| ContentId(id.0)).collect())
+            }
+            kind::CONTENT => {
+                let id = ContentId(reader.array()?);
+                let offset = u64::from_be_bytes(reader.array()?);
+                let total = u64::from_be_bytes(reader.array()?);
+                let length = u32::from_be_bytes(reader.array()?) as usize;
+                if length > MAX_CONTENT_CHUNK {
+                    return Err(WireError::Malformed("content chunk too long"));
+                }
+                if total > MAX_CONTENT
+                    || offset
+                        .checked_add(length as u64)
+                        .is_none_or(|end| end > total)
+                {
+                    return Err(WireError::Malformed("content chunk outside its content"));
+                }
+                SyncMessage::Content {
+                    id,
+                    offset,
+                    total,
+                    bytes: reader.take(length)?.to_vec(),
+                }
+            }
             _ => return Err(WireError::Malformed("unknown kind")),
         };
         if !reader.bytes.is_empty() {
@@ -322,6 +386,13 @@ mod tests {
                 head: None,
             },
             SyncMessage::Want(vec![first.id]),
+            SyncMessage::WantContent(vec![first.content]),
+            SyncMessage::Content {
+                id: first.content,
+                offset: 3,
+                total: 10,
+                bytes: vec![1, 2, 3],
+            },
         ];
         for message in messages {
             assert_eq!(SyncMessage::decode(&message.encode()), Ok(message));
