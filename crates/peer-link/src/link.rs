@@ -91,9 +91,14 @@ pub(crate) fn nonce() -> Result<[u8; NONCE_LEN], LinkError> {
     Ok(nonce)
 }
 
+/// What a link runs over: a TCP stream, or TLS over one (the cluster's mutual TLS).
+pub trait LinkStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> LinkStream for T {}
+
 /// An established link, not yet running.
 pub struct Link {
-    stream: TcpStream,
+    stream: Box<dyn LinkStream>,
     sealer: Sealer,
     opener: Opener,
     /// Bytes that arrived behind the handshake.
@@ -102,15 +107,26 @@ pub struct Link {
     pub remote: SocketAddr,
 }
 
-/// Runs the handshake as `role` on a connected stream.
+/// Runs the handshake as `role` on a connected TCP stream (tuned here).
 pub async fn handshake(
-    mut stream: TcpStream,
+    stream: TcpStream,
     role: Role,
     auth: Arc<dyn Authenticator>,
     local: LocalIdentity,
 ) -> Result<Link, LinkError> {
     let remote = stream.peer_addr()?;
     tune(&stream)?;
+    handshake_over(Box::new(stream), remote, role, auth, local).await
+}
+
+/// Runs the handshake as `role` on any stream to `remote` (TLS over a tuned TCP stream).
+pub async fn handshake_over(
+    mut stream: Box<dyn LinkStream>,
+    remote: SocketAddr,
+    role: Role,
+    auth: Arc<dyn Authenticator>,
+    local: LocalIdentity,
+) -> Result<Link, LinkError> {
     let nonce = nonce()?;
     let mut handshake = match role {
         Role::Client => Handshake::client(auth, local, nonce),
@@ -181,7 +197,7 @@ impl Link {
             leftover,
             ..
         } = self;
-        let (mut read, mut write) = stream.into_split();
+        let (mut read, mut write) = tokio::io::split(stream);
         let mut input = leftover;
         let mut frame = Vec::with_capacity(64);
         let mut ping = tokio::time::interval(PING_INTERVAL);
