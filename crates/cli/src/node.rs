@@ -7,7 +7,6 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, anyhow};
 use arc_swap::ArcSwap;
 use palisade_health::{Health, PortMonitor, PortMonitorConfig};
-use palisade_peer_link::GroupKey;
 use palisade_peer_link::mesh::{MeshConfig, MeshHandle};
 use palisade_policy::{CompiledPolicy, NodeIdentity};
 use palisade_proxy::access_log::AccessLog;
@@ -608,7 +607,7 @@ async fn start_ha_groups(
                     listen: heartbeat.listen,
                     peers: heartbeat.peers.clone(),
                     local_addr: first.router.primary_address,
-                    auth: Arc::new(GroupKey::new(&heartbeat.key)),
+                    auth: palisade_peer_link::LinkAuth::group_key(&heartbeat.key),
                     identity: local,
                     metrics: palisade_peer_link::metrics::MeshMetrics::new(registry),
                 },

@@ -75,6 +75,12 @@ pub fn node_dns_name(node: NodeId, cluster: &ClusterId) -> String {
     format!("node-{node}.{}.{SUFFIX}", cluster.as_str())
 }
 
+/// The name every member's certificate also carries: what a peer dials by address checks
+/// (the node itself is then read from the certificate).
+pub fn member_dns_name(cluster: &ClusterId) -> String {
+    format!("member.{}.{SUFFIX}", cluster.as_str())
+}
+
 /// The node a name belongs to, if it is one of `cluster`'s.
 pub fn node_of_dns_name(name: &str, cluster: &ClusterId) -> Option<NodeId> {
     let rest = name.strip_prefix("node-")?;
@@ -218,7 +224,10 @@ impl ClusterCa {
                     self.cluster.as_str()
                 ))
             })?;
-        let mut params = CertificateParams::new(vec![node_dns_name(node, &self.cluster)])?;
+        let mut params = CertificateParams::new(vec![
+            node_dns_name(node, &self.cluster),
+            member_dns_name(&self.cluster),
+        ])?;
         params
             .distinguished_name
             .push(DnType::CommonName, node_dns_name(node, &self.cluster));

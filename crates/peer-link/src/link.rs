@@ -38,6 +38,115 @@ pub enum LinkError {
     Timeout,
     #[error("no randomness available")]
     Random,
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("the peer's certificate names node {certificate}, its handshake node {claimed}")]
+    Identity {
+        certificate: String,
+        claimed: palisade_identity::NodeId,
+    },
+}
+
+/// How a mesh's links prove who is at the other end.
+#[derive(Clone)]
+pub enum LinkAuth {
+    /// The HA group key (HMAC) over plain TCP: a node in an HA group without a cluster.
+    GroupKey(Arc<crate::auth::GroupKey>),
+    /// The cluster's mutual TLS; the link's own handshake then runs inside it, its proofs and
+    /// frame keys bound to the TLS session (RFC 5705 exporter), and the node id it claims must
+    /// be the one its certificate names.
+    Tls(TlsLinks),
+}
+
+impl LinkAuth {
+    pub fn group_key(secret: &[u8]) -> LinkAuth {
+        LinkAuth::GroupKey(Arc::new(crate::auth::GroupKey::new(secret)))
+    }
+}
+
+/// The TLS side of [`LinkAuth::Tls`].
+#[derive(Clone)]
+pub struct TlsLinks {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub connector: tokio_rustls::TlsConnector,
+    /// The name every member's certificate carries, so a member is dialled by address.
+    pub server_name: rustls_name::ServerName<'static>,
+    /// The node a peer's certificate (DER) names, if it is one of the cluster's.
+    pub node_of: NodeOfCertificate,
+}
+
+/// Reads the node a certificate (DER) names (`palisade_cluster_trust::NodeCertificate`).
+pub type NodeOfCertificate = Arc<dyn Fn(&[u8]) -> Option<palisade_identity::NodeId> + Send + Sync>;
+
+mod rustls_name {
+    pub use tokio_rustls::rustls::pki_types::ServerName;
+}
+
+/// The exporter label binding a link's handshake to its TLS session.
+const EXPORTER_LABEL: &[u8] = b"EXPORTER-palisade-peer-link";
+
+/// Authenticates a connected TCP stream as `role` by `auth` and runs the link handshake.
+pub async fn establish(
+    stream: TcpStream,
+    role: Role,
+    auth: &LinkAuth,
+    local: LocalIdentity,
+) -> Result<Link, LinkError> {
+    let tls = match auth {
+        LinkAuth::GroupKey(key) => return handshake(stream, role, key.clone(), local).await,
+        LinkAuth::Tls(tls) => tls,
+    };
+    let remote = stream.peer_addr()?;
+    tune(&stream)?;
+    let tls_error = |error: io::Error| LinkError::Tls(error.to_string());
+    let secured = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        let mut secret = [0u8; 32];
+        let (boxed, certificate): (Box<dyn LinkStream>, Option<Vec<u8>>) = match role {
+            Role::Client => {
+                let stream = tls
+                    .connector
+                    .connect(tls.server_name.clone(), stream)
+                    .await
+                    .map_err(tls_error)?;
+                let (_, connection) = stream.get_ref();
+                connection
+                    .export_keying_material(&mut secret, EXPORTER_LABEL, None)
+                    .map_err(|error| LinkError::Tls(error.to_string()))?;
+                let certificate = connection
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .map(|der| der.to_vec());
+                (Box::new(stream), certificate)
+            }
+            Role::Server => {
+                let stream = tls.acceptor.accept(stream).await.map_err(tls_error)?;
+                let (_, connection) = stream.get_ref();
+                connection
+                    .export_keying_material(&mut secret, EXPORTER_LABEL, None)
+                    .map_err(|error| LinkError::Tls(error.to_string()))?;
+                let certificate = connection
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .map(|der| der.to_vec());
+                (Box::new(stream), certificate)
+            }
+        };
+        Ok::<_, LinkError>((boxed, secret, certificate))
+    })
+    .await
+    .map_err(|_| LinkError::Timeout)??;
+    let (stream, secret, certificate) = secured;
+    let certified = certificate.as_deref().and_then(|der| (tls.node_of)(der));
+    let auth: Arc<dyn Authenticator> = Arc::new(crate::auth::GroupKey::new(&secret));
+    let link = handshake_over(stream, remote, role, auth, local).await?;
+    if certified != Some(link.peer.node_id) {
+        return Err(LinkError::Identity {
+            certificate: certified
+                .map_or_else(|| "none of this cluster".to_owned(), |id| id.to_string()),
+            claimed: link.peer.node_id,
+        });
+    }
+    Ok(link)
 }
 
 /// How a link ended, as its task saw it.

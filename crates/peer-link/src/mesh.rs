@@ -23,9 +23,9 @@ use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{Authenticator, Role};
+use crate::auth::Role;
 use crate::handshake::{LocalIdentity, PeerIdentity};
-use crate::link::{self, Link, LinkEnd, LinkError, Outgoing};
+use crate::link::{self, Link, LinkAuth, LinkEnd, LinkError, Outgoing};
 use crate::message::{HaMessage, Message};
 use crate::metrics::MeshMetrics;
 
@@ -48,7 +48,7 @@ pub struct MeshConfig {
     /// This node's primary address: the source of the links it dials, so peers know it by
     /// the address VRRP knows it by.
     pub local_addr: IpAddr,
-    pub auth: Arc<dyn Authenticator>,
+    pub auth: LinkAuth,
     pub identity: LocalIdentity,
     pub metrics: MeshMetrics,
 }
@@ -307,13 +307,8 @@ async fn accept_loop(listener: TcpListener, shared: Shared) {
         shared.tasks.spawn(async move {
             let shared = task_shared;
             let config = &shared.config;
-            let handshake = link::handshake(
-                stream,
-                Role::Server,
-                config.auth.clone(),
-                config.identity.clone(),
-            )
-            .await;
+            let handshake =
+                link::establish(stream, Role::Server, &config.auth, config.identity.clone()).await;
             drop((permit, per_address));
             match handshake {
                 Ok(link) => serve_link(link, &shared, None).await,
@@ -406,13 +401,7 @@ async fn dial(peer: SocketAddr, config: &MeshConfig) -> Result<Link, LinkError> 
     let stream = tokio::time::timeout(link::HANDSHAKE_TIMEOUT, connect(peer, config))
         .await
         .map_err(|_| LinkError::Timeout)??;
-    link::handshake(
-        stream,
-        Role::Client,
-        config.auth.clone(),
-        config.identity.clone(),
-    )
-    .await
+    link::establish(stream, Role::Client, &config.auth, config.identity.clone()).await
 }
 
 /// Hands the link to the mesh and runs it until it ends.
@@ -472,12 +461,8 @@ async fn confirm(
             Ok(Ok(stream)) => stream,
         };
         let config = &shared.config;
-        let handshake = link::handshake(
-            stream,
-            Role::Client,
-            config.auth.clone(),
-            config.identity.clone(),
-        );
+        let handshake =
+            link::establish(stream, Role::Client, &config.auth, config.identity.clone());
         match tokio::time::timeout_at(deadline, handshake).await {
             Ok(Ok(link)) => {
                 let answer = match known {
@@ -871,7 +856,6 @@ impl Mesh {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::GroupKey;
     use palisade_identity::NodeName;
 
     struct Running {
@@ -892,7 +876,7 @@ mod tests {
             listen: SocketAddr::new(local_addr, 0),
             peers: vec![peer],
             local_addr,
-            auth: Arc::new(GroupKey::new(b"test key")),
+            auth: LinkAuth::group_key(b"test key"),
             identity: LocalIdentity {
                 node_id: id,
                 incarnation: Incarnation::random(),
@@ -1034,5 +1018,128 @@ mod tests {
         .await;
         assert!(quiet.is_err(), "a linked up again after leaving");
         assert!(b.handle.peers().is_empty());
+    }
+
+    /// A member of `ca`'s cluster at `local`, linked by mutual TLS.
+    async fn tls_mesh(
+        ca: &palisade_cluster_trust::ClusterCa,
+        local: [u8; 4],
+        peer: SocketAddr,
+    ) -> Running {
+        use palisade_cluster_trust::{
+            NodeCertificate, TlsIdentity, member_dns_name, node_key_and_request,
+        };
+        let id = NodeId::random();
+        let now = time::OffsetDateTime::now_utc();
+        let Ok((key_pem, csr)) = node_key_and_request(id, &ca.cluster) else {
+            panic!("request");
+        };
+        let Ok((_, cert_pem)) = ca.sign(&csr, now, Duration::from_secs(86_400)) else {
+            panic!("sign");
+        };
+        let identity = TlsIdentity {
+            cluster: ca.cluster.clone(),
+            node: id,
+            cert_pem,
+            key_pem,
+            trusted_ca_pems: vec![ca.cert_pem.clone()],
+        };
+        let (Ok(server), Ok(client)) = (identity.server_config(), identity.client_config()) else {
+            panic!("tls configs");
+        };
+        let Ok(server_name) =
+            tokio_rustls::rustls::pki_types::ServerName::try_from(member_dns_name(&ca.cluster))
+        else {
+            panic!("name");
+        };
+        let cluster = ca.cluster.clone();
+        let auth = LinkAuth::Tls(crate::link::TlsLinks {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+            connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+            server_name,
+            node_of: Arc::new(move |der| {
+                NodeCertificate::read(der, &cluster)
+                    .ok()
+                    .map(|read| read.node)
+            }),
+        });
+        let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
+        let local_addr = IpAddr::from(local);
+        let Ok(name) = NodeName::new("member") else {
+            panic!("name");
+        };
+        let config = MeshConfig {
+            listen: SocketAddr::new(local_addr, 0),
+            peers: vec![peer],
+            local_addr,
+            auth,
+            identity: LocalIdentity {
+                node_id: id,
+                incarnation: Incarnation::random(),
+                name,
+            },
+            metrics: MeshMetrics::default(),
+        };
+        let Ok(handle) = start(config, &tasks, stop.clone()).await else {
+            panic!("mesh did not start");
+        };
+        Running {
+            handle,
+            stop,
+            tasks,
+            id,
+        }
+    }
+
+    /// Members of one cluster CA link over mutual TLS and carry replication; a node of
+    /// another CA never gets a link.
+    #[tokio::test]
+    async fn cluster_members_link_over_mutual_tls_and_strangers_do_not() {
+        let now = time::OffsetDateTime::now_utc();
+        let year = Duration::from_secs(365 * 86_400);
+        let (Ok(ca), Ok(other)) = (
+            palisade_cluster_trust::ClusterCa::create(
+                palisade_cluster_trust::ClusterId::random(),
+                now,
+                year,
+            ),
+            palisade_cluster_trust::ClusterCa::create(
+                palisade_cluster_trust::ClusterId::random(),
+                now,
+                year,
+            ),
+        ) else {
+            panic!("CAs");
+        };
+        let b = tls_mesh(&ca, [127, 0, 0, 6], SocketAddr::from(([127, 0, 0, 5], 9))).await;
+        let mut b_events = b.handle.subscribe();
+        let a = tls_mesh(&ca, [127, 0, 0, 5], b.handle.listen_addr()).await;
+        loop {
+            if let MeshEvent::PeerUp(peer) = next(&mut b_events).await {
+                assert_eq!(peer.id, a.id);
+                break;
+            }
+        }
+        a.handle.send_replication(b.id, vec![9, 9]);
+        loop {
+            if let MeshEvent::Replication { from, bytes } = next(&mut b_events).await {
+                assert_eq!((from, bytes), (a.id, vec![9, 9]));
+                break;
+            }
+        }
+        // A node of another cluster's CA at an address b accepts links from.
+        let stranger = tls_mesh(&other, [127, 0, 0, 5], b.handle.listen_addr()).await;
+        let quiet = tokio::time::timeout(Duration::from_secs(1), async {
+            loop {
+                if let MeshEvent::PeerUp(peer) = next(&mut b_events).await
+                    && peer.id == stranger.id
+                {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(quiet.is_err(), "a stranger linked up");
+        assert_eq!(b.handle.peers().len(), 1);
     }
 }
