@@ -28,17 +28,11 @@ pub struct PolicyBundle {
 }
 
 /// The id of a bundle, from the document and the lists' hashes: what the policy installer
-/// reports as the live revision and what replication stores a revision's content under.
+/// reports as the live revision and what replication stores a revision's content under. It
+/// is the SHA-256 of the bundle's [`Manifest`] bytes, so a stored manifest checks against it.
 pub fn bundle_id(document: &str, lists: &BTreeMap<String, ContentHash>) -> ContentHash {
     let mut context = digest::Context::new(&digest::SHA256);
-    context.update(b"palisade policy bundle v1\0");
-    context.update(&(document.len() as u64).to_be_bytes());
-    context.update(document.as_bytes());
-    for (path, hash) in lists {
-        context.update(&(path.len() as u64).to_be_bytes());
-        context.update(path.as_bytes());
-        context.update(hash);
-    }
+    write_manifest(document, lists, &mut |bytes| context.update(bytes));
     sha256_of(context)
 }
 
@@ -46,6 +40,23 @@ fn sha256_of(context: digest::Context) -> ContentHash {
     let mut out = [0u8; 32];
     out.copy_from_slice(context.finish().as_ref());
     out
+}
+
+/// The manifest's bytes, piece by piece (hashed without a copy of the document, or written).
+fn write_manifest(
+    document: &str,
+    lists: &BTreeMap<String, ContentHash>,
+    out: &mut dyn FnMut(&[u8]),
+) {
+    out(MANIFEST_MAGIC);
+    out(&(document.len() as u64).to_be_bytes());
+    out(document.as_bytes());
+    out(&(lists.len() as u32).to_be_bytes());
+    for (path, hash) in lists {
+        out(&(path.len() as u32).to_be_bytes());
+        out(path.as_bytes());
+        out(hash);
+    }
 }
 
 /// The key a list is filed under: its name as the document declares it, lexically normalised
@@ -128,12 +139,114 @@ impl PolicyBundle {
     }
 }
 
+/// A bundle as central management stores it: the manifest (document and each list's path and
+/// hash) is one content, each list another, so an unchanged list is stored once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    pub document: String,
+    pub lists: BTreeMap<String, ContentHash>,
+}
+
+const MANIFEST_MAGIC: &[u8] = b"palisade policy manifest v1\n";
+
+impl Manifest {
+    /// Its id is the bundle's id ([`bundle_id`]).
+    pub fn id(&self) -> ContentHash {
+        bundle_id(&self.document, &self.lists)
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.document.len() + 64 * (self.lists.len() + 1));
+        write_manifest(&self.document, &self.lists, &mut |bytes| {
+            out.extend_from_slice(bytes)
+        });
+        out
+    }
+
+    /// A stored or received manifest; strict (lengths checked, UTF-8, nothing trailing).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Manifest, BundleError> {
+        let bad = |what: &str| BundleError::Manifest(what.to_owned());
+        let rest = bytes
+            .strip_prefix(MANIFEST_MAGIC)
+            .ok_or_else(|| bad("not a policy manifest"))?;
+        let mut reader = rest;
+        let mut take = |count: usize| -> Result<&[u8], BundleError> {
+            if reader.len() < count {
+                return Err(bad("truncated"));
+            }
+            let (taken, left) = reader.split_at(count);
+            reader = left;
+            Ok(taken)
+        };
+        let length = u64::from_be_bytes(take(8)?.try_into().map_err(|_| bad("length"))?);
+        let length = usize::try_from(length).map_err(|_| bad("document too long"))?;
+        let document = std::str::from_utf8(take(length)?)
+            .map_err(|_| bad("document not UTF-8"))?
+            .to_owned();
+        let count = u32::from_be_bytes(take(4)?.try_into().map_err(|_| bad("count"))?);
+        let mut lists = BTreeMap::new();
+        for _ in 0..count {
+            let length =
+                u32::from_be_bytes(take(4)?.try_into().map_err(|_| bad("path length"))?) as usize;
+            let path = std::str::from_utf8(take(length)?)
+                .map_err(|_| bad("list path not UTF-8"))?
+                .to_owned();
+            let hash: ContentHash = take(32)?.try_into().map_err(|_| bad("hash"))?;
+            lists.insert(path, hash);
+        }
+        if !reader.is_empty() {
+            return Err(bad("trailing bytes"));
+        }
+        Ok(Manifest { document, lists })
+    }
+}
+
+impl PolicyBundle {
+    /// The manifest and each list's (hash, text), to store.
+    pub fn split(&self) -> (Manifest, Vec<(ContentHash, &str)>) {
+        let manifest = Manifest {
+            document: self.document.clone(),
+            lists: self.list_hashes(),
+        };
+        let lists = self
+            .lists
+            .values()
+            .map(|text| (sha256(text.as_bytes()), text.as_str()))
+            .collect();
+        (manifest, lists)
+    }
+
+    /// The bundle from its manifest and stored lists (each checked against its hash).
+    pub fn join(
+        manifest: Manifest,
+        list: impl Fn(&ContentHash) -> Option<String>,
+    ) -> Result<PolicyBundle, BundleError> {
+        let mut lists = BTreeMap::new();
+        for (path, hash) in manifest.lists {
+            let text = list(&hash)
+                .ok_or_else(|| BundleError::Manifest(format!("list {path} is not stored")))?;
+            if sha256(text.as_bytes()) != hash {
+                return Err(BundleError::Manifest(format!(
+                    "list {path} does not match its hash"
+                )));
+            }
+            lists.insert(path, text);
+        }
+        Ok(PolicyBundle {
+            document: manifest.document,
+            lists,
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
     #[error("cannot read {}: {error}", path.display())]
     Read { path: PathBuf, error: String },
     #[error("invalid policy:\n{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<PolicyError>),
+    #[error("policy manifest: {0}")]
+    Manifest(String),
 }
 
 #[cfg(test)]
@@ -203,6 +316,35 @@ mod tests {
             "/etc/palisade/x.txt"
         );
         assert_eq!(list_key("/../x.txt"), "/x.txt");
+    }
+
+    #[test]
+    fn a_bundle_splits_into_a_manifest_and_lists_and_joins_back_checked() {
+        let bundle = PolicyBundle {
+            document: POLICY.to_owned(),
+            lists: BTreeMap::from([("lists/blocked.txt".to_owned(), "bad.example\n".to_owned())]),
+        };
+        let (manifest, lists) = bundle.split();
+        assert_eq!(manifest.id(), bundle.id());
+        // The id is the manifest's SHA-256: a stored manifest checks against it.
+        assert_eq!(manifest.id(), sha256(&manifest.to_bytes()));
+        let stored: BTreeMap<ContentHash, String> = lists
+            .iter()
+            .map(|(hash, text)| (*hash, (*text).to_owned()))
+            .collect();
+        let Ok(again) = Manifest::from_bytes(&manifest.to_bytes()) else {
+            panic!("manifest round trip");
+        };
+        assert_eq!(again, manifest);
+        let joined = PolicyBundle::join(again.clone(), |hash| stored.get(hash).cloned());
+        assert_eq!(joined.ok(), Some(bundle));
+        // A list that does not match its hash, or is missing, is refused.
+        assert!(PolicyBundle::join(again.clone(), |_| Some("tampered".to_owned())).is_err());
+        assert!(PolicyBundle::join(again, |_| None).is_err());
+        let bytes = manifest.to_bytes();
+        for cut in 0..bytes.len() {
+            assert!(Manifest::from_bytes(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
     }
 
     #[test]

@@ -29,7 +29,7 @@ mod net;
 mod raw;
 
 pub use block_page::BlockPageContext;
-pub use bundle::{BundleError, PolicyBundle};
+pub use bundle::{BundleError, Manifest, PolicyBundle};
 pub use error::{PolicyError, PolicyErrorKind};
 
 use block_page::Template;
