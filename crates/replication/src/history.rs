@@ -55,6 +55,9 @@ pub struct History {
     /// Revisions waiting for a parent, by the parent they wait for.
     pending: HashMap<RevisionId, Vec<Revision>>,
     pending_count: usize,
+    /// Revisions added since [`History::take_added`], in the order they went in (parents
+    /// first): what the node must store.
+    added: Vec<RevisionId>,
 }
 
 /// Revisions held aside at most (a peer sending orphans cannot grow this without bound).
@@ -204,6 +207,7 @@ impl History {
                 self.frontier.insert(id);
             }
             self.revisions.insert(id, revision);
+            self.added.push(id);
             if let Some(waiting) = self.pending.remove(&id) {
                 self.pending_count -= waiting.len();
                 ready.extend(waiting);
@@ -267,6 +271,11 @@ impl History {
             }
         }
         false
+    }
+
+    /// The revisions added since the last call, parents first.
+    pub fn take_added(&mut self) -> Vec<RevisionId> {
+        std::mem::take(&mut self.added)
     }
 
     /// Revisions held aside for missing parents.

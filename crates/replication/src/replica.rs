@@ -36,6 +36,9 @@ pub enum ReplicaEvent {
     ContentWanted { from: NodeId, ids: Vec<ContentId> },
     /// Every content the head needs is here: validate and activate it.
     HeadReady(RevisionId),
+    /// Revisions that joined the history (saved here, received, or merges made here), parents
+    /// first: store them before acting on the head.
+    Persist(Vec<Revision>),
 }
 
 /// Contents being received in chunks, at most this many at once.
@@ -98,6 +101,9 @@ impl Replica {
     ) -> Replica {
         // Never stamp a save before something already held, even if the mark was persisted
         // late.
+        let mut history = history;
+        // What was loaded is stored already.
+        let _ = history.take_added();
         let newest = history.revisions().map(|revision| revision.time).max();
         let high_water = newest.map_or(high_water, |newest| newest.max(high_water));
         let mut replica = Replica {
@@ -465,6 +471,15 @@ impl Replica {
         if let Some(settled) = self.history.settle() {
             self.events.push_back(ReplicaEvent::Settled(settled));
         }
+        let added: Vec<Revision> = self
+            .history
+            .take_added()
+            .iter()
+            .filter_map(|id| self.history.get(id).cloned())
+            .collect();
+        if !added.is_empty() {
+            self.events.push_back(ReplicaEvent::Persist(added));
+        }
         let head = self.history.head().map(|head| head.id);
         if head != self.head {
             self.head = head;
@@ -734,6 +749,10 @@ mod tests {
             }
         }
         assert_eq!(b.head().map(|head| head.id), Some(saved.id));
+        assert_eq!(
+            b.poll_event(),
+            Some(ReplicaEvent::Persist(vec![saved.clone()]))
+        );
         assert_eq!(b.poll_event(), Some(ReplicaEvent::NewHead(saved.id)));
     }
 }

@@ -29,6 +29,8 @@ pub struct SimNode {
     pub contents: std::collections::HashMap<ContentId, Vec<u8>>,
     /// The head whose contents are all here (what the node would activate).
     pub ready: Option<RevisionId>,
+    /// Revisions the replica asked to store, in order.
+    pub persisted: Vec<RevisionId>,
 }
 
 impl SimNode {
@@ -98,6 +100,7 @@ impl Cluster {
                     refused: 0,
                     contents: std::collections::HashMap::new(),
                     ready: None,
+                    persisted: Vec::new(),
                 }
             })
             .collect();
@@ -281,6 +284,10 @@ impl Cluster {
                     }
                 }
                 ReplicaEvent::HeadReady(head) => this.ready = Some(head),
+                ReplicaEvent::Persist(revisions) => {
+                    this.persisted
+                        .extend(revisions.iter().map(|revision| revision.id));
+                }
                 ReplicaEvent::NewHead(_) | ReplicaEvent::Refused { .. } => {}
             }
         }

@@ -99,6 +99,21 @@ fn scenario(
             );
         }
         prop_assert_eq!(node.refused, 0);
+        // Every revision held was handed over for storing exactly once, parents first.
+        prop_assert_eq!(node.persisted.len(), node.history().len());
+        let mut stored = std::collections::HashSet::new();
+        for id in &node.persisted {
+            let Some(revision) = node.history().get(id) else {
+                return Err(TestCaseError::fail("persisted a revision not held"));
+            };
+            prop_assert!(
+                revision
+                    .parents
+                    .iter()
+                    .all(|parent| stored.contains(parent))
+            );
+            stored.insert(*id);
+        }
     }
     let latest = latest_saves(&cluster);
     let Some(winner) = latest
