@@ -145,6 +145,48 @@ impl Store {
         write.commit().map_err(|error| tables.fail(error))
     }
 
+    /// Stores contents that arrived apart from a revision (a bundle's lists, a peer's
+    /// bundle), in one committed transaction.
+    pub fn put_contents(&self, contents: &[([u8; 32], &[u8])]) -> Result<(), StoreError> {
+        let tables = &self.tables;
+        let write = tables
+            .db
+            .begin_write()
+            .map_err(|error| tables.fail(error))?;
+        {
+            let mut table = write
+                .open_table(CONTENTS)
+                .map_err(|error| tables.fail(error))?;
+            for (content_id, bytes) in contents {
+                table
+                    .insert(&content_id[..], *bytes)
+                    .map_err(|error| tables.fail(error))?;
+            }
+        }
+        write.commit().map_err(|error| tables.fail(error))
+    }
+
+    /// The ids of every stored content.
+    pub fn content_ids(&self) -> Result<Vec<[u8; 32]>, StoreError> {
+        use redb::ReadableTable;
+        let tables = &self.tables;
+        let read = tables.db.begin_read().map_err(|error| tables.fail(error))?;
+        let table = match read.open_table(CONTENTS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(error) => return Err(tables.fail(error)),
+        };
+        let mut ids = Vec::new();
+        // Keys only: a content may be a 20 MB list.
+        for entry in table.iter().map_err(|error| tables.fail(error))? {
+            let (key, _) = entry.map_err(|error| tables.fail(error))?;
+            if let Ok(id) = key.value().try_into() {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+
     /// Every stored revision (encoded), in no particular order.
     pub fn revisions(&self) -> Result<Vec<Vec<u8>>, StoreError> {
         self.tables
@@ -525,6 +567,14 @@ mod tests {
         );
         assert_eq!(source.content(&[0; 32]).ok(), Some(None));
         assert_eq!(source.hlc_high_water().ok(), Some(Some([1; 10])));
+        source
+            .put_contents(&[([3; 32], b"a list")])
+            .unwrap_or_else(|error| panic!("{error}"));
+        let mut ids = source
+            .content_ids()
+            .unwrap_or_else(|error| panic!("{error}"));
+        ids.sort();
+        assert_eq!(ids, vec![[3; 32], content]);
         let export = source.export().unwrap_or_else(|error| panic!("{error}"));
         let mut target = open(&to);
         target
