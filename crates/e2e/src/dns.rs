@@ -9,7 +9,10 @@ use std::sync::{Arc, Mutex};
 
 use tokio::net::UdpSocket;
 
-type Answers = HashMap<String, Vec<Vec<IpAddr>>>;
+/// Per name: the successive answers, and how far each query type (A, AAAA) has got through
+/// them. Each type keeps its own place: a resolver asks A and AAAA concurrently, in either
+/// order, and one must not use up the other's answer.
+type Answers = HashMap<String, (Vec<Vec<IpAddr>>, HashMap<u16, usize>)>;
 
 pub struct DnsServer {
     pub addr: SocketAddr,
@@ -49,12 +52,16 @@ impl DnsServer {
         self.set_sequence(name, &[ips]);
     }
 
-    /// Successive queries for `name` get successive answers; the last one repeats.
+    /// Successive queries for `name` get successive answers (counted per query type); the
+    /// last one repeats.
     pub fn set_sequence(&self, name: &str, answers: &[&[IpAddr]]) {
         if let Ok(mut table) = self.answers.lock() {
             table.insert(
                 name.trim_end_matches('.').to_ascii_lowercase(),
-                answers.iter().map(|ips| ips.to_vec()).collect(),
+                (
+                    answers.iter().map(|ips| ips.to_vec()).collect(),
+                    HashMap::new(),
+                ),
             );
         }
     }
@@ -87,8 +94,12 @@ fn answer(query: &[u8], table: &Mutex<Answers>) -> Option<Vec<u8>> {
     let ips = {
         let mut table = table.lock().ok()?;
         match table.get_mut(&name) {
-            Some(sequence) if sequence.len() > 1 => Some(sequence.remove(0)),
-            Some(sequence) => sequence.first().cloned(),
+            Some((sequence, places)) => {
+                let place = places.entry(qtype).or_insert(0);
+                let ips = sequence.get(*place).or(sequence.last()).cloned();
+                *place += 1;
+                ips
+            }
             None => None,
         }
     };
