@@ -1,0 +1,323 @@
+//! The cluster plane's driver (issue 10): one [`Replica`] per node, fed by the peer links'
+//! replication plane, backed by the store, activating the head's policy bundle. Every
+//! decision is the replica's (sans-IO); this file only moves bytes between it, the mesh and
+//! the store, in the order that keeps a crash safe: a revision and its contents are stored
+//! before anything acts on them.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use palisade_identity::{NodeId, NodePriority};
+use palisade_peer_link::mesh::{MeshEvent, MeshHandle};
+use palisade_policy::{Manifest, PolicyBundle};
+use palisade_replication::{
+    Base, ContentId, History, HlcTime, Replica, ReplicaEvent, Revision, RevisionId, SyncMessage,
+};
+use palisade_store::Store;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub me: NodeId,
+    pub priority: NodePriority,
+    /// How far ahead of this node's clock a peer's revision may be stamped (the seeds' 2 min).
+    pub max_ahead: Duration,
+    /// Anti-entropy digests this often.
+    pub digest_interval: Duration,
+}
+
+/// Called with each head whose bundle is complete, to validate and install it.
+pub type Activate = Arc<dyn Fn(RevisionId, PolicyBundle) + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("store: {0}")]
+    Store(#[from] palisade_store::StoreError),
+    #[error("{0}")]
+    Save(#[from] palisade_replication::SaveError),
+    #[error("the cluster driver has stopped")]
+    Stopped,
+}
+
+struct SaveRequest {
+    bundle: PolicyBundle,
+    base: Base,
+    saved_by: String,
+    message: String,
+    reply: oneshot::Sender<Result<RevisionId, ClusterError>>,
+}
+
+/// Talks to the running driver. Cheap to clone.
+#[derive(Clone)]
+pub struct ClusterHandle {
+    saves: mpsc::Sender<SaveRequest>,
+    active: watch::Receiver<Option<RevisionId>>,
+}
+
+impl ClusterHandle {
+    /// Saves a policy bundle on top of `base` and pushes it to every peer; returns once it is
+    /// stored on this node.
+    pub async fn save(
+        &self,
+        bundle: PolicyBundle,
+        base: Base,
+        saved_by: &str,
+        message: &str,
+    ) -> Result<RevisionId, ClusterError> {
+        let (reply, answer) = oneshot::channel();
+        let request = SaveRequest {
+            bundle,
+            base,
+            saved_by: saved_by.to_owned(),
+            message: message.to_owned(),
+            reply,
+        };
+        self.saves
+            .send(request)
+            .await
+            .map_err(|_| ClusterError::Stopped)?;
+        answer.await.map_err(|_| ClusterError::Stopped)?
+    }
+
+    /// The revision whose bundle was last activated.
+    pub fn active(&self) -> watch::Receiver<Option<RevisionId>> {
+        self.active.clone()
+    }
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|since| since.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Loads the history and contents from the store and starts the driver under `tasks`.
+pub fn start(
+    config: ClusterConfig,
+    store: Arc<Store>,
+    mesh: MeshHandle,
+    activate: Activate,
+    tasks: &TaskTracker,
+    stop: CancellationToken,
+) -> Result<ClusterHandle, ClusterError> {
+    let mut history = History::new();
+    for bytes in store.revisions()? {
+        match Revision::from_bytes(&bytes) {
+            Ok(revision) => {
+                if let Err(error) = history.insert(revision) {
+                    tracing::error!(%error, store = %store.path().display(), "stored revision refused");
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, store = %store.path().display(), "stored revision unreadable")
+            }
+        }
+    }
+    let high_water = store
+        .hlc_high_water()?
+        .map(HlcTime::from_bytes)
+        .unwrap_or_default();
+    let held = store.content_ids()?;
+    let mut replica = Replica::new(
+        config.me,
+        config.priority,
+        history,
+        high_water,
+        config.max_ahead,
+    )
+    .with_contents(held.iter().map(|id| ContentId(*id)));
+    for id in &held {
+        if let Some(bytes) = store.content(id)? {
+            resolve(&mut replica, ContentId(*id), &bytes);
+        }
+    }
+    let (saves_tx, saves) = mpsc::channel(16);
+    let (active_tx, active) = watch::channel(None);
+    let events = mesh.subscribe();
+    let driver = Driver {
+        replica,
+        store,
+        mesh,
+        activate,
+        active: active_tx,
+    };
+    tasks.spawn(driver.run(config.digest_interval, events, saves, stop));
+    Ok(ClusterHandle {
+        saves: saves_tx,
+        active,
+    })
+}
+
+/// Tells the replica what a held content names: a bundle manifest its lists, a list nothing.
+fn resolve(replica: &mut Replica, id: ContentId, bytes: &[u8]) {
+    match Manifest::from_bytes(bytes) {
+        Ok(manifest) => replica.resolve(id, manifest.lists.values().map(|hash| ContentId(*hash))),
+        Err(_) => replica.resolve(id, []),
+    }
+}
+
+struct Driver {
+    replica: Replica,
+    store: Arc<Store>,
+    mesh: MeshHandle,
+    activate: Activate,
+    active: watch::Sender<Option<RevisionId>>,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        digest_interval: Duration,
+        mut events: broadcast::Receiver<MeshEvent>,
+        mut saves: mpsc::Receiver<SaveRequest>,
+        stop: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(digest_interval);
+        self.drive();
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => self.replica.tick(),
+                event = events.recv() => match event {
+                    Ok(MeshEvent::PeerUp(peer)) => self.replica.peer_up(peer.id),
+                    Ok(MeshEvent::PeerDown { peer, .. }) => self.replica.peer_down(peer.id),
+                    Ok(MeshEvent::Replication { from, bytes }) => match SyncMessage::decode(&bytes) {
+                        Ok(message) => self.replica.handle(from, message, wall_ms()),
+                        Err(error) => tracing::warn!(%from, %error, "replication message refused"),
+                    },
+                    Ok(MeshEvent::Ha { .. }) => {}
+                    // Missed events: the next digests repair whatever they carried.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                request = saves.recv() => match request {
+                    Some(request) => {
+                        let result = self.save(request.bundle, request.base, &request.saved_by, &request.message);
+                        let _ = request.reply.send(result);
+                    }
+                    None => return,
+                },
+            }
+            self.drive();
+        }
+    }
+
+    fn save(
+        &mut self,
+        bundle: PolicyBundle,
+        base: Base,
+        saved_by: &str,
+        message: &str,
+    ) -> Result<RevisionId, ClusterError> {
+        let (manifest, lists) = bundle.split();
+        let manifest_bytes = manifest.to_bytes();
+        let manifest_id = manifest.id();
+        let mut contents: Vec<([u8; 32], &[u8])> = vec![(manifest_id, &manifest_bytes)];
+        contents.extend(lists.iter().map(|(hash, text)| (*hash, text.as_bytes())));
+        // Contents first: a revision is never stored without what it names.
+        self.store.put_contents(&contents)?;
+        let revision =
+            self.replica
+                .save(wall_ms(), base, ContentId(manifest_id), saved_by, message)?;
+        for (hash, _) in &lists {
+            self.replica.resolve(ContentId(*hash), []);
+        }
+        self.replica.resolve(
+            ContentId(manifest_id),
+            lists.iter().map(|(hash, _)| ContentId(*hash)),
+        );
+        Ok(revision.id)
+    }
+
+    /// Applies what the replica decided: store, answer, activate, send.
+    fn drive(&mut self) {
+        while let Some(event) = self.replica.poll_event() {
+            match event {
+                ReplicaEvent::Persist(revisions) => {
+                    let high_water = self.replica.high_water().to_bytes();
+                    for revision in revisions {
+                        if let Err(error) = self.store.save_revision(
+                            &revision.id.0,
+                            &revision.to_bytes(),
+                            &[],
+                            high_water,
+                        ) {
+                            tracing::error!(%error, "cannot store a revision");
+                        }
+                    }
+                }
+                ReplicaEvent::ContentArrived { id, bytes } => {
+                    if let Err(error) = self.store.put_contents(&[(id.0, &bytes)]) {
+                        tracing::error!(%error, "cannot store a content");
+                        continue;
+                    }
+                    resolve(&mut self.replica, id, &bytes);
+                }
+                ReplicaEvent::ContentWanted { from, ids } => {
+                    for id in ids {
+                        if let Ok(Some(bytes)) = self.store.content(&id.0) {
+                            self.replica.send_content(from, id, &bytes);
+                        }
+                    }
+                }
+                ReplicaEvent::HeadReady(head) => self.activate_head(head),
+                ReplicaEvent::Settled(settled) => {
+                    tracing::warn!(merge = ?settled.merge, winner = ?settled.winner, losers = ?settled.losers, "concurrent policy saves settled by node priority, then time: the losers stay in history");
+                }
+                ReplicaEvent::ClockSkew { from, skew } => {
+                    tracing::warn!(%from, "(405 - 'time difference too high') - \"{skew}\"");
+                }
+                ReplicaEvent::Refused { from, error } => {
+                    tracing::warn!(%from, %error, "replicated revision refused");
+                }
+                ReplicaEvent::NewHead(head) => tracing::info!(?head, "new policy head"),
+            }
+        }
+        while let Some((to, message)) = self.replica.poll_transmit() {
+            self.mesh.send_replication(to, message.encode());
+        }
+    }
+
+    fn activate_head(&mut self, head: RevisionId) {
+        let Some(content) = self
+            .replica
+            .history()
+            .get(&head)
+            .map(|revision| revision.content)
+        else {
+            return;
+        };
+        let bundle = self
+            .store
+            .content(&content.0)
+            .ok()
+            .flatten()
+            .and_then(|bytes| Manifest::from_bytes(&bytes).ok())
+            .map(|manifest| {
+                PolicyBundle::join(manifest, |hash| {
+                    self.store
+                        .content(hash)
+                        .ok()
+                        .flatten()
+                        .and_then(|bytes| String::from_utf8(bytes).ok())
+                })
+            });
+        match bundle {
+            Some(Ok(bundle)) => {
+                (self.activate)(head, bundle);
+                self.active.send_replace(Some(head));
+            }
+            Some(Err(error)) => tracing::error!(?head, %error, "policy head not activated"),
+            None => tracing::error!(
+                ?head,
+                "policy head not activated: its manifest is not stored"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,171 @@
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use palisade_identity::{Incarnation, NodeName};
+use palisade_peer_link::mesh::MeshConfig;
+use palisade_peer_link::metrics::MeshMetrics;
+use palisade_peer_link::{LinkAuth, LocalIdentity};
+
+use super::*;
+
+struct TestNode {
+    cluster: ClusterHandle,
+    activated: Arc<Mutex<Vec<(RevisionId, PolicyBundle)>>>,
+    dir: PathBuf,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+    listen: SocketAddr,
+}
+
+async fn node(name: &str, local: [u8; 4], peer: SocketAddr) -> TestNode {
+    let dir = std::env::temp_dir().join(format!("palisade-cluster-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    node_in(dir, name, local, peer).await
+}
+
+async fn node_in(dir: PathBuf, name: &str, local: [u8; 4], peer: SocketAddr) -> TestNode {
+    std::fs::create_dir_all(&dir).unwrap_or_else(|error| panic!("{error}"));
+    let store = Arc::new(Store::open(&dir).unwrap_or_else(|error| panic!("{error}")));
+    let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
+    let local_addr = IpAddr::from(local);
+    let Ok(node_name) = NodeName::new(name) else {
+        panic!("name");
+    };
+    let mesh = palisade_peer_link::mesh::start(
+        MeshConfig {
+            listen: SocketAddr::new(local_addr, 0),
+            peers: vec![peer],
+            local_addr,
+            auth: LinkAuth::group_key(b"cluster test key"),
+            identity: LocalIdentity {
+                node_id: store.node_id(),
+                incarnation: Incarnation::random(),
+                name: node_name,
+            },
+            metrics: MeshMetrics::default(),
+        },
+        &tasks,
+        stop.clone(),
+    )
+    .await
+    .unwrap_or_else(|error| panic!("{error}"));
+    let listen = mesh.listen_addr();
+    let activated: Arc<Mutex<Vec<(RevisionId, PolicyBundle)>>> = Arc::default();
+    let record = activated.clone();
+    let cluster = start(
+        ClusterConfig {
+            me: store.node_id(),
+            priority: NodePriority::default(),
+            max_ahead: Duration::from_secs(120),
+            digest_interval: Duration::from_millis(500),
+        },
+        store,
+        mesh,
+        Arc::new(move |head, bundle| {
+            if let Ok(mut list) = record.lock() {
+                list.push((head, bundle));
+            }
+        }),
+        &tasks,
+        stop.clone(),
+    )
+    .unwrap_or_else(|error| panic!("{error}"));
+    TestNode {
+        cluster,
+        activated,
+        dir,
+        stop,
+        tasks,
+        listen,
+    }
+}
+
+async fn activated(node: &TestNode, head: RevisionId) -> PolicyBundle {
+    let mut active = node.cluster.active();
+    let waited = tokio::time::timeout(
+        Duration::from_secs(10),
+        active.wait_for(|active| *active == Some(head)),
+    )
+    .await;
+    assert!(waited.is_ok(), "{head:?} was not activated");
+    let list = node
+        .activated
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match list.iter().rev().find(|(id, _)| *id == head) {
+        Some((_, bundle)) => bundle.clone(),
+        None => panic!("activated without a bundle"),
+    }
+}
+
+fn bundle(document: &str, list: &str) -> PolicyBundle {
+    PolicyBundle {
+        document: document.to_owned(),
+        lists: BTreeMap::from([("lists/blocked.txt".to_owned(), list.to_owned())]),
+    }
+}
+
+/// A save on one node is stored, pushed, and activated on the other with its list; a save
+/// there on top of it comes back; a save from a stale base is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_on_one_node_is_live_on_the_other() {
+    let b = node("b", [127, 0, 0, 8], SocketAddr::from(([127, 0, 0, 7], 9))).await;
+    let a = node("a", [127, 0, 0, 7], b.listen).await;
+    let first = bundle("document one\n", "bad.example\n");
+    let saved = a
+        .cluster
+        .save(first.clone(), Base::Head, "alice", "first")
+        .await;
+    let Ok(saved) = saved else {
+        panic!("save refused: {saved:?}");
+    };
+    assert_eq!(activated(&a, saved).await, first);
+    assert_eq!(activated(&b, saved).await, first);
+
+    let second = bundle("document two\n", "bad.example\nworse.example\n");
+    let Ok(again) = b
+        .cluster
+        .save(second.clone(), Base::Revision(Some(saved)), "bob", "second")
+        .await
+    else {
+        panic!("second save refused");
+    };
+    assert_eq!(activated(&a, again).await, second);
+    let stale = a
+        .cluster
+        .save(
+            first,
+            Base::Revision(Some(saved)),
+            "carol",
+            "from a stale copy",
+        )
+        .await;
+    assert!(matches!(stale, Err(ClusterError::Save(_))), "{stale:?}");
+
+    // b restarts alone: its store has the history and every content, so it activates the
+    // head again without any peer.
+    b.stop.cancel();
+    b.tasks.close();
+    b.tasks.wait().await;
+    let b_dir = b.dir.clone();
+    drop(b);
+    a.stop.cancel();
+    a.tasks.close();
+    a.tasks.wait().await;
+    let restarted = node_in(
+        b_dir,
+        "b",
+        [127, 0, 0, 8],
+        SocketAddr::from(([127, 0, 0, 7], 9)),
+    )
+    .await;
+    assert_eq!(activated(&restarted, again).await, second);
+    for node in [&a, &restarted] {
+        node.stop.cancel();
+        node.tasks.close();
+        node.tasks.wait().await;
+        let _ = std::fs::remove_dir_all(&node.dir);
+    }
+}
