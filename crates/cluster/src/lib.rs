@@ -176,7 +176,7 @@ impl Driver {
         stop: CancellationToken,
     ) {
         let mut tick = tokio::time::interval(digest_interval);
-        self.drive();
+        self.drive().await;
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -195,17 +195,34 @@ impl Driver {
                 },
                 request = saves.recv() => match request {
                     Some(request) => {
-                        let result = self.save(request.bundle, request.base, &request.saved_by, &request.message);
+                        let result = self
+                            .save(request.bundle, request.base, &request.saved_by, &request.message)
+                            .await;
                         let _ = request.reply.send(result);
                     }
                     None => return,
                 },
             }
-            self.drive();
+            self.drive().await;
         }
     }
 
-    fn save(
+    /// Runs a store call on a blocking thread (a commit waits for the disk).
+    async fn stored<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&Store) -> T + Send + 'static,
+    ) -> Option<T> {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || call(&store)).await {
+            Ok(result) => Some(result),
+            Err(error) => {
+                tracing::error!(%error, "store call failed");
+                None
+            }
+        }
+    }
+
+    async fn save(
         &mut self,
         bundle: PolicyBundle,
         base: Base,
@@ -213,57 +230,84 @@ impl Driver {
         message: &str,
     ) -> Result<RevisionId, ClusterError> {
         let (manifest, lists) = bundle.split();
-        let manifest_bytes = manifest.to_bytes();
         let manifest_id = manifest.id();
-        let mut contents: Vec<([u8; 32], &[u8])> = vec![(manifest_id, &manifest_bytes)];
-        contents.extend(lists.iter().map(|(hash, text)| (*hash, text.as_bytes())));
+        let list_ids: Vec<[u8; 32]> = lists.iter().map(|(hash, _)| *hash).collect();
+        let mut owned: Vec<([u8; 32], Vec<u8>)> = vec![(manifest_id, manifest.to_bytes())];
+        owned.extend(
+            lists
+                .iter()
+                .map(|(hash, text)| (*hash, text.as_bytes().to_vec())),
+        );
         // Contents first: a revision is never stored without what it names.
-        self.store.put_contents(&contents)?;
+        self.stored(move |store| {
+            let borrowed: Vec<([u8; 32], &[u8])> = owned
+                .iter()
+                .map(|(id, bytes)| (*id, bytes.as_slice()))
+                .collect();
+            store.put_contents(&borrowed)
+        })
+        .await
+        .ok_or(ClusterError::Stopped)??;
         let revision =
             self.replica
                 .save(wall_ms(), base, ContentId(manifest_id), saved_by, message)?;
-        for (hash, _) in &lists {
+        for hash in &list_ids {
             self.replica.resolve(ContentId(*hash), []);
         }
         self.replica.resolve(
             ContentId(manifest_id),
-            lists.iter().map(|(hash, _)| ContentId(*hash)),
+            list_ids.iter().map(|hash| ContentId(*hash)),
         );
         Ok(revision.id)
     }
 
     /// Applies what the replica decided: store, answer, activate, send.
-    fn drive(&mut self) {
+    async fn drive(&mut self) {
         while let Some(event) = self.replica.poll_event() {
             match event {
                 ReplicaEvent::Persist(revisions) => {
                     let high_water = self.replica.high_water().to_bytes();
-                    for revision in revisions {
-                        if let Err(error) = self.store.save_revision(
-                            &revision.id.0,
-                            &revision.to_bytes(),
-                            &[],
-                            high_water,
-                        ) {
-                            tracing::error!(%error, "cannot store a revision");
-                        }
+                    let encoded: Vec<([u8; 32], Vec<u8>)> = revisions
+                        .iter()
+                        .map(|revision| (revision.id.0, revision.to_bytes()))
+                        .collect();
+                    let stored = self
+                        .stored(move |store| {
+                            encoded.iter().try_for_each(|(id, bytes)| {
+                                store.save_revision(id, bytes, &[], high_water)
+                            })
+                        })
+                        .await;
+                    if let Some(Err(error)) = stored {
+                        tracing::error!(%error, "cannot store a revision");
                     }
                 }
                 ReplicaEvent::ContentArrived { id, bytes } => {
-                    if let Err(error) = self.store.put_contents(&[(id.0, &bytes)]) {
-                        tracing::error!(%error, "cannot store a content");
-                        continue;
+                    let stored = self
+                        .stored(move |store| store.put_contents(&[(id.0, &bytes)]).map(|()| bytes))
+                        .await;
+                    match stored {
+                        Some(Ok(bytes)) => resolve(&mut self.replica, id, &bytes),
+                        Some(Err(error)) => tracing::error!(%error, "cannot store a content"),
+                        None => {}
                     }
-                    resolve(&mut self.replica, id, &bytes);
                 }
                 ReplicaEvent::ContentWanted { from, ids } => {
-                    for id in ids {
-                        if let Ok(Some(bytes)) = self.store.content(&id.0) {
-                            self.replica.send_content(from, id, &bytes);
-                        }
+                    let found = self
+                        .stored(move |store| {
+                            ids.into_iter()
+                                .filter_map(|id| {
+                                    store.content(&id.0).ok().flatten().map(|bytes| (id, bytes))
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                        .await
+                        .unwrap_or_default();
+                    for (id, bytes) in found {
+                        self.replica.send_content(from, id, &bytes);
                     }
                 }
-                ReplicaEvent::HeadReady(head) => self.activate_head(head),
+                ReplicaEvent::HeadReady(head) => self.activate_head(head).await,
                 ReplicaEvent::Settled(settled) => {
                     tracing::warn!(merge = ?settled.merge, winner = ?settled.winner, losers = ?settled.losers, "concurrent policy saves settled by node priority, then time: the losers stay in history");
                 }
@@ -281,7 +325,7 @@ impl Driver {
         }
     }
 
-    fn activate_head(&mut self, head: RevisionId) {
+    async fn activate_head(&mut self, head: RevisionId) {
         let Some(content) = self
             .replica
             .history()
@@ -291,20 +335,22 @@ impl Driver {
             return;
         };
         let bundle = self
-            .store
-            .content(&content.0)
-            .ok()
-            .flatten()
-            .and_then(|bytes| Manifest::from_bytes(&bytes).ok())
-            .map(|manifest| {
-                PolicyBundle::join(manifest, |hash| {
-                    self.store
+            .stored(move |store| {
+                let manifest = store
+                    .content(&content.0)
+                    .ok()
+                    .flatten()
+                    .and_then(|bytes| Manifest::from_bytes(&bytes).ok())?;
+                Some(PolicyBundle::join(manifest, |hash| {
+                    store
                         .content(hash)
                         .ok()
                         .flatten()
                         .and_then(|bytes| String::from_utf8(bytes).ok())
-                })
-            });
+                }))
+            })
+            .await
+            .flatten();
         match bundle {
             Some(Ok(bundle)) => {
                 (self.activate)(head, bundle);
