@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use palisade_identity::NodeId;
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 /// The file name inside the data directory.
 pub const FILE_NAME: &str = "palisade.redb";
@@ -118,73 +118,36 @@ impl Store {
         contents: &[([u8; 32], &[u8])],
         high_water: [u8; 10],
     ) -> Result<(), StoreError> {
-        let tables = &self.tables;
-        let write = tables
-            .db
-            .begin_write()
-            .map_err(|error| tables.fail(error))?;
-        {
-            let mut revisions = write
-                .open_table(REVISIONS)
-                .map_err(|error| tables.fail(error))?;
-            revisions
-                .insert(&id[..], revision)
-                .map_err(|error| tables.fail(error))?;
-            let mut table = write
-                .open_table(CONTENTS)
-                .map_err(|error| tables.fail(error))?;
-            for (content_id, bytes) in contents {
-                table
-                    .insert(&content_id[..], *bytes)
-                    .map_err(|error| tables.fail(error))?;
-            }
-            let mut node = write.open_table(NODE).map_err(|error| tables.fail(error))?;
-            node.insert(HLC_HIGH_WATER, &high_water[..])
-                .map_err(|error| tables.fail(error))?;
-        }
-        write.commit().map_err(|error| tables.fail(error))
+        self.tables.transaction(|write| {
+            write.open_table(REVISIONS)?.insert(&id[..], revision)?;
+            insert_contents(write, contents)?;
+            write
+                .open_table(NODE)?
+                .insert(HLC_HIGH_WATER, &high_water[..])?;
+            Ok(())
+        })
     }
 
     /// Stores contents that arrived apart from a revision (a bundle's lists, a peer's
     /// bundle), in one committed transaction.
     pub fn put_contents(&self, contents: &[([u8; 32], &[u8])]) -> Result<(), StoreError> {
-        let tables = &self.tables;
-        let write = tables
-            .db
-            .begin_write()
-            .map_err(|error| tables.fail(error))?;
-        {
-            let mut table = write
-                .open_table(CONTENTS)
-                .map_err(|error| tables.fail(error))?;
-            for (content_id, bytes) in contents {
-                table
-                    .insert(&content_id[..], *bytes)
-                    .map_err(|error| tables.fail(error))?;
-            }
-        }
-        write.commit().map_err(|error| tables.fail(error))
+        self.tables
+            .transaction(|write| insert_contents(write, contents))
     }
 
     /// The ids of every stored content.
     pub fn content_ids(&self) -> Result<Vec<[u8; 32]>, StoreError> {
-        use redb::ReadableTable;
-        let tables = &self.tables;
-        let read = tables.db.begin_read().map_err(|error| tables.fail(error))?;
-        let table = match read.open_table(CONTENTS) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(error) => return Err(tables.fail(error)),
-        };
-        let mut ids = Vec::new();
-        // Keys only: a content may be a 20 MB list.
-        for entry in table.iter().map_err(|error| tables.fail(error))? {
-            let (key, _) = entry.map_err(|error| tables.fail(error))?;
-            if let Ok(id) = key.value().try_into() {
-                ids.push(id);
+        self.tables.read_only(CONTENTS, Vec::new(), |table| {
+            let mut ids = Vec::new();
+            // Keys only: a content may be a 20 MB list.
+            for entry in table.iter()? {
+                let (key, _) = entry?;
+                if let Ok(id) = key.value().try_into() {
+                    ids.push(id);
+                }
             }
-        }
-        Ok(ids)
+            Ok(ids)
+        })
     }
 
     /// Every stored revision (encoded), in no particular order.
@@ -196,15 +159,9 @@ impl Store {
 
     /// A stored document by its content id.
     pub fn content(&self, id: &[u8; 32]) -> Result<Option<Vec<u8>>, StoreError> {
-        let tables = &self.tables;
-        let read = tables.db.begin_read().map_err(|error| tables.fail(error))?;
-        let table = match read.open_table(CONTENTS) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(error) => return Err(tables.fail(error)),
-        };
-        let value = table.get(&id[..]).map_err(|error| tables.fail(error))?;
-        Ok(value.map(|value| value.value().to_vec()))
+        self.tables.read_only(CONTENTS, None, |table| {
+            Ok(table.get(&id[..])?.map(|value| value.value().to_vec()))
+        })
     }
 
     /// Everything in the store as versioned JSON, for backups and for moving between
@@ -292,40 +249,30 @@ impl Store {
         };
         let (revisions, contents) = (pairs("revisions")?, pairs("contents")?);
         // One transaction: a crash mid-import leaves the store as it was, not half-imported.
-        let tables = &self.tables;
-        let write = tables
-            .db
-            .begin_write()
-            .map_err(|error| tables.fail(error))?;
-        {
-            let mut node = write.open_table(NODE).map_err(|error| tables.fail(error))?;
-            node.insert(NODE_ID, &id.as_bytes()[..])
-                .map_err(|error| tables.fail(error))?;
-            match &drained_since {
-                Some(bytes) => node.insert(DRAINED_SINCE, &bytes[..]).map(|_| ()),
-                None => node.remove(DRAINED_SINCE).map(|_| ()),
-            }
-            .map_err(|error| tables.fail(error))?;
-            match &high_water {
-                Some(bytes) => node.insert(HLC_HIGH_WATER, &bytes[..]).map(|_| ()),
-                None => node.remove(HLC_HIGH_WATER).map(|_| ()),
-            }
-            .map_err(|error| tables.fail(error))?;
-            for (definition, entries) in [(REVISIONS, &revisions), (CONTENTS, &contents)] {
-                write
-                    .delete_table(definition)
-                    .map_err(|error| tables.fail(error))?;
-                let mut table = write
-                    .open_table(definition)
-                    .map_err(|error| tables.fail(error))?;
-                for (key, value) in entries {
-                    table
-                        .insert(&key[..], &value[..])
-                        .map_err(|error| tables.fail(error))?;
+        self.tables.transaction(|write| {
+            let mut node = write.open_table(NODE)?;
+            node.insert(NODE_ID, &id.as_bytes()[..])?;
+            for (key, value) in [
+                (
+                    DRAINED_SINCE,
+                    drained_since.as_ref().map(|bytes| &bytes[..]),
+                ),
+                (HLC_HIGH_WATER, high_water.as_deref()),
+            ] {
+                match value {
+                    Some(value) => node.insert(key, value).map(|_| ())?,
+                    None => node.remove(key).map(|_| ())?,
                 }
             }
-        }
-        write.commit().map_err(|error| tables.fail(error))?;
+            for (definition, entries) in [(REVISIONS, &revisions), (CONTENTS, &contents)] {
+                write.delete_table(definition)?;
+                let mut table = write.open_table(definition)?;
+                for (key, value) in entries {
+                    table.insert(&key[..], &value[..])?;
+                }
+            }
+            Ok(())
+        })?;
         self.node_id = id;
         Ok(())
     }
@@ -333,6 +280,17 @@ impl Store {
 
 /// A table's entries: (key, value) in key order.
 type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn insert_contents(
+    write: &redb::WriteTransaction,
+    contents: &[([u8; 32], &[u8])],
+) -> Result<(), redb::Error> {
+    let mut table = write.open_table(CONTENTS)?;
+    for (id, bytes) in contents {
+        table.insert(&id[..], *bytes)?;
+    }
+    Ok(())
+}
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
@@ -349,32 +307,39 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 }
 
 impl Tables {
-    /// Every entry of a table, in key order.
-    fn all(&self, definition: TableDefinition<&[u8], &[u8]>) -> Result<Entries, StoreError> {
-        use redb::ReadableTable;
-        let read = self.db.begin_read().map_err(|error| self.fail(error))?;
-        let table = match read.open_table(definition) {
+    /// Runs `read` on a table in a read transaction; a table never written yet reads as
+    /// `absent`.
+    fn read_only<K: redb::Key + 'static, V: redb::Value + 'static, T>(
+        &self,
+        definition: TableDefinition<K, V>,
+        absent: T,
+        read: impl FnOnce(redb::ReadOnlyTable<K, V>) -> Result<T, redb::Error>,
+    ) -> Result<T, StoreError> {
+        let transaction = self.db.begin_read().map_err(|error| self.fail(error))?;
+        let table = match transaction.open_table(definition) {
             Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(absent),
             Err(error) => return Err(self.fail(error)),
         };
-        let mut entries = Vec::new();
-        for entry in table.iter().map_err(|error| self.fail(error))? {
-            let (key, value) = entry.map_err(|error| self.fail(error))?;
-            entries.push((key.value().to_vec(), value.value().to_vec()));
-        }
-        Ok(entries)
+        read(table).map_err(|error| self.fail(error))
+    }
+
+    /// Every entry of a table, in key order.
+    fn all(&self, definition: TableDefinition<&[u8], &[u8]>) -> Result<Entries, StoreError> {
+        self.read_only(definition, Vec::new(), |table| {
+            let mut entries = Vec::new();
+            for entry in table.iter()? {
+                let (key, value) = entry?;
+                entries.push((key.value().to_vec(), value.value().to_vec()));
+            }
+            Ok(entries)
+        })
     }
 
     fn read(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let read = self.db.begin_read().map_err(|error| self.fail(error))?;
-        let table = match read.open_table(NODE) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(error) => return Err(self.fail(error)),
-        };
-        let value = table.get(key).map_err(|error| self.fail(error))?;
-        Ok(value.map(|value| value.value().to_vec()))
+        self.read_only(NODE, None, |table| {
+            Ok(table.get(key)?.map(|value| value.value().to_vec()))
+        })
     }
 
     /// A value of exactly `N` bytes; another length is corruption (`what` names it).
@@ -395,17 +360,25 @@ impl Tables {
 
     /// Sets (or, with `None`, removes) keys in one committed transaction: all or nothing.
     fn write(&self, entries: &[(&str, Option<&[u8]>)]) -> Result<(), StoreError> {
-        let write = self.db.begin_write().map_err(|error| self.fail(error))?;
-        {
-            let mut table = write.open_table(NODE).map_err(|error| self.fail(error))?;
+        self.transaction(|write| {
+            let mut table = write.open_table(NODE)?;
             for (key, value) in entries {
                 match value {
-                    Some(value) => table.insert(*key, *value).map(|_| ()),
-                    None => table.remove(*key).map(|_| ()),
+                    Some(value) => table.insert(*key, *value).map(|_| ())?,
+                    None => table.remove(*key).map(|_| ())?,
                 }
-                .map_err(|error| self.fail(error))?;
             }
-        }
+            Ok(())
+        })
+    }
+
+    /// Runs `fill` in one write transaction and commits it: all or nothing.
+    fn transaction(
+        &self,
+        fill: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+    ) -> Result<(), StoreError> {
+        let write = self.db.begin_write().map_err(|error| self.fail(error))?;
+        fill(&write).map_err(|error| self.fail(error))?;
         write.commit().map_err(|error| self.fail(error))
     }
 
