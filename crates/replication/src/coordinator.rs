@@ -167,46 +167,31 @@ pub fn check_version(
     })
 }
 
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's
-/// civil_from_days).
-fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-fn parts_of(unix_ms: u64) -> (i64, u32, u32, u64, u64, u64, u64) {
-    let seconds = unix_ms / 1_000;
-    let (year, month, day) = civil((seconds / 86_400) as i64);
-    let of_day = seconds % 86_400;
-    (
-        year,
-        month,
-        day,
-        of_day / 3_600,
-        of_day / 60 % 60,
-        of_day % 60,
-        unix_ms % 1_000,
+/// `unix_ms` as a UTC date and time, formatted with `separator` between date and time and
+/// `offset` after the milliseconds.
+fn stamp(unix_ms: u64, separator: char, offset: &str) -> String {
+    let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02}{separator}{:02}:{:02}:{:02}.{:03}{offset}",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second(),
+        at.millisecond()
     )
 }
 
 /// `2026-11-29 13:57:14.671 +00:00`, the seeds' log stamp (in UTC).
 pub fn seeds_timestamp(unix_ms: u64) -> String {
-    let (y, mo, d, h, mi, s, ms) = parts_of(unix_ms);
-    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}.{ms:03} +00:00")
+    stamp(unix_ms, ' ', " +00:00")
 }
 
 /// `2026-11-29T13:57:14.671+00:00`, as the seeds name the two times of a 405.
 pub fn iso_timestamp(unix_ms: u64) -> String {
-    let (y, mo, d, h, mi, s, ms) = parts_of(unix_ms);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}+00:00")
+    stamp(unix_ms, 'T', "+00:00")
 }
 
 #[cfg(test)]
