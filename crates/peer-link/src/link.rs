@@ -85,6 +85,22 @@ mod rustls_name {
 /// The exporter label binding a link's handshake to its TLS session.
 const EXPORTER_LABEL: &[u8] = b"EXPORTER-palisade-peer-link";
 
+/// What the link takes from a TLS session: the exporter secret its handshake is bound to,
+/// and the peer's certificate (DER).
+fn session_facts<Data>(
+    connection: &tokio_rustls::rustls::ConnectionCommon<Data>,
+) -> Result<([u8; 32], Option<Vec<u8>>), LinkError> {
+    let mut secret = [0u8; 32];
+    connection
+        .export_keying_material(&mut secret, EXPORTER_LABEL, None)
+        .map_err(|error| LinkError::Tls(error.to_string()))?;
+    let certificate = connection
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|der| der.to_vec());
+    Ok((secret, certificate))
+}
+
 /// Authenticates a connected TCP stream as `role` by `auth` and runs the link handshake.
 pub async fn establish(
     stream: TcpStream,
@@ -100,37 +116,23 @@ pub async fn establish(
     tune(&stream)?;
     let tls_error = |error: io::Error| LinkError::Tls(error.to_string());
     let secured = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
-        let mut secret = [0u8; 32];
-        let (boxed, certificate): (Box<dyn LinkStream>, Option<Vec<u8>>) = match role {
+        let secured: (Box<dyn LinkStream>, _) = match role {
             Role::Client => {
                 let stream = tls
                     .connector
                     .connect(tls.server_name.clone(), stream)
                     .await
                     .map_err(tls_error)?;
-                let (_, connection) = stream.get_ref();
-                connection
-                    .export_keying_material(&mut secret, EXPORTER_LABEL, None)
-                    .map_err(|error| LinkError::Tls(error.to_string()))?;
-                let certificate = connection
-                    .peer_certificates()
-                    .and_then(|chain| chain.first())
-                    .map(|der| der.to_vec());
-                (Box::new(stream), certificate)
+                let facts = session_facts(&**stream.get_ref().1)?;
+                (Box::new(stream), facts)
             }
             Role::Server => {
                 let stream = tls.acceptor.accept(stream).await.map_err(tls_error)?;
-                let (_, connection) = stream.get_ref();
-                connection
-                    .export_keying_material(&mut secret, EXPORTER_LABEL, None)
-                    .map_err(|error| LinkError::Tls(error.to_string()))?;
-                let certificate = connection
-                    .peer_certificates()
-                    .and_then(|chain| chain.first())
-                    .map(|der| der.to_vec());
-                (Box::new(stream), certificate)
+                let facts = session_facts(&**stream.get_ref().1)?;
+                (Box::new(stream), facts)
             }
         };
+        let (boxed, (secret, certificate)) = secured;
         Ok::<_, LinkError>((boxed, secret, certificate))
     })
     .await
