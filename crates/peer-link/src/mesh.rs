@@ -866,17 +866,27 @@ mod tests {
     }
 
     async fn mesh(local: [u8; 4], peer: SocketAddr, name: &str) -> Running {
+        let auth = LinkAuth::group_key(b"test key");
+        mesh_with(local, peer, name, auth, NodeId::random()).await
+    }
+
+    async fn mesh_with(
+        local: [u8; 4],
+        peer: SocketAddr,
+        name: &str,
+        auth: LinkAuth,
+        id: NodeId,
+    ) -> Running {
         let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
         let Ok(name) = NodeName::new(name) else {
             panic!("name");
         };
-        let id = NodeId::random();
         let local_addr = IpAddr::from(local);
         let config = MeshConfig {
             listen: SocketAddr::new(local_addr, 0),
             peers: vec![peer],
             local_addr,
-            auth: LinkAuth::group_key(b"test key"),
+            auth,
             identity: LocalIdentity {
                 node_id: id,
                 incarnation: Incarnation::random(),
@@ -1063,32 +1073,7 @@ mod tests {
                     .map(|read| read.node)
             }),
         });
-        let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
-        let local_addr = IpAddr::from(local);
-        let Ok(name) = NodeName::new("member") else {
-            panic!("name");
-        };
-        let config = MeshConfig {
-            listen: SocketAddr::new(local_addr, 0),
-            peers: vec![peer],
-            local_addr,
-            auth,
-            identity: LocalIdentity {
-                node_id: id,
-                incarnation: Incarnation::random(),
-                name,
-            },
-            metrics: MeshMetrics::default(),
-        };
-        let Ok(handle) = start(config, &tasks, stop.clone()).await else {
-            panic!("mesh did not start");
-        };
-        Running {
-            handle,
-            stop,
-            tasks,
-            id,
-        }
+        mesh_with(local, peer, "member", auth, id).await
     }
 
     /// Members of one cluster CA link over mutual TLS and carry replication; a node of
