@@ -211,8 +211,7 @@ fn is_alive(pid: u32) -> bool {
 }
 
 /// node1 (priority 150) and node2 (100) of `VI_1` at `interval`, with heartbeat links to
-/// each other if `heartbeat`, started (node2 first); and a closure that reads both logs for
-/// assertion messages.
+/// each other if `heartbeat`, started (node2 first); and a closure that reads both logs.
 fn start_pair(
     lab: &mut Lab,
     dir: &std::path::Path,
@@ -220,29 +219,14 @@ fn start_pair(
     interval: &str,
     heartbeat: bool,
 ) -> (HaNode, HaNode, impl Fn() -> String + use<>) {
-    let extra = |peer: Ipv4Addr| {
+    let extra = |peer| {
         if heartbeat {
-            format!(
-                "[heartbeat]\nlisten = \"0.0.0.0:9192\"\npeers = [\"{peer}:9192\"]\nkey = \"0123456789abcdef-group-key\"\n"
-            )
+            palisade_e2e::ha::heartbeat_section(peer)
         } else {
             String::new()
         }
     };
-    let (host1, host2) = (lab.host("node1").clone(), lab.host("node2").clone());
-    let mut node1 = HaNode::new(dir, &host1, interval, 150, vip, &extra(host2.addr));
-    let mut node2 = HaNode::new(dir, &host2, interval, 100, vip, &extra(host1.addr));
-    node2.start(lab, BIN);
-    node1.start(lab, BIN);
-    let (log1, log2) = (node1.log.clone(), node2.log.clone());
-    let logs = move || {
-        format!(
-            "node1:\n{}\nnode2:\n{}",
-            std::fs::read_to_string(&log1).unwrap_or_default(),
-            std::fs::read_to_string(&log2).unwrap_or_default()
-        )
-    };
-    (node1, node2, logs)
+    palisade_e2e::ha::start_pair(lab, dir, vip, interval, &extra, BIN)
 }
 
 /// With heartbeat links, a master's process crash is seen when its kernel closes the link:

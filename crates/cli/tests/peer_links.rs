@@ -17,7 +17,9 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use palisade_e2e::ha::{HaNode, SCHEDULING_MARGIN, master_down_interval, never_holds};
+use palisade_e2e::ha::{
+    HaNode, SCHEDULING_MARGIN, heartbeat_section as heartbeat, master_down_interval, never_holds,
+};
 use palisade_e2e::netns::{Lab, LabHost, in_namespace, require_netns, wait_for};
 use palisade_identity::{Incarnation, NodeId, NodeName};
 use palisade_peer_link::frame::{Opened, Opener, Sealer};
@@ -25,15 +27,8 @@ use palisade_peer_link::handshake::Handshake;
 use palisade_peer_link::{GroupKey, HaMessage, LocalIdentity, Message};
 
 const BIN: &str = env!("CARGO_BIN_EXE_palisade");
-const KEY: &str = "0123456789abcdef-group-key";
-const LINK_PORT: u16 = 9192;
-
-fn heartbeat(peer: Ipv4Addr) -> String {
-    format!(
-        "[heartbeat]\nlisten = \"0.0.0.0:{LINK_PORT}\"\npeers = [\"{peer}:{LINK_PORT}\"]\nkey = \"{KEY}\"\n"
-    )
-}
-
+const KEY: &str = palisade_e2e::ha::HEARTBEAT_KEY;
+const LINK_PORT: u16 = palisade_e2e::ha::HEARTBEAT_PORT;
 fn status(host: &LabHost) -> serde_json::Value {
     let output = host.run(BIN, &["status", "--json"]);
     serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null)
@@ -59,18 +54,7 @@ fn live_pair(
     vip: Ipv4Addr,
 ) -> (HaNode, HaNode, impl Fn() -> String + use<>) {
     let (host1, host2) = (lab.host("node1").clone(), lab.host("node2").clone());
-    let mut node1 = HaNode::new(dir, &host1, "1s", 150, vip, &heartbeat(host2.addr));
-    let mut node2 = HaNode::new(dir, &host2, "1s", 100, vip, &heartbeat(host1.addr));
-    node2.start(lab, BIN);
-    node1.start(lab, BIN);
-    let (log1, log2) = (node1.log.clone(), node2.log.clone());
-    let logs = move || {
-        format!(
-            "node1:\n{}\nnode2:\n{}",
-            std::fs::read_to_string(&log1).unwrap_or_default(),
-            std::fs::read_to_string(&log2).unwrap_or_default()
-        )
-    };
+    let (node1, node2, logs) = palisade_e2e::ha::start_pair(lab, dir, vip, "1s", &heartbeat, BIN);
     wait_for("node1 master", Duration::from_secs(15), || {
         host1.has_address(vip)
     });

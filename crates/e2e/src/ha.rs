@@ -180,3 +180,42 @@ pub fn wait_status(host: &LabHost, binary: &str, field: &str, value: &str, timeo
         },
     );
 }
+
+/// The peer-link group key every lab node shares.
+pub const HEARTBEAT_KEY: &str = "0123456789abcdef-group-key";
+/// The port lab nodes link on.
+pub const HEARTBEAT_PORT: u16 = 9192;
+
+/// A `[heartbeat]` section linking a lab node to `peer`.
+pub fn heartbeat_section(peer: Ipv4Addr) -> String {
+    format!(
+        "[heartbeat]\nlisten = \"0.0.0.0:{HEARTBEAT_PORT}\"\npeers = [\"{peer}:{HEARTBEAT_PORT}\"]\nkey = \"{HEARTBEAT_KEY}\"\n"
+    )
+}
+
+/// node1 (priority 150) and node2 (100) of `VI_1` at `interval` in hosts "node1" and
+/// "node2", each with `extra(the other's address)` in its config, started (node2 first); and
+/// a closure that reads both logs for assertion messages.
+pub fn start_pair(
+    lab: &mut Lab,
+    dir: &Path,
+    vip: Ipv4Addr,
+    interval: &str,
+    extra: &dyn Fn(Ipv4Addr) -> String,
+    binary: &str,
+) -> (HaNode, HaNode, impl Fn() -> String + use<>) {
+    let (host1, host2) = (lab.host("node1").clone(), lab.host("node2").clone());
+    let mut node1 = HaNode::new(dir, &host1, interval, 150, vip, &extra(host2.addr));
+    let mut node2 = HaNode::new(dir, &host2, interval, 100, vip, &extra(host1.addr));
+    node2.start(lab, binary);
+    node1.start(lab, binary);
+    let (log1, log2) = (node1.log.clone(), node2.log.clone());
+    let logs = move || {
+        format!(
+            "node1:\n{}\nnode2:\n{}",
+            std::fs::read_to_string(&log1).unwrap_or_default(),
+            std::fs::read_to_string(&log2).unwrap_or_default()
+        )
+    };
+    (node1, node2, logs)
+}
