@@ -79,7 +79,7 @@ impl SyncMessage {
             }
             SyncMessage::Digest { frontier, head } => {
                 out.push(kind::DIGEST);
-                encode_ids(frontier, &mut out);
+                encode_ids(frontier.iter().map(|id| &id.0), &mut out);
                 match head {
                     Some(head) => {
                         out.push(1);
@@ -90,15 +90,11 @@ impl SyncMessage {
             }
             SyncMessage::Want(ids) => {
                 out.push(kind::WANT);
-                encode_ids(ids, &mut out);
+                encode_ids(ids.iter().map(|id| &id.0), &mut out);
             }
             SyncMessage::WantContent(ids) => {
                 out.push(kind::WANT_CONTENT);
-                let ids = &ids[..ids.len().min(MAX_IDS)];
-                out.extend_from_slice(&(ids.len() as u16).to_be_bytes());
-                for id in ids {
-                    out.extend_from_slice(&id.0);
-                }
+                encode_ids(ids.iter().map(|id| &id.0), &mut out);
             }
             SyncMessage::Content {
                 id,
@@ -137,7 +133,7 @@ impl SyncMessage {
                 SyncMessage::Revisions(revisions)
             }
             kind::DIGEST => {
-                let frontier = decode_ids(&mut reader)?;
+                let frontier = decode_ids(&mut reader, RevisionId)?;
                 let head = match reader.u8()? {
                     0 => None,
                     1 => Some(RevisionId(reader.array()?)),
@@ -145,11 +141,8 @@ impl SyncMessage {
                 };
                 SyncMessage::Digest { frontier, head }
             }
-            kind::WANT => SyncMessage::Want(decode_ids(&mut reader)?),
-            kind::WANT_CONTENT => {
-                let ids = decode_ids(&mut reader)?;
-                SyncMessage::WantContent(ids.into_iter().map(|id| ContentId(id.0)).collect())
-            }
+            kind::WANT => SyncMessage::Want(decode_ids(&mut reader, RevisionId)?),
+            kind::WANT_CONTENT => SyncMessage::WantContent(decode_ids(&mut reader, ContentId)?),
             kind::CONTENT => {
                 let id = ContentId(reader.array()?);
                 let offset = u64::from_be_bytes(reader.array()?);
@@ -223,20 +216,21 @@ impl HlcTime {
     }
 }
 
-fn encode_ids(ids: &[RevisionId], out: &mut Vec<u8>) {
-    let ids = &ids[..ids.len().min(MAX_IDS)];
-    out.extend_from_slice(&(ids.len() as u16).to_be_bytes());
-    for id in ids {
-        out.extend_from_slice(&id.0);
+/// A count, then each 32-byte id (revisions and contents alike), at most `MAX_IDS`.
+fn encode_ids<'a>(ids: impl ExactSizeIterator<Item = &'a [u8; 32]>, out: &mut Vec<u8>) {
+    let count = ids.len().min(MAX_IDS);
+    out.extend_from_slice(&(count as u16).to_be_bytes());
+    for id in ids.take(count) {
+        out.extend_from_slice(id);
     }
 }
 
-fn decode_ids(reader: &mut Reader<'_>) -> Result<Vec<RevisionId>, WireError> {
+fn decode_ids<T>(reader: &mut Reader<'_>, make: fn([u8; 32]) -> T) -> Result<Vec<T>, WireError> {
     let count = usize::from(reader.u16()?);
     if count > MAX_IDS {
         return Err(WireError::Malformed("too many ids"));
     }
-    (0..count).map(|_| reader.array().map(RevisionId)).collect()
+    (0..count).map(|_| reader.array().map(make)).collect()
 }
 
 fn encode_revision(revision: &Revision, out: &mut Vec<u8>) {
