@@ -70,17 +70,13 @@ pub struct TlsLinks {
     pub acceptor: tokio_rustls::TlsAcceptor,
     pub connector: tokio_rustls::TlsConnector,
     /// The name every member's certificate carries, so a member is dialled by address.
-    pub server_name: rustls_name::ServerName<'static>,
+    pub server_name: tokio_rustls::rustls::pki_types::ServerName<'static>,
     /// The node a peer's certificate (DER) names, if it is one of the cluster's.
     pub node_of: NodeOfCertificate,
 }
 
 /// Reads the node a certificate (DER) names (`palisade_cluster_trust::NodeCertificate`).
 pub type NodeOfCertificate = Arc<dyn Fn(&[u8]) -> Option<palisade_identity::NodeId> + Send + Sync>;
-
-mod rustls_name {
-    pub use tokio_rustls::rustls::pki_types::ServerName;
-}
 
 /// The exporter label binding a link's handshake to its TLS session.
 const EXPORTER_LABEL: &[u8] = b"EXPORTER-palisade-peer-link";

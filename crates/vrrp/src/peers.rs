@@ -1,4 +1,4 @@
-//! Who is next in line, from what the heartbeat says of the other nodes: the choice behind
+//! Who is next in line, from what the peer links say of the other nodes: the choice behind
 //! the fast paths that go around the advert timers (a crash take-over, a handover on stop or
 //! drain). The RFC election itself stays in [`Router`](crate::Router); this only names the
 //! node that the election would pick, so that it can be told at once.
