@@ -293,19 +293,22 @@ impl Driver {
                     }
                 }
                 ReplicaEvent::ContentWanted { from, ids } => {
-                    let found = self
+                    let looked_up = self
                         .stored(move |store| {
                             ids.into_iter()
-                                .filter_map(|id| {
-                                    store.content(&id.0).ok().flatten().map(|bytes| (id, bytes))
-                                })
+                                .map(|id| (id, store.content(&id.0).ok().flatten()))
                                 .collect::<Vec<_>>()
                         })
                         .await
                         .unwrap_or_default();
-                    for (id, bytes) in found {
-                        self.replica.send_content(from, id, &bytes);
+                    let mut lacking = Vec::new();
+                    for (id, bytes) in looked_up {
+                        match bytes {
+                            Some(bytes) => self.replica.send_content(from, id, &bytes),
+                            None => lacking.push(id),
+                        }
                     }
+                    self.replica.no_content(from, lacking);
                 }
                 ReplicaEvent::HeadReady(head) => self.activate_head(head).await,
                 ReplicaEvent::Settled(settled) => {

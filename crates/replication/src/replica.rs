@@ -32,7 +32,7 @@ pub enum ReplicaEvent {
     /// [`Replica::resolve`] with what it names (a bundle: its lists; a list: nothing).
     ContentArrived { id: ContentId, bytes: Vec<u8> },
     /// A peer asks for contents: answer each one the store holds with
-    /// [`Replica::send_content`].
+    /// [`Replica::send_content`], and the rest with [`Replica::no_content`].
     ContentWanted { from: NodeId, ids: Vec<ContentId> },
     /// Every content the head needs is here: validate and activate it.
     HeadReady(RevisionId),
@@ -85,8 +85,12 @@ pub struct Replica {
     assembling: std::collections::HashMap<ContentId, Assembly>,
     /// The head reported ready last (a new head resets it).
     ready: Option<RevisionId>,
-    /// Which peer the next content request goes to (round robin).
+    /// Which peer content requests start from (round robin, so requests spread).
     next_source: usize,
+    /// Whom each missing content was asked of and no answer has come from yet.
+    outstanding: std::collections::HashMap<ContentId, NodeId>,
+    /// Peers asked for each missing content since the last tick (each once).
+    tried: std::collections::HashMap<ContentId, BTreeSet<NodeId>>,
 }
 
 impl Replica {
@@ -120,6 +124,8 @@ impl Replica {
             assembling: std::collections::HashMap::new(),
             ready: None,
             next_source: 0,
+            outstanding: std::collections::HashMap::new(),
+            tried: std::collections::HashMap::new(),
         };
         replica.settle();
         replica
@@ -193,24 +199,42 @@ impl Replica {
         (needed, complete)
     }
 
-    /// Asks one peer (a different one each time) for every needed content not held.
+    /// Tells a peer that asked for contents that this node holds none of `ids`, so it asks
+    /// another at once instead of on its next tick.
+    pub fn no_content(&mut self, to: NodeId, ids: Vec<ContentId>) {
+        if !ids.is_empty() {
+            self.outbox.push_back((to, SyncMessage::NoContent(ids)));
+        }
+    }
+
+    /// Asks for every needed content that is neither held nor asked for already, each of one
+    /// peer not yet tried since the last tick (so one big list is fetched once, not from
+    /// every peer).
     fn request_missing(&mut self) {
         let (needed, _) = self.needed();
-        let missing: Vec<ContentId> = needed
-            .into_iter()
-            .filter(|id| !self.have.contains(id))
-            .collect();
-        if missing.is_empty() || self.peers.is_empty() {
+        let peers: Vec<NodeId> = self.peers.iter().copied().collect();
+        if peers.is_empty() {
             return;
         }
-        let peer = self
-            .peers
-            .iter()
-            .nth(self.next_source % self.peers.len())
-            .copied();
+        let start = self.next_source % peers.len();
         self.next_source = self.next_source.wrapping_add(1);
-        if let Some(peer) = peer {
-            for chunk in missing.chunks(MAX_IDS) {
+        let mut requests: std::collections::BTreeMap<NodeId, Vec<ContentId>> = Default::default();
+        for id in needed {
+            if self.have.contains(&id) || self.outstanding.contains_key(&id) {
+                continue;
+            }
+            let tried = self.tried.entry(id).or_default();
+            let untried = (0..peers.len())
+                .map(|offset| peers[(start + offset) % peers.len()])
+                .find(|peer| !tried.contains(peer));
+            if let Some(peer) = untried {
+                tried.insert(peer);
+                self.outstanding.insert(id, peer);
+                requests.entry(peer).or_default().push(id);
+            }
+        }
+        for (peer, ids) in requests {
+            for chunk in ids.chunks(MAX_IDS) {
                 self.outbox
                     .push_back((peer, SyncMessage::WantContent(chunk.to_vec())));
             }
@@ -267,6 +291,8 @@ impl Replica {
             return;
         }
         self.have.insert(id);
+        self.outstanding.remove(&id);
+        self.tried.remove(&id);
         self.events
             .push_back(ReplicaEvent::ContentArrived { id, bytes: whole });
         self.check_ready();
@@ -303,6 +329,9 @@ impl Replica {
 
     pub fn peer_down(&mut self, peer: NodeId) {
         self.peers.remove(&peer);
+        // What it was asked for goes to someone else.
+        self.outstanding.retain(|_, asked| *asked != peer);
+        self.request_missing();
     }
 
     /// A save on this node: checked against `base`, stamped, pushed to every peer.
@@ -399,6 +428,14 @@ impl Replica {
             } => {
                 self.content_part(id, offset, total, bytes);
             }
+            SyncMessage::NoContent(ids) => {
+                for id in ids {
+                    if self.outstanding.get(&id) == Some(&from) {
+                        self.outstanding.remove(&id);
+                    }
+                }
+                self.request_missing();
+            }
             SyncMessage::Want(ids) => {
                 // At most one message's worth per want: whatever more a peer lacks, its next
                 // digest round asks for again (a want of a thousand ids cannot queue
@@ -435,6 +472,10 @@ impl Replica {
         for peer in &self.peers {
             self.outbox.push_back((*peer, digest.clone()));
         }
+        // A request lost, or a peer that has the content by now: every peer may be asked
+        // again.
+        self.outstanding.clear();
+        self.tried.clear();
         self.request_missing();
     }
 
@@ -671,6 +712,53 @@ mod tests {
         };
         assert!(bundle_at < list_at && list_at < ready_at, "{seen:?}");
         assert_eq!(stores[1].get(&list_id).map(Vec::len), Some(800_000));
+    }
+
+    /// A missing content is asked of one peer at a time (a big list is not sent by every
+    /// peer); a peer without it says so and the next is asked at once; a tick starts over.
+    #[test]
+    fn a_missing_content_is_asked_of_one_peer_at_a_time() {
+        let mut node = replica(9);
+        let peers: Vec<NodeId> = (1..=3).map(|last| NodeId::from_bytes([last; 16])).collect();
+        for peer in &peers {
+            node.peer_up(*peer);
+        }
+        while node.poll_transmit().is_some() {}
+        let content = ContentId::of(b"bundle");
+        let saved = Revision::save(
+            None,
+            peers[0],
+            NodePriority::default(),
+            HlcTime {
+                ms: 900,
+                counter: 0,
+            },
+            content,
+            "alice",
+            "x",
+        );
+        node.handle(peers[0], SyncMessage::Revisions(vec![saved]), 1_000);
+        let wants = |node: &mut Replica| -> Vec<NodeId> {
+            std::iter::from_fn(|| node.poll_transmit())
+                .filter(|(_, message)| matches!(message, SyncMessage::WantContent(_)))
+                .map(|(to, _)| to)
+                .collect()
+        };
+        let first = wants(&mut node);
+        assert_eq!(first.len(), 1, "{first:?}");
+        node.handle(first[0], SyncMessage::NoContent(vec![content]), 1_000);
+        let second = wants(&mut node);
+        assert_eq!(second.len(), 1);
+        assert_ne!(second[0], first[0]);
+        node.handle(second[0], SyncMessage::NoContent(vec![content]), 1_000);
+        let third = wants(&mut node);
+        node.handle(third[0], SyncMessage::NoContent(vec![content]), 1_000);
+        assert!(
+            wants(&mut node).is_empty(),
+            "every peer tried: wait for the tick"
+        );
+        node.tick();
+        assert_eq!(wants(&mut node).len(), 1);
     }
 
     #[test]

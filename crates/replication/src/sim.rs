@@ -277,11 +277,14 @@ impl Cluster {
                     this.replica.resolve(id, []);
                 }
                 ReplicaEvent::ContentWanted { from, ids } => {
+                    let mut lacking = Vec::new();
                     for id in ids {
-                        if let Some(bytes) = this.contents.get(&id).cloned() {
-                            this.replica.send_content(from, id, &bytes);
+                        match this.contents.get(&id).cloned() {
+                            Some(bytes) => this.replica.send_content(from, id, &bytes),
+                            None => lacking.push(id),
                         }
                     }
+                    this.replica.no_content(from, lacking);
                 }
                 ReplicaEvent::HeadReady(head) => this.ready = Some(head),
                 ReplicaEvent::Persist(revisions) => {

@@ -34,6 +34,8 @@ pub enum SyncMessage {
     Want(Vec<RevisionId>),
     /// Please send these contents (policy bundles, list files).
     WantContent(Vec<ContentId>),
+    /// The sender holds none of these contents: ask someone else.
+    NoContent(Vec<ContentId>),
     /// Part of a content: `bytes` at `offset` of `total`.
     Content {
         id: ContentId,
@@ -59,6 +61,7 @@ mod kind {
     pub const WANT: u8 = 3;
     pub const WANT_CONTENT: u8 = 4;
     pub const CONTENT: u8 = 5;
+    pub const NO_CONTENT: u8 = 6;
 }
 
 /// Bytes of content in one message at most.
@@ -94,6 +97,10 @@ impl SyncMessage {
             }
             SyncMessage::WantContent(ids) => {
                 out.push(kind::WANT_CONTENT);
+                encode_ids(ids.iter().map(|id| &id.0), &mut out);
+            }
+            SyncMessage::NoContent(ids) => {
+                out.push(kind::NO_CONTENT);
                 encode_ids(ids.iter().map(|id| &id.0), &mut out);
             }
             SyncMessage::Content {
@@ -143,6 +150,7 @@ impl SyncMessage {
             }
             kind::WANT => SyncMessage::Want(decode_ids(&mut reader, RevisionId)?),
             kind::WANT_CONTENT => SyncMessage::WantContent(decode_ids(&mut reader, ContentId)?),
+            kind::NO_CONTENT => SyncMessage::NoContent(decode_ids(&mut reader, ContentId)?),
             kind::CONTENT => {
                 let id = ContentId(reader.array()?);
                 let offset = u64::from_be_bytes(reader.array()?);
@@ -381,6 +389,7 @@ mod tests {
             },
             SyncMessage::Want(vec![first.id]),
             SyncMessage::WantContent(vec![first.content]),
+            SyncMessage::NoContent(vec![first.content]),
             SyncMessage::Content {
                 id: first.content,
                 offset: 3,

@@ -236,3 +236,36 @@ fn a_node_whose_clock_is_too_far_ahead_is_refused() {
     assert!(!cluster.nodes[0].history().contains(&ahead));
     assert!(cluster.nodes[0].refused > 0);
 }
+
+/// After a partition heals, the nodes that lack the winning save's content ask the peers in
+/// turn, each answering at once whether it holds it: every node has the head's content
+/// within a second (links of 1-10 ms), not a digest interval (5 s) or more later.
+#[test]
+fn after_a_heal_every_node_has_the_head_content_within_a_second() {
+    for nodes in [5, 50] {
+        let specs: Vec<(u16, i64)> = (0..nodes).map(|_| (100, 0)).collect();
+        let network = Network {
+            min_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(10),
+            ..Network::default()
+        };
+        let mut cluster = Cluster::new(&specs, network, 3, 1_800_000_000_000);
+        cluster.save(0, "first");
+        assert!(
+            cluster
+                .run_until_converged(Duration::from_secs(60))
+                .is_some()
+        );
+        let half: Vec<usize> = (0..nodes / 2).collect();
+        cluster.split(&half);
+        cluster.save(0, "left side");
+        cluster.save(nodes - 1, "right side");
+        cluster.run_for(Duration::from_secs(10));
+        cluster.heal();
+        let took = cluster.run_until_converged(Duration::from_secs(1));
+        assert!(
+            took.is_some(),
+            "{nodes} nodes not converged within 1 s of the heal"
+        );
+    }
+}
