@@ -17,6 +17,9 @@ use rcgen::{
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::OffsetDateTime;
 
+pub mod files;
+pub mod join;
+
 /// The DNS-name suffix of every node certificate.
 const SUFFIX: &str = "palisade";
 
@@ -183,6 +186,13 @@ impl ClusterCa {
         self.key.serialize_pem()
     }
 
+    /// Whether the key is this certificate's (a CA file and key file that belong together).
+    pub fn key_matches(&self) -> bool {
+        x509_parser::parse_x509_certificate(&self.cert_der).is_ok_and(|(_, cert)| {
+            cert.public_key().subject_public_key.data.as_ref() == self.key.public_key_raw()
+        })
+    }
+
     pub fn fingerprint(&self) -> Fingerprint {
         Fingerprint::of(&self.cert_der)
     }
@@ -344,14 +354,24 @@ impl TlsIdentity {
         Ok((vec![pem_certificate(&self.cert_pem)?], key))
     }
 
-    /// Accepting peer links: a client certificate of a trusted CA is required.
-    pub fn server_config(&self) -> Result<rustls::ServerConfig, TrustError> {
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+    /// Accepting peer links: a client certificate of a trusted CA is required, unless
+    /// `accept_joins`, which lets a TLS session without one complete (a joining node has none
+    /// yet); the link layer then offers such a session nothing but the join exchange. The
+    /// chain sent includes the trusted CAs, so a joining node can check the CA its token pins.
+    pub fn server_config(&self, accept_joins: bool) -> Result<rustls::ServerConfig, TrustError> {
+        let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
             Arc::new(self.roots()?),
             provider(),
-        )
-        .build()?;
-        let (chain, key) = self.chain_and_key()?;
+        );
+        let verifier = if accept_joins {
+            builder.allow_unauthenticated().build()?
+        } else {
+            builder.build()?
+        };
+        let (mut chain, key) = self.chain_and_key()?;
+        for pem in &self.trusted_ca_pems {
+            chain.push(pem_certificate(pem)?);
+        }
         Ok(rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)

@@ -41,7 +41,9 @@ fn handshake(
     client: &TlsIdentity,
     expected: NodeId,
 ) -> Result<NodeId, String> {
-    let server_config = server.server_config().map_err(|error| error.to_string())?;
+    let server_config = server
+        .server_config(false)
+        .map_err(|error| error.to_string())?;
     let client_config = client.client_config().map_err(|error| error.to_string())?;
     let name = ServerName::try_from(node_dns_name(expected, &client.cluster))
         .map_err(|error| error.to_string())?;

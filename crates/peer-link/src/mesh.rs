@@ -1054,7 +1054,8 @@ mod tests {
             key_pem,
             trusted_ca_pems: vec![ca.cert_pem.clone()],
         };
-        let (Ok(server), Ok(client)) = (identity.server_config(), identity.client_config()) else {
+        let (Ok(server), Ok(client)) = (identity.server_config(false), identity.client_config())
+        else {
             panic!("tls configs");
         };
         let Ok(server_name) =
