@@ -4,6 +4,8 @@
 //! the store, in the order that keeps a crash safe: a revision and its contents are stored
 //! before anything acts on them.
 
+pub mod join;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,6 +28,37 @@ pub struct ClusterConfig {
     pub max_ahead: Duration,
     /// Anti-entropy digests this often.
     pub digest_interval: Duration,
+}
+
+/// The peer links' authentication for a member: mutual TLS with the cluster's CAs, its
+/// certificate naming its node; `joins` serves nodes joining with a token (the CA holder).
+pub fn link_auth(
+    identity: &palisade_cluster_trust::TlsIdentity,
+    joins: Option<palisade_peer_link::JoinHandler>,
+) -> Result<palisade_peer_link::LinkAuth, palisade_cluster_trust::TrustError> {
+    let server = identity.server_config(joins.is_some())?;
+    let client = identity.client_config()?;
+    let server_name = rustls_pki_types::ServerName::try_from(
+        palisade_cluster_trust::member_dns_name(&identity.cluster),
+    )
+    .map_err(|error| palisade_cluster_trust::TrustError::Malformed {
+        what: "member name",
+        detail: error.to_string(),
+    })?;
+    let cluster = identity.cluster.clone();
+    Ok(palisade_peer_link::LinkAuth::Tls(
+        palisade_peer_link::TlsLinks {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+            connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+            server_name,
+            node_of: Arc::new(move |der| {
+                palisade_cluster_trust::NodeCertificate::read(der, &cluster)
+                    .ok()
+                    .map(|read| read.node)
+            }),
+            joins,
+        },
+    ))
 }
 
 /// Called with each head whose bundle is complete, to validate and install it.

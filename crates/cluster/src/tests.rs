@@ -169,3 +169,138 @@ async fn a_save_on_one_node_is_live_on_the_other() {
         let _ = std::fs::remove_dir_all(&node.dir);
     }
 }
+
+fn trust_dir(name: &str) -> palisade_cluster_trust::files::TrustDir {
+    let dir = std::env::temp_dir().join(format!("palisade-join-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    palisade_cluster_trust::files::TrustDir::of_data_dir(&dir)
+}
+
+async fn member_mesh(
+    identity: &palisade_cluster_trust::TlsIdentity,
+    joins: Option<palisade_peer_link::JoinHandler>,
+    local: [u8; 4],
+    peers: Vec<SocketAddr>,
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+) -> MeshHandle {
+    let local_addr = IpAddr::from(local);
+    let Ok(name) = NodeName::new("member") else {
+        panic!("name");
+    };
+    palisade_peer_link::mesh::start(
+        MeshConfig {
+            listen: SocketAddr::new(local_addr, 0),
+            peers,
+            local_addr,
+            auth: link_auth(identity, joins).unwrap_or_else(|error| panic!("{error}")),
+            identity: LocalIdentity {
+                node_id: identity.node,
+                incarnation: Incarnation::random(),
+                name,
+            },
+            metrics: MeshMetrics::default(),
+        },
+        tasks,
+        stop.clone(),
+    )
+    .await
+    .unwrap_or_else(|error| panic!("{error}"))
+}
+
+/// A node joins with a token through the CA holder's cluster port, gets a certificate for its
+/// own key, and then links to the holder over mutual TLS; the token works once, and a token
+/// pinning another CA never gets past TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_with_a_token_and_then_links_over_mutual_tls() {
+    let now = time::OffsetDateTime::now_utc();
+    let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
+    let (holder_id, joiner_id) = (NodeId::random(), NodeId::random());
+    let holder = trust_dir("holder");
+    holder
+        .init(holder_id, now)
+        .unwrap_or_else(|error| panic!("{error}"));
+    let membership = holder
+        .membership(holder_id)
+        .unwrap_or_else(|error| panic!("{error}"));
+    let joins = join::join_handler(holder.clone(), tasks.clone());
+    let holder_mesh = member_mesh(
+        &membership.identity,
+        Some(joins),
+        [127, 0, 0, 21],
+        Vec::new(),
+        &tasks,
+        &stop,
+    )
+    .await;
+    let port = holder_mesh.listen_addr();
+    let token = holder
+        .issue_token(now, Duration::from_secs(600))
+        .unwrap_or_else(|error| panic!("{error}"));
+
+    // A token of another cluster's CA: the holder's chain does not lead to it.
+    let stranger = trust_dir("stranger");
+    stranger
+        .init(NodeId::random(), now)
+        .unwrap_or_else(|error| panic!("{error}"));
+    let foreign = stranger
+        .issue_token(now, Duration::from_secs(600))
+        .unwrap_or_else(|error| panic!("{error}"));
+    let refused = join::join(port, &foreign, joiner_id, "joiner").await;
+    assert!(
+        matches!(refused, Err(join::JoinError::Tls(_))),
+        "{:?}",
+        refused.err()
+    );
+
+    let joined = join::join(port, &token, joiner_id, "joiner")
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let again = join::join(port, &token, NodeId::random(), "again").await;
+    assert!(
+        matches!(again, Err(join::JoinError::Refused(_))),
+        "a token works once"
+    );
+
+    let joiner = trust_dir("joiner");
+    joiner
+        .install(
+            &joined.cluster,
+            &joined.ca_pems,
+            &joined.key_pem,
+            &joined.certificate_pem,
+        )
+        .unwrap_or_else(|error| panic!("{error}"));
+    let joiner_membership = joiner
+        .membership(joiner_id)
+        .unwrap_or_else(|error| panic!("{error}"));
+    // The joiner lists the holder; the holder does not list it (it admits by certificate).
+    let joiner_mesh = member_mesh(
+        &joiner_membership.identity,
+        None,
+        [127, 0, 0, 22],
+        vec![port],
+        &tasks,
+        &stop,
+    )
+    .await;
+    let mut peers = holder_mesh.subscribe();
+    let linked = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(MeshEvent::PeerUp(peer)) = peers.recv().await
+                && peer.id == joiner_id
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(linked.is_ok(), "the joined node never linked to the holder");
+    assert!(joiner_mesh.peers().iter().any(|peer| peer.id == holder_id));
+    stop.cancel();
+    tasks.close();
+    tasks.wait().await;
+    for dir in [holder.path(), joiner.path(), stranger.path()] {
+        let _ = std::fs::remove_dir_all(dir.parent().unwrap_or(dir));
+    }
+}

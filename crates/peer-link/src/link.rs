@@ -40,6 +40,9 @@ pub enum LinkError {
     Random,
     #[error("TLS: {0}")]
     Tls(String),
+    /// A TLS session without a client certificate, handed to the join service.
+    #[error("handed to the join service")]
+    JoinSession,
     #[error("the peer's certificate names node {certificate}, its handshake node {claimed}")]
     Identity {
         certificate: String,
@@ -73,7 +76,14 @@ pub struct TlsLinks {
     pub server_name: tokio_rustls::rustls::pki_types::ServerName<'static>,
     /// The node a peer's certificate (DER) names, if it is one of the cluster's.
     pub node_of: NodeOfCertificate,
+    /// Takes accepted TLS sessions without a client certificate (a node joining the cluster);
+    /// `None`: the acceptor requires a certificate and there are none.
+    pub joins: Option<JoinHandler>,
 }
+
+/// Serves one certificate-less TLS session (the join exchange) on its own task.
+pub type JoinHandler =
+    Arc<dyn Fn(tokio_rustls::server::TlsStream<TcpStream>, std::net::SocketAddr) + Send + Sync>;
 
 /// Reads the node a certificate (DER) names (`palisade_cluster_trust::NodeCertificate`).
 pub type NodeOfCertificate = Arc<dyn Fn(&[u8]) -> Option<palisade_identity::NodeId> + Send + Sync>;
@@ -125,6 +135,12 @@ pub async fn establish(
             Role::Server => {
                 let stream = tls.acceptor.accept(stream).await.map_err(tls_error)?;
                 let facts = session_facts(&**stream.get_ref().1)?;
+                if facts.1.is_none()
+                    && let Some(joins) = &tls.joins
+                {
+                    joins(stream, remote);
+                    return Err(LinkError::JoinSession);
+                }
                 (Box::new(stream), facts)
             }
         };

@@ -225,6 +225,7 @@ pub async fn start(
     let (events, _) = broadcast::channel(256);
     let (internal_tx, internal) = mpsc::unbounded_channel();
     let (peers_tx, peers) = watch::channel(Vec::new());
+    let tls = matches!(config.auth, LinkAuth::Tls(_));
     let shared = Shared {
         config: config.clone(),
         internal: internal_tx,
@@ -235,8 +236,11 @@ pub async fn start(
     };
     tasks.spawn(accept_loop(listener, shared.clone()));
     for peer in &config.peers {
-        if config.local_addr < peer.ip() {
-            tasks.spawn(dial_loop(*peer, shared.clone()));
+        // Of a pair, the lower address dials. Cluster members may know each other from one
+        // side only (a member added later lists the old ones, not the reverse), so under TLS
+        // each side dials its configured peers while no link to them is up.
+        if tls || config.local_addr < peer.ip() {
+            tasks.spawn(dial_loop(*peer, shared.clone(), peers.clone()));
         }
     }
     let mesh = Mesh {
@@ -280,12 +284,16 @@ async fn accept_loop(listener: TcpListener, shared: Shared) {
         if shared.leaving.is_cancelled() {
             continue;
         }
-        // Only configured peers may hold a link.
-        if !shared
-            .config
-            .peers
-            .iter()
-            .any(|peer| peer.ip() == remote.ip())
+        // Only configured peers may hold a link; under the cluster's TLS the certificate
+        // is what admits a peer (members come and go, and join from any address), so any
+        // address may try, within the same bounds on handshakes in flight.
+        let tls = matches!(shared.config.auth, LinkAuth::Tls(_));
+        if !tls
+            && !shared
+                .config
+                .peers
+                .iter()
+                .any(|peer| peer.ip() == remote.ip())
         {
             shared.config.metrics.refused("unknown_address");
             if let Some(suppressed) = unknown_log.admit() {
@@ -312,6 +320,7 @@ async fn accept_loop(listener: TcpListener, shared: Shared) {
             drop((permit, per_address));
             match handshake {
                 Ok(link) => serve_link(link, &shared, None).await,
+                Err(LinkError::JoinSession) => {}
                 Err(error) => {
                     config.metrics.refused("handshake");
                     if let Some(suppressed) = refused_log.admit() {
@@ -323,11 +332,23 @@ async fn accept_loop(listener: TcpListener, shared: Shared) {
     }
 }
 
-async fn dial_loop(peer: SocketAddr, shared: Shared) {
+async fn dial_loop(peer: SocketAddr, shared: Shared, mut up: watch::Receiver<Vec<Peer>>) {
     let stop = shared.stop.clone();
     let redial = async {
         // Leaving stops the redialling, never a link in use: its goodbye must go out.
         while !shared.leaving.is_cancelled() {
+            // A link the peer dialled serves the pair (both sides dial under TLS).
+            if up
+                .borrow_and_update()
+                .iter()
+                .any(|known| known.addr == peer.ip())
+            {
+                tokio::select! {
+                    changed = up.changed() => if changed.is_err() { return },
+                    () = shared.leaving.cancelled() => {}
+                }
+                continue;
+            }
             match dial(peer, &shared.config).await {
                 Ok(link) if shared.leaving.is_cancelled() => link.close_with_bye().await,
                 Ok(link) => serve_link(link, &shared, Some(peer)).await,
@@ -393,7 +414,10 @@ async fn connect(peer: SocketAddr, config: &MeshConfig) -> std::io::Result<TcpSt
     } else {
         TcpSocket::new_v6()
     }?;
-    socket.bind(SocketAddr::new(config.local_addr, 0))?;
+    // Unspecified: the cluster's links leave from whatever address routes to the peer.
+    if !config.local_addr.is_unspecified() {
+        socket.bind(SocketAddr::new(config.local_addr, 0))?;
+    }
     socket.connect(peer).await
 }
 
@@ -1073,6 +1097,7 @@ mod tests {
                     .ok()
                     .map(|read| read.node)
             }),
+            joins: None,
         });
         mesh_with(local, peer, "member", auth, id).await
     }
