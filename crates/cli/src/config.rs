@@ -42,6 +42,37 @@ pub struct NodeConfig {
     pub health: HealthConfig,
     /// Heartbeat links between the HA nodes (fast take-over on a crash, explicit handover).
     pub heartbeat: Option<HeartbeatConfig>,
+    /// Central management: where this node talks to the other members. The cluster plane
+    /// runs when the data directory holds a cluster certificate (`palisade cluster init` or
+    /// `join`); these settings only say where.
+    pub cluster: ClusterSettings,
+}
+
+#[derive(Clone, Debug)]
+pub struct ClusterSettings {
+    /// The cluster port (mutual TLS), 12346 by default.
+    pub listen: SocketAddr,
+    /// Other members' cluster addresses this node dials (members it does not list may dial
+    /// it: their certificate admits them).
+    pub peers: Vec<SocketAddr>,
+    /// The source address of links this node dials (unset: whatever routes to the peer).
+    pub address: Option<std::net::IpAddr>,
+    /// How far apart members' clocks may be (the seeds' 2 minutes).
+    pub max_time_difference: Duration,
+    /// Anti-entropy digests this often.
+    pub digest_interval: Duration,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            listen: SocketAddr::from(([0, 0, 0, 0], 12346)),
+            peers: Vec::new(),
+            address: None,
+            max_time_difference: Duration::from_secs(120),
+            digest_interval: Duration::from_secs(2),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -146,6 +177,18 @@ mod raw {
         #[serde(default)]
         pub health: Health,
         pub heartbeat: Option<Heartbeat>,
+        #[serde(default)]
+        pub cluster: Cluster,
+    }
+
+    #[derive(Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Cluster {
+        pub listen: Option<Spanned<String>>,
+        pub peers: Option<Spanned<Vec<Spanned<String>>>>,
+        pub address: Option<Spanned<String>>,
+        pub max_time_difference: Option<Spanned<String>>,
+        pub digest_interval: Option<Spanned<String>>,
     }
 
     #[derive(Deserialize)]
@@ -540,6 +583,51 @@ impl Checker<'_> {
         })
     }
 
+    fn cluster(&mut self, raw: raw::Cluster) -> ClusterSettings {
+        let defaults = ClusterSettings::default();
+        let listen = match &raw.listen {
+            Some(value) => self
+                .socket_addr(value, "cluster.listen")
+                .unwrap_or(defaults.listen),
+            None => defaults.listen,
+        };
+        let mut peers = Vec::new();
+        if let Some(list) = &raw.peers {
+            for (index, peer) in list.get_ref().iter().enumerate() {
+                peers.extend(self.socket_addr(peer, &format!("cluster.peers[{index}]")));
+            }
+        }
+        let address = raw.address.as_ref().and_then(|value| {
+            match value.get_ref().parse::<std::net::IpAddr>() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    self.error(
+                        value,
+                        "cluster.address",
+                        &format!("{:?}", value.get_ref()),
+                        "must be an IP address of this node",
+                    );
+                    None
+                }
+            }
+        });
+        ClusterSettings {
+            listen,
+            peers,
+            address,
+            max_time_difference: self.duration(
+                raw.max_time_difference,
+                "cluster.max_time_difference",
+                defaults.max_time_difference,
+            ),
+            digest_interval: self.duration(
+                raw.digest_interval,
+                "cluster.digest_interval",
+                defaults.digest_interval,
+            ),
+        }
+    }
+
     fn vrrp_group(&mut self, raw: raw::Vrrp) -> Option<VrrpGroup> {
         let before = self.errors.len();
         let vrid = self.integer(Some(raw.vrid.clone()), "vrrp.vrid", 1..=255, 51) as u8;
@@ -842,6 +930,7 @@ impl Checker<'_> {
         let heartbeat = raw
             .heartbeat
             .and_then(|heartbeat| self.heartbeat(heartbeat));
+        let cluster = self.cluster(raw.cluster);
         // Every port this node serves: a proxied request to one of them on an own address is
         // a self-connection, whatever allow_destinations says.
         let mut own_ports: Vec<u16> = listen
@@ -849,6 +938,7 @@ impl Checker<'_> {
             .chain(&test_listen)
             .chain(std::iter::once(&admin_listen))
             .chain(heartbeat.as_ref().map(|heartbeat| &heartbeat.listen))
+            .chain(std::iter::once(&cluster.listen))
             .map(SocketAddr::port)
             .collect();
         own_ports.sort_unstable();
@@ -984,6 +1074,7 @@ impl Checker<'_> {
             vrrp,
             health,
             heartbeat,
+            cluster,
             hostname,
             node_priority,
             data_dir,

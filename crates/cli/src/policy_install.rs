@@ -78,7 +78,8 @@ pub fn load(path: &Path, node: &NodeIdentity) -> anyhow::Result<LoadedPolicy> {
             let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
             anyhow!("invalid policy:\n{}", lines.join("\n"))
         })?;
-    let revision = palisade_policy::bundle::bundle_id(&text, &lists.into_inner());
+    let (_, document) = palisade_policy::bundle::split_revision_header(&text);
+    let revision = palisade_policy::bundle::bundle_id(document, &lists.into_inner());
     Ok(LoadedPolicy {
         policy,
         revision: PolicyRevision(revision),

@@ -83,6 +83,22 @@ pub fn list_key(declared: &str) -> String {
     }
 }
 
+/// The first line of a policy file that a cluster node wrote back: the revision it holds,
+/// which `palisade policy apply` names as the base of the next save. Not part of the
+/// document (a bundle's id does not depend on it).
+pub const REVISION_HEADER: &str = "# palisade-revision: ";
+
+/// Splits a policy file into the revision its header names (if any) and the document.
+pub fn split_revision_header(text: &str) -> (Option<&str>, &str) {
+    match text.strip_prefix(REVISION_HEADER) {
+        Some(rest) => {
+            let (line, document) = rest.split_once('\n').unwrap_or((rest, ""));
+            (Some(line.trim()), document)
+        }
+        None => (None, text),
+    }
+}
+
 impl PolicyBundle {
     /// Reads the document at `origin` and every list it names, compiling it for `node` on the
     /// way (a bundle that does not compile is never made).
@@ -100,11 +116,14 @@ impl PolicyBundle {
             lists.borrow_mut().insert(list_key(declared), text.clone());
             Ok(text)
         };
+        // The whole file compiles (the header is a comment, and line numbers stay true);
+        // the bundle holds the document without it.
         let compiled = crate::compile_with_reader(&document, origin, node, &reader)
             .map_err(BundleError::Invalid)?;
+        let (_, without_header) = split_revision_header(&document);
         Ok((
             PolicyBundle {
-                document,
+                document: without_header.to_owned(),
                 lists: lists.into_inner(),
             },
             compiled,
@@ -124,6 +143,41 @@ impl PolicyBundle {
             })
         };
         crate::compile_with_reader(&self.document, origin, node, &reader)
+    }
+
+    /// Why this bundle cannot be replicated, if it cannot: every node writes the lists next to
+    /// its own policy file, so a list must be named relative to the document and inside its
+    /// directory (never an absolute path a peer would then write to).
+    pub fn unportable_lists(&self) -> Vec<String> {
+        self.lists
+            .keys()
+            .filter(|key| key.starts_with('/') || key.starts_with("..") || key.is_empty())
+            .cloned()
+            .collect()
+    }
+
+    /// Writes the bundle where `origin` names the document: each list beside it (under the
+    /// name the document declares it by), then the document, its first line naming
+    /// `revision`. Each file is written whole and renamed into place; the document last, so
+    /// a reader of it finds its lists.
+    pub fn write_to(&self, origin: &Path, revision: &str) -> Result<(), BundleError> {
+        if let Some(key) = self.unportable_lists().first() {
+            return Err(BundleError::Write {
+                path: PathBuf::from(key),
+                error: "a replicated list must be named relative to the policy document, inside its directory".to_owned(),
+            });
+        }
+        let base = origin.parent().unwrap_or(Path::new("."));
+        for (key, text) in &self.lists {
+            write_whole(&base.join(key), text.as_bytes())?;
+        }
+        let mut document =
+            String::with_capacity(REVISION_HEADER.len() + revision.len() + 1 + self.document.len());
+        document.push_str(REVISION_HEADER);
+        document.push_str(revision);
+        document.push('\n');
+        document.push_str(&self.document);
+        write_whole(origin, document.as_bytes())
     }
 
     /// Each list's hash, by path.
@@ -247,6 +301,24 @@ pub enum BundleError {
     Invalid(Vec<PolicyError>),
     #[error("policy manifest: {0}")]
     Manifest(String),
+    #[error("cannot write {}: {error}", path.display())]
+    Write { path: PathBuf, error: String },
+}
+
+/// Writes a file through a temporary sibling renamed over it.
+fn write_whole(path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
+    let failed = |error: std::io::Error| BundleError::Write {
+        path: path.to_owned(),
+        error: error.to_string(),
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(failed)?;
+    }
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".palisade-tmp");
+    let temporary = PathBuf::from(temporary);
+    std::fs::write(&temporary, bytes).map_err(failed)?;
+    std::fs::rename(&temporary, path).map_err(failed)
 }
 
 #[cfg(test)]
@@ -303,6 +375,36 @@ mod tests {
         assert_ne!(changed.id(), bundle.id());
         let _ = std::fs::remove_dir_all(here);
         let _ = std::fs::remove_dir_all(there);
+    }
+
+    #[test]
+    fn a_written_back_bundle_reads_back_the_same_with_its_revision_in_the_header() {
+        let here = dir("writeback");
+        let bundle = PolicyBundle {
+            document: POLICY.to_owned(),
+            lists: BTreeMap::from([("lists/blocked.txt".to_owned(), "bad.example\n".to_owned())]),
+        };
+        let origin = here.join("policy.toml");
+        bundle
+            .write_to(&origin, "abc123")
+            .unwrap_or_else(|error| panic!("{error}"));
+        let text = std::fs::read_to_string(&origin).unwrap_or_default();
+        assert_eq!(split_revision_header(&text), (Some("abc123"), POLICY));
+        let Ok((read, _)) = PolicyBundle::read(&origin, &NodeIdentity::default()) else {
+            panic!("read back");
+        };
+        assert_eq!(read, bundle, "the header is not part of the document");
+        assert_eq!(read.id(), bundle.id());
+        let escaping = PolicyBundle {
+            document: POLICY.to_owned(),
+            lists: BTreeMap::from([
+                ("../etc/x".to_owned(), String::new()),
+                ("/etc/y".to_owned(), String::new()),
+            ]),
+        };
+        assert_eq!(escaping.unportable_lists().len(), 2);
+        assert!(escaping.write_to(&origin, "abc").is_err());
+        let _ = std::fs::remove_dir_all(here);
     }
 
     #[test]
