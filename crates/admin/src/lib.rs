@@ -44,6 +44,10 @@ pub enum ControlError {
     Conflict(String),
     /// Could not be carried out (HTTP 500), e.g. the data directory is not writable.
     Failed(String),
+    /// The request itself is wrong (HTTP 400), e.g. a policy that does not compile.
+    Invalid(String),
+    /// Not possible on this node (HTTP 503), e.g. not a cluster member.
+    Unavailable(String),
 }
 
 /// What the node lets the admin API see and do (implemented by the binary, which knows the
@@ -58,6 +62,49 @@ pub trait NodeControl: Send + Sync + 'static {
     fn drain(self: Arc<Self>, force: bool) -> BoxFuture<Result<serde_json::Value, ControlError>>;
     /// Puts a drained node back in service.
     fn resume(self: Arc<Self>) -> BoxFuture<Result<serde_json::Value, ControlError>>;
+    /// Central management: this node's view of the cluster.
+    fn cluster_status(self: Arc<Self>) -> BoxFuture<Result<serde_json::Value, ControlError>> {
+        Box::pin(async { Err(not_a_member()) })
+    }
+    /// Every revision of the cluster's policy, newest first.
+    fn policy_history(self: Arc<Self>) -> BoxFuture<Result<serde_json::Value, ControlError>> {
+        Box::pin(async { Err(not_a_member()) })
+    }
+    /// Saves a policy bundle as the cluster's new revision.
+    fn policy_apply(
+        self: Arc<Self>,
+        request: PolicyApply,
+    ) -> BoxFuture<Result<serde_json::Value, ControlError>> {
+        let _ = request;
+        Box::pin(async { Err(not_a_member()) })
+    }
+}
+
+fn not_a_member() -> ControlError {
+    ControlError::Unavailable(
+        "this node is not a cluster member (`palisade cluster init`, or `palisade cluster join`)"
+            .to_owned(),
+    )
+}
+
+/// The body of `POST /policy/apply`: the bundle (document and lists, as the document names
+/// them) and what the save is based on.
+#[derive(Debug, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyApply {
+    pub document: String,
+    #[serde(default)]
+    pub lists: std::collections::BTreeMap<String, String>,
+    /// The revision the operator's copy came from (hex); `None`: the copy names none.
+    pub base: Option<String>,
+    /// Save over whatever the head is.
+    #[serde(default)]
+    pub force: bool,
+    #[serde(default)]
+    pub message: String,
+    /// Who saves (an account, or the operator's user on this node).
+    #[serde(default)]
+    pub saved_by: String,
 }
 
 /// What the admin endpoints read from.
@@ -75,6 +122,13 @@ pub fn router(state: AdminState) -> Router {
         .route("/status", get(status))
         .route("/drain", post(drain))
         .route("/resume", post(resume))
+        .route("/cluster", get(cluster_status))
+        .route("/policy/history", get(policy_history))
+        .route(
+            "/policy/apply",
+            // A bundle holds its lists: a 1,000,000-entry list is tens of MiB.
+            post(policy_apply).layer(axum::extract::DefaultBodyLimit::max(256 << 20)),
+        )
         .with_state(state)
 }
 
@@ -240,6 +294,26 @@ async fn resume(
     control_response(state.control.clone().resume().await)
 }
 
+async fn cluster_status(State(state): State<AdminState>) -> Response {
+    control_response(state.control.clone().cluster_status().await)
+}
+
+async fn policy_history(State(state): State<AdminState>) -> Response {
+    control_response(state.control.clone().policy_history().await)
+}
+
+async fn policy_apply(
+    State(state): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(request): Json<PolicyApply>,
+) -> Response {
+    if let Some(refused) = refusal(peer, &headers) {
+        return refused;
+    }
+    control_response(state.control.clone().policy_apply(request).await)
+}
+
 fn control_response(result: Result<serde_json::Value, ControlError>) -> Response {
     match result {
         Ok(report) => (StatusCode::OK, Json(report)).into_response(),
@@ -250,6 +324,16 @@ fn control_response(result: Result<serde_json::Value, ControlError>) -> Response
             .into_response(),
         Err(ControlError::Failed(error)) => (
             StatusCode::INTERNAL_SERVER_ERROR,
+            Json(serde_json::json!({ "error": error })),
+        )
+            .into_response(),
+        Err(ControlError::Invalid(error)) => (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({ "error": error })),
+        )
+            .into_response(),
+        Err(ControlError::Unavailable(error)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({ "error": error })),
         )
             .into_response(),
@@ -272,7 +356,7 @@ fn gate(peer: SocketAddr, headers: &HeaderMap) -> Result<(), &'static str> {
     // IPv4-mapped ::ffff:127.0.0.1 counts as loopback too (a dual-stack listener).
     if !peer.ip().to_canonical().is_loopback() {
         return Err(
-            "drain and resume are accepted from this node only (loopback) until admin accounts exist",
+            "changes are accepted from this node only (loopback) until admin accounts exist",
         );
     }
     let host = headers

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 /// One request to the admin API; returns the status code and the JSON body.
-fn request(
+pub(crate) fn request(
     admin: SocketAddr,
     method: &str,
     path: &str,

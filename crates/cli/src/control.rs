@@ -33,6 +33,8 @@ pub struct Control {
     drained: AtomicBool,
     /// One drain or resume at a time.
     busy: tokio::sync::Mutex<()>,
+    /// Central management, when this node is a cluster member.
+    cluster: Option<crate::cluster_plane::ClusterPlane>,
 }
 
 /// Whether a drain survived the last run (the node then starts drained). A drain that
@@ -101,6 +103,7 @@ impl Control {
         drained: bool,
     ) -> Control {
         Control {
+            cluster: None,
             node,
             identity,
             policy_revision,
@@ -110,6 +113,12 @@ impl Control {
             drained: AtomicBool::new(drained),
             busy: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Central management's controls, on a cluster member.
+    pub fn with_cluster(mut self, cluster: Option<crate::cluster_plane::ClusterPlane>) -> Control {
+        self.cluster = cluster;
+        self
     }
 
     /// Refuses a drain that would leave a VIP with nobody to take it: a Master whose heartbeat
@@ -215,6 +224,148 @@ async fn drain_group(group: GroupHandle) -> serde_json::Value {
     report
 }
 
+/// A revision id as `palisade policy history` prints it (64 hex digits).
+fn parse_revision(text: &str) -> Option<palisade_replication::RevisionId> {
+    palisade_cluster_trust::join::parse_digest(text.trim()).map(palisade_replication::RevisionId)
+}
+
+impl Control {
+    fn cluster(&self) -> Result<&crate::cluster_plane::ClusterPlane, ControlError> {
+        self.cluster.as_ref().ok_or_else(|| {
+            ControlError::Unavailable(
+                "this node is not a cluster member (`palisade cluster init` makes a cluster, `palisade cluster join` joins one)".to_owned(),
+            )
+        })
+    }
+
+    async fn cluster_status_now(self: Arc<Self>) -> Result<serde_json::Value, ControlError> {
+        let cluster = self.cluster()?;
+        let replica = cluster
+            .handle
+            .status()
+            .await
+            .map_err(|error| ControlError::Failed(error.to_string()))?;
+        let peers: Vec<serde_json::Value> = cluster
+            .mesh
+            .peers()
+            .into_iter()
+            .map(|peer| {
+                serde_json::json!({
+                    "node_id": peer.id.to_string(),
+                    "name": peer.name.as_str(),
+                    "address": peer.addr.to_string(),
+                    "reachable": true,
+                })
+            })
+            .collect();
+        let left = cluster.certificate_expires - time::OffsetDateTime::now_utc();
+        Ok(serde_json::json!({
+            "cluster": cluster.cluster_id,
+            "node": self.node.as_str(),
+            "node_id": self.identity["node_id"],
+            "node_priority": self.identity["node_priority"],
+            "version": env!("CARGO_PKG_VERSION"),
+            "listen": cluster.mesh.listen_addr().to_string(),
+            "holds_ca_key": cluster.holds_ca_key,
+            "certificate": {
+                "expires": cluster.certificate_expires.to_string(),
+                "days_left": left.whole_days(),
+                "alert": left < time::Duration::days(30),
+            },
+            "head": replica.head,
+            "active": replica.active,
+            "revisions": replica.revisions,
+            "peers": peers,
+        }))
+    }
+
+    async fn policy_history_now(self: Arc<Self>) -> Result<serde_json::Value, ControlError> {
+        let history = self
+            .cluster()?
+            .handle
+            .history()
+            .await
+            .map_err(|error| ControlError::Failed(error.to_string()))?;
+        Ok(serde_json::json!({ "revisions": history }))
+    }
+
+    async fn policy_apply_now(
+        self: Arc<Self>,
+        request: palisade_admin::PolicyApply,
+    ) -> Result<serde_json::Value, ControlError> {
+        let cluster = self.cluster()?;
+        let bundle = palisade_policy::PolicyBundle {
+            document: request.document,
+            lists: request.lists,
+        };
+        let unportable = bundle.unportable_lists();
+        if !unportable.is_empty() {
+            return Err(ControlError::Invalid(format!(
+                "lists named by an absolute path or outside the policy's directory cannot be replicated (every node writes them beside its policy file): {}",
+                unportable.join(", ")
+            )));
+        }
+        // Validated before it is saved: a bundle this node cannot compile is never stored.
+        let bundle = cluster
+            .installer
+            .check_bundle(bundle, &cluster.policy_file)
+            .await
+            .map_err(|errors| ControlError::Invalid(format!("invalid policy:\n{errors}")))?;
+        let base = match (request.force, &request.base) {
+            (true, _) => palisade_replication::Base::Head,
+            (false, None) => palisade_replication::Base::Revision(None),
+            (false, Some(text)) => match parse_revision(text) {
+                Some(id) => palisade_replication::Base::Revision(Some(id)),
+                None => {
+                    return Err(ControlError::Invalid(format!(
+                        "the base revision {text:?} is not a revision id (64 hex digits, as `palisade policy history` prints)"
+                    )));
+                }
+            },
+        };
+        let saved_by = if request.saved_by.is_empty() {
+            format!("node {}", self.node)
+        } else {
+            request.saved_by
+        };
+        let bundle_id = bundle.id();
+        let bundle_hex: String = bundle_id.iter().map(|byte| format!("{byte:02x}")).collect();
+        // Saving what is already the head would only add noise to the history.
+        if !request.force
+            && let Ok(status) = cluster.handle.status().await
+            && let Some(head) = status.head
+            && head.bundle == bundle_hex
+        {
+            return Ok(serde_json::json!({
+                "revision": head.id,
+                "bundle": bundle_hex,
+                "unchanged": true,
+            }));
+        }
+        match cluster
+            .handle
+            .save(bundle, base, &saved_by, &request.message)
+            .await
+        {
+            Ok(revision) => {
+                tracing::info!(%revision, %saved_by, message = %request.message, "policy saved");
+                Ok(serde_json::json!({
+                    "revision": revision.to_string(),
+                    "bundle": bundle_hex,
+                    "saved_by": saved_by,
+                }))
+            }
+            Err(palisade_cluster::ClusterError::Save(
+                error @ palisade_replication::SaveError::Stale { .. },
+            )) => Err(ControlError::Conflict(error.to_string())),
+            Err(palisade_cluster::ClusterError::Save(error)) => {
+                Err(ControlError::Invalid(error.to_string()))
+            }
+            Err(error) => Err(ControlError::Failed(error.to_string())),
+        }
+    }
+}
+
 impl NodeControl for Control {
     fn status(&self) -> serde_json::Value {
         let groups: Vec<serde_json::Value> = self
@@ -229,6 +380,7 @@ impl NodeControl for Control {
             "node_priority": self.identity["node_priority"],
             "policy": { "revision": self.policy_revision.borrow().to_string() },
             "drained": self.drained(),
+            "cluster": self.cluster.as_ref().map(|cluster| cluster.cluster_id.clone()),
             "groups": groups,
             "peers": self.mesh.as_ref().map(|mesh| {
                 mesh.peers()
@@ -254,6 +406,21 @@ impl NodeControl for Control {
 
     fn resume(self: Arc<Self>) -> BoxFuture<Result<serde_json::Value, ControlError>> {
         Box::pin(self.resume_now())
+    }
+
+    fn cluster_status(self: Arc<Self>) -> BoxFuture<Result<serde_json::Value, ControlError>> {
+        Box::pin(self.cluster_status_now())
+    }
+
+    fn policy_history(self: Arc<Self>) -> BoxFuture<Result<serde_json::Value, ControlError>> {
+        Box::pin(self.policy_history_now())
+    }
+
+    fn policy_apply(
+        self: Arc<Self>,
+        request: palisade_admin::PolicyApply,
+    ) -> BoxFuture<Result<serde_json::Value, ControlError>> {
+        Box::pin(self.policy_apply_now(request))
     }
 }
 

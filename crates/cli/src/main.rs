@@ -3,6 +3,8 @@
 
 mod admin_client;
 mod allocator;
+mod cluster_cli;
+mod cluster_plane;
 mod config;
 mod control;
 mod file_watch;
@@ -73,8 +75,84 @@ enum Command {
         #[command(subcommand)]
         action: StoreAction,
     },
+    /// Central management: make a cluster, add nodes, see its state.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
+    /// The cluster's policy: save a new revision, see the history.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum ClusterAction {
+    /// Make a cluster of this node: a cluster CA (its key stays on this node) and this
+    /// node's certificate.
+    Init {
+        /// Node config file (for data_dir and the cluster port; default: ./palisade-data).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Print a one-time join token for a new node (on the node that holds the CA key).
+    Token {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// How long the token stays valid (e.g. 30m, 1h).
+        #[arg(long, default_value = "1h", value_parser = parse_duration_arg)]
+        valid: std::time::Duration,
+    },
+    /// Join a cluster: MEMBER is HOST:PORT of the node that holds the CA key, TOKEN from
+    /// `palisade cluster token` there. This node's key never leaves it.
+    Join {
+        member: String,
+        token: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// The cluster as this node sees it: head revision, peers, certificate expiry.
+    Status {
+        #[arg(long, default_value = "127.0.0.1:4711")]
+        admin: std::net::SocketAddr,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyAction {
+    /// Save FILE (and the lists it names) as the cluster's new policy revision, live on every
+    /// node moments later. Refused if the policy changed since the revision FILE was written
+    /// from (its header), unless --force.
+    Apply {
+        file: PathBuf,
+        /// The revision your copy is based on (default: the one in FILE's header).
+        #[arg(long)]
+        base: Option<String>,
+        /// Save over whatever the cluster's policy is now.
+        #[arg(long)]
+        force: bool,
+        /// Why: kept in the history with who saved it.
+        #[arg(long, short)]
+        message: Option<String>,
+        #[arg(long, default_value = "127.0.0.1:4711")]
+        admin: std::net::SocketAddr,
+    },
+    /// Every revision, newest first: who saved it, where, when and why.
+    History {
+        #[arg(long, default_value = "127.0.0.1:4711")]
+        admin: std::net::SocketAddr,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_duration_arg(text: &str) -> Result<std::time::Duration, String> {
+    config::parse_duration(text).ok_or_else(|| format!("{text:?} is not a duration like 30m or 1h"))
 }
 
 #[derive(Subcommand)]
@@ -109,6 +187,26 @@ fn main() -> ExitCode {
         Command::Store {
             action: StoreAction::Import { file, config },
         } => node::store_import(config, &file),
+        Command::Cluster { action } => match action {
+            ClusterAction::Init { config } => cluster_cli::init(config),
+            ClusterAction::Token { config, valid } => cluster_cli::token(config, valid),
+            ClusterAction::Join {
+                member,
+                token,
+                config,
+            } => cluster_cli::join(config, &member, &token),
+            ClusterAction::Status { admin, json } => cluster_cli::status(admin, json),
+        },
+        Command::Policy { action } => match action {
+            PolicyAction::Apply {
+                file,
+                base,
+                force,
+                message,
+                admin,
+            } => cluster_cli::apply(admin, &file, base, force, message),
+            PolicyAction::History { admin, json } => cluster_cli::history(admin, json),
+        },
         Command::Version => {
             println!("palisade {}", env!("CARGO_PKG_VERSION"));
             Ok(())

@@ -87,6 +87,7 @@ pub struct Node {
     store: NodeStore,
     group_specs: Vec<GroupSpec>,
     drained: bool,
+    cluster: Option<crate::cluster_plane::Prepared>,
 }
 
 /// How long stopping waits for the node's own tasks after the drain (a notify hook may
@@ -114,6 +115,19 @@ impl Node {
         let node_identity = identity(&config, Some(store.node_id));
         let loaded = crate::policy_install::load(&policy_file, &node_identity)?;
         let drained = crate::control::drained_at_start(store.store.as_deref(), &config.data_dir);
+        let cluster = match &store.store {
+            Some(_) => crate::cluster_plane::prepare(&config.data_dir, store.node_id)?,
+            None => {
+                if palisade_cluster_trust::files::TrustDir::of_data_dir(&config.data_dir)
+                    .is_member()
+                {
+                    tracing::error!(
+                        "the store is unusable: this node serves outside its cluster until it is repaired"
+                    );
+                }
+                None
+            }
+        };
         let group_specs = config
             .vrrp
             .iter()
@@ -127,6 +141,7 @@ impl Node {
             store,
             group_specs,
             drained,
+            cluster,
         })
     }
 }
@@ -311,7 +326,8 @@ pub struct RunningNode {
     /// Closes the proxy listeners.
     stop_accepting: CancellationToken,
     groups: Vec<GroupHandle>,
-    mesh: Option<MeshHandle>,
+    /// The HA heartbeat mesh and the cluster's, when they run.
+    meshes: Vec<MeshHandle>,
     drain_timeout: Duration,
 }
 
@@ -330,7 +346,7 @@ impl RunningNode {
         for group in &self.groups {
             group.shutdown().await;
         }
-        if let Some(mesh) = &self.mesh {
+        for mesh in &self.meshes {
             mesh.leave().await;
         }
         self.stop_accepting.cancel();
@@ -374,6 +390,7 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
         store,
         group_specs,
         drained: start_drained,
+        cluster: prepared_cluster,
     } = node;
     let summary = loaded.policy.summary();
     let policy = Arc::new(ArcSwap::from_pointee(loaded.policy));
@@ -456,20 +473,43 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
         incarnation: palisade_identity::Incarnation::random(),
         name: config.hostname.clone(),
     };
+    let cluster = match (prepared_cluster, &store.store) {
+        (Some(prepared), Some(node_store)) => Some(
+            crate::cluster_plane::start(
+                prepared,
+                crate::cluster_plane::StartArgs {
+                    settings: &config.cluster,
+                    store: node_store.clone(),
+                    local: local.clone(),
+                    priority: config.node_priority,
+                    installer: installer.clone(),
+                    policy_file: policy_file.clone(),
+                    metrics: palisade_peer_link::metrics::MeshMetrics::for_cluster(&mut registry),
+                    tasks: &tasks,
+                    stop: &stop,
+                },
+            )
+            .await?,
+        ),
+        _ => None,
+    };
     let (groups, mesh) =
         start_ha_groups(&config, group_specs, local, &mut registry, &tasks, &stop).await?;
     registry.register_collector(Box::new(palisade_vrrp_linux::metrics::HaMetrics::new(
         groups.iter().map(|group| group.status.clone()).collect(),
     )));
-    let control = Arc::new(crate::control::Control::new(
-        config.hostname.clone(),
-        store.status(config.node_priority),
-        installer.revision(),
-        groups.clone(),
-        mesh.clone(),
-        store.store.clone(),
-        start_drained,
-    ));
+    let control = Arc::new(
+        crate::control::Control::new(
+            config.hostname.clone(),
+            store.status(config.node_priority),
+            installer.revision(),
+            groups.clone(),
+            mesh.clone(),
+            store.store.clone(),
+            start_drained,
+        )
+        .with_cluster(cluster.clone()),
+    );
     let admin_state = palisade_admin::AdminState {
         registry: Arc::new(registry),
         node: config.hostname.clone(),
@@ -510,15 +550,20 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
         installer,
         access_log,
         config.policy_poll_interval,
+        cluster.is_some(),
         stop.clone(),
     ));
+    let meshes = mesh
+        .into_iter()
+        .chain(cluster.map(|cluster| cluster.mesh))
+        .collect();
     Ok(RunningNode {
         tasks,
         stop,
         connections,
         stop_accepting,
         groups,
-        mesh,
+        meshes,
         drain_timeout: config.drain_timeout,
     })
 }
@@ -687,11 +732,14 @@ fn group_spec(group: &crate::config::VrrpGroup, drained: bool) -> anyhow::Result
 /// Reloads the policy when its file changes (checked every `interval`; a change counts once
 /// it holds for two polls, so a file caught mid-write is not compiled) or at once on SIGHUP.
 /// A policy that does not compile is refused with its errors and the old one stays live.
+/// On a cluster member the file is the cluster's policy written back: an edit there is not
+/// installed (it would leave this node alone with it) but pointed at `palisade policy apply`.
 async fn watch_policy(
     path: PathBuf,
     installer: Arc<PolicyInstaller>,
     access_log: AccessLog,
     interval: Duration,
+    cluster: bool,
     stop: CancellationToken,
 ) {
     let mut hangup = match signal(SignalKind::hangup()) {
@@ -724,6 +772,15 @@ async fn watch_policy(
             continue;
         }
         change.acted_on(stamps);
+        if cluster {
+            // The cluster's own write-back compiles to the live revision: nothing to say.
+            let written_back =
+                installer.revision_of_file(&path).await == Some(*installer.revision().borrow());
+            if !forced && !written_back {
+                tracing::warn!(path = %path.display(), "the policy file changed; on a cluster member it is saved with `palisade policy apply {}`, which makes it live on every node", path.display());
+            }
+            continue;
+        }
         // The installer logs and counts the outcome; a refused policy leaves the live one.
         if installer.install_file(&path).await.is_ok() {
             let now_watched = watched(&installer.live());

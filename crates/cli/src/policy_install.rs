@@ -165,6 +165,73 @@ impl PolicyInstaller {
         Ok(loaded.revision)
     }
 
+    /// Compiles a replicated policy bundle (`origin` is where its errors say it is) and makes
+    /// it live; on any error the live policy stays.
+    pub async fn install_bundle(
+        &self,
+        bundle: palisade_policy::PolicyBundle,
+        origin: &Path,
+    ) -> anyhow::Result<PolicyRevision> {
+        let revision = PolicyRevision(bundle.id());
+        if revision == *self.revision.borrow() {
+            self.count("unchanged");
+            return Ok(revision);
+        }
+        let (origin_owned, node) = (origin.to_owned(), self.node.clone());
+        let compiled = tokio::task::spawn_blocking(move || {
+            bundle.compile(&origin_owned, &node).map_err(|errors| {
+                let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                anyhow!("invalid policy:\n{}", lines.join("\n"))
+            })
+        })
+        .await
+        .map_err(|error| anyhow!("policy compile task failed: {error}"))
+        .and_then(|compiled| compiled);
+        let policy = match compiled {
+            Ok(policy) => policy,
+            Err(error) => {
+                self.count("refused");
+                tracing::error!(revision = %revision.short(), "replicated policy refused, previous policy stays live: {error:#}");
+                return Err(error);
+            }
+        };
+        let summary = policy.summary();
+        self.live.store(Arc::new(policy));
+        self.revision.send_replace(revision);
+        self.count("installed");
+        tokio::task::spawn_blocking(crate::allocator::release_free_memory);
+        tracing::info!(revision = %revision.short(), rulesets = summary.rulesets, rules = summary.rules, "policy installed from the cluster");
+        Ok(revision)
+    }
+
+    /// The revision of the policy file at `path` as it would compile here, if it compiles.
+    pub async fn revision_of_file(&self, path: &Path) -> Option<PolicyRevision> {
+        let (path, node) = (path.to_owned(), self.node.clone());
+        tokio::task::spawn_blocking(move || load(&path, &node).ok().map(|loaded| loaded.revision))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Compiles a bundle for this node without installing it (the check before a save).
+    pub async fn check_bundle(
+        &self,
+        bundle: palisade_policy::PolicyBundle,
+        origin: &Path,
+    ) -> Result<palisade_policy::PolicyBundle, String> {
+        let (origin, node) = (origin.to_owned(), self.node.clone());
+        tokio::task::spawn_blocking(move || match bundle.compile(&origin, &node) {
+            Ok(_) => Ok(bundle),
+            Err(errors) => Err(errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")),
+        })
+        .await
+        .map_err(|error| format!("policy compile task failed: {error}"))?
+    }
+
     fn count(&self, outcome: &'static str) {
         self.installs
             .get_or_create(&OutcomeLabels { outcome })

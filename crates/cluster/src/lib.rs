@@ -82,10 +82,64 @@ struct SaveRequest {
     reply: oneshot::Sender<Result<RevisionId, ClusterError>>,
 }
 
+/// One revision as the operator sees it (`palisade policy history`, status).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RevisionSummary {
+    pub id: String,
+    /// "save" or "merge".
+    pub kind: &'static str,
+    pub parents: Vec<String>,
+    pub author: String,
+    pub author_priority: u16,
+    /// Hybrid-logical-clock time: milliseconds since the epoch and the logical counter.
+    pub time_ms: u64,
+    pub time_counter: u16,
+    pub saved_by: String,
+    pub message: String,
+    /// The policy bundle's id (what `palisade status` shows as the live policy revision).
+    pub bundle: String,
+}
+
+impl RevisionSummary {
+    fn of(revision: &Revision) -> RevisionSummary {
+        RevisionSummary {
+            id: revision.id.to_string(),
+            kind: match revision.kind {
+                palisade_replication::RevisionKind::Save => "save",
+                palisade_replication::RevisionKind::Merge => "merge",
+            },
+            parents: revision.parents.iter().map(ToString::to_string).collect(),
+            author: revision.author.to_string(),
+            author_priority: revision.author_priority.value(),
+            time_ms: revision.time.ms,
+            time_counter: revision.time.counter,
+            saved_by: revision.saved_by.clone(),
+            message: revision.message.clone(),
+            bundle: revision.content.to_string(),
+        }
+    }
+}
+
+/// The replica's state for status.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ClusterStatus {
+    pub head: Option<RevisionSummary>,
+    /// The revision whose bundle is live on this node.
+    pub active: Option<String>,
+    pub revisions: usize,
+}
+
+enum Query {
+    Status(oneshot::Sender<ClusterStatus>),
+    /// Newest first.
+    History(oneshot::Sender<Vec<RevisionSummary>>),
+}
+
 /// Talks to the running driver. Cheap to clone.
 #[derive(Clone)]
 pub struct ClusterHandle {
     saves: mpsc::Sender<SaveRequest>,
+    queries: mpsc::Sender<Query>,
     active: watch::Receiver<Option<RevisionId>>,
 }
 
@@ -112,6 +166,25 @@ impl ClusterHandle {
             .await
             .map_err(|_| ClusterError::Stopped)?;
         answer.await.map_err(|_| ClusterError::Stopped)?
+    }
+
+    pub async fn status(&self) -> Result<ClusterStatus, ClusterError> {
+        let (reply, answer) = oneshot::channel();
+        self.queries
+            .send(Query::Status(reply))
+            .await
+            .map_err(|_| ClusterError::Stopped)?;
+        answer.await.map_err(|_| ClusterError::Stopped)
+    }
+
+    /// Every revision, newest first.
+    pub async fn history(&self) -> Result<Vec<RevisionSummary>, ClusterError> {
+        let (reply, answer) = oneshot::channel();
+        self.queries
+            .send(Query::History(reply))
+            .await
+            .map_err(|_| ClusterError::Stopped)?;
+        answer.await.map_err(|_| ClusterError::Stopped)
     }
 
     /// The revision whose bundle was last activated.
@@ -168,6 +241,7 @@ pub fn start(
         }
     }
     let (saves_tx, saves) = mpsc::channel(16);
+    let (queries_tx, queries) = mpsc::channel(16);
     let (active_tx, active) = watch::channel(None);
     let events = mesh.subscribe();
     let driver = Driver {
@@ -177,9 +251,10 @@ pub fn start(
         activate,
         active: active_tx,
     };
-    tasks.spawn(driver.run(config.digest_interval, events, saves, stop));
+    tasks.spawn(driver.run(config.digest_interval, events, saves, queries, stop));
     Ok(ClusterHandle {
         saves: saves_tx,
+        queries: queries_tx,
         active,
     })
 }
@@ -206,6 +281,7 @@ impl Driver {
         digest_interval: Duration,
         mut events: broadcast::Receiver<MeshEvent>,
         mut saves: mpsc::Receiver<SaveRequest>,
+        mut queries: mpsc::Receiver<Query>,
         stop: CancellationToken,
     ) {
         let mut tick = tokio::time::interval(digest_interval);
@@ -226,6 +302,7 @@ impl Driver {
                     Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
+                Some(query) = queries.recv() => self.answer(query),
                 request = saves.recv() => match request {
                     Some(request) => {
                         let result = self
@@ -237,6 +314,23 @@ impl Driver {
                 },
             }
             self.drive().await;
+        }
+    }
+
+    fn answer(&self, query: Query) {
+        match query {
+            Query::Status(reply) => {
+                let _ = reply.send(ClusterStatus {
+                    head: self.replica.head().map(RevisionSummary::of),
+                    active: self.active.borrow().map(|id| id.to_string()),
+                    revisions: self.replica.history().len(),
+                });
+            }
+            Query::History(reply) => {
+                let mut revisions: Vec<&Revision> = self.replica.history().revisions().collect();
+                revisions.sort_by(|a, b| b.time.cmp(&a.time).then(b.id.cmp(&a.id)));
+                let _ = reply.send(revisions.into_iter().map(RevisionSummary::of).collect());
+            }
         }
     }
 

@@ -37,7 +37,36 @@ pub struct MeshMetrics {
 }
 
 impl MeshMetrics {
+    /// The HA heartbeat mesh's metrics (`palisade_peer_...`).
     pub fn new(registry: &mut Registry) -> MeshMetrics {
+        MeshMetrics::registered(
+            registry,
+            [
+                "palisade_peer_links_peers_up",
+                "palisade_peer_link_ends",
+                "palisade_peer_link_refused_connections",
+                "palisade_peer_death_confirmations",
+                "palisade_peer_link_skipped_frames",
+            ],
+        )
+    }
+
+    /// The cluster mesh's metrics (`palisade_cluster_...`): the same events on the cluster
+    /// port, where refused peers are the ones without a member certificate.
+    pub fn for_cluster(registry: &mut Registry) -> MeshMetrics {
+        MeshMetrics::registered(
+            registry,
+            [
+                "palisade_cluster_peers_up",
+                "palisade_cluster_link_ends",
+                "palisade_cluster_refused_connections",
+                "palisade_cluster_death_confirmations",
+                "palisade_cluster_skipped_frames",
+            ],
+        )
+    }
+
+    fn registered(registry: &mut Registry, names: [&str; 5]) -> MeshMetrics {
         let metrics = MeshMetrics::default();
         // Every label value from the start, so a dashboard sees zeros, not gaps.
         for why in ["bye", "lost", "rejected", "replaced"] {
@@ -51,28 +80,29 @@ impl MeshMetrics {
                 .confirmations
                 .get_or_create(&AnswerLabels { answer });
         }
+        let [peers_up, link_ends, refused, confirmations, skipped] = names;
         registry.register(
-            "palisade_peer_links_peers_up",
+            peers_up,
             "Peers with at least one authenticated link up",
             metrics.peers_up.clone(),
         );
         registry.register(
-            "palisade_peer_link_ends",
+            link_ends,
             "Peer links ended, by why (lost: a hint, never proof of a death)",
             metrics.link_ends.clone(),
         );
         registry.register(
-            "palisade_peer_link_refused_connections",
+            refused,
             "Connections to the peer-link port refused, by reason",
             metrics.refused.clone(),
         );
         registry.register(
-            "palisade_peer_death_confirmations",
+            confirmations,
             "Dials made to confirm a peer's death, by answer",
             metrics.confirmations.clone(),
         );
         registry.register(
-            "palisade_peer_link_skipped_frames",
+            skipped,
             "Authentic frames of a plane or version this build does not speak",
             metrics.skipped_frames.clone(),
         );

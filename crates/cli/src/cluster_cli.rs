@@ -1,0 +1,290 @@
+//! The CLI side of central management: `palisade cluster init|token|join|status` and
+//! `palisade policy apply|history`.
+//!
+//! `init`, `token` and `join` work on the data directory's trust files (the node may be
+//! running: a running node reads join tokens when a node joins, and starts its cluster plane
+//! at its next start); `status` and `policy` ask the running node over the admin API.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use palisade_cluster_trust::files::TrustDir;
+use palisade_cluster_trust::join::JoinToken;
+use palisade_identity::NodeId;
+
+use crate::admin_client::request;
+use crate::config::{self, NodeConfig};
+
+fn load_config(config_file: Option<&Path>) -> anyhow::Result<NodeConfig> {
+    match config_file {
+        Some(file) => {
+            config::load(file).map_err(|errors| anyhow!("invalid configuration:\n{errors}"))
+        }
+        None => Ok(config::defaults()),
+    }
+}
+
+/// This node's id: from its store, or from the running node that holds the store's lock.
+fn node_id(config: &NodeConfig) -> anyhow::Result<NodeId> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    match palisade_store::Store::open(&config.data_dir) {
+        Ok(store) => Ok(store.node_id()),
+        Err(palisade_store::StoreError::InUse { .. }) => {
+            let (code, status) = request(
+                config.admin_listen,
+                "GET",
+                "/status",
+                None,
+                Duration::from_secs(5),
+            )
+            .context("the store is in use by a running node, and its admin API does not answer")?;
+            if code != 200 {
+                bail!("the running node's admin API answered {code}: {status}");
+            }
+            status["node_id"]
+                .as_str()
+                .and_then(|id| id.parse().ok())
+                .context("the running node did not say its node id")
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+fn restart_hint(config: &NodeConfig) -> &'static str {
+    match std::net::TcpStream::connect_timeout(&config.admin_listen, Duration::from_millis(300)) {
+        Ok(_) => "restart the node (it runs now) to start its cluster plane",
+        Err(_) => "start the node to bring up its cluster plane",
+    }
+}
+
+/// `palisade cluster init`.
+pub fn init(config_file: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = load_config(config_file.as_deref())?;
+    let node = node_id(&config)?;
+    let trust = TrustDir::of_data_dir(&config.data_dir);
+    let cluster = trust.init(node, time::OffsetDateTime::now_utc())?;
+    println!(
+        "cluster {} created; this node ({node}) holds its CA key in {}",
+        cluster.as_str(),
+        trust.path().display()
+    );
+    println!(
+        "cluster port: {} (mutual TLS); {}",
+        config.cluster.listen,
+        restart_hint(&config)
+    );
+    println!("add nodes with `palisade cluster token` here, then `palisade cluster join` there");
+    Ok(())
+}
+
+/// `palisade cluster token`.
+pub fn token(config_file: Option<PathBuf>, valid: Duration) -> anyhow::Result<()> {
+    let config = load_config(config_file.as_deref())?;
+    let trust = TrustDir::of_data_dir(&config.data_dir);
+    let token = trust.issue_token(time::OffsetDateTime::now_utc(), valid)?;
+    println!("{}", token.encode());
+    eprintln!(
+        "one-time join token, valid {}s: on the new node run `palisade cluster join <this node's cluster address>:{} <token>`",
+        valid.as_secs(),
+        config.cluster.listen.port()
+    );
+    Ok(())
+}
+
+/// `palisade cluster join MEMBER TOKEN`.
+pub fn join(config_file: Option<PathBuf>, member: &str, token: &str) -> anyhow::Result<()> {
+    let config = load_config(config_file.as_deref())?;
+    let token = JoinToken::parse(token)?;
+    let trust = TrustDir::of_data_dir(&config.data_dir);
+    if trust.is_member() {
+        bail!(
+            "this node is already a cluster member ({}); remove that directory to join another",
+            trust.path().display()
+        );
+    }
+    let node = node_id(&config)?;
+    let member: SocketAddr = member
+        .to_socket_addrs()
+        .with_context(|| {
+            format!("cannot resolve {member} (HOST:PORT of the node that holds the CA)")
+        })?
+        .next()
+        .with_context(|| format!("{member} resolves to no address"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let joined = runtime.block_on(palisade_cluster::join::join(
+        member,
+        &token,
+        node,
+        config.hostname.as_str(),
+    ))?;
+    trust.install(
+        &joined.cluster,
+        &joined.ca_pems,
+        &joined.key_pem,
+        &joined.certificate_pem,
+    )?;
+    println!(
+        "joined cluster {} through {member} as node {node}; {}",
+        joined.cluster.as_str(),
+        restart_hint(&config)
+    );
+    Ok(())
+}
+
+/// `palisade cluster status`.
+pub fn status(admin: SocketAddr, json: bool) -> anyhow::Result<()> {
+    let (code, value) = request(admin, "GET", "/cluster", None, Duration::from_secs(5))?;
+    if code != 200 {
+        bail!(
+            "{}",
+            value["error"]
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_owned)
+        );
+    }
+    if json {
+        println!("{value:#}");
+        return Ok(());
+    }
+    let head = &value["head"];
+    println!(
+        "cluster {}  node {} ({})  version {}",
+        value["cluster"].as_str().unwrap_or("?"),
+        value["node"].as_str().unwrap_or("?"),
+        value["node_id"].as_str().unwrap_or("?"),
+        value["version"].as_str().unwrap_or("?"),
+    );
+    println!(
+        "storage timestamp: {}  head {}  active {}",
+        head["time_ms"].as_u64().map_or(
+            "-".to_owned(),
+            palisade_replication::coordinator::seeds_timestamp
+        ),
+        short(head["id"].as_str()),
+        short(value["active"].as_str()),
+    );
+    let certificate = &value["certificate"];
+    println!(
+        "certificate expires {} ({} days){}",
+        certificate["expires"].as_str().unwrap_or("?"),
+        certificate["days_left"].as_i64().unwrap_or(0),
+        if certificate["alert"].as_bool() == Some(true) {
+            "  ALERT: renew with `palisade cluster renew`"
+        } else {
+            ""
+        }
+    );
+    for peer in value["peers"].as_array().cloned().unwrap_or_default() {
+        println!(
+            "peer {} ({}) at {}: reachable",
+            peer["name"].as_str().unwrap_or("?"),
+            peer["node_id"].as_str().unwrap_or("?"),
+            peer["address"].as_str().unwrap_or("?"),
+        );
+    }
+    Ok(())
+}
+
+fn short(id: Option<&str>) -> String {
+    id.map_or("-".to_owned(), |id| id.chars().take(12).collect())
+}
+
+/// `palisade policy apply FILE`.
+pub fn apply(
+    admin: SocketAddr,
+    file: &Path,
+    base: Option<String>,
+    force: bool,
+    message: Option<String>,
+) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let (header, _) = palisade_policy::bundle::split_revision_header(&text);
+    let base = base.or_else(|| header.map(str::to_owned));
+    // Read and compiled here first, so a mistake is reported against the operator's file.
+    let (bundle, _) =
+        palisade_policy::PolicyBundle::read(file, &palisade_policy::NodeIdentity::default())?;
+    let saved_by = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_default();
+    let body = serde_json::to_value(palisade_admin::PolicyApply {
+        document: bundle.document,
+        lists: bundle.lists,
+        base,
+        force,
+        message: message.unwrap_or_default(),
+        saved_by,
+    })?;
+    let (code, value) = request(
+        admin,
+        "POST",
+        "/policy/apply",
+        Some(&body),
+        Duration::from_secs(60),
+    )?;
+    if code != 200 {
+        bail!(
+            "{}",
+            value["error"]
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_owned)
+        );
+    }
+    if value["unchanged"].as_bool() == Some(true) {
+        println!(
+            "unchanged: the cluster's policy is already this (revision {})",
+            value["revision"].as_str().unwrap_or("?")
+        );
+        return Ok(());
+    }
+    println!(
+        "saved revision {} (by {}); pushed to every peer",
+        value["revision"].as_str().unwrap_or("?"),
+        value["saved_by"].as_str().unwrap_or("?"),
+    );
+    Ok(())
+}
+
+/// `palisade policy history`.
+pub fn history(admin: SocketAddr, json: bool) -> anyhow::Result<()> {
+    let (code, value) = request(
+        admin,
+        "GET",
+        "/policy/history",
+        None,
+        Duration::from_secs(5),
+    )?;
+    if code != 200 {
+        bail!(
+            "{}",
+            value["error"]
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_owned)
+        );
+    }
+    if json {
+        println!("{value:#}");
+        return Ok(());
+    }
+    for revision in value["revisions"].as_array().cloned().unwrap_or_default() {
+        println!(
+            "{} {} {} by {} (node {}, priority {}): {}",
+            revision["id"].as_str().unwrap_or("?"),
+            revision["kind"].as_str().unwrap_or("?"),
+            palisade_replication::coordinator::seeds_timestamp(
+                revision["time_ms"].as_u64().unwrap_or(0)
+            ),
+            revision["saved_by"].as_str().unwrap_or("?"),
+            short(revision["author"].as_str()),
+            revision["author_priority"].as_u64().unwrap_or(0),
+            revision["message"].as_str().unwrap_or(""),
+        );
+    }
+    Ok(())
+}

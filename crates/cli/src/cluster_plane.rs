@@ -1,0 +1,172 @@
+//! The cluster plane in the node (issue 10): when the data directory holds a cluster
+//! certificate, a mesh over mutual TLS on the cluster port carries replication, and every
+//! head the replica settles on is compiled, installed through the policy installer (the one
+//! writer of the live policy) and written back to the policy file with its revision in the
+//! header, in the order the heads came.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use palisade_cluster::{ClusterConfig, ClusterHandle};
+use palisade_cluster_trust::files::{EXPIRY_WARNING, Membership, TrustDir};
+use palisade_identity::{NodeId, NodePriority};
+use palisade_peer_link::mesh::{MeshConfig, MeshHandle};
+use palisade_peer_link::metrics::MeshMetrics;
+use palisade_policy::PolicyBundle;
+use palisade_replication::RevisionId;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ClusterSettings;
+use crate::policy_install::PolicyInstaller;
+
+/// A member's trust, loaded at build time (nothing bound).
+pub struct Prepared {
+    trust: TrustDir,
+    membership: Membership,
+}
+
+/// Loads this node's membership, if it is a member. A trust directory that is there but
+/// unusable fails the start with the file and the reason: serving outside the cluster by
+/// mistake would let its policy drift unseen.
+pub fn prepare(data_dir: &std::path::Path, node: NodeId) -> anyhow::Result<Option<Prepared>> {
+    let trust = TrustDir::of_data_dir(data_dir);
+    if !trust.is_member() {
+        return Ok(None);
+    }
+    let membership = trust.membership(node).with_context(|| {
+        format!(
+            "cannot load this node's cluster membership from {}",
+            trust.path().display()
+        )
+    })?;
+    Ok(Some(Prepared { trust, membership }))
+}
+
+/// The running plane.
+#[derive(Clone)]
+pub struct ClusterPlane {
+    pub handle: ClusterHandle,
+    pub mesh: MeshHandle,
+    pub cluster_id: String,
+    pub certificate_expires: time::OffsetDateTime,
+    pub holds_ca_key: bool,
+    pub policy_file: PathBuf,
+    pub installer: Arc<PolicyInstaller>,
+}
+
+pub struct StartArgs<'a> {
+    pub settings: &'a ClusterSettings,
+    pub store: Arc<palisade_store::Store>,
+    pub local: palisade_peer_link::LocalIdentity,
+    pub priority: NodePriority,
+    pub installer: Arc<PolicyInstaller>,
+    pub policy_file: PathBuf,
+    pub metrics: MeshMetrics,
+    pub tasks: &'a TaskTracker,
+    pub stop: &'a CancellationToken,
+}
+
+pub async fn start(prepared: Prepared, args: StartArgs<'_>) -> anyhow::Result<ClusterPlane> {
+    let Prepared { trust, membership } = prepared;
+    let joins = membership
+        .holds_ca_key
+        .then(|| palisade_cluster::join::join_handler(trust.clone(), args.tasks.clone()));
+    let auth = palisade_cluster::link_auth(&membership.identity, joins)
+        .context("cannot set up the cluster's TLS")?;
+    let settings = args.settings;
+    let me = args.local.node_id;
+    let mesh = palisade_peer_link::mesh::start(
+        MeshConfig {
+            listen: settings.listen,
+            peers: settings.peers.clone(),
+            local_addr: settings
+                .address
+                .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+            auth,
+            identity: args.local,
+            metrics: args.metrics,
+        },
+        args.tasks,
+        args.stop.clone(),
+    )
+    .await
+    .with_context(|| format!("cannot listen on the cluster port {}", settings.listen))?;
+    let cluster_id = membership.identity.cluster.as_str().to_owned();
+    let expires = membership.certificate.not_after;
+    let left = membership
+        .certificate
+        .remaining(time::OffsetDateTime::now_utc());
+    tracing::info!(addr = %mesh.listen_addr(), cluster = %cluster_id, peers = ?settings.peers, certificate_expires = %expires, ca_key = membership.holds_ca_key, "Cluster port listening (mutual TLS)");
+    if left < EXPIRY_WARNING {
+        tracing::warn!(certificate_expires = %expires, "this node's cluster certificate expires in {} days: renew it with `palisade cluster renew`", left.as_secs() / 86_400);
+    }
+
+    let (activations, mut queued) = mpsc::unbounded_channel::<(RevisionId, PolicyBundle)>();
+    let handle = palisade_cluster::start(
+        ClusterConfig {
+            me,
+            priority: args.priority,
+            max_ahead: settings.max_time_difference,
+            digest_interval: settings.digest_interval,
+        },
+        args.store,
+        mesh.clone(),
+        Arc::new(move |head, bundle| {
+            let _ = activations.send((head, bundle));
+        }),
+        args.tasks,
+        args.stop.clone(),
+    )
+    .context("cannot start replication")?;
+    // One at a time, in order: a later head is never overwritten by an earlier one.
+    let (installer, policy_file) = (args.installer.clone(), args.policy_file.clone());
+    let stop = args.stop.clone();
+    args.tasks.spawn(async move {
+        loop {
+            let (head, bundle) = tokio::select! {
+                () = stop.cancelled() => return,
+                next = queued.recv() => match next {
+                    Some(next) => next,
+                    None => return,
+                },
+            };
+            activate(&installer, &policy_file, head, bundle).await;
+        }
+    });
+    Ok(ClusterPlane {
+        handle,
+        mesh,
+        cluster_id,
+        certificate_expires: expires,
+        holds_ca_key: membership.holds_ca_key,
+        policy_file: args.policy_file,
+        installer: args.installer,
+    })
+}
+
+async fn activate(
+    installer: &PolicyInstaller,
+    policy_file: &std::path::Path,
+    head: RevisionId,
+    bundle: PolicyBundle,
+) {
+    let written = bundle.clone();
+    if installer.install_bundle(bundle, policy_file).await.is_err() {
+        // The installer said why; the last good policy stays live.
+        return;
+    }
+    let (path, revision) = (policy_file.to_owned(), head.to_string());
+    let wrote = tokio::task::spawn_blocking(move || written.write_to(&path, &revision)).await;
+    match wrote {
+        Ok(Ok(())) => {
+            tracing::info!(revision = %head, policy = %policy_file.display(), "policy revision active and written back")
+        }
+        Ok(Err(error)) => {
+            tracing::error!(revision = %head, %error, "policy revision active, but not written back")
+        }
+        Err(error) => tracing::error!(%error, "write-back task failed"),
+    }
+}
