@@ -1166,7 +1166,7 @@ mod tests {
             config.admin_listen,
             SocketAddr::from(([127, 0, 0, 1], 4711))
         );
-        assert_eq!(config.proxy.own_ports, vec![4711, 9090, 9091]);
+        assert_eq!(config.proxy.own_ports, vec![4711, 9090, 9091, 12346]);
     }
 
     #[test]
