@@ -142,6 +142,8 @@ impl Replica {
     /// A head is ready once every content it needs is held and resolved, so it is never
     /// activated with a list missing.
     pub fn resolve(&mut self, id: ContentId, needs: impl IntoIterator<Item = ContentId>) {
+        // Resolved means read, so held: a saver's own lists are never asked of its peers.
+        self.have.insert(id);
         self.resolved.insert(id, needs.into_iter().collect());
         self.request_missing();
         self.check_ready();
@@ -712,6 +714,26 @@ mod tests {
         };
         assert!(bundle_at < list_at && list_at < ready_at, "{seen:?}");
         assert_eq!(stores[1].get(&list_id).map(Vec::len), Some(800_000));
+    }
+
+    /// A saver holds the lists it saved: its head is ready at once, with no peer to ask
+    /// (the driver found this in a partitioned node that never activated its own save).
+    #[test]
+    fn a_save_with_lists_is_ready_on_its_own_node_without_peers() {
+        let mut node = replica(1);
+        let list_id = ContentId::of(b"blocked.example\n");
+        let bundle_id = ContentId::of(b"document naming one list");
+        let Ok(saved) = node.save(1_000, Base::Head, bundle_id, "alice", "alone") else {
+            panic!("save refused");
+        };
+        node.resolve(list_id, []);
+        node.resolve(bundle_id, [list_id]);
+        let events: Vec<ReplicaEvent> = std::iter::from_fn(|| node.poll_event()).collect();
+        assert!(
+            events.contains(&ReplicaEvent::HeadReady(saved.id)),
+            "{events:?}"
+        );
+        assert_eq!(node.poll_transmit(), None, "nothing asked of anyone");
     }
 
     /// A missing content is asked of one peer at a time (a big list is not sent by every

@@ -1,0 +1,441 @@
+//! Central management for real: palisade nodes in network namespaces make a cluster (init,
+//! token, join), and a policy saved on any node is live on every node; a stale copy is
+//! refused; saves on both sides of a partition converge by the seeds' rule with the loser in
+//! history; a node of another CA never gets a link.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use palisade_e2e::netns::{Lab, LabHost, require_netns};
+
+const BIN: &str = env!("CARGO_BIN_EXE_palisade");
+const CLUSTER_PORT: u16 = 12346;
+
+struct Member {
+    host: LabHost,
+    config: PathBuf,
+    policy: PathBuf,
+    log: PathBuf,
+}
+
+impl Member {
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        self.host.run(BIN, args)
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(
+            output.status.success(),
+            "palisade {args:?} on {}: {}{}",
+            self.host.name,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    fn cluster_status(&self) -> serde_json::Value {
+        let output = self.run(&["cluster", "status", "--json"]);
+        serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn head(&self) -> Option<String> {
+        self.cluster_status()["head"]["id"]
+            .as_str()
+            .map(str::to_owned)
+    }
+
+    fn active(&self) -> Option<String> {
+        self.cluster_status()["active"].as_str().map(str::to_owned)
+    }
+
+    fn peers(&self) -> usize {
+        self.cluster_status()["peers"]
+            .as_array()
+            .map_or(0, Vec::len)
+    }
+
+    fn history(&self) -> Vec<serde_json::Value> {
+        let output = self.run(&["policy", "history", "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&output.stdout)
+            .ok()
+            .and_then(|value| value["revisions"].as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    /// Writes this node's policy file (a block list of `blocked`), keeping its header.
+    fn write_policy(&self, blocked: &[&str], note: &str) {
+        let current = std::fs::read_to_string(&self.policy).unwrap_or_default();
+        let header: String = current
+            .lines()
+            .next()
+            .filter(|line| line.starts_with("# palisade-revision: "))
+            .map(|line| format!("{line}\n"))
+            .unwrap_or_default();
+        std::fs::write(&self.policy, format!("{header}{}", policy(note)))
+            .unwrap_or_else(|error| panic!("{error}"));
+        let lists = self.policy.parent().map(|dir| dir.join("lists"));
+        let lists = lists.unwrap_or_else(|| panic!("policy dir"));
+        std::fs::create_dir_all(&lists).unwrap_or_else(|error| panic!("{error}"));
+        std::fs::write(lists.join("blocked.txt"), blocked.join("\n") + "\n")
+            .unwrap_or_else(|error| panic!("{error}"));
+    }
+
+    /// The status code the node's proxy gives a request for `host` (403: blocked).
+    fn proxy_code(&self, host: &str) -> String {
+        let output = self.host.run(
+            "curl",
+            &[
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+                "-x",
+                "http://127.0.0.1:9090",
+                &format!("http://{host}/"),
+            ],
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+fn policy(note: &str) -> String {
+    format!(
+        "# {note}\ndefault_action = \"allow\"\n[access]\nclients = [\"127.0.0.0/8\", \"10.213.0.0/16\"]\nallow_destinations = [\"10.213.0.0/16\"]\n[lists]\nblocked = {{ file = \"lists/blocked.txt\" }}\n[[ruleset]]\nname = \"blocklist\"\n  [[ruleset.rule]]\n  name = \"blocked-hosts\"\n  action = \"block\"\n  host_list = [\"blocked\"]\n"
+    )
+}
+
+/// Configs for `names` in `dir`: each lists the members before it as peers.
+fn members(lab: &Lab, dir: &Path, names: &[&str]) -> Vec<Member> {
+    let mut out: Vec<Member> = Vec::new();
+    for name in names {
+        let host = lab.host(name).clone();
+        let home = dir.join(name);
+        std::fs::create_dir_all(&home).unwrap_or_else(|error| panic!("{error}"));
+        let peers: Vec<String> = out
+            .iter()
+            .map(|member| format!("\"{}:{CLUSTER_PORT}\"", member.host.addr))
+            .collect();
+        let policy_file = home.join("policy.toml");
+        std::fs::write(&policy_file, policy("initial")).unwrap_or_else(|error| panic!("{error}"));
+        std::fs::create_dir_all(home.join("lists")).unwrap_or_else(|error| panic!("{error}"));
+        std::fs::write(home.join("lists/blocked.txt"), "\n")
+            .unwrap_or_else(|error| panic!("{error}"));
+        let config = home.join("palisade.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[node]\nhostname = \"{name}\"\ndata_dir = \"{data}\"\n[proxy]\nlisten = [\"0.0.0.0:9090\"]\ntest_listen = [\"0.0.0.0:9091\"]\n[dns]\nservers = [\"127.0.0.1:53\"]\n[policy]\nfile = \"{policy}\"\npoll_interval = \"200ms\"\n[cluster]\nlisten = \"0.0.0.0:{CLUSTER_PORT}\"\naddress = \"{addr}\"\npeers = [{peers}]\ndigest_interval = \"500ms\"\n",
+                data = home.join("data").display(),
+                policy = policy_file.display(),
+                addr = host.addr,
+                peers = peers.join(", "),
+            ),
+        )
+        .unwrap_or_else(|error| panic!("{error}"));
+        out.push(Member {
+            host,
+            config,
+            policy: policy_file,
+            log: home.join("node.log"),
+        });
+    }
+    out
+}
+
+fn start(lab: &mut Lab, member: &Member) -> u32 {
+    lab.spawn(
+        &member.host.name,
+        BIN,
+        &["run", "--config", &member.config.display().to_string()],
+        &member.log,
+    )
+}
+
+/// node1 makes the cluster, the others join with tokens, all start and link.
+fn form_cluster(lab: &mut Lab, members: &[Member]) {
+    let first = &members[0];
+    let config = |member: &Member| member.config.display().to_string();
+    let made = first.cli(&["cluster", "init", "--config", &config(first)]);
+    assert!(made.contains("created"), "{made}");
+    start(lab, first);
+    let started = std::time::Instant::now();
+    while !first.log_text().contains("Cluster port listening") {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "node1 did not start:\n{}",
+            first.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for member in &members[1..] {
+        let token = first.cli(&["cluster", "token", "--config", &config(first)]);
+        let joined = member.cli(&[
+            "cluster",
+            "join",
+            &format!("{}:{CLUSTER_PORT}", first.host.addr),
+            token.trim(),
+            "--config",
+            &config(member),
+        ]);
+        assert!(joined.contains("joined cluster"), "{joined}");
+        start(lab, member);
+    }
+    for member in members {
+        wait_for(
+            &format!("{} linked to every member", member.host.name),
+            Duration::from_secs(20),
+            members,
+            || member.peers() == members.len() - 1,
+        );
+    }
+}
+
+/// Polls `condition` until it holds; panics naming `what`, with every member's log.
+fn wait_for(
+    what: &str,
+    timeout: Duration,
+    members: &[Member],
+    mut condition: impl FnMut() -> bool,
+) {
+    let started = std::time::Instant::now();
+    while !condition() {
+        assert!(
+            started.elapsed() < timeout,
+            "{what}: not within {timeout:?}\n{}",
+            all_logs(members)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn all_logs(members: &[Member]) -> String {
+    members
+        .iter()
+        .map(|member| format!("--- {}\n{}", member.host.name, member.log_text()))
+        .collect()
+}
+
+fn apply(member: &Member, message: &str) -> std::process::Output {
+    member.run(&[
+        "policy",
+        "apply",
+        &member.policy.display().to_string(),
+        "-m",
+        message,
+    ])
+}
+
+fn applied_revision(output: &std::process::Output, members: &[Member]) -> String {
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "apply: {text}{}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        all_logs(members)
+    );
+    text.split_whitespace()
+        .nth(2)
+        .unwrap_or_else(|| panic!("no revision in {text}"))
+        .to_owned()
+}
+
+/// A save on one node is live on all three (its list too), the file on each names it; a
+/// copy edited from an older revision is refused; `--force` saves it.
+#[test]
+fn a_policy_saved_on_any_node_is_live_on_every_node() {
+    if !require_netns("a_policy_saved_on_any_node_is_live_on_every_node") {
+        return;
+    }
+    let mut lab = Lab::new(&["node1", "node2", "node3"]);
+    let dir = palisade_e2e::node::TempDir::new("palisade-cluster");
+    let members = members(&lab, &dir.0, &["node1", "node2", "node3"]);
+    form_cluster(&mut lab, &members);
+    members[1].write_policy(&["blocked.example"], "saved on node2");
+    let output = apply(&members[1], "block blocked.example");
+    let revision = applied_revision(&output, &members);
+    for member in &members {
+        wait_for(
+            &format!("{} runs {revision}", member.host.name),
+            Duration::from_secs(10),
+            &members,
+            || member.active().as_deref() == Some(revision.as_str()),
+        );
+        assert_eq!(
+            member.proxy_code("blocked.example"),
+            "403",
+            "{}",
+            all_logs(&members)
+        );
+        let written = std::fs::read_to_string(&member.policy).unwrap_or_default();
+        assert!(
+            written.starts_with(&format!(
+                "# palisade-revision: {revision}\n# saved on node2"
+            )),
+            "{written}"
+        );
+    }
+    let history = members[0].history();
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(history[0]["message"], "block blocked.example");
+    assert_eq!(
+        history[0]["saved_by"].as_str().map(|by| by.is_empty()),
+        Some(false)
+    );
+
+    // node3 edits its copy; meanwhile node1 saves: node3's copy is stale and refused.
+    let stale = std::fs::read_to_string(&members[2].policy).unwrap_or_default();
+    members[0].write_policy(&["blocked.example", "second.example"], "saved on node1");
+    let second = applied_revision(&apply(&members[0], "block second.example"), &members);
+    wait_for(
+        "node3 runs node1's save",
+        Duration::from_secs(10),
+        &members,
+        || members[2].active().as_deref() == Some(second.as_str()),
+    );
+    std::fs::write(
+        &members[2].policy,
+        stale.replace("# saved on node2", "# node3's edit"),
+    )
+    .unwrap_or_else(|error| panic!("{error}"));
+    let refused = apply(&members[2], "from a stale copy");
+    assert!(!refused.status.success());
+    let error = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        error.contains("the policy changed since your copy"),
+        "{error}"
+    );
+    assert_eq!(
+        members[2].head().as_deref(),
+        Some(second.as_str()),
+        "nothing saved"
+    );
+    // --force saves it over the head (the operator's explicit choice).
+    let forced = members[2].run(&[
+        "policy",
+        "apply",
+        &members[2].policy.display().to_string(),
+        "--force",
+        "-m",
+        "forced",
+    ]);
+    let forced = applied_revision(&forced, &members);
+    for member in &members {
+        wait_for(
+            "forced save everywhere",
+            Duration::from_secs(10),
+            &members,
+            || member.active().as_deref() == Some(forced.as_str()),
+        );
+    }
+}
+
+/// A partition with saves on both sides: after healing every node has the same head, a
+/// merge whose content is the seeds' winner (equal node priorities: the newest save), and
+/// both saves in history. A node with its own CA is never linked.
+#[test]
+fn saves_on_both_sides_of_a_partition_converge_and_strangers_are_refused() {
+    if !require_netns("saves_on_both_sides_of_a_partition_converge_and_strangers_are_refused") {
+        return;
+    }
+    let mut lab = Lab::new(&["node1", "node2", "node3", "stranger"]);
+    let dir = palisade_e2e::node::TempDir::new("palisade-cluster-split");
+    let all = members(&lab, &dir.0, &["node1", "node2", "node3", "stranger"]);
+    let (members, stranger) = all.split_at(3);
+    form_cluster(&mut lab, members);
+
+    // node3 is cut off; node1 saves, then node3 saves (later: the winner).
+    members[2].host.set_link(&lab, false);
+    wait_for(
+        "node1 sees node3 gone",
+        Duration::from_secs(15),
+        members,
+        || members[0].peers() == 1,
+    );
+    members[0].write_policy(&["one.example"], "node1 during the split");
+    let one = applied_revision(&apply(&members[0], "node1's side"), members);
+    members[2].write_policy(&["three.example"], "node3 during the split");
+    let three = applied_revision(&apply(&members[2], "node3's side"), members);
+    wait_for(
+        "node3 runs its own save alone",
+        Duration::from_secs(10),
+        members,
+        || members[2].active().as_deref() == Some(three.as_str()),
+    );
+    wait_for(
+        "node2 runs node1's save",
+        Duration::from_secs(10),
+        members,
+        || members[1].active().as_deref() == Some(one.as_str()),
+    );
+
+    members[2].host.set_link(&lab, true);
+    let mut head = None;
+    wait_for(
+        "one head everywhere",
+        Duration::from_secs(30),
+        members,
+        || {
+            let heads: Vec<Option<String>> = members.iter().map(Member::active).collect();
+            let same = heads.windows(2).all(|pair| pair[0] == pair[1]);
+            head = heads[0].clone();
+            same && head.as_deref().is_some_and(|id| id != one && id != three)
+        },
+    );
+    let history = members[1].history();
+    let merge = history
+        .iter()
+        .find(|revision| revision["id"].as_str() == head.as_deref())
+        .unwrap_or_else(|| panic!("head not in history: {history:?}"));
+    assert_eq!(merge["kind"], "merge", "{history:?}");
+    let three_summary = history
+        .iter()
+        .find(|revision| revision["id"] == three.as_str())
+        .unwrap_or_else(|| panic!("node3's save lost: {history:?}"));
+    assert!(
+        history
+            .iter()
+            .any(|revision| revision["id"] == one.as_str()),
+        "loser kept"
+    );
+    assert_eq!(
+        merge["bundle"], three_summary["bundle"],
+        "the newest save wins"
+    );
+    for member in members {
+        assert_eq!(member.proxy_code("three.example"), "403");
+    }
+    let settled = members.iter().any(|member| {
+        member
+            .log_text()
+            .contains("concurrent policy saves settled")
+    });
+    assert!(settled, "{}", all_logs(members));
+
+    // A node of another cluster dials node1: refused, never a peer.
+    let stranger = &stranger[0];
+    stranger.cli(&[
+        "cluster",
+        "init",
+        "--config",
+        &stranger.config.display().to_string(),
+    ]);
+    // Its config lists the three members.
+    start(&mut lab, stranger);
+    wait_for(
+        "node1 refuses the stranger",
+        Duration::from_secs(10),
+        members,
+        || members[0].log_text().contains("peer-link peer refused"),
+    );
+    assert_eq!(members[0].peers(), 2);
+    assert_eq!(stranger.peers(), 0);
+}
