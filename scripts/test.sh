@@ -17,6 +17,7 @@ command -v ip >/dev/null || packages+=(iproute2)
 command -v kill >/dev/null || packages+=(procps)
 command -v keepalived >/dev/null || packages+=(keepalived)   # a real VRRP peer
 command -v nft >/dev/null || packages+=(nftables)          # blackholes a peer link in a namespace
+command -v faketime >/dev/null || packages+=(faketime)     # a cluster member with a skewed clock
 if [ ${#packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "==> installing ${packages[*]}"

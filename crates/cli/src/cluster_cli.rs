@@ -181,12 +181,22 @@ pub fn status(admin: SocketAddr, json: bool) -> anyhow::Result<()> {
         }
     );
     for peer in value["peers"].as_array().cloned().unwrap_or_default() {
+        let state = match (peer["refused"].as_str(), peer["in_sync"].as_bool()) {
+            (Some(refused), _) => format!("NOT REPLICATING: {refused}"),
+            (None, Some(true)) => "in sync".to_owned(),
+            (None, _) => format!("head {}", short(peer["head"].as_str())),
+        };
         println!(
-            "peer {} ({}) at {}: reachable",
+            "peer {} ({}) at {}: version {}, clock {:+} ms, {state}",
             peer["name"].as_str().unwrap_or("?"),
             peer["node_id"].as_str().unwrap_or("?"),
             peer["address"].as_str().unwrap_or("?"),
+            peer["release"].as_str().unwrap_or("?"),
+            peer["clock_difference_ms"].as_i64().unwrap_or(0),
         );
+        if let Some(differ) = peer["settings_differ"].as_str() {
+            println!("  settings differ: {differ}");
+        }
     }
     Ok(())
 }

@@ -111,6 +111,8 @@ pub async fn start(prepared: Prepared, args: StartArgs<'_>) -> anyhow::Result<Cl
             priority: args.priority,
             max_ahead: settings.max_time_difference,
             digest_interval: settings.digest_interval,
+            release: release(),
+            version_match: settings.version_match,
         },
         args.store,
         mesh.clone(),
@@ -145,6 +147,15 @@ pub async fn start(prepared: Prepared, args: StartArgs<'_>) -> anyhow::Result<Cl
         policy_file: args.policy_file,
         installer: args.installer,
     })
+}
+
+/// This build's release; debug builds (the tests) may claim another, to make a 404.
+fn release() -> String {
+    #[cfg(debug_assertions)]
+    if let Ok(release) = std::env::var("PALISADE_TEST_RELEASE") {
+        return release;
+    }
+    env!("CARGO_PKG_VERSION").to_owned()
 }
 
 async fn activate(

@@ -61,6 +61,9 @@ pub struct ClusterSettings {
     pub max_time_difference: Duration,
     /// Anti-entropy digests this often.
     pub digest_interval: Duration,
+    /// How much of the release members must share to replicate (a rolling upgrade between
+    /// compatible releases keeps the cluster together).
+    pub version_match: palisade_replication::coordinator::VersionMatch,
 }
 
 impl Default for ClusterSettings {
@@ -71,6 +74,7 @@ impl Default for ClusterSettings {
             address: None,
             max_time_difference: Duration::from_secs(120),
             digest_interval: Duration::from_secs(2),
+            version_match: palisade_replication::coordinator::VersionMatch::Minor,
         }
     }
 }
@@ -189,6 +193,7 @@ mod raw {
         pub address: Option<Spanned<String>>,
         pub max_time_difference: Option<Spanned<String>>,
         pub digest_interval: Option<Spanned<String>>,
+        pub version_match: Option<Spanned<String>>,
     }
 
     #[derive(Deserialize)]
@@ -625,6 +630,26 @@ impl Checker<'_> {
                 "cluster.digest_interval",
                 defaults.digest_interval,
             ),
+            version_match: match raw.version_match.as_ref() {
+                None => defaults.version_match,
+                Some(value) => {
+                    use palisade_replication::coordinator::VersionMatch;
+                    match value.get_ref().as_str() {
+                        "major" => VersionMatch::Major,
+                        "minor" => VersionMatch::Minor,
+                        "exact" => VersionMatch::Exact,
+                        other => {
+                            self.error(
+                                value,
+                                "cluster.version_match",
+                                &format!("{other:?}"),
+                                "must be one of major, minor, exact",
+                            );
+                            defaults.version_match
+                        }
+                    }
+                }
+            },
         }
     }
 

@@ -245,17 +245,20 @@ impl Control {
             .status()
             .await
             .map_err(|error| ControlError::Failed(error.to_string()))?;
-        let peers: Vec<serde_json::Value> = cluster
+        let addresses: std::collections::HashMap<String, String> = cluster
             .mesh
             .peers()
             .into_iter()
+            .map(|peer| (peer.id.to_string(), peer.addr.to_string()))
+            .collect();
+        let peers: Vec<serde_json::Value> = replica
+            .peers
+            .iter()
             .map(|peer| {
-                serde_json::json!({
-                    "node_id": peer.id.to_string(),
-                    "name": peer.name.as_str(),
-                    "address": peer.addr.to_string(),
-                    "reachable": true,
-                })
+                let mut value = serde_json::to_value(peer).unwrap_or_default();
+                value["address"] = addresses.get(&peer.node_id).cloned().into();
+                value["reachable"] = true.into();
+                value
             })
             .collect();
         let left = cluster.certificate_expires - time::OffsetDateTime::now_utc();

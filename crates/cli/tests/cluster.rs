@@ -378,6 +378,14 @@ fn saves_on_both_sides_of_a_partition_converge_and_strangers_are_refused() {
     );
 
     members[2].host.set_link(&lab, true);
+    for member in members {
+        wait_for(
+            "links back after the split",
+            Duration::from_secs(15),
+            members,
+            || member.peers() == 2,
+        );
+    }
     let mut head = None;
     wait_for(
         "one head everywhere",
@@ -438,4 +446,120 @@ fn saves_on_both_sides_of_a_partition_converge_and_strangers_are_refused() {
     );
     assert_eq!(members[0].peers(), 2);
     assert_eq!(stranger.peers(), 0);
+}
+
+fn start_with_env(lab: &mut Lab, member: &Member, env: &[&str]) -> u32 {
+    let config = member.config.display().to_string();
+    let mut args: Vec<&str> = env.to_vec();
+    args.extend([BIN, "run", "--config", &config]);
+    lab.spawn(&member.host.name, "env", &args, &member.log)
+}
+
+/// A member whose clock is 10 minutes ahead (libfaketime) is refused with the seeds' 405
+/// naming both times, one of an incompatible release with 404; replication stops with them
+/// only; a compatible release (same minor) replicates.
+#[test]
+fn clock_skew_is_a_405_and_an_incompatible_release_a_404() {
+    if !require_netns("clock_skew_is_a_405_and_an_incompatible_release_a_404") {
+        return;
+    }
+    let faketime = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    assert!(
+        Path::new(faketime).exists(),
+        "libfaketime missing (Debian package faketime)"
+    );
+    let mut lab = Lab::new(&["node1", "node2", "node3"]);
+    let dir = palisade_e2e::node::TempDir::new("palisade-cluster-checks");
+    let members = members(&lab, &dir.0, &["node1", "node2", "node3"]);
+    let config = |member: &Member| member.config.display().to_string();
+    members[0].cli(&["cluster", "init", "--config", &config(&members[0])]);
+    start(&mut lab, &members[0]);
+    let started = std::time::Instant::now();
+    while !members[0].log_text().contains("Cluster port listening") {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{}",
+            members[0].log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for member in &members[1..] {
+        let token = members[0].cli(&["cluster", "token", "--config", &config(&members[0])]);
+        member.cli(&[
+            "cluster",
+            "join",
+            &format!("{}:{CLUSTER_PORT}", members[0].host.addr),
+            token.trim(),
+            "--config",
+            &config(member),
+        ]);
+    }
+    let preload = format!("LD_PRELOAD={faketime}");
+    start_with_env(
+        &mut lab,
+        &members[1],
+        &["FAKETIME=+10m", "FAKETIME_DONT_FAKE_MONOTONIC=1", &preload],
+    );
+    let node3 = start_with_env(&mut lab, &members[2], &["PALISADE_TEST_RELEASE=9.0.0"]);
+
+    wait_for(
+        "node1 refuses both",
+        Duration::from_secs(15),
+        &members,
+        || {
+            let log = members[0].log_text();
+            log.contains("[Coordinator] [NodeRequestFailed] Message '<co_replicate>' on node")
+                && log.contains("(node2) failed with error '(405 - 'time difference too high')")
+                && log.contains("(node3) failed with error '(404 - 'version mismatch')")
+        },
+    );
+    // The skewed node says it too, from its side; and both show it in status.
+    wait_for(
+        "node2 refuses node1",
+        Duration::from_secs(10),
+        &members,
+        || {
+            members[1]
+                .log_text()
+                .contains("(node1) failed with error '(405 - 'time difference too high')")
+        },
+    );
+    let status = members[0].cluster_status();
+    let refused = |name: &str| {
+        status["peers"]
+            .as_array()
+            .and_then(|peers| peers.iter().find(|peer| peer["name"] == name))
+            .and_then(|peer| peer["refused"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    };
+    assert!(refused("node2").contains("405"), "{status:#}");
+    assert!(refused("node3").contains("404"), "{status:#}");
+
+    // A save on node1 reaches neither (three digest rounds go by).
+    members[0].write_policy(&["checked.example"], "node1 alone");
+    let saved = applied_revision(&apply(&members[0], "while they are refused"), &members);
+    wait_for("node1 runs it", Duration::from_secs(10), &members, || {
+        members[0].active().as_deref() == Some(saved.as_str())
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(members[1].active(), None, "{}", all_logs(&members));
+    assert_eq!(members[2].active(), None, "{}", all_logs(&members));
+
+    // node3 upgraded to a compatible release (same minor): it replicates.
+    members[2].host.run("kill", &["-TERM", &node3.to_string()]);
+    wait_for("node3 stopped", Duration::from_secs(10), &members, || {
+        palisade_e2e::ha::is_dead(node3)
+    });
+    start_with_env(&mut lab, &members[2], &["PALISADE_TEST_RELEASE=0.1.99"]);
+    wait_for(
+        "node3 catches up",
+        Duration::from_secs(15),
+        &members,
+        || members[2].active().as_deref() == Some(saved.as_str()),
+    );
+    assert_eq!(
+        members[1].active(),
+        None,
+        "the skewed node still does not replicate"
+    );
 }

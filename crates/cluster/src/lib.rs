@@ -6,12 +6,14 @@
 
 pub mod join;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use palisade_identity::{NodeId, NodePriority};
 use palisade_peer_link::mesh::{MeshEvent, MeshHandle};
 use palisade_policy::{Manifest, PolicyBundle};
+use palisade_replication::coordinator::{Gate, VersionMatch};
 use palisade_replication::{
     Base, ContentId, History, HlcTime, Replica, ReplicaEvent, Revision, RevisionId, SyncMessage,
 };
@@ -26,8 +28,11 @@ pub struct ClusterConfig {
     pub priority: NodePriority,
     /// How far ahead of this node's clock a peer's revision may be stamped (the seeds' 2 min).
     pub max_ahead: Duration,
-    /// Anti-entropy digests this often.
+    /// Anti-entropy digests (and hellos) this often.
     pub digest_interval: Duration,
+    /// This node's release, checked against each peer's at `version_match`.
+    pub release: String,
+    pub version_match: VersionMatch,
 }
 
 /// The peer links' authentication for a member: mutual TLS with the cluster's CAs, its
@@ -127,6 +132,28 @@ pub struct ClusterStatus {
     /// The revision whose bundle is live on this node.
     pub active: Option<String>,
     pub revisions: usize,
+    /// Every peer with a link up, as replication sees it.
+    pub peers: Vec<PeerReplication>,
+}
+
+/// One peer, for `palisade cluster status`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PeerReplication {
+    pub node_id: String,
+    pub name: String,
+    pub release: Option<String>,
+    /// Its clock minus this node's at its last hello.
+    pub clock_difference_ms: Option<i64>,
+    /// Whether this node replicates with it (its hello passed the checks).
+    pub replicating: bool,
+    /// The seeds' error that stopped replication with it.
+    pub refused: Option<String>,
+    /// Cluster settings that differ from this node's.
+    pub settings_differ: Option<String>,
+    /// Its head, from its last digest.
+    pub head: Option<String>,
+    /// Same head as this node.
+    pub in_sync: bool,
 }
 
 enum Query {
@@ -250,6 +277,9 @@ pub fn start(
         mesh,
         activate,
         active: active_tx,
+        gate: Gate::new(&config.release, config.max_ahead, config.version_match),
+        names: HashMap::new(),
+        peer_heads: HashMap::new(),
     };
     tasks.spawn(driver.run(config.digest_interval, events, saves, queries, stop));
     Ok(ClusterHandle {
@@ -273,6 +303,12 @@ struct Driver {
     mesh: MeshHandle,
     activate: Activate,
     active: watch::Sender<Option<RevisionId>>,
+    /// Which peers pass the release and clock checks: only they replicate.
+    gate: Gate,
+    /// Names of the peers with links up.
+    names: HashMap<NodeId, String>,
+    /// Each peer's head, from its digests.
+    peer_heads: HashMap<NodeId, Option<RevisionId>>,
 }
 
 impl Driver {
@@ -289,12 +325,36 @@ impl Driver {
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
-                _ = tick.tick() => self.replica.tick(),
+                _ = tick.tick() => {
+                    self.replica.tick();
+                    // Clocks drift and peers upgrade: the checks are made again every tick.
+                    for peer in self.names.keys() {
+                        self.send_hello(*peer);
+                    }
+                }
                 event = events.recv() => match event {
-                    Ok(MeshEvent::PeerUp(peer)) => self.replica.peer_up(peer.id),
-                    Ok(MeshEvent::PeerDown { peer, .. }) => self.replica.peer_down(peer.id),
+                    Ok(MeshEvent::PeerUp(peer)) => {
+                        self.names.insert(peer.id, peer.name.as_str().to_owned());
+                        // Replication starts once its hello passes (links are in order, and
+                        // it sends its hello first too).
+                        self.send_hello(peer.id);
+                    }
+                    Ok(MeshEvent::PeerDown { peer, .. }) => {
+                        self.names.remove(&peer.id);
+                        self.peer_heads.remove(&peer.id);
+                        self.gate.peer_down(peer.id);
+                        self.replica.peer_down(peer.id);
+                    }
                     Ok(MeshEvent::Replication { from, bytes }) => match SyncMessage::decode(&bytes) {
-                        Ok(message) => self.replica.handle(from, message, wall_ms()),
+                        Ok(SyncMessage::Hello(hello)) => self.hello(from, &hello),
+                        Ok(message) if self.gate.admitted(from) => {
+                            if let SyncMessage::Digest { head, .. } = &message {
+                                self.peer_heads.insert(from, *head);
+                            }
+                            self.replica.handle(from, message, wall_ms());
+                        }
+                        // Not (or no longer) replicating with it: its hello said why.
+                        Ok(_) => {}
                         Err(error) => tracing::warn!(%from, %error, "replication message refused"),
                     },
                     Ok(MeshEvent::Ha { .. }) => {}
@@ -317,13 +377,67 @@ impl Driver {
         }
     }
 
+    fn send_hello(&self, peer: NodeId) {
+        let hello = SyncMessage::Hello(self.gate.hello(wall_ms()));
+        self.mesh.send_replication(peer, hello.encode());
+    }
+
+    /// A peer's hello: replication with it starts, stops or goes on as the checks say; a
+    /// new refusal is logged once, in the seeds' words.
+    fn hello(&mut self, from: NodeId, hello: &palisade_replication::Hello) {
+        let name = self.names.get(&from).cloned().unwrap_or_default();
+        let now = wall_ms();
+        let checked = self.gate.receive(from, &name, hello, now);
+        if let Some(refusal) = &checked.new_refusal {
+            tracing::warn!("{}", refusal.log_line(now));
+        }
+        if let Some(differ) = &checked.new_settings_differ {
+            tracing::warn!(peer = %from, %name, "cluster settings differ from this node's ({differ}): set them alike on every node");
+        }
+        match (checked.was_admitted, checked.admitted) {
+            (false, true) => {
+                tracing::info!(peer = %from, %name, release = %hello.release, "replicating with peer");
+                self.replica.peer_up(from);
+            }
+            (true, false) => {
+                self.peer_heads.remove(&from);
+                self.replica.peer_down(from);
+            }
+            _ => {}
+        }
+    }
+
     fn answer(&self, query: Query) {
         match query {
             Query::Status(reply) => {
+                let head = self.replica.head().map(|head| head.id);
+                let checks = self.gate.peers();
+                let peers = self
+                    .names
+                    .iter()
+                    .map(|(id, name)| {
+                        let check = checks.get(id);
+                        let peer_head = self.peer_heads.get(id).copied().flatten();
+                        PeerReplication {
+                            node_id: id.to_string(),
+                            name: name.clone(),
+                            release: check.map(|check| check.release.clone()),
+                            clock_difference_ms: check.map(|check| check.clock_difference_ms),
+                            replicating: check.is_some_and(|check| check.admitted()),
+                            refused: check
+                                .and_then(|check| check.refused.as_ref())
+                                .map(ToString::to_string),
+                            settings_differ: check.and_then(|check| check.settings_differ.clone()),
+                            head: peer_head.map(|id| id.to_string()),
+                            in_sync: self.peer_heads.contains_key(id) && peer_head == head,
+                        }
+                    })
+                    .collect();
                 let _ = reply.send(ClusterStatus {
                     head: self.replica.head().map(RevisionSummary::of),
                     active: self.active.borrow().map(|id| id.to_string()),
                     revisions: self.replica.history().len(),
+                    peers,
                 });
             }
             Query::History(reply) => {

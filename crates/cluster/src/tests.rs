@@ -60,6 +60,8 @@ async fn node_in(dir: PathBuf, name: &str, local: [u8; 4], peer: SocketAddr) -> 
             priority: NodePriority::default(),
             max_ahead: Duration::from_secs(120),
             digest_interval: Duration::from_millis(500),
+            release: "0.1.0".to_owned(),
+            version_match: palisade_replication::coordinator::VersionMatch::Minor,
         },
         store,
         mesh,

@@ -167,6 +167,192 @@ pub fn check_version(
     })
 }
 
+impl VersionMatch {
+    pub fn to_wire(self) -> u8 {
+        match self {
+            VersionMatch::Major => 0,
+            VersionMatch::Minor => 1,
+            VersionMatch::Exact => 2,
+        }
+    }
+
+    pub fn from_wire(byte: u8) -> Option<VersionMatch> {
+        match byte {
+            0 => Some(VersionMatch::Major),
+            1 => Some(VersionMatch::Minor),
+            2 => Some(VersionMatch::Exact),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            VersionMatch::Major => "major",
+            VersionMatch::Minor => "minor",
+            VersionMatch::Exact => "exact",
+        }
+    }
+}
+
+/// The message name the gate's refusals carry in the seeds' line.
+pub const REPLICATE: &str = "co_replicate";
+
+/// What the gate knows of one peer, from its last hello.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerCheck {
+    pub name: String,
+    pub release: String,
+    /// Its clock minus this node's, when its hello arrived (includes the link's delay).
+    pub clock_difference_ms: i64,
+    /// Why replication with it is stopped, if it is.
+    pub refused: Option<RequestFailed>,
+    /// Cluster settings it has that differ from this node's.
+    pub settings_differ: Option<String>,
+}
+
+impl PeerCheck {
+    pub fn admitted(&self) -> bool {
+        self.refused.is_none()
+    }
+}
+
+/// What one hello changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checked {
+    pub was_admitted: bool,
+    pub admitted: bool,
+    /// A refusal that is new (first, or another reason than before): worth a log line.
+    pub new_refusal: Option<RequestFailed>,
+    /// Settings that differ, when that is new.
+    pub new_settings_differ: Option<String>,
+}
+
+/// Which peers this node replicates with (sans-IO): a peer is admitted once its hello passes
+/// the release and clock checks, and stopped when a later hello fails them. Only
+/// replication stops: HA and director messages keep their own planes.
+#[derive(Clone, Debug)]
+pub struct Gate {
+    release: String,
+    allowed_ms: u64,
+    level: VersionMatch,
+    peers: std::collections::BTreeMap<NodeId, PeerCheck>,
+}
+
+impl Gate {
+    pub fn new(release: &str, allowed: std::time::Duration, level: VersionMatch) -> Gate {
+        Gate {
+            release: release.to_owned(),
+            allowed_ms: allowed.as_millis() as u64,
+            level,
+            peers: std::collections::BTreeMap::new(),
+        }
+    }
+
+    /// This node's hello at `wall_ms`.
+    pub fn hello(&self, wall_ms: u64) -> crate::wire::Hello {
+        crate::wire::Hello {
+            wire_version: crate::wire::VERSION,
+            release: self.release.clone(),
+            wall_ms,
+            max_time_difference_ms: self.allowed_ms,
+            version_match: self.level.to_wire(),
+        }
+    }
+
+    pub fn admitted(&self, peer: NodeId) -> bool {
+        self.peers.get(&peer).is_some_and(PeerCheck::admitted)
+    }
+
+    pub fn peers(&self) -> &std::collections::BTreeMap<NodeId, PeerCheck> {
+        &self.peers
+    }
+
+    /// Its links are down: it must say hello again.
+    pub fn peer_down(&mut self, peer: NodeId) {
+        self.peers.remove(&peer);
+    }
+
+    /// Checks a peer's hello, received at `local_ms` on this node's clock.
+    pub fn receive(
+        &mut self,
+        from: NodeId,
+        name: &str,
+        hello: &crate::wire::Hello,
+        local_ms: u64,
+    ) -> Checked {
+        let previous = self.peers.get(&from).cloned();
+        let was_admitted = previous.as_ref().is_some_and(PeerCheck::admitted);
+        let refusal = check_version(
+            REPLICATE,
+            from,
+            name,
+            &self.release,
+            &hello.release,
+            self.level,
+        )
+        .and_then(|()| {
+            check_clock(
+                REPLICATE,
+                from,
+                name,
+                local_ms,
+                hello.wall_ms,
+                self.allowed_ms,
+            )
+        })
+        .err();
+        let mut differ = Vec::new();
+        if hello.max_time_difference_ms != self.allowed_ms {
+            differ.push(format!(
+                "max_time_difference {} ms here, {} ms there",
+                self.allowed_ms, hello.max_time_difference_ms
+            ));
+        }
+        if hello.version_match != self.level.to_wire() {
+            differ.push(format!(
+                "version_match {} here, {} there",
+                self.level.name(),
+                VersionMatch::from_wire(hello.version_match).map_or("unknown", VersionMatch::name)
+            ));
+        }
+        let settings_differ = (!differ.is_empty()).then(|| differ.join("; "));
+        let new_refusal = match (
+            &refusal,
+            previous.as_ref().and_then(|check| check.refused.as_ref()),
+        ) {
+            (Some(now), Some(before)) if now.code == before.code => None,
+            (Some(now), _) => Some(now.clone()),
+            (None, _) => None,
+        };
+        let new_settings_differ = match (
+            &settings_differ,
+            previous
+                .as_ref()
+                .and_then(|check| check.settings_differ.as_ref()),
+        ) {
+            (Some(now), Some(before)) if now == before => None,
+            (now, _) => now.clone(),
+        };
+        let admitted = refusal.is_none();
+        self.peers.insert(
+            from,
+            PeerCheck {
+                name: name.to_owned(),
+                release: hello.release.clone(),
+                clock_difference_ms: hello.wall_ms as i64 - local_ms as i64,
+                refused: refusal,
+                settings_differ,
+            },
+        );
+        Checked {
+            was_admitted,
+            admitted,
+            new_refusal,
+            new_settings_differ,
+        }
+    }
+}
+
 /// `unix_ms` as a UTC date and time, formatted with `separator` between date and time and
 /// `offset` after the milliseconds.
 fn stamp(unix_ms: u64, separator: char, offset: &str) -> String {
@@ -280,6 +466,69 @@ mod tests {
         assert!(failed.to_string().ends_with(
             "failed with error '(404 - 'version mismatch') - \"version mismatch: 1.4.2 / 2.0.0\"'"
         ));
+    }
+
+    /// The gate admits a peer whose hello passes, stops it when a later hello fails (405,
+    /// then 404), reports each new refusal once, and admits it again when it passes.
+    #[test]
+    fn the_gate_admits_stops_and_readmits() {
+        let peer = node();
+        let mut gate = Gate::new(
+            "1.4.2",
+            std::time::Duration::from_secs(120),
+            VersionMatch::Minor,
+        );
+        let now = 1_800_000_000_000u64;
+        let hello = |release: &str, wall_ms: u64| crate::wire::Hello {
+            wire_version: crate::wire::VERSION,
+            release: release.to_owned(),
+            wall_ms,
+            max_time_difference_ms: 120_000,
+            version_match: 1,
+        };
+        assert!(!gate.admitted(peer), "not before its hello");
+        let first = gate.receive(peer, "proxy-2", &hello("1.4.0", now + 500), now);
+        assert!(first.admitted && !first.was_admitted && first.new_refusal.is_none());
+        assert_eq!(gate.peers()[&peer].clock_difference_ms, 500);
+
+        let skewed = gate.receive(peer, "proxy-2", &hello("1.4.0", now + 200_000), now);
+        assert!(skewed.was_admitted && !skewed.admitted);
+        let refusal = skewed.new_refusal.unwrap_or_else(|| panic!("a refusal"));
+        assert_eq!(refusal.code, FailureCode::TimeDifferenceTooHigh);
+        assert!(
+            refusal
+                .to_string()
+                .contains("(405 - 'time difference too high')")
+        );
+        let again = gate.receive(peer, "proxy-2", &hello("1.4.0", now + 200_000), now);
+        assert_eq!(again.new_refusal, None, "the same refusal is logged once");
+
+        let newer = gate.receive(peer, "proxy-2", &hello("1.5.0", now), now);
+        assert_eq!(
+            newer.new_refusal.map(|r| r.code),
+            Some(FailureCode::VersionMismatch)
+        );
+        let back = gate.receive(peer, "proxy-2", &hello("1.4.9", now), now);
+        assert!(back.admitted && !back.was_admitted);
+        assert!(gate.admitted(peer));
+
+        let mut differing = hello("1.4.9", now);
+        differing.max_time_difference_ms = 60_000;
+        let checked = gate.receive(peer, "proxy-2", &differing, now);
+        assert!(
+            checked.admitted,
+            "differing settings are reported, not refused"
+        );
+        assert!(
+            checked
+                .new_settings_differ
+                .is_some_and(|text| text.contains("max_time_difference"))
+        );
+        gate.peer_down(peer);
+        assert!(
+            !gate.admitted(peer),
+            "a peer whose links went down says hello again"
+        );
     }
 
     #[test]

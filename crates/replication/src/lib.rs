@@ -25,4 +25,4 @@ pub use history::{History, HistoryError, Inserted};
 pub use hlc::{ClockSkew, Hlc, HlcTime};
 pub use replica::{Base, Replica, ReplicaEvent, SaveError};
 pub use revision::{ContentId, Revision, RevisionId, RevisionKind};
-pub use wire::{SyncMessage, WireError};
+pub use wire::{Hello, SyncMessage, WireError};

@@ -464,6 +464,8 @@ impl Replica {
                     self.outbox.push_back((from, SyncMessage::Revisions(batch)));
                 }
             }
+            // The driver's gate checks hellos before a peer gets here.
+            SyncMessage::Hello(_) => {}
         }
     }
 

@@ -43,7 +43,29 @@ pub enum SyncMessage {
         total: u64,
         bytes: Vec<u8>,
     },
+    /// Who the sender is and what it runs, sent when a link comes up and on every digest
+    /// tick: the checks before replicating (release, clock, the settings that must agree).
+    /// Its layout never changes, so nodes of any wire version can read each other's.
+    Hello(Hello),
 }
+
+/// The facts a node checks of a peer before replicating with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// The sender's replication wire version.
+    pub wire_version: u8,
+    /// Its release (`CARGO_PKG_VERSION`).
+    pub release: String,
+    /// Its clock (Unix milliseconds) when it sent this.
+    pub wall_ms: u64,
+    /// Cluster settings that must agree on every node.
+    pub max_time_difference_ms: u64,
+    /// 0: major, 1: minor, 2: exact.
+    pub version_match: u8,
+}
+
+/// A release string's length at most.
+pub const MAX_RELEASE: usize = 64;
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
@@ -62,6 +84,8 @@ mod kind {
     pub const WANT_CONTENT: u8 = 4;
     pub const CONTENT: u8 = 5;
     pub const NO_CONTENT: u8 = 6;
+    /// Fixed layout in every wire version (see [`super::Hello`]).
+    pub const HELLO: u8 = 0x80;
 }
 
 /// Bytes of content in one message at most.
@@ -117,6 +141,16 @@ impl SyncMessage {
                 out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
                 out.extend_from_slice(bytes);
             }
+            SyncMessage::Hello(hello) => {
+                out[0] = hello.wire_version;
+                out.push(kind::HELLO);
+                let release = truncate(&hello.release, MAX_RELEASE);
+                out.push(release.len() as u8);
+                out.extend_from_slice(release.as_bytes());
+                out.extend_from_slice(&hello.wall_ms.to_be_bytes());
+                out.extend_from_slice(&hello.max_time_difference_ms.to_be_bytes());
+                out.push(hello.version_match);
+            }
         }
         out
     }
@@ -124,10 +158,30 @@ impl SyncMessage {
     pub fn decode(bytes: &[u8]) -> Result<SyncMessage, WireError> {
         let mut reader = Reader { bytes };
         let version = reader.u8()?;
-        if version != VERSION {
+        let kind = reader.u8()?;
+        if version != VERSION && kind != kind::HELLO {
             return Err(WireError::Version(version));
         }
-        let message = match reader.u8()? {
+        let message = match kind {
+            kind::HELLO => {
+                let length = usize::from(reader.u8()?);
+                if length > MAX_RELEASE {
+                    return Err(WireError::Malformed("release too long"));
+                }
+                let release = std::str::from_utf8(reader.take(length)?)
+                    .map_err(|_| WireError::Malformed("release not UTF-8"))?
+                    .to_owned();
+                let wall_ms = u64::from_be_bytes(reader.array()?);
+                let max_time_difference_ms = u64::from_be_bytes(reader.array()?);
+                let version_match = reader.u8()?;
+                SyncMessage::Hello(Hello {
+                    wire_version: version,
+                    release,
+                    wall_ms,
+                    max_time_difference_ms,
+                    version_match,
+                })
+            }
             kind::REVISIONS => {
                 let count = usize::from(reader.u16()?);
                 if count > MAX_REVISIONS {
@@ -396,6 +450,13 @@ mod tests {
                 total: 10,
                 bytes: vec![1, 2, 3],
             },
+            SyncMessage::Hello(Hello {
+                wire_version: VERSION,
+                release: "0.1.0".to_owned(),
+                wall_ms: 1_800_000_000_000,
+                max_time_difference_ms: 120_000,
+                version_match: 1,
+            }),
         ];
         for message in messages {
             assert_eq!(SyncMessage::decode(&message.encode()), Ok(message));
@@ -428,6 +489,33 @@ mod tests {
         let mut newer = bytes;
         newer[0] = 2;
         assert_eq!(SyncMessage::decode(&newer), Err(WireError::Version(2)));
+    }
+
+    /// A hello of any wire version is read (a newer node's release must be reported as a
+    /// 404, not dropped as unreadable).
+    #[test]
+    fn hellos_of_other_wire_versions_are_read() {
+        let hello = Hello {
+            wire_version: 7,
+            release: "9.0.0".to_owned(),
+            wall_ms: 1,
+            max_time_difference_ms: 2,
+            version_match: 0,
+        };
+        let bytes = SyncMessage::Hello(hello.clone()).encode();
+        assert_eq!(bytes[0], 7);
+        assert_eq!(SyncMessage::decode(&bytes), Ok(SyncMessage::Hello(hello)));
+        let long = SyncMessage::Hello(Hello {
+            wire_version: VERSION,
+            release: "x".repeat(200),
+            wall_ms: 0,
+            max_time_difference_ms: 0,
+            version_match: 0,
+        });
+        let decoded = SyncMessage::decode(&long.encode());
+        assert!(
+            matches!(decoded, Ok(SyncMessage::Hello(Hello { ref release, .. })) if release.len() == MAX_RELEASE)
+        );
     }
 
     proptest! {
