@@ -254,9 +254,10 @@ pub fn apply(
         return Ok(());
     }
     println!(
-        "saved revision {} (by {}); pushed to every peer",
+        "saved revision {} (by {}; stored in {:.1} ms); pushed to every peer",
         value["revision"].as_str().unwrap_or("?"),
         value["saved_by"].as_str().unwrap_or("?"),
+        value["stored_ms"].as_f64().unwrap_or(0.0),
     );
     Ok(())
 }

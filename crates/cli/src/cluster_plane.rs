@@ -169,14 +169,16 @@ async fn activate(
         // The installer said why; the last good policy stays live.
         return;
     }
+    // What the apply-to-live benchmark times on every node.
+    tracing::info!(revision = %head, "policy revision live");
     let (path, revision) = (policy_file.to_owned(), head.to_string());
     let wrote = tokio::task::spawn_blocking(move || written.write_to(&path, &revision)).await;
     match wrote {
         Ok(Ok(())) => {
-            tracing::info!(revision = %head, policy = %policy_file.display(), "policy revision active and written back")
+            tracing::debug!(revision = %head, policy = %policy_file.display(), "policy revision written back")
         }
         Ok(Err(error)) => {
-            tracing::error!(revision = %head, %error, "policy revision active, but not written back")
+            tracing::error!(revision = %head, %error, "policy revision live, but not written back to the policy file")
         }
         Err(error) => tracing::error!(%error, "write-back task failed"),
     }

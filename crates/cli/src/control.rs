@@ -350,10 +350,11 @@ impl Control {
             .save(bundle, base, &saved_by, &request.message)
             .await
         {
-            Ok(revision) => {
-                tracing::info!(%revision, %saved_by, message = %request.message, "policy saved");
+            Ok(palisade_cluster::Saved { revision, stored }) => {
+                tracing::info!(%revision, %saved_by, message = %request.message, stored_ms = stored.as_secs_f64() * 1e3, "policy saved");
                 Ok(serde_json::json!({
                     "revision": revision.to_string(),
+                    "stored_ms": stored.as_secs_f64() * 1e3,
                     "bundle": bundle_hex,
                     "saved_by": saved_by,
                 }))

@@ -773,9 +773,9 @@ async fn watch_policy(
         }
         change.acted_on(stamps);
         if cluster {
-            // The cluster's own write-back compiles to the live revision: nothing to say.
+            // The cluster's own write-back holds the live document: nothing to say.
             let written_back =
-                installer.revision_of_file(&path).await == Some(*installer.revision().borrow());
+                std::fs::read_to_string(&path).is_ok_and(|text| installer.is_live_document(&text));
             if !forced && !written_back {
                 tracing::warn!(path = %path.display(), "the policy file changed; on a cluster member it is saved with `palisade policy apply {}`, which makes it live on every node", path.display());
             }

@@ -97,6 +97,12 @@ pub struct PolicyInstaller {
     node: NodeIdentity,
     revision: watch::Sender<PolicyRevision>,
     installs: Family<OutcomeLabels, Counter>,
+    /// The last bundle checked before a save, compiled: installing it when it comes back as
+    /// the head does not compile it again (a 1,000,000-entry list takes a second).
+    checked: std::sync::Mutex<Option<(PolicyRevision, CompiledPolicy)>>,
+    /// The document of the live policy when it came from the cluster, so the file watcher
+    /// can tell its own write-back from an operator's edit without compiling.
+    live_document: std::sync::Mutex<Option<String>>,
 }
 
 impl PolicyInstaller {
@@ -121,6 +127,8 @@ impl PolicyInstaller {
             node,
             revision: watch::Sender::new(revision),
             installs,
+            checked: std::sync::Mutex::new(None),
+            live_document: std::sync::Mutex::new(None),
         }
     }
 
@@ -173,20 +181,33 @@ impl PolicyInstaller {
         origin: &Path,
     ) -> anyhow::Result<PolicyRevision> {
         let revision = PolicyRevision(bundle.id());
+        let document = bundle.document.clone();
         if revision == *self.revision.borrow() {
             self.count("unchanged");
+            self.set_live_document(Some(document));
             return Ok(revision);
         }
-        let (origin_owned, node) = (origin.to_owned(), self.node.clone());
-        let compiled = tokio::task::spawn_blocking(move || {
-            bundle.compile(&origin_owned, &node).map_err(|errors| {
-                let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                anyhow!("invalid policy:\n{}", lines.join("\n"))
-            })
-        })
-        .await
-        .map_err(|error| anyhow!("policy compile task failed: {error}"))
-        .and_then(|compiled| compiled);
+        let checked = self
+            .checked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+            .filter(|(id, _)| *id == revision);
+        let compiled = match checked {
+            Some((_, policy)) => Ok(policy),
+            None => {
+                let (origin_owned, node) = (origin.to_owned(), self.node.clone());
+                tokio::task::spawn_blocking(move || {
+                    bundle.compile(&origin_owned, &node).map_err(|errors| {
+                        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                        anyhow!("invalid policy:\n{}", lines.join("\n"))
+                    })
+                })
+                .await
+                .map_err(|error| anyhow!("policy compile task failed: {error}"))
+                .and_then(|compiled| compiled)
+            }
+        };
         let policy = match compiled {
             Ok(policy) => policy,
             Err(error) => {
@@ -198,19 +219,11 @@ impl PolicyInstaller {
         let summary = policy.summary();
         self.live.store(Arc::new(policy));
         self.revision.send_replace(revision);
+        self.set_live_document(Some(document));
         self.count("installed");
         tokio::task::spawn_blocking(crate::allocator::release_free_memory);
         tracing::info!(revision = %revision.short(), rulesets = summary.rulesets, rules = summary.rules, "policy installed from the cluster");
         Ok(revision)
-    }
-
-    /// The revision of the policy file at `path` as it would compile here, if it compiles.
-    pub async fn revision_of_file(&self, path: &Path) -> Option<PolicyRevision> {
-        let (path, node) = (path.to_owned(), self.node.clone());
-        tokio::task::spawn_blocking(move || load(&path, &node).ok().map(|loaded| loaded.revision))
-            .await
-            .ok()
-            .flatten()
     }
 
     /// Compiles a bundle for this node without installing it (the check before a save).
@@ -220,16 +233,40 @@ impl PolicyInstaller {
         origin: &Path,
     ) -> Result<palisade_policy::PolicyBundle, String> {
         let (origin, node) = (origin.to_owned(), self.node.clone());
-        tokio::task::spawn_blocking(move || match bundle.compile(&origin, &node) {
-            Ok(_) => Ok(bundle),
-            Err(errors) => Err(errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")),
-        })
-        .await
-        .map_err(|error| format!("policy compile task failed: {error}"))?
+        let (bundle, compiled) =
+            tokio::task::spawn_blocking(move || match bundle.compile(&origin, &node) {
+                Ok(compiled) => Ok((bundle, compiled)),
+                Err(errors) => Err(errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")),
+            })
+            .await
+            .map_err(|error| format!("policy compile task failed: {error}"))??;
+        *self
+            .checked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((PolicyRevision(bundle.id()), compiled));
+        Ok(bundle)
+    }
+
+    fn set_live_document(&self, document: Option<String>) {
+        *self
+            .live_document
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = document;
+    }
+
+    /// Whether `text` (a policy file) holds the live cluster policy's document.
+    pub fn is_live_document(&self, text: &str) -> bool {
+        let (_, document) = palisade_policy::bundle::split_revision_header(text);
+        self.live_document
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_deref()
+            == Some(document)
     }
 
     fn count(&self, outcome: &'static str) {

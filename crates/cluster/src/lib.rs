@@ -77,6 +77,8 @@ pub enum ClusterError {
     Save(#[from] palisade_replication::SaveError),
     #[error("the cluster driver has stopped")]
     Stopped,
+    #[error("not saved: the revision could not be stored ({0})")]
+    NotStored(String),
 }
 
 struct SaveRequest {
@@ -84,7 +86,7 @@ struct SaveRequest {
     base: Base,
     saved_by: String,
     message: String,
-    reply: oneshot::Sender<Result<RevisionId, ClusterError>>,
+    reply: oneshot::Sender<Result<Saved, ClusterError>>,
 }
 
 /// One revision as the operator sees it (`palisade policy history`, status).
@@ -162,6 +164,14 @@ enum Query {
     History(oneshot::Sender<Vec<RevisionSummary>>),
 }
 
+/// A save, stored and fsynced on this node (and pushed to every peer).
+#[derive(Clone, Copy, Debug)]
+pub struct Saved {
+    pub revision: RevisionId,
+    /// Time spent in store commits (contents, then the revision): the fsyncs.
+    pub stored: Duration,
+}
+
 /// Talks to the running driver. Cheap to clone.
 #[derive(Clone)]
 pub struct ClusterHandle {
@@ -179,7 +189,7 @@ impl ClusterHandle {
         base: Base,
         saved_by: &str,
         message: &str,
-    ) -> Result<RevisionId, ClusterError> {
+    ) -> Result<Saved, ClusterError> {
         let (reply, answer) = oneshot::channel();
         let request = SaveRequest {
             bundle,
@@ -280,6 +290,8 @@ pub fn start(
         gate: Gate::new(&config.release, config.max_ahead, config.version_match),
         names: HashMap::new(),
         peer_heads: HashMap::new(),
+        persisted: Ok(Duration::ZERO),
+        tasks: tasks.clone(),
     };
     tasks.spawn(driver.run(config.digest_interval, events, saves, queries, stop));
     Ok(ClusterHandle {
@@ -309,6 +321,10 @@ struct Driver {
     names: HashMap<NodeId, String>,
     /// Each peer's head, from its digests.
     peer_heads: HashMap<NodeId, Option<RevisionId>>,
+    /// Commit time of the revisions stored since it was reset, or why one failed.
+    persisted: Result<Duration, String>,
+    /// Content transfers run here.
+    tasks: TaskTracker,
 }
 
 impl Driver {
@@ -365,10 +381,23 @@ impl Driver {
                 Some(query) = queries.recv() => self.answer(query),
                 request = saves.recv() => match request {
                     Some(request) => {
-                        let result = self
+                        let saved = self
                             .save(request.bundle, request.base, &request.saved_by, &request.message)
                             .await;
+                        // "Saved" means stored: the answer waits for the revision's commit.
+                        self.persisted = Ok(Duration::ZERO);
+                        self.drive().await;
+                        let persisted = std::mem::replace(&mut self.persisted, Ok(Duration::ZERO));
+                        let result = match (saved, persisted) {
+                            (Ok((revision, contents)), Ok(commit)) => Ok(Saved {
+                                revision,
+                                stored: contents + commit,
+                            }),
+                            (Ok(_), Err(error)) => Err(ClusterError::NotStored(error)),
+                            (Err(error), _) => Err(error),
+                        };
                         let _ = request.reply.send(result);
+                        continue;
                     }
                     None => return,
                 },
@@ -469,7 +498,8 @@ impl Driver {
         base: Base,
         saved_by: &str,
         message: &str,
-    ) -> Result<RevisionId, ClusterError> {
+    ) -> Result<(RevisionId, Duration), ClusterError> {
+        let started = std::time::Instant::now();
         let (manifest, lists) = bundle.split();
         let manifest_id = manifest.id();
         let list_ids: Vec<[u8; 32]> = lists.iter().map(|(hash, _)| *hash).collect();
@@ -489,6 +519,7 @@ impl Driver {
         })
         .await
         .ok_or(ClusterError::Stopped)??;
+        let contents = started.elapsed();
         let revision =
             self.replica
                 .save(wall_ms(), base, ContentId(manifest_id), saved_by, message)?;
@@ -499,7 +530,7 @@ impl Driver {
             ContentId(manifest_id),
             list_ids.iter().map(|hash| ContentId(*hash)),
         );
-        Ok(revision.id)
+        Ok((revision.id, contents))
     }
 
     /// Applies what the replica decided: store, answer, activate, send.
@@ -512,6 +543,7 @@ impl Driver {
                         .iter()
                         .map(|revision| (revision.id.0, revision.to_bytes()))
                         .collect();
+                    let started = std::time::Instant::now();
                     let stored = self
                         .stored(move |store| {
                             encoded.iter().try_for_each(|(id, bytes)| {
@@ -519,8 +551,17 @@ impl Driver {
                             })
                         })
                         .await;
-                    if let Some(Err(error)) = stored {
-                        tracing::error!(%error, "cannot store a revision");
+                    match stored {
+                        Some(Ok(())) => {
+                            if let Ok(total) = &mut self.persisted {
+                                *total += started.elapsed();
+                            }
+                        }
+                        Some(Err(error)) => {
+                            tracing::error!(%error, "cannot store a revision");
+                            self.persisted = Err(error.to_string());
+                        }
+                        None => self.persisted = Err("the store task failed".to_owned()),
                     }
                 }
                 ReplicaEvent::ContentArrived { id, bytes } => {
@@ -543,13 +584,34 @@ impl Driver {
                         .await
                         .unwrap_or_default();
                     let mut lacking = Vec::new();
+                    let mut found = Vec::new();
                     for (id, bytes) in looked_up {
                         match bytes {
-                            Some(bytes) => self.replica.send_content(from, id, &bytes),
+                            Some(bytes) => found.push((id, bytes)),
                             None => lacking.push(id),
                         }
                     }
                     self.replica.no_content(from, lacking);
+                    if !found.is_empty() {
+                        // On its own task, at the pace the link takes it: a 30 MB list is
+                        // hundreds of frames, which would overflow the link's queue at once
+                        // (and this loop must not wait for one slow peer).
+                        let mesh = self.mesh.clone();
+                        self.tasks.spawn(async move {
+                            let Some(sender) = mesh.peer_sender(from).await else {
+                                return;
+                            };
+                            for (id, bytes) in found {
+                                for message in
+                                    palisade_replication::wire::content_messages(id, &bytes)
+                                {
+                                    if !sender.send_replication(message.encode()).await {
+                                        return;
+                                    }
+                                }
+                            }
+                        });
+                    }
                 }
                 ReplicaEvent::HeadReady(head) => self.activate_head(head).await,
                 ReplicaEvent::Settled(settled) => {

@@ -120,14 +120,19 @@ async fn a_save_on_one_node_is_live_on_the_other() {
         .cluster
         .save(first.clone(), Base::Head, "alice", "first")
         .await;
-    let Ok(saved) = saved else {
+    let Ok(Saved {
+        revision: saved, ..
+    }) = saved
+    else {
         panic!("save refused: {saved:?}");
     };
     assert_eq!(activated(&a, saved).await, first);
     assert_eq!(activated(&b, saved).await, first);
 
     let second = bundle("document two\n", "bad.example\nworse.example\n");
-    let Ok(again) = b
+    let Ok(Saved {
+        revision: again, ..
+    }) = b
         .cluster
         .save(second.clone(), Base::Revision(Some(saved)), "bob", "second")
         .await
@@ -298,7 +303,13 @@ async fn a_node_joins_with_a_token_and_then_links_over_mutual_tls() {
     })
     .await;
     assert!(linked.is_ok(), "the joined node never linked to the holder");
-    assert!(joiner_mesh.peers().iter().any(|peer| peer.id == holder_id));
+    let both = tokio::time::timeout(Duration::from_secs(10), async {
+        while !joiner_mesh.peers().iter().any(|peer| peer.id == holder_id) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(both.is_ok(), "the joiner never saw the holder");
     stop.cancel();
     tasks.close();
     tasks.wait().await;

@@ -113,6 +113,8 @@ impl Confirmation {
 enum Command {
     /// Re-emit every live peer and its latest status (for a subscriber that joined late).
     Replay,
+    /// The newest link to a peer, for bulk sends.
+    Sender(NodeId, oneshot::Sender<Option<PeerSender>>),
     Broadcast(HaMessage),
     To(IpAddr, HaMessage),
     Replication(NodeId, Vec<u8>),
@@ -139,6 +141,32 @@ enum Internal {
     },
     /// A dial of ours reached the expected peer at this configured address.
     Verified(SocketAddr),
+}
+
+/// Queue slots a bulk sender leaves free, so pings and control messages never wait behind
+/// (or are dropped for) a large transfer.
+const RESERVED_FOR_CONTROL: usize = 16;
+
+/// A peer's newest link, for bulk replication (a large content) that waits for room in the
+/// link's queue instead of being dropped when it is full.
+#[derive(Clone)]
+pub struct PeerSender(mpsc::Sender<Outgoing>);
+
+impl PeerSender {
+    /// Sends once the link's queue has room beyond the slots kept for control messages;
+    /// `false` once the link is gone.
+    pub async fn send_replication(&self, bytes: Vec<u8>) -> bool {
+        while self.0.capacity() <= RESERVED_FOR_CONTROL {
+            if self.0.is_closed() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        self.0
+            .send(Outgoing::Send(Message::Replication(bytes)))
+            .await
+            .is_ok()
+    }
 }
 
 /// Talks to the mesh task. Cheap to clone.
@@ -181,6 +209,13 @@ impl MeshHandle {
     /// next digest repairs it).
     pub fn send_replication(&self, peer: NodeId, bytes: Vec<u8>) {
         let _ = self.commands.send(Command::Replication(peer, bytes));
+    }
+
+    /// The newest link to the peer with this id, for [`PeerSender::send_replication`].
+    pub async fn peer_sender(&self, peer: NodeId) -> Option<PeerSender> {
+        let (answer, wait) = oneshot::channel();
+        self.commands.send(Command::Sender(peer, answer)).ok()?;
+        wait.await.ok().flatten()
     }
 
     /// Dials the peer at `addr` once to learn whether the process this node knew is dead.
@@ -814,6 +849,14 @@ impl Mesh {
                 {
                     self.send_on(links, message);
                 }
+            }
+            Command::Sender(peer, answer) => {
+                let sender = self
+                    .peers
+                    .get(&peer)
+                    .and_then(|links| links.links.values().next_back())
+                    .map(|sender| PeerSender(sender.clone()));
+                let _ = answer.send(sender);
             }
             Command::Replication(peer, bytes) => {
                 if let Some(links) = self.peers.get(&peer) {

@@ -48,6 +48,8 @@ struct Assembly {
     total: u64,
     chunks: std::collections::BTreeMap<u64, Vec<u8>>,
     received: u64,
+    /// A chunk arrived since the last tick.
+    progressed: bool,
 }
 
 /// What the save was based on.
@@ -151,29 +153,8 @@ impl Replica {
 
     /// Sends a held content to a peer that asked for it, in chunks.
     pub fn send_content(&mut self, to: NodeId, id: ContentId, bytes: &[u8]) {
-        let total = bytes.len() as u64;
-        if bytes.is_empty() {
-            self.outbox.push_back((
-                to,
-                SyncMessage::Content {
-                    id,
-                    offset: 0,
-                    total: 0,
-                    bytes: Vec::new(),
-                },
-            ));
-        }
-        for (index, chunk) in bytes.chunks(crate::wire::MAX_CONTENT_CHUNK).enumerate() {
-            let offset = (index * crate::wire::MAX_CONTENT_CHUNK) as u64;
-            self.outbox.push_back((
-                to,
-                SyncMessage::Content {
-                    id,
-                    offset,
-                    total,
-                    bytes: chunk.to_vec(),
-                },
-            ));
+        for message in crate::wire::content_messages(id, bytes) {
+            self.outbox.push_back((to, message));
         }
     }
 
@@ -265,6 +246,7 @@ impl Replica {
             total,
             chunks: std::collections::BTreeMap::new(),
             received: 0,
+            progressed: false,
         });
         if assembly.total != total {
             // Chunks of two different claims about one id: start over.
@@ -274,6 +256,7 @@ impl Replica {
         let length = bytes.len() as u64;
         if assembly.chunks.insert(offset, bytes).is_none() {
             assembly.received += length;
+            assembly.progressed = true;
         }
         if assembly.received < assembly.total {
             return;
@@ -477,9 +460,16 @@ impl Replica {
             self.outbox.push_back((*peer, digest.clone()));
         }
         // A request lost, or a peer that has the content by now: every peer may be asked
-        // again.
-        self.outstanding.clear();
-        self.tried.clear();
+        // again; but a content still arriving (a chunk since the last tick) is left to
+        // finish, not asked twice.
+        let assembling = &mut self.assembling;
+        self.outstanding.retain(|id, _| {
+            assembling
+                .get_mut(id)
+                .is_some_and(|assembly| std::mem::take(&mut assembly.progressed))
+        });
+        let outstanding = &self.outstanding;
+        self.tried.retain(|id, _| outstanding.contains_key(id));
         self.request_missing();
     }
 
@@ -783,6 +773,58 @@ mod tests {
         );
         node.tick();
         assert_eq!(wants(&mut node).len(), 1);
+    }
+
+    /// A content still arriving when the tick comes is left to finish (a 30 MB list is not
+    /// asked of a second peer half-way); one that stalled for a whole tick is asked again.
+    #[test]
+    fn a_transfer_in_progress_is_not_asked_again_but_a_stalled_one_is() {
+        let mut node = replica(9);
+        let peers: Vec<NodeId> = (1..=2).map(|last| NodeId::from_bytes([last; 16])).collect();
+        for peer in &peers {
+            node.peer_up(*peer);
+        }
+        while node.poll_transmit().is_some() {}
+        let bytes = vec![7u8; 3 * crate::wire::MAX_CONTENT_CHUNK];
+        let content = ContentId::of(&bytes);
+        let saved = Revision::save(
+            None,
+            peers[0],
+            NodePriority::default(),
+            HlcTime {
+                ms: 900,
+                counter: 0,
+            },
+            content,
+            "alice",
+            "x",
+        );
+        node.handle(peers[0], SyncMessage::Revisions(vec![saved]), 1_000);
+        let wants = |node: &mut Replica| -> Vec<NodeId> {
+            std::iter::from_fn(|| node.poll_transmit())
+                .filter(|(_, message)| matches!(message, SyncMessage::WantContent(_)))
+                .map(|(to, _)| to)
+                .collect()
+        };
+        let asked = wants(&mut node);
+        assert_eq!(asked.len(), 1);
+        let mut chunks = crate::wire::content_messages(content, &bytes);
+        if let Some(first) = chunks.next() {
+            node.handle(asked[0], first, 1_000);
+        }
+        node.tick();
+        assert!(
+            wants(&mut node).is_empty(),
+            "still arriving: not asked again"
+        );
+        node.tick();
+        assert_eq!(wants(&mut node).len(), 1, "stalled for a tick: asked again");
+        for chunk in chunks {
+            node.handle(asked[0], chunk, 1_000);
+        }
+        let arrived = std::iter::from_fn(|| node.poll_event())
+            .any(|event| matches!(event, ReplicaEvent::ContentArrived { id, .. } if id == content));
+        assert!(arrived, "the first transfer still completes");
     }
 
     #[test]

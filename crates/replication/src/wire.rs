@@ -90,6 +90,30 @@ mod kind {
 
 /// Bytes of content in one message at most.
 pub const MAX_CONTENT_CHUNK: usize = 56_000;
+
+/// A content as the messages that carry it, in order (one empty message for an empty one).
+pub fn content_messages(id: ContentId, bytes: &[u8]) -> impl Iterator<Item = SyncMessage> + '_ {
+    let total = bytes.len() as u64;
+    let empty = bytes.is_empty().then(|| SyncMessage::Content {
+        id,
+        offset: 0,
+        total: 0,
+        bytes: Vec::new(),
+    });
+    empty
+        .into_iter()
+        .chain(
+            bytes
+                .chunks(MAX_CONTENT_CHUNK)
+                .enumerate()
+                .map(move |(index, chunk)| SyncMessage::Content {
+                    id,
+                    offset: (index * MAX_CONTENT_CHUNK) as u64,
+                    total,
+                    bytes: chunk.to_vec(),
+                }),
+        )
+}
 /// A content's size at most (a 1,000,000-entry list is ~20 MB).
 pub const MAX_CONTENT: u64 = 256 * 1024 * 1024;
 

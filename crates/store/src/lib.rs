@@ -287,6 +287,11 @@ fn insert_contents(
 ) -> Result<(), redb::Error> {
     let mut table = write.open_table(CONTENTS)?;
     for (id, bytes) in contents {
+        // Content-addressed: a content held already is the same bytes (an unchanged
+        // 1,000,000-entry list is not written again with every save).
+        if table.get(&id[..])?.is_some() {
+            continue;
+        }
         table.insert(&id[..], *bytes)?;
     }
     Ok(())
