@@ -70,6 +70,22 @@ pub trait NodeControl: Send + Sync + 'static {
     fn policy_history(self: Arc<Self>) -> BoxFuture<Result<serde_json::Value, ControlError>> {
         Box::pin(async { Err(not_a_member()) })
     }
+    /// One revision and its policy (`which`: an id, a unique prefix, or `head`).
+    fn policy_revision(
+        self: Arc<Self>,
+        which: String,
+    ) -> BoxFuture<Result<serde_json::Value, ControlError>> {
+        let _ = which;
+        Box::pin(async { Err(not_a_member()) })
+    }
+    /// Saves an earlier revision's policy as the new head.
+    fn policy_rollback(
+        self: Arc<Self>,
+        request: PolicyRollback,
+    ) -> BoxFuture<Result<serde_json::Value, ControlError>> {
+        let _ = request;
+        Box::pin(async { Err(not_a_member()) })
+    }
     /// Saves a policy bundle as the cluster's new revision.
     fn policy_apply(
         self: Arc<Self>,
@@ -85,6 +101,18 @@ fn not_a_member() -> ControlError {
         "this node is not a cluster member (`palisade cluster init`, or `palisade cluster join`)"
             .to_owned(),
     )
+}
+
+/// The body of `POST /policy/rollback`.
+#[derive(Debug, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRollback {
+    /// The revision whose policy becomes the head again (id, unique prefix).
+    pub revision: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub saved_by: String,
 }
 
 /// The body of `POST /policy/apply`: the bundle (document and lists, as the document names
@@ -124,6 +152,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/resume", post(resume))
         .route("/cluster", get(cluster_status))
         .route("/policy/history", get(policy_history))
+        .route("/policy/revision/{which}", get(policy_revision))
+        .route("/policy/rollback", post(policy_rollback))
         .route(
             "/policy/apply",
             // A bundle holds its lists: a 1,000,000-entry list is tens of MiB.
@@ -300,6 +330,25 @@ async fn cluster_status(State(state): State<AdminState>) -> Response {
 
 async fn policy_history(State(state): State<AdminState>) -> Response {
     control_response(state.control.clone().policy_history().await)
+}
+
+async fn policy_revision(
+    State(state): State<AdminState>,
+    axum::extract::Path(which): axum::extract::Path<String>,
+) -> Response {
+    control_response(state.control.clone().policy_revision(which).await)
+}
+
+async fn policy_rollback(
+    State(state): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(request): Json<PolicyRollback>,
+) -> Response {
+    if let Some(refused) = refusal(peer, &headers) {
+        return refused;
+    }
+    control_response(state.control.clone().policy_rollback(request).await)
 }
 
 async fn policy_apply(

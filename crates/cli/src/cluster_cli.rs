@@ -231,6 +231,7 @@ pub fn apply(
         message: message.unwrap_or_default(),
         saved_by,
     })?;
+    let base = body["base"].as_str().map(str::to_owned);
     let (code, value) = request(
         admin,
         "POST",
@@ -238,6 +239,20 @@ pub fn apply(
         Some(&body),
         Duration::from_secs(60),
     )?;
+    if code == 409 {
+        // An edit from a stale copy: show what changed since the copy was made.
+        let changed = match base {
+            Some(base) => revision_diff(admin, &base, "head")
+                .unwrap_or_else(|error| format!("(cannot show the changes: {error:#})\n")),
+            None => {
+                "(your copy names no revision: it was not written by a cluster node)\n".to_owned()
+            }
+        };
+        bail!(
+            "{}\nchanges since your copy:\n{changed}",
+            value["error"].as_str().unwrap_or("refused")
+        );
+    }
     if code != 200 {
         bail!(
             "{}",
@@ -295,6 +310,167 @@ pub fn history(admin: SocketAddr, json: bool) -> anyhow::Result<()> {
             short(revision["author"].as_str()),
             revision["author_priority"].as_u64().unwrap_or(0),
             revision["message"].as_str().unwrap_or(""),
+        );
+    }
+    Ok(())
+}
+
+fn revision(admin: SocketAddr, which: &str) -> anyhow::Result<serde_json::Value> {
+    let (code, value) = request(
+        admin,
+        "GET",
+        &format!("/policy/revision/{which}"),
+        None,
+        Duration::from_secs(60),
+    )?;
+    if code != 200 {
+        bail!(
+            "{}",
+            value["error"]
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_owned)
+        );
+    }
+    Ok(value)
+}
+
+fn lists_of(value: &serde_json::Value) -> std::collections::BTreeMap<String, String> {
+    value["lists"]
+        .as_object()
+        .map(|lists| {
+            lists
+                .iter()
+                .map(|(name, text)| (name.clone(), text.as_str().unwrap_or("").to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The documents as a unified diff, and each list's added and removed entries.
+pub fn render_diff(old: &serde_json::Value, new: &serde_json::Value) -> String {
+    let label = |value: &serde_json::Value| {
+        format!(
+            "revision {}",
+            value["revision"]["id"]
+                .as_str()
+                .map_or("?", |id| &id[..id.len().min(12)])
+        )
+    };
+    let text = |value: &serde_json::Value| value["document"].as_str().unwrap_or("").to_owned();
+    let (old_text, new_text) = (text(old), text(new));
+    let mut out = similar::TextDiff::from_lines(&old_text, &new_text)
+        .unified_diff()
+        .header(&label(old), &label(new))
+        .to_string();
+    let (old_lists, new_lists) = (lists_of(old), lists_of(new));
+    let names: std::collections::BTreeSet<&String> =
+        old_lists.keys().chain(new_lists.keys()).collect();
+    for name in names {
+        let entries = |text: Option<&String>| -> std::collections::BTreeSet<String> {
+            text.map(|text| {
+                text.lines()
+                    .map(str::trim)
+                    .filter(|line| !line.is_empty() && !line.starts_with('#'))
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+        };
+        let (before, after) = (entries(old_lists.get(name)), entries(new_lists.get(name)));
+        let added: Vec<&String> = after.difference(&before).collect();
+        let removed: Vec<&String> = before.difference(&after).collect();
+        if added.is_empty() && removed.is_empty() {
+            continue;
+        }
+        out.push_str(&format!(
+            "list {name}: {} added, {} removed\n",
+            added.len(),
+            removed.len()
+        ));
+        const SHOWN: usize = 20;
+        for entry in added.iter().take(SHOWN) {
+            out.push_str(&format!("+ {entry}\n"));
+        }
+        for entry in removed.iter().take(SHOWN) {
+            out.push_str(&format!("- {entry}\n"));
+        }
+        if added.len() > SHOWN || removed.len() > SHOWN {
+            out.push_str(&format!("  (first {SHOWN} of each shown)\n"));
+        }
+    }
+    if out.is_empty() {
+        out.push_str("(no difference)\n");
+    }
+    out
+}
+
+fn revision_diff(admin: SocketAddr, old: &str, new: &str) -> anyhow::Result<String> {
+    Ok(render_diff(&revision(admin, old)?, &revision(admin, new)?))
+}
+
+/// `palisade policy get [REV] [--to FILE]`.
+pub fn get(admin: SocketAddr, which: &str, to: Option<&Path>) -> anyhow::Result<()> {
+    let value = revision(admin, which)?;
+    let id = value["revision"]["id"].as_str().unwrap_or("").to_owned();
+    let bundle = palisade_policy::PolicyBundle {
+        document: value["document"].as_str().unwrap_or("").to_owned(),
+        lists: lists_of(&value),
+    };
+    match to {
+        Some(file) => {
+            bundle.write_to(file, &id)?;
+            println!(
+                "revision {id} written to {} ({} lists beside it); edit it and `palisade policy apply {}`",
+                file.display(),
+                bundle.lists.len(),
+                file.display()
+            );
+        }
+        None => print!(
+            "{}{id}\n{}",
+            palisade_policy::bundle::REVISION_HEADER,
+            bundle.document
+        ),
+    }
+    Ok(())
+}
+
+/// `palisade policy diff A B`.
+pub fn diff(admin: SocketAddr, old: &str, new: &str) -> anyhow::Result<()> {
+    print!("{}", revision_diff(admin, old, new)?);
+    Ok(())
+}
+
+/// `palisade policy rollback REV`.
+pub fn rollback(admin: SocketAddr, which: &str, message: Option<String>) -> anyhow::Result<()> {
+    let body = serde_json::to_value(palisade_admin::PolicyRollback {
+        revision: which.to_owned(),
+        message: message.unwrap_or_default(),
+        saved_by: std::env::var("SUDO_USER")
+            .or_else(|_| std::env::var("USER"))
+            .unwrap_or_default(),
+    })?;
+    let (code, value) = request(
+        admin,
+        "POST",
+        "/policy/rollback",
+        Some(&body),
+        Duration::from_secs(60),
+    )?;
+    if code != 200 {
+        bail!(
+            "{}",
+            value["error"]
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_owned)
+        );
+    }
+    if value["unchanged"].as_bool() == Some(true) {
+        println!("unchanged: the cluster's policy is already that revision's");
+    } else {
+        println!(
+            "saved revision {} with the policy of {which}; pushed to every peer",
+            value["revision"].as_str().unwrap_or("?")
         );
     }
     Ok(())

@@ -55,6 +55,8 @@ pub struct ClusterPlane {
     pub holds_ca_key: bool,
     pub policy_file: PathBuf,
     pub installer: Arc<PolicyInstaller>,
+    /// The revision whose policy is live on this node (installed, not only received).
+    pub live: tokio::sync::watch::Receiver<Option<RevisionId>>,
 }
 
 pub struct StartArgs<'a> {
@@ -126,6 +128,7 @@ pub async fn start(prepared: Prepared, args: StartArgs<'_>) -> anyhow::Result<Cl
     // One at a time, in order: a later head is never overwritten by an earlier one.
     let (installer, policy_file) = (args.installer.clone(), args.policy_file.clone());
     let stop = args.stop.clone();
+    let (live_tx, live) = tokio::sync::watch::channel(None);
     args.tasks.spawn(async move {
         loop {
             let (head, bundle) = tokio::select! {
@@ -135,7 +138,9 @@ pub async fn start(prepared: Prepared, args: StartArgs<'_>) -> anyhow::Result<Cl
                     None => return,
                 },
             };
-            activate(&installer, &policy_file, head, bundle).await;
+            if activate(&installer, &policy_file, head, bundle).await {
+                live_tx.send_replace(Some(head));
+            }
         }
     });
     Ok(ClusterPlane {
@@ -146,6 +151,7 @@ pub async fn start(prepared: Prepared, args: StartArgs<'_>) -> anyhow::Result<Cl
         holds_ca_key: membership.holds_ca_key,
         policy_file: args.policy_file,
         installer: args.installer,
+        live,
     })
 }
 
@@ -163,11 +169,11 @@ async fn activate(
     policy_file: &std::path::Path,
     head: RevisionId,
     bundle: PolicyBundle,
-) {
+) -> bool {
     let written = bundle.clone();
     if installer.install_bundle(bundle, policy_file).await.is_err() {
         // The installer said why; the last good policy stays live.
-        return;
+        return false;
     }
     // What the apply-to-live benchmark times on every node.
     tracing::info!(revision = %head, "policy revision live");
@@ -182,4 +188,5 @@ async fn activate(
         }
         Err(error) => tracing::error!(%error, "write-back task failed"),
     }
+    true
 }

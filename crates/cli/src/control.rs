@@ -276,7 +276,7 @@ impl Control {
                 "alert": left < time::Duration::days(30),
             },
             "head": replica.head,
-            "active": replica.active,
+            "active": cluster.live.borrow().map(|id| id.to_string()),
             "revisions": replica.revisions,
             "peers": peers,
         }))
@@ -296,11 +296,43 @@ impl Control {
         self: Arc<Self>,
         request: palisade_admin::PolicyApply,
     ) -> Result<serde_json::Value, ControlError> {
-        let cluster = self.cluster()?;
         let bundle = palisade_policy::PolicyBundle {
             document: request.document,
             lists: request.lists,
         };
+        let base = match (request.force, &request.base) {
+            (true, _) => palisade_replication::Base::Head,
+            (false, None) => palisade_replication::Base::Revision(None),
+            (false, Some(text)) => match parse_revision(text) {
+                Some(id) => palisade_replication::Base::Revision(Some(id)),
+                None => {
+                    return Err(ControlError::Invalid(format!(
+                        "the base revision {text:?} is not a revision id (64 hex digits, as `palisade policy history` prints)"
+                    )));
+                }
+            },
+        };
+        self.save_bundle(
+            bundle,
+            base,
+            request.force,
+            request.saved_by,
+            &request.message,
+        )
+        .await
+    }
+
+    /// Checks a bundle (portable, compiles here) and saves it on top of `base`; saving what
+    /// is the head already (unless `force`) records nothing.
+    async fn save_bundle(
+        &self,
+        bundle: palisade_policy::PolicyBundle,
+        base: palisade_replication::Base,
+        force: bool,
+        saved_by: String,
+        message: &str,
+    ) -> Result<serde_json::Value, ControlError> {
+        let cluster = self.cluster()?;
         let unportable = bundle.unportable_lists();
         if !unportable.is_empty() {
             return Err(ControlError::Invalid(format!(
@@ -314,27 +346,15 @@ impl Control {
             .check_bundle(bundle, &cluster.policy_file)
             .await
             .map_err(|errors| ControlError::Invalid(format!("invalid policy:\n{errors}")))?;
-        let base = match (request.force, &request.base) {
-            (true, _) => palisade_replication::Base::Head,
-            (false, None) => palisade_replication::Base::Revision(None),
-            (false, Some(text)) => match parse_revision(text) {
-                Some(id) => palisade_replication::Base::Revision(Some(id)),
-                None => {
-                    return Err(ControlError::Invalid(format!(
-                        "the base revision {text:?} is not a revision id (64 hex digits, as `palisade policy history` prints)"
-                    )));
-                }
-            },
-        };
-        let saved_by = if request.saved_by.is_empty() {
+        let saved_by = if saved_by.is_empty() {
             format!("node {}", self.node)
         } else {
-            request.saved_by
+            saved_by
         };
         let bundle_id = bundle.id();
         let bundle_hex: String = bundle_id.iter().map(|byte| format!("{byte:02x}")).collect();
         // Saving what is already the head would only add noise to the history.
-        if !request.force
+        if !force
             && let Ok(status) = cluster.handle.status().await
             && let Some(head) = status.head
             && head.bundle == bundle_hex
@@ -345,13 +365,9 @@ impl Control {
                 "unchanged": true,
             }));
         }
-        match cluster
-            .handle
-            .save(bundle, base, &saved_by, &request.message)
-            .await
-        {
+        match cluster.handle.save(bundle, base, &saved_by, message).await {
             Ok(palisade_cluster::Saved { revision, stored }) => {
-                tracing::info!(%revision, %saved_by, message = %request.message, stored_ms = stored.as_secs_f64() * 1e3, "policy saved");
+                tracing::info!(%revision, %saved_by, %message, stored_ms = stored.as_secs_f64() * 1e3, "policy saved");
                 Ok(serde_json::json!({
                     "revision": revision.to_string(),
                     "stored_ms": stored.as_secs_f64() * 1e3,
@@ -367,6 +383,48 @@ impl Control {
             }
             Err(error) => Err(ControlError::Failed(error.to_string())),
         }
+    }
+
+    async fn policy_revision_now(
+        self: Arc<Self>,
+        which: String,
+    ) -> Result<serde_json::Value, ControlError> {
+        let (summary, bundle) = self
+            .cluster()?
+            .handle
+            .bundle(&which)
+            .await
+            .map_err(ControlError::Invalid)?;
+        Ok(serde_json::json!({
+            "revision": summary,
+            "document": bundle.document,
+            "lists": bundle.lists,
+        }))
+    }
+
+    async fn policy_rollback_now(
+        self: Arc<Self>,
+        request: palisade_admin::PolicyRollback,
+    ) -> Result<serde_json::Value, ControlError> {
+        let (summary, bundle) = self
+            .cluster()?
+            .handle
+            .bundle(&request.revision)
+            .await
+            .map_err(ControlError::Invalid)?;
+        let message = if request.message.is_empty() {
+            format!("rollback to {}", &summary.id[..12])
+        } else {
+            format!("rollback to {}: {}", &summary.id[..12], request.message)
+        };
+        self.save_bundle(
+            bundle,
+            palisade_replication::Base::Head,
+            false,
+            request.saved_by,
+            &message,
+        )
+        .await
     }
 }
 
@@ -425,6 +483,20 @@ impl NodeControl for Control {
         request: palisade_admin::PolicyApply,
     ) -> BoxFuture<Result<serde_json::Value, ControlError>> {
         Box::pin(self.policy_apply_now(request))
+    }
+
+    fn policy_revision(
+        self: Arc<Self>,
+        which: String,
+    ) -> BoxFuture<Result<serde_json::Value, ControlError>> {
+        Box::pin(self.policy_revision_now(which))
+    }
+
+    fn policy_rollback(
+        self: Arc<Self>,
+        request: palisade_admin::PolicyRollback,
+    ) -> BoxFuture<Result<serde_json::Value, ControlError>> {
+        Box::pin(self.policy_rollback_now(request))
     }
 }
 

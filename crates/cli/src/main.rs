@@ -142,6 +142,35 @@ enum PolicyAction {
         #[arg(long, default_value = "127.0.0.1:4711")]
         admin: std::net::SocketAddr,
     },
+    /// Print a revision's policy (default: the head), or write it with its lists to a file
+    /// to edit and apply.
+    Get {
+        /// A revision id, a unique prefix of one (6 hex digits at least), or `head`.
+        #[arg(default_value = "head")]
+        revision: String,
+        /// Write the document here (its first line naming the revision) and the lists beside it.
+        #[arg(long)]
+        to: Option<PathBuf>,
+        #[arg(long, default_value = "127.0.0.1:4711")]
+        admin: std::net::SocketAddr,
+    },
+    /// What changed from revision A to revision B (ids, prefixes or `head`): the documents as
+    /// a unified diff, each list's added and removed entries.
+    Diff {
+        a: String,
+        b: String,
+        #[arg(long, default_value = "127.0.0.1:4711")]
+        admin: std::net::SocketAddr,
+    },
+    /// Make an earlier revision's policy the cluster's policy again (saved as a new revision:
+    /// history only grows).
+    Rollback {
+        revision: String,
+        #[arg(long, short)]
+        message: Option<String>,
+        #[arg(long, default_value = "127.0.0.1:4711")]
+        admin: std::net::SocketAddr,
+    },
     /// Every revision, newest first: who saved it, where, when and why.
     History {
         #[arg(long, default_value = "127.0.0.1:4711")]
@@ -206,6 +235,17 @@ fn main() -> ExitCode {
                 admin,
             } => cluster_cli::apply(admin, &file, base, force, message),
             PolicyAction::History { admin, json } => cluster_cli::history(admin, json),
+            PolicyAction::Get {
+                revision,
+                to,
+                admin,
+            } => cluster_cli::get(admin, &revision, to.as_deref()),
+            PolicyAction::Diff { a, b, admin } => cluster_cli::diff(admin, &a, &b),
+            PolicyAction::Rollback {
+                revision,
+                message,
+                admin,
+            } => cluster_cli::rollback(admin, &revision, message),
         },
         Command::Version => {
             println!("palisade {}", env!("CARGO_PKG_VERSION"));

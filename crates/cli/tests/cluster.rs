@@ -133,7 +133,7 @@ fn members(lab: &Lab, dir: &Path, names: &[&str]) -> Vec<Member> {
         std::fs::write(
             &config,
             format!(
-                "[node]\nhostname = \"{name}\"\ndata_dir = \"{data}\"\n[proxy]\nlisten = [\"0.0.0.0:9090\"]\ntest_listen = [\"0.0.0.0:9091\"]\n[dns]\nservers = [\"127.0.0.1:53\"]\n[policy]\nfile = \"{policy}\"\npoll_interval = \"200ms\"\n[cluster]\nlisten = \"0.0.0.0:{CLUSTER_PORT}\"\naddress = \"{addr}\"\npeers = [{peers}]\ndigest_interval = \"500ms\"\n",
+                "[node]\nhostname = \"{name}\"\ndata_dir = \"{data}\"\n[proxy]\nlisten = [\"0.0.0.0:9090\"]\ntest_listen = [\"0.0.0.0:9091\"]\n[dns]\nservers = [\"127.0.0.1:53\"]\ntimeout = \"100ms\"\n[policy]\nfile = \"{policy}\"\npoll_interval = \"200ms\"\n[cluster]\nlisten = \"0.0.0.0:{CLUSTER_PORT}\"\naddress = \"{addr}\"\npeers = [{peers}]\ndigest_interval = \"500ms\"\n",
                 data = home.join("data").display(),
                 policy = policy_file.display(),
                 addr = host.addr,
@@ -313,6 +313,13 @@ fn a_policy_saved_on_any_node_is_live_on_every_node() {
         error.contains("the policy changed since your copy"),
         "{error}"
     );
+    // ... with what changed since the copy: node1's save, document and list.
+    assert!(error.contains("changes since your copy:"), "{error}");
+    assert!(error.contains("+# saved on node1"), "{error}");
+    assert!(
+        error.contains("list lists/blocked.txt: 1 added, 0 removed\n+ second.example"),
+        "{error}"
+    );
     assert_eq!(
         members[2].head().as_deref(),
         Some(second.as_str()),
@@ -336,6 +343,57 @@ fn a_policy_saved_on_any_node_is_live_on_every_node() {
             || member.active().as_deref() == Some(forced.as_str()),
         );
     }
+
+    // diff, get and rollback: the first revision's policy becomes the head again.
+    let diff = members[1].cli(&["policy", "diff", &revision[..12], &second]);
+    assert!(diff.contains("+ second.example"), "{diff}");
+    let copy = members[1]
+        .policy
+        .parent()
+        .map(|dir| dir.join("copy/policy.toml"))
+        .unwrap_or_default();
+    members[1].cli(&[
+        "policy",
+        "get",
+        &revision[..12],
+        "--to",
+        &copy.display().to_string(),
+    ]);
+    let text = std::fs::read_to_string(&copy).unwrap_or_default();
+    assert!(
+        text.starts_with(&format!(
+            "# palisade-revision: {revision}\n# saved on node2"
+        )),
+        "{text}"
+    );
+    let rolled = members[0].cli(&["policy", "rollback", &revision[..12], "-m", "undo"]);
+    let rollback = rolled
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_default()
+        .to_owned();
+    for member in &members {
+        wait_for(
+            "rollback everywhere",
+            Duration::from_secs(10),
+            &members,
+            || member.active().as_deref() == Some(rollback.as_str()),
+        );
+        assert_ne!(
+            member.proxy_code("second.example"),
+            "403",
+            "unblocked again"
+        );
+        assert_eq!(member.proxy_code("blocked.example"), "403");
+    }
+    let history = members[2].history();
+    assert_eq!(history.len(), 4, "{history:?}");
+    assert!(
+        history[0]["message"].as_str().is_some_and(
+            |message| message.starts_with("rollback to ") && message.ends_with(": undo")
+        ),
+        "{history:?}"
+    );
 }
 
 /// A partition with saves on both sides: after healing every node has the same head, a

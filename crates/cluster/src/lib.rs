@@ -162,6 +162,11 @@ enum Query {
     Status(oneshot::Sender<ClusterStatus>),
     /// Newest first.
     History(oneshot::Sender<Vec<RevisionSummary>>),
+    /// A revision (by id or unique prefix, or the head) and its bundle.
+    Bundle(
+        String,
+        oneshot::Sender<Result<(RevisionSummary, PolicyBundle), String>>,
+    ),
 }
 
 /// A save, stored and fsynced on this node (and pushed to every peer).
@@ -222,6 +227,19 @@ impl ClusterHandle {
             .await
             .map_err(|_| ClusterError::Stopped)?;
         answer.await.map_err(|_| ClusterError::Stopped)
+    }
+
+    /// A revision and its policy bundle: `which` is a revision id, a unique prefix of one (6
+    /// hex digits at least), or `head`.
+    pub async fn bundle(&self, which: &str) -> Result<(RevisionSummary, PolicyBundle), String> {
+        let (reply, answer) = oneshot::channel();
+        self.queries
+            .send(Query::Bundle(which.to_owned(), reply))
+            .await
+            .map_err(|_| ClusterError::Stopped.to_string())?;
+        answer
+            .await
+            .map_err(|_| ClusterError::Stopped.to_string())?
     }
 
     /// The revision whose bundle was last activated.
@@ -378,7 +396,7 @@ impl Driver {
                     Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
-                Some(query) = queries.recv() => self.answer(query),
+                Some(query) = queries.recv() => self.answer(query).await,
                 request = saves.recv() => match request {
                     Some(request) => {
                         let saved = self
@@ -436,8 +454,56 @@ impl Driver {
         }
     }
 
-    fn answer(&self, query: Query) {
+    /// The revision `which` names: `head`, an id, or a unique prefix of one.
+    fn find(&self, which: &str) -> Result<&Revision, String> {
+        let which = which.trim().to_ascii_lowercase();
+        if which == "head" {
+            return self
+                .replica
+                .head()
+                .ok_or_else(|| "nothing saved yet".to_owned());
+        }
+        if which.len() < 6 || !which.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+            return Err(format!(
+                "{which:?} is not a revision: give `head` or at least 6 hex digits of an id (`palisade policy history`)"
+            ));
+        }
+        let mut found = self
+            .replica
+            .history()
+            .revisions()
+            .filter(|revision| revision.id.to_string().starts_with(&which));
+        match (found.next(), found.next()) {
+            (Some(revision), None) => Ok(revision),
+            (None, _) => Err(format!("no revision {which} in this node's history")),
+            (Some(_), Some(_)) => Err(format!(
+                "{which} names more than one revision: give more digits"
+            )),
+        }
+    }
+
+    async fn answer(&self, query: Query) {
         match query {
+            Query::Bundle(which, reply) => {
+                let found = self
+                    .find(&which)
+                    .map(|revision| (RevisionSummary::of(revision), revision.content));
+                let result = match found {
+                    Err(error) => Err(error),
+                    Ok((summary, content)) => {
+                        match self.stored(move |store| load_bundle(store, content)).await {
+                            Some(Some(Ok(bundle))) => Ok((summary, bundle)),
+                            Some(Some(Err(error))) => Err(error.to_string()),
+                            Some(None) => Err(format!(
+                                "revision {} is in the history but its content is not stored here (yet)",
+                                summary.id
+                            )),
+                            None => Err("the store task failed".to_owned()),
+                        }
+                    }
+                };
+                let _ = reply.send(result);
+            }
             Query::Status(reply) => {
                 let head = self.replica.head().map(|head| head.id);
                 let checks = self.gate.peers();
@@ -641,20 +707,7 @@ impl Driver {
             return;
         };
         let bundle = self
-            .stored(move |store| {
-                let manifest = store
-                    .content(&content.0)
-                    .ok()
-                    .flatten()
-                    .and_then(|bytes| Manifest::from_bytes(&bytes).ok())?;
-                Some(PolicyBundle::join(manifest, |hash| {
-                    store
-                        .content(hash)
-                        .ok()
-                        .flatten()
-                        .and_then(|bytes| String::from_utf8(bytes).ok())
-                }))
-            })
+            .stored(move |store| load_bundle(store, content))
             .await
             .flatten();
         match bundle {
@@ -669,6 +722,25 @@ impl Driver {
             ),
         }
     }
+}
+
+/// A stored bundle: its manifest and every list it names (`None`: the manifest is not stored).
+fn load_bundle(
+    store: &Store,
+    content: ContentId,
+) -> Option<Result<PolicyBundle, palisade_policy::BundleError>> {
+    let manifest = store
+        .content(&content.0)
+        .ok()
+        .flatten()
+        .and_then(|bytes| Manifest::from_bytes(&bytes).ok())?;
+    Some(PolicyBundle::join(manifest, |hash| {
+        store
+            .content(hash)
+            .ok()
+            .flatten()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+    }))
 }
 
 #[cfg(test)]
