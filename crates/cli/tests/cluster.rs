@@ -160,13 +160,13 @@ fn start(lab: &mut Lab, member: &Member) -> u32 {
     )
 }
 
-/// node1 makes the cluster, the others join with tokens, all start and link.
-fn form_cluster(lab: &mut Lab, members: &[Member]) {
+/// node1 makes the cluster, the others join with tokens, all start and link; their pids.
+fn form_cluster(lab: &mut Lab, members: &[Member]) -> Vec<u32> {
     let first = &members[0];
     let config = |member: &Member| member.config.display().to_string();
     let made = first.cli(&["cluster", "init", "--config", &config(first)]);
     assert!(made.contains("created"), "{made}");
-    start(lab, first);
+    let mut pids = vec![start(lab, first)];
     let started = std::time::Instant::now();
     while !first.log_text().contains("Cluster port listening") {
         assert!(
@@ -187,7 +187,7 @@ fn form_cluster(lab: &mut Lab, members: &[Member]) {
             &config(member),
         ]);
         assert!(joined.contains("joined cluster"), "{joined}");
-        start(lab, member);
+        pids.push(start(lab, member));
     }
     for member in members {
         wait_for(
@@ -197,6 +197,7 @@ fn form_cluster(lab: &mut Lab, members: &[Member]) {
             || member.peers() == members.len() - 1,
         );
     }
+    pids
 }
 
 /// Polls `condition` until it holds; panics naming `what`, with every member's log.
@@ -619,5 +620,110 @@ fn clock_skew_is_a_405_and_an_incompatible_release_a_404() {
         members[1].active(),
         None,
         "the skewed node still does not replicate"
+    );
+}
+
+/// A node stopped while others save catches up when it returns (anti-entropy on reconnect);
+/// a node killed with SIGKILL in the middle of saves restarts on an intact store, and the
+/// cluster agrees on one head that includes every save it acknowledged.
+#[test]
+fn a_node_down_during_saves_catches_up_and_a_kill_mid_save_loses_nothing() {
+    if !require_netns("a_node_down_during_saves_catches_up_and_a_kill_mid_save_loses_nothing") {
+        return;
+    }
+    let mut lab = Lab::new(&["node1", "node2", "node3"]);
+    let dir = palisade_e2e::node::TempDir::new("palisade-cluster-down");
+    let members = members(&lab, &dir.0, &["node1", "node2", "node3"]);
+    let pids = form_cluster(&mut lab, &members);
+
+    // node3 stops; two saves happen without it; it comes back and catches up.
+    members[2]
+        .host
+        .run("kill", &["-TERM", &pids[2].to_string()]);
+    wait_for("node3 stopped", Duration::from_secs(10), &members, || {
+        palisade_e2e::ha::is_dead(pids[2])
+    });
+    members[0].write_policy(&["first.example"], "while node3 was down");
+    let first = applied_revision(&apply(&members[0], "first"), &members);
+    wait_for(
+        "node2 has the first save",
+        Duration::from_secs(10),
+        &members,
+        || members[1].active().as_deref() == Some(first.as_str()),
+    );
+    members[1].write_policy(&["first.example", "second.example"], "still down");
+    let second = applied_revision(&apply(&members[1], "second"), &members);
+    start(&mut lab, &members[2]);
+    wait_for(
+        "node3 catches up",
+        Duration::from_secs(15),
+        &members,
+        || members[2].active().as_deref() == Some(second.as_str()),
+    );
+    assert_eq!(members[2].proxy_code("second.example"), "403");
+
+    // node1 is killed while saves keep coming: every acknowledged save survives.
+    let mut acknowledged = Vec::new();
+    let mut node1 = pids[0];
+    for round in 0..3 {
+        members[0].write_policy(
+            &["first.example", &format!("kill-{round}.example")],
+            "racing a kill",
+        );
+        let config = members[0].policy.display().to_string();
+        let host = members[0].host.clone();
+        let saving = std::thread::spawn(move || {
+            host.run(
+                BIN,
+                &["policy", "apply", &config, "--force", "-m", "racing"],
+            )
+        });
+        // Somewhere in the save: after the request is sent, before or after the commit.
+        std::thread::sleep(Duration::from_millis(3 * round as u64));
+        members[0].host.run("kill", &["-KILL", &node1.to_string()]);
+        let output = saving.join().unwrap_or_else(|_| panic!("apply thread"));
+        if output.status.success() {
+            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            acknowledged.extend(text.split_whitespace().nth(2).map(str::to_owned));
+        }
+        wait_for("node1 gone", Duration::from_secs(10), &members, || {
+            palisade_e2e::ha::is_dead(node1)
+        });
+        node1 = start(&mut lab, &members[0]);
+        wait_for(
+            "node1 back and linked",
+            Duration::from_secs(20),
+            &members,
+            || members[0].peers() == 2,
+        );
+    }
+    // One head everywhere, and every acknowledged save is in every node's history.
+    let mut head = None;
+    wait_for(
+        "one head everywhere",
+        Duration::from_secs(20),
+        &members,
+        || {
+            let heads: Vec<Option<String>> = members.iter().map(Member::active).collect();
+            head = heads[0].clone();
+            head.is_some() && heads.windows(2).all(|pair| pair[0] == pair[1])
+        },
+    );
+    for member in &members {
+        let history = member.history();
+        for saved in &acknowledged {
+            assert!(
+                history
+                    .iter()
+                    .any(|revision| revision["id"] == saved.as_str()),
+                "{} lost acknowledged save {saved}: {history:?}",
+                member.host.name
+            );
+        }
+    }
+    assert!(
+        !members[0].log_text().contains("STORE UNUSABLE"),
+        "{}",
+        members[0].log_text()
     );
 }
