@@ -67,6 +67,7 @@ pub struct StartArgs<'a> {
     pub installer: Arc<PolicyInstaller>,
     pub policy_file: PathBuf,
     pub metrics: MeshMetrics,
+    pub cluster_metrics: palisade_cluster::metrics::ClusterMetrics,
     pub tasks: &'a TaskTracker,
     pub stop: &'a CancellationToken,
 }
@@ -98,13 +99,25 @@ pub async fn start(prepared: Prepared, args: StartArgs<'_>) -> anyhow::Result<Cl
     .with_context(|| format!("cannot listen on the cluster port {}", settings.listen))?;
     let cluster_id = membership.identity.cluster.as_str().to_owned();
     let expires = membership.certificate.not_after;
-    let left = membership
-        .certificate
-        .remaining(time::OffsetDateTime::now_utc());
     tracing::info!(addr = %mesh.listen_addr(), cluster = %cluster_id, peers = ?settings.peers, certificate_expires = %expires, ca_key = membership.holds_ca_key, "Cluster port listening (mutual TLS)");
-    if left < EXPIRY_WARNING {
-        tracing::warn!(certificate_expires = %expires, "this node's cluster certificate expires in {} days: renew it with `palisade cluster renew`", left.as_secs() / 86_400);
-    }
+    args.cluster_metrics
+        .certificate_expiry
+        .set(expires.unix_timestamp());
+    // The expiry alert: at start, then twice a day while it stands.
+    let stop = args.stop.clone();
+    args.tasks.spawn(async move {
+        let mut check = tokio::time::interval(std::time::Duration::from_secs(12 * 3600));
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = check.tick() => {}
+            }
+            let left = expires - time::OffsetDateTime::now_utc();
+            if left < time::Duration::seconds(EXPIRY_WARNING.as_secs() as i64) {
+                tracing::warn!(certificate_expires = %expires, "this node's cluster certificate expires in {} days: renew it with `palisade cluster renew`", left.whole_days());
+            }
+        }
+    });
 
     let (activations, mut queued) = mpsc::unbounded_channel::<(RevisionId, PolicyBundle)>();
     let handle = palisade_cluster::start(
@@ -115,6 +128,7 @@ pub async fn start(prepared: Prepared, args: StartArgs<'_>) -> anyhow::Result<Cl
             digest_interval: settings.digest_interval,
             release: release(),
             version_match: settings.version_match,
+            metrics: args.cluster_metrics.clone(),
         },
         args.store,
         mesh.clone(),

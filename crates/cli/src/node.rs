@@ -485,6 +485,7 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
                     installer: installer.clone(),
                     policy_file: policy_file.clone(),
                     metrics: palisade_peer_link::metrics::MeshMetrics::for_cluster(&mut registry),
+                    cluster_metrics: palisade_cluster::metrics::ClusterMetrics::new(&mut registry),
                     tasks: &tasks,
                     stop: &stop,
                 },

@@ -60,6 +60,16 @@ impl Member {
             .map_or(0, Vec::len)
     }
 
+    /// A sample's value on the node's /metrics (`name{labels}` as printed).
+    fn metric(&self, sample: &str) -> Option<f64> {
+        let output = self
+            .host
+            .run("curl", &["-s", "http://127.0.0.1:4711/metrics"]);
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+    }
+
     fn history(&self) -> Vec<serde_json::Value> {
         let output = self.run(&["policy", "history", "--json"]);
         serde_json::from_slice::<serde_json::Value>(&output.stdout)
@@ -486,6 +496,17 @@ fn saves_on_both_sides_of_a_partition_converge_and_strangers_are_refused() {
             .contains("concurrent policy saves settled")
     });
     assert!(settled, "{}", all_logs(members));
+    let conflicts: f64 = members
+        .iter()
+        .filter_map(|member| member.metric("palisade_cluster_conflicts_total"))
+        .sum();
+    assert!(conflicts >= 1.0, "no conflict counted");
+    assert!(
+        members[0]
+            .metric("palisade_cluster_certificate_expiry_timestamp_seconds")
+            .is_some_and(|at| at > 1.7e9),
+        "certificate expiry not exported"
+    );
 
     // A node of another cluster dials node1: refused, never a peer.
     let stranger = &stranger[0];
@@ -593,6 +614,12 @@ fn clock_skew_is_a_405_and_an_incompatible_release_a_404() {
     };
     assert!(refused("node2").contains("405"), "{status:#}");
     assert!(refused("node3").contains("404"), "{status:#}");
+    for code in ["404", "405"] {
+        let sample = format!("palisade_cluster_replication_refusals_total{{code=\"{code}\"}}");
+        wait_for(&sample, Duration::from_secs(10), &members, || {
+            members[0].metric(&sample).is_some_and(|count| count >= 1.0)
+        });
+    }
 
     // A save on node1 reaches neither (three digest rounds go by).
     members[0].write_policy(&["checked.example"], "node1 alone");

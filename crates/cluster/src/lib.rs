@@ -5,6 +5,7 @@
 //! before anything acts on them.
 
 pub mod join;
+pub mod metrics;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ClusterConfig {
     pub me: NodeId,
     pub priority: NodePriority,
@@ -33,6 +34,7 @@ pub struct ClusterConfig {
     /// This node's release, checked against each peer's at `version_match`.
     pub release: String,
     pub version_match: VersionMatch,
+    pub metrics: metrics::ClusterMetrics,
 }
 
 /// The peer links' authentication for a member: mutual TLS with the cluster's CAs, its
@@ -310,6 +312,7 @@ pub fn start(
         peer_heads: HashMap::new(),
         persisted: Ok(Duration::ZERO),
         tasks: tasks.clone(),
+        metrics: config.metrics.clone(),
     };
     tasks.spawn(driver.run(config.digest_interval, events, saves, queries, stop));
     Ok(ClusterHandle {
@@ -343,6 +346,7 @@ struct Driver {
     persisted: Result<Duration, String>,
     /// Content transfers run here.
     tasks: TaskTracker,
+    metrics: metrics::ClusterMetrics,
 }
 
 impl Driver {
@@ -361,6 +365,7 @@ impl Driver {
                 () = stop.cancelled() => return,
                 _ = tick.tick() => {
                     self.replica.tick();
+                    self.refresh_metrics();
                     // Clocks drift and peers upgrade: the checks are made again every tick.
                     for peer in self.names.keys() {
                         self.send_hello(*peer);
@@ -437,6 +442,15 @@ impl Driver {
         let checked = self.gate.receive(from, &name, hello, now);
         if let Some(refusal) = &checked.new_refusal {
             tracing::warn!("{}", refusal.log_line(now));
+            let code = match refusal.code {
+                palisade_replication::coordinator::FailureCode::VersionMismatch => "404",
+                palisade_replication::coordinator::FailureCode::TimeDifferenceTooHigh => "405",
+                palisade_replication::coordinator::FailureCode::CannotConnect => "301",
+            };
+            self.metrics
+                .refusals
+                .get_or_create(&metrics::CodeLabels { code })
+                .inc();
         }
         if let Some(differ) = &checked.new_settings_differ {
             tracing::warn!(peer = %from, %name, "cluster settings differ from this node's ({differ}): set them alike on every node");
@@ -451,6 +465,44 @@ impl Driver {
                 self.replica.peer_down(from);
             }
             _ => {}
+        }
+    }
+
+    fn refresh_metrics(&self) {
+        let metrics = &self.metrics;
+        metrics.revisions.set(self.replica.history().len() as i64);
+        let head = self.replica.head();
+        metrics
+            .head_time
+            .set(head.map_or(0.0, |head| head.time.ms as f64 / 1e3));
+        let head = head.map(|head| head.id);
+        metrics.clock_difference.clear();
+        metrics.replicating.clear();
+        metrics.in_sync.clear();
+        for (id, name) in &self.names {
+            let labels = metrics::PeerLabels {
+                peer: name.clone(),
+                peer_id: id.to_string(),
+            };
+            let check = self.gate.peers().get(id);
+            if let Some(check) = check {
+                metrics
+                    .clock_difference
+                    .get_or_create(&labels)
+                    .set(check.clock_difference_ms as f64 / 1e3);
+            }
+            metrics
+                .replicating
+                .get_or_create(&labels)
+                .set(i64::from(check.is_some_and(|check| check.admitted())));
+            let in_sync = self
+                .peer_heads
+                .get(id)
+                .is_some_and(|peer_head| *peer_head == head);
+            metrics
+                .in_sync
+                .get_or_create(&labels)
+                .set(i64::from(in_sync));
         }
     }
 
@@ -681,6 +733,7 @@ impl Driver {
                 }
                 ReplicaEvent::HeadReady(head) => self.activate_head(head).await,
                 ReplicaEvent::Settled(settled) => {
+                    self.metrics.conflicts.inc();
                     tracing::warn!(merge = ?settled.merge, winner = ?settled.winner, losers = ?settled.losers, "concurrent policy saves settled by node priority, then time: the losers stay in history");
                 }
                 ReplicaEvent::ClockSkew { from, skew } => {
@@ -698,11 +751,11 @@ impl Driver {
     }
 
     async fn activate_head(&mut self, head: RevisionId) {
-        let Some(content) = self
+        let Some((content, saved_ms)) = self
             .replica
             .history()
             .get(&head)
-            .map(|revision| revision.content)
+            .map(|revision| (revision.content, revision.time.ms))
         else {
             return;
         };
@@ -714,6 +767,10 @@ impl Driver {
             Some(Ok(bundle)) => {
                 (self.activate)(head, bundle);
                 self.active.send_replace(Some(head));
+                self.metrics
+                    .activation_lag
+                    .set(wall_ms().saturating_sub(saved_ms) as f64 / 1e3);
+                self.refresh_metrics();
             }
             Some(Err(error)) => tracing::error!(?head, %error, "policy head not activated"),
             None => tracing::error!(

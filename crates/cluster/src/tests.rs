@@ -62,6 +62,7 @@ async fn node_in(dir: PathBuf, name: &str, local: [u8; 4], peer: SocketAddr) -> 
             digest_interval: Duration::from_millis(500),
             release: "0.1.0".to_owned(),
             version_match: palisade_replication::coordinator::VersionMatch::Minor,
+            metrics: metrics::ClusterMetrics::default(),
         },
         store,
         mesh,
