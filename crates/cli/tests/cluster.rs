@@ -446,6 +446,18 @@ fn saves_on_both_sides_of_a_partition_converge_and_strangers_are_refused() {
         || members[1].active().as_deref() == Some(one.as_str()),
     );
 
+    // node3 cannot reach the others: the seeds' 301, naming the node last seen there.
+    wait_for(
+        "node3 says it cannot connect",
+        Duration::from_secs(15),
+        members,
+        || {
+            let log = members[2].log_text();
+            log.contains("[Coordinator] [NodeRequestFailed] Message '<co_connect>' on node")
+            && log.contains("(node1) failed with error '(301 - 'cannot connect') - \"co_connect: failure 'errno: ")
+            && log.contains("while sending request - last action: connect\"'")
+        },
+    );
     members[2].host.set_link(&lab, true);
     for member in members {
         wait_for(
@@ -522,7 +534,11 @@ fn saves_on_both_sides_of_a_partition_converge_and_strangers_are_refused() {
         "node1 refuses the stranger",
         Duration::from_secs(10),
         members,
-        || members[0].log_text().contains("peer-link peer refused"),
+        || {
+            let log = members[0].log_text();
+            log.contains("peer-link peer refused")
+                && log.contains("failed with error '(306 - 'peer not authenticated')")
+        },
     );
     assert_eq!(members[0].peers(), 2);
     assert_eq!(stranger.peers(), 0);

@@ -309,6 +309,7 @@ pub fn start(
         active: active_tx,
         gate: Gate::new(&config.release, config.max_ahead, config.version_match),
         names: HashMap::new(),
+        addresses: HashMap::new(),
         peer_heads: HashMap::new(),
         persisted: Ok(Duration::ZERO),
         tasks: tasks.clone(),
@@ -340,6 +341,8 @@ struct Driver {
     gate: Gate,
     /// Names of the peers with links up.
     names: HashMap<NodeId, String>,
+    /// The node last seen at each address (for the seeds' line when it stops answering).
+    addresses: HashMap<std::net::IpAddr, (NodeId, String)>,
     /// Each peer's head, from its digests.
     peer_heads: HashMap<NodeId, Option<RevisionId>>,
     /// Commit time of the revisions stored since it was reset, or why one failed.
@@ -374,6 +377,8 @@ impl Driver {
                 event = events.recv() => match event {
                     Ok(MeshEvent::PeerUp(peer)) => {
                         self.names.insert(peer.id, peer.name.as_str().to_owned());
+                        self.addresses
+                            .insert(peer.addr, (peer.id, peer.name.as_str().to_owned()));
                         // Replication starts once its hello passes (links are in order, and
                         // it sends its hello first too).
                         self.send_hello(peer.id);
@@ -397,6 +402,18 @@ impl Driver {
                         Err(error) => tracing::warn!(%from, %error, "replication message refused"),
                     },
                     Ok(MeshEvent::Ha { .. }) => {}
+                    Ok(MeshEvent::Unreachable { addr, errno, error, last_action }) => {
+                        self.unreachable(addr, errno, &error, last_action);
+                    }
+                    Ok(MeshEvent::Refused { remote, error }) => {
+                        let failed = palisade_replication::coordinator::RequestFailed::not_authenticated(
+                            "co_accept",
+                            NodeId::from_bytes([0; 16]),
+                            &remote.to_string(),
+                            &error,
+                        );
+                        tracing::warn!("{}", failed.log_line(wall_ms()));
+                    }
                     // Missed events: the next digests repair whatever they carried.
                     Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => return,
@@ -446,6 +463,7 @@ impl Driver {
                 palisade_replication::coordinator::FailureCode::VersionMismatch => "404",
                 palisade_replication::coordinator::FailureCode::TimeDifferenceTooHigh => "405",
                 palisade_replication::coordinator::FailureCode::CannotConnect => "301",
+                palisade_replication::coordinator::FailureCode::NotAuthenticated => "306",
             };
             self.metrics
                 .refusals
@@ -466,6 +484,43 @@ impl Driver {
             }
             _ => {}
         }
+    }
+
+    /// A configured peer that cannot be reached, in the seeds' words (the node as last seen
+    /// at that address, or the nil id and the address).
+    fn unreachable(
+        &self,
+        addr: std::net::SocketAddr,
+        errno: Option<i32>,
+        error: &str,
+        last_action: &'static str,
+    ) {
+        let (node, name) = self
+            .addresses
+            .get(&addr.ip())
+            .cloned()
+            .unwrap_or_else(|| (NodeId::from_bytes([0; 16]), addr.to_string()));
+        let text = match errno {
+            Some(errno) => {
+                let described = std::io::Error::from_raw_os_error(errno).to_string();
+                let bare = described
+                    .split(" (os error")
+                    .next()
+                    .unwrap_or(&described)
+                    .to_owned();
+                (errno, bare)
+            }
+            None => (0, error.to_owned()),
+        };
+        let failed = palisade_replication::coordinator::RequestFailed::cannot_connect(
+            "co_connect",
+            node,
+            &name,
+            text.0,
+            &text.1,
+            last_action,
+        );
+        tracing::warn!("{}", failed.log_line(wall_ms()));
     }
 
     fn refresh_metrics(&self) {

@@ -89,6 +89,21 @@ pub enum MeshEvent {
         from: NodeId,
         bytes: Vec<u8>,
     },
+    /// A configured peer address could not be reached (at most once per 10 s per address).
+    Unreachable {
+        addr: SocketAddr,
+        /// The OS error number, when the failure was one.
+        errno: Option<i32>,
+        error: String,
+        /// The step that failed: `connect` or `handshake`.
+        last_action: &'static str,
+    },
+    /// A connection was refused during its handshake: no valid certificate, another
+    /// cluster's, a wrong key (at most one event per 10 s for all such refusals).
+    Refused {
+        remote: SocketAddr,
+        error: String,
+    },
 }
 
 /// The answer of [`MeshHandle::confirm_death`].
@@ -141,6 +156,8 @@ enum Internal {
     },
     /// A dial of ours reached the expected peer at this configured address.
     Verified(SocketAddr),
+    /// For the plane's log: an address that did not answer, a peer refused.
+    Event(MeshEvent),
 }
 
 /// Queue slots a bulk sender leaves free, so pings and control messages never wait behind
@@ -360,6 +377,10 @@ async fn accept_loop(listener: TcpListener, shared: Shared) {
                     config.metrics.refused("handshake");
                     if let Some(suppressed) = refused_log.admit() {
                         tracing::warn!(%remote, %error, suppressed, "peer-link peer refused");
+                        let _ = shared.internal.send(Internal::Event(MeshEvent::Refused {
+                            remote,
+                            error: error.to_string(),
+                        }));
                     }
                 }
             }
@@ -369,6 +390,7 @@ async fn accept_loop(listener: TcpListener, shared: Shared) {
 
 async fn dial_loop(peer: SocketAddr, shared: Shared, mut up: watch::Receiver<Vec<Peer>>) {
     let stop = shared.stop.clone();
+    let unreachable_log = LogThrottle::new(Duration::from_secs(10));
     let redial = async {
         // Leaving stops the redialling, never a link in use: its goodbye must go out.
         while !shared.leaving.is_cancelled() {
@@ -387,7 +409,27 @@ async fn dial_loop(peer: SocketAddr, shared: Shared, mut up: watch::Receiver<Vec
             match dial(peer, &shared.config).await {
                 Ok(link) if shared.leaving.is_cancelled() => link.close_with_bye().await,
                 Ok(link) => serve_link(link, &shared, Some(peer)).await,
-                Err(error) => tracing::debug!(%peer, %error, "peer-link dial failed"),
+                Err(error) => {
+                    tracing::debug!(%peer, %error, "peer-link dial failed");
+                    if unreachable_log.admit().is_some() {
+                        let (errno, last_action) = match &error {
+                            LinkError::Io(io) if io.raw_os_error().is_some() => {
+                                (io.raw_os_error(), "connect")
+                            }
+                            // The dial's own deadline: connect did not complete.
+                            LinkError::Timeout => (Some(ETIMEDOUT), "connect"),
+                            _ => (None, "handshake"),
+                        };
+                        let _ = shared
+                            .internal
+                            .send(Internal::Event(MeshEvent::Unreachable {
+                                addr: peer,
+                                errno,
+                                error: error.to_string(),
+                                last_action,
+                            }));
+                    }
+                }
             }
             tokio::select! {
                 () = tokio::time::sleep(REDIAL) => {}
@@ -400,6 +442,9 @@ async fn dial_loop(peer: SocketAddr, shared: Shared, mut up: watch::Receiver<Vec
         () = stop.cancelled() => {}
     }
 }
+
+/// Linux's ETIMEDOUT: the dial's deadline passed before connect completed.
+const ETIMEDOUT: i32 = 110;
 
 /// One pending handshake from an address; dropping it frees the slot.
 struct PendingSlot {
@@ -647,6 +692,7 @@ impl Mesh {
             Internal::Verified(target) => {
                 self.verified.insert(target);
             }
+            Internal::Event(event) => self.emit(event),
             Internal::Received { link_id, message } => {
                 let Some((from, from_id)) = self
                     .link_owner

@@ -21,6 +21,9 @@ pub enum FailureCode {
     VersionMismatch,
     /// `(405 - 'time difference too high')`
     TimeDifferenceTooHigh,
+    /// `(306 - 'peer not authenticated')`: ours, in the seeds' shape (no certificate of the
+    /// cluster's CA, an expired or a removed one).
+    NotAuthenticated,
 }
 
 impl FailureCode {
@@ -29,6 +32,7 @@ impl FailureCode {
             FailureCode::CannotConnect => 301,
             FailureCode::VersionMismatch => 404,
             FailureCode::TimeDifferenceTooHigh => 405,
+            FailureCode::NotAuthenticated => 306,
         }
     }
 
@@ -37,6 +41,7 @@ impl FailureCode {
             FailureCode::CannotConnect => "cannot connect",
             FailureCode::VersionMismatch => "version mismatch",
             FailureCode::TimeDifferenceTooHigh => "time difference too high",
+            FailureCode::NotAuthenticated => "peer not authenticated",
         }
     }
 }
@@ -89,6 +94,26 @@ impl RequestFailed {
             code: FailureCode::CannotConnect,
             detail: format!(
                 "{message}: failure 'errno: {errno} - '{error_text}'' while sending request - last action: {last_action}"
+            ),
+        }
+    }
+}
+
+impl RequestFailed {
+    /// A connection refused in its handshake (TLS or the link's own).
+    pub fn not_authenticated(
+        message: &'static str,
+        node: NodeId,
+        node_name: &str,
+        error: &str,
+    ) -> RequestFailed {
+        RequestFailed {
+            message,
+            node,
+            node_name: node_name.to_owned(),
+            code: FailureCode::NotAuthenticated,
+            detail: format!(
+                "{message}: failure '{error}' while accepting - last action: handshake"
             ),
         }
     }

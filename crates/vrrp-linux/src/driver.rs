@@ -421,7 +421,11 @@ impl Driver {
                 // A new incarnation: the process this node knew is gone.
                 Down::Restarted => PeerEvent::Died { peer: peer.addr },
             },
-            MeshEvent::Ha { .. } | MeshEvent::PeerUp(_) | MeshEvent::Replication { .. } => return,
+            MeshEvent::Ha { .. }
+            | MeshEvent::PeerUp(_)
+            | MeshEvent::Replication { .. }
+            | MeshEvent::Unreachable { .. }
+            | MeshEvent::Refused { .. } => return,
         };
         let now = self.now();
         if let Err(error) = self.router.handle_peer(now, event) {
