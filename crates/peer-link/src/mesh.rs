@@ -1066,7 +1066,11 @@ mod tests {
                     assert_eq!((from, bytes), (a.id, vec![1, 2, 3]));
                     break;
                 }
-                MeshEvent::PeerUp(_) | MeshEvent::Ha { .. } | MeshEvent::PeerDown { .. } => {}
+                MeshEvent::PeerUp(_)
+                | MeshEvent::Ha { .. }
+                | MeshEvent::PeerDown { .. }
+                | MeshEvent::Unreachable { .. }
+                | MeshEvent::Refused { .. } => {}
             }
         }
         let b_addr = IpAddr::from([127, 0, 0, 2]);
@@ -1093,7 +1097,11 @@ mod tests {
                     break;
                 }
                 // A confirmation's link may come and go first.
-                MeshEvent::PeerUp(_) | MeshEvent::Ha { .. } | MeshEvent::Replication { .. } => {}
+                MeshEvent::PeerUp(_)
+                | MeshEvent::Ha { .. }
+                | MeshEvent::Replication { .. }
+                | MeshEvent::Unreachable { .. }
+                | MeshEvent::Refused { .. } => {}
             }
         }
         assert_eq!(a.handle.confirm_death(b_addr).await, Confirmation::Refused);
@@ -1127,7 +1135,11 @@ mod tests {
                     assert_eq!((peer.id, why), (a.id, Down::Left));
                     break;
                 }
-                MeshEvent::PeerUp(_) | MeshEvent::Ha { .. } | MeshEvent::Replication { .. } => {}
+                MeshEvent::PeerUp(_)
+                | MeshEvent::Ha { .. }
+                | MeshEvent::Replication { .. }
+                | MeshEvent::Unreachable { .. }
+                | MeshEvent::Refused { .. } => {}
             }
         }
         // a would redial every 200 ms if it still took links.
