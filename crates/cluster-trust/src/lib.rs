@@ -19,6 +19,7 @@ use time::OffsetDateTime;
 
 pub mod files;
 pub mod join;
+pub mod trust_bundle;
 
 /// The DNS-name suffix of every node certificate.
 const SUFFIX: &str = "palisade";
@@ -117,7 +118,7 @@ impl std::fmt::Display for Fingerprint {
 pub struct ClusterCa {
     pub cluster: ClusterId,
     pub cert_pem: String,
-    key: KeyPair,
+    pub(crate) key: KeyPair,
     cert_der: CertificateDer<'static>,
 }
 
