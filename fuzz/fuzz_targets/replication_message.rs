@@ -9,6 +9,19 @@ use palisade_identity::{NodeId, NodePriority};
 use palisade_replication::coordinator::{Gate, VersionMatch};
 use palisade_replication::{History, HlcTime, Replica, SyncMessage};
 
+/// One CA for the whole run (making one per input would dominate the run).
+fn trust_ca() -> &'static palisade_cluster_trust::ClusterCa {
+    static CA: std::sync::OnceLock<palisade_cluster_trust::ClusterCa> = std::sync::OnceLock::new();
+    CA.get_or_init(|| {
+        palisade_cluster_trust::ClusterCa::create(
+            palisade_cluster_trust::ClusterId::random(),
+            time::OffsetDateTime::now_utc(),
+            Duration::from_secs(86_400),
+        )
+        .unwrap_or_else(|error| panic!("{error}"))
+    })
+}
+
 fuzz_target!(|data: &[u8]| {
     let Ok(message) = SyncMessage::decode(data) else {
         return;
@@ -26,6 +39,18 @@ fuzz_target!(|data: &[u8]| {
         let mut gate = Gate::new("0.1.0", Duration::from_secs(120), VersionMatch::Minor);
         let _ = gate.receive(peer, "peer", hello, 1_800_000_000_000);
         let _ = gate.peers()[&peer].refused.as_ref().map(ToString::to_string);
+    }
+    if let SyncMessage::Trust(bytes) = &message {
+        // Whatever a peer sends as a trust bundle, only a genuine signature gets through.
+        let ca = trust_ca();
+        assert!(
+            palisade_cluster_trust::trust_bundle::SignedTrustBundle::verify(
+                bytes,
+                std::slice::from_ref(&ca.cert_pem)
+            )
+            .is_err(),
+            "a fuzzed trust bundle verified"
+        );
     }
     replica.peer_up(peer);
     replica.handle(peer, message, 1_800_000_000_000);

@@ -78,6 +78,14 @@ pub trait NodeControl: Send + Sync + 'static {
         let _ = which;
         Box::pin(async { Err(not_a_member()) })
     }
+    /// Removes a node from the cluster (on the node that holds the CA key).
+    fn cluster_remove(
+        self: Arc<Self>,
+        node_id: String,
+    ) -> BoxFuture<Result<serde_json::Value, ControlError>> {
+        let _ = node_id;
+        Box::pin(async { Err(not_a_member()) })
+    }
     /// Saves an earlier revision's policy as the new head.
     fn policy_rollback(
         self: Arc<Self>,
@@ -101,6 +109,13 @@ fn not_a_member() -> ControlError {
         "this node is not a cluster member (`palisade cluster init`, or `palisade cluster join`)"
             .to_owned(),
     )
+}
+
+/// The body of `POST /cluster/remove`.
+#[derive(Debug, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterRemove {
+    pub node_id: String,
 }
 
 /// The body of `POST /policy/rollback`.
@@ -151,6 +166,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/drain", post(drain))
         .route("/resume", post(resume))
         .route("/cluster", get(cluster_status))
+        .route("/cluster/remove", post(cluster_remove))
         .route("/policy/history", get(policy_history))
         .route("/policy/revision/{which}", get(policy_revision))
         .route("/policy/rollback", post(policy_rollback))
@@ -326,6 +342,18 @@ async fn resume(
 
 async fn cluster_status(State(state): State<AdminState>) -> Response {
     control_response(state.control.clone().cluster_status().await)
+}
+
+async fn cluster_remove(
+    State(state): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(request): Json<ClusterRemove>,
+) -> Response {
+    if let Some(refused) = refusal(peer, &headers) {
+        return refused;
+    }
+    control_response(state.control.clone().cluster_remove(request.node_id).await)
 }
 
 async fn policy_history(State(state): State<AdminState>) -> Response {

@@ -475,3 +475,29 @@ pub fn rollback(admin: SocketAddr, which: &str, message: Option<String>) -> anyh
     }
     Ok(())
 }
+
+/// `palisade cluster remove NODE_ID` (on the node that holds the CA key).
+pub fn remove(admin: SocketAddr, node_id: &str) -> anyhow::Result<()> {
+    let body = serde_json::json!({ "node_id": node_id });
+    let (code, value) = request(
+        admin,
+        "POST",
+        "/cluster/remove",
+        Some(&body),
+        Duration::from_secs(30),
+    )?;
+    if code != 200 {
+        bail!(
+            "{}",
+            value["error"]
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_owned)
+        );
+    }
+    println!(
+        "node {} removed (trust bundle {}): every member refuses it from now on",
+        value["removed"].as_str().unwrap_or("?"),
+        value["trust_serial"].as_u64().unwrap_or(0)
+    );
+    Ok(())
+}

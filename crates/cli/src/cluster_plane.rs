@@ -57,6 +57,7 @@ pub struct ClusterPlane {
     pub installer: Arc<PolicyInstaller>,
     /// The revision whose policy is live on this node (installed, not only received).
     pub live: tokio::sync::watch::Receiver<Option<RevisionId>>,
+    pub trust: TrustDir,
 }
 
 pub struct StartArgs<'a> {
@@ -77,7 +78,18 @@ pub async fn start(prepared: Prepared, args: StartArgs<'_>) -> anyhow::Result<Cl
     let joins = membership
         .holds_ca_key
         .then(|| palisade_cluster::join::join_handler(trust.clone(), args.tasks.clone()));
-    let auth = palisade_cluster::link_auth(&membership.identity, joins)
+    // Removed nodes, from the trust bundle held here (refused from the first link on).
+    let denied = palisade_cluster::DeniedNodes::default();
+    match trust.trust_bundle() {
+        Ok(Some(signed)) => {
+            *denied
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = signed.bundle.denied;
+        }
+        Ok(None) => {}
+        Err(error) => tracing::error!("cannot read the cluster's trust bundle: {error}"),
+    }
+    let auth = palisade_cluster::link_auth(&membership.identity, joins, denied.clone())
         .context("cannot set up the cluster's TLS")?;
     let settings = args.settings;
     let me = args.local.node_id;
@@ -129,6 +141,8 @@ pub async fn start(prepared: Prepared, args: StartArgs<'_>) -> anyhow::Result<Cl
             release: release(),
             version_match: settings.version_match,
             metrics: args.cluster_metrics.clone(),
+            trust: Some(trust.clone()),
+            denied,
         },
         args.store,
         mesh.clone(),
@@ -166,6 +180,7 @@ pub async fn start(prepared: Prepared, args: StartArgs<'_>) -> anyhow::Result<Cl
         policy_file: args.policy_file,
         installer: args.installer,
         live,
+        trust,
     })
 }
 

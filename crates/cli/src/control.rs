@@ -282,6 +282,45 @@ impl Control {
         }))
     }
 
+    async fn cluster_remove_now(
+        self: Arc<Self>,
+        node_id: String,
+    ) -> Result<serde_json::Value, ControlError> {
+        let cluster = self.cluster()?;
+        let node: palisade_identity::NodeId = node_id.trim().parse().map_err(|_| {
+            ControlError::Invalid(format!(
+                "{node_id:?} is not a node id (`palisade cluster status` lists them)"
+            ))
+        })?;
+        if Some(node.to_string().as_str()) == self.identity["node_id"].as_str() {
+            return Err(ControlError::Invalid(
+                "a node cannot remove itself: remove it from the node that holds the CA key, after moving the CA key elsewhere".to_owned(),
+            ));
+        }
+        let trust = cluster.trust.clone();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|since| since.as_millis() as u64)
+            .unwrap_or(0);
+        let signed = tokio::task::spawn_blocking(move || trust.remove_node(node, now_ms))
+            .await
+            .map_err(|error| ControlError::Failed(error.to_string()))?
+            .map_err(|error| match error {
+                palisade_cluster_trust::files::FilesError::NoCaKey => {
+                    ControlError::Conflict(error.to_string())
+                }
+                other => ControlError::Failed(other.to_string()),
+            })?;
+        let serial = signed.bundle.serial;
+        cluster
+            .handle
+            .publish_trust(signed)
+            .await
+            .map_err(|error| ControlError::Failed(error.to_string()))?;
+        tracing::warn!(%node, serial, "node removed from the cluster");
+        Ok(serde_json::json!({ "removed": node.to_string(), "trust_serial": serial }))
+    }
+
     async fn policy_history_now(self: Arc<Self>) -> Result<serde_json::Value, ControlError> {
         let history = self
             .cluster()?
@@ -490,6 +529,13 @@ impl NodeControl for Control {
         which: String,
     ) -> BoxFuture<Result<serde_json::Value, ControlError>> {
         Box::pin(self.policy_revision_now(which))
+    }
+
+    fn cluster_remove(
+        self: Arc<Self>,
+        node_id: String,
+    ) -> BoxFuture<Result<serde_json::Value, ControlError>> {
+        Box::pin(self.cluster_remove_now(node_id))
     }
 
     fn policy_rollback(

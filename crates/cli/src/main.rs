@@ -114,6 +114,14 @@ enum ClusterAction {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Remove a node from the cluster for good: its id goes on the trust bundle (signed by the
+    /// CA, passed to every member) and every member closes its links and refuses it. Run on
+    /// the node that holds the CA key.
+    Remove {
+        node_id: String,
+        #[arg(long, default_value = "127.0.0.1:4711")]
+        admin: std::net::SocketAddr,
+    },
     /// The cluster as this node sees it: head revision, peers, certificate expiry.
     Status {
         #[arg(long, default_value = "127.0.0.1:4711")]
@@ -225,6 +233,7 @@ fn main() -> ExitCode {
                 config,
             } => cluster_cli::join(config, &member, &token),
             ClusterAction::Status { admin, json } => cluster_cli::status(admin, json),
+            ClusterAction::Remove { node_id, admin } => cluster_cli::remove(admin, &node_id),
         },
         Command::Policy { action } => match action {
             PolicyAction::Apply {

@@ -770,3 +770,76 @@ fn a_node_down_during_saves_catches_up_and_a_kill_mid_save_loses_nothing() {
         members[0].log_text()
     );
 }
+
+/// `palisade cluster remove` on the CA holder: the signed trust bundle reaches every member,
+/// which closes its links to the removed node and refuses it from then on, across restarts.
+#[test]
+fn a_removed_node_is_cut_off_and_refused_by_every_member() {
+    if !require_netns("a_removed_node_is_cut_off_and_refused_by_every_member") {
+        return;
+    }
+    let mut lab = Lab::new(&["node1", "node2", "node3"]);
+    let dir = palisade_e2e::node::TempDir::new("palisade-cluster-remove");
+    let members = members(&lab, &dir.0, &["node1", "node2", "node3"]);
+    let pids = form_cluster(&mut lab, &members);
+    let node3 = members[2].cluster_status()["node_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    // Only the CA holder can remove: node2 has no CA key.
+    let refused = members[1].run(&["cluster", "remove", &node3]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("does not hold the cluster CA's key"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let removed = members[0].cli(&["cluster", "remove", &node3]);
+    assert!(removed.contains("removed"), "{removed}");
+    for (member, peers) in members.iter().zip([1, 1, 0]) {
+        wait_for("node3 cut off", Duration::from_secs(15), &members, || {
+            member.peers() == peers
+        });
+    }
+    wait_for(
+        "node2 applied the bundle",
+        Duration::from_secs(5),
+        &members,
+        || {
+            members[1]
+                .log_text()
+                .contains("cluster trust bundle applied")
+        },
+    );
+    wait_for("node3 refused", Duration::from_secs(10), &members, || {
+        members[0]
+            .log_text()
+            .contains("failed with error '(306 - 'peer not authenticated')")
+    });
+
+    // node2 restarts: the stored bundle still keeps node3 out.
+    members[1]
+        .host
+        .run("kill", &["-TERM", &pids[1].to_string()]);
+    wait_for("node2 stopped", Duration::from_secs(10), &members, || {
+        palisade_e2e::ha::is_dead(pids[1])
+    });
+    start(&mut lab, &members[1]);
+    wait_for(
+        "node2 back with node1",
+        Duration::from_secs(15),
+        &members,
+        || members[1].peers() == 1,
+    );
+    wait_for(
+        "node2 refuses node3 after its restart",
+        Duration::from_secs(10),
+        &members,
+        || {
+            members[1]
+                .log_text()
+                .contains("failed with error '(306 - 'peer not authenticated')")
+        },
+    );
+    assert_eq!(members[2].peers(), 0);
+}

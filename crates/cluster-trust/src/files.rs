@@ -20,6 +20,7 @@ use palisade_identity::NodeId;
 use time::OffsetDateTime;
 
 use crate::join::{JoinToken, parse_digest, secret_digest};
+use crate::trust_bundle::{SignedTrustBundle, TrustBundle};
 use crate::{ClusterCa, ClusterId, Fingerprint, NodeCertificate, TlsIdentity, TrustError};
 
 /// A node certificate's lifetime unless the operator asks for another.
@@ -97,7 +98,15 @@ impl TrustDir {
         std::fs::read_to_string(&path).map_err(|error| FilesError::Io { path, error })
     }
 
+    fn write_bytes(&self, name: &str, contents: &[u8]) -> Result<(), FilesError> {
+        self.write_mode(name, contents, false)
+    }
+
     fn write(&self, name: &str, contents: &str, secret: bool) -> Result<(), FilesError> {
+        self.write_mode(name, contents.as_bytes(), secret)
+    }
+
+    fn write_mode(&self, name: &str, contents: &[u8], secret: bool) -> Result<(), FilesError> {
         let path = self.file(name);
         let io = |error| FilesError::Io {
             path: path.clone(),
@@ -115,7 +124,7 @@ impl TrustDir {
             .mode(if secret { 0o600 } else { 0o644 })
             .open(&temporary)
             .map_err(io)?;
-        file.write_all(contents.as_bytes()).map_err(io)?;
+        file.write_all(contents).map_err(io)?;
         file.sync_all().map_err(io)?;
         std::fs::rename(&temporary, &path).map_err(io)?;
         Ok(())
@@ -287,6 +296,48 @@ impl TrustDir {
         self.write_tokens(&tokens)
     }
 
+    /// The trust bundle this node holds, checked against its CAs (`None`: none yet).
+    pub fn trust_bundle(&self) -> Result<Option<SignedTrustBundle>, FilesError> {
+        let path = self.file("trust-bundle");
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(FilesError::Io { path, error }),
+        };
+        SignedTrustBundle::verify(&bytes, &self.trusted_cas()?)
+            .map(Some)
+            .map_err(self.trust_error("trust-bundle"))
+    }
+
+    /// Keeps `signed` if it is newer than the bundle held; returns whether it was.
+    pub fn offer_trust_bundle(&self, signed: &SignedTrustBundle) -> Result<bool, FilesError> {
+        let held = self.trust_bundle()?.map_or(0, |held| held.bundle.serial);
+        if signed.bundle.serial <= held {
+            return Ok(false);
+        }
+        self.write_bytes("trust-bundle", &signed.to_wire())?;
+        Ok(true)
+    }
+
+    /// Removes `node` from the cluster: a new trust bundle naming it, signed with the CA key
+    /// held here.
+    pub fn remove_node(&self, node: NodeId, now_ms: u64) -> Result<SignedTrustBundle, FilesError> {
+        let ca = self.ca()?.ok_or(FilesError::NoCaKey)?;
+        let mut bundle = match self.trust_bundle()? {
+            Some(held) => held.bundle,
+            None => TrustBundle {
+                cas: self.trusted_cas()?,
+                ..TrustBundle::default()
+            },
+        };
+        bundle.serial += 1;
+        bundle.issued_ms = now_ms;
+        bundle.denied.insert(node);
+        let signed = bundle.sign(&ca).map_err(self.trust_error("trust-bundle"))?;
+        self.write_bytes("trust-bundle", &signed.to_wire())?;
+        Ok(signed)
+    }
+
     /// Stores what a join brought: the cluster, its CAs, this node's key and certificate.
     pub fn install(
         &self,
@@ -412,6 +463,47 @@ mod tests {
             .unwrap_or(0);
         assert_eq!(mode, 0o600);
         for dir in [holder.path(), joiner.path()] {
+            let _ = std::fs::remove_dir_all(dir.parent().unwrap_or(dir));
+        }
+    }
+
+    #[test]
+    fn removing_a_node_signs_a_newer_bundle_that_members_keep() {
+        let now = OffsetDateTime::now_utc();
+        let holder = TrustDir::of_data_dir(&dir("remove-holder"));
+        holder
+            .init(NodeId::random(), now)
+            .unwrap_or_else(|error| panic!("{error}"));
+        let gone = NodeId::random();
+        let first = holder
+            .remove_node(gone, 1)
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(first.bundle.serial, 1);
+        assert!(first.bundle.denied.contains(&gone));
+        let member = TrustDir::of_data_dir(&dir("remove-member"));
+        member
+            .install(
+                &holder
+                    .cluster_id()
+                    .unwrap_or_else(|error| panic!("{error}")),
+                &holder.trusted_cas().unwrap_or_default(),
+                "key",
+                "cert",
+            )
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(member.offer_trust_bundle(&first).ok(), Some(true));
+        assert_eq!(
+            member.offer_trust_bundle(&first).ok(),
+            Some(false),
+            "not newer"
+        );
+        let held = member.trust_bundle().ok().flatten().map(|held| held.bundle);
+        assert_eq!(held, Some(first.bundle.clone()));
+        assert!(matches!(
+            member.remove_node(gone, 2),
+            Err(FilesError::NoCaKey)
+        ));
+        for dir in [holder.path(), member.path()] {
             let _ = std::fs::remove_dir_all(dir.parent().unwrap_or(dir));
         }
     }

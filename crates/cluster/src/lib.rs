@@ -35,13 +35,22 @@ pub struct ClusterConfig {
     pub release: String,
     pub version_match: VersionMatch,
     pub metrics: metrics::ClusterMetrics,
+    /// Where the trust bundle is kept (`None`: no trust bundle handling, as in tests).
+    pub trust: Option<palisade_cluster_trust::files::TrustDir>,
+    /// The removed nodes the links refuse; the trust bundle updates it.
+    pub denied: DeniedNodes,
 }
 
+/// Node ids removed from the cluster (`palisade cluster remove`): no link with them.
+pub type DeniedNodes = Arc<std::sync::RwLock<std::collections::BTreeSet<NodeId>>>;
+
 /// The peer links' authentication for a member: mutual TLS with the cluster's CAs, its
-/// certificate naming its node; `joins` serves nodes joining with a token (the CA holder).
+/// certificate naming its node, which must not be a removed one; `joins` serves nodes
+/// joining with a token (the CA holder).
 pub fn link_auth(
     identity: &palisade_cluster_trust::TlsIdentity,
     joins: Option<palisade_peer_link::JoinHandler>,
+    denied: DeniedNodes,
 ) -> Result<palisade_peer_link::LinkAuth, palisade_cluster_trust::TrustError> {
     let server = identity.server_config(joins.is_some())?;
     let client = identity.client_config()?;
@@ -59,9 +68,14 @@ pub fn link_auth(
             connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
             server_name,
             node_of: Arc::new(move |der| {
-                palisade_cluster_trust::NodeCertificate::read(der, &cluster)
-                    .ok()
-                    .map(|read| read.node)
+                let node = palisade_cluster_trust::NodeCertificate::read(der, &cluster)
+                    .ok()?
+                    .node;
+                let removed = denied
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .contains(&node);
+                (!removed).then_some(node)
             }),
             joins,
         },
@@ -164,6 +178,8 @@ enum Query {
     Status(oneshot::Sender<ClusterStatus>),
     /// Newest first.
     History(oneshot::Sender<Vec<RevisionSummary>>),
+    /// A newer trust bundle made here (`cluster remove`): apply it and pass it on.
+    Trust(palisade_cluster_trust::trust_bundle::SignedTrustBundle),
     /// A revision (by id or unique prefix, or the head) and its bundle.
     Bundle(
         String,
@@ -244,6 +260,17 @@ impl ClusterHandle {
             .map_err(|_| ClusterError::Stopped.to_string())?
     }
 
+    /// Applies a trust bundle made on this node and passes it to every peer.
+    pub async fn publish_trust(
+        &self,
+        signed: palisade_cluster_trust::trust_bundle::SignedTrustBundle,
+    ) -> Result<(), ClusterError> {
+        self.queries
+            .send(Query::Trust(signed))
+            .await
+            .map_err(|_| ClusterError::Stopped)
+    }
+
     /// The revision whose bundle was last activated.
     pub fn active(&self) -> watch::Receiver<Option<RevisionId>> {
         self.active.clone()
@@ -314,6 +341,8 @@ pub fn start(
         persisted: Ok(Duration::ZERO),
         tasks: tasks.clone(),
         metrics: config.metrics.clone(),
+        trust: config.trust.clone(),
+        denied: config.denied.clone(),
     };
     tasks.spawn(driver.run(config.digest_interval, events, saves, queries, stop));
     Ok(ClusterHandle {
@@ -350,6 +379,8 @@ struct Driver {
     /// Content transfers run here.
     tasks: TaskTracker,
     metrics: metrics::ClusterMetrics,
+    trust: Option<palisade_cluster_trust::files::TrustDir>,
+    denied: DeniedNodes,
 }
 
 impl Driver {
@@ -391,6 +422,9 @@ impl Driver {
                     }
                     Ok(MeshEvent::Replication { from, bytes }) => match SyncMessage::decode(&bytes) {
                         Ok(SyncMessage::Hello(hello)) => self.hello(from, &hello),
+                        Ok(SyncMessage::Trust(bytes)) if self.gate.admitted(from) => {
+                            self.received_trust(from, bytes).await;
+                        }
                         Ok(message) if self.gate.admitted(from) => {
                             if let SyncMessage::Digest { head, .. } = &message {
                                 self.peer_heads.insert(from, *head);
@@ -477,6 +511,7 @@ impl Driver {
             (false, true) => {
                 tracing::info!(peer = %from, %name, release = %hello.release, "replicating with peer");
                 self.replica.peer_up(from);
+                self.send_trust(Some(from));
             }
             (true, false) => {
                 self.peer_heads.remove(&from);
@@ -589,8 +624,87 @@ impl Driver {
         }
     }
 
+    /// Sends the trust bundle held here to `to`, or to every replicating peer.
+    fn send_trust(&self, to: Option<NodeId>) {
+        let Some(trust) = &self.trust else {
+            return;
+        };
+        let Ok(Some(signed)) = trust.trust_bundle() else {
+            return;
+        };
+        let message = SyncMessage::Trust(signed.to_wire()).encode();
+        let peers: Vec<NodeId> = match to {
+            Some(peer) => vec![peer],
+            None => self
+                .names
+                .keys()
+                .copied()
+                .filter(|peer| self.gate.admitted(*peer))
+                .collect(),
+        };
+        for peer in peers {
+            self.mesh.send_replication(peer, message.clone());
+        }
+    }
+
+    /// A peer's trust bundle: kept and applied if it is signed by a CA this node trusts and
+    /// newer than the one held, then passed on.
+    async fn received_trust(&mut self, from: NodeId, bytes: Vec<u8>) {
+        let Some(trust) = self.trust.clone() else {
+            return;
+        };
+        let checked = tokio::task::spawn_blocking(move || {
+            let cas = trust.trusted_cas().map_err(|error| error.to_string())?;
+            let signed =
+                palisade_cluster_trust::trust_bundle::SignedTrustBundle::verify(&bytes, &cas)
+                    .map_err(|error| error.to_string())?;
+            let newer = trust
+                .offer_trust_bundle(&signed)
+                .map_err(|error| error.to_string())?;
+            Ok::<_, String>(newer.then_some(signed))
+        })
+        .await;
+        match checked {
+            Ok(Ok(Some(signed))) => {
+                self.apply_trust(&signed.bundle, Some(from));
+                self.send_trust(None);
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(error)) => tracing::warn!(peer = %from, "trust bundle refused: {error}"),
+            Err(error) => tracing::error!(%error, "trust bundle task failed"),
+        }
+    }
+
+    /// Makes a trust bundle's removals take effect: refused from now on, links cut now.
+    fn apply_trust(
+        &self,
+        bundle: &palisade_cluster_trust::trust_bundle::TrustBundle,
+        from: Option<NodeId>,
+    ) {
+        *self
+            .denied
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = bundle.denied.clone();
+        tracing::warn!(serial = bundle.serial, from = ?from, removed = bundle.denied.len(), "cluster trust bundle applied");
+        if bundle.denied.contains(&self.replica.me()) {
+            tracing::error!(
+                "this node has been removed from the cluster (`palisade cluster remove`): its peers refuse it; it serves alone with its last policy"
+            );
+        }
+        for node in &bundle.denied {
+            if self.names.contains_key(node) {
+                tracing::warn!(%node, "node removed from the cluster: its links are closed");
+                self.mesh.disconnect(*node);
+            }
+        }
+    }
+
     async fn answer(&self, query: Query) {
         match query {
+            Query::Trust(signed) => {
+                self.apply_trust(&signed.bundle, None);
+                self.send_trust(None);
+            }
             Query::Bundle(which, reply) => {
                 let found = self
                     .find(&which)

@@ -63,6 +63,8 @@ async fn node_in(dir: PathBuf, name: &str, local: [u8; 4], peer: SocketAddr) -> 
             release: "0.1.0".to_owned(),
             version_match: palisade_replication::coordinator::VersionMatch::Minor,
             metrics: metrics::ClusterMetrics::default(),
+            trust: None,
+            denied: DeniedNodes::default(),
         },
         store,
         mesh,
@@ -201,7 +203,8 @@ async fn member_mesh(
             listen: SocketAddr::new(local_addr, 0),
             peers,
             local_addr,
-            auth: link_auth(identity, joins).unwrap_or_else(|error| panic!("{error}")),
+            auth: link_auth(identity, joins, DeniedNodes::default())
+                .unwrap_or_else(|error| panic!("{error}")),
             identity: LocalIdentity {
                 node_id: identity.node,
                 incarnation: Incarnation::random(),

@@ -130,6 +130,8 @@ enum Command {
     Replay,
     /// The newest link to a peer, for bulk sends.
     Sender(NodeId, oneshot::Sender<Option<PeerSender>>),
+    /// Close every link to a peer (removed from the cluster).
+    Disconnect(NodeId),
     Broadcast(HaMessage),
     To(IpAddr, HaMessage),
     Replication(NodeId, Vec<u8>),
@@ -233,6 +235,12 @@ impl MeshHandle {
         let (answer, wait) = oneshot::channel();
         self.commands.send(Command::Sender(peer, answer)).ok()?;
         wait.await.ok().flatten()
+    }
+
+    /// Closes every link to the peer with this id (with a goodbye); whether it may link again
+    /// is the authenticator's decision.
+    pub fn disconnect(&self, peer: NodeId) {
+        let _ = self.commands.send(Command::Disconnect(peer));
     }
 
     /// Dials the peer at `addr` once to learn whether the process this node knew is dead.
@@ -894,6 +902,14 @@ impl Mesh {
                     .find(|links| links.peer.addr == addr && !links.links.is_empty())
                 {
                     self.send_on(links, message);
+                }
+            }
+            Command::Disconnect(peer) => {
+                if let Some(links) = self.peers.get(&peer) {
+                    for sender in links.links.values() {
+                        let (done, _) = oneshot::channel();
+                        let _ = sender.try_send(Outgoing::Bye(done));
+                    }
                 }
             }
             Command::Sender(peer, answer) => {

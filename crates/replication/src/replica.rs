@@ -447,8 +447,8 @@ impl Replica {
                     self.outbox.push_back((from, SyncMessage::Revisions(batch)));
                 }
             }
-            // The driver's gate checks hellos before a peer gets here.
-            SyncMessage::Hello(_) => {}
+            // The driver's gate checks hellos, and the cluster plane the trust bundle.
+            SyncMessage::Hello(_) | SyncMessage::Trust(_) => {}
         }
     }
 

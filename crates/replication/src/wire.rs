@@ -43,6 +43,9 @@ pub enum SyncMessage {
         total: u64,
         bytes: Vec<u8>,
     },
+    /// The cluster's trust bundle, signed by its CA (opaque here: the cluster plane checks the
+    /// signature before it believes a byte of it).
+    Trust(Vec<u8>),
     /// Who the sender is and what it runs, sent when a link comes up and on every digest
     /// tick: the checks before replicating (release, clock, the settings that must agree).
     /// Its layout never changes, so nodes of any wire version can read each other's.
@@ -84,6 +87,7 @@ mod kind {
     pub const WANT_CONTENT: u8 = 4;
     pub const CONTENT: u8 = 5;
     pub const NO_CONTENT: u8 = 6;
+    pub const TRUST: u8 = 7;
     /// Fixed layout in every wire version (see [`super::Hello`]).
     pub const HELLO: u8 = 0x80;
 }
@@ -165,6 +169,12 @@ impl SyncMessage {
                 out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
                 out.extend_from_slice(bytes);
             }
+            SyncMessage::Trust(bytes) => {
+                out.push(kind::TRUST);
+                let bytes = &bytes[..bytes.len().min(MAX_MESSAGE_BYTES)];
+                out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+                out.extend_from_slice(bytes);
+            }
             SyncMessage::Hello(hello) => {
                 out[0] = hello.wire_version;
                 out.push(kind::HELLO);
@@ -225,6 +235,13 @@ impl SyncMessage {
                     _ => return Err(WireError::Malformed("head flag")),
                 };
                 SyncMessage::Digest { frontier, head }
+            }
+            kind::TRUST => {
+                let length = u32::from_be_bytes(reader.array()?) as usize;
+                if length > MAX_MESSAGE_BYTES {
+                    return Err(WireError::Malformed("trust bundle too long"));
+                }
+                SyncMessage::Trust(reader.take(length)?.to_vec())
             }
             kind::WANT => SyncMessage::Want(decode_ids(&mut reader, RevisionId)?),
             kind::WANT_CONTENT => SyncMessage::WantContent(decode_ids(&mut reader, ContentId)?),
@@ -474,6 +491,7 @@ mod tests {
                 total: 10,
                 bytes: vec![1, 2, 3],
             },
+            SyncMessage::Trust(vec![9; 100]),
             SyncMessage::Hello(Hello {
                 wire_version: VERSION,
                 release: "0.1.0".to_owned(),
