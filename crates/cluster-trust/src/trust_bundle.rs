@@ -231,7 +231,7 @@ mod tests {
             .unwrap_or_else(|error| panic!("{error}"));
         assert_eq!(read.bundle, bundle);
         assert!(
-            SignedTrustBundle::verify(&wire, &[theirs.cert_pem.clone()]).is_err(),
+            SignedTrustBundle::verify(&wire, std::slice::from_ref(&theirs.cert_pem)).is_err(),
             "another cluster's CA does not vouch for it"
         );
         // A member (no CA key) cannot forge one: signed by another key, claiming our CA.
@@ -241,17 +241,22 @@ mod tests {
         let mut forged_wire = forged.to_wire();
         let signer_at = 4 + forged.bytes.len();
         forged_wire[signer_at..signer_at + 32].copy_from_slice(&ours.fingerprint().0);
-        assert!(SignedTrustBundle::verify(&forged_wire, &[ours.cert_pem.clone()]).is_err());
+        assert!(
+            SignedTrustBundle::verify(&forged_wire, std::slice::from_ref(&ours.cert_pem)).is_err()
+        );
         for index in [5, 30, wire.len() - 3] {
             let mut tampered = wire.clone();
             tampered[index] ^= 1;
             assert!(
-                SignedTrustBundle::verify(&tampered, &[ours.cert_pem.clone()]).is_err(),
+                SignedTrustBundle::verify(&tampered, std::slice::from_ref(&ours.cert_pem)).is_err(),
                 "byte {index}"
             );
         }
         for cut in 0..wire.len() {
-            assert!(SignedTrustBundle::verify(&wire[..cut], &[ours.cert_pem.clone()]).is_err());
+            assert!(
+                SignedTrustBundle::verify(&wire[..cut], std::slice::from_ref(&ours.cert_pem))
+                    .is_err()
+            );
         }
     }
 }
