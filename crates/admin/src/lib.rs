@@ -148,6 +148,9 @@ pub struct PolicyApply {
     /// Who saves (an account, or the operator's user on this node).
     #[serde(default)]
     pub saved_by: String,
+    /// Answer once this many peers run the new revision (or 30 s pass).
+    #[serde(default)]
+    pub wait: u32,
 }
 
 /// What the admin endpoints read from.

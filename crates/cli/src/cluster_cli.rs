@@ -212,6 +212,7 @@ pub fn apply(
     base: Option<String>,
     force: bool,
     message: Option<String>,
+    wait: u32,
 ) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
@@ -230,6 +231,7 @@ pub fn apply(
         force,
         message: message.unwrap_or_default(),
         saved_by,
+        wait,
     })?;
     let base = body["base"].as_str().map(str::to_owned);
     let (code, value) = request(
@@ -274,6 +276,29 @@ pub fn apply(
         value["saved_by"].as_str().unwrap_or("?"),
         value["stored_ms"].as_f64().unwrap_or(0.0),
     );
+    if wait > 0 {
+        let live_on = value["live_on"].as_u64().unwrap_or(0);
+        let cannot: Vec<String> = value["cannot_install"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .filter_map(|why| why.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        println!("live on {live_on} peers");
+        if !cannot.is_empty() {
+            bail!(
+                "saved, but some peers cannot install it and keep their last good policy:\n{}",
+                cannot.join("\n")
+            );
+        }
+        if live_on < u64::from(wait) {
+            bail!(
+                "saved, but live on only {live_on} of the {wait} peers waited for within 30 s (see `palisade cluster status`)"
+            );
+        }
+    }
     Ok(())
 }
 

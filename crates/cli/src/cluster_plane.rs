@@ -155,6 +155,7 @@ pub async fn start(prepared: Prepared, args: StartArgs<'_>) -> anyhow::Result<Cl
     .context("cannot start replication")?;
     // One at a time, in order: a later head is never overwritten by an earlier one.
     let (installer, policy_file) = (args.installer.clone(), args.policy_file.clone());
+    let reporter = handle.clone();
     let stop = args.stop.clone();
     let (live_tx, live) = tokio::sync::watch::channel(None);
     args.tasks.spawn(async move {
@@ -166,9 +167,11 @@ pub async fn start(prepared: Prepared, args: StartArgs<'_>) -> anyhow::Result<Cl
                     None => return,
                 },
             };
-            if activate(&installer, &policy_file, head, bundle).await {
+            let result = activate(&installer, &policy_file, head, bundle).await;
+            if result.is_ok() {
                 live_tx.send_replace(Some(head));
             }
+            let _ = reporter.report_activation(head, result).await;
         }
     });
     Ok(ClusterPlane {
@@ -198,11 +201,11 @@ async fn activate(
     policy_file: &std::path::Path,
     head: RevisionId,
     bundle: PolicyBundle,
-) -> bool {
+) -> Result<(), String> {
     let written = bundle.clone();
-    if installer.install_bundle(bundle, policy_file).await.is_err() {
-        // The installer said why; the last good policy stays live.
-        return false;
+    if let Err(error) = installer.install_bundle(bundle, policy_file).await {
+        // The installer logged it; the last good policy stays live.
+        return Err(format!("{error:#}"));
     }
     // What the apply-to-live benchmark times on every node.
     tracing::info!(revision = %head, "policy revision live");
@@ -217,5 +220,5 @@ async fn activate(
         }
         Err(error) => tracing::error!(%error, "write-back task failed"),
     }
-    true
+    Ok(())
 }

@@ -351,14 +351,62 @@ impl Control {
                 }
             },
         };
-        self.save_bundle(
-            bundle,
-            base,
-            request.force,
-            request.saved_by,
-            &request.message,
-        )
-        .await
+        let mut saved = self
+            .save_bundle(
+                bundle,
+                base,
+                request.force,
+                request.saved_by,
+                &request.message,
+            )
+            .await?;
+        if request.wait > 0
+            && let Some(revision) = saved["revision"].as_str().map(str::to_owned)
+        {
+            let (live_on, cannot) = self.wait_for_peers(&revision, request.wait).await?;
+            saved["live_on"] = live_on.into();
+            saved["cannot_install"] = cannot.into();
+        }
+        Ok(saved)
+    }
+
+    /// Waits up to 30 s until `count` peers say they run `revision`, or one says it cannot;
+    /// returns how many run it and the refusals.
+    async fn wait_for_peers(
+        &self,
+        revision: &str,
+        count: u32,
+    ) -> Result<(usize, Vec<String>), ControlError> {
+        let cluster = self.cluster()?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = cluster
+                .handle
+                .status()
+                .await
+                .map_err(|error| ControlError::Failed(error.to_string()))?;
+            let live_on = status
+                .peers
+                .iter()
+                .filter(|peer| peer.live.as_deref() == Some(revision))
+                .count();
+            let cannot: Vec<String> = status
+                .peers
+                .iter()
+                .filter_map(|peer| {
+                    let why = peer.cannot_install.as_ref()?;
+                    why.starts_with(revision)
+                        .then(|| format!("{}: {}", peer.name, &why[revision.len()..]))
+                })
+                .collect();
+            if live_on >= count as usize
+                || !cannot.is_empty()
+                || tokio::time::Instant::now() >= deadline
+            {
+                return Ok((live_on, cannot));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Checks a bundle (portable, compiles here) and saves it on top of `base`; saving what

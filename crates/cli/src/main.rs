@@ -147,6 +147,10 @@ enum PolicyAction {
         /// Why: kept in the history with who saved it.
         #[arg(long, short)]
         message: Option<String>,
+        /// Return once this many peers run the new revision (at most 30 s); fail if fewer
+        /// do, or if one cannot install it.
+        #[arg(long, default_value_t = 0)]
+        wait: u32,
         #[arg(long, default_value = "127.0.0.1:4711")]
         admin: std::net::SocketAddr,
     },
@@ -241,8 +245,9 @@ fn main() -> ExitCode {
                 base,
                 force,
                 message,
+                wait,
                 admin,
-            } => cluster_cli::apply(admin, &file, base, force, message),
+            } => cluster_cli::apply(admin, &file, base, force, message, wait),
             PolicyAction::History { admin, json } => cluster_cli::history(admin, json),
             PolicyAction::Get {
                 revision,

@@ -271,8 +271,27 @@ fn a_policy_saved_on_any_node_is_live_on_every_node() {
     let members = members(&lab, &dir.0, &["node1", "node2", "node3"]);
     form_cluster(&mut lab, &members);
     members[1].write_policy(&["blocked.example"], "saved on node2");
-    let output = apply(&members[1], "block blocked.example");
+    // --wait 2: the command returns once both other nodes run it.
+    let output = members[1].run(&[
+        "policy",
+        "apply",
+        &members[1].policy.display().to_string(),
+        "-m",
+        "block blocked.example",
+        "--wait",
+        "2",
+    ]);
     let revision = applied_revision(&output, &members);
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("live on 2 peers"),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let node2 = members[1].cluster_status();
+    let live_everywhere = node2["peers"].as_array().is_some_and(|peers| {
+        peers.len() == 2 && peers.iter().all(|peer| peer["live"] == revision.as_str())
+    });
+    assert!(live_everywhere, "{node2:#}");
     for member in &members {
         wait_for(
             &format!("{} runs {revision}", member.host.name),

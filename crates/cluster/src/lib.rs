@@ -170,6 +170,10 @@ pub struct PeerReplication {
     pub settings_differ: Option<String>,
     /// Its head, from its last digest.
     pub head: Option<String>,
+    /// The revision live there, as it last said.
+    pub live: Option<String>,
+    /// The last revision it could not install, and why.
+    pub cannot_install: Option<String>,
     /// Same head as this node.
     pub in_sync: bool,
 }
@@ -178,6 +182,8 @@ enum Query {
     Status(oneshot::Sender<ClusterStatus>),
     /// Newest first.
     History(oneshot::Sender<Vec<RevisionSummary>>),
+    /// This node installed a head (`Ok`) or could not (`Err(why)`): told to every peer.
+    Activated(RevisionId, Result<(), String>),
     /// A newer trust bundle made here (`cluster remove`): apply it and pass it on.
     Trust(palisade_cluster_trust::trust_bundle::SignedTrustBundle),
     /// A revision (by id or unique prefix, or the head) and its bundle.
@@ -258,6 +264,19 @@ impl ClusterHandle {
         answer
             .await
             .map_err(|_| ClusterError::Stopped.to_string())?
+    }
+
+    /// Reports whether this node installed `head`, so every peer knows (and a save's author
+    /// can wait for it, or see why a node refused it).
+    pub async fn report_activation(
+        &self,
+        head: RevisionId,
+        result: Result<(), String>,
+    ) -> Result<(), ClusterError> {
+        self.queries
+            .send(Query::Activated(head, result))
+            .await
+            .map_err(|_| ClusterError::Stopped)
     }
 
     /// Applies a trust bundle made on this node and passes it to every peer.
@@ -343,6 +362,8 @@ pub fn start(
         metrics: config.metrics.clone(),
         trust: config.trust.clone(),
         denied: config.denied.clone(),
+        activation: (None, None),
+        peer_activation: HashMap::new(),
     };
     tasks.spawn(driver.run(config.digest_interval, events, saves, queries, stop));
     Ok(ClusterHandle {
@@ -381,6 +402,10 @@ struct Driver {
     metrics: metrics::ClusterMetrics,
     trust: Option<palisade_cluster_trust::files::TrustDir>,
     denied: DeniedNodes,
+    /// What this node runs, and the last head it could not install.
+    activation: (Option<RevisionId>, Option<(RevisionId, String)>),
+    /// The same, as each peer last said.
+    peer_activation: HashMap<NodeId, (Option<RevisionId>, Option<(RevisionId, String)>)>,
 }
 
 impl Driver {
@@ -404,6 +429,7 @@ impl Driver {
                     for peer in self.names.keys() {
                         self.send_hello(*peer);
                     }
+                    self.send_activation(None);
                 }
                 event = events.recv() => match event {
                     Ok(MeshEvent::PeerUp(peer)) => {
@@ -417,11 +443,15 @@ impl Driver {
                     Ok(MeshEvent::PeerDown { peer, .. }) => {
                         self.names.remove(&peer.id);
                         self.peer_heads.remove(&peer.id);
+                        self.peer_activation.remove(&peer.id);
                         self.gate.peer_down(peer.id);
                         self.replica.peer_down(peer.id);
                     }
                     Ok(MeshEvent::Replication { from, bytes }) => match SyncMessage::decode(&bytes) {
                         Ok(SyncMessage::Hello(hello)) => self.hello(from, &hello),
+                        Ok(SyncMessage::Activation { active, refused }) if self.gate.admitted(from) => {
+                            self.peer_activated(from, active, refused);
+                        }
                         Ok(SyncMessage::Trust(bytes)) if self.gate.admitted(from) => {
                             self.received_trust(from, bytes).await;
                         }
@@ -512,6 +542,7 @@ impl Driver {
                 tracing::info!(peer = %from, %name, release = %hello.release, "replicating with peer");
                 self.replica.peer_up(from);
                 self.send_trust(Some(from));
+                self.send_activation(Some(from));
             }
             (true, false) => {
                 self.peer_heads.remove(&from);
@@ -624,6 +655,45 @@ impl Driver {
         }
     }
 
+    /// Tells `to`, or every replicating peer, what this node runs.
+    fn send_activation(&self, to: Option<NodeId>) {
+        let (active, refused) = self.activation.clone();
+        let message = SyncMessage::Activation { active, refused }.encode();
+        let peers: Vec<NodeId> = match to {
+            Some(peer) => vec![peer],
+            None => self
+                .names
+                .keys()
+                .copied()
+                .filter(|peer| self.gate.admitted(*peer))
+                .collect(),
+        };
+        for peer in peers {
+            self.mesh.send_replication(peer, message.clone());
+        }
+    }
+
+    /// A peer's report: a refusal it had not reported before is logged here too, so the
+    /// node an operator saved on says which member could not take the policy.
+    fn peer_activated(
+        &mut self,
+        from: NodeId,
+        active: Option<RevisionId>,
+        refused: Option<(RevisionId, String)>,
+    ) {
+        let before = self
+            .peer_activation
+            .get(&from)
+            .and_then(|(_, refused)| refused.as_ref().map(|(id, _)| *id));
+        if let Some((id, why)) = &refused
+            && before != Some(*id)
+        {
+            let name = self.names.get(&from).cloned().unwrap_or_default();
+            tracing::error!(peer = %from, %name, revision = %id, "node {name} cannot install the cluster's policy revision {id:?} and keeps its last good policy: {why}");
+        }
+        self.peer_activation.insert(from, (active, refused));
+    }
+
     /// Sends the trust bundle held here to `to`, or to every replicating peer.
     fn send_trust(&self, to: Option<NodeId>) {
         let Some(trust) = &self.trust else {
@@ -699,8 +769,15 @@ impl Driver {
         }
     }
 
-    async fn answer(&self, query: Query) {
+    async fn answer(&mut self, query: Query) {
         match query {
+            Query::Activated(head, result) => {
+                match result {
+                    Ok(()) => self.activation.0 = Some(head),
+                    Err(why) => self.activation.1 = Some((head, why)),
+                }
+                self.send_activation(None);
+            }
             Query::Trust(signed) => {
                 self.apply_trust(&signed.bundle, None);
                 self.send_trust(None);
@@ -734,6 +811,7 @@ impl Driver {
                     .map(|(id, name)| {
                         let check = checks.get(id);
                         let peer_head = self.peer_heads.get(id).copied().flatten();
+                        let activation = self.peer_activation.get(id);
                         PeerReplication {
                             node_id: id.to_string(),
                             name: name.clone(),
@@ -745,6 +823,12 @@ impl Driver {
                                 .map(ToString::to_string),
                             settings_differ: check.and_then(|check| check.settings_differ.clone()),
                             head: peer_head.map(|id| id.to_string()),
+                            live: activation
+                                .and_then(|(active, _)| *active)
+                                .map(|id| id.to_string()),
+                            cannot_install: activation
+                                .and_then(|(_, refused)| refused.as_ref())
+                                .map(|(id, why)| format!("{id}: {why}")),
                             in_sync: self.peer_heads.contains_key(id) && peer_head == head,
                         }
                     })

@@ -448,7 +448,7 @@ impl Replica {
                 }
             }
             // The driver's gate checks hellos, and the cluster plane the trust bundle.
-            SyncMessage::Hello(_) | SyncMessage::Trust(_) => {}
+            SyncMessage::Hello(_) | SyncMessage::Trust(_) | SyncMessage::Activation { .. } => {}
         }
     }
 

@@ -43,6 +43,12 @@ pub enum SyncMessage {
         total: u64,
         bytes: Vec<u8>,
     },
+    /// What the sender runs: the revision live there, and the last one it could not install
+    /// (with why), so a save's author sees every node's outcome.
+    Activation {
+        active: Option<RevisionId>,
+        refused: Option<(RevisionId, String)>,
+    },
     /// The cluster's trust bundle, signed by its CA (opaque here: the cluster plane checks the
     /// signature before it believes a byte of it).
     Trust(Vec<u8>),
@@ -88,6 +94,7 @@ mod kind {
     pub const CONTENT: u8 = 5;
     pub const NO_CONTENT: u8 = 6;
     pub const TRUST: u8 = 7;
+    pub const ACTIVATION: u8 = 8;
     /// Fixed layout in every wire version (see [`super::Hello`]).
     pub const HELLO: u8 = 0x80;
 }
@@ -169,6 +176,26 @@ impl SyncMessage {
                 out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
                 out.extend_from_slice(bytes);
             }
+            SyncMessage::Activation { active, refused } => {
+                out.push(kind::ACTIVATION);
+                match active {
+                    Some(id) => {
+                        out.push(1);
+                        out.extend_from_slice(&id.0);
+                    }
+                    None => out.push(0),
+                }
+                match refused {
+                    Some((id, why)) => {
+                        out.push(1);
+                        out.extend_from_slice(&id.0);
+                        let why = truncate(why, MAX_MESSAGE);
+                        out.extend_from_slice(&(why.len() as u16).to_be_bytes());
+                        out.extend_from_slice(why.as_bytes());
+                    }
+                    None => out.push(0),
+                }
+            }
             SyncMessage::Trust(bytes) => {
                 out.push(kind::TRUST);
                 let bytes = &bytes[..bytes.len().min(MAX_MESSAGE_BYTES)];
@@ -235,6 +262,22 @@ impl SyncMessage {
                     _ => return Err(WireError::Malformed("head flag")),
                 };
                 SyncMessage::Digest { frontier, head }
+            }
+            kind::ACTIVATION => {
+                let active = match reader.u8()? {
+                    0 => None,
+                    1 => Some(RevisionId(reader.array()?)),
+                    _ => return Err(WireError::Malformed("active flag")),
+                };
+                let refused = match reader.u8()? {
+                    0 => None,
+                    1 => {
+                        let id = RevisionId(reader.array()?);
+                        Some((id, reader.text(MAX_MESSAGE)?))
+                    }
+                    _ => return Err(WireError::Malformed("refused flag")),
+                };
+                SyncMessage::Activation { active, refused }
             }
             kind::TRUST => {
                 let length = u32::from_be_bytes(reader.array()?) as usize;
@@ -492,6 +535,14 @@ mod tests {
                 bytes: vec![1, 2, 3],
             },
             SyncMessage::Trust(vec![9; 100]),
+            SyncMessage::Activation {
+                active: Some(first.id),
+                refused: Some((second.id, "line 3: unknown list".to_owned())),
+            },
+            SyncMessage::Activation {
+                active: None,
+                refused: None,
+            },
             SyncMessage::Hello(Hello {
                 wire_version: VERSION,
                 release: "0.1.0".to_owned(),
