@@ -381,6 +381,9 @@ fn resolve(replica: &mut Replica, id: ContentId, bytes: &[u8]) {
     }
 }
 
+/// The revision a node runs, and the last one it could not install (and why).
+type Activation = (Option<RevisionId>, Option<(RevisionId, String)>);
+
 struct Driver {
     replica: Replica,
     store: Arc<Store>,
@@ -403,9 +406,9 @@ struct Driver {
     trust: Option<palisade_cluster_trust::files::TrustDir>,
     denied: DeniedNodes,
     /// What this node runs, and the last head it could not install.
-    activation: (Option<RevisionId>, Option<(RevisionId, String)>),
+    activation: Activation,
     /// The same, as each peer last said.
-    peer_activation: HashMap<NodeId, (Option<RevisionId>, Option<(RevisionId, String)>)>,
+    peer_activation: HashMap<NodeId, Activation>,
 }
 
 impl Driver {
