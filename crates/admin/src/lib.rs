@@ -78,6 +78,10 @@ pub trait NodeControl: Send + Sync + 'static {
         let _ = which;
         Box::pin(async { Err(not_a_member()) })
     }
+    /// Confirms a save made with a confirmation deadline.
+    fn policy_confirm(self: Arc<Self>) -> BoxFuture<Result<serde_json::Value, ControlError>> {
+        Box::pin(async { Err(not_a_member()) })
+    }
     /// Removes a node from the cluster (on the node that holds the CA key).
     fn cluster_remove(
         self: Arc<Self>,
@@ -151,6 +155,10 @@ pub struct PolicyApply {
     /// Answer once this many peers run the new revision (or 30 s pass).
     #[serde(default)]
     pub wait: u32,
+    /// Roll back automatically unless `POST /policy/confirm` comes within this many seconds
+    /// (Junos' `commit confirmed`); 0: no confirmation needed.
+    #[serde(default)]
+    pub confirm_seconds: u64,
 }
 
 /// What the admin endpoints read from.
@@ -173,6 +181,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/policy/history", get(policy_history))
         .route("/policy/revision/{which}", get(policy_revision))
         .route("/policy/rollback", post(policy_rollback))
+        .route("/policy/confirm", post(policy_confirm))
         .route(
             "/policy/apply",
             // A bundle holds its lists: a 1,000,000-entry list is tens of MiB.
@@ -368,6 +377,22 @@ async fn policy_revision(
     axum::extract::Path(which): axum::extract::Path<String>,
 ) -> Response {
     control_response(state.control.clone().policy_revision(which).await)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfirmRequest {}
+
+async fn policy_confirm(
+    State(state): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(ConfirmRequest {}): Json<ConfirmRequest>,
+) -> Response {
+    if let Some(refused) = refusal(peer, &headers) {
+        return refused;
+    }
+    control_response(state.control.clone().policy_confirm().await)
 }
 
 async fn policy_rollback(

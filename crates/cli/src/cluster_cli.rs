@@ -213,6 +213,7 @@ pub fn apply(
     force: bool,
     message: Option<String>,
     wait: u32,
+    confirm: Option<Duration>,
 ) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
@@ -232,6 +233,7 @@ pub fn apply(
         message: message.unwrap_or_default(),
         saved_by,
         wait,
+        confirm_seconds: confirm.map_or(0, |confirm| confirm.as_secs().max(1)),
     })?;
     let base = body["base"].as_str().map(str::to_owned);
     let (code, value) = request(
@@ -276,6 +278,11 @@ pub fn apply(
         value["saved_by"].as_str().unwrap_or("?"),
         value["stored_ms"].as_f64().unwrap_or(0.0),
     );
+    if let Some(seconds) = value["confirm_within_s"].as_u64() {
+        println!(
+            "rolled back automatically in {seconds} s unless confirmed: `palisade policy confirm`"
+        );
+    }
     if wait > 0 {
         let live_on = value["live_on"].as_u64().unwrap_or(0);
         let cannot: Vec<String> = value["cannot_install"]
@@ -523,6 +530,31 @@ pub fn remove(admin: SocketAddr, node_id: &str) -> anyhow::Result<()> {
         "node {} removed (trust bundle {}): every member refuses it from now on",
         value["removed"].as_str().unwrap_or("?"),
         value["trust_serial"].as_u64().unwrap_or(0)
+    );
+    Ok(())
+}
+
+/// `palisade policy confirm`.
+pub fn confirm(admin: SocketAddr) -> anyhow::Result<()> {
+    let body = serde_json::json!({});
+    let (code, value) = request(
+        admin,
+        "POST",
+        "/policy/confirm",
+        Some(&body),
+        Duration::from_secs(10),
+    )?;
+    if code != 200 {
+        bail!(
+            "{}",
+            value["error"]
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_owned)
+        );
+    }
+    println!(
+        "confirmed revision {}: it stays",
+        value["confirmed"].as_str().unwrap_or("?")
     );
     Ok(())
 }

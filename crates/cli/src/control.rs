@@ -35,6 +35,9 @@ pub struct Control {
     busy: tokio::sync::Mutex<()>,
     /// Central management, when this node is a cluster member.
     cluster: Option<crate::cluster_plane::ClusterPlane>,
+    /// A save waiting for `palisade policy confirm`: its revision, and what cancels the
+    /// automatic rollback.
+    pending_confirm: tokio::sync::Mutex<Option<(String, tokio_util::sync::CancellationToken)>>,
 }
 
 /// Whether a drain survived the last run (the node then starts drained). A drain that
@@ -104,6 +107,7 @@ impl Control {
     ) -> Control {
         Control {
             cluster: None,
+            pending_confirm: tokio::sync::Mutex::new(None),
             node,
             identity,
             policy_revision,
@@ -339,6 +343,26 @@ impl Control {
             document: request.document,
             lists: request.lists,
         };
+        // The revision to return to unless confirmed: the head this save replaces.
+        let before = match request.confirm_seconds {
+            0 => None,
+            _ => {
+                let cluster = self.cluster()?;
+                let head = cluster
+                    .handle
+                    .status()
+                    .await
+                    .map_err(|error| ControlError::Failed(error.to_string()))?
+                    .head
+                    .map(|head| head.id);
+                Some(head.ok_or_else(|| {
+                    ControlError::Invalid(
+                        "--confirm needs a policy to return to: the cluster has none saved yet"
+                            .to_owned(),
+                    )
+                })?)
+            }
+        };
         let base = match (request.force, &request.base) {
             (true, _) => palisade_replication::Base::Head,
             (false, None) => palisade_replication::Base::Revision(None),
@@ -360,6 +384,13 @@ impl Control {
                 &request.message,
             )
             .await?;
+        if let (Some(before), Some(revision)) = (before, saved["revision"].as_str()) {
+            let deadline = Duration::from_secs(request.confirm_seconds);
+            self.clone()
+                .arm_rollback(revision.to_owned(), before, deadline)
+                .await;
+            saved["confirm_within_s"] = request.confirm_seconds.into();
+        }
         if request.wait > 0
             && let Some(revision) = saved["revision"].as_str().map(str::to_owned)
         {
@@ -368,6 +399,79 @@ impl Control {
             saved["cannot_install"] = cannot.into();
         }
         Ok(saved)
+    }
+
+    /// Unless `palisade policy confirm` comes within `deadline`, saves `before`'s policy over
+    /// `revision` (only if `revision` is still the head: a later save is someone's work).
+    async fn arm_rollback(self: Arc<Self>, revision: String, before: String, deadline: Duration) {
+        let cancel = tokio_util::sync::CancellationToken::new();
+        if let Some((_, previous)) = self
+            .pending_confirm
+            .lock()
+            .await
+            .replace((revision.clone(), cancel.clone()))
+        {
+            previous.cancel();
+        }
+        tracing::warn!(%revision, deadline = ?deadline, "policy saved with --confirm: it is rolled back unless `palisade policy confirm` comes in time");
+        tokio::spawn(async move {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(deadline) => {}
+            }
+            {
+                let mut pending = self.pending_confirm.lock().await;
+                if pending
+                    .as_ref()
+                    .is_some_and(|(waiting, _)| *waiting == revision)
+                {
+                    *pending = None;
+                } else {
+                    return;
+                }
+            }
+            let Ok(cluster) = self.cluster() else { return };
+            let head = cluster
+                .handle
+                .status()
+                .await
+                .ok()
+                .and_then(|status| status.head);
+            if head.as_ref().map(|head| head.id.as_str()) != Some(revision.as_str()) {
+                tracing::warn!(%revision, "not confirmed, but the policy changed since: no automatic rollback");
+                return;
+            }
+            let rollback = palisade_admin::PolicyRollback {
+                revision: before.clone(),
+                message: format!(
+                    "automatic rollback: {} not confirmed within {deadline:?}",
+                    &revision[..12]
+                ),
+                saved_by: format!("node {}", self.node),
+            };
+            match self.clone().policy_rollback_now(rollback).await {
+                Ok(_) => {
+                    tracing::warn!(%revision, %before, "not confirmed within {deadline:?}: rolled back")
+                }
+                Err(error) => {
+                    tracing::error!(%revision, "not confirmed, and the rollback failed: {error:?}")
+                }
+            }
+        });
+    }
+
+    async fn policy_confirm_now(self: Arc<Self>) -> Result<serde_json::Value, ControlError> {
+        self.cluster()?;
+        match self.pending_confirm.lock().await.take() {
+            Some((revision, cancel)) => {
+                cancel.cancel();
+                tracing::info!(%revision, "policy confirmed");
+                Ok(serde_json::json!({ "confirmed": revision }))
+            }
+            None => Err(ControlError::Conflict(
+                "no save is waiting for confirmation on this node".to_owned(),
+            )),
+        }
     }
 
     /// Waits up to 30 s until `count` peers say they run `revision`, or one says it cannot;
@@ -584,6 +688,10 @@ impl NodeControl for Control {
         node_id: String,
     ) -> BoxFuture<Result<serde_json::Value, ControlError>> {
         Box::pin(self.cluster_remove_now(node_id))
+    }
+
+    fn policy_confirm(self: Arc<Self>) -> BoxFuture<Result<serde_json::Value, ControlError>> {
+        Box::pin(self.policy_confirm_now())
     }
 
     fn policy_rollback(

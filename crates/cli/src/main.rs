@@ -151,6 +151,16 @@ enum PolicyAction {
         /// do, or if one cannot install it.
         #[arg(long, default_value_t = 0)]
         wait: u32,
+        /// Roll back to the previous revision automatically unless `palisade policy confirm`
+        /// comes within this long (e.g. 5m), as Junos' `commit confirmed`: a change that
+        /// cuts the operator off undoes itself.
+        #[arg(long, value_parser = parse_duration_arg)]
+        confirm: Option<std::time::Duration>,
+        #[arg(long, default_value = "127.0.0.1:4711")]
+        admin: std::net::SocketAddr,
+    },
+    /// Keep the save made with `--confirm` (cancels its automatic rollback).
+    Confirm {
         #[arg(long, default_value = "127.0.0.1:4711")]
         admin: std::net::SocketAddr,
     },
@@ -246,8 +256,10 @@ fn main() -> ExitCode {
                 force,
                 message,
                 wait,
+                confirm,
                 admin,
-            } => cluster_cli::apply(admin, &file, base, force, message, wait),
+            } => cluster_cli::apply(admin, &file, base, force, message, wait, confirm),
+            PolicyAction::Confirm { admin } => cluster_cli::confirm(admin),
             PolicyAction::History { admin, json } => cluster_cli::history(admin, json),
             PolicyAction::Get {
                 revision,

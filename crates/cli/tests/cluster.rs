@@ -424,6 +424,55 @@ fn a_policy_saved_on_any_node_is_live_on_every_node() {
         ),
         "{history:?}"
     );
+
+    // --confirm: unconfirmed, the save undoes itself on every node; confirmed, it stays.
+    wait_for(
+        "node1 wrote back the rollback",
+        Duration::from_secs(10),
+        &members,
+        || {
+            std::fs::read_to_string(&members[0].policy)
+                .is_ok_and(|text| text.starts_with(&format!("# palisade-revision: {rollback}")))
+        },
+    );
+    members[0].write_policy(&["blocked.example", "third.example"], "to be confirmed");
+    let policy_file = members[0].policy.display().to_string();
+    let confirmable = members[0].cli(&["policy", "apply", &policy_file, "--confirm", "1s"]);
+    assert!(confirmable.contains("unless confirmed"), "{confirmable}");
+    wait_for(
+        "rolled back automatically",
+        Duration::from_secs(15),
+        &members,
+        || {
+            members
+                .iter()
+                .all(|member| member.proxy_code("third.example") != "403")
+                && members[1].history()[0]["message"]
+                    .as_str()
+                    .is_some_and(|message| message.contains(": automatic rollback: "))
+        },
+    );
+    wait_for(
+        "node1 wrote back the automatic rollback",
+        Duration::from_secs(10),
+        &members,
+        || {
+            std::fs::read_to_string(&members[0].policy)
+                .is_ok_and(|text| text.contains("# saved on node2"))
+        },
+    );
+    members[0].write_policy(&["blocked.example", "third.example"], "confirmed this time");
+    members[0].cli(&["policy", "apply", &policy_file, "--confirm", "30s"]);
+    let confirmed = members[0].cli(&["policy", "confirm"]);
+    assert!(confirmed.contains("confirmed revision"), "{confirmed}");
+    let again = members[0].run(&["policy", "confirm"]);
+    assert!(!again.status.success(), "nothing left to confirm");
+    assert!(
+        history[0]["message"].as_str().is_some_and(
+            |message| message.starts_with("rollback to ") && message.ends_with(": undo")
+        ),
+        "{history:?}"
+    );
 }
 
 /// A partition with saves on both sides: after healing every node has the same head, a
