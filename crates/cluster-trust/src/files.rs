@@ -209,8 +209,44 @@ impl TrustDir {
         })
     }
 
+    /// Replaces this node's key and certificate (a renewal), crash-safe: both go first into
+    /// one journal file, then each is renamed into place, then the journal goes; a start that
+    /// finds the journal finishes the replacement ([`TrustDir::membership`]).
+    pub fn replace_certificate(&self, key_pem: &str, cert_pem: &str) -> Result<(), FilesError> {
+        self.write("renewal.pem", &format!("{key_pem}{cert_pem}"), true)?;
+        self.finish_renewal()
+    }
+
+    /// Moves a journalled renewal into `node-key.pem` and `node.pem`, if there is one.
+    fn finish_renewal(&self) -> Result<(), FilesError> {
+        let journal = self.file("renewal.pem");
+        let text = match std::fs::read_to_string(&journal) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => {
+                return Err(FilesError::Io {
+                    path: journal,
+                    error,
+                });
+            }
+        };
+        let Some(split) = text.find("-----BEGIN CERTIFICATE-----") else {
+            // Torn before it was whole (the rename makes that impossible, but say so).
+            let _ = std::fs::remove_file(&journal);
+            return Ok(());
+        };
+        let (key_pem, cert_pem) = text.split_at(split);
+        self.write("node-key.pem", key_pem, true)?;
+        self.write("node.pem", cert_pem, false)?;
+        std::fs::remove_file(&journal).map_err(|error| FilesError::Io {
+            path: journal,
+            error,
+        })
+    }
+
     /// Loads this member's TLS identity; the certificate must name `node`.
     pub fn membership(&self, node: NodeId) -> Result<Membership, FilesError> {
+        self.finish_renewal()?;
         let cluster = self.cluster_id()?;
         let cert_pem = self.read("node.pem")?;
         let key_pem = self.read("node-key.pem")?;
@@ -506,6 +542,65 @@ mod tests {
         for dir in [holder.path(), member.path()] {
             let _ = std::fs::remove_dir_all(dir.parent().unwrap_or(dir));
         }
+    }
+
+    #[test]
+    fn a_renewal_replaces_key_and_certificate_and_a_torn_one_finishes_at_start() {
+        let now = OffsetDateTime::now_utc();
+        let node = NodeId::random();
+        let trust = TrustDir::of_data_dir(&dir("renew"));
+        let cluster = trust
+            .init(node, now)
+            .unwrap_or_else(|error| panic!("{error}"));
+        let ca = trust.ca().ok().flatten().unwrap_or_else(|| panic!("CA"));
+        let (key, request) =
+            crate::node_key_and_request(node, &cluster).unwrap_or_else(|error| panic!("{error}"));
+        let (_, cert) = ca
+            .sign(&request, now, NODE_CERT_LIFETIME)
+            .unwrap_or_else(|error| panic!("{error}"));
+        let cas = trust.trusted_cas().unwrap_or_default();
+        assert!(crate::check_own_certificate(&cert, &key, &cas, node, &cluster).is_ok());
+        assert!(
+            crate::check_own_certificate(&cert, &key, &cas, NodeId::random(), &cluster).is_err(),
+            "another node's"
+        );
+        let (other_key, _) =
+            crate::node_key_and_request(node, &cluster).unwrap_or_else(|error| panic!("{error}"));
+        assert!(
+            crate::check_own_certificate(&cert, &other_key, &cas, node, &cluster).is_err(),
+            "not for this key"
+        );
+        let stranger = ClusterCa::create(ClusterId::random(), now, CA_LIFETIME)
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert!(
+            crate::check_own_certificate(&cert, &key, &[stranger.cert_pem], node, &cluster)
+                .is_err(),
+            "not of a trusted CA"
+        );
+        trust
+            .replace_certificate(&key, &cert)
+            .unwrap_or_else(|error| panic!("{error}"));
+        let loaded = trust
+            .membership(node)
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(loaded.identity.cert_pem, cert);
+        assert_eq!(loaded.identity.key_pem, key);
+        // A crash after the journal was written: the next start finishes the job.
+        let (key2, request2) =
+            crate::node_key_and_request(node, &cluster).unwrap_or_else(|error| panic!("{error}"));
+        let (_, cert2) = ca
+            .sign(&request2, now, NODE_CERT_LIFETIME)
+            .unwrap_or_else(|error| panic!("{error}"));
+        trust
+            .write("renewal.pem", &format!("{key2}{cert2}"), true)
+            .unwrap_or_else(|error| panic!("{error}"));
+        let recovered = trust
+            .membership(node)
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(recovered.identity.cert_pem, cert2);
+        assert_eq!(recovered.identity.key_pem, key2);
+        assert!(!trust.path().join("renewal.pem").exists());
+        let _ = std::fs::remove_dir_all(trust.path().parent().unwrap_or(trust.path()));
     }
 
     #[test]

@@ -280,6 +280,46 @@ fn pem_certificate(pem: &str) -> Result<CertificateDer<'static>, TrustError> {
     Ok(CertificateDer::from(parsed.contents))
 }
 
+/// Checks a certificate a node is about to take as its own (a renewal): it chains to one of
+/// `trusted_ca_pems` and is valid now, it names `node` of `cluster`, and it is for `key_pem`.
+pub fn check_own_certificate(
+    cert_pem: &str,
+    key_pem: &str,
+    trusted_ca_pems: &[String],
+    node: NodeId,
+    cluster: &ClusterId,
+) -> Result<NodeCertificate, TrustError> {
+    use rustls::server::danger::ClientCertVerifier;
+    let der = pem_certificate(cert_pem)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for pem in trusted_ca_pems {
+        roots.add(pem_certificate(pem)?)?;
+    }
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()?;
+    verifier.verify_client_cert(&der, &[], rustls::pki_types::UnixTime::now())?;
+    let read = NodeCertificate::read(&der, cluster)?;
+    if read.node != node {
+        return Err(TrustError::NotOurs(format!(
+            "the certificate names node {}, not this node {node}",
+            read.node
+        )));
+    }
+    let key = KeyPair::from_pem(key_pem)?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(&der).map_err(|error| TrustError::Malformed {
+            what: "certificate",
+            detail: error.to_string(),
+        })?;
+    if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+        return Err(TrustError::NotOurs(
+            "the certificate is not for this node's new key".to_owned(),
+        ));
+    }
+    Ok(read)
+}
+
 /// What a certificate says of the node that holds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeCertificate {
