@@ -289,7 +289,6 @@ pub fn check_own_certificate(
     node: NodeId,
     cluster: &ClusterId,
 ) -> Result<NodeCertificate, TrustError> {
-    use rustls::server::danger::ClientCertVerifier;
     let der = pem_certificate(cert_pem)?;
     let mut roots = rustls::RootCertStore::empty();
     for pem in trusted_ca_pems {
