@@ -78,6 +78,10 @@ pub trait NodeControl: Send + Sync + 'static {
         let _ = which;
         Box::pin(async { Err(not_a_member()) })
     }
+    /// Renews this node's cluster certificate.
+    fn cluster_renew(self: Arc<Self>) -> BoxFuture<Result<serde_json::Value, ControlError>> {
+        Box::pin(async { Err(not_a_member()) })
+    }
     /// Confirms a save made with a confirmation deadline.
     fn policy_confirm(self: Arc<Self>) -> BoxFuture<Result<serde_json::Value, ControlError>> {
         Box::pin(async { Err(not_a_member()) })
@@ -178,6 +182,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/resume", post(resume))
         .route("/cluster", get(cluster_status))
         .route("/cluster/remove", post(cluster_remove))
+        .route("/cluster/renew", post(cluster_renew))
         .route("/policy/history", get(policy_history))
         .route("/policy/revision/{which}", get(policy_revision))
         .route("/policy/rollback", post(policy_rollback))
@@ -382,6 +387,18 @@ async fn policy_revision(
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConfirmRequest {}
+
+async fn cluster_renew(
+    State(state): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(ConfirmRequest {}): Json<ConfirmRequest>,
+) -> Response {
+    if let Some(refused) = refusal(peer, &headers) {
+        return refused;
+    }
+    control_response(state.control.clone().cluster_renew().await)
+}
 
 async fn policy_confirm(
     State(state): State<AdminState>,

@@ -558,3 +558,28 @@ pub fn confirm(admin: SocketAddr) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `palisade cluster renew`.
+pub fn renew(admin: SocketAddr) -> anyhow::Result<()> {
+    let body = serde_json::json!({});
+    let (code, value) = request(
+        admin,
+        "POST",
+        "/cluster/renew",
+        Some(&body),
+        Duration::from_secs(30),
+    )?;
+    if code != 200 {
+        bail!(
+            "{}",
+            value["error"]
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_owned)
+        );
+    }
+    println!(
+        "certificate renewed (new key, same node id): expires {}; used from the node's next start",
+        value["expires"].as_str().unwrap_or("?")
+    );
+    Ok(())
+}

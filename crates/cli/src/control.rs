@@ -694,6 +694,18 @@ impl NodeControl for Control {
         Box::pin(self.policy_confirm_now())
     }
 
+    fn cluster_renew(self: Arc<Self>) -> BoxFuture<Result<serde_json::Value, ControlError>> {
+        Box::pin(async move {
+            let expires = self
+                .cluster()?
+                .handle
+                .renew()
+                .await
+                .map_err(ControlError::Failed)?;
+            Ok(serde_json::json!({ "expires": expires }))
+        })
+    }
+
     fn policy_rollback(
         self: Arc<Self>,
         request: palisade_admin::PolicyRollback,

@@ -122,6 +122,13 @@ enum ClusterAction {
         #[arg(long, default_value = "127.0.0.1:4711")]
         admin: std::net::SocketAddr,
     },
+    /// Renew this node's certificate: a new key made here, signed by the node that holds
+    /// the CA key over the authenticated cluster link (or here, if it is this node). Used from
+    /// the node's next start.
+    Renew {
+        #[arg(long, default_value = "127.0.0.1:4711")]
+        admin: std::net::SocketAddr,
+    },
     /// The cluster as this node sees it: head revision, peers, certificate expiry.
     Status {
         #[arg(long, default_value = "127.0.0.1:4711")]
@@ -248,6 +255,7 @@ fn main() -> ExitCode {
             } => cluster_cli::join(config, &member, &token),
             ClusterAction::Status { admin, json } => cluster_cli::status(admin, json),
             ClusterAction::Remove { node_id, admin } => cluster_cli::remove(admin, &node_id),
+            ClusterAction::Renew { admin } => cluster_cli::renew(admin),
         },
         Command::Policy { action } => match action {
             PolicyAction::Apply {

@@ -911,3 +911,52 @@ fn a_removed_node_is_cut_off_and_refused_by_every_member() {
     );
     assert_eq!(members[2].peers(), 0);
 }
+
+/// `palisade cluster renew`: a member's new key is signed by the CA holder over the
+/// authenticated link (the holder signs its own at once); after a restart the member links
+/// with the new certificate.
+#[test]
+fn a_member_renews_its_certificate_through_the_ca_holder() {
+    if !require_netns("a_member_renews_its_certificate_through_the_ca_holder") {
+        return;
+    }
+    let mut lab = Lab::new(&["node1", "node2"]);
+    let dir = palisade_e2e::node::TempDir::new("palisade-cluster-renew");
+    let members = members(&lab, &dir.0, &["node1", "node2"]);
+    let pids = form_cluster(&mut lab, &members);
+    let certificate = |member: &Member| {
+        let data = member
+            .policy
+            .parent()
+            .map(|home| home.join("data/cluster/node.pem"));
+        std::fs::read_to_string(data.unwrap_or_default()).unwrap_or_default()
+    };
+    for member in &members {
+        let before = certificate(member);
+        let renewed = member.cli(&["cluster", "renew"]);
+        assert!(renewed.contains("certificate renewed"), "{renewed}");
+        let after = certificate(member);
+        assert!(after.starts_with("-----BEGIN CERTIFICATE-----") && after != before);
+    }
+    assert!(
+        members[0]
+            .log_text()
+            .contains("certificate renewed for a member"),
+        "{}",
+        members[0].log_text()
+    );
+    // node2 restarts on its new key and certificate, and links again.
+    members[1]
+        .host
+        .run("kill", &["-TERM", &pids[1].to_string()]);
+    wait_for("node2 stopped", Duration::from_secs(10), &members, || {
+        palisade_e2e::ha::is_dead(pids[1])
+    });
+    start(&mut lab, &members[1]);
+    wait_for(
+        "node2 links with its renewed certificate",
+        Duration::from_secs(15),
+        &members,
+        || members[0].peers() == 1 && members[1].peers() == 1,
+    );
+}

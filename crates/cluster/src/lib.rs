@@ -182,6 +182,9 @@ enum Query {
     Status(oneshot::Sender<ClusterStatus>),
     /// Newest first.
     History(oneshot::Sender<Vec<RevisionSummary>>),
+    /// A new certificate for this node: signed here when the CA key is here, else asked of
+    /// the member that holds it; answered with the new expiry.
+    Renew(oneshot::Sender<Result<String, String>>),
     /// This node installed a head (`Ok`) or could not (`Err(why)`): told to every peer.
     Activated(RevisionId, Result<(), String>),
     /// A newer trust bundle made here (`cluster remove`): apply it and pass it on.
@@ -264,6 +267,21 @@ impl ClusterHandle {
         answer
             .await
             .map_err(|_| ClusterError::Stopped.to_string())?
+    }
+
+    /// Renews this node's certificate (new key, same node id); the new one is used from the
+    /// node's next start. Returns its expiry.
+    pub async fn renew(&self) -> Result<String, String> {
+        let (reply, answer) = oneshot::channel();
+        self.queries
+            .send(Query::Renew(reply))
+            .await
+            .map_err(|_| ClusterError::Stopped.to_string())?;
+        match tokio::time::timeout(Duration::from_secs(15), answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ClusterError::Stopped.to_string()),
+            Err(_) => Err("no answer from the member that holds the CA key within 15 s".to_owned()),
+        }
     }
 
     /// Reports whether this node installed `head`, so every peer knows (and a save's author
@@ -364,6 +382,7 @@ pub fn start(
         denied: config.denied.clone(),
         activation: (None, None),
         peer_activation: HashMap::new(),
+        renewal: None,
     };
     tasks.spawn(driver.run(config.digest_interval, events, saves, queries, stop));
     Ok(ClusterHandle {
@@ -409,6 +428,8 @@ struct Driver {
     activation: Activation,
     /// The same, as each peer last said.
     peer_activation: HashMap<NodeId, Activation>,
+    /// A renewal asked of the CA holder: the new key, and who waits for the answer.
+    renewal: Option<(String, oneshot::Sender<Result<String, String>>)>,
 }
 
 impl Driver {
@@ -454,6 +475,12 @@ impl Driver {
                         Ok(SyncMessage::Hello(hello)) => self.hello(from, &hello),
                         Ok(SyncMessage::Activation { active, refused }) if self.gate.admitted(from) => {
                             self.peer_activated(from, active, refused);
+                        }
+                        Ok(SyncMessage::RenewRequest(csr)) if self.gate.admitted(from) => {
+                            self.sign_renewal(from, csr).await;
+                        }
+                        Ok(SyncMessage::RenewResponse(answer)) if self.gate.admitted(from) => {
+                            self.renewed(from, answer).await;
                         }
                         Ok(SyncMessage::Trust(bytes)) if self.gate.admitted(from) => {
                             self.received_trust(from, bytes).await;
@@ -697,6 +724,137 @@ impl Driver {
         self.peer_activation.insert(from, (active, refused));
     }
 
+    /// Starts a renewal of this node's certificate.
+    async fn renew(&mut self, reply: oneshot::Sender<Result<String, String>>) {
+        let Some(trust) = self.trust.clone() else {
+            let _ = reply.send(Err("this node has no cluster trust".to_owned()));
+            return;
+        };
+        let me = self.replica.me();
+        let made = tokio::task::spawn_blocking(move || {
+            let cluster = trust.cluster_id().map_err(|error| error.to_string())?;
+            let (key, request) = palisade_cluster_trust::node_key_and_request(me, &cluster)
+                .map_err(|error| error.to_string())?;
+            // The CA holder signs its own at once.
+            match trust.ca().map_err(|error| error.to_string())? {
+                Some(ca) => {
+                    let (_, cert) = ca
+                        .sign(
+                            &request,
+                            time::OffsetDateTime::now_utc(),
+                            palisade_cluster_trust::files::NODE_CERT_LIFETIME,
+                        )
+                        .map_err(|error| error.to_string())?;
+                    let checked = install_renewal(&trust, me, &key, &cert)?;
+                    Ok(Err(checked))
+                }
+                None => Ok(Ok((key, request))),
+            }
+        })
+        .await
+        .map_err(|error| error.to_string())
+        .and_then(|made| made);
+        match made {
+            Err(error) => {
+                let _ = reply.send(Err(error));
+            }
+            Ok(Err(expires)) => {
+                let _ = reply.send(Ok(expires));
+            }
+            Ok(Ok((key, request))) => {
+                let peers: Vec<NodeId> = self
+                    .names
+                    .keys()
+                    .copied()
+                    .filter(|peer| self.gate.admitted(*peer))
+                    .collect();
+                if peers.is_empty() {
+                    let _ = reply.send(Err(
+                        "no member is linked: the node that holds the CA key must be reachable"
+                            .to_owned(),
+                    ));
+                    return;
+                }
+                // Every member is asked; only the CA holder answers with a certificate.
+                let message = SyncMessage::RenewRequest(request).encode();
+                for peer in peers {
+                    self.mesh.send_replication(peer, message.clone());
+                }
+                self.renewal = Some((key, reply));
+            }
+        }
+    }
+
+    /// A member's renewal request: signed if the CA key is here and the request names the
+    /// member the link authenticated.
+    async fn sign_renewal(&mut self, from: NodeId, csr: String) {
+        let Some(trust) = self.trust.clone() else {
+            return;
+        };
+        let signed = tokio::task::spawn_blocking(move || {
+            let Some(ca) = trust.ca().map_err(|error| error.to_string())? else {
+                return Ok(None);
+            };
+            let (node, cert) = ca
+                .sign(
+                    &csr,
+                    time::OffsetDateTime::now_utc(),
+                    palisade_cluster_trust::files::NODE_CERT_LIFETIME,
+                )
+                .map_err(|error| error.to_string())?;
+            if node != from {
+                return Err(format!(
+                    "the request names node {node}, not the member that sent it"
+                ));
+            }
+            Ok(Some(cert))
+        })
+        .await
+        .map_err(|error| error.to_string())
+        .and_then(|signed| signed);
+        let answer = match signed {
+            Ok(None) => return,
+            Ok(Some(cert)) => {
+                let name = self.names.get(&from).cloned().unwrap_or_default();
+                tracing::warn!(node = %from, %name, "certificate renewed for a member");
+                Ok(cert)
+            }
+            Err(error) => {
+                tracing::warn!(node = %from, "certificate renewal refused: {error}");
+                Err(error)
+            }
+        };
+        self.mesh
+            .send_replication(from, SyncMessage::RenewResponse(answer).encode());
+    }
+
+    /// The CA holder's answer to this node's renewal.
+    async fn renewed(&mut self, from: NodeId, answer: Result<String, String>) {
+        let Some((key, reply)) = self.renewal.take() else {
+            return;
+        };
+        let cert = match answer {
+            Ok(cert) => cert,
+            Err(why) => {
+                let _ = reply.send(Err(format!("the CA holder refused: {why}")));
+                return;
+            }
+        };
+        let Some(trust) = self.trust.clone() else {
+            return;
+        };
+        let me = self.replica.me();
+        let installed =
+            tokio::task::spawn_blocking(move || install_renewal(&trust, me, &key, &cert))
+                .await
+                .map_err(|error| error.to_string())
+                .and_then(|installed| installed);
+        if installed.is_ok() {
+            tracing::warn!(signer = %from, "this node's cluster certificate was renewed: the new one is used from the next start");
+        }
+        let _ = reply.send(installed);
+    }
+
     /// Sends the trust bundle held here to `to`, or to every replicating peer.
     fn send_trust(&self, to: Option<NodeId>) {
         let Some(trust) = &self.trust else {
@@ -774,6 +932,7 @@ impl Driver {
 
     async fn answer(&mut self, query: Query) {
         match query {
+            Query::Renew(reply) => self.renew(reply).await,
             Query::Activated(head, result) => {
                 match result {
                     Ok(()) => self.activation.0 = Some(head),
@@ -1035,6 +1194,23 @@ impl Driver {
             ),
         }
     }
+}
+
+/// Checks a renewed certificate against this node's trust and takes it; returns its expiry.
+fn install_renewal(
+    trust: &palisade_cluster_trust::files::TrustDir,
+    me: NodeId,
+    key: &str,
+    cert: &str,
+) -> Result<String, String> {
+    let cluster = trust.cluster_id().map_err(|error| error.to_string())?;
+    let cas = trust.trusted_cas().map_err(|error| error.to_string())?;
+    let checked = palisade_cluster_trust::check_own_certificate(cert, key, &cas, me, &cluster)
+        .map_err(|error| format!("the renewed certificate is not usable: {error}"))?;
+    trust
+        .replace_certificate(key, cert)
+        .map_err(|error| error.to_string())?;
+    Ok(checked.not_after.to_string())
 }
 
 /// A stored bundle: its manifest and every list it names (`None`: the manifest is not stored).

@@ -448,7 +448,11 @@ impl Replica {
                 }
             }
             // The driver's gate checks hellos, and the cluster plane the trust bundle.
-            SyncMessage::Hello(_) | SyncMessage::Trust(_) | SyncMessage::Activation { .. } => {}
+            SyncMessage::Hello(_)
+            | SyncMessage::Trust(_)
+            | SyncMessage::Activation { .. }
+            | SyncMessage::RenewRequest(_)
+            | SyncMessage::RenewResponse(_) => {}
         }
     }
 

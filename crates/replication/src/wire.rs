@@ -49,6 +49,11 @@ pub enum SyncMessage {
         active: Option<RevisionId>,
         refused: Option<(RevisionId, String)>,
     },
+    /// A member asks the node that holds the CA key to sign a new certificate for it (a
+    /// PEM signing request for its own node id; the link authenticated who asks).
+    RenewRequest(String),
+    /// The signed certificate (PEM), or why not.
+    RenewResponse(Result<String, String>),
     /// The cluster's trust bundle, signed by its CA (opaque here: the cluster plane checks the
     /// signature before it believes a byte of it).
     Trust(Vec<u8>),
@@ -73,6 +78,9 @@ pub struct Hello {
     pub version_match: u8,
 }
 
+/// A signing request's or certificate's PEM length at most.
+pub const MAX_PEM: usize = 16 * 1024;
+
 /// A release string's length at most.
 pub const MAX_RELEASE: usize = 64;
 
@@ -95,6 +103,8 @@ mod kind {
     pub const NO_CONTENT: u8 = 6;
     pub const TRUST: u8 = 7;
     pub const ACTIVATION: u8 = 8;
+    pub const RENEW_REQUEST: u8 = 9;
+    pub const RENEW_RESPONSE: u8 = 10;
     /// Fixed layout in every wire version (see [`super::Hello`]).
     pub const HELLO: u8 = 0x80;
 }
@@ -196,6 +206,22 @@ impl SyncMessage {
                     None => out.push(0),
                 }
             }
+            SyncMessage::RenewRequest(pem) => {
+                out.push(kind::RENEW_REQUEST);
+                let pem = truncate(pem, MAX_PEM);
+                out.extend_from_slice(&(pem.len() as u16).to_be_bytes());
+                out.extend_from_slice(pem.as_bytes());
+            }
+            SyncMessage::RenewResponse(answer) => {
+                out.push(kind::RENEW_RESPONSE);
+                let (flag, text) = match answer {
+                    Ok(pem) => (1, truncate(pem, MAX_PEM)),
+                    Err(why) => (0, truncate(why, MAX_MESSAGE)),
+                };
+                out.push(flag);
+                out.extend_from_slice(&(text.len() as u16).to_be_bytes());
+                out.extend_from_slice(text.as_bytes());
+            }
             SyncMessage::Trust(bytes) => {
                 out.push(kind::TRUST);
                 let bytes = &bytes[..bytes.len().min(MAX_MESSAGE_BYTES)];
@@ -279,6 +305,12 @@ impl SyncMessage {
                 };
                 SyncMessage::Activation { active, refused }
             }
+            kind::RENEW_REQUEST => SyncMessage::RenewRequest(reader.text(MAX_PEM)?),
+            kind::RENEW_RESPONSE => match reader.u8()? {
+                1 => SyncMessage::RenewResponse(Ok(reader.text(MAX_PEM)?)),
+                0 => SyncMessage::RenewResponse(Err(reader.text(MAX_MESSAGE)?)),
+                _ => return Err(WireError::Malformed("renewal flag")),
+            },
             kind::TRUST => {
                 let length = u32::from_be_bytes(reader.array()?) as usize;
                 if length > MAX_MESSAGE_BYTES {
@@ -535,6 +567,9 @@ mod tests {
                 bytes: vec![1, 2, 3],
             },
             SyncMessage::Trust(vec![9; 100]),
+            SyncMessage::RenewRequest("-----BEGIN CERTIFICATE REQUEST-----".to_owned()),
+            SyncMessage::RenewResponse(Ok("-----BEGIN CERTIFICATE-----".to_owned())),
+            SyncMessage::RenewResponse(Err("no CA key here".to_owned())),
             SyncMessage::Activation {
                 active: Some(first.id),
                 refused: Some((second.id, "line 3: unknown list".to_owned())),
