@@ -131,6 +131,15 @@ pub async fn start(prepared: Prepared, args: StartArgs<'_>) -> anyhow::Result<Cl
         }
     });
 
+    // A node that joined this cluster adopts its head: history from any other is archived
+    // (kept in the store, never replicated), not merged into this cluster's.
+    match args.store.adopt_cluster(&cluster_id) {
+        Ok(0) => {}
+        Ok(archived) => {
+            tracing::warn!(cluster = %cluster_id, archived, "this node's policy history from before it joined this cluster is archived; it adopts the cluster's policy")
+        }
+        Err(error) => anyhow::bail!("cannot adopt cluster {cluster_id}'s history: {error}"),
+    }
     let (activations, mut queued) = mpsc::unbounded_channel::<(RevisionId, PolicyBundle)>();
     let handle = palisade_cluster::start(
         ClusterConfig {

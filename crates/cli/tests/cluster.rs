@@ -597,7 +597,7 @@ fn saves_on_both_sides_of_a_partition_converge_and_strangers_are_refused() {
         &stranger.config.display().to_string(),
     ]);
     // Its config lists the three members.
-    start(&mut lab, stranger);
+    let stranger_pid = start(&mut lab, stranger);
     wait_for(
         "node1 refuses the stranger",
         Duration::from_secs(10),
@@ -610,6 +610,49 @@ fn saves_on_both_sides_of_a_partition_converge_and_strangers_are_refused() {
     );
     assert_eq!(members[0].peers(), 2);
     assert_eq!(stranger.peers(), 0);
+
+    // The stranger saves in its own cluster, then leaves it and joins this one: its history
+    // is archived and it adopts this cluster's head (its old policy does not merge in).
+    stranger.write_policy(&["stranger.example"], "the stranger's own cluster");
+    applied_revision(&apply(stranger, "alone"), members);
+    stranger
+        .host
+        .run("kill", &["-TERM", &stranger_pid.to_string()]);
+    wait_for("stranger stopped", Duration::from_secs(10), members, || {
+        palisade_e2e::ha::is_dead(stranger_pid)
+    });
+    let trust = stranger
+        .policy
+        .parent()
+        .map(|home| home.join("data/cluster"))
+        .unwrap_or_default();
+    std::fs::remove_dir_all(&trust).unwrap_or_else(|error| panic!("{error}"));
+    let config = members[0].config.display().to_string();
+    let token = members[0].cli(&["cluster", "token", "--config", &config]);
+    stranger.cli(&[
+        "cluster",
+        "join",
+        &format!("{}:{CLUSTER_PORT}", members[0].host.addr),
+        token.trim(),
+        "--config",
+        &stranger.config.display().to_string(),
+    ]);
+    start(&mut lab, stranger);
+    wait_for(
+        "the former stranger adopts the head",
+        Duration::from_secs(15),
+        members,
+        || stranger.active() == head && members[0].active() == head,
+    );
+    assert!(
+        stranger
+            .log_text()
+            .contains("is archived; it adopts the cluster's policy"),
+        "{}",
+        stranger.log_text()
+    );
+    assert_ne!(stranger.proxy_code("stranger.example"), "403");
+    assert_eq!(stranger.proxy_code("three.example"), "403");
 }
 
 fn start_with_env(lab: &mut Lab, member: &Member, env: &[&str]) -> u32 {

@@ -26,10 +26,15 @@ const NODE_ID: &str = "node_id";
 /// Present while the node is drained; the value is the Unix time of the drain (8 bytes, LE).
 const DRAINED_SINCE: &str = "drained_since";
 const HLC_HIGH_WATER: &str = "hlc_high_water";
+/// The cluster whose history the revisions table holds.
+const CLUSTER_ID: &str = "cluster_id";
 /// Replicated revisions by id, in the replication plane's encoding (opaque here).
 const REVISIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("revisions");
 /// Content-addressed documents (policy bundles, list files) by SHA-256.
 const CONTENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("contents");
+/// Revisions of a cluster this node was in before (kept, never replicated).
+const ARCHIVED_REVISIONS: TableDefinition<&[u8], &[u8]> =
+    TableDefinition::new("archived_revisions");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -126,6 +131,52 @@ impl Store {
                 .insert(HLC_HIGH_WATER, &high_water[..])?;
             Ok(())
         })
+    }
+
+    /// The cluster whose history this store holds, if recorded.
+    pub fn cluster_id(&self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .tables
+            .read(CLUSTER_ID)?
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    /// Makes this store hold `cluster`'s history: revisions kept from another cluster (or
+    /// from before any was recorded) move to the archive, in one transaction, so a node
+    /// that joins a cluster adopts its head instead of merging its old policy into it.
+    /// Returns how many were archived.
+    pub fn adopt_cluster(&self, cluster: &str) -> Result<usize, StoreError> {
+        if self.cluster_id()?.as_deref() == Some(cluster) {
+            return Ok(0);
+        }
+        let mut archived = 0;
+        self.tables.transaction(|write| {
+            let mut revisions = write.open_table(REVISIONS)?;
+            let mut archive = write.open_table(ARCHIVED_REVISIONS)?;
+            let moved: Vec<(Vec<u8>, Vec<u8>)> = revisions
+                .iter()?
+                .map(|entry| {
+                    entry.map(|(key, value)| (key.value().to_vec(), value.value().to_vec()))
+                })
+                .collect::<Result<_, _>>()?;
+            for (key, value) in &moved {
+                archive.insert(key.as_slice(), value.as_slice())?;
+            }
+            revisions.retain(|_, _| false)?;
+            archived = moved.len();
+            write
+                .open_table(NODE)?
+                .insert(CLUSTER_ID, cluster.as_bytes())?;
+            Ok(())
+        })?;
+        Ok(archived)
+    }
+
+    /// Revisions archived from clusters this node was in before (encoded).
+    pub fn archived_revisions(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.tables
+            .all(ARCHIVED_REVISIONS)
+            .map(|entries| entries.into_iter().map(|(_, value)| value).collect())
     }
 
     /// Stores contents that arrived apart from a revision (a bundle's lists, a peer's
@@ -484,6 +535,42 @@ mod tests {
             .set_drained_since(None)
             .unwrap_or_else(|error| panic!("{error}"));
         assert_eq!(open(&dir).drained_since().ok(), Some(None));
+    }
+
+    #[test]
+    fn joining_another_cluster_archives_the_old_history() {
+        let dir = Dir::new("adopt");
+        let store = open(&dir);
+        store
+            .save_revision(&[1; 32], b"old revision", &[], [0; 10])
+            .unwrap_or_else(|error| panic!("{error}"));
+        // Revisions from before any cluster was recorded: archived on the first adoption.
+        assert_eq!(store.adopt_cluster("aaaa").ok(), Some(1));
+        assert_eq!(store.revisions().ok(), Some(Vec::new()));
+        assert_eq!(store.cluster_id().ok().flatten().as_deref(), Some("aaaa"));
+        store
+            .save_revision(&[2; 32], b"in aaaa", &[], [0; 10])
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(
+            store.adopt_cluster("aaaa").ok(),
+            Some(0),
+            "same cluster: kept"
+        );
+        assert_eq!(store.revisions().map(|all| all.len()).ok(), Some(1));
+        drop(store);
+        let store = open(&dir);
+        assert_eq!(
+            store.adopt_cluster("bbbb").ok(),
+            Some(1),
+            "another cluster: archived"
+        );
+        assert_eq!(store.revisions().ok(), Some(Vec::new()));
+        let mut archived = store.archived_revisions().unwrap_or_default();
+        archived.sort();
+        assert_eq!(
+            archived,
+            vec![b"in aaaa".to_vec(), b"old revision".to_vec()]
+        );
     }
 
     #[test]
