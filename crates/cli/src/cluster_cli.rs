@@ -583,3 +583,60 @@ pub fn renew(admin: SocketAddr) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `palisade cluster request --ca CA.pem`: this node's key (kept) and its signing request.
+pub fn request_certificate(config_file: Option<PathBuf>, ca: &Path) -> anyhow::Result<()> {
+    let config = load_config(config_file.as_deref())?;
+    let ca_pem =
+        std::fs::read_to_string(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+    let node = node_id(&config)?;
+    let trust = TrustDir::of_data_dir(&config.data_dir);
+    let request = trust.prepare_request(&ca_pem, node)?;
+    print!("{request}");
+    eprintln!(
+        "signing request for node {node} (its key stays in {}): sign it where the CA key is with `palisade cluster sign`, then `palisade cluster install CERT` here",
+        trust.path().display()
+    );
+    Ok(())
+}
+
+/// `palisade cluster sign REQUEST --ca-cert F --ca-key F`: for a CA kept off the nodes.
+pub fn sign(request: &Path, ca_cert: &Path, ca_key: &Path) -> anyhow::Result<()> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let (request, cert_pem, key_pem) = (read(request)?, read(ca_cert)?, read(ca_key)?);
+    let cluster = palisade_cluster_trust::ClusterCa::cluster_of(&cert_pem)?;
+    let ca = palisade_cluster_trust::ClusterCa::from_pem(cluster, &cert_pem, &key_pem)?;
+    anyhow::ensure!(
+        ca.key_matches(),
+        "{} is not the key of {}",
+        ca_key.display(),
+        ca_cert.display()
+    );
+    let (node, certificate) = ca.sign(
+        &request,
+        time::OffsetDateTime::now_utc(),
+        palisade_cluster_trust::files::NODE_CERT_LIFETIME,
+    )?;
+    print!("{certificate}");
+    eprintln!("signed a certificate for node {node}");
+    Ok(())
+}
+
+/// `palisade cluster install CERT`: takes the certificate signed for this node's request.
+pub fn install(config_file: Option<PathBuf>, certificate: &Path) -> anyhow::Result<()> {
+    let config = load_config(config_file.as_deref())?;
+    let cert_pem = std::fs::read_to_string(certificate)
+        .with_context(|| format!("cannot read {}", certificate.display()))?;
+    let node = node_id(&config)?;
+    let trust = TrustDir::of_data_dir(&config.data_dir);
+    let checked = trust.install_signed(node, &cert_pem)?;
+    println!(
+        "node {node} is a member of cluster {} (certificate expires {}); {}",
+        trust.cluster_id()?.as_str(),
+        checked.not_after,
+        restart_hint(&config)
+    );
+    Ok(())
+}

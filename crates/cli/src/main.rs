@@ -122,6 +122,29 @@ enum ClusterAction {
         #[arg(long, default_value = "127.0.0.1:4711")]
         admin: std::net::SocketAddr,
     },
+    /// For a CA kept off the nodes: make this node's key (kept here) and print a signing
+    /// request for the cluster of CA (the CA certificate, PEM).
+    Request {
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Sign a node's request with a CA kept off the nodes (run where the CA key is); prints
+    /// the certificate.
+    Sign {
+        request: PathBuf,
+        #[arg(long)]
+        ca_cert: PathBuf,
+        #[arg(long)]
+        ca_key: PathBuf,
+    },
+    /// Take the certificate signed for this node's request: this node is then a member.
+    Install {
+        certificate: PathBuf,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Renew this node's certificate: a new key made here, signed by the node that holds
     /// the CA key over the authenticated cluster link (or here, if it is this node). Used from
     /// the node's next start.
@@ -256,6 +279,16 @@ fn main() -> ExitCode {
             ClusterAction::Status { admin, json } => cluster_cli::status(admin, json),
             ClusterAction::Remove { node_id, admin } => cluster_cli::remove(admin, &node_id),
             ClusterAction::Renew { admin } => cluster_cli::renew(admin),
+            ClusterAction::Request { ca, config } => cluster_cli::request_certificate(config, &ca),
+            ClusterAction::Sign {
+                request,
+                ca_cert,
+                ca_key,
+            } => cluster_cli::sign(&request, &ca_cert, &ca_key),
+            ClusterAction::Install {
+                certificate,
+                config,
+            } => cluster_cli::install(config, &certificate),
         },
         Command::Policy { action } => match action {
             PolicyAction::Apply {

@@ -1003,3 +1003,73 @@ fn a_member_renews_its_certificate_through_the_ca_holder() {
         || members[0].peers() == 1 && members[1].peers() == 1,
     );
 }
+
+/// A CA kept off the nodes: after `cluster init` the key is moved away; a new node makes
+/// its key and a request, the operator signs it where the key is (`cluster sign`), the node
+/// installs the certificate and links; no node can make tokens any more.
+#[test]
+fn a_node_joins_through_a_ca_kept_offline() {
+    if !require_netns("a_node_joins_through_a_ca_kept_offline") {
+        return;
+    }
+    let mut lab = Lab::new(&["node1", "node2"]);
+    let dir = palisade_e2e::node::TempDir::new("palisade-cluster-offline");
+    let members = members(&lab, &dir.0, &["node1", "node2"]);
+    let config = |member: &Member| member.config.display().to_string();
+    members[0].cli(&["cluster", "init", "--config", &config(&members[0])]);
+    let trust = members[0]
+        .policy
+        .parent()
+        .map(|home| home.join("data/cluster"))
+        .unwrap_or_default();
+    let offline = dir.0.join("offline");
+    std::fs::create_dir_all(&offline).unwrap_or_else(|error| panic!("{error}"));
+    std::fs::rename(trust.join("ca-key.pem"), offline.join("ca-key.pem"))
+        .unwrap_or_else(|error| panic!("{error}"));
+    std::fs::copy(trust.join("ca.pem"), offline.join("ca.pem"))
+        .unwrap_or_else(|error| panic!("{error}"));
+    let token = members[0].run(&["cluster", "token", "--config", &config(&members[0])]);
+    assert!(!token.status.success(), "no CA key on the node: no tokens");
+    start(&mut lab, &members[0]);
+
+    let request = members[1].cli(&[
+        "cluster",
+        "request",
+        "--ca",
+        &offline.join("ca.pem").display().to_string(),
+        "--config",
+        &config(&members[1]),
+    ]);
+    std::fs::write(offline.join("node2.csr"), &request).unwrap_or_else(|error| panic!("{error}"));
+    let signed = std::process::Command::new(BIN)
+        .args([
+            "cluster",
+            "sign",
+            &offline.join("node2.csr").display().to_string(),
+            "--ca-cert",
+            &offline.join("ca.pem").display().to_string(),
+            "--ca-key",
+            &offline.join("ca-key.pem").display().to_string(),
+        ])
+        .output()
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert!(
+        signed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
+    std::fs::write(offline.join("node2.pem"), &signed.stdout)
+        .unwrap_or_else(|error| panic!("{error}"));
+    let installed = members[1].cli(&[
+        "cluster",
+        "install",
+        &offline.join("node2.pem").display().to_string(),
+        "--config",
+        &config(&members[1]),
+    ]);
+    assert!(installed.contains("is a member of cluster"), "{installed}");
+    start(&mut lab, &members[1]);
+    wait_for("node2 links", Duration::from_secs(15), &members, || {
+        members[0].peers() == 1 && members[1].peers() == 1
+    });
+}

@@ -374,6 +374,47 @@ impl TrustDir {
         Ok(signed)
     }
 
+    /// For a CA kept offline: this node's key (kept here) and a signing request for the
+    /// cluster of `ca_pem`, to be signed with `palisade cluster sign` where the CA key is.
+    pub fn prepare_request(&self, ca_pem: &str, node: NodeId) -> Result<String, FilesError> {
+        if self.is_member() {
+            let cluster = self.cluster_id().map(|id| id.as_str().to_owned());
+            return Err(FilesError::AlreadyMember(
+                cluster.unwrap_or_else(|_| "?".to_owned()),
+                self.dir.clone(),
+            ));
+        }
+        let cluster = ClusterCa::cluster_of(ca_pem).map_err(self.trust_error("ca.pem"))?;
+        let (key_pem, request) = crate::node_key_and_request(node, &cluster)
+            .map_err(self.trust_error("request-key.pem"))?;
+        self.write("ca.pem", ca_pem, false)?;
+        self.write("cluster-id", &format!("{}\n", cluster.as_str()), false)?;
+        self.write("request-key.pem", &key_pem, true)?;
+        Ok(request)
+    }
+
+    /// Takes the certificate signed for [`TrustDir::prepare_request`]'s request: checked
+    /// (trusted CA, this node, the key kept here), then installed; this node is a member.
+    pub fn install_signed(
+        &self,
+        node: NodeId,
+        cert_pem: &str,
+    ) -> Result<NodeCertificate, FilesError> {
+        let key_pem = self.read("request-key.pem")?;
+        let cluster = self.cluster_id()?;
+        let checked =
+            crate::check_own_certificate(cert_pem, &key_pem, &self.trusted_cas()?, node, &cluster)
+                .map_err(self.trust_error("node.pem"))?;
+        self.write("node-key.pem", &key_pem, true)?;
+        self.write("node.pem", cert_pem, false)?;
+        let key_path = self.file("request-key.pem");
+        std::fs::remove_file(&key_path).map_err(|error| FilesError::Io {
+            path: key_path,
+            error,
+        })?;
+        Ok(checked)
+    }
+
     /// Stores what a join brought: the cluster, its CAs, this node's key and certificate.
     pub fn install(
         &self,
@@ -600,6 +641,37 @@ mod tests {
         assert_eq!(recovered.identity.cert_pem, cert2);
         assert_eq!(recovered.identity.key_pem, key2);
         assert!(!trust.path().join("renewal.pem").exists());
+        let _ = std::fs::remove_dir_all(trust.path().parent().unwrap_or(trust.path()));
+    }
+
+    #[test]
+    fn an_offline_ca_signs_a_request_and_the_node_installs_it() {
+        let now = OffsetDateTime::now_utc();
+        let ca = ClusterCa::create(ClusterId::random(), now, CA_LIFETIME)
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(
+            ClusterCa::cluster_of(&ca.cert_pem).ok().as_ref(),
+            Some(&ca.cluster)
+        );
+        let node = NodeId::random();
+        let trust = TrustDir::of_data_dir(&dir("offline"));
+        let request = trust
+            .prepare_request(&ca.cert_pem, node)
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert!(!trust.is_member());
+        let (named, cert) = ca
+            .sign(&request, now, NODE_CERT_LIFETIME)
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(named, node);
+        assert!(
+            trust.install_signed(NodeId::random(), &cert).is_err(),
+            "another node's id"
+        );
+        trust
+            .install_signed(node, &cert)
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert!(trust.membership(node).is_ok());
+        assert!(!trust.path().join("request-key.pem").exists());
         let _ = std::fs::remove_dir_all(trust.path().parent().unwrap_or(trust.path()));
     }
 

@@ -183,6 +183,27 @@ impl ClusterCa {
         })
     }
 
+    /// The cluster a CA certificate (PEM) is of, from its name.
+    pub fn cluster_of(cert_pem: &str) -> Result<ClusterId, TrustError> {
+        let der = pem_certificate(cert_pem)?;
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(&der).map_err(|error| TrustError::Malformed {
+                what: "CA certificate",
+                detail: error.to_string(),
+            })?;
+        let name = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|name| name.as_str().ok())
+            .unwrap_or_default();
+        let id = name
+            .strip_prefix("palisade cluster ")
+            .and_then(|rest| rest.strip_suffix(" CA"))
+            .ok_or_else(|| TrustError::NotOurs(format!("{name:?} is not a palisade cluster CA")))?;
+        ClusterId::parse(id)
+    }
+
     pub fn key_pem(&self) -> String {
         self.key.serialize_pem()
     }
