@@ -16,6 +16,7 @@
 pub mod coordinator;
 pub mod history;
 pub mod hlc;
+pub mod records;
 pub mod replica;
 pub mod revision;
 pub mod sim;

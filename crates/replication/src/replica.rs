@@ -452,7 +452,9 @@ impl Replica {
             | SyncMessage::Trust(_)
             | SyncMessage::Activation { .. }
             | SyncMessage::RenewRequest(_)
-            | SyncMessage::RenewResponse(_) => {}
+            | SyncMessage::RenewResponse(_)
+            | SyncMessage::RecordDigest(_)
+            | SyncMessage::Records(_) => {}
         }
     }
 

@@ -49,6 +49,10 @@ pub enum SyncMessage {
         active: Option<RevisionId>,
         refused: Option<(RevisionId, String)>,
     },
+    /// The node records this node holds, by node and time (anti-entropy, every tick).
+    RecordDigest(Vec<(NodeId, HlcTime)>),
+    /// Node records the receiver lacks or holds older.
+    Records(Vec<crate::records::NodeRecord>),
     /// A member asks the node that holds the CA key to sign a new certificate for it (a
     /// PEM signing request for its own node id; the link authenticated who asks).
     RenewRequest(String),
@@ -105,6 +109,8 @@ mod kind {
     pub const ACTIVATION: u8 = 8;
     pub const RENEW_REQUEST: u8 = 9;
     pub const RENEW_RESPONSE: u8 = 10;
+    pub const RECORD_DIGEST: u8 = 11;
+    pub const RECORDS: u8 = 12;
     /// Fixed layout in every wire version (see [`super::Hello`]).
     pub const HELLO: u8 = 0x80;
 }
@@ -206,6 +212,37 @@ impl SyncMessage {
                     None => out.push(0),
                 }
             }
+            SyncMessage::RecordDigest(entries) => {
+                out.push(kind::RECORD_DIGEST);
+                let entries = &entries[..entries.len().min(MAX_IDS)];
+                out.extend_from_slice(&(entries.len() as u16).to_be_bytes());
+                for (node, time) in entries {
+                    out.extend_from_slice(node.as_bytes());
+                    out.extend_from_slice(&time.to_bytes());
+                }
+            }
+            SyncMessage::Records(records) => {
+                out.push(kind::RECORDS);
+                // Whole records only, as many as fit one message.
+                let mut fitting = Vec::new();
+                let mut size = 0;
+                for record in records {
+                    let length = 16 + 10 + 4 + record.bytes.len().min(crate::records::MAX_RECORD);
+                    if size + length > MAX_MESSAGE_BYTES {
+                        break;
+                    }
+                    size += length;
+                    fitting.push(record);
+                }
+                out.extend_from_slice(&(fitting.len() as u16).to_be_bytes());
+                for record in fitting {
+                    let bytes = &record.bytes[..record.bytes.len().min(crate::records::MAX_RECORD)];
+                    out.extend_from_slice(record.node.as_bytes());
+                    out.extend_from_slice(&record.time.to_bytes());
+                    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+                    out.extend_from_slice(bytes);
+                }
+            }
             SyncMessage::RenewRequest(pem) => {
                 out.push(kind::RENEW_REQUEST);
                 let pem = truncate(pem, MAX_PEM);
@@ -304,6 +341,39 @@ impl SyncMessage {
                     _ => return Err(WireError::Malformed("refused flag")),
                 };
                 SyncMessage::Activation { active, refused }
+            }
+            kind::RECORD_DIGEST => {
+                let count = usize::from(reader.u16()?);
+                if count > MAX_IDS {
+                    return Err(WireError::Malformed("too many records"));
+                }
+                let mut entries = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let node = NodeId::from_bytes(reader.array()?);
+                    entries.push((node, HlcTime::from_bytes(reader.array()?)));
+                }
+                SyncMessage::RecordDigest(entries)
+            }
+            kind::RECORDS => {
+                let count = usize::from(reader.u16()?);
+                if count > MAX_IDS {
+                    return Err(WireError::Malformed("too many records"));
+                }
+                let mut records = Vec::with_capacity(count.min(64));
+                for _ in 0..count {
+                    let node = NodeId::from_bytes(reader.array()?);
+                    let time = HlcTime::from_bytes(reader.array()?);
+                    let length = u32::from_be_bytes(reader.array()?) as usize;
+                    if length > crate::records::MAX_RECORD {
+                        return Err(WireError::Malformed("record too long"));
+                    }
+                    records.push(crate::records::NodeRecord {
+                        node,
+                        time,
+                        bytes: reader.take(length)?.to_vec(),
+                    });
+                }
+                SyncMessage::Records(records)
             }
             kind::RENEW_REQUEST => SyncMessage::RenewRequest(reader.text(MAX_PEM)?),
             kind::RENEW_RESPONSE => match reader.u8()? {
@@ -568,6 +638,12 @@ mod tests {
             },
             SyncMessage::Trust(vec![9; 100]),
             SyncMessage::RenewRequest("-----BEGIN CERTIFICATE REQUEST-----".to_owned()),
+            SyncMessage::RecordDigest(vec![(first.author, first.time)]),
+            SyncMessage::Records(vec![crate::records::NodeRecord {
+                node: first.author,
+                time: first.time,
+                bytes: b"{\"name\":\"proxy-1\"}".to_vec(),
+            }]),
             SyncMessage::RenewResponse(Ok("-----BEGIN CERTIFICATE-----".to_owned())),
             SyncMessage::RenewResponse(Err("no CA key here".to_owned())),
             SyncMessage::Activation {

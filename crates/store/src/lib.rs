@@ -32,6 +32,8 @@ const CLUSTER_ID: &str = "cluster_id";
 const REVISIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("revisions");
 /// Content-addressed documents (policy bundles, list files) by SHA-256.
 const CONTENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("contents");
+/// Each member's node record (its time, then its bytes), by node id.
+const NODE_RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("node_records");
 /// Revisions of a cluster this node was in before (kept, never replicated).
 const ARCHIVED_REVISIONS: TableDefinition<&[u8], &[u8]> =
     TableDefinition::new("archived_revisions");
@@ -170,6 +172,37 @@ impl Store {
             Ok(())
         })?;
         Ok(archived)
+    }
+
+    /// Stores a member's node record (`time`: opaque bytes of the replication plane).
+    pub fn put_node_record(
+        &self,
+        node: &[u8; 16],
+        time: [u8; 10],
+        record: &[u8],
+    ) -> Result<(), StoreError> {
+        let mut value = time.to_vec();
+        value.extend_from_slice(record);
+        self.tables.transaction(|write| {
+            write
+                .open_table(NODE_RECORDS)?
+                .insert(&node[..], value.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// Every node record held: node id, time, bytes.
+    pub fn node_records(&self) -> Result<Vec<([u8; 16], [u8; 10], Vec<u8>)>, StoreError> {
+        Ok(self
+            .tables
+            .all(NODE_RECORDS)?
+            .into_iter()
+            .filter_map(|(key, value)| {
+                let node: [u8; 16] = key.try_into().ok()?;
+                let time: [u8; 10] = value.get(..10)?.try_into().ok()?;
+                Some((node, time, value[10..].to_vec()))
+            })
+            .collect())
     }
 
     /// Revisions archived from clusters this node was in before (encoded).
