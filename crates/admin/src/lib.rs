@@ -78,6 +78,10 @@ pub trait NodeControl: Send + Sync + 'static {
         let _ = which;
         Box::pin(async { Err(not_a_member()) })
     }
+    /// The whole cluster's configuration as one document (`palisade backup`).
+    fn cluster_backup(self: Arc<Self>) -> BoxFuture<Result<serde_json::Value, ControlError>> {
+        Box::pin(async { Err(not_a_member()) })
+    }
     /// Renews this node's cluster certificate.
     fn cluster_renew(self: Arc<Self>) -> BoxFuture<Result<serde_json::Value, ControlError>> {
         Box::pin(async { Err(not_a_member()) })
@@ -183,6 +187,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/cluster", get(cluster_status))
         .route("/cluster/remove", post(cluster_remove))
         .route("/cluster/renew", post(cluster_renew))
+        .route("/cluster/backup", get(cluster_backup))
         .route("/policy/history", get(policy_history))
         .route("/policy/revision/{which}", get(policy_revision))
         .route("/policy/rollback", post(policy_rollback))
@@ -387,6 +392,10 @@ async fn policy_revision(
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConfirmRequest {}
+
+async fn cluster_backup(State(state): State<AdminState>) -> Response {
+    control_response(state.control.clone().cluster_backup().await)
+}
 
 async fn cluster_renew(
     State(state): State<AdminState>,

@@ -640,3 +640,119 @@ pub fn install(config_file: Option<PathBuf>, certificate: &Path) -> anyhow::Resu
     );
     Ok(())
 }
+
+/// `palisade backup`: the whole cluster's configuration, from this node, as JSON.
+pub fn backup(admin: SocketAddr, to: Option<&Path>) -> anyhow::Result<()> {
+    let (code, value) = request(
+        admin,
+        "GET",
+        "/cluster/backup",
+        None,
+        Duration::from_secs(60),
+    )?;
+    if code != 200 {
+        bail!(
+            "{}",
+            value["error"]
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_owned)
+        );
+    }
+    let text = format!("{value:#}\n");
+    match to {
+        Some(file) => {
+            let temporary = file.with_extension("palisade-tmp");
+            std::fs::write(&temporary, &text)
+                .with_context(|| format!("cannot write {}", temporary.display()))?;
+            std::fs::rename(&temporary, file)
+                .with_context(|| format!("cannot write {}", file.display()))?;
+            eprintln!(
+                "backup of cluster {} ({} members, {} revisions) written to {}",
+                value["cluster"].as_str().unwrap_or("?"),
+                value["members"].as_array().map_or(0, Vec::len),
+                value["history"].as_array().map_or(0, Vec::len),
+                file.display()
+            );
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
+/// `palisade restore FILE`: the backup's policy, checked, saved as the cluster's new
+/// revision (history only grows; members' node-local settings stay each node's own).
+pub fn restore(admin: SocketAddr, file: &Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let backup: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
+    anyhow::ensure!(
+        backup["format"] == "palisade cluster backup 1",
+        "{} is not a palisade cluster backup",
+        file.display()
+    );
+    let policy = &backup["policy"];
+    anyhow::ensure!(
+        policy.is_object(),
+        "{} holds no policy (the cluster had none saved)",
+        file.display()
+    );
+    let bundle = palisade_policy::PolicyBundle {
+        document: policy["document"]
+            .as_str()
+            .context("the backup's policy has no document")?
+            .to_owned(),
+        lists: lists_of(policy),
+    };
+    // Checked here before anything is sent: a damaged backup changes nothing.
+    let node = palisade_policy::NodeIdentity::default();
+    if let Err(errors) = bundle.compile(file, &node) {
+        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        bail!(
+            "the backup's policy does not compile; nothing restored:\n{}",
+            lines.join("\n")
+        );
+    }
+    let body = serde_json::to_value(palisade_admin::PolicyApply {
+        document: bundle.document,
+        lists: bundle.lists,
+        base: None,
+        force: true,
+        message: format!(
+            "restore of the backup taken on {} at {}",
+            backup["taken_on"].as_str().unwrap_or("?"),
+            palisade_replication::coordinator::seeds_timestamp(
+                backup["taken_ms"].as_u64().unwrap_or(0)
+            )
+        ),
+        saved_by: std::env::var("SUDO_USER")
+            .or_else(|_| std::env::var("USER"))
+            .unwrap_or_default(),
+        wait: 0,
+        confirm_seconds: 0,
+    })?;
+    let (code, value) = request(
+        admin,
+        "POST",
+        "/policy/apply",
+        Some(&body),
+        Duration::from_secs(60),
+    )?;
+    if code != 200 {
+        bail!(
+            "{}",
+            value["error"]
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_owned)
+        );
+    }
+    if value["unchanged"].as_bool() == Some(true) {
+        println!("unchanged: the cluster's policy is already the backup's");
+    } else {
+        println!(
+            "restored: revision {} holds the backup's policy; pushed to every peer",
+            value["revision"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(())
+}

@@ -60,6 +60,54 @@ pub struct ClusterPlane {
     pub trust: TrustDir,
 }
 
+/// This node's record for the cluster: its node-local configuration as other members may
+/// see it (never a secret: no keys, tokens or the heartbeat key).
+pub fn node_record(config: &crate::config::NodeConfig, node: NodeId) -> serde_json::Value {
+    let settings = &config.cluster;
+    let dial_ip = settings
+        .address
+        .or_else(|| (!settings.listen.ip().is_unspecified()).then(|| settings.listen.ip()));
+    let mut proxy_ips: Vec<String> = config
+        .listen
+        .iter()
+        .chain(&config.test_listen)
+        .map(|addr| addr.ip().to_string())
+        .collect();
+    proxy_ips.sort();
+    proxy_ips.dedup();
+    serde_json::json!({
+        "node_id": node.to_string(),
+        "name": config.hostname.as_str(),
+        "release": release(),
+        "node_priority": config.node_priority.value(),
+        "cluster": {
+            "listen": settings.listen.to_string(),
+            "dial": dial_ip.map(|ip| std::net::SocketAddr::new(ip, settings.listen.port()).to_string()),
+            "peers": settings.peers.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "max_time_difference_ms": settings.max_time_difference.as_millis() as u64,
+        },
+        "proxy": {
+            "listen": config.listen.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "test_listen": config.test_listen.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "ips": proxy_ips,
+        },
+        "admin_listen": config.admin_listen.to_string(),
+        "vrrp": config.vrrp.iter().map(|group| serde_json::json!({
+            "name": group.name,
+            "vrid": group.vrid,
+            "interface": group.interface,
+            "priority": group.priority,
+            "vips": group.vips.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "heartbeat": config.heartbeat.as_ref().map(|heartbeat| serde_json::json!({
+            "listen": heartbeat.listen.to_string(),
+            "peers": heartbeat.peers.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        })),
+        "policy_file": config.policy_file.as_ref().map(|file| file.display().to_string()),
+        "data_dir": config.data_dir.display().to_string(),
+    })
+}
+
 pub struct StartArgs<'a> {
     pub settings: &'a ClusterSettings,
     pub store: Arc<palisade_store::Store>,
@@ -69,6 +117,7 @@ pub struct StartArgs<'a> {
     pub policy_file: PathBuf,
     pub metrics: MeshMetrics,
     pub cluster_metrics: palisade_cluster::metrics::ClusterMetrics,
+    pub own_record: serde_json::Value,
     pub tasks: &'a TaskTracker,
     pub stop: &'a CancellationToken,
 }
@@ -152,6 +201,7 @@ pub async fn start(prepared: Prepared, args: StartArgs<'_>) -> anyhow::Result<Cl
             metrics: args.cluster_metrics.clone(),
             trust: Some(trust.clone()),
             denied,
+            own_record: serde_json::to_vec(&args.own_record).unwrap_or_default(),
         },
         args.store,
         mesh.clone(),

@@ -280,6 +280,7 @@ impl Control {
                 "alert": left < time::Duration::days(30),
             },
             "head": replica.head,
+            "members": self.members().await?,
             "active": cluster.live.borrow().map(|id| id.to_string()),
             "revisions": replica.revisions,
             "peers": peers,
@@ -323,6 +324,78 @@ impl Control {
             .map_err(|error| ControlError::Failed(error.to_string()))?;
         tracing::warn!(%node, serial, "node removed from the cluster");
         Ok(serde_json::json!({ "removed": node.to_string(), "trust_serial": serial }))
+    }
+
+    /// Every member's records, as JSON (a record that is not JSON is shown as text).
+    async fn members(&self) -> Result<Vec<serde_json::Value>, ControlError> {
+        let records = self
+            .cluster()?
+            .handle
+            .records()
+            .await
+            .map_err(|error| ControlError::Failed(error.to_string()))?;
+        Ok(records
+            .into_iter()
+            .map(|record| {
+                let config = serde_json::from_slice::<serde_json::Value>(&record.bytes)
+                    .unwrap_or_else(|_| String::from_utf8_lossy(&record.bytes).into_owned().into());
+                serde_json::json!({
+                    "node_id": record.node.to_string(),
+                    "recorded_ms": record.time.ms,
+                    "config": config,
+                })
+            })
+            .collect())
+    }
+
+    /// `palisade backup`: the cluster's policy (head and history), every member's node-local
+    /// configuration (no secrets) and the trust it shares (CA certificates, removed nodes;
+    /// no keys), from any one node.
+    async fn cluster_backup_now(self: Arc<Self>) -> Result<serde_json::Value, ControlError> {
+        let cluster = self.cluster()?;
+        let head = cluster.handle.bundle("head").await.ok();
+        let history = cluster
+            .handle
+            .history()
+            .await
+            .map_err(|error| ControlError::Failed(error.to_string()))?;
+        let members = self.members().await?;
+        let trust = cluster.trust.clone();
+        let trust = tokio::task::spawn_blocking(move || {
+            let cas = trust.trusted_cas().unwrap_or_default();
+            let bundle = trust
+                .trust_bundle()
+                .ok()
+                .flatten()
+                .map(|signed| signed.bundle);
+            serde_json::json!({
+                "ca_pems": cas,
+                "trust_bundle_serial": bundle.as_ref().map(|bundle| bundle.serial),
+                "removed_nodes": bundle
+                    .map(|bundle| bundle.denied.iter().map(ToString::to_string).collect::<Vec<_>>())
+                    .unwrap_or_default(),
+            })
+        })
+        .await
+        .map_err(|error| ControlError::Failed(error.to_string()))?;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|since| since.as_millis() as u64)
+            .unwrap_or(0);
+        Ok(serde_json::json!({
+            "format": "palisade cluster backup 1",
+            "cluster": cluster.cluster_id,
+            "taken_on": self.node.as_str(),
+            "taken_ms": now_ms,
+            "policy": head.map(|(summary, bundle)| serde_json::json!({
+                "revision": summary,
+                "document": bundle.document,
+                "lists": bundle.lists,
+            })),
+            "history": history,
+            "members": members,
+            "trust": trust,
+        }))
     }
 
     async fn policy_history_now(self: Arc<Self>) -> Result<serde_json::Value, ControlError> {
@@ -692,6 +765,10 @@ impl NodeControl for Control {
 
     fn policy_confirm(self: Arc<Self>) -> BoxFuture<Result<serde_json::Value, ControlError>> {
         Box::pin(self.policy_confirm_now())
+    }
+
+    fn cluster_backup(self: Arc<Self>) -> BoxFuture<Result<serde_json::Value, ControlError>> {
+        Box::pin(self.cluster_backup_now())
     }
 
     fn cluster_renew(self: Arc<Self>) -> BoxFuture<Result<serde_json::Value, ControlError>> {

@@ -85,6 +85,22 @@ enum Command {
         #[command(subcommand)]
         action: PolicyAction,
     },
+    /// Write the whole cluster's configuration, from this node: the policy (head and
+    /// history), every member's node-local settings (no secrets), the shared trust (CA
+    /// certificates, removed nodes; no keys).
+    Backup {
+        /// Write here (default: standard output).
+        #[arg(long)]
+        to: Option<PathBuf>,
+        #[arg(long, default_value = "127.0.0.1:4711")]
+        admin: std::net::SocketAddr,
+    },
+    /// Restore a backup's policy as the cluster's new revision, after checking it compiles.
+    Restore {
+        file: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:4711")]
+        admin: std::net::SocketAddr,
+    },
     /// Print the version.
     Version,
 }
@@ -314,6 +330,8 @@ fn main() -> ExitCode {
                 admin,
             } => cluster_cli::rollback(admin, &revision, message),
         },
+        Command::Backup { to, admin } => cluster_cli::backup(admin, to.as_deref()),
+        Command::Restore { file, admin } => cluster_cli::restore(admin, &file),
         Command::Version => {
             println!("palisade {}", env!("CARGO_PKG_VERSION"));
             Ok(())

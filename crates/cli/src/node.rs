@@ -486,6 +486,7 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
                     policy_file: policy_file.clone(),
                     metrics: palisade_peer_link::metrics::MeshMetrics::for_cluster(&mut registry),
                     cluster_metrics: palisade_cluster::metrics::ClusterMetrics::new(&mut registry),
+                    own_record: crate::cluster_plane::node_record(&config, store.node_id),
                     tasks: &tasks,
                     stop: &stop,
                 },

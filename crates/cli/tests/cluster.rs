@@ -292,6 +292,30 @@ fn a_policy_saved_on_any_node_is_live_on_every_node() {
         peers.len() == 2 && peers.iter().all(|peer| peer["live"] == revision.as_str())
     });
     assert!(live_everywhere, "{node2:#}");
+    // A backup from any node holds the whole cluster: every member's settings, the policy.
+    let backup = dir.0.join("backup.json");
+    members[2].cli(&["backup", "--to", &backup.display().to_string()]);
+    let taken: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&backup).unwrap_or_default())
+            .unwrap_or_default();
+    let mut names: Vec<String> = taken["members"]
+        .as_array()
+        .map(|members| {
+            members
+                .iter()
+                .filter_map(|member| member["config"]["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    assert_eq!(names, ["node1", "node2", "node3"], "{taken:#}");
+    assert_eq!(taken["policy"]["revision"]["id"], revision.as_str());
+    assert!(
+        !std::fs::read_to_string(&backup)
+            .unwrap_or_default()
+            .contains("PRIVATE KEY"),
+        "no keys in a backup"
+    );
     for member in &members {
         wait_for(
             &format!("{} runs {revision}", member.host.name),
@@ -467,6 +491,39 @@ fn a_policy_saved_on_any_node_is_live_on_every_node() {
     assert!(confirmed.contains("confirmed revision"), "{confirmed}");
     let again = members[0].run(&["policy", "confirm"]);
     assert!(!again.status.success(), "nothing left to confirm");
+
+    // The backup restores on any node as a new revision, live everywhere.
+    let restored = members[0].cli(&["restore", &backup.display().to_string()]);
+    assert!(restored.contains("restored: revision"), "{restored}");
+    for member in &members {
+        wait_for(
+            "the backup's policy everywhere",
+            Duration::from_secs(10),
+            &members,
+            || {
+                member.proxy_code("third.example") != "403"
+                    && member.proxy_code("blocked.example") == "403"
+            },
+        );
+    }
+    let broken = dir.0.join("broken.json");
+    std::fs::write(
+        &broken,
+        std::fs::read_to_string(&backup)
+            .unwrap_or_default()
+            .replace(
+                "default_action = \\\"allow\\\"",
+                "default_action = \\\"maybe\\\"",
+            ),
+    )
+    .unwrap_or_else(|error| panic!("{error}"));
+    let refused = members[0].run(&["restore", &broken.display().to_string()]);
+    assert!(!refused.status.success(), "a damaged backup is refused");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("does not compile; nothing restored"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
     assert!(
         history[0]["message"].as_str().is_some_and(
             |message| message.starts_with("rollback to ") && message.ends_with(": undo")

@@ -35,6 +35,9 @@ pub struct ClusterConfig {
     pub release: String,
     pub version_match: VersionMatch,
     pub metrics: metrics::ClusterMetrics,
+    /// This node's record: its node-local configuration without secrets (JSON), copied to
+    /// every member.
+    pub own_record: Vec<u8>,
     /// Where the trust bundle is kept (`None`: no trust bundle handling, as in tests).
     pub trust: Option<palisade_cluster_trust::files::TrustDir>,
     /// The removed nodes the links refuse; the trust bundle updates it.
@@ -182,6 +185,8 @@ enum Query {
     Status(oneshot::Sender<ClusterStatus>),
     /// Newest first.
     History(oneshot::Sender<Vec<RevisionSummary>>),
+    /// Every member's record, this node's included.
+    Records(oneshot::Sender<Vec<palisade_replication::records::NodeRecord>>),
     /// A new certificate for this node: signed here when the CA key is here, else asked of
     /// the member that holds it; answered with the new expiry.
     Renew(oneshot::Sender<Result<String, String>>),
@@ -267,6 +272,18 @@ impl ClusterHandle {
         answer
             .await
             .map_err(|_| ClusterError::Stopped.to_string())?
+    }
+
+    /// Every member's node record held here (this node's included).
+    pub async fn records(
+        &self,
+    ) -> Result<Vec<palisade_replication::records::NodeRecord>, ClusterError> {
+        let (reply, answer) = oneshot::channel();
+        self.queries
+            .send(Query::Records(reply))
+            .await
+            .map_err(|_| ClusterError::Stopped)?;
+        answer.await.map_err(|_| ClusterError::Stopped)
     }
 
     /// Renews this node's certificate (new key, same node id); the new one is used from the
@@ -361,6 +378,17 @@ pub fn start(
             resolve(&mut replica, ContentId(*id), &bytes);
         }
     }
+    let mut records =
+        palisade_replication::records::Records::new(store.node_records()?.into_iter().map(
+            |(node, time, bytes)| palisade_replication::records::NodeRecord {
+                node: NodeId::from_bytes(node),
+                time: HlcTime::from_bytes(time),
+                bytes,
+            },
+        ));
+    if let Some(own) = records.set_own(config.me, wall_ms(), config.own_record.clone()) {
+        store.put_node_record(own.node.as_bytes(), own.time.to_bytes(), &own.bytes)?;
+    }
     let (saves_tx, saves) = mpsc::channel(16);
     let (queries_tx, queries) = mpsc::channel(16);
     let (active_tx, active) = watch::channel(None);
@@ -383,6 +411,7 @@ pub fn start(
         activation: (None, None),
         peer_activation: HashMap::new(),
         renewal: None,
+        records,
     };
     tasks.spawn(driver.run(config.digest_interval, events, saves, queries, stop));
     Ok(ClusterHandle {
@@ -430,6 +459,8 @@ struct Driver {
     peer_activation: HashMap<NodeId, Activation>,
     /// A renewal asked of the CA holder: the new key, and who waits for the answer.
     renewal: Option<(String, oneshot::Sender<Result<String, String>>)>,
+    /// Every member's node record.
+    records: palisade_replication::records::Records,
 }
 
 impl Driver {
@@ -454,6 +485,7 @@ impl Driver {
                         self.send_hello(*peer);
                     }
                     self.send_activation(None);
+                    self.send_record_digest(None);
                 }
                 event = events.recv() => match event {
                     Ok(MeshEvent::PeerUp(peer)) => {
@@ -475,6 +507,15 @@ impl Driver {
                         Ok(SyncMessage::Hello(hello)) => self.hello(from, &hello),
                         Ok(SyncMessage::Activation { active, refused }) if self.gate.admitted(from) => {
                             self.peer_activated(from, active, refused);
+                        }
+                        Ok(SyncMessage::RecordDigest(digest)) if self.gate.admitted(from) => {
+                            let newer = self.records.newer_than(&digest);
+                            if !newer.is_empty() {
+                                self.mesh.send_replication(from, SyncMessage::Records(newer).encode());
+                            }
+                        }
+                        Ok(SyncMessage::Records(records)) if self.gate.admitted(from) => {
+                            self.received_records(records).await;
                         }
                         Ok(SyncMessage::RenewRequest(csr)) if self.gate.admitted(from) => {
                             self.sign_renewal(from, csr).await;
@@ -573,6 +614,7 @@ impl Driver {
                 self.replica.peer_up(from);
                 self.send_trust(Some(from));
                 self.send_activation(Some(from));
+                self.send_record_digest(Some(from));
             }
             (true, false) => {
                 self.peer_heads.remove(&from);
@@ -722,6 +764,51 @@ impl Driver {
             tracing::error!(peer = %from, %name, revision = %id, "node {name} cannot install the cluster's policy revision {id:?} and keeps its last good policy: {why}");
         }
         self.peer_activation.insert(from, (active, refused));
+    }
+
+    /// Tells `to`, or every replicating peer, which node records this node holds.
+    fn send_record_digest(&self, to: Option<NodeId>) {
+        let message = SyncMessage::RecordDigest(self.records.digest()).encode();
+        let peers: Vec<NodeId> = match to {
+            Some(peer) => vec![peer],
+            None => self
+                .names
+                .keys()
+                .copied()
+                .filter(|peer| self.gate.admitted(*peer))
+                .collect(),
+        };
+        for peer in peers {
+            self.mesh.send_replication(peer, message.clone());
+        }
+    }
+
+    /// Keeps (and stores) the records newer than those held.
+    async fn received_records(&mut self, records: Vec<palisade_replication::records::NodeRecord>) {
+        let me = self.replica.me();
+        let newer: Vec<palisade_replication::records::NodeRecord> = records
+            .into_iter()
+            // This node is the only writer of its own record.
+            .filter(|record| record.node != me)
+            .filter(|record| self.records.receive(record.clone()))
+            .collect();
+        if newer.is_empty() {
+            return;
+        }
+        let stored = self
+            .stored(move |store| {
+                newer.iter().try_for_each(|record| {
+                    store.put_node_record(
+                        record.node.as_bytes(),
+                        record.time.to_bytes(),
+                        &record.bytes,
+                    )
+                })
+            })
+            .await;
+        if let Some(Err(error)) = stored {
+            tracing::error!(%error, "cannot store a node record");
+        }
     }
 
     /// Starts a renewal of this node's certificate.
@@ -933,6 +1020,9 @@ impl Driver {
     async fn answer(&mut self, query: Query) {
         match query {
             Query::Renew(reply) => self.renew(reply).await,
+            Query::Records(reply) => {
+                let _ = reply.send(self.records.all().cloned().collect());
+            }
             Query::Activated(head, result) => {
                 match result {
                     Ok(()) => self.activation.0 = Some(head),

@@ -65,6 +65,7 @@ async fn node_in(dir: PathBuf, name: &str, local: [u8; 4], peer: SocketAddr) -> 
             metrics: metrics::ClusterMetrics::default(),
             trust: None,
             denied: DeniedNodes::default(),
+            own_record: format!("{{\"name\":\"{name}\"}}").into_bytes(),
         },
         store,
         mesh,
@@ -131,6 +132,21 @@ async fn a_save_on_one_node_is_live_on_the_other() {
     };
     assert_eq!(activated(&a, saved).await, first);
     assert_eq!(activated(&b, saved).await, first);
+    // Each holds the other's node record too.
+    let both = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let held = a.cluster.records().await.unwrap_or_default();
+            if held
+                .iter()
+                .any(|record| record.bytes == b"{\"name\":\"b\"}")
+            {
+                return held.len();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(both.ok(), Some(2), "a never got b's record");
 
     let second = bundle("document two\n", "bad.example\nworse.example\n");
     let Ok(Saved {
