@@ -32,6 +32,9 @@ const CLUSTER_ID: &str = "cluster_id";
 const REVISIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("revisions");
 /// Content-addressed documents (policy bundles, list files) by SHA-256.
 const CONTENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("contents");
+/// A stored node record: node id, time (opaque), bytes.
+pub type StoredRecord = ([u8; 16], [u8; 10], Vec<u8>);
+
 /// Each member's node record (its time, then its bytes), by node id.
 const NODE_RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("node_records");
 /// Revisions of a cluster this node was in before (kept, never replicated).
@@ -192,7 +195,7 @@ impl Store {
     }
 
     /// Every node record held: node id, time, bytes.
-    pub fn node_records(&self) -> Result<Vec<([u8; 16], [u8; 10], Vec<u8>)>, StoreError> {
+    pub fn node_records(&self) -> Result<Vec<StoredRecord>, StoreError> {
         Ok(self
             .tables
             .all(NODE_RECORDS)?
