@@ -78,6 +78,18 @@ pub trait NodeControl: Send + Sync + 'static {
         let _ = which;
         Box::pin(async { Err(not_a_member()) })
     }
+    /// Links to a node that already holds a certificate of this cluster's CA.
+    fn cluster_add(
+        self: Arc<Self>,
+        address: String,
+    ) -> BoxFuture<Result<serde_json::Value, ControlError>> {
+        let _ = address;
+        Box::pin(async {
+            Err(ControlError::Unavailable(
+                "cannot add node because the local node has no running listener available - new node would not be able to talk back to this node".to_owned(),
+            ))
+        })
+    }
     /// The whole cluster's configuration as one document (`palisade backup`).
     fn cluster_backup(self: Arc<Self>) -> BoxFuture<Result<serde_json::Value, ControlError>> {
         Box::pin(async { Err(not_a_member()) })
@@ -188,6 +200,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/cluster/remove", post(cluster_remove))
         .route("/cluster/renew", post(cluster_renew))
         .route("/cluster/backup", get(cluster_backup))
+        .route("/cluster/add", post(cluster_add))
         .route("/policy/history", get(policy_history))
         .route("/policy/revision/{which}", get(policy_revision))
         .route("/policy/rollback", post(policy_rollback))
@@ -392,6 +405,24 @@ async fn policy_revision(
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConfirmRequest {}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddRequest {
+    address: String,
+}
+
+async fn cluster_add(
+    State(state): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(request): Json<AddRequest>,
+) -> Response {
+    if let Some(refused) = refusal(peer, &headers) {
+        return refused;
+    }
+    control_response(state.control.clone().cluster_add(request.address).await)
+}
 
 async fn cluster_backup(State(state): State<AdminState>) -> Response {
     control_response(state.control.clone().cluster_backup().await)

@@ -756,3 +756,30 @@ pub fn restore(admin: SocketAddr, file: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `palisade cluster add HOST:PORT`.
+pub fn add(admin: SocketAddr, address: &str) -> anyhow::Result<()> {
+    let body = serde_json::json!({ "address": address });
+    let (code, value) = request(
+        admin,
+        "POST",
+        "/cluster/add",
+        Some(&body),
+        Duration::from_secs(30),
+    )?;
+    if code != 200 {
+        bail!(
+            "{}",
+            value["error"]
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_owned)
+        );
+    }
+    println!(
+        "added node {} ({}) at {}: it adopts the cluster's policy",
+        value["name"].as_str().unwrap_or("?"),
+        value["added"].as_str().unwrap_or("?"),
+        value["address"].as_str().unwrap_or("?"),
+    );
+    Ok(())
+}

@@ -326,6 +326,86 @@ impl Control {
         Ok(serde_json::json!({ "removed": node.to_string(), "trust_serial": serial }))
     }
 
+    /// `palisade cluster add HOST:PORT`: dials a node that holds a certificate of this CA
+    /// (the name resolves here); it adopts the cluster's head, and the members learn its
+    /// address from its record.
+    async fn cluster_add_now(
+        self: Arc<Self>,
+        address: String,
+    ) -> Result<serde_json::Value, ControlError> {
+        let Some(cluster) = self.cluster.as_ref() else {
+            return Err(ControlError::Unavailable(
+                "cannot add node because the local node has no running listener available - new node would not be able to talk back to this node".to_owned(),
+            ));
+        };
+        let lookup = address.clone();
+        let resolved = tokio::task::spawn_blocking(move || {
+            std::net::ToSocketAddrs::to_socket_addrs(&lookup).map(|mut addrs| addrs.next())
+        })
+        .await
+        .map_err(|error| ControlError::Failed(error.to_string()))?;
+        let addr = match resolved {
+            Ok(Some(addr)) => addr,
+            Ok(None) | Err(_) => {
+                return Err(ControlError::Invalid(format!(
+                    "cannot resolve {address} (HOST:PORT of the node's cluster port)"
+                )));
+            }
+        };
+        // Can it be reached at all? A refusal or a timeout is the seeds' 301 with its errno.
+        let probe =
+            tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr))
+                .await;
+        let failure = match probe {
+            Ok(Ok(_)) => None,
+            Ok(Err(error)) => Some((
+                error.raw_os_error().unwrap_or(0),
+                error
+                    .to_string()
+                    .split(" (os error")
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )),
+            Err(_) => Some((110, "Connection timed out".to_owned())),
+        };
+        if let Some((errno, text)) = failure {
+            let failed = palisade_replication::coordinator::RequestFailed::cannot_connect(
+                "co_distribute_add_cluster_node",
+                palisade_identity::NodeId::from_bytes([0; 16]),
+                &address,
+                errno,
+                &text,
+                "connect",
+            );
+            tracing::warn!("{}", failed.log_line(unix_now() * 1000));
+            return Err(ControlError::Failed(failed.to_string()));
+        }
+        cluster.mesh.add_peer(addr);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(peer) = cluster
+                .mesh
+                .peers()
+                .into_iter()
+                .find(|peer| peer.addr == addr.ip())
+            {
+                tracing::info!(node = %peer.id, name = %peer.name, %addr, "cluster node added");
+                return Ok(serde_json::json!({
+                    "added": peer.id.to_string(),
+                    "name": peer.name.as_str(),
+                    "address": addr.to_string(),
+                }));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ControlError::Failed(format!(
+                    "{addr} answers but no cluster link came up within 10 s: does it hold a certificate of this cluster's CA (and is it not removed)? See its log and this node's"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Every member's records, as JSON (a record that is not JSON is shown as text).
     async fn members(&self) -> Result<Vec<serde_json::Value>, ControlError> {
         let records = self
@@ -765,6 +845,13 @@ impl NodeControl for Control {
 
     fn policy_confirm(self: Arc<Self>) -> BoxFuture<Result<serde_json::Value, ControlError>> {
         Box::pin(self.policy_confirm_now())
+    }
+
+    fn cluster_add(
+        self: Arc<Self>,
+        address: String,
+    ) -> BoxFuture<Result<serde_json::Value, ControlError>> {
+        Box::pin(self.cluster_add_now(address))
     }
 
     fn cluster_backup(self: Arc<Self>) -> BoxFuture<Result<serde_json::Value, ControlError>> {

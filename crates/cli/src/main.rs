@@ -130,6 +130,13 @@ enum ClusterAction {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Link to a node that already holds a certificate of this cluster's CA (the seeds'
+    /// "add node"): HOST:PORT of its cluster port; a name resolves on this node.
+    Add {
+        address: String,
+        #[arg(long, default_value = "127.0.0.1:4711")]
+        admin: std::net::SocketAddr,
+    },
     /// Remove a node from the cluster for good: its id goes on the trust bundle (signed by the
     /// CA, passed to every member) and every member closes its links and refuses it. Run on
     /// the node that holds the CA key.
@@ -294,6 +301,7 @@ fn main() -> ExitCode {
             } => cluster_cli::join(config, &member, &token),
             ClusterAction::Status { admin, json } => cluster_cli::status(admin, json),
             ClusterAction::Remove { node_id, admin } => cluster_cli::remove(admin, &node_id),
+            ClusterAction::Add { address, admin } => cluster_cli::add(admin, &address),
             ClusterAction::Renew { admin } => cluster_cli::renew(admin),
             ClusterAction::Request { ca, config } => cluster_cli::request_certificate(config, &ca),
             ClusterAction::Sign {

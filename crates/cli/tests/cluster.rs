@@ -1130,3 +1130,110 @@ fn a_node_joins_through_a_ca_kept_offline() {
         members[0].peers() == 1 && members[1].peers() == 1
     });
 }
+
+/// `palisade cluster add HOST:PORT` (the seeds' flow): a member links to a node that holds a
+/// certificate of the CA but lists no one; the other members learn its address from its
+/// record and link to it too. A node that is no member has no listener to be talked back to:
+/// the seeds' error. An address nobody answers at: the seeds' 301.
+#[test]
+fn cluster_add_links_a_node_and_the_members_find_it() {
+    if !require_netns("cluster_add_links_a_node_and_the_members_find_it") {
+        return;
+    }
+    let mut lab = Lab::new(&["node1", "node2", "node3"]);
+    let dir = palisade_e2e::node::TempDir::new("palisade-cluster-add");
+    let members = members(&lab, &dir.0, &["node1", "node2", "node3"]);
+    let config = |member: &Member| member.config.display().to_string();
+    // node3 lists nobody.
+    let text = std::fs::read_to_string(&members[2].config).unwrap_or_default();
+    let alone: String = text
+        .lines()
+        .map(|line| {
+            if line.starts_with("peers = ") {
+                "peers = []"
+            } else {
+                line
+            }
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
+    std::fs::write(&members[2].config, alone).unwrap_or_else(|error| panic!("{error}"));
+
+    // Not a member yet: nothing to add to.
+    let outsider = start(&mut lab, &members[2]);
+    wait_for("node3 serving", Duration::from_secs(10), &members, || {
+        members[2].log_text().contains("palisade node started")
+    });
+    let refused = members[2].run(&["cluster", "add", "10.0.0.1:12346"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains(
+            "cannot add node because the local node has no running listener available - new node would not be able to talk back to this node"
+        ),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    members[2]
+        .host
+        .run("kill", &["-TERM", &outsider.to_string()]);
+    wait_for("node3 stopped", Duration::from_secs(10), &members, || {
+        palisade_e2e::ha::is_dead(outsider)
+    });
+
+    members[0].cli(&["cluster", "init", "--config", &config(&members[0])]);
+    start(&mut lab, &members[0]);
+    wait_for(
+        "node1's cluster port",
+        Duration::from_secs(10),
+        &members,
+        || members[0].log_text().contains("Cluster port listening"),
+    );
+    for member in &members[1..] {
+        let token = members[0].cli(&["cluster", "token", "--config", &config(&members[0])]);
+        member.cli(&[
+            "cluster",
+            "join",
+            &format!("{}:{CLUSTER_PORT}", members[0].host.addr),
+            token.trim(),
+            "--config",
+            &config(member),
+        ]);
+        start(&mut lab, member);
+    }
+    wait_for(
+        "node1 and node2 linked",
+        Duration::from_secs(15),
+        &members,
+        || members[0].peers() == 1 && members[1].peers() == 1,
+    );
+    assert_eq!(
+        members[2].peers(),
+        0,
+        "node3 lists nobody and nobody knows it"
+    );
+
+    // node2's address, a port nothing listens on: refused at once.
+    let closed = members[0].run(&["cluster", "add", &format!("{}:1", members[1].host.addr)]);
+    assert!(!closed.status.success());
+    assert!(
+        String::from_utf8_lossy(&closed.stderr).contains(
+            "(301 - 'cannot connect') - \"co_distribute_add_cluster_node: failure 'errno: 111 - 'Connection refused'' while sending request - last action: connect\""
+        ),
+        "{}",
+        String::from_utf8_lossy(&closed.stderr)
+    );
+    let added = members[0].cli(&[
+        "cluster",
+        "add",
+        &format!("{}:{CLUSTER_PORT}", members[2].host.addr),
+    ]);
+    assert!(added.contains("added node node3"), "{added}");
+    for member in &members {
+        wait_for(
+            "everyone linked to everyone",
+            Duration::from_secs(15),
+            &members,
+            || member.peers() == 2,
+        );
+    }
+}

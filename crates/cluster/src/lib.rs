@@ -473,6 +473,8 @@ impl Driver {
         stop: CancellationToken,
     ) {
         let mut tick = tokio::time::interval(digest_interval);
+        // Members known from the stored records are dialled from the start.
+        self.dial_members();
         self.drive().await;
         loop {
             tokio::select! {
@@ -783,6 +785,20 @@ impl Driver {
         }
     }
 
+    /// Dials every member whose record says where it listens (`cluster.dial`), so members
+    /// find each other through any one of them.
+    fn dial_members(&self) {
+        let me = self.replica.me();
+        for record in self.records.all().filter(|record| record.node != me) {
+            let dial = serde_json::from_slice::<serde_json::Value>(&record.bytes)
+                .ok()
+                .and_then(|config| config["cluster"]["dial"].as_str()?.parse().ok());
+            if let Some(addr) = dial {
+                self.mesh.add_peer(addr);
+            }
+        }
+    }
+
     /// Keeps (and stores) the records newer than those held.
     async fn received_records(&mut self, records: Vec<palisade_replication::records::NodeRecord>) {
         let me = self.replica.me();
@@ -795,6 +811,7 @@ impl Driver {
         if newer.is_empty() {
             return;
         }
+        self.dial_members();
         let stored = self
             .stored(move |store| {
                 newer.iter().try_for_each(|record| {

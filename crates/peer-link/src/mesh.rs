@@ -132,6 +132,8 @@ enum Command {
     Sender(NodeId, oneshot::Sender<Option<PeerSender>>),
     /// Close every link to a peer (removed from the cluster).
     Disconnect(NodeId),
+    /// Dial this address too, while no link to it is up (a member learnt at run time).
+    AddPeer(SocketAddr),
     Broadcast(HaMessage),
     To(IpAddr, HaMessage),
     Replication(NodeId, Vec<u8>),
@@ -237,6 +239,13 @@ impl MeshHandle {
         wait.await.ok().flatten()
     }
 
+    /// Dials `addr` too from now on, while no link to it is up: a cluster member learnt at
+    /// run time (its record, `palisade cluster add`). Under the cluster's TLS only: the
+    /// certificate admits it; a group-key mesh keeps its configured peers.
+    pub fn add_peer(&self, addr: SocketAddr) {
+        let _ = self.commands.send(Command::AddPeer(addr));
+    }
+
     /// Closes every link to the peer with this id (with a goodbye); whether it may link again
     /// is the authenticator's decision.
     pub fn disconnect(&self, peer: NodeId) {
@@ -311,6 +320,12 @@ pub async fn start(
         link_owner: HashMap::new(),
         incarnations: HashMap::new(),
         verified: HashSet::new(),
+        dialling: config
+            .peers
+            .iter()
+            .copied()
+            .filter(|peer| tls || config.local_addr < peer.ip())
+            .collect(),
         our_statuses: BTreeMap::new(),
         peer_statuses: BTreeMap::new(),
         send_warnings: LogThrottle::new(Duration::from_secs(10)),
@@ -637,6 +652,8 @@ struct Mesh {
     incarnations: HashMap<IpAddr, Incarnation>,
     /// Configured addresses where a dial of ours reached the expected peer.
     verified: HashSet<SocketAddr>,
+    /// Addresses a dial loop runs for.
+    dialling: HashSet<SocketAddr>,
     /// Our latest status per VRID, for peers that connect later.
     our_statuses: BTreeMap<u8, HaMessage>,
     /// Peers' latest status per (address, VRID), for late subscribers.
@@ -902,6 +919,20 @@ impl Mesh {
                     .find(|links| links.peer.addr == addr && !links.links.is_empty())
                 {
                     self.send_on(links, message);
+                }
+            }
+            Command::AddPeer(addr) => {
+                let tls = matches!(self.shared.config.auth, LinkAuth::Tls(_));
+                let own = addr == self.shared.config.listen
+                    || (addr.ip() == self.shared.config.local_addr
+                        && addr.port() == self.shared.config.listen.port());
+                if tls && !own && self.dialling.insert(addr) {
+                    tracing::info!(%addr, "dialling a cluster member learnt at run time");
+                    self.shared.tasks.spawn(dial_loop(
+                        addr,
+                        self.shared.clone(),
+                        self.peers_watch.subscribe(),
+                    ));
                 }
             }
             Command::Disconnect(peer) => {
