@@ -54,10 +54,16 @@ impl Member {
         self.cluster_status()["active"].as_str().map(str::to_owned)
     }
 
+    /// Peers this node replicates with (linked, and their checks passed).
     fn peers(&self) -> usize {
         self.cluster_status()["peers"]
             .as_array()
-            .map_or(0, Vec::len)
+            .map_or(0, |peers| {
+                peers
+                    .iter()
+                    .filter(|peer| peer["replicating"] == true)
+                    .count()
+            })
     }
 
     /// A sample's value on the node's /metrics (`name{labels}` as printed).

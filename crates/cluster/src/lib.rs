@@ -525,7 +525,10 @@ impl Driver {
                         Ok(SyncMessage::RenewResponse(answer)) if self.gate.admitted(from) => {
                             self.renewed(from, answer).await;
                         }
-                        Ok(SyncMessage::Trust(bytes)) if self.gate.admitted(from) => {
+                        // Checked by its CA signature, not by the release and clock checks: taken
+                        // from any member that got through the link's authentication (a peer
+                        // admitted later must not miss a removal made meanwhile).
+                        Ok(SyncMessage::Trust(bytes)) => {
                             self.received_trust(from, bytes).await;
                         }
                         Ok(message) if self.gate.admitted(from) => {
@@ -613,6 +616,9 @@ impl Driver {
         match (checked.was_admitted, checked.admitted) {
             (false, true) => {
                 tracing::info!(peer = %from, %name, release = %hello.release, "replicating with peer");
+                // Its hello came first: ours may have been missed (sent before the peer was
+                // listening for it); answering once repairs that without waiting for a tick.
+                self.send_hello(from);
                 self.replica.peer_up(from);
                 self.send_trust(Some(from));
                 self.send_activation(Some(from));
