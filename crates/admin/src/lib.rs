@@ -10,6 +10,7 @@
 //! cross-origin HTML form cannot either). Read-only endpoints answer anyone who can reach the
 //! admin port (load balancers poll `/healthz`).
 
+pub mod accounts;
 pub mod process_metrics;
 
 use std::future::Future;
