@@ -79,6 +79,14 @@ pub trait NodeControl: Send + Sync + 'static {
         let _ = which;
         Box::pin(async { Err(not_a_member()) })
     }
+    /// Adds, removes or re-keys an admin account (saved as a revision, like the policy).
+    fn accounts_change(
+        self: Arc<Self>,
+        change: AccountChange,
+    ) -> BoxFuture<Result<serde_json::Value, ControlError>> {
+        let _ = change;
+        Box::pin(async { Err(not_a_member()) })
+    }
     /// Links to a node that already holds a certificate of this cluster's CA.
     fn cluster_add(
         self: Arc<Self>,
@@ -136,6 +144,19 @@ fn not_a_member() -> ControlError {
     )
 }
 
+/// The body of `POST /admin/accounts`: `op` is `add`, `remove` or `passwd`; `hash` the new
+/// password's argon2id hash (made by the client: the password never travels).
+#[derive(Debug, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountChange {
+    pub op: String,
+    pub name: String,
+    #[serde(default)]
+    pub hash: Option<String>,
+    #[serde(default)]
+    pub saved_by: String,
+}
+
 /// The body of `POST /cluster/remove`.
 #[derive(Debug, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
@@ -188,6 +209,8 @@ pub struct AdminState {
     pub registry: Arc<Registry>,
     pub node: palisade_identity::NodeName,
     pub control: Arc<dyn NodeControl>,
+    /// The cluster's admin accounts, as the live revision has them (none: this node only).
+    pub accounts: tokio::sync::watch::Receiver<Arc<accounts::Accounts>>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -202,6 +225,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/cluster/renew", post(cluster_renew))
         .route("/cluster/backup", get(cluster_backup))
         .route("/cluster/add", post(cluster_add))
+        .route("/admin/accounts", get(accounts_list).post(accounts_change))
         .route("/policy/history", get(policy_history))
         .route("/policy/revision/{which}", get(policy_revision))
         .route("/policy/rollback", post(policy_rollback))
@@ -354,7 +378,7 @@ async fn drain(
     headers: HeaderMap,
     Json(request): Json<DrainRequest>,
 ) -> Response {
-    if let Some(refused) = refusal(peer, &headers) {
+    if let Err(refused) = authorize(&state, peer, &headers).await {
         return refused;
     }
     control_response(state.control.clone().drain(request.force).await)
@@ -370,7 +394,7 @@ async fn resume(
     headers: HeaderMap,
     Json(ResumeRequest {}): Json<ResumeRequest>,
 ) -> Response {
-    if let Some(refused) = refusal(peer, &headers) {
+    if let Err(refused) = authorize(&state, peer, &headers).await {
         return refused;
     }
     control_response(state.control.clone().resume().await)
@@ -386,7 +410,7 @@ async fn cluster_remove(
     headers: HeaderMap,
     Json(request): Json<ClusterRemove>,
 ) -> Response {
-    if let Some(refused) = refusal(peer, &headers) {
+    if let Err(refused) = authorize(&state, peer, &headers).await {
         return refused;
     }
     control_response(state.control.clone().cluster_remove(request.node_id).await)
@@ -419,10 +443,44 @@ async fn cluster_add(
     headers: HeaderMap,
     Json(request): Json<AddRequest>,
 ) -> Response {
-    if let Some(refused) = refusal(peer, &headers) {
+    if let Err(refused) = authorize(&state, peer, &headers).await {
         return refused;
     }
     control_response(state.control.clone().cluster_add(request.address).await)
+}
+
+/// Account names and when each was last changed (never a hash).
+async fn accounts_list(State(state): State<AdminState>) -> Response {
+    let accounts = state.accounts.borrow().clone();
+    let list: Vec<serde_json::Value> = accounts
+        .accounts
+        .iter()
+        .map(
+            |(name, account)| serde_json::json!({ "name": name, "changed_ms": account.changed_ms }),
+        )
+        .collect();
+    (
+        StatusCode::OK,
+        Json(serde_json::json!({ "accounts": list })),
+    )
+        .into_response()
+}
+
+async fn accounts_change(
+    State(state): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(request): Json<AccountChange>,
+) -> Response {
+    let who = match authorize(&state, peer, &headers).await {
+        Ok(who) => who,
+        Err(refused) => return refused,
+    };
+    let mut request = request;
+    if let Some(account) = who {
+        request.saved_by = account;
+    }
+    control_response(state.control.clone().accounts_change(request).await)
 }
 
 async fn cluster_backup(State(state): State<AdminState>) -> Response {
@@ -435,7 +493,7 @@ async fn cluster_renew(
     headers: HeaderMap,
     Json(ConfirmRequest {}): Json<ConfirmRequest>,
 ) -> Response {
-    if let Some(refused) = refusal(peer, &headers) {
+    if let Err(refused) = authorize(&state, peer, &headers).await {
         return refused;
     }
     control_response(state.control.clone().cluster_renew().await)
@@ -447,7 +505,7 @@ async fn policy_confirm(
     headers: HeaderMap,
     Json(ConfirmRequest {}): Json<ConfirmRequest>,
 ) -> Response {
-    if let Some(refused) = refusal(peer, &headers) {
+    if let Err(refused) = authorize(&state, peer, &headers).await {
         return refused;
     }
     control_response(state.control.clone().policy_confirm().await)
@@ -459,8 +517,13 @@ async fn policy_rollback(
     headers: HeaderMap,
     Json(request): Json<PolicyRollback>,
 ) -> Response {
-    if let Some(refused) = refusal(peer, &headers) {
-        return refused;
+    let who = match authorize(&state, peer, &headers).await {
+        Ok(who) => who,
+        Err(refused) => return refused,
+    };
+    let mut request = request;
+    if let Some(account) = who {
+        request.saved_by = account;
     }
     control_response(state.control.clone().policy_rollback(request).await)
 }
@@ -471,8 +534,13 @@ async fn policy_apply(
     headers: HeaderMap,
     Json(request): Json<PolicyApply>,
 ) -> Response {
-    if let Some(refused) = refusal(peer, &headers) {
-        return refused;
+    let who = match authorize(&state, peer, &headers).await {
+        Ok(who) => who,
+        Err(refused) => return refused,
+    };
+    let mut request = request;
+    if let Some(account) = who {
+        request.saved_by = account;
     }
     control_response(state.control.clone().policy_apply(request).await)
 }
@@ -503,23 +571,73 @@ fn control_response(result: Result<serde_json::Value, ControlError>) -> Response
     }
 }
 
-/// The state-changing endpoints' gate (see the crate docs): 403 unless the request comes
-/// from this node over loopback and names it by address or as `localhost`.
-fn refusal(peer: SocketAddr, headers: &HeaderMap) -> Option<Response> {
-    gate(peer, headers).err().map(|why| {
-        (
-            StatusCode::FORBIDDEN,
-            Json(serde_json::json!({ "error": why })),
-        )
-            .into_response()
-    })
+/// Who may change state: this node itself (loopback, see [`gate`]: `Ok(None)`), or anyone
+/// naming an admin account and its password (HTTP Basic: `Ok(Some(account))`). Otherwise
+/// 401 (with the challenge) or 403.
+async fn authorize(
+    state: &AdminState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<Option<String>, Response> {
+    let credentials = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Basic "))
+        .and_then(|encoded| {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded.trim())
+                .ok()
+        })
+        .and_then(|decoded| String::from_utf8(decoded).ok())
+        .and_then(|text| {
+            text.split_once(':')
+                .map(|(name, password)| (name.to_owned(), password.to_owned()))
+        });
+    let Some((name, password)) = credentials else {
+        return match gate(peer, headers) {
+            Ok(()) => Ok(None),
+            Err(why) if state.accounts.borrow().is_empty() => Err(forbidden(why)),
+            Err(_) => Err(challenge("an admin account is needed from another host")),
+        };
+    };
+    let accounts = state.accounts.borrow().clone();
+    let account = name.clone();
+    let valid = tokio::task::spawn_blocking(move || accounts.verify(&account, &password))
+        .await
+        .unwrap_or(false);
+    if valid {
+        Ok(Some(name))
+    } else {
+        tracing::warn!(%peer, account = %name, "admin login refused");
+        Err(challenge("wrong account or password"))
+    }
 }
 
+fn forbidden(why: &str) -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        Json(serde_json::json!({ "error": why })),
+    )
+        .into_response()
+}
+
+fn challenge(why: &str) -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Basic realm=\"palisade\"")],
+        Json(serde_json::json!({ "error": why })),
+    )
+        .into_response()
+}
+
+/// The state-changing endpoints' gate for this node itself (see the crate docs): the request
+/// comes over loopback and names the node by address or as `localhost`.
 fn gate(peer: SocketAddr, headers: &HeaderMap) -> Result<(), &'static str> {
     // IPv4-mapped ::ffff:127.0.0.1 counts as loopback too (a dual-stack listener).
     if !peer.ip().to_canonical().is_loopback() {
         return Err(
-            "changes are accepted from this node only (loopback) until admin accounts exist",
+            "changes are accepted from this node (loopback), or with an admin account (`palisade admin add`)",
         );
     }
     let host = headers
@@ -569,21 +687,105 @@ mod tests {
         headers
     }
 
-    #[test]
-    fn state_changes_only_from_loopback_naming_this_node() {
+    struct Idle;
+
+    impl NodeControl for Idle {
+        fn status(&self) -> serde_json::Value {
+            serde_json::Value::Null
+        }
+        fn drained(&self) -> bool {
+            false
+        }
+        fn drain(self: Arc<Self>, _: bool) -> BoxFuture<Result<serde_json::Value, ControlError>> {
+            Box::pin(async { Ok(serde_json::Value::Null) })
+        }
+        fn resume(self: Arc<Self>) -> BoxFuture<Result<serde_json::Value, ControlError>> {
+            Box::pin(async { Ok(serde_json::Value::Null) })
+        }
+    }
+
+    fn state(accounts: accounts::Accounts) -> AdminState {
+        let (_, receiver) = tokio::sync::watch::channel(Arc::new(accounts));
+        AdminState {
+            registry: Arc::new(Registry::default()),
+            node: palisade_identity::NodeName::default(),
+            control: Arc::new(Idle),
+            accounts: receiver,
+        }
+    }
+
+    fn basic(name: &str, password: &str, host_name: &str) -> HeaderMap {
+        use base64::Engine;
+        let mut headers = host(host_name);
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(format!("{name}:{password}"));
+        if let Ok(value) = format!("Basic {encoded}").parse() {
+            headers.insert(header::AUTHORIZATION, value);
+        }
+        headers
+    }
+
+    #[tokio::test]
+    async fn state_changes_from_this_node_or_with_an_admin_account() {
         let loopback: SocketAddr = ([127, 0, 0, 1], 40000).into();
         let mapped = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST.to_ipv6_mapped(), 40000));
         let remote: SocketAddr = ([10, 213, 0, 13], 40000).into();
-        assert!(refusal(loopback, &host("127.0.0.1:4711")).is_none());
-        assert!(refusal(mapped, &host("localhost:4711")).is_none());
+        let status = |result: Result<Option<String>, Response>| match result {
+            Ok(who) => Ok(who),
+            Err(response) => Err(response.status()),
+        };
+        let none = state(accounts::Accounts::default());
+        assert_eq!(
+            status(authorize(&none, loopback, &host("127.0.0.1:4711")).await),
+            Ok(None)
+        );
+        assert_eq!(
+            status(authorize(&none, mapped, &host("localhost:4711")).await),
+            Ok(None)
+        );
         for (peer, name) in [
             (remote, "127.0.0.1:4711"),
             (loopback, "evil.example:4711"),
             (loopback, ""),
         ] {
             assert!(gate(peer, &host(name)).is_err(), "{peer} {name}");
-            let refused = refusal(peer, &host(name)).map(|response| response.status());
-            assert_eq!(refused, Some(StatusCode::FORBIDDEN), "{peer} {name}");
+            assert_eq!(
+                status(authorize(&none, peer, &host(name)).await),
+                Err(StatusCode::FORBIDDEN),
+                "{peer} {name}"
+            );
+        }
+        // With accounts: another host gets in with one, and is challenged without.
+        let mut accounts = accounts::Accounts::default();
+        accounts.accounts.insert(
+            "alice".to_owned(),
+            accounts::Account {
+                hash: accounts::hash_password("correct horse battery")
+                    .unwrap_or_else(|error| panic!("{error}")),
+                changed_ms: 1,
+            },
+        );
+        let with = state(accounts);
+        assert_eq!(
+            status(
+                authorize(
+                    &with,
+                    remote,
+                    &basic("alice", "correct horse battery", "proxy-1:4711")
+                )
+                .await
+            ),
+            Ok(Some("alice".to_owned()))
+        );
+        for headers in [
+            basic("alice", "wrong horse battery", "proxy-1:4711"),
+            basic("mallory", "correct horse battery", "proxy-1:4711"),
+            host("proxy-1:4711"),
+        ] {
+            assert_eq!(
+                status(authorize(&with, remote, &headers).await),
+                Err(StatusCode::UNAUTHORIZED)
+            );
         }
     }
 

@@ -20,6 +20,16 @@ pub(crate) fn request(
     stream.set_read_timeout(Some(timeout))?;
     let body = body.map(ToString::to_string);
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n");
+    // An admin account, for a node other than this one.
+    if let (Ok(user), Ok(password)) = (
+        std::env::var("PALISADE_ADMIN_USER"),
+        std::env::var("PALISADE_ADMIN_PASSWORD"),
+    ) {
+        use base64::Engine;
+        let credentials =
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        head.push_str(&format!("Authorization: Basic {credentials}\r\n"));
+    }
     if let Some(body) = &body {
         head.push_str(&format!(
             "Content-Type: application/json\r\nContent-Length: {}\r\n",

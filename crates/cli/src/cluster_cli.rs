@@ -430,6 +430,24 @@ pub fn render_diff(old: &serde_json::Value, new: &serde_json::Value) -> String {
             out.push_str(&format!("  (first {SHOWN} of each shown)\n"));
         }
     }
+    let names = |value: &serde_json::Value| -> std::collections::BTreeSet<String> {
+        value["accounts"]
+            .as_array()
+            .map(|names| {
+                names
+                    .iter()
+                    .filter_map(|name| name.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (before, after) = (names(old), names(new));
+    for added in after.difference(&before) {
+        out.push_str(&format!("account + {added}\n"));
+    }
+    for removed in before.difference(&after) {
+        out.push_str(&format!("account - {removed}\n"));
+    }
     if out.is_empty() {
         out.push_str("(no difference)\n");
     }
@@ -781,5 +799,104 @@ pub fn add(admin: SocketAddr, address: &str) -> anyhow::Result<()> {
         value["added"].as_str().unwrap_or("?"),
         value["address"].as_str().unwrap_or("?"),
     );
+    Ok(())
+}
+
+/// Reads a password from standard input: one line, without echo at a terminal.
+fn read_password(prompt: &str) -> anyhow::Result<String> {
+    use std::io::{BufRead, IsTerminal};
+    let stdin = std::io::stdin();
+    let terminal = stdin.is_terminal();
+    let saved = if terminal {
+        eprint!("{prompt}");
+        let saved = nix::sys::termios::tcgetattr(&stdin).ok();
+        if let Some(saved) = &saved {
+            let mut quiet = saved.clone();
+            quiet
+                .local_flags
+                .remove(nix::sys::termios::LocalFlags::ECHO);
+            let _ =
+                nix::sys::termios::tcsetattr(&stdin, nix::sys::termios::SetArg::TCSANOW, &quiet);
+        }
+        saved
+    } else {
+        None
+    };
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line);
+    if let Some(saved) = saved {
+        let _ = nix::sys::termios::tcsetattr(&stdin, nix::sys::termios::SetArg::TCSANOW, &saved);
+        eprintln!();
+    }
+    read.context("cannot read the password")?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+/// `palisade admin add|passwd|remove NAME`.
+pub fn admin_change(admin: SocketAddr, op: &str, name: &str) -> anyhow::Result<()> {
+    palisade_admin::accounts::check_name(name)?;
+    let hash = match op {
+        "remove" => None,
+        _ => {
+            let password = read_password(&format!("password for {name}: "))?;
+            Some(palisade_admin::accounts::hash_password(&password)?)
+        }
+    };
+    let body = serde_json::to_value(palisade_admin::AccountChange {
+        op: op.to_owned(),
+        name: name.to_owned(),
+        hash,
+        saved_by: std::env::var("SUDO_USER")
+            .or_else(|_| std::env::var("USER"))
+            .unwrap_or_default(),
+    })?;
+    let (code, value) = request(
+        admin,
+        "POST",
+        "/admin/accounts",
+        Some(&body),
+        Duration::from_secs(30),
+    )?;
+    if code != 200 {
+        bail!(
+            "{}",
+            value["error"]
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_owned)
+        );
+    }
+    println!(
+        "account {name}: {op} saved as revision {}; live on every node moments later",
+        value["revision"].as_str().unwrap_or("?")
+    );
+    Ok(())
+}
+
+/// `palisade admin list`.
+pub fn admin_list(admin: SocketAddr) -> anyhow::Result<()> {
+    let (code, value) = request(
+        admin,
+        "GET",
+        "/admin/accounts",
+        None,
+        Duration::from_secs(10),
+    )?;
+    if code != 200 {
+        bail!(
+            "{}",
+            value["error"]
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_owned)
+        );
+    }
+    for account in value["accounts"].as_array().cloned().unwrap_or_default() {
+        println!(
+            "{}  (changed {})",
+            account["name"].as_str().unwrap_or("?"),
+            palisade_replication::coordinator::seeds_timestamp(
+                account["changed_ms"].as_u64().unwrap_or(0)
+            )
+        );
+    }
     Ok(())
 }

@@ -58,6 +58,8 @@ pub struct ClusterPlane {
     /// The revision whose policy is live on this node (installed, not only received).
     pub live: tokio::sync::watch::Receiver<Option<RevisionId>>,
     pub trust: TrustDir,
+    /// The admin accounts of the live revision.
+    pub accounts: tokio::sync::watch::Receiver<Arc<palisade_admin::accounts::Accounts>>,
 }
 
 /// This node's record for the cluster: its node-local configuration as other members may
@@ -217,6 +219,8 @@ pub async fn start(prepared: Prepared, args: StartArgs<'_>) -> anyhow::Result<Cl
     let reporter = handle.clone();
     let stop = args.stop.clone();
     let (live_tx, live) = tokio::sync::watch::channel(None);
+    let (accounts_tx, accounts) =
+        tokio::sync::watch::channel(Arc::new(palisade_admin::accounts::Accounts::default()));
     args.tasks.spawn(async move {
         loop {
             let (head, bundle) = tokio::select! {
@@ -226,9 +230,20 @@ pub async fn start(prepared: Prepared, args: StartArgs<'_>) -> anyhow::Result<Cl
                     None => return,
                 },
             };
+            let accounts = bundle.lists.get(palisade_admin::accounts::ACCOUNTS_KEY).cloned();
             let result = activate(&installer, &policy_file, head, bundle).await;
             if result.is_ok() {
                 live_tx.send_replace(Some(head));
+                let parsed = match accounts {
+                    None => Ok(palisade_admin::accounts::Accounts::default()),
+                    Some(text) => palisade_admin::accounts::Accounts::from_json(&text),
+                };
+                match parsed {
+                    Ok(parsed) => {
+                        accounts_tx.send_replace(Arc::new(parsed));
+                    }
+                    Err(error) => tracing::error!("the admin accounts of revision {head:?} are unreadable; the previous ones stay: {error}"),
+                }
             }
             let _ = reporter.report_activation(head, result).await;
         }
@@ -243,6 +258,7 @@ pub async fn start(prepared: Prepared, args: StartArgs<'_>) -> anyhow::Result<Cl
         installer: args.installer,
         live,
         trust,
+        accounts,
     })
 }
 

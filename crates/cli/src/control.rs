@@ -228,6 +228,19 @@ async fn drain_group(group: GroupHandle) -> serde_json::Value {
     report
 }
 
+/// A bundle's lists without the accounts' hashes (read-only endpoints answer anyone who can
+/// reach the admin port), and the account names.
+fn without_account_hashes(
+    mut lists: std::collections::BTreeMap<String, String>,
+) -> (std::collections::BTreeMap<String, String>, Vec<String>) {
+    let accounts = lists
+        .remove(palisade_admin::accounts::ACCOUNTS_KEY)
+        .and_then(|text| palisade_admin::accounts::Accounts::from_json(&text).ok())
+        .map(|accounts| accounts.accounts.into_keys().collect())
+        .unwrap_or_default();
+    (lists, accounts)
+}
+
 /// A revision id as `palisade policy history` prints it (64 hex digits).
 fn parse_revision(text: &str) -> Option<palisade_replication::RevisionId> {
     palisade_cluster_trust::join::parse_digest(text.trim()).map(palisade_replication::RevisionId)
@@ -324,6 +337,84 @@ impl Control {
             .map_err(|error| ControlError::Failed(error.to_string()))?;
         tracing::warn!(%node, serial, "node removed from the cluster");
         Ok(serde_json::json!({ "removed": node.to_string(), "trust_serial": serial }))
+    }
+
+    /// `palisade admin add|remove|passwd`: the head's policy with its accounts changed,
+    /// saved on top of the head (a concurrent save makes it refused: run it again).
+    async fn accounts_change_now(
+        self: Arc<Self>,
+        change: palisade_admin::AccountChange,
+    ) -> Result<serde_json::Value, ControlError> {
+        use palisade_admin::accounts::{ACCOUNTS_KEY, Account, Accounts, check_name};
+        let cluster = self.cluster()?;
+        check_name(&change.name).map_err(|error| ControlError::Invalid(error.to_string()))?;
+        let (head, mut bundle) = cluster.handle.bundle("head").await.map_err(|error| {
+            ControlError::Conflict(format!(
+                "accounts are saved with the policy, and the cluster has none yet ({error}): `palisade policy apply` one first"
+            ))
+        })?;
+        let mut accounts = match bundle.lists.get(ACCOUNTS_KEY) {
+            Some(text) => Accounts::from_json(text)
+                .map_err(|error| ControlError::Failed(error.to_string()))?,
+            None => Accounts::default(),
+        };
+        let now_ms = unix_now() * 1000;
+        let hash = || -> Result<String, ControlError> {
+            let hash = change.hash.clone().unwrap_or_default();
+            if !hash.starts_with("$argon2id$") {
+                return Err(ControlError::Invalid(
+                    "an account needs an argon2id hash of its password".to_owned(),
+                ));
+            }
+            Ok(hash)
+        };
+        let exists = accounts.accounts.contains_key(&change.name);
+        match (change.op.as_str(), exists) {
+            ("add", false) | ("passwd", true) => {
+                accounts.accounts.insert(
+                    change.name.clone(),
+                    Account {
+                        hash: hash()?,
+                        changed_ms: now_ms,
+                    },
+                );
+            }
+            ("add", true) => {
+                return Err(ControlError::Conflict(format!(
+                    "account {} exists (`palisade admin passwd` sets its password)",
+                    change.name
+                )));
+            }
+            ("remove", true) => {
+                accounts.accounts.remove(&change.name);
+            }
+            ("remove" | "passwd", false) => {
+                return Err(ControlError::Invalid(format!("no account {}", change.name)));
+            }
+            (other, _) => {
+                return Err(ControlError::Invalid(format!(
+                    "unknown account operation {other:?} (add, remove, passwd)"
+                )));
+            }
+        }
+        bundle
+            .lists
+            .insert(ACCOUNTS_KEY.to_owned(), accounts.to_json());
+        let base =
+            parse_revision(&head.id).map(|id| palisade_replication::Base::Revision(Some(id)));
+        let saved_by = if change.saved_by.is_empty() {
+            format!("node {}", self.node)
+        } else {
+            change.saved_by.clone()
+        };
+        self.save_prepared(
+            bundle,
+            base.unwrap_or(palisade_replication::Base::Head),
+            true,
+            saved_by,
+            &format!("admin {} {}", change.op, change.name),
+        )
+        .await
     }
 
     /// `palisade cluster add HOST:PORT`: dials a node that holds a certificate of this CA
@@ -467,11 +558,15 @@ impl Control {
             "cluster": cluster.cluster_id,
             "taken_on": self.node.as_str(),
             "taken_ms": now_ms,
-            "policy": head.map(|(summary, bundle)| serde_json::json!({
-                "revision": summary,
-                "document": bundle.document,
-                "lists": bundle.lists,
-            })),
+            "policy": head.map(|(summary, bundle)| {
+                let (lists, accounts) = without_account_hashes(bundle.lists);
+                serde_json::json!({
+                    "revision": summary,
+                    "document": bundle.document,
+                    "lists": lists,
+                    "accounts": accounts,
+                })
+            }),
             "history": history,
             "members": members,
             "trust": trust,
@@ -496,6 +591,16 @@ impl Control {
             document: request.document,
             lists: request.lists,
         };
+        if let Some(reserved) = bundle
+            .lists
+            .keys()
+            .find(|key| key.starts_with(palisade_policy::bundle::RESERVED_PREFIX))
+        {
+            return Err(ControlError::Invalid(format!(
+                "list names under {} are the cluster's own: {reserved}",
+                palisade_policy::bundle::RESERVED_PREFIX
+            )));
+        }
         // The revision to return to unless confirmed: the head this save replaces.
         let before = match request.confirm_seconds {
             0 => None,
@@ -670,6 +775,30 @@ impl Control {
     /// is the head already (unless `force`) records nothing.
     async fn save_bundle(
         &self,
+        mut bundle: palisade_policy::PolicyBundle,
+        base: palisade_replication::Base,
+        force: bool,
+        saved_by: String,
+        message: &str,
+    ) -> Result<serde_json::Value, ControlError> {
+        let cluster = self.cluster()?;
+        // The accounts are the head's, whatever the policy saved (a rollback or a restore of
+        // the policy must not bring back an account removed since): only `palisade admin`
+        // changes them.
+        let key = palisade_admin::accounts::ACCOUNTS_KEY;
+        bundle.lists.remove(key);
+        if let Ok((_, head)) = cluster.handle.bundle("head").await
+            && let Some(accounts) = head.lists.get(key)
+        {
+            bundle.lists.insert(key.to_owned(), accounts.clone());
+        }
+        self.save_prepared(bundle, base, force, saved_by, message)
+            .await
+    }
+
+    /// Saves a bundle whose accounts are already what they should be.
+    async fn save_prepared(
+        &self,
         bundle: palisade_policy::PolicyBundle,
         base: palisade_replication::Base,
         force: bool,
@@ -739,10 +868,12 @@ impl Control {
             .bundle(&which)
             .await
             .map_err(ControlError::Invalid)?;
+        let (lists, accounts) = without_account_hashes(bundle.lists);
         Ok(serde_json::json!({
             "revision": summary,
             "document": bundle.document,
-            "lists": bundle.lists,
+            "lists": lists,
+            "accounts": accounts,
         }))
     }
 
@@ -852,6 +983,13 @@ impl NodeControl for Control {
         address: String,
     ) -> BoxFuture<Result<serde_json::Value, ControlError>> {
         Box::pin(self.cluster_add_now(address))
+    }
+
+    fn accounts_change(
+        self: Arc<Self>,
+        change: palisade_admin::AccountChange,
+    ) -> BoxFuture<Result<serde_json::Value, ControlError>> {
+        Box::pin(self.accounts_change_now(change))
     }
 
     fn cluster_backup(self: Arc<Self>) -> BoxFuture<Result<serde_json::Value, ControlError>> {

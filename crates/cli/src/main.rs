@@ -85,6 +85,13 @@ enum Command {
         #[command(subcommand)]
         action: PolicyAction,
     },
+    /// The cluster's admin accounts (argon2id hashes, replicated with the policy). With an
+    /// account, state-changing admin requests are accepted from other hosts too (HTTP Basic;
+    /// the CLI sends PALISADE_ADMIN_USER / PALISADE_ADMIN_PASSWORD when set).
+    Admin {
+        #[command(subcommand)]
+        action: AdminAction,
+    },
     /// Write the whole cluster's configuration, from this node: the policy (head and
     /// history), every member's node-local settings (no secrets), the shared trust (CA
     /// certificates, removed nodes; no keys).
@@ -181,6 +188,33 @@ enum ClusterAction {
         admin: std::net::SocketAddr,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminAction {
+    /// Add an account; its password is read from standard input (no echo at a terminal).
+    Add {
+        name: String,
+        #[arg(long, default_value = "127.0.0.1:4711")]
+        admin: std::net::SocketAddr,
+    },
+    /// Set an account's password (read from standard input).
+    Passwd {
+        name: String,
+        #[arg(long, default_value = "127.0.0.1:4711")]
+        admin: std::net::SocketAddr,
+    },
+    /// Remove an account.
+    Remove {
+        name: String,
+        #[arg(long, default_value = "127.0.0.1:4711")]
+        admin: std::net::SocketAddr,
+    },
+    /// The accounts and when each was last changed.
+    List {
+        #[arg(long, default_value = "127.0.0.1:4711")]
+        admin: std::net::SocketAddr,
     },
 }
 
@@ -337,6 +371,16 @@ fn main() -> ExitCode {
                 message,
                 admin,
             } => cluster_cli::rollback(admin, &revision, message),
+        },
+        Command::Admin { action } => match action {
+            AdminAction::Add { name, admin } => cluster_cli::admin_change(admin, "add", &name),
+            AdminAction::Passwd { name, admin } => {
+                cluster_cli::admin_change(admin, "passwd", &name)
+            }
+            AdminAction::Remove { name, admin } => {
+                cluster_cli::admin_change(admin, "remove", &name)
+            }
+            AdminAction::List { admin } => cluster_cli::admin_list(admin),
         },
         Command::Backup { to, admin } => cluster_cli::backup(admin, to.as_deref()),
         Command::Restore { file, admin } => cluster_cli::restore(admin, &file),

@@ -512,7 +512,15 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
         )
         .with_cluster(cluster.clone()),
     );
+    let accounts = match &cluster {
+        Some(cluster) => cluster.accounts.clone(),
+        // A single node has no accounts: changes come from the node itself only.
+        None => {
+            tokio::sync::watch::channel(Arc::new(palisade_admin::accounts::Accounts::default())).1
+        }
+    };
     let admin_state = palisade_admin::AdminState {
+        accounts,
         registry: Arc::new(registry),
         node: config.hostname.clone(),
         control,

@@ -149,7 +149,7 @@ fn members(lab: &Lab, dir: &Path, names: &[&str]) -> Vec<Member> {
         std::fs::write(
             &config,
             format!(
-                "[node]\nhostname = \"{name}\"\ndata_dir = \"{data}\"\n[proxy]\nlisten = [\"0.0.0.0:9090\"]\ntest_listen = [\"0.0.0.0:9091\"]\n[dns]\nservers = [\"127.0.0.1:53\"]\ntimeout = \"100ms\"\n[policy]\nfile = \"{policy}\"\npoll_interval = \"200ms\"\n[cluster]\nlisten = \"0.0.0.0:{CLUSTER_PORT}\"\naddress = \"{addr}\"\npeers = [{peers}]\ndigest_interval = \"500ms\"\n",
+                "[node]\nhostname = \"{name}\"\ndata_dir = \"{data}\"\n[proxy]\nlisten = [\"0.0.0.0:9090\"]\ntest_listen = [\"0.0.0.0:9091\"]\n[dns]\nservers = [\"127.0.0.1:53\"]\ntimeout = \"100ms\"\n[admin]\nlisten = \"0.0.0.0:4711\"\n[policy]\nfile = \"{policy}\"\npoll_interval = \"200ms\"\n[cluster]\nlisten = \"0.0.0.0:{CLUSTER_PORT}\"\naddress = \"{addr}\"\npeers = [{peers}]\ndigest_interval = \"500ms\"\n",
                 data = home.join("data").display(),
                 policy = policy_file.display(),
                 addr = host.addr,
@@ -1242,4 +1242,126 @@ fn cluster_add_links_a_node_and_the_members_find_it() {
             || member.peers() == 2,
         );
     }
+}
+
+/// Admin accounts: added on one node (argon2id, the password read from standard input),
+/// replicated with the policy; another host changes state only with an account (HTTP Basic),
+/// and the history names the account; a removed account no longer gets in.
+#[test]
+fn admin_accounts_replicate_and_let_other_hosts_in() {
+    if !require_netns("admin_accounts_replicate_and_let_other_hosts_in") {
+        return;
+    }
+    let mut lab = Lab::new(&["node1", "node2"]);
+    let dir = palisade_e2e::node::TempDir::new("palisade-cluster-accounts");
+    let members = members(&lab, &dir.0, &["node1", "node2"]);
+    form_cluster(&mut lab, &members);
+    members[0].write_policy(&["first.example"], "before any account");
+    applied_revision(&apply(&members[0], "first"), &members);
+
+    let add = |member: &Member, name: &str, password: &str| {
+        let mut child = member
+            .host
+            .command(BIN)
+            .args(["admin", "add", name])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|error| panic!("{error}"));
+        if let Some(mut stdin) = child.stdin.take() {
+            use std::io::Write;
+            let _ = writeln!(stdin, "{password}");
+        }
+        child
+            .wait_with_output()
+            .unwrap_or_else(|error| panic!("{error}"))
+    };
+    let short = add(&members[0], "alice", "short");
+    assert!(!short.status.success(), "a short password is refused");
+    let added = add(&members[0], "alice", "correct horse battery");
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    wait_for(
+        "node2 knows alice",
+        Duration::from_secs(10),
+        &members,
+        || String::from_utf8_lossy(&members[1].run(&["admin", "list"]).stdout).contains("alice"),
+    );
+
+    // From node1's namespace to node2's admin port: an account is needed.
+    let node2_admin = format!("{}:4711", members[1].host.addr);
+    members[1].write_policy(
+        &["first.example", "remote.example"],
+        "saved from another host",
+    );
+    let file = members[1].policy.display().to_string();
+    let remote_apply = |credentials: Option<(&str, &str)>| {
+        let mut command = members[0].host.command(BIN);
+        command.args([
+            "policy",
+            "apply",
+            &file,
+            "--admin",
+            &node2_admin,
+            "-m",
+            "remote",
+        ]);
+        if let Some((user, password)) = credentials {
+            command
+                .env("PALISADE_ADMIN_USER", user)
+                .env("PALISADE_ADMIN_PASSWORD", password);
+        }
+        command.output().unwrap_or_else(|error| panic!("{error}"))
+    };
+    let anonymous = remote_apply(None);
+    assert!(!anonymous.status.success());
+    assert!(
+        String::from_utf8_lossy(&anonymous.stderr).contains("an admin account is needed"),
+        "{}",
+        String::from_utf8_lossy(&anonymous.stderr)
+    );
+    let wrong = remote_apply(Some(("alice", "wrong horse battery")));
+    assert!(!wrong.status.success());
+    let saved = remote_apply(Some(("alice", "correct horse battery")));
+    assert!(
+        saved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&saved.stderr)
+    );
+    let history = members[0].history();
+    assert_eq!(history[0]["saved_by"], "alice", "{history:?}");
+    for member in &members {
+        wait_for(
+            "the remote save everywhere",
+            Duration::from_secs(10),
+            &members,
+            || member.proxy_code("remote.example") == "403",
+        );
+    }
+    // The accounts survive a policy save (they are the head's, not the file's).
+    wait_for("still there", Duration::from_secs(5), &members, || {
+        String::from_utf8_lossy(&members[0].run(&["admin", "list"]).stdout).contains("alice")
+    });
+    let removed = members[0].run(&["admin", "remove", "alice"]);
+    assert!(
+        removed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    wait_for(
+        "alice gone on node2",
+        Duration::from_secs(10),
+        &members,
+        || !String::from_utf8_lossy(&members[1].run(&["admin", "list"]).stdout).contains("alice"),
+    );
+    members[1].write_policy(&["first.example"], "after alice left");
+    let refused = remote_apply(Some(("alice", "correct horse battery")));
+    assert!(
+        !refused.status.success(),
+        "a removed account no longer gets in"
+    );
 }

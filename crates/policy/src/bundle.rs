@@ -83,6 +83,11 @@ pub fn list_key(declared: &str) -> String {
     }
 }
 
+/// Bundle entries under this prefix are the cluster's own (the admin accounts), never a list
+/// a policy declares: they are not written beside the policy file, and a policy may not
+/// declare a list there.
+pub const RESERVED_PREFIX: &str = ".palisade/";
+
 /// The first line of a policy file that a cluster node wrote back: the revision it holds,
 /// which `palisade policy apply` names as the base of the next save. Not part of the
 /// document (a bundle's id does not depend on it).
@@ -169,6 +174,9 @@ impl PolicyBundle {
         }
         let base = origin.parent().unwrap_or(Path::new("."));
         for (key, text) in &self.lists {
+            if key.starts_with(RESERVED_PREFIX) {
+                continue;
+            }
             write_whole(&base.join(key), text.as_bytes())?;
         }
         let mut document =
