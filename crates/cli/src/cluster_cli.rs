@@ -15,6 +15,26 @@ use palisade_cluster_trust::join::JoinToken;
 use palisade_identity::NodeId;
 
 use crate::admin_client::request;
+
+/// One admin API call that must answer 200; any other answer is an error with its reason.
+fn call(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    timeout: Duration,
+) -> anyhow::Result<serde_json::Value> {
+    let (code, value) = request(admin, method, path, body, timeout)?;
+    if code != 200 {
+        bail!(
+            "{}",
+            value["error"]
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_owned)
+        );
+    }
+    Ok(value)
+}
 use crate::config::{self, NodeConfig};
 
 fn load_config(config_file: Option<&Path>) -> anyhow::Result<NodeConfig> {
@@ -139,15 +159,7 @@ pub fn join(config_file: Option<PathBuf>, member: &str, token: &str) -> anyhow::
 
 /// `palisade cluster status`.
 pub fn status(admin: SocketAddr, json: bool) -> anyhow::Result<()> {
-    let (code, value) = request(admin, "GET", "/cluster", None, Duration::from_secs(5))?;
-    if code != 200 {
-        bail!(
-            "{}",
-            value["error"]
-                .as_str()
-                .map_or_else(|| value.to_string(), str::to_owned)
-        );
-    }
+    let value = call(admin, "GET", "/cluster", None, Duration::from_secs(5))?;
     if json {
         println!("{value:#}");
         return Ok(());
@@ -311,21 +323,13 @@ pub fn apply(
 
 /// `palisade policy history`.
 pub fn history(admin: SocketAddr, json: bool) -> anyhow::Result<()> {
-    let (code, value) = request(
+    let value = call(
         admin,
         "GET",
         "/policy/history",
         None,
         Duration::from_secs(5),
     )?;
-    if code != 200 {
-        bail!(
-            "{}",
-            value["error"]
-                .as_str()
-                .map_or_else(|| value.to_string(), str::to_owned)
-        );
-    }
     if json {
         println!("{value:#}");
         return Ok(());
@@ -348,21 +352,13 @@ pub fn history(admin: SocketAddr, json: bool) -> anyhow::Result<()> {
 }
 
 fn revision(admin: SocketAddr, which: &str) -> anyhow::Result<serde_json::Value> {
-    let (code, value) = request(
+    let value = call(
         admin,
         "GET",
         &format!("/policy/revision/{which}"),
         None,
         Duration::from_secs(60),
     )?;
-    if code != 200 {
-        bail!(
-            "{}",
-            value["error"]
-                .as_str()
-                .map_or_else(|| value.to_string(), str::to_owned)
-        );
-    }
     Ok(value)
 }
 
@@ -500,21 +496,13 @@ pub fn rollback(admin: SocketAddr, which: &str, message: Option<String>) -> anyh
             .or_else(|_| std::env::var("USER"))
             .unwrap_or_default(),
     })?;
-    let (code, value) = request(
+    let value = call(
         admin,
         "POST",
         "/policy/rollback",
         Some(&body),
         Duration::from_secs(60),
     )?;
-    if code != 200 {
-        bail!(
-            "{}",
-            value["error"]
-                .as_str()
-                .map_or_else(|| value.to_string(), str::to_owned)
-        );
-    }
     if value["unchanged"].as_bool() == Some(true) {
         println!("unchanged: the cluster's policy is already that revision's");
     } else {
@@ -529,21 +517,13 @@ pub fn rollback(admin: SocketAddr, which: &str, message: Option<String>) -> anyh
 /// `palisade cluster remove NODE_ID` (on the node that holds the CA key).
 pub fn remove(admin: SocketAddr, node_id: &str) -> anyhow::Result<()> {
     let body = serde_json::json!({ "node_id": node_id });
-    let (code, value) = request(
+    let value = call(
         admin,
         "POST",
         "/cluster/remove",
         Some(&body),
         Duration::from_secs(30),
     )?;
-    if code != 200 {
-        bail!(
-            "{}",
-            value["error"]
-                .as_str()
-                .map_or_else(|| value.to_string(), str::to_owned)
-        );
-    }
     println!(
         "node {} removed (trust bundle {}): every member refuses it from now on",
         value["removed"].as_str().unwrap_or("?"),
@@ -555,21 +535,13 @@ pub fn remove(admin: SocketAddr, node_id: &str) -> anyhow::Result<()> {
 /// `palisade policy confirm`.
 pub fn confirm(admin: SocketAddr) -> anyhow::Result<()> {
     let body = serde_json::json!({});
-    let (code, value) = request(
+    let value = call(
         admin,
         "POST",
         "/policy/confirm",
         Some(&body),
         Duration::from_secs(10),
     )?;
-    if code != 200 {
-        bail!(
-            "{}",
-            value["error"]
-                .as_str()
-                .map_or_else(|| value.to_string(), str::to_owned)
-        );
-    }
     println!(
         "confirmed revision {}: it stays",
         value["confirmed"].as_str().unwrap_or("?")
@@ -580,21 +552,13 @@ pub fn confirm(admin: SocketAddr) -> anyhow::Result<()> {
 /// `palisade cluster renew`.
 pub fn renew(admin: SocketAddr) -> anyhow::Result<()> {
     let body = serde_json::json!({});
-    let (code, value) = request(
+    let value = call(
         admin,
         "POST",
         "/cluster/renew",
         Some(&body),
         Duration::from_secs(30),
     )?;
-    if code != 200 {
-        bail!(
-            "{}",
-            value["error"]
-                .as_str()
-                .map_or_else(|| value.to_string(), str::to_owned)
-        );
-    }
     println!(
         "certificate renewed (new key, same node id): expires {}; used from the node's next start",
         value["expires"].as_str().unwrap_or("?")
@@ -661,21 +625,13 @@ pub fn install(config_file: Option<PathBuf>, certificate: &Path) -> anyhow::Resu
 
 /// `palisade backup`: the whole cluster's configuration, from this node, as JSON.
 pub fn backup(admin: SocketAddr, to: Option<&Path>) -> anyhow::Result<()> {
-    let (code, value) = request(
+    let value = call(
         admin,
         "GET",
         "/cluster/backup",
         None,
         Duration::from_secs(60),
     )?;
-    if code != 200 {
-        bail!(
-            "{}",
-            value["error"]
-                .as_str()
-                .map_or_else(|| value.to_string(), str::to_owned)
-        );
-    }
     let text = format!("{value:#}\n");
     match to {
         Some(file) => {
@@ -749,21 +705,13 @@ pub fn restore(admin: SocketAddr, file: &Path) -> anyhow::Result<()> {
         wait: 0,
         confirm_seconds: 0,
     })?;
-    let (code, value) = request(
+    let value = call(
         admin,
         "POST",
         "/policy/apply",
         Some(&body),
         Duration::from_secs(60),
     )?;
-    if code != 200 {
-        bail!(
-            "{}",
-            value["error"]
-                .as_str()
-                .map_or_else(|| value.to_string(), str::to_owned)
-        );
-    }
     if value["unchanged"].as_bool() == Some(true) {
         println!("unchanged: the cluster's policy is already the backup's");
     } else {
@@ -778,21 +726,13 @@ pub fn restore(admin: SocketAddr, file: &Path) -> anyhow::Result<()> {
 /// `palisade cluster add HOST:PORT`.
 pub fn add(admin: SocketAddr, address: &str) -> anyhow::Result<()> {
     let body = serde_json::json!({ "address": address });
-    let (code, value) = request(
+    let value = call(
         admin,
         "POST",
         "/cluster/add",
         Some(&body),
         Duration::from_secs(30),
     )?;
-    if code != 200 {
-        bail!(
-            "{}",
-            value["error"]
-                .as_str()
-                .map_or_else(|| value.to_string(), str::to_owned)
-        );
-    }
     println!(
         "added node {} ({}) at {}: it adopts the cluster's policy",
         value["name"].as_str().unwrap_or("?"),
@@ -850,21 +790,13 @@ pub fn admin_change(admin: SocketAddr, op: &str, name: &str) -> anyhow::Result<(
             .or_else(|_| std::env::var("USER"))
             .unwrap_or_default(),
     })?;
-    let (code, value) = request(
+    let value = call(
         admin,
         "POST",
         "/admin/accounts",
         Some(&body),
         Duration::from_secs(30),
     )?;
-    if code != 200 {
-        bail!(
-            "{}",
-            value["error"]
-                .as_str()
-                .map_or_else(|| value.to_string(), str::to_owned)
-        );
-    }
     println!(
         "account {name}: {op} saved as revision {}; live on every node moments later",
         value["revision"].as_str().unwrap_or("?")
@@ -874,21 +806,13 @@ pub fn admin_change(admin: SocketAddr, op: &str, name: &str) -> anyhow::Result<(
 
 /// `palisade admin list`.
 pub fn admin_list(admin: SocketAddr) -> anyhow::Result<()> {
-    let (code, value) = request(
+    let value = call(
         admin,
         "GET",
         "/admin/accounts",
         None,
         Duration::from_secs(10),
     )?;
-    if code != 200 {
-        bail!(
-            "{}",
-            value["error"]
-                .as_str()
-                .map_or_else(|| value.to_string(), str::to_owned)
-        );
-    }
     for account in value["accounts"].as_array().cloned().unwrap_or_default() {
         println!(
             "{}  (changed {})",

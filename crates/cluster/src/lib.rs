@@ -735,11 +735,9 @@ impl Driver {
         }
     }
 
-    /// Tells `to`, or every replicating peer, what this node runs.
-    fn send_activation(&self, to: Option<NodeId>) {
-        let (active, refused) = self.activation.clone();
-        let message = SyncMessage::Activation { active, refused }.encode();
-        let peers: Vec<NodeId> = match to {
+    /// `to`, or every peer this node replicates with.
+    fn targets(&self, to: Option<NodeId>) -> Vec<NodeId> {
+        match to {
             Some(peer) => vec![peer],
             None => self
                 .names
@@ -747,7 +745,14 @@ impl Driver {
                 .copied()
                 .filter(|peer| self.gate.admitted(*peer))
                 .collect(),
-        };
+        }
+    }
+
+    /// Tells `to`, or every replicating peer, what this node runs.
+    fn send_activation(&self, to: Option<NodeId>) {
+        let (active, refused) = self.activation.clone();
+        let message = SyncMessage::Activation { active, refused }.encode();
+        let peers = self.targets(to);
         for peer in peers {
             self.mesh.send_replication(peer, message.clone());
         }
@@ -777,15 +782,7 @@ impl Driver {
     /// Tells `to`, or every replicating peer, which node records this node holds.
     fn send_record_digest(&self, to: Option<NodeId>) {
         let message = SyncMessage::RecordDigest(self.records.digest()).encode();
-        let peers: Vec<NodeId> = match to {
-            Some(peer) => vec![peer],
-            None => self
-                .names
-                .keys()
-                .copied()
-                .filter(|peer| self.gate.admitted(*peer))
-                .collect(),
-        };
+        let peers = self.targets(to);
         for peer in peers {
             self.mesh.send_replication(peer, message.clone());
         }
@@ -974,15 +971,7 @@ impl Driver {
             return;
         };
         let message = SyncMessage::Trust(signed.to_wire()).encode();
-        let peers: Vec<NodeId> = match to {
-            Some(peer) => vec![peer],
-            None => self
-                .names
-                .keys()
-                .copied()
-                .filter(|peer| self.gate.admitted(*peer))
-                .collect(),
-        };
+        let peers = self.targets(to);
         for peer in peers {
             self.mesh.send_replication(peer, message.clone());
         }
