@@ -25,6 +25,11 @@ fn call(
     timeout: Duration,
 ) -> anyhow::Result<serde_json::Value> {
     let (code, value) = request(admin, method, path, body, timeout)?;
+    answered(code, value)
+}
+
+/// The answer if it is a 200; otherwise its reason as the error.
+fn answered(code: u16, value: serde_json::Value) -> anyhow::Result<serde_json::Value> {
     if code != 200 {
         bail!(
             "{}",
@@ -269,14 +274,7 @@ pub fn apply(
             value["error"].as_str().unwrap_or("refused")
         );
     }
-    if code != 200 {
-        bail!(
-            "{}",
-            value["error"]
-                .as_str()
-                .map_or_else(|| value.to_string(), str::to_owned)
-        );
-    }
+    let value = answered(code, value)?;
     if value["unchanged"].as_bool() == Some(true) {
         println!(
             "unchanged: the cluster's policy is already this (revision {})",
