@@ -429,6 +429,9 @@ fn resolve(replica: &mut Replica, id: ContentId, bytes: &[u8]) {
     }
 }
 
+/// Hellos and node-record digests go out every this many digest ticks.
+const SLOW_TICKS: u32 = 5;
+
 /// The revision a node runs, and the last one it could not install (and why).
 type Activation = (Option<RevisionId>, Option<(RevisionId, String)>);
 
@@ -473,6 +476,7 @@ impl Driver {
         stop: CancellationToken,
     ) {
         let mut tick = tokio::time::interval(digest_interval);
+        let mut ticks: u32 = 0;
         // Members known from the stored records are dialled from the start.
         self.dial_members();
         self.drive().await;
@@ -482,12 +486,16 @@ impl Driver {
                 _ = tick.tick() => {
                     self.replica.tick();
                     self.refresh_metrics();
-                    // Clocks drift and peers upgrade: the checks are made again every tick.
-                    for peer in self.names.keys() {
-                        self.send_hello(*peer);
+                    ticks = ticks.wrapping_add(1);
+                    // Clocks drift and peers upgrade: the checks are made again, and node
+                    // records compared, every few ticks (a link coming up does both at once;
+                    // activation reports go out when they change).
+                    if ticks.is_multiple_of(SLOW_TICKS) {
+                        for peer in self.names.keys() {
+                            self.send_hello(*peer);
+                        }
+                        self.send_record_digest(None);
                     }
-                    self.send_activation(None);
-                    self.send_record_digest(None);
                 }
                 event = events.recv() => match event {
                     Ok(MeshEvent::PeerUp(peer)) => {
