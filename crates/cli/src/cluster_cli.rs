@@ -558,7 +558,7 @@ pub fn renew(admin: SocketAddr) -> anyhow::Result<()> {
         Duration::from_secs(30),
     )?;
     println!(
-        "certificate renewed (new key, same node id): expires {}; used from the node's next start",
+        "certificate renewed (new key, same node id): expires {}; new links use it at once",
         value["expires"].as_str().unwrap_or("?")
     );
     Ok(())

@@ -140,7 +140,7 @@ pub async fn start(prepared: Prepared, args: StartArgs<'_>) -> anyhow::Result<Cl
         Ok(None) => {}
         Err(error) => tracing::error!("cannot read the cluster's trust bundle: {error}"),
     }
-    let auth = palisade_cluster::link_auth(&membership.identity, joins, denied.clone())
+    let (auth, tls) = palisade_cluster::link_auth(&membership.identity, joins, denied.clone())
         .context("cannot set up the cluster's TLS")?;
     let settings = args.settings;
     let me = args.local.node_id;
@@ -203,6 +203,7 @@ pub async fn start(prepared: Prepared, args: StartArgs<'_>) -> anyhow::Result<Cl
             metrics: args.cluster_metrics.clone(),
             trust: Some(trust.clone()),
             denied,
+            tls: Some(tls),
             own_record: serde_json::to_vec(&args.own_record).unwrap_or_default(),
         },
         args.store,

@@ -176,8 +176,8 @@ enum ClusterAction {
         config: Option<PathBuf>,
     },
     /// Renew this node's certificate: a new key made here, signed by the node that holds
-    /// the CA key over the authenticated cluster link (or here, if it is this node). Used from
-    /// the node's next start.
+    /// the CA key over the authenticated cluster link (or here, if it is this node). New links
+    /// use it at once.
     Renew {
         #[arg(long, default_value = "127.0.0.1:4711")]
         admin: std::net::SocketAddr,

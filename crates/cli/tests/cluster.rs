@@ -1051,6 +1051,14 @@ fn a_member_renews_its_certificate_through_the_ca_holder() {
         "{}",
         members[0].log_text()
     );
+    // Both put the new certificate into their links' TLS at once.
+    for member in &members {
+        assert!(
+            member.log_text().contains("cluster TLS reloaded"),
+            "{}",
+            member.log_text()
+        );
+    }
     // node2 restarts on its new key and certificate, and links again.
     members[1]
         .host

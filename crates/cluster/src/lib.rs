@@ -42,21 +42,55 @@ pub struct ClusterConfig {
     pub trust: Option<palisade_cluster_trust::files::TrustDir>,
     /// The removed nodes the links refuse; the trust bundle updates it.
     pub denied: DeniedNodes,
+    /// Swaps the links' TLS after a renewal or a change of trusted CAs (`None` in tests).
+    pub tls: Option<TlsReloader>,
 }
 
 /// Node ids removed from the cluster (`palisade cluster remove`): no link with them.
 pub type DeniedNodes = Arc<std::sync::RwLock<std::collections::BTreeSet<NodeId>>>;
 
+/// Replaces the TLS configurations of a member's links (after a renewal or a change of the
+/// trusted CAs): new links use them at once, links up keep their session.
+#[derive(Clone)]
+pub struct TlsReloader {
+    configs: Arc<arc_swap::ArcSwap<palisade_peer_link::TlsConfigs>>,
+    accept_joins: bool,
+}
+
+impl TlsReloader {
+    pub fn reload(
+        &self,
+        identity: &palisade_cluster_trust::TlsIdentity,
+    ) -> Result<(), palisade_cluster_trust::TrustError> {
+        self.configs
+            .store(Arc::new(tls_configs(identity, self.accept_joins)?));
+        Ok(())
+    }
+}
+
+fn tls_configs(
+    identity: &palisade_cluster_trust::TlsIdentity,
+    accept_joins: bool,
+) -> Result<palisade_peer_link::TlsConfigs, palisade_cluster_trust::TrustError> {
+    Ok(palisade_peer_link::TlsConfigs {
+        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(identity.server_config(accept_joins)?)),
+        connector: tokio_rustls::TlsConnector::from(Arc::new(identity.client_config()?)),
+    })
+}
+
 /// The peer links' authentication for a member: mutual TLS with the cluster's CAs, its
 /// certificate naming its node, which must not be a removed one; `joins` serves nodes
-/// joining with a token (the CA holder).
+/// joining with a token (the CA holder). The reloader swaps in new certificates and CAs.
 pub fn link_auth(
     identity: &palisade_cluster_trust::TlsIdentity,
     joins: Option<palisade_peer_link::JoinHandler>,
     denied: DeniedNodes,
-) -> Result<palisade_peer_link::LinkAuth, palisade_cluster_trust::TrustError> {
-    let server = identity.server_config(joins.is_some())?;
-    let client = identity.client_config()?;
+) -> Result<(palisade_peer_link::LinkAuth, TlsReloader), palisade_cluster_trust::TrustError> {
+    let accept_joins = joins.is_some();
+    let configs = Arc::new(arc_swap::ArcSwap::from_pointee(tls_configs(
+        identity,
+        accept_joins,
+    )?));
     let server_name = rustls_pki_types::ServerName::try_from(
         palisade_cluster_trust::member_dns_name(&identity.cluster),
     )
@@ -65,24 +99,26 @@ pub fn link_auth(
         detail: error.to_string(),
     })?;
     let cluster = identity.cluster.clone();
-    Ok(palisade_peer_link::LinkAuth::Tls(
-        palisade_peer_link::TlsLinks {
-            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
-            connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
-            server_name,
-            node_of: Arc::new(move |der| {
-                let node = palisade_cluster_trust::NodeCertificate::read(der, &cluster)
-                    .ok()?
-                    .node;
-                let removed = denied
-                    .read()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .contains(&node);
-                (!removed).then_some(node)
-            }),
-            joins,
-        },
-    ))
+    let reloader = TlsReloader {
+        configs: configs.clone(),
+        accept_joins,
+    };
+    let auth = palisade_peer_link::LinkAuth::Tls(palisade_peer_link::TlsLinks {
+        configs,
+        server_name,
+        node_of: Arc::new(move |der| {
+            let node = palisade_cluster_trust::NodeCertificate::read(der, &cluster)
+                .ok()?
+                .node;
+            let removed = denied
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains(&node);
+            (!removed).then_some(node)
+        }),
+        joins,
+    });
+    Ok((auth, reloader))
 }
 
 /// Called with each head whose bundle is complete, to validate and install it.
@@ -286,8 +322,8 @@ impl ClusterHandle {
         answer.await.map_err(|_| ClusterError::Stopped)
     }
 
-    /// Renews this node's certificate (new key, same node id); the new one is used from the
-    /// node's next start. Returns its expiry.
+    /// Renews this node's certificate (new key, same node id); new
+    /// links use it at once. Returns its expiry.
     pub async fn renew(&self) -> Result<String, String> {
         let (reply, answer) = oneshot::channel();
         self.queries
@@ -405,6 +441,7 @@ pub fn start(
         peer_heads: HashMap::new(),
         persisted: Ok(Duration::ZERO),
         tasks: tasks.clone(),
+        tls: config.tls.clone(),
         metrics: config.metrics.clone(),
         trust: config.trust.clone(),
         denied: config.denied.clone(),
@@ -453,6 +490,7 @@ struct Driver {
     persisted: Result<Duration, String>,
     /// Content transfers run here.
     tasks: TaskTracker,
+    tls: Option<TlsReloader>,
     metrics: metrics::ClusterMetrics,
     trust: Option<palisade_cluster_trust::files::TrustDir>,
     denied: DeniedNodes,
@@ -839,6 +877,29 @@ impl Driver {
         }
     }
 
+    /// Puts the certificate and CAs now on disk into the links' TLS (new links use them).
+    async fn reload_tls(&self) {
+        let (Some(trust), Some(tls)) = (self.trust.clone(), self.tls.clone()) else {
+            return;
+        };
+        let me = self.replica.me();
+        let reloaded = tokio::task::spawn_blocking(move || {
+            let membership = trust.membership(me).map_err(|error| error.to_string())?;
+            tls.reload(&membership.identity)
+                .map_err(|error| error.to_string())
+        })
+        .await;
+        match reloaded {
+            Ok(Ok(())) => tracing::info!(
+                "cluster TLS reloaded: new links use the node's current certificate and CAs"
+            ),
+            Ok(Err(error)) => tracing::error!(
+                "cannot reload the cluster TLS (the links keep the previous one): {error}"
+            ),
+            Err(error) => tracing::error!(%error, "TLS reload task failed"),
+        }
+    }
+
     /// Starts a renewal of this node's certificate.
     async fn renew(&mut self, reply: oneshot::Sender<Result<String, String>>) {
         let Some(trust) = self.trust.clone() else {
@@ -874,6 +935,7 @@ impl Driver {
                 let _ = reply.send(Err(error));
             }
             Ok(Err(expires)) => {
+                self.reload_tls().await;
                 let _ = reply.send(Ok(expires));
             }
             Ok(Ok((key, request))) => {
@@ -965,7 +1027,8 @@ impl Driver {
                 .map_err(|error| error.to_string())
                 .and_then(|installed| installed);
         if installed.is_ok() {
-            tracing::warn!(signer = %from, "this node's cluster certificate was renewed: the new one is used from the next start");
+            tracing::warn!(signer = %from, "this node's cluster certificate was renewed");
+            self.reload_tls().await;
         }
         let _ = reply.send(installed);
     }

@@ -65,6 +65,7 @@ async fn node_in(dir: PathBuf, name: &str, local: [u8; 4], peer: SocketAddr) -> 
             metrics: metrics::ClusterMetrics::default(),
             trust: None,
             denied: DeniedNodes::default(),
+            tls: None,
             own_record: format!("{{\"name\":\"{name}\"}}").into_bytes(),
         },
         store,
@@ -220,7 +221,8 @@ async fn member_mesh(
             peers,
             local_addr,
             auth: link_auth(identity, joins, DeniedNodes::default())
-                .unwrap_or_else(|error| panic!("{error}")),
+                .unwrap_or_else(|error| panic!("{error}"))
+                .0,
             identity: LocalIdentity {
                 node_id: identity.node,
                 incarnation: Incarnation::random(),

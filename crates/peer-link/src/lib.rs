@@ -22,5 +22,5 @@ pub mod metrics;
 
 pub use auth::{Authenticator, GroupKey};
 pub use handshake::{LocalIdentity, PeerIdentity};
-pub use link::{JoinHandler, LinkAuth, TlsLinks};
+pub use link::{JoinHandler, LinkAuth, TlsConfigs, TlsLinks};
 pub use message::{HaMessage, Message};

@@ -70,8 +70,9 @@ impl LinkAuth {
 /// The TLS side of [`LinkAuth::Tls`].
 #[derive(Clone)]
 pub struct TlsLinks {
-    pub acceptor: tokio_rustls::TlsAcceptor,
-    pub connector: tokio_rustls::TlsConnector,
+    /// The TLS configurations, replaced whole when the node's certificate or trusted CAs
+    /// change (a renewal, a CA rotation): new links use the new ones at once.
+    pub configs: Arc<arc_swap::ArcSwap<TlsConfigs>>,
     /// The name every member's certificate carries, so a member is dialled by address.
     pub server_name: tokio_rustls::rustls::pki_types::ServerName<'static>,
     /// The node a peer's certificate (DER) names, if it is one of the cluster's.
@@ -79,6 +80,12 @@ pub struct TlsLinks {
     /// Takes accepted TLS sessions without a client certificate (a node joining the cluster);
     /// `None`: the acceptor requires a certificate and there are none.
     pub joins: Option<JoinHandler>,
+}
+
+/// A node's TLS side of its links: accepting and dialling.
+pub struct TlsConfigs {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub connector: tokio_rustls::TlsConnector,
 }
 
 /// Serves one certificate-less TLS session (the join exchange) on its own task.
@@ -121,10 +128,11 @@ pub async fn establish(
     let remote = stream.peer_addr()?;
     tune(&stream)?;
     let tls_error = |error: io::Error| LinkError::Tls(error.to_string());
+    let configs = tls.configs.load_full();
     let secured = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
         let secured: (Box<dyn LinkStream>, _) = match role {
             Role::Client => {
-                let stream = tls
+                let stream = configs
                     .connector
                     .connect(tls.server_name.clone(), stream)
                     .await
@@ -133,7 +141,7 @@ pub async fn establish(
                 (Box::new(stream), facts)
             }
             Role::Server => {
-                let stream = tls.acceptor.accept(stream).await.map_err(tls_error)?;
+                let stream = configs.acceptor.accept(stream).await.map_err(tls_error)?;
                 let facts = session_facts(&**stream.get_ref().1)?;
                 if facts.1.is_none()
                     && let Some(joins) = &tls.joins

@@ -1237,8 +1237,10 @@ mod tests {
         };
         let cluster = ca.cluster.clone();
         let auth = LinkAuth::Tls(crate::link::TlsLinks {
-            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
-            connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+            configs: Arc::new(arc_swap::ArcSwap::from_pointee(crate::link::TlsConfigs {
+                acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+                connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+            })),
             server_name,
             node_of: Arc::new(move |der| {
                 NodeCertificate::read(der, &cluster)
