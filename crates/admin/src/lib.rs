@@ -103,6 +103,14 @@ pub trait NodeControl: Send + Sync + 'static {
     fn cluster_backup(self: Arc<Self>) -> BoxFuture<Result<serde_json::Value, ControlError>> {
         Box::pin(async { Err(not_a_member()) })
     }
+    /// Starts (or, with `finish`, ends) a rotation of the cluster CA.
+    fn cluster_rotate_ca(
+        self: Arc<Self>,
+        finish: bool,
+    ) -> BoxFuture<Result<serde_json::Value, ControlError>> {
+        let _ = finish;
+        Box::pin(async { Err(not_a_member()) })
+    }
     /// Renews this node's cluster certificate.
     fn cluster_renew(self: Arc<Self>) -> BoxFuture<Result<serde_json::Value, ControlError>> {
         Box::pin(async { Err(not_a_member()) })
@@ -223,6 +231,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/cluster", get(cluster_status))
         .route("/cluster/remove", post(cluster_remove))
         .route("/cluster/renew", post(cluster_renew))
+        .route("/cluster/rotate-ca", post(cluster_rotate_ca))
         .route("/cluster/backup", get(cluster_backup))
         .route("/cluster/add", post(cluster_add))
         .route("/admin/accounts", get(accounts_list).post(accounts_change))
@@ -485,6 +494,31 @@ async fn accounts_change(
 
 async fn cluster_backup(State(state): State<AdminState>) -> Response {
     control_response(state.control.clone().cluster_backup().await)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateRequest {
+    #[serde(default)]
+    finish: bool,
+}
+
+async fn cluster_rotate_ca(
+    State(state): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(request): Json<RotateRequest>,
+) -> Response {
+    if let Err(refused) = authorize(&state, peer, &headers).await {
+        return refused;
+    }
+    control_response(
+        state
+            .control
+            .clone()
+            .cluster_rotate_ca(request.finish)
+            .await,
+    )
 }
 
 async fn cluster_renew(

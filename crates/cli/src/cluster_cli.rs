@@ -822,3 +822,28 @@ pub fn admin_list(admin: SocketAddr) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `palisade cluster rotate-ca [--finish]`.
+pub fn rotate_ca(admin: SocketAddr, finish: bool) -> anyhow::Result<()> {
+    let body = serde_json::json!({ "finish": finish });
+    let value = call(
+        admin,
+        "POST",
+        "/cluster/rotate-ca",
+        Some(&body),
+        Duration::from_secs(30),
+    )?;
+    if finish {
+        println!(
+            "CA rotation finished (trust bundle {}): only the new CA is trusted; members still on an old certificate are refused",
+            value["trust_serial"].as_u64().unwrap_or(0)
+        );
+    } else {
+        println!(
+            "new CA made and trusted beside the old one (trust bundle {}, {} CAs); this node's certificate is renewed from it. Run `palisade cluster renew` on every member, then `palisade cluster rotate-ca --finish` here",
+            value["trust_serial"].as_u64().unwrap_or(0),
+            value["trusted_cas"].as_u64().unwrap_or(0)
+        );
+    }
+    Ok(())
+}

@@ -996,6 +996,46 @@ impl NodeControl for Control {
         Box::pin(self.cluster_backup_now())
     }
 
+    fn cluster_rotate_ca(
+        self: Arc<Self>,
+        finish: bool,
+    ) -> BoxFuture<Result<serde_json::Value, ControlError>> {
+        Box::pin(async move {
+            let cluster = self.cluster()?;
+            let node: palisade_identity::NodeId = self.identity["node_id"]
+                .as_str()
+                .and_then(|id| id.parse().ok())
+                .ok_or_else(|| ControlError::Failed("this node's id is unknown".to_owned()))?;
+            let trust = cluster.trust.clone();
+            let now_ms = unix_now() * 1000;
+            let signed = tokio::task::spawn_blocking(move || {
+                if finish {
+                    trust.finish_rotation(now_ms)
+                } else {
+                    trust.rotate_ca(node, time::OffsetDateTime::now_utc(), now_ms)
+                }
+            })
+            .await
+            .map_err(|error| ControlError::Failed(error.to_string()))?
+            .map_err(|error| match error {
+                palisade_cluster_trust::files::FilesError::NoCaKey => {
+                    ControlError::Conflict(error.to_string())
+                }
+                other => ControlError::Failed(other.to_string()),
+            })?;
+            let (serial, cas) = (signed.bundle.serial, signed.bundle.cas.len());
+            cluster
+                .handle
+                .publish_trust(signed)
+                .await
+                .map_err(|error| ControlError::Failed(error.to_string()))?;
+            tracing::warn!(serial, cas, finish, "cluster CA rotation");
+            Ok(
+                serde_json::json!({ "trust_serial": serial, "trusted_cas": cas, "finished": finish }),
+            )
+        })
+    }
+
     fn cluster_renew(self: Arc<Self>) -> BoxFuture<Result<serde_json::Value, ControlError>> {
         Box::pin(async move {
             let expires = self

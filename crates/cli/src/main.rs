@@ -152,6 +152,15 @@ enum ClusterAction {
         #[arg(long, default_value = "127.0.0.1:4711")]
         admin: std::net::SocketAddr,
     },
+    /// Rotate the cluster CA (on the node that holds its key): a new CA trusted beside the old
+    /// one on every member (a trust bundle the old CA signs); renew every member's certificate
+    /// (`cluster renew`), then `--finish` drops the old CA.
+    RotateCa {
+        #[arg(long)]
+        finish: bool,
+        #[arg(long, default_value = "127.0.0.1:4711")]
+        admin: std::net::SocketAddr,
+    },
     /// For a CA kept off the nodes: make this node's key (kept here) and print a signing
     /// request for the cluster of CA (the CA certificate, PEM).
     Request {
@@ -337,6 +346,7 @@ fn main() -> ExitCode {
             ClusterAction::Remove { node_id, admin } => cluster_cli::remove(admin, &node_id),
             ClusterAction::Add { address, admin } => cluster_cli::add(admin, &address),
             ClusterAction::Renew { admin } => cluster_cli::renew(admin),
+            ClusterAction::RotateCa { finish, admin } => cluster_cli::rotate_ca(admin, finish),
             ClusterAction::Request { ca, config } => cluster_cli::request_certificate(config, &ca),
             ClusterAction::Sign {
                 request,

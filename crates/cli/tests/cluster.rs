@@ -1373,3 +1373,66 @@ fn admin_accounts_replicate_and_let_other_hosts_in() {
         "a removed account no longer gets in"
     );
 }
+
+/// `palisade cluster rotate-ca`: a new CA is trusted beside the old one everywhere (the old CA
+/// signs the bundle); a member that renews gets a certificate from the new CA; after
+/// `--finish` only the new CA is trusted: the renewed member links after a restart, a member
+/// still on the old CA's certificate is refused.
+#[test]
+fn a_ca_rotation_keeps_renewed_members_and_drops_the_others() {
+    if !require_netns("a_ca_rotation_keeps_renewed_members_and_drops_the_others") {
+        return;
+    }
+    let mut lab = Lab::new(&["node1", "node2", "node3"]);
+    let dir = palisade_e2e::node::TempDir::new("palisade-cluster-rotate");
+    let members = members(&lab, &dir.0, &["node1", "node2", "node3"]);
+    let pids = form_cluster(&mut lab, &members);
+    let rotated = members[0].cli(&["cluster", "rotate-ca"]);
+    assert!(rotated.contains("new CA made"), "{rotated}");
+    for member in &members[1..] {
+        wait_for(
+            "the new CA trusted",
+            Duration::from_secs(10),
+            &members,
+            || {
+                member
+                    .log_text()
+                    .contains("the cluster's trusted CAs changed")
+            },
+        );
+    }
+    let renewed = members[1].cli(&["cluster", "renew"]);
+    assert!(renewed.contains("certificate renewed"), "{renewed}");
+    members[0].cli(&["cluster", "rotate-ca", "--finish"]);
+    for member in &members[1..] {
+        wait_for("only the new CA", Duration::from_secs(10), &members, || {
+            member
+                .log_text()
+                .matches("the cluster's trusted CAs changed")
+                .count()
+                == 2
+        });
+    }
+    // Restarts: node2 (renewed) links again; node3 (old certificate) is refused.
+    for (index, pid) in [(1usize, pids[1]), (2, pids[2])] {
+        members[index]
+            .host
+            .run("kill", &["-TERM", &pid.to_string()]);
+        wait_for("stopped", Duration::from_secs(10), &members, || {
+            palisade_e2e::ha::is_dead(pid)
+        });
+        start(&mut lab, &members[index]);
+    }
+    wait_for(
+        "node2 back with node1",
+        Duration::from_secs(15),
+        &members,
+        || members[0].peers() == 1 && members[1].peers() == 1,
+    );
+    wait_for("node3 refused", Duration::from_secs(10), &members, || {
+        members[0]
+            .log_text()
+            .contains("failed with error '(306 - 'peer not authenticated')")
+    });
+    assert_eq!(members[2].peers(), 0);
+}

@@ -355,17 +355,89 @@ impl TrustDir {
         Ok(true)
     }
 
-    /// Removes `node` from the cluster: a new trust bundle naming it, signed with the CA key
-    /// held here.
-    pub fn remove_node(&self, node: NodeId, now_ms: u64) -> Result<SignedTrustBundle, FilesError> {
-        let ca = self.ca()?.ok_or(FilesError::NoCaKey)?;
-        let mut bundle = match self.trust_bundle()? {
+    /// Takes the CAs a verified trust bundle names as the ones this node trusts (a rotation
+    /// reaching a member); returns whether they changed.
+    pub fn adopt_cas(&self, cas: &[String]) -> Result<bool, FilesError> {
+        if cas.is_empty() || self.trusted_cas()? == cas {
+            return Ok(false);
+        }
+        self.write("ca.pem", &cas.concat(), false)?;
+        Ok(true)
+    }
+
+    /// The current trust bundle's contents, or a first one with the CAs trusted here.
+    fn current_bundle(&self) -> Result<TrustBundle, FilesError> {
+        Ok(match self.trust_bundle()? {
             Some(held) => held.bundle,
             None => TrustBundle {
                 cas: self.trusted_cas()?,
                 ..TrustBundle::default()
             },
-        };
+        })
+    }
+
+    /// Starts a CA rotation (on the node holding the CA key): a new CA for the same cluster,
+    /// trusted beside the old one by a bundle the old CA signs (every member trusts it), its
+    /// key now the one this node signs with, and this node's certificate renewed from it.
+    /// Members then renew theirs (`palisade cluster renew`); [`TrustDir::finish_rotation`]
+    /// drops the old CA.
+    pub fn rotate_ca(
+        &self,
+        node: NodeId,
+        now: OffsetDateTime,
+        now_ms: u64,
+    ) -> Result<SignedTrustBundle, FilesError> {
+        let old = self.ca()?.ok_or(FilesError::NoCaKey)?;
+        let new = ClusterCa::create(old.cluster.clone(), now, CA_LIFETIME)
+            .map_err(self.trust_error("ca.pem"))?;
+        let mut bundle = self.current_bundle()?;
+        bundle.serial += 1;
+        bundle.issued_ms = now_ms;
+        bundle.cas = self.trusted_cas()?;
+        bundle.cas.push(new.cert_pem.clone());
+        let signed = bundle
+            .sign(&old)
+            .map_err(self.trust_error("trust-bundle"))?;
+        // Trust both, then sign with the new key; the old key is kept apart, unused.
+        self.write("ca.pem", &signed.bundle.cas.concat(), false)?;
+        self.write("ca-key.retired.pem", &old.key_pem(), true)?;
+        self.write("ca-key.pem", &new.key_pem(), true)?;
+        self.write_bytes("trust-bundle", &signed.to_wire())?;
+        let (key, request) = crate::node_key_and_request(node, &old.cluster)
+            .map_err(self.trust_error("node-key.pem"))?;
+        let (_, cert) = new
+            .sign(&request, now, NODE_CERT_LIFETIME)
+            .map_err(self.trust_error("node.pem"))?;
+        self.replace_certificate(&key, &cert)?;
+        Ok(signed)
+    }
+
+    /// Ends a CA rotation: only the CA whose key this node holds stays trusted, by a bundle
+    /// that CA signs. Members whose certificate the old CA issued are refused from then on.
+    pub fn finish_rotation(&self, now_ms: u64) -> Result<SignedTrustBundle, FilesError> {
+        let ca = self.ca()?.ok_or(FilesError::NoCaKey)?;
+        let mut bundle = self.current_bundle()?;
+        bundle.serial += 1;
+        bundle.issued_ms = now_ms;
+        bundle.cas = vec![ca.cert_pem.clone()];
+        let signed = bundle.sign(&ca).map_err(self.trust_error("trust-bundle"))?;
+        self.write("ca.pem", &ca.cert_pem, false)?;
+        self.write_bytes("trust-bundle", &signed.to_wire())?;
+        let retired = self.file("ca-key.retired.pem");
+        if retired.exists() {
+            std::fs::remove_file(&retired).map_err(|error| FilesError::Io {
+                path: retired,
+                error,
+            })?;
+        }
+        Ok(signed)
+    }
+
+    /// Removes `node` from the cluster: a new trust bundle naming it, signed with the CA key
+    /// held here.
+    pub fn remove_node(&self, node: NodeId, now_ms: u64) -> Result<SignedTrustBundle, FilesError> {
+        let ca = self.ca()?.ok_or(FilesError::NoCaKey)?;
+        let mut bundle = self.current_bundle()?;
         bundle.serial += 1;
         bundle.issued_ms = now_ms;
         bundle.denied.insert(node);
@@ -673,6 +745,59 @@ mod tests {
         assert!(trust.membership(node).is_ok());
         assert!(!trust.path().join("request-key.pem").exists());
         let _ = std::fs::remove_dir_all(trust.path().parent().unwrap_or(trust.path()));
+    }
+
+    #[test]
+    fn a_rotation_trusts_both_then_only_the_new_ca() {
+        let now = OffsetDateTime::now_utc();
+        let holder_id = NodeId::random();
+        let holder = TrustDir::of_data_dir(&dir("rotate-holder"));
+        let cluster = holder
+            .init(holder_id, now)
+            .unwrap_or_else(|error| panic!("{error}"));
+        let old_cas = holder.trusted_cas().unwrap_or_default();
+        let member = TrustDir::of_data_dir(&dir("rotate-member"));
+        member
+            .install(&cluster, &old_cas, "key", "cert")
+            .unwrap_or_else(|error| panic!("{error}"));
+        let started = holder
+            .rotate_ca(holder_id, now, 1)
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(started.bundle.cas.len(), 2);
+        assert_eq!(holder.trusted_cas().unwrap_or_default().len(), 2);
+        assert!(
+            holder.membership(holder_id).is_ok(),
+            "renewed from the new CA"
+        );
+        // The member trusts only the old CA, which signed the bundle: it verifies and adopts.
+        let wire = started.to_wire();
+        let verified =
+            SignedTrustBundle::verify(&wire, &old_cas).unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(member.adopt_cas(&verified.bundle.cas).ok(), Some(true));
+        assert_eq!(
+            member.adopt_cas(&verified.bundle.cas).ok(),
+            Some(false),
+            "unchanged"
+        );
+        let finished = holder
+            .finish_rotation(2)
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(finished.bundle.cas.len(), 1);
+        assert_ne!(finished.bundle.cas, old_cas, "the new CA stays");
+        // Signed by the new CA, which the member trusts by now.
+        let verified = SignedTrustBundle::verify(
+            &finished.to_wire(),
+            &member.trusted_cas().unwrap_or_default(),
+        )
+        .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(member.adopt_cas(&verified.bundle.cas).ok(), Some(true));
+        assert!(
+            SignedTrustBundle::verify(&finished.to_wire(), &old_cas).is_err(),
+            "a node that still trusts only the old CA cannot take it"
+        );
+        for dir in [holder.path(), member.path()] {
+            let _ = std::fs::remove_dir_all(dir.parent().unwrap_or(dir));
+        }
     }
 
     #[test]

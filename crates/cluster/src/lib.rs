@@ -1062,12 +1062,26 @@ impl Driver {
             let newer = trust
                 .offer_trust_bundle(&signed)
                 .map_err(|error| error.to_string())?;
-            Ok::<_, String>(newer.then_some(signed))
+            if !newer {
+                return Ok(None);
+            }
+            // A rotation: the CAs the bundle names are the ones to trust from now on.
+            let cas_changed = trust
+                .adopt_cas(&signed.bundle.cas)
+                .map_err(|error| error.to_string())?;
+            Ok::<_, String>(Some((signed, cas_changed)))
         })
         .await;
         match checked {
-            Ok(Ok(Some(signed))) => {
+            Ok(Ok(Some((signed, cas_changed)))) => {
                 self.apply_trust(&signed.bundle, Some(from));
+                if cas_changed {
+                    tracing::warn!(
+                        cas = signed.bundle.cas.len(),
+                        "the cluster's trusted CAs changed (a CA rotation)"
+                    );
+                    self.reload_tls().await;
+                }
                 self.send_trust(None);
             }
             Ok(Ok(None)) => {}
@@ -1115,6 +1129,8 @@ impl Driver {
             }
             Query::Trust(signed) => {
                 self.apply_trust(&signed.bundle, None);
+                // Made here: a rotation has rewritten this node's CAs and certificate too.
+                self.reload_tls().await;
                 self.send_trust(None);
             }
             Query::Bundle(which, reply) => {
