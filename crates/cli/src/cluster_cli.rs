@@ -16,6 +16,13 @@ use palisade_identity::NodeId;
 
 use crate::admin_client::request;
 
+/// Who runs the command, for the history (the user behind sudo, if any).
+fn operator() -> String {
+    std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_default()
+}
+
 /// One admin API call that must answer 200; any other answer is an error with its reason.
 fn call(
     admin: SocketAddr,
@@ -239,9 +246,7 @@ pub fn apply(
     // Read and compiled here first, so a mistake is reported against the operator's file.
     let (bundle, _) =
         palisade_policy::PolicyBundle::read(file, &palisade_policy::NodeIdentity::default())?;
-    let saved_by = std::env::var("SUDO_USER")
-        .or_else(|_| std::env::var("USER"))
-        .unwrap_or_default();
+    let saved_by = operator();
     let body = serde_json::to_value(palisade_admin::PolicyApply {
         document: bundle.document,
         lists: bundle.lists,
@@ -490,9 +495,7 @@ pub fn rollback(admin: SocketAddr, which: &str, message: Option<String>) -> anyh
     let body = serde_json::to_value(palisade_admin::PolicyRollback {
         revision: which.to_owned(),
         message: message.unwrap_or_default(),
-        saved_by: std::env::var("SUDO_USER")
-            .or_else(|_| std::env::var("USER"))
-            .unwrap_or_default(),
+        saved_by: operator(),
     })?;
     let value = call(
         admin,
@@ -697,9 +700,7 @@ pub fn restore(admin: SocketAddr, file: &Path) -> anyhow::Result<()> {
                 backup["taken_ms"].as_u64().unwrap_or(0)
             )
         ),
-        saved_by: std::env::var("SUDO_USER")
-            .or_else(|_| std::env::var("USER"))
-            .unwrap_or_default(),
+        saved_by: operator(),
         wait: 0,
         confirm_seconds: 0,
     })?;
@@ -784,9 +785,7 @@ pub fn admin_change(admin: SocketAddr, op: &str, name: &str) -> anyhow::Result<(
         op: op.to_owned(),
         name: name.to_owned(),
         hash,
-        saved_by: std::env::var("SUDO_USER")
-            .or_else(|_| std::env::var("USER"))
-            .unwrap_or_default(),
+        saved_by: operator(),
     })?;
     let value = call(
         admin,

@@ -243,7 +243,7 @@ fn without_account_hashes(
 
 /// A revision id as `palisade policy history` prints it (64 hex digits).
 fn parse_revision(text: &str) -> Option<palisade_replication::RevisionId> {
-    palisade_cluster_trust::join::parse_digest(text.trim()).map(palisade_replication::RevisionId)
+    text.parse().ok()
 }
 
 impl Control {
@@ -472,28 +472,31 @@ impl Control {
             tracing::warn!("{}", failed.log_line(unix_now() * 1000));
             return Err(ControlError::Failed(failed.to_string()));
         }
+        let mut peers = cluster.mesh.watch_peers();
         cluster.mesh.add_peer(addr);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(peer) = cluster
-                .mesh
-                .peers()
-                .into_iter()
-                .find(|peer| peer.addr == addr.ip())
-            {
+        let linked = tokio::time::timeout(
+            Duration::from_secs(10),
+            peers.wait_for(|peers| peers.iter().any(|peer| peer.addr == addr.ip())),
+        )
+        .await;
+        match linked {
+            Ok(Ok(peers)) => {
+                let peer = peers
+                    .iter()
+                    .find(|peer| peer.addr == addr.ip())
+                    .cloned()
+                    .ok_or_else(|| ControlError::Failed("the link went again".to_owned()))?;
+                drop(peers);
                 tracing::info!(node = %peer.id, name = %peer.name, %addr, "cluster node added");
-                return Ok(serde_json::json!({
+                Ok(serde_json::json!({
                     "added": peer.id.to_string(),
                     "name": peer.name.as_str(),
                     "address": addr.to_string(),
-                }));
+                }))
             }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(ControlError::Failed(format!(
-                    "{addr} answers but no cluster link came up within 10 s: does it hold a certificate of this cluster's CA (and is it not removed)? See its log and this node's"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            _ => Err(ControlError::Failed(format!(
+                "{addr} answers but no cluster link came up within 10 s: does it hold a certificate of this cluster's CA (and is it not removed)? See its log and this node's"
+            ))),
         }
     }
 
@@ -787,10 +790,8 @@ impl Control {
         // changes them.
         let key = palisade_admin::accounts::ACCOUNTS_KEY;
         bundle.lists.remove(key);
-        if let Ok((_, head)) = cluster.handle.bundle("head").await
-            && let Some(accounts) = head.lists.get(key)
-        {
-            bundle.lists.insert(key.to_owned(), accounts.clone());
+        if let Ok(Some(accounts)) = cluster.handle.head_entry(key).await {
+            bundle.lists.insert(key.to_owned(), accounts);
         }
         self.save_prepared(bundle, base, force, saved_by, message)
             .await

@@ -178,31 +178,9 @@ fn start(lab: &mut Lab, member: &Member) -> u32 {
 
 /// node1 makes the cluster, the others join with tokens, all start and link; their pids.
 fn form_cluster(lab: &mut Lab, members: &[Member]) -> Vec<u32> {
-    let first = &members[0];
-    let config = |member: &Member| member.config.display().to_string();
-    let made = first.cli(&["cluster", "init", "--config", &config(first)]);
-    assert!(made.contains("created"), "{made}");
-    let mut pids = vec![start(lab, first)];
-    let started = std::time::Instant::now();
-    while !first.log_text().contains("Cluster port listening") {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "node1 did not start:\n{}",
-            first.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut pids = vec![init_and_start(lab, members)];
     for member in &members[1..] {
-        let token = first.cli(&["cluster", "token", "--config", &config(first)]);
-        let joined = member.cli(&[
-            "cluster",
-            "join",
-            &format!("{}:{CLUSTER_PORT}", first.host.addr),
-            token.trim(),
-            "--config",
-            &config(member),
-        ]);
-        assert!(joined.contains("joined cluster"), "{joined}");
+        join(&members[0], member);
         pids.push(start(lab, member));
     }
     for member in members {
@@ -214,6 +192,45 @@ fn form_cluster(lab: &mut Lab, members: &[Member]) -> Vec<u32> {
         );
     }
     pids
+}
+
+/// `members[0]` makes the cluster and starts; returns once its cluster port listens.
+fn init_and_start(lab: &mut Lab, members: &[Member]) -> u32 {
+    let first = &members[0];
+    let made = first.cli(&[
+        "cluster",
+        "init",
+        "--config",
+        &first.config.display().to_string(),
+    ]);
+    assert!(made.contains("created"), "{made}");
+    let pid = start(lab, first);
+    wait_for(
+        "node1's cluster port",
+        Duration::from_secs(10),
+        members,
+        || first.log_text().contains("Cluster port listening"),
+    );
+    pid
+}
+
+/// `member` joins `first`'s cluster with a token made there (it is not started).
+fn join(first: &Member, member: &Member) {
+    let token = first.cli(&[
+        "cluster",
+        "token",
+        "--config",
+        &first.config.display().to_string(),
+    ]);
+    let joined = member.cli(&[
+        "cluster",
+        "join",
+        &format!("{}:{CLUSTER_PORT}", first.host.addr),
+        token.trim(),
+        "--config",
+        &member.config.display().to_string(),
+    ]);
+    assert!(joined.contains("joined cluster"), "{joined}");
 }
 
 /// Polls `condition` until it holds; panics naming `what`, with every member's log.
@@ -690,16 +707,7 @@ fn saves_on_both_sides_of_a_partition_converge_and_strangers_are_refused() {
         .map(|home| home.join("data/cluster"))
         .unwrap_or_default();
     std::fs::remove_dir_all(&trust).unwrap_or_else(|error| panic!("{error}"));
-    let config = members[0].config.display().to_string();
-    let token = members[0].cli(&["cluster", "token", "--config", &config]);
-    stranger.cli(&[
-        "cluster",
-        "join",
-        &format!("{}:{CLUSTER_PORT}", members[0].host.addr),
-        token.trim(),
-        "--config",
-        &stranger.config.display().to_string(),
-    ]);
+    join(&members[0], stranger);
     start(&mut lab, stranger);
     wait_for(
         "the former stranger adopts the head",
@@ -741,28 +749,9 @@ fn clock_skew_is_a_405_and_an_incompatible_release_a_404() {
     let mut lab = Lab::new(&["node1", "node2", "node3"]);
     let dir = palisade_e2e::node::TempDir::new("palisade-cluster-checks");
     let members = members(&lab, &dir.0, &["node1", "node2", "node3"]);
-    let config = |member: &Member| member.config.display().to_string();
-    members[0].cli(&["cluster", "init", "--config", &config(&members[0])]);
-    start(&mut lab, &members[0]);
-    let started = std::time::Instant::now();
-    while !members[0].log_text().contains("Cluster port listening") {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{}",
-            members[0].log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    init_and_start(&mut lab, &members);
     for member in &members[1..] {
-        let token = members[0].cli(&["cluster", "token", "--config", &config(&members[0])]);
-        member.cli(&[
-            "cluster",
-            "join",
-            &format!("{}:{CLUSTER_PORT}", members[0].host.addr),
-            token.trim(),
-            "--config",
-            &config(member),
-        ]);
+        join(&members[0], member);
     }
     let preload = format!("LD_PRELOAD={faketime}");
     start_with_env(
@@ -1157,7 +1146,6 @@ fn cluster_add_links_a_node_and_the_members_find_it() {
     let mut lab = Lab::new(&["node1", "node2", "node3"]);
     let dir = palisade_e2e::node::TempDir::new("palisade-cluster-add");
     let members = members(&lab, &dir.0, &["node1", "node2", "node3"]);
-    let config = |member: &Member| member.config.display().to_string();
     // node3 lists nobody.
     let text = std::fs::read_to_string(&members[2].config).unwrap_or_default();
     let alone: String = text
@@ -1194,24 +1182,9 @@ fn cluster_add_links_a_node_and_the_members_find_it() {
         palisade_e2e::ha::is_dead(outsider)
     });
 
-    members[0].cli(&["cluster", "init", "--config", &config(&members[0])]);
-    start(&mut lab, &members[0]);
-    wait_for(
-        "node1's cluster port",
-        Duration::from_secs(10),
-        &members,
-        || members[0].log_text().contains("Cluster port listening"),
-    );
+    init_and_start(&mut lab, &members);
     for member in &members[1..] {
-        let token = members[0].cli(&["cluster", "token", "--config", &config(&members[0])]);
-        member.cli(&[
-            "cluster",
-            "join",
-            &format!("{}:{CLUSTER_PORT}", members[0].host.addr),
-            token.trim(),
-            "--config",
-            &config(member),
-        ]);
+        join(&members[0], member);
         start(&mut lab, member);
     }
     wait_for(

@@ -186,8 +186,6 @@ impl RevisionSummary {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ClusterStatus {
     pub head: Option<RevisionSummary>,
-    /// The revision whose bundle is live on this node.
-    pub active: Option<String>,
     pub revisions: usize,
     /// Every peer with a link up, as replication sees it.
     pub peers: Vec<PeerReplication>,
@@ -235,6 +233,8 @@ enum Query {
         String,
         oneshot::Sender<Result<(RevisionSummary, PolicyBundle), String>>,
     ),
+    /// One entry of the head's bundle, read alone (not the whole bundle with its lists).
+    HeadEntry(String, oneshot::Sender<Option<String>>),
 }
 
 /// A save, stored and fsynced on this node (and pushed to every peer).
@@ -359,6 +359,17 @@ impl ClusterHandle {
             .send(Query::Trust(signed))
             .await
             .map_err(|_| ClusterError::Stopped)
+    }
+
+    /// One entry of the head's bundle (`None`: no head, or no such entry), without reading
+    /// its other lists (one may be a 1,000,000-entry list).
+    pub async fn head_entry(&self, key: &str) -> Result<Option<String>, ClusterError> {
+        let (reply, answer) = oneshot::channel();
+        self.queries
+            .send(Query::HeadEntry(key.to_owned(), reply))
+            .await
+            .map_err(|_| ClusterError::Stopped)?;
+        answer.await.map_err(|_| ClusterError::Stopped)
     }
 
     /// The revision whose bundle was last activated.
@@ -1133,6 +1144,29 @@ impl Driver {
                 self.reload_tls().await;
                 self.send_trust(None);
             }
+            Query::HeadEntry(key, reply) => {
+                let content = self.replica.head().map(|head| head.content);
+                let entry = match content {
+                    None => None,
+                    Some(content) => self
+                        .stored(move |store| {
+                            let manifest = store
+                                .content(&content.0)
+                                .ok()
+                                .flatten()
+                                .and_then(|bytes| Manifest::from_bytes(&bytes).ok())?;
+                            let hash = manifest.lists.get(&key)?;
+                            store
+                                .content(hash)
+                                .ok()
+                                .flatten()
+                                .and_then(|bytes| String::from_utf8(bytes).ok())
+                        })
+                        .await
+                        .flatten(),
+                };
+                let _ = reply.send(entry);
+            }
             Query::Bundle(which, reply) => {
                 let found = self
                     .find(&which)
@@ -1186,7 +1220,6 @@ impl Driver {
                     .collect();
                 let _ = reply.send(ClusterStatus {
                     head: self.replica.head().map(RevisionSummary::of),
-                    active: self.active.borrow().map(|id| id.to_string()),
                     revisions: self.replica.history().len(),
                     peers,
                 });

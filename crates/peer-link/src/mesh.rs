@@ -177,6 +177,8 @@ impl PeerSender {
     /// Sends once the link's queue has room beyond the slots kept for control messages;
     /// `false` once the link is gone.
     pub async fn send_replication(&self, bytes: Vec<u8>) -> bool {
+        // Polled, not `reserve_many`: a waiter for many permits keeps the freed ones for
+        // itself, and the mesh's `try_send` of pings and HA messages would then find none.
         while self.0.capacity() <= RESERVED_FOR_CONTROL {
             if self.0.is_closed() {
                 return false;
@@ -215,6 +217,11 @@ impl MeshHandle {
     /// The peers with a link up now.
     pub fn peers(&self) -> Vec<Peer> {
         self.peers.borrow().clone()
+    }
+
+    /// The peers with a link up, now and as they change.
+    pub fn watch_peers(&self) -> watch::Receiver<Vec<Peer>> {
+        self.peers.clone()
     }
 
     /// Sends to every peer (a `Status` is also sent to peers that connect later).

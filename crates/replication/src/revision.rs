@@ -29,6 +29,24 @@ impl fmt::Display for RevisionId {
     }
 }
 
+impl std::str::FromStr for RevisionId {
+    type Err = &'static str;
+
+    /// 64 hex digits, as `Display` writes them.
+    fn from_str(text: &str) -> Result<RevisionId, Self::Err> {
+        let text = text.trim();
+        if text.len() != 64 || !text.is_ascii() {
+            return Err("a revision id is 64 hex digits");
+        }
+        let mut id = [0u8; 32];
+        for (index, byte) in id.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[2 * index..2 * index + 2], 16)
+                .map_err(|_| "a revision id is 64 hex digits")?;
+        }
+        Ok(RevisionId(id))
+    }
+}
+
 impl fmt::Debug for RevisionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Twelve digits are plenty to tell revisions apart in a test failure or a log.
