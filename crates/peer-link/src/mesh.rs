@@ -7,8 +7,10 @@
 //! - A peer is up while any link to it is; it is down only when the last one ends. A link
 //!   that ends while another remains changes nothing (security review F5), and a link from
 //!   a new incarnation of the peer closes the old incarnation's links: that process is gone.
-//! - Only configured peer addresses may connect; others are refused and logged at a bounded
-//!   rate, and at most [`MAX_PENDING_HANDSHAKES`] handshakes run at once.
+//! - Under the HA group key only configured peer addresses may connect; others are refused
+//!   and logged at a bounded rate. Under the cluster's TLS the certificate admits a peer
+//!   from any address, both sides dial, and peers learnt at run time are dialled too
+//!   ([`MeshHandle::add_peer`]). At most [`MAX_PENDING_HANDSHAKES`] handshakes run at once.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
