@@ -309,6 +309,13 @@ pub fn apply(
             })
             .unwrap_or_default();
         println!("live on {live_on} peers");
+        if !cannot.is_empty() && value["refused"].as_bool() == Some(true) {
+            bail!(
+                "refused: some peers cannot install it, so no node runs it; the cluster went back to the revision it was based on ({}):\n{}",
+                value["head"].as_str().unwrap_or("none"),
+                cannot.join("\n")
+            );
+        }
         if !cannot.is_empty() {
             bail!(
                 "saved, but some peers cannot install it and keep their last good policy:\n{}",
@@ -338,10 +345,15 @@ pub fn history(admin: SocketAddr, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     for revision in value["revisions"].as_array().cloned().unwrap_or_default() {
+        let kind = match revision["kind"].as_str() {
+            // The member that could not install a save, and why.
+            Some("refusal") => format!("refusal of {}", short(revision["parents"][0].as_str())),
+            kind => kind.unwrap_or("?").to_owned(),
+        };
         println!(
             "{} {} {} by {} (node {}, priority {}): {}",
             revision["id"].as_str().unwrap_or("?"),
-            revision["kind"].as_str().unwrap_or("?"),
+            kind,
             palisade_replication::coordinator::seeds_timestamp(
                 revision["time_ms"].as_u64().unwrap_or(0)
             ),

@@ -277,12 +277,10 @@ async fn activate(
     policy_file: &std::path::Path,
     head: RevisionId,
     bundle: PolicyBundle,
-) -> Result<(), String> {
+) -> Result<(), palisade_cluster::NotInstalled> {
     let written = bundle.clone();
-    if let Err(error) = installer.install_bundle(bundle, policy_file).await {
-        // The installer logged it; the last good policy stays live.
-        return Err(format!("{error:#}"));
-    }
+    // The installer logged it; the last good policy stays live.
+    installer.install_bundle(bundle, policy_file).await?;
     // What the apply-to-live benchmark times on every node.
     tracing::info!(revision = %head, "policy revision live");
     let (path, revision) = (policy_file.to_owned(), head.to_string());

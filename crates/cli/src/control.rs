@@ -657,6 +657,18 @@ impl Control {
         {
             let (live_on, cannot) = self.wait_for_peers(&revision, request.wait).await?;
             saved["live_on"] = live_on.into();
+            if !cannot.is_empty() {
+                let cluster = self.cluster()?;
+                let history = (cluster.handle.history().await)
+                    .map_err(|error| ControlError::Failed(error.to_string()))?;
+                let refused = history
+                    .iter()
+                    .any(|entry| entry.kind == "refusal" && entry.parents.contains(&revision));
+                saved["refused"] = refused.into();
+                let status = (cluster.handle.status().await)
+                    .map_err(|error| ControlError::Failed(error.to_string()))?;
+                saved["head"] = status.head.map(|head| head.id).into();
+            }
             saved["cannot_install"] = cannot.into();
         }
         Ok(saved)

@@ -179,7 +179,8 @@ impl PolicyInstaller {
         &self,
         bundle: palisade_policy::PolicyBundle,
         origin: &Path,
-    ) -> anyhow::Result<PolicyRevision> {
+    ) -> Result<PolicyRevision, palisade_cluster::NotInstalled> {
+        use palisade_cluster::NotInstalled;
         let revision = PolicyRevision(bundle.id());
         let document = bundle.document.clone();
         if revision == *self.revision.borrow() {
@@ -198,13 +199,16 @@ impl PolicyInstaller {
             None => {
                 let (origin_owned, node) = (origin.to_owned(), self.node.clone());
                 tokio::task::spawn_blocking(move || {
+                    refused_by_test_hook(&bundle.document)?;
                     bundle.compile(&origin_owned, &node).map_err(|errors| {
                         let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                        anyhow!("invalid policy:\n{}", lines.join("\n"))
+                        NotInstalled::Invalid(format!("invalid policy:\n{}", lines.join("\n")))
                     })
                 })
                 .await
-                .map_err(|error| anyhow!("policy compile task failed: {error}"))
+                .map_err(|error| {
+                    NotInstalled::Failed(format!("policy compile task failed: {error}"))
+                })
                 .and_then(|compiled| compiled)
             }
         };
@@ -212,7 +216,7 @@ impl PolicyInstaller {
             Ok(policy) => policy,
             Err(error) => {
                 self.count("refused");
-                tracing::error!(revision = %revision.short(), "replicated policy refused, previous policy stays live: {error:#}");
+                tracing::error!(revision = %revision.short(), "replicated policy refused, previous policy stays live: {}", error.reason());
                 return Err(error);
             }
         };
@@ -227,6 +231,8 @@ impl PolicyInstaller {
     }
 
     /// Compiles a bundle for this node without installing it (the check before a save).
+    /// Compiling does not depend on the node (every rule is checked, whichever node it is
+    /// for), so a bundle that compiles here compiles on every member of this release.
     pub async fn check_bundle(
         &self,
         bundle: palisade_policy::PolicyBundle,
@@ -274,6 +280,24 @@ impl PolicyInstaller {
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
     }
+}
+
+/// Debug builds only (the tests): a node started with `PALISADE_TEST_REFUSE_POLICY=TEXT`
+/// cannot install a replicated policy containing TEXT, as a member of an older release could
+/// not compile a newer policy (which cannot be built here), so the cluster's refusal path is
+/// tested end to end.
+fn refused_by_test_hook(document: &str) -> Result<(), palisade_cluster::NotInstalled> {
+    #[cfg(debug_assertions)]
+    if let Ok(marker) = std::env::var("PALISADE_TEST_REFUSE_POLICY")
+        && !marker.is_empty()
+        && document.contains(&marker)
+    {
+        return Err(palisade_cluster::NotInstalled::Invalid(format!(
+            "invalid policy: this node cannot compile a policy containing {marker:?} (test hook)"
+        )));
+    }
+    let _ = document;
+    Ok(())
 }
 
 #[cfg(test)]

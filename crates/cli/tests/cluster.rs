@@ -829,6 +829,107 @@ fn clock_skew_is_a_405_and_an_incompatible_release_a_404() {
     );
 }
 
+/// A member that cannot compile a save (here a debug-build hook stands in for a member of an
+/// older release that cannot read a newer policy) refuses it cluster-wide: the saver's
+/// `--wait` says so, every node goes back to the revision it was based on (its lists too),
+/// the refusal is in every history, and the next good save is live everywhere.
+#[test]
+fn a_save_some_member_cannot_compile_never_stays_the_head() {
+    if !require_netns("a_save_some_member_cannot_compile_never_stays_the_head") {
+        return;
+    }
+    let mut lab = Lab::new(&["node1", "node2", "node3"]);
+    let dir = palisade_e2e::node::TempDir::new("palisade-cluster-refusal");
+    let members = members(&lab, &dir.0, &["node1", "node2", "node3"]);
+    init_and_start(&mut lab, &members);
+    for member in &members[1..] {
+        join(&members[0], member);
+    }
+    start(&mut lab, &members[1]);
+    start_with_env(
+        &mut lab,
+        &members[2],
+        &["PALISADE_TEST_REFUSE_POLICY=needs-a-newer-release"],
+    );
+    for member in &members {
+        wait_for("linked", Duration::from_secs(20), &members, || {
+            member.peers() == members.len() - 1
+        });
+    }
+    let wait_all = |what: &str, revision: &str| {
+        for member in &members {
+            wait_for(what, Duration::from_secs(15), &members, || {
+                member.active().as_deref() == Some(revision)
+            });
+        }
+    };
+    members[0].write_policy(&["good.example"], "good");
+    let good = applied_revision(&apply(&members[0], "good"), &members);
+    wait_all("the good save is live everywhere", &good);
+
+    members[0].write_policy(&["good.example", "bad.example"], "needs-a-newer-release");
+    let output = members[0].run(&[
+        "policy",
+        "apply",
+        &members[0].policy.display().to_string(),
+        "-m",
+        "bad",
+        "--wait",
+        "2",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("refused: some peers cannot install it")
+            && stderr.contains("node3: ")
+            && stderr.contains("test hook")
+            && stderr.contains(&good[..12]),
+        "{stderr}\n{}",
+        all_logs(&members)
+    );
+    wait_all("every node back on the good save", &good);
+    for member in &members {
+        assert_eq!(member.head().as_deref(), Some(good.as_str()));
+        assert_eq!(member.proxy_code("good.example"), "403");
+        assert_ne!(
+            member.proxy_code("bad.example"),
+            "403",
+            "{}",
+            member.host.name
+        );
+        let history = member.history();
+        let refusal = history
+            .iter()
+            .find(|revision| revision["kind"] == "refusal")
+            .unwrap_or_else(|| panic!("no refusal on {}: {history:?}", member.host.name));
+        assert_eq!(refusal["saved_by"], "node3");
+        wait_for("counted", Duration::from_secs(10), &members, || {
+            member
+                .metric("palisade_cluster_refused_revisions_total")
+                .is_some_and(|count| count >= 1.0)
+        });
+    }
+    // The saver's file is the good revision again (written back on activation).
+    let file = std::fs::read_to_string(&members[0].policy).unwrap_or_default();
+    assert!(
+        file.starts_with(&format!("# palisade-revision: {good}")),
+        "{file}"
+    );
+    assert!(
+        members[0]
+            .log_text()
+            .contains("node node3 cannot install policy revision"),
+        "{}",
+        all_logs(&members)
+    );
+
+    // The cluster is not stuck: the next save every member can compile is live everywhere.
+    members[1].write_policy(&["good.example", "next.example"], "next");
+    let next = applied_revision(&apply(&members[1], "next"), &members);
+    wait_all("the next save is live everywhere", &next);
+    assert_eq!(members[2].proxy_code("next.example"), "403");
+}
+
 /// A node stopped while others save catches up when it returns (anti-entropy on reconnect);
 /// a node killed with SIGKILL in the middle of saves restarts on an intact store, and the
 /// cluster agrees on one head that includes every save it acknowledged.

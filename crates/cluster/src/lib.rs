@@ -148,7 +148,8 @@ struct SaveRequest {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct RevisionSummary {
     pub id: String,
-    /// "save" or "merge".
+    /// "save", "merge" or "refusal" (a member could not install its parent: `saved_by` is
+    /// the member, `message` why).
     pub kind: &'static str,
     pub parents: Vec<String>,
     pub author: String,
@@ -169,6 +170,7 @@ impl RevisionSummary {
             kind: match revision.kind {
                 palisade_replication::RevisionKind::Save => "save",
                 palisade_replication::RevisionKind::Merge => "merge",
+                palisade_replication::RevisionKind::Refusal => "refusal",
             },
             parents: revision.parents.iter().map(ToString::to_string).collect(),
             author: revision.author.to_string(),
@@ -178,6 +180,25 @@ impl RevisionSummary {
             saved_by: revision.saved_by.clone(),
             message: revision.message.clone(),
             bundle: revision.content.to_string(),
+        }
+    }
+}
+
+/// Why a node did not install a head.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NotInstalled {
+    /// Its policy does not compile on this node. If this node runs the revision the save was
+    /// based on, it refuses the save cluster-wide (a refusal revision): the save is taken out
+    /// of the head on every node, which go back to what it was based on.
+    Invalid(String),
+    /// Anything else (a task that died): reported, never refused.
+    Failed(String),
+}
+
+impl NotInstalled {
+    pub fn reason(&self) -> &str {
+        match self {
+            NotInstalled::Invalid(why) | NotInstalled::Failed(why) => why,
         }
     }
 }
@@ -224,8 +245,8 @@ enum Query {
     /// A new certificate for this node: signed here when the CA key is here, else asked of
     /// the member that holds it; answered with the new expiry.
     Renew(oneshot::Sender<Result<String, String>>),
-    /// This node installed a head (`Ok`) or could not (`Err(why)`): told to every peer.
-    Activated(RevisionId, Result<(), String>),
+    /// This node installed a head (`Ok`) or could not: told to every peer.
+    Activated(RevisionId, Result<(), NotInstalled>),
     /// A newer trust bundle made here (`cluster remove`): apply it and pass it on.
     Trust(palisade_cluster_trust::trust_bundle::SignedTrustBundle),
     /// A revision (by id or unique prefix, or the head) and its bundle.
@@ -342,7 +363,7 @@ impl ClusterHandle {
     pub async fn report_activation(
         &self,
         head: RevisionId,
-        result: Result<(), String>,
+        result: Result<(), NotInstalled>,
     ) -> Result<(), ClusterError> {
         self.queries
             .send(Query::Activated(head, result))
@@ -448,6 +469,10 @@ pub fn start(
         active: active_tx,
         gate: Gate::new(&config.release, config.max_ahead, config.version_match),
         names: HashMap::new(),
+        own_name: serde_json::from_slice::<serde_json::Value>(&config.own_record)
+            .ok()
+            .and_then(|record| record.get("name")?.as_str().map(str::to_owned))
+            .unwrap_or_else(|| config.me.to_string()),
         addresses: HashMap::new(),
         peer_heads: HashMap::new(),
         persisted: Ok(Duration::ZERO),
@@ -493,6 +518,8 @@ struct Driver {
     gate: Gate,
     /// Names of the peers with links up.
     names: HashMap<NodeId, String>,
+    /// This node's name (from its record), for the refusals it makes.
+    own_name: String,
     /// The node last seen at each address (for the seeds' line when it stops answering).
     addresses: HashMap<std::net::IpAddr, (NodeId, String)>,
     /// Each peer's head, from its digests.
@@ -802,6 +829,29 @@ impl Driver {
                 .copied()
                 .filter(|peer| self.gate.admitted(*peer))
                 .collect(),
+        }
+    }
+
+    /// The head's policy does not compile here. The save behind it is refused cluster-wide
+    /// only when this node runs what that save was based on: the change is what fails, not
+    /// this node's own state, and the cluster goes back exactly to what this node runs (a
+    /// node far behind, or on the losing side of a merge, only reports: its refusals would
+    /// walk the cluster back through history).
+    fn refuse(&mut self, head: RevisionId, why: &str) {
+        let history = self.replica.history();
+        let Some(save) = history.save_behind(&head) else {
+            return;
+        };
+        let based_on = history
+            .get(&save)
+            .and_then(|save| save.parents.first().copied());
+        if based_on != self.activation.0 {
+            tracing::warn!(revision = ?save, "this node cannot install revision {save:?} but does not run the revision it was based on: reported, not refused");
+            return;
+        }
+        let name = self.own_name.clone();
+        if let Some(refusal) = self.replica.refuse(wall_ms(), save, &name, why) {
+            tracing::error!(revision = ?save, refusal = ?refusal.id, "this node cannot install policy revision {save:?}: refused cluster-wide, every node goes back to the revision it was based on: {why}");
         }
     }
 
@@ -1134,7 +1184,15 @@ impl Driver {
             Query::Activated(head, result) => {
                 match result {
                     Ok(()) => self.activation.0 = Some(head),
-                    Err(why) => self.activation.1 = Some((head, why)),
+                    Err(not_installed) => {
+                        if let NotInstalled::Invalid(why) = &not_installed {
+                            self.refuse(head, why);
+                            // The refusal goes out before the report, so a saver waiting
+                            // for reports already holds it when it hears this one.
+                            self.drive().await;
+                        }
+                        self.activation.1 = Some((head, not_installed.reason().to_owned()));
+                    }
                 }
                 self.send_activation(None);
             }
@@ -1306,6 +1364,16 @@ impl Driver {
                             })
                         })
                         .await;
+                    for refusal in revisions.iter().filter(|revision| {
+                        revision.kind == palisade_replication::RevisionKind::Refusal
+                    }) {
+                        self.metrics.refused_revisions.inc();
+                        if refusal.author == self.replica.me() {
+                            continue;
+                        }
+                        let save = refusal.parents.first().copied();
+                        tracing::error!(refused_by = %refusal.author, revision = ?save, "node {} cannot install policy revision {save:?} and refused it: it is not the head on any node; {}", refusal.saved_by, refusal.message);
+                    }
                     match stored {
                         Some(Ok(())) => {
                             if let Ok(total) = &mut self.persisted {

@@ -27,6 +27,8 @@ pub struct ClusterMetrics {
     pub head_time: Gauge<f64, AtomicU64>,
     /// Concurrent saves settled by a merge (each one left a loser in history).
     pub conflicts: Counter,
+    /// Saves a member refused because their policy does not compile there.
+    pub refused_revisions: Counter,
     /// Peers whose hello failed a check, by the seeds' code.
     pub refusals: Family<CodeLabels, Counter>,
     /// Per peer: its clock minus this node's at its last hello.
@@ -62,6 +64,11 @@ impl ClusterMetrics {
             "palisade_cluster_conflicts",
             "Concurrent saves settled by node priority, then time (the losers stay in history)",
             metrics.conflicts.clone(),
+        );
+        registry.register(
+            "palisade_cluster_refused_revisions",
+            "Policy saves a member could not install and refused: never the head on any node",
+            metrics.refused_revisions.clone(),
         );
         registry.register(
             "palisade_cluster_replication_refusals",

@@ -8,8 +8,13 @@
 //! and merges never pile up on merges: a merge is never in the frontier, it only lets a later
 //! save name every save it settled as its ancestors. Nothing is ever removed: a losing save
 //! stays in history, under the merge.
+//!
+//! A save some member could not install is *refused*: a refusal revision names it, and from
+//! then on it is not a candidate for the head (the saves it built on are again, unless another
+//! save builds on them), on every node that holds the refusal. The frontier is then the
+//! saves that no unrefused save builds on, leaving the refused ones out.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use crate::revision::{Revision, RevisionId, RevisionKind};
 
@@ -24,6 +29,8 @@ pub enum HistoryError {
     BadParents(RevisionId),
     #[error("merge {0} does not carry what merging its parents gives")]
     BadMerge(RevisionId),
+    #[error("refusal {0} does not name a save")]
+    BadRefusal(RevisionId),
 }
 
 /// What [`History::insert`] did.
@@ -50,8 +57,13 @@ pub struct Settled {
 #[derive(Clone, Debug, Default)]
 pub struct History {
     revisions: HashMap<RevisionId, Revision>,
-    /// The saves no other save builds on.
+    /// The unrefused saves no other unrefused save builds on.
     frontier: BTreeSet<RevisionId>,
+    /// Refused saves, each with the refusals that name it.
+    refused: HashMap<RevisionId, Vec<RevisionId>>,
+    /// Refused saves that no unrefused save builds on: their refusals are what a digest must
+    /// advertise beside the frontier (elsewhere a refusal changes no head).
+    refused_leaves: BTreeSet<RevisionId>,
     /// Revisions waiting for a parent, by the parent they wait for.
     pending: HashMap<RevisionId, Vec<Revision>>,
     pending_count: usize,
@@ -94,6 +106,37 @@ impl History {
         self.frontier.iter().filter_map(|id| self.revisions.get(id))
     }
 
+    /// The refusals that still matter to the head (see `refused_leaves`), for digests.
+    pub fn live_refusals(&self) -> impl Iterator<Item = RevisionId> + '_ {
+        (self.refused_leaves.iter())
+            .filter_map(|save| self.refused.get(save))
+            .flatten()
+            .copied()
+    }
+
+    /// The save whose content revision `id` carries: itself, or a merge's winner (what a
+    /// member that cannot install the content refuses).
+    pub fn save_behind(&self, id: &RevisionId) -> Option<RevisionId> {
+        let revision = self.revisions.get(id)?;
+        match revision.kind {
+            RevisionKind::Save => Some(revision.id),
+            RevisionKind::Merge => (revision.parents.iter())
+                .filter_map(|parent| self.revisions.get(parent))
+                .find(|parent| {
+                    parent.content == revision.content
+                        && parent.author == revision.author
+                        && parent.time == revision.time
+                })
+                .map(|winner| winner.id),
+            RevisionKind::Refusal => None,
+        }
+    }
+
+    /// Whether a member refused `save`.
+    pub fn is_refused(&self, save: &RevisionId) -> bool {
+        self.refused.contains_key(save)
+    }
+
     /// The id the merge of the current frontier has (whether made yet or not).
     fn frontier_merge_id(&self) -> Option<RevisionId> {
         let frontier: Vec<&Revision> = self.frontier().collect();
@@ -128,6 +171,7 @@ impl History {
                 (2..=crate::wire::MAX_PARENTS).contains(&revision.parents.len())
                     && revision.parents.windows(2).all(|w| w[0] < w[1])
             }
+            RevisionKind::Refusal => revision.parents.len() == 1,
         };
         if !parents_ok {
             return Err(HistoryError::BadParents(revision.id));
@@ -160,6 +204,7 @@ impl History {
         }
         let top = revision.id;
         let mut rejected = None;
+        let mut refusals = false;
         let mut ready = VecDeque::from([revision]);
         while let Some(revision) = ready.pop_front() {
             let id = revision.id;
@@ -184,27 +229,36 @@ impl History {
                 // A merge settles saves only, and carries exactly what merging them gives;
                 // anything else is not one of ours.
                 if id == top {
-                    rejected = Some(id);
+                    rejected = Some(HistoryError::BadMerge(id));
                 }
                 continue;
             }
-            if revision.kind == RevisionKind::Save {
-                // Every save it builds on leaves the frontier: its parent, or the saves its
-                // parent merge settled (their own ancestors left when they came).
-                for parent in &revision.parents {
-                    match self.revisions.get(parent) {
-                        Some(parent) if parent.kind == RevisionKind::Merge => {
-                            for settled in &parent.parents {
-                                self.frontier.remove(settled);
-                            }
-                        }
-                        _ => {
-                            self.frontier.remove(parent);
-                        }
-                    }
+            if revision.kind == RevisionKind::Refusal
+                && (revision.parents.iter()).any(|parent| {
+                    self.revisions.get(parent).map(|p| p.kind) != Some(RevisionKind::Save)
+                })
+            {
+                if id == top {
+                    rejected = Some(HistoryError::BadRefusal(id));
                 }
-                // No save already held builds on a new one: children wait for parents.
-                self.frontier.insert(id);
+                continue;
+            }
+            match revision.kind {
+                RevisionKind::Save => {
+                    // Every save it builds on leaves the frontier (see `leave`).
+                    for parent in &revision.parents {
+                        self.leave(*parent);
+                    }
+                    // No save already held builds on a new one: children wait for parents.
+                    self.frontier.insert(id);
+                }
+                RevisionKind::Refusal => {
+                    for parent in &revision.parents {
+                        self.refused.entry(*parent).or_default().push(id);
+                    }
+                    refusals = true;
+                }
+                RevisionKind::Merge => {}
             }
             self.revisions.insert(id, revision);
             self.added.push(id);
@@ -213,10 +267,71 @@ impl History {
                 ready.extend(waiting);
             }
         }
+        if refusals {
+            // Rare: a refused save leaves the frontier and what it covered may come back.
+            self.recompute_frontier();
+        }
         match rejected {
-            Some(id) => Err(HistoryError::BadMerge(id)),
+            Some(error) => Err(error),
             None => Ok(Inserted::New),
         }
+    }
+
+    /// A save builds on `id`: it leaves the frontier, and so does what it stood for: a
+    /// merge's settled saves, a refused save's own parents (an unrefused save's ancestors
+    /// left when it came).
+    fn leave(&mut self, id: RevisionId) {
+        let mut stack = vec![id];
+        let mut seen = HashSet::new();
+        while let Some(id) = stack.pop() {
+            if !seen.insert(id) {
+                continue;
+            }
+            self.frontier.remove(&id);
+            self.refused_leaves.remove(&id);
+            let Some(revision) = self.revisions.get(&id) else {
+                continue;
+            };
+            let through = match revision.kind {
+                RevisionKind::Merge => true,
+                RevisionKind::Save => self.refused.contains_key(&id),
+                RevisionKind::Refusal => false,
+            };
+            if through {
+                stack.extend(revision.parents.iter().copied());
+            }
+        }
+    }
+
+    /// The frontier from scratch: the unrefused saves that are no unrefused save's ancestor.
+    fn recompute_frontier(&mut self) {
+        let mut covered = HashSet::new();
+        let mut stack: Vec<RevisionId> = (self.revisions.values())
+            .filter(|revision| {
+                revision.kind == RevisionKind::Save && !self.refused.contains_key(&revision.id)
+            })
+            .flat_map(|save| save.parents.iter().copied())
+            .collect();
+        while let Some(id) = stack.pop() {
+            if covered.insert(id)
+                && let Some(revision) = self.revisions.get(&id)
+            {
+                stack.extend(revision.parents.iter().copied());
+            }
+        }
+        let (mut frontier, mut refused_leaves) = (BTreeSet::new(), BTreeSet::new());
+        for revision in self.revisions.values() {
+            if revision.kind != RevisionKind::Save || covered.contains(&revision.id) {
+                continue;
+            }
+            if self.refused.contains_key(&revision.id) {
+                refused_leaves.insert(revision.id);
+            } else {
+                frontier.insert(revision.id);
+            }
+        }
+        self.frontier = frontier;
+        self.refused_leaves = refused_leaves;
     }
 
     /// Settles a frontier of several saves by their merge revision (see the module docs);
@@ -446,6 +561,83 @@ mod tests {
         }
         assert_eq!(fresh.insert(forged), Err(HistoryError::BadMerge(real.id)));
         assert!(!fresh.contains(&real.id));
+    }
+
+    fn refusal(save: &Revision, author: u8) -> Revision {
+        Revision::refusal(
+            save,
+            node(author),
+            NodePriority::new(100),
+            HlcTime {
+                ms: save.time.ms + 1,
+                counter: 0,
+            },
+            "node",
+            "does not compile here",
+        )
+    }
+
+    #[test]
+    fn a_refused_save_is_never_the_head_and_what_it_built_on_is_again() {
+        let base = save(None, 1, 100, 1_000, "base");
+        let bad = save(Some(&base), 1, 100, 2_000, "bad");
+        let refused = refusal(&bad, 2);
+        // In any order, the refusal before or after the save it names.
+        for order in [[&base, &bad, &refused], [&refused, &bad, &base]] {
+            let mut history = History::new();
+            for revision in order {
+                insert(&mut history, revision);
+            }
+            history.settle();
+            assert_eq!(history.head().map(|head| head.id), Some(base.id));
+            assert!(
+                history.contains(&bad.id),
+                "the refused save stays in history"
+            );
+            assert_eq!(
+                history.live_refusals().collect::<Vec<_>>(),
+                vec![refused.id]
+            );
+        }
+        // A later save on top of the refused one (made before the refusal arrived) wins,
+        // and then the refusal no longer needs advertising.
+        let fixed = save(Some(&bad), 1, 100, 3_000, "fixed");
+        let mut history = History::new();
+        for revision in [&base, &bad, &refused, &fixed] {
+            insert(&mut history, revision);
+        }
+        assert_eq!(history.head().map(|head| head.id), Some(fixed.id));
+        assert_eq!(history.live_refusals().count(), 0);
+        assert_eq!(history.frontier().count(), 1);
+    }
+
+    #[test]
+    fn refusing_a_merges_winner_makes_the_loser_the_head() {
+        let base = save(None, 1, 100, 1_000, "base");
+        let winner = save(Some(&base), 1, 50, 2_000, "winner");
+        let loser = save(Some(&base), 2, 100, 3_000, "loser");
+        let mut history = History::new();
+        for revision in [&base, &winner, &loser] {
+            insert(&mut history, revision);
+        }
+        history.settle();
+        let merge = history.head().map(|head| head.id);
+        let Some(merge) = merge else {
+            panic!("no head")
+        };
+        assert_eq!(history.save_behind(&merge), Some(winner.id));
+        insert(&mut history, &refusal(&winner, 3));
+        assert_eq!(history.settle(), None);
+        assert_eq!(history.head().map(|head| head.id), Some(loser.id));
+        // A refusal must name a save.
+        let Some(merge_revision) = history.get(&merge).cloned() else {
+            panic!("merge gone")
+        };
+        let bogus = refusal(&merge_revision, 3);
+        assert_eq!(
+            history.insert(bogus.clone()),
+            Err(HistoryError::BadRefusal(bogus.id))
+        );
     }
 
     #[test]

@@ -369,6 +369,39 @@ impl Replica {
         Ok(revision)
     }
 
+    /// This node could not install `save` (its content does not compile here): a refusal,
+    /// pushed to every peer, takes it out of the head on every node; the saves it built on
+    /// are the head again. `None` if `save` is not a save held here, or already refused.
+    pub fn refuse(
+        &mut self,
+        wall_ms: u64,
+        save: RevisionId,
+        node_name: &str,
+        reason: &str,
+    ) -> Option<Revision> {
+        let target = self.history.get(&save)?;
+        if target.kind != crate::revision::RevisionKind::Save || self.history.is_refused(&save) {
+            return None;
+        }
+        let time = self.hlc.now(wall_ms);
+        let refusal = Revision::refusal(
+            target,
+            self.me,
+            self.priority,
+            time,
+            crate::wire::truncate(node_name, crate::wire::MAX_SAVED_BY),
+            crate::wire::truncate(reason, crate::wire::MAX_MESSAGE),
+        );
+        // Its parent is held, and its id is its own hash: it goes in.
+        let _ = self.history.insert(refusal.clone());
+        self.settle();
+        let push = SyncMessage::Revisions(vec![refusal.clone()]);
+        for peer in &self.peers {
+            self.outbox.push_back((*peer, push.clone()));
+        }
+        Some(refusal)
+    }
+
     /// A message from `peer`.
     pub fn handle(&mut self, from: NodeId, message: SyncMessage, wall_ms: u64) {
         match message {
@@ -488,11 +521,11 @@ impl Replica {
     }
 
     fn digest(&self) -> SyncMessage {
+        // The refusals that keep saves out of the head travel with the frontier: a peer
+        // lacking one asks for it like any revision.
         SyncMessage::Digest {
-            frontier: self
-                .history
-                .frontier()
-                .map(|save| save.id)
+            frontier: (self.history.frontier().map(|save| save.id))
+                .chain(self.history.live_refusals())
                 .take(MAX_IDS)
                 .collect(),
             head: self.history.head().map(|head| head.id),

@@ -81,6 +81,10 @@ pub enum RevisionKind {
     Save,
     /// Every node's settlement of concurrent heads: the winner's content under all of them.
     Merge,
+    /// A member could not install its parent save (its content does not compile there): the
+    /// parent never becomes the head again, and stays in history. Its author is the member,
+    /// its message the member's error.
+    Refusal,
 }
 
 /// One revision of a replicated document.
@@ -123,6 +127,30 @@ impl Revision {
             content,
             saved_by: saved_by.to_owned(),
             message: message.to_owned(),
+        };
+        revision.id = revision.computed_id();
+        revision
+    }
+
+    /// `author`'s refusal of `save`, which it could not install, for `reason`.
+    pub fn refusal(
+        save: &Revision,
+        author: NodeId,
+        author_priority: NodePriority,
+        time: HlcTime,
+        author_name: &str,
+        reason: &str,
+    ) -> Revision {
+        let mut revision = Revision {
+            id: RevisionId([0; 32]),
+            kind: RevisionKind::Refusal,
+            parents: vec![save.id],
+            author,
+            author_priority,
+            time,
+            content: save.content,
+            saved_by: author_name.to_owned(),
+            message: reason.to_owned(),
         };
         revision.id = revision.computed_id();
         revision
@@ -178,8 +206,12 @@ impl Revision {
                     context.update(&parent.0);
                 }
             }
-            RevisionKind::Save => {
-                context.update(b"palisade save v1\0");
+            RevisionKind::Save | RevisionKind::Refusal => {
+                context.update(if self.kind == RevisionKind::Save {
+                    b"palisade save v1\0"
+                } else {
+                    b"palisade refusal\0"
+                });
                 context.update(&[self.parents.len() as u8]);
                 for parent in &self.parents {
                     context.update(&parent.0);

@@ -161,6 +161,18 @@ impl Cluster {
         }
     }
 
+    /// `node` cannot install its head: it refuses the save behind it (see
+    /// [`Replica::refuse`]); the refused save's id, if there was one to refuse.
+    pub fn refuse(&mut self, node: usize) -> Option<RevisionId> {
+        let wall = self.wall(node);
+        let replica = &mut self.nodes[node].replica;
+        let head = replica.head()?.id;
+        let save = replica.history().save_behind(&head)?;
+        replica.refuse(wall, save, "sim", "does not compile here")?;
+        self.flush(node);
+        Some(save)
+    }
+
     /// Cuts `a` from `b`: their links go down (each replica hears of it).
     pub fn partition(&mut self, a: usize, b: usize) {
         if self.cut.contains(&(a, b)) {

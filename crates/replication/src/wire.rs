@@ -485,6 +485,7 @@ fn encode_revision(revision: &Revision, out: &mut Vec<u8>) {
     out.push(match revision.kind {
         RevisionKind::Save => 1,
         RevisionKind::Merge => 2,
+        RevisionKind::Refusal => 3,
     });
     // A history never holds more parents than MAX_PARENTS (refused on insert), so nothing
     // is cut here.
@@ -512,7 +513,7 @@ fn encode_revision(revision: &Revision, out: &mut Vec<u8>) {
 
 /// At most `limit` bytes, cut at a character boundary (a longer text is refused before it is
 /// saved; this only keeps the encoder total).
-fn truncate(text: &str, limit: usize) -> &str {
+pub(crate) fn truncate(text: &str, limit: usize) -> &str {
     let mut end = text.len().min(limit);
     while !text.is_char_boundary(end) {
         end -= 1;
@@ -524,6 +525,7 @@ fn decode_revision(reader: &mut Reader<'_>) -> Result<Revision, WireError> {
     let kind = match reader.u8()? {
         1 => RevisionKind::Save,
         2 => RevisionKind::Merge,
+        3 => RevisionKind::Refusal,
         _ => return Err(WireError::Malformed("revision kind")),
     };
     let parent_count = usize::from(reader.u16()?);
@@ -617,8 +619,16 @@ mod tests {
     fn every_message_round_trips() {
         let first = revision(None, "first");
         let second = revision(Some(first.id), "second: ünïcode");
+        let refusal = Revision::refusal(
+            &second,
+            NodeId::from_bytes([4; 16]),
+            NodePriority::new(9),
+            second.time,
+            "proxy-2",
+            "policy.toml line 3: unknown list",
+        );
         let messages = [
-            SyncMessage::Revisions(vec![first.clone(), second.clone()]),
+            SyncMessage::Revisions(vec![first.clone(), second.clone(), refusal]),
             SyncMessage::Digest {
                 frontier: vec![first.id, second.id],
                 head: Some(second.id),

@@ -10,27 +10,39 @@ use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
 enum Step {
-    Save { node: usize },
-    Split { side: Vec<usize> },
+    Save {
+        node: usize,
+    },
+    /// The node cannot install its head (a member whose build cannot compile it).
+    Refuse {
+        node: usize,
+    },
+    Split {
+        side: Vec<usize>,
+    },
     Heal,
-    Wait { ms: u64 },
+    Wait {
+        ms: u64,
+    },
 }
 
 fn step(nodes: usize) -> impl Strategy<Value = Step> {
     prop_oneof![
         4 => (0..nodes).prop_map(|node| Step::Save { node }),
+        1 => (0..nodes).prop_map(|node| Step::Refuse { node }),
         1 => proptest::collection::vec(0..nodes, 1..nodes).prop_map(|side| Step::Split { side }),
         1 => Just(Step::Heal),
         3 => (1u64..3_000).prop_map(|ms| Step::Wait { ms }),
     ]
 }
 
-/// The saves no other save builds on (through merges too), from one node's history.
+/// The unrefused saves no other unrefused save builds on (through merges and refused saves
+/// too), from one node's history.
 fn latest_saves(cluster: &Cluster) -> Vec<Revision> {
     let history = &cluster.nodes[0].history();
     let saves: Vec<&Revision> = history
         .revisions()
-        .filter(|revision| revision.kind == RevisionKind::Save)
+        .filter(|revision| revision.kind == RevisionKind::Save && !history.is_refused(&revision.id))
         .collect();
     saves
         .iter()
@@ -60,10 +72,16 @@ fn scenario(
     };
     let mut cluster = Cluster::new(&nodes, network, seed, 1_800_000_000_000);
     let mut saved = Vec::new();
+    let mut refused = Vec::new();
     for (index, step) in steps.into_iter().enumerate() {
         match step {
             Step::Save { node } => {
                 saved.push(cluster.save(node, &format!("policy {index} from node {node}")))
+            }
+            Step::Refuse { node } => {
+                if let Some(save) = cluster.refuse(node) {
+                    refused.push(save);
+                }
             }
             Step::Split { side } => cluster.split(&side),
             Step::Heal => cluster.heal(),
@@ -79,6 +97,29 @@ fn scenario(
     });
     cluster.run_for(Duration::from_secs(30));
     if saved.is_empty() {
+        return Ok(());
+    }
+    // A refused save is nobody's head, unless a later save built on it before its refusal
+    // arrived (then that save carries it, and the refusal no longer matters).
+    for node in &cluster.nodes {
+        for id in &refused {
+            let history = node.history();
+            let built_on = history.revisions().any(|other| {
+                other.kind == RevisionKind::Save
+                    && other.id != *id
+                    && history.is_ancestor(id, &other.id)
+            });
+            prop_assert!(
+                built_on || node.history().is_refused(id),
+                "a refusal that matters did not spread"
+            );
+        }
+    }
+    if latest_saves(&cluster).is_empty() {
+        // Everything was refused: no node has a head (each keeps the policy it runs).
+        for node in &cluster.nodes {
+            prop_assert!(node.replica.head().is_none());
+        }
         return Ok(());
     }
     let head = cluster.converged();
@@ -167,6 +208,7 @@ proptest! {
             .into_iter()
             .map(|step| match step {
                 Step::Save { node } => Step::Save { node: node % nodes },
+                Step::Refuse { node } => Step::Refuse { node: node % nodes },
                 Step::Split { side } => Step::Split { side: side.into_iter().map(|n| n % nodes).collect() },
                 other => other,
             })
