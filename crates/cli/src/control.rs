@@ -677,6 +677,14 @@ impl Control {
     /// Unless `palisade policy confirm` comes within `deadline`, saves `before`'s policy over
     /// `revision` (only if `revision` is still the head: a later save is someone's work).
     async fn arm_rollback(self: Arc<Self>, revision: String, before: String, deadline: Duration) {
+        // Kept in the store, so a restart before the deadline still owes the rollback.
+        let due_ms = unix_ms().saturating_add(deadline.as_millis() as u64);
+        self.keep_pending_confirm(Some(serde_json::json!({
+            "revision": revision,
+            "before": before,
+            "due_unix_ms": due_ms,
+        })))
+        .await;
         let cancel = tokio_util::sync::CancellationToken::new();
         if let Some((_, previous)) = self
             .pending_confirm
@@ -703,6 +711,7 @@ impl Control {
                     return;
                 }
             }
+            self.keep_pending_confirm(None).await;
             let Ok(cluster) = self.cluster() else { return };
             let head = cluster
                 .handle
@@ -733,11 +742,66 @@ impl Control {
         });
     }
 
+    /// Records (or clears) the save waiting for confirmation in the store.
+    async fn keep_pending_confirm(&self, pending: Option<serde_json::Value>) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        let bytes = pending.map(|pending| pending.to_string().into_bytes());
+        let kept =
+            tokio::task::spawn_blocking(move || store.set_pending_confirm(bytes.as_deref())).await;
+        match kept {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(
+                %error,
+                "cannot record the save waiting for confirmation: a restart would forget its rollback"
+            ),
+            Err(error) => tracing::error!(%error, "confirmation record task failed"),
+        }
+    }
+
+    /// At start: a save made with `--confirm` before a restart and not confirmed yet is
+    /// rolled back at its deadline (at once if that has passed), as if the node had not
+    /// restarted.
+    pub async fn resume_pending_confirm(self: Arc<Self>) {
+        let (Some(store), Ok(_)) = (self.store.clone(), self.cluster()) else {
+            return;
+        };
+        let read = tokio::task::spawn_blocking(move || store.pending_confirm()).await;
+        let pending = match read {
+            Ok(Ok(Some(bytes))) => serde_json::from_slice::<serde_json::Value>(&bytes).ok(),
+            Ok(Ok(None)) => return,
+            Ok(Err(error)) => {
+                tracing::error!(%error, "cannot read the save waiting for confirmation");
+                return;
+            }
+            Err(_) => return,
+        };
+        let fields = pending.as_ref().and_then(|pending| {
+            Some((
+                pending["revision"].as_str()?.to_owned(),
+                pending["before"].as_str()?.to_owned(),
+                pending["due_unix_ms"].as_u64()?,
+            ))
+        });
+        let Some((revision, before, due_ms)) = fields else {
+            tracing::error!(
+                "the record of the save waiting for confirmation is unreadable: dropped"
+            );
+            self.keep_pending_confirm(None).await;
+            return;
+        };
+        let left = Duration::from_millis(due_ms.saturating_sub(unix_ms()));
+        tracing::warn!(%revision, "a save made with --confirm before this restart is still not confirmed: rolled back in {left:?} unless `palisade policy confirm`");
+        self.arm_rollback(revision, before, left).await;
+    }
+
     async fn policy_confirm_now(self: Arc<Self>) -> Result<serde_json::Value, ControlError> {
         self.cluster()?;
         match self.pending_confirm.lock().await.take() {
             Some((revision, cancel)) => {
                 cancel.cancel();
+                self.keep_pending_confirm(None).await;
                 tracing::info!(%revision, "policy confirmed");
                 Ok(serde_json::json!({ "confirmed": revision }))
             }
@@ -1099,6 +1163,12 @@ async fn wait_for_master(group: &GroupHandle, to: IpAddr) -> Option<()> {
     .ok()?
     .ok()
     .map(|_| ())
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
 }
 
 #[cfg(test)]

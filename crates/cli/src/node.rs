@@ -512,6 +512,7 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
         )
         .with_cluster(cluster.clone()),
     );
+    tasks.spawn(control.clone().resume_pending_confirm());
     let accounts = match &cluster {
         Some(cluster) => cluster.accounts.clone(),
         // A single node has no accounts: changes come from the node itself only.

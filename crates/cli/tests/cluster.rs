@@ -845,7 +845,7 @@ fn a_save_some_member_cannot_compile_never_stays_the_head() {
     for member in &members[1..] {
         join(&members[0], member);
     }
-    start(&mut lab, &members[1]);
+    let node2 = start(&mut lab, &members[1]);
     start_with_env(
         &mut lab,
         &members[2],
@@ -928,6 +928,38 @@ fn a_save_some_member_cannot_compile_never_stays_the_head() {
     let next = applied_revision(&apply(&members[1], "next"), &members);
     wait_all("the next save is live everywhere", &next);
     assert_eq!(members[2].proxy_code("next.example"), "403");
+
+    // A save made with --confirm is still rolled back when its node restarts before the
+    // deadline (the pending rollback is in the store, not only in memory).
+    members[1].write_policy(
+        &["good.example", "next.example", "unconfirmed.example"],
+        "x",
+    );
+    let policy_file = members[1].policy.display().to_string();
+    members[1].cli(&["policy", "apply", &policy_file, "--confirm", "4s"]);
+    members[1].host.run("kill", &["-TERM", &node2.to_string()]);
+    wait_for("node2 stopped", Duration::from_secs(10), &members, || {
+        palisade_e2e::ha::is_dead(node2)
+    });
+    start(&mut lab, &members[1]);
+    for member in &members {
+        wait_for(
+            "the unconfirmed save rolled back after the restart",
+            Duration::from_secs(20),
+            &members,
+            || {
+                member.proxy_code("unconfirmed.example") != "403"
+                    && member.history()[0]["message"]
+                        .as_str()
+                        .is_some_and(|message| message.contains("automatic rollback"))
+            },
+        );
+    }
+    assert!(
+        members[1].log_text().contains("still not confirmed"),
+        "{}",
+        all_logs(&members)
+    );
 }
 
 /// A node stopped while others save catches up when it returns (anti-entropy on reconnect);

@@ -26,6 +26,8 @@ const NODE_ID: &str = "node_id";
 /// Present while the node is drained; the value is the Unix time of the drain (8 bytes, LE).
 const DRAINED_SINCE: &str = "drained_since";
 const HLC_HIGH_WATER: &str = "hlc_high_water";
+/// A save made with `--confirm` that has not been confirmed yet (opaque to the store).
+const PENDING_CONFIRM: &str = "pending_confirm";
 /// The cluster whose history the revisions table holds.
 const CLUSTER_ID: &str = "cluster_id";
 /// Replicated revisions by id, in the replication plane's encoding (opaque here).
@@ -111,6 +113,17 @@ impl Store {
         let bytes = since.map(u64::to_le_bytes);
         self.tables
             .write(&[(DRAINED_SINCE, bytes.as_ref().map(|bytes| &bytes[..]))])
+    }
+
+    /// The save waiting for `palisade policy confirm`, as the admin plane wrote it: a restart
+    /// must not forget the rollback it owes.
+    pub fn pending_confirm(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        self.tables.read(PENDING_CONFIRM)
+    }
+
+    /// Records (`Some`) or clears the save waiting for confirmation, durably.
+    pub fn set_pending_confirm(&self, pending: Option<&[u8]>) -> Result<(), StoreError> {
+        self.tables.write(&[(PENDING_CONFIRM, pending)])
     }
 
     /// The replication clock's high-water mark (opaque bytes of the replication plane).
@@ -571,6 +584,23 @@ mod tests {
             .set_drained_since(None)
             .unwrap_or_else(|error| panic!("{error}"));
         assert_eq!(open(&dir).drained_since().ok(), Some(None));
+    }
+
+    #[test]
+    fn a_pending_confirmation_survives_reopening_until_cleared() {
+        let dir = Dir::new("confirm");
+        assert_eq!(open(&dir).pending_confirm().ok(), Some(None));
+        open(&dir)
+            .set_pending_confirm(Some(b"{\"revision\":\"ab\"}"))
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(
+            open(&dir).pending_confirm().ok(),
+            Some(Some(b"{\"revision\":\"ab\"}".to_vec()))
+        );
+        open(&dir)
+            .set_pending_confirm(None)
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(open(&dir).pending_confirm().ok(), Some(None));
     }
 
     #[test]
