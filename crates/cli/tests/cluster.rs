@@ -735,7 +735,8 @@ fn start_with_env(lab: &mut Lab, member: &Member, env: &[&str]) -> u32 {
 
 /// A member whose clock is 10 minutes ahead (libfaketime) is refused with the seeds' 405
 /// naming both times, one of an incompatible release with 404; replication stops with them
-/// only; a compatible release (same minor) replicates.
+/// only; a compatible release (same minor) replicates. HA keeps working with the skewed
+/// member: node1 (Master) hands its VIP over to it on a graceful stop.
 #[test]
 fn clock_skew_is_a_405_and_an_incompatible_release_a_404() {
     if !require_netns("clock_skew_is_a_405_and_an_incompatible_release_a_404") {
@@ -749,7 +750,20 @@ fn clock_skew_is_a_405_and_an_incompatible_release_a_404() {
     let mut lab = Lab::new(&["node1", "node2", "node3"]);
     let dir = palisade_e2e::node::TempDir::new("palisade-cluster-checks");
     let members = members(&lab, &dir.0, &["node1", "node2", "node3"]);
-    init_and_start(&mut lab, &members);
+    // node1 and node2 also form an HA group (their own peer links, the group key).
+    let vip = lab.spare_addr(100);
+    for (member, priority, peer) in [
+        (&members[0], 150, members[1].host.addr),
+        (&members[1], 100, members[0].host.addr),
+    ] {
+        let mut config = std::fs::read_to_string(&member.config).unwrap_or_default();
+        config.push_str(&format!(
+            "[[vrrp]]\nname = \"VI_1\"\nvrid = 51\ninterface = \"eth0\"\npriority = {priority}\nadvert_interval = \"1s\"\nvips = [\"{vip}/24\"]\n{}",
+            palisade_e2e::ha::heartbeat_section(peer)
+        ));
+        std::fs::write(&member.config, config).unwrap_or_else(|error| panic!("{error}"));
+    }
+    let node1 = init_and_start(&mut lab, &members);
     for member in &members[1..] {
         join(&members[0], member);
     }
@@ -826,6 +840,38 @@ fn clock_skew_is_a_405_and_an_incompatible_release_a_404() {
         members[1].active(),
         None,
         "the skewed node still does not replicate"
+    );
+
+    // HA is another plane: node1, Master, hands the VIP over to the skewed node2 on a
+    // graceful stop, over their peer link.
+    wait_for(
+        "node1 holds the VIP",
+        Duration::from_secs(15),
+        &members,
+        || members[0].host.has_address(vip),
+    );
+    wait_for(
+        "node2 knows node1 as Master",
+        Duration::from_secs(10),
+        &members,
+        || {
+            let output = members[1].run(&["status", "--json"]);
+            serde_json::from_slice::<serde_json::Value>(&output.stdout).is_ok_and(|status| {
+                status["groups"][0]["master"] == members[0].host.addr.to_string()
+            })
+        },
+    );
+    members[0].host.run("kill", &["-TERM", &node1.to_string()]);
+    wait_for(
+        "the skewed node2 takes the VIP by handover",
+        Duration::from_secs(10),
+        &members,
+        || {
+            members[1].host.has_address(vip)
+                && members[1]
+                    .log_text()
+                    .contains("handover received: taking over")
+        },
     );
 }
 
