@@ -974,6 +974,22 @@ fn a_save_some_member_cannot_compile_never_stays_the_head() {
     let next = applied_revision(&apply(&members[1], "next"), &members);
     wait_all("the next save is live everywhere", &next);
     assert_eq!(members[2].proxy_code("next.example"), "403");
+    // Every member's storage timestamp is a metric on each node.
+    wait_for("peer head times", Duration::from_secs(10), &members, || {
+        let output = (members[0].host).run("curl", &["-s", "http://127.0.0.1:4711/metrics"]);
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        ["node2", "node3"].iter().all(|peer| {
+            let prefix = format!("palisade_cluster_peer_head_time_seconds{{peer=\"{peer}\"");
+            text.lines().any(|line| {
+                line.starts_with(&prefix)
+                    && line
+                        .rsplit(' ')
+                        .next()
+                        .and_then(|value| value.parse::<f64>().ok())
+                        .is_some_and(|seconds| seconds > 1.7e9)
+            })
+        })
+    });
 
     // A save made with --confirm is still rolled back when its node restarts before the
     // deadline (the pending rollback is in the store, not only in memory).

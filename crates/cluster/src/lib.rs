@@ -764,6 +764,7 @@ impl Driver {
         metrics.clock_difference.clear();
         metrics.replicating.clear();
         metrics.in_sync.clear();
+        metrics.peer_head_time.clear();
         for (id, name) in &self.names {
             let labels = metrics::PeerLabels {
                 peer: name.clone(),
@@ -788,6 +789,15 @@ impl Driver {
                 .in_sync
                 .get_or_create(&labels)
                 .set(i64::from(in_sync));
+            // Each member's storage timestamp, as the seeds' status page compares them.
+            let peer_head = (self.peer_heads.get(id).copied().flatten())
+                .and_then(|peer_head| self.replica.history().get(&peer_head));
+            if let Some(peer_head) = peer_head {
+                metrics
+                    .peer_head_time
+                    .get_or_create(&labels)
+                    .set(peer_head.time.ms as f64 / 1e3);
+            }
         }
     }
 

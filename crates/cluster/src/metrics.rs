@@ -35,6 +35,8 @@ pub struct ClusterMetrics {
     pub clock_difference: Family<PeerLabels, Gauge<f64, AtomicU64>>,
     /// Per peer: 1 while this node replicates with it.
     pub replicating: Family<PeerLabels, Gauge>,
+    /// Per peer: its head's time (its storage timestamp), when this node holds that revision.
+    pub peer_head_time: Family<PeerLabels, Gauge<f64, AtomicU64>>,
     /// Per peer: 1 when its last digest named this node's head.
     pub in_sync: Family<PeerLabels, Gauge>,
     /// How far behind its save time the last head went live here (replication lag).
@@ -84,6 +86,11 @@ impl ClusterMetrics {
             "palisade_cluster_peer_replicating",
             "1 while this node replicates with the peer (its checks pass)",
             metrics.replicating.clone(),
+        );
+        registry.register(
+            "palisade_cluster_peer_head_time_seconds",
+            "Each peer's head revision time (its storage timestamp), from its last digest",
+            metrics.peer_head_time.clone(),
         );
         registry.register(
             "palisade_cluster_peer_in_sync",
