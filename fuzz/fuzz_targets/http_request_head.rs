@@ -21,7 +21,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let content_lengths = head.header_all("content-length").count();
     let transfer_encodings = head.header_all("transfer-encoding").count();
-    assert!(content_lengths + transfer_encodings <= 1, "two framings accepted");
+    assert!(
+        content_lengths + transfer_encodings <= 1,
+        "two framings accepted"
+    );
     match head.framing {
         Framing::Chunked => assert_eq!(transfer_encodings, 1),
         Framing::Length(_) => assert_eq!(content_lengths, 1),

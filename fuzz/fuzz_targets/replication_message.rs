@@ -38,7 +38,10 @@ fuzz_target!(|data: &[u8]| {
     if let SyncMessage::Hello(hello) = &message {
         let mut gate = Gate::new("0.1.0", Duration::from_secs(120), VersionMatch::Minor);
         let _ = gate.receive(peer, "peer", hello, 1_800_000_000_000);
-        let _ = gate.peers()[&peer].refused.as_ref().map(ToString::to_string);
+        let _ = gate.peers()[&peer]
+            .refused
+            .as_ref()
+            .map(ToString::to_string);
     }
     if let SyncMessage::Trust(bytes) = &message {
         // Whatever a peer sends as a trust bundle, only a genuine signature gets through.

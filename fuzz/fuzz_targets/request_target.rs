@@ -22,7 +22,11 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(canonical_path(&canonical), canonical);
         let path = canonical.split('?').next().unwrap_or_default();
         assert!(!path.contains("//") && !path.contains('\\') && !path.contains(';'));
-        assert!(!path.split('/').any(|segment| segment == "." || segment == ".."));
+        assert!(
+            !path
+                .split('/')
+                .any(|segment| segment == "." || segment == "..")
+        );
         assert!(!has_escaped_slash(&canonical));
     }
     if let Ok(authority) = parse_connect(text) {
