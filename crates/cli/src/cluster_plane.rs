@@ -94,6 +94,13 @@ pub fn node_record(config: &crate::config::NodeConfig, node: NodeId) -> serde_js
             "ips": proxy_ips,
         },
         "admin_listen": config.admin_listen.to_string(),
+        "director": {
+            "scan_listen": config.director.scan_listen.map(|addr| addr.to_string()),
+            "weight": config.director.weight,
+            "max_connections": config.director.max_connections,
+            "balance_factor": config.director.balance_factor,
+            "slow_start_ms": config.director.slow_start.as_millis() as u64,
+        },
         "vrrp": config.vrrp.iter().map(|group| serde_json::json!({
             "name": group.name,
             "vrid": group.vrid,

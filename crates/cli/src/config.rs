@@ -46,6 +46,24 @@ pub struct NodeConfig {
     /// runs when the data directory holds a cluster certificate (`palisade cluster init` or
     /// `join`); these settings only say where.
     pub cluster: ClusterSettings,
+    /// The director's side of this node: its scan port and its weight in the choice.
+    pub director: DirectorSettings,
+}
+
+/// `[director]`: how the HA group's director treats this node, and where it relays to.
+#[derive(Clone, Debug)]
+pub struct DirectorSettings {
+    /// The scan port: PROXY v2 connections from the group's director only. Default
+    /// 0.0.0.0:9190 on a node of an HA group, none otherwise.
+    pub scan_listen: Option<SocketAddr>,
+    /// This node's share of clients relative to the others' (0: maintenance).
+    pub weight: u32,
+    /// Connections at most (0: no cap).
+    pub max_connections: u32,
+    /// ε of bounded loads (none: a client always goes home).
+    pub balance_factor: Option<f64>,
+    /// How long this node takes to get its clients back after being out.
+    pub slow_start: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -183,6 +201,19 @@ mod raw {
         pub heartbeat: Option<Heartbeat>,
         #[serde(default)]
         pub cluster: Cluster,
+        #[serde(default)]
+        pub director: Director,
+    }
+
+    #[derive(Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Director {
+        pub scan_listen: Option<Spanned<String>>,
+        pub weight: Option<Spanned<i64>>,
+        pub max_connections: Option<Spanned<i64>>,
+        /// A number (0.25), or "off".
+        pub balance_factor: Option<Spanned<toml::Value>>,
+        pub slow_start: Option<Spanned<String>>,
     }
 
     #[derive(Default, Deserialize)]
@@ -513,6 +544,48 @@ impl Checker<'_> {
             &format!("must be one of {}", names.join(", ")),
         );
         default
+    }
+
+    fn director(&mut self, raw: raw::Director, in_a_group: bool) -> DirectorSettings {
+        let scan_listen = match &raw.scan_listen {
+            Some(value) if value.get_ref() == "off" => None,
+            Some(value) => self.listen_addr(value, "director.scan_listen"),
+            None => in_a_group.then(|| SocketAddr::from(([0, 0, 0, 0], 9190))),
+        };
+        let balance_factor = match raw.balance_factor {
+            None => Some(0.25),
+            Some(value) => match value.get_ref() {
+                toml::Value::String(text) if text == "off" => None,
+                toml::Value::Float(number) if (0.0..=10.0).contains(number) => Some(*number),
+                toml::Value::Integer(number) if (0..=10).contains(number) => Some(*number as f64),
+                other => {
+                    let shown = other.to_string();
+                    self.error(
+                        &value,
+                        "director.balance_factor",
+                        &shown,
+                        "must be a number 0..=10 (0.25: no node above 1.25 times its share) or \"off\"",
+                    );
+                    Some(0.25)
+                }
+            },
+        };
+        DirectorSettings {
+            scan_listen,
+            weight: self.integer(raw.weight, "director.weight", 0..=1_000_000, 100) as u32,
+            max_connections: self.integer(
+                raw.max_connections,
+                "director.max_connections",
+                0..=10_000_000,
+                0,
+            ) as u32,
+            balance_factor,
+            slow_start: self.duration(
+                raw.slow_start,
+                "director.slow_start",
+                Duration::from_secs(60),
+            ),
+        }
     }
 
     fn heartbeat(&mut self, raw: raw::Heartbeat) -> Option<HeartbeatConfig> {
@@ -956,6 +1029,7 @@ impl Checker<'_> {
             .heartbeat
             .and_then(|heartbeat| self.heartbeat(heartbeat));
         let cluster = self.cluster(raw.cluster);
+        let director = self.director(raw.director, !raw.vrrp.is_empty());
         // Every port this node serves: a proxied request to one of them on an own address is
         // a self-connection, whatever allow_destinations says.
         let mut own_ports: Vec<u16> = listen
@@ -964,6 +1038,7 @@ impl Checker<'_> {
             .chain(std::iter::once(&admin_listen))
             .chain(heartbeat.as_ref().map(|heartbeat| &heartbeat.listen))
             .chain(std::iter::once(&cluster.listen))
+            .chain(&director.scan_listen)
             .map(SocketAddr::port)
             .collect();
         own_ports.sort_unstable();
@@ -1100,6 +1175,7 @@ impl Checker<'_> {
             health,
             heartbeat,
             cluster,
+            director,
             hostname,
             node_priority,
             data_dir,

@@ -425,6 +425,18 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
         tracing::info!(addr = %bound, kind, "Proxy listening");
         proxy_listeners.push((listener, bound, kind));
     }
+    let scan_listener = match config.director.scan_listen {
+        Some(addr) => {
+            let listener = bind_retrying(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (scan port)"))?;
+            let bound = listener.local_addr().unwrap_or(addr);
+            tracing::info!(addr = %bound, "Scan port listening (PROXY v2 from the group's director only)");
+            config.director.scan_listen = Some(bound);
+            Some(listener)
+        }
+        None => None,
+    };
     let admin_listener = bind_retrying(config.admin_listen)
         .await
         .with_context(|| format!("cannot listen on {} (admin)", config.admin_listen))?;
@@ -440,6 +452,7 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
             .iter()
             .chain(&config.test_listen)
             .chain(std::iter::once(&config.admin_listen))
+            .chain(&config.director.scan_listen)
             .map(SocketAddr::port),
     );
 
@@ -456,6 +469,15 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
     let stop = CancellationToken::new();
     let stop_accepting = CancellationToken::new();
     let connections = TaskTracker::new();
+    if let Some(listener) = scan_listener {
+        let gate = palisade_proxy::scan_port::ScanGate::new(scan_keys(&config, store.node_id));
+        tasks.spawn(proxy.clone().serve_scan_port(
+            listener,
+            gate,
+            stop_accepting.clone(),
+            connections.clone(),
+        ));
+    }
     for (listener, _, _) in proxy_listeners {
         tasks.spawn(
             proxy
@@ -812,4 +834,25 @@ fn stamps_of(files: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
 fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
     let metadata = std::fs::metadata(path).ok()?;
     Some((metadata.modified().ok()?, metadata.len()))
+}
+
+/// The keys this node shares with each director. In an HA group with a group key every
+/// holder of the key is a member, so the pair key is derived for whichever node id the
+/// header names; without one (keepalived peers) no director is known and the scan port
+/// refuses every header.
+fn scan_keys(
+    config: &NodeConfig,
+    me: palisade_identity::NodeId,
+) -> palisade_proxy::scan_port::ScanKeys {
+    match &config.heartbeat {
+        Some(heartbeat) => {
+            let key = heartbeat.key.clone();
+            Arc::new(move |director| {
+                vec![palisade_scan_header::PairKey::from_group_key(
+                    &key, director, me,
+                )]
+            })
+        }
+        None => Arc::new(|_| Vec::new()),
+    }
 }

@@ -12,6 +12,7 @@ pub mod error_page;
 pub mod http1;
 pub mod metrics;
 pub mod resolve;
+pub mod scan_port;
 pub mod ssrf;
 pub mod target;
 mod tunnel;
@@ -227,21 +228,7 @@ impl Proxy {
         shutdown: CancellationToken,
         tracker: TaskTracker,
     ) {
-        loop {
-            let accepted = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                accepted = listener.accept() => accepted,
-            };
-            let (stream, client) = match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+        while let Some((stream, client)) = accept_next(&listener, &shutdown, "proxy").await {
             // Judged on the address before anything is read or held (security review F1).
             let client_ip = ssrf::canonical(client.ip());
             if !self.policy.load().client_allowed(client_ip) {
@@ -315,6 +302,29 @@ impl Proxy {
                 let mut scratch = [0u8; 4096];
                 while matches!(stream.try_read(&mut scratch), Ok(read) if read > 0) {}
                 let _ = socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Write);
+            }
+        }
+    }
+}
+
+/// The next accepted connection, or `None` once `shutdown` fires. Accept errors (EMFILE and
+/// friends) are logged and retried after a short pause instead of spinning.
+pub(crate) async fn accept_next(
+    listener: &TcpListener,
+    shutdown: &CancellationToken,
+    what: &'static str,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return None,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok(accepted) => return Some(accepted),
+            Err(error) => {
+                tracing::warn!(%error, what, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }

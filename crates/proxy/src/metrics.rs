@@ -44,6 +44,10 @@ pub struct ProxyMetrics {
     pub shed_connections: Counter,
     /// Connections reset at accept, by reason (`RefusedReason`).
     pub refused_connections: Family<ReasonLabels, Counter>,
+    /// Scan-port connections reset before serving, by reason (`scan_port::REFUSAL_REASONS`).
+    pub scan_refused: Family<ReasonLabels, Counter>,
+    /// Scan-port connections whose header passed, served for the client it names.
+    pub scan_relayed: Counter,
     pub upstream_connect_seconds: Histogram,
     pub bytes: Family<DirectionLabels, Counter>,
     pub access_log_dropped: Counter,
@@ -78,6 +82,8 @@ impl ProxyMetrics {
             active_connections: Gauge::default(),
             shed_connections: Counter::default(),
             refused_connections: Family::default(),
+            scan_refused: Family::default(),
+            scan_relayed: Counter::default(),
             // 0.1 ms .. ~3.3 s
             upstream_connect_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             bytes,
@@ -108,6 +114,19 @@ impl ProxyMetrics {
             "palisade_refused_connections",
             "Client connections reset at accept, before reading a byte: client_not_allowed (not in access.clients), per_source_limit (max_connections_per_source reached)",
             metrics.refused_connections.clone(),
+        );
+        for reason in crate::scan_port::REFUSAL_REASONS {
+            let _ = metrics.scan_refused.get_or_create(&ReasonLabels { reason });
+        }
+        registry.register(
+            "palisade_scan_port_refused_connections",
+            "Scan-port connections reset before serving: a header that is missing, malformed, forged, stale, replayed or too slow, too many unauthenticated at once, or a client the policy or per-source caps refuse",
+            metrics.scan_refused.clone(),
+        );
+        registry.register(
+            "palisade_scan_port_relayed_connections",
+            "Scan-port connections from a director whose header passed, served for the client it names",
+            metrics.scan_relayed.clone(),
         );
         registry.register(
             "palisade_upstream_connect_seconds",

@@ -1,0 +1,230 @@
+//! The scan port (issue 11): connections a director relays to this node. Each must open with
+//! an authenticated PROXY v2 header (`palisade-scan-header`) naming the real client; after it
+//! the connection is served exactly like a client's own, under that client's address (the
+//! policy's client allowlist, per-source caps, the access log). A connection that sends
+//! anything else, too slowly, or too much is reset, counted, and logged at a bounded rate.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use palisade_identity::NodeId;
+use palisade_log_throttle::LogThrottle;
+use palisade_scan_header::{
+    MAX_HEADER, PREFIX_LEN, PairKey, Refusal, RelayEnds, Verifier, header_length,
+};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admission::{self, ConnectionSlot, SourceKey};
+use crate::metrics::ReasonLabels;
+use crate::{Proxy, conn, ssrf};
+
+/// The keys this node shares with a director, by the director's node id (the current one,
+/// and the previous one while links re-key); none for a node that is not a member.
+pub type ScanKeys = Arc<dyn Fn(NodeId) -> Vec<PairKey> + Send + Sync>;
+
+/// The header must be complete this soon after accept (the PROXY spec: at least 3 s, to cover
+/// a TCP retransmit).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(3);
+/// Connections whose header has not been checked yet, at most.
+pub const MAX_UNAUTHENTICATED: usize = 256;
+/// Timestamps within this of the node's clock pass (members' clocks agree to well within it;
+/// central management refuses peers two minutes apart).
+const WINDOW_MS: u64 = 30_000;
+/// Nonces remembered at most (a window's worth of relayed connections at ~3,000 per second).
+const MAX_NONCES: usize = 100_000;
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Every reason a scan-port connection is refused, as counted.
+pub const REFUSAL_REASONS: [&str; 13] = [
+    "not_proxy_v2",
+    "too_long",
+    "malformed",
+    "not_relay",
+    "unauthenticated",
+    "unknown_director",
+    "bad_mac",
+    "stale",
+    "replayed",
+    "header_timeout",
+    "too_many_unauthenticated",
+    "client_not_allowed",
+    "per_source_limit",
+];
+
+fn reason_of(refusal: &Refusal) -> &'static str {
+    match refusal {
+        Refusal::NotProxyV2 => "not_proxy_v2",
+        Refusal::TooLong(_) => "too_long",
+        Refusal::Malformed(_) => "malformed",
+        Refusal::NotRelay => "not_relay",
+        Refusal::Unauthenticated => "unauthenticated",
+        Refusal::UnknownDirector(_) => "unknown_director",
+        Refusal::BadMac => "bad_mac",
+        Refusal::Stale { .. } => "stale",
+        Refusal::Replayed => "replayed",
+    }
+}
+
+/// What the scan port checks headers with.
+pub struct ScanGate {
+    verifier: Mutex<Verifier>,
+    keys: ScanKeys,
+    unauthenticated: Arc<Semaphore>,
+    log: LogThrottle,
+}
+
+impl ScanGate {
+    pub fn new(keys: ScanKeys) -> Arc<ScanGate> {
+        Arc::new(ScanGate {
+            verifier: Mutex::new(Verifier::new(WINDOW_MS, MAX_NONCES)),
+            keys,
+            unauthenticated: Arc::new(Semaphore::new(MAX_UNAUTHENTICATED)),
+            log: LogThrottle::new(LOG_INTERVAL),
+        })
+    }
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}
+
+/// Reads exactly the header (never a byte of the client's after it).
+async fn read_header(stream: &mut TcpStream) -> Result<Vec<u8>, Refusal> {
+    let mut header = vec![0u8; PREFIX_LEN];
+    let io = |_| Refusal::Malformed("connection closed before the header was complete".to_owned());
+    stream.read_exact(&mut header).await.map_err(io)?;
+    let Some(length) = header_length(&header)? else {
+        return Err(Refusal::NotProxyV2);
+    };
+    debug_assert!(length <= MAX_HEADER);
+    header.resize(length, 0);
+    stream
+        .read_exact(&mut header[PREFIX_LEN..])
+        .await
+        .map_err(io)?;
+    Ok(header)
+}
+
+impl Proxy {
+    /// Accepts relayed connections on the scan port until `shutdown` fires.
+    pub async fn serve_scan_port(
+        self: Arc<Self>,
+        listener: TcpListener,
+        gate: Arc<ScanGate>,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) {
+        while let Some((stream, peer)) = crate::accept_next(&listener, &shutdown, "scan port").await
+        {
+            let Ok(permit) = gate.unauthenticated.clone().try_acquire_owned() else {
+                self.refuse_scan(stream, peer, "too_many_unauthenticated", &gate, None);
+                continue;
+            };
+            let (proxy, gate, shutdown) = (self.clone(), gate.clone(), shutdown.clone());
+            tracker.spawn(async move {
+                proxy
+                    .scan_connection(stream, peer, gate, permit, shutdown)
+                    .await;
+            });
+        }
+    }
+
+    async fn scan_connection(
+        self: Arc<Self>,
+        mut stream: TcpStream,
+        peer: std::net::SocketAddr,
+        gate: Arc<ScanGate>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        shutdown: CancellationToken,
+    ) {
+        let header = match tokio::time::timeout(HEADER_TIMEOUT, read_header(&mut stream)).await {
+            Ok(Ok(header)) => header,
+            Ok(Err(refusal)) => {
+                let reason = reason_of(&refusal);
+                self.refuse_scan(stream, peer, reason, &gate, Some(&refusal));
+                return;
+            }
+            Err(_) => {
+                self.refuse_scan(stream, peer, "header_timeout", &gate, None);
+                return;
+            }
+        };
+        let Ok(local) = stream.local_addr() else {
+            return;
+        };
+        let relay = RelayEnds {
+            director: peer,
+            scanner: local,
+        };
+        let verified = {
+            let mut verifier = gate
+                .verifier
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            verifier.verify(&header, relay, wall_ms(), |id| (gate.keys)(id))
+        };
+        drop(permit);
+        let verified = match verified {
+            Ok(verified) => verified,
+            Err(refusal) => {
+                let reason = reason_of(&refusal);
+                self.refuse_scan(stream, peer, reason, &gate, Some(&refusal));
+                return;
+            }
+        };
+        // From here on the client is the one the header names: the same admission as at the
+        // redirect port (security review F1), on its address.
+        let client = verified.client;
+        let client_ip = ssrf::canonical(client.ip());
+        if !self.policy.load().client_allowed(client_ip) {
+            self.refuse_scan(stream, client, "client_not_allowed", &gate, None);
+            return;
+        }
+        let Some(source_slot) = self.sources.try_take(SourceKey::of(client_ip)) else {
+            self.refuse_scan(stream, client, "per_source_limit", &gate, None);
+            return;
+        };
+        if self.metrics.active_connections.get() as usize >= self.config.max_connections {
+            admission::reset(stream);
+            self.metrics.shed_connections.inc();
+            return;
+        }
+        let _slots = (
+            ConnectionSlot::take(&self.metrics.active_connections),
+            source_slot,
+        );
+        self.metrics.scan_relayed.inc();
+        conn::serve_connection(self.clone(), stream, client, shutdown).await;
+    }
+
+    fn refuse_scan(
+        &self,
+        stream: TcpStream,
+        from: std::net::SocketAddr,
+        reason: &'static str,
+        gate: &ScanGate,
+        refusal: Option<&Refusal>,
+    ) {
+        admission::reset(stream);
+        self.metrics
+            .scan_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+        if let Some(suppressed) = gate.log.admit() {
+            let why = refusal.map_or_else(|| reason.to_owned(), ToString::to_string);
+            tracing::warn!(
+                %from,
+                reason,
+                suppressed,
+                "scan port: connection refused: {why} (lines for others are suppressed for {}s; see palisade_scan_port_refused_connections_total)",
+                LOG_INTERVAL.as_secs()
+            );
+        }
+    }
+}
