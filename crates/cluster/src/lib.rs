@@ -625,7 +625,7 @@ impl Driver {
                         Ok(_) => {}
                         Err(error) => tracing::warn!(%from, %error, "replication message refused"),
                     },
-                    Ok(MeshEvent::Ha { .. }) => {}
+                    Ok(MeshEvent::Ha { .. } | MeshEvent::Director { .. }) => {}
                     Ok(MeshEvent::Unreachable { addr, errno, error, last_action }) => {
                         self.unreachable(addr, errno, &error, last_action);
                     }

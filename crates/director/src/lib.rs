@@ -20,6 +20,9 @@
 //!   (fail-open).
 
 mod choice;
+pub mod wire;
+
+pub use wire::{DirectorMessage, LoadReport};
 
 pub use choice::{
     Candidate, Choice, ClientKey, Director, Load, Member, Out, Reason, Settings, client_key,

@@ -161,6 +161,7 @@ mod tests {
             }),
             Message::Ha(HaMessage::Handover { vrid: 51 }),
             Message::Replication(vec![7; 60_000]),
+            Message::Director(vec![1, 51, 0]),
             Message::Bye,
         ];
         let mut wire = Vec::new();

@@ -91,6 +91,12 @@ pub enum MeshEvent {
         from: NodeId,
         bytes: Vec<u8>,
     },
+    /// A director message from a peer (its plane's own encoding), with the link's address.
+    Director {
+        from: NodeId,
+        addr: IpAddr,
+        bytes: Vec<u8>,
+    },
     /// A configured peer address could not be reached (at most once per 10 s per address).
     Unreachable {
         addr: SocketAddr,
@@ -139,6 +145,8 @@ enum Command {
     Broadcast(HaMessage),
     To(IpAddr, HaMessage),
     Replication(NodeId, Vec<u8>),
+    /// A director message to every peer with a link up.
+    Director(Vec<u8>),
     Confirm(IpAddr, oneshot::Sender<Confirmation>),
     Leave(oneshot::Sender<()>),
 }
@@ -239,6 +247,12 @@ impl MeshHandle {
     /// next digest repairs it).
     pub fn send_replication(&self, peer: NodeId, bytes: Vec<u8>) {
         let _ = self.commands.send(Command::Replication(peer, bytes));
+    }
+
+    /// A director message (a load report) to every peer with a link up; dropped for a peer
+    /// whose queue is full (the next one a second later replaces it).
+    pub fn broadcast_director(&self, bytes: Vec<u8>) {
+        let _ = self.commands.send(Command::Director(bytes));
     }
 
     /// The newest link to the peer with this id, for [`PeerSender::send_replication`].
@@ -743,6 +757,14 @@ impl Mesh {
                     });
                     return;
                 }
+                if let Message::Director(bytes) = message {
+                    self.emit(MeshEvent::Director {
+                        from: from_id,
+                        addr: from,
+                        bytes,
+                    });
+                    return;
+                }
                 if let Message::Ha(message) = message {
                     if let HaMessage::Status { vrid, .. } = message {
                         self.peer_statuses.insert((from, vrid), message);
@@ -973,6 +995,13 @@ impl Mesh {
                     }
                 }
             }
+            Command::Director(bytes) => {
+                for links in self.peers.values() {
+                    if let Some(sender) = links.links.values().next_back() {
+                        let _ = sender.try_send(Outgoing::Send(Message::Director(bytes.clone())));
+                    }
+                }
+            }
             Command::Confirm(addr, answer) => {
                 let target = self
                     .shared
@@ -1124,9 +1153,21 @@ mod tests {
                 }
                 MeshEvent::PeerUp(_)
                 | MeshEvent::Ha { .. }
+                | MeshEvent::Director { .. }
                 | MeshEvent::PeerDown { .. }
                 | MeshEvent::Unreachable { .. }
                 | MeshEvent::Refused { .. } => {}
+            }
+        }
+        // The director plane: to every peer, with the link's address.
+        a.handle.broadcast_director(vec![4, 5]);
+        loop {
+            if let MeshEvent::Director { from, addr, bytes } = next(&mut b_events).await {
+                assert_eq!(
+                    (from, addr, bytes),
+                    (a.id, IpAddr::from([127, 0, 0, 1]), vec![4, 5])
+                );
+                break;
             }
         }
         let b_addr = IpAddr::from([127, 0, 0, 2]);
@@ -1156,6 +1197,7 @@ mod tests {
                 MeshEvent::PeerUp(_)
                 | MeshEvent::Ha { .. }
                 | MeshEvent::Replication { .. }
+                | MeshEvent::Director { .. }
                 | MeshEvent::Unreachable { .. }
                 | MeshEvent::Refused { .. } => {}
             }
@@ -1194,6 +1236,7 @@ mod tests {
                 MeshEvent::PeerUp(_)
                 | MeshEvent::Ha { .. }
                 | MeshEvent::Replication { .. }
+                | MeshEvent::Director { .. }
                 | MeshEvent::Unreachable { .. }
                 | MeshEvent::Refused { .. } => {}
             }

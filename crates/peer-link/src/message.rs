@@ -13,12 +13,15 @@ pub mod plane {
     pub const HA: u8 = 1;
     /// Central management: replication messages (their own encoding and version inside).
     pub const REPLICATION: u8 = 2;
+    /// The director: members' load reports (their own encoding and version inside).
+    pub const DIRECTOR: u8 = 3;
 }
 
 /// Wire version of each plane this build speaks.
 pub const LINK_VERSION: u8 = 1;
 pub const HA_VERSION: u8 = 1;
 pub const REPLICATION_VERSION: u8 = 1;
+pub const DIRECTOR_VERSION: u8 = 1;
 
 /// Message kinds of the link plane (1-3 are the handshake's).
 pub(crate) mod link_kind {
@@ -31,6 +34,10 @@ pub(crate) mod link_kind {
 
 mod replication_kind {
     pub const SYNC: u8 = 1;
+}
+
+mod director_kind {
+    pub const MESSAGE: u8 = 1;
 }
 
 mod ha_kind {
@@ -49,6 +56,8 @@ pub enum Message {
     Ha(HaMessage),
     /// One replication message (`palisade_replication::SyncMessage` bytes).
     Replication(Vec<u8>),
+    /// One director message (`palisade_director::DirectorMessage` bytes).
+    Director(Vec<u8>),
 }
 
 /// The HA plane.
@@ -106,6 +115,12 @@ impl Message {
                 replication_kind::SYNC,
                 Cow::Borrowed(&bytes[..]),
             ),
+            Message::Director(bytes) => (
+                plane::DIRECTOR,
+                DIRECTOR_VERSION,
+                director_kind::MESSAGE,
+                Cow::Borrowed(&bytes[..]),
+            ),
         };
         Encoded {
             plane,
@@ -145,6 +160,10 @@ impl Message {
             },
             (plane::REPLICATION, REPLICATION_VERSION) => match kind {
                 replication_kind::SYNC => Message::Replication(payload.to_vec()),
+                _ => return Ok(None),
+            },
+            (plane::DIRECTOR, DIRECTOR_VERSION) => match kind {
+                director_kind::MESSAGE => Message::Director(payload.to_vec()),
                 _ => return Ok(None),
             },
             _ => return Ok(None),

@@ -424,6 +424,7 @@ impl Driver {
             MeshEvent::Ha { .. }
             | MeshEvent::PeerUp(_)
             | MeshEvent::Replication { .. }
+            | MeshEvent::Director { .. }
             | MeshEvent::Unreachable { .. }
             | MeshEvent::Refused { .. } => return,
         };

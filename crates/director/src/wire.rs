@@ -1,0 +1,260 @@
+//! The director plane's messages on the peer links (their own encoding and version inside
+//! the link's `DIRECTOR` plane), sans-IO and strict: every length bounded, nothing trailing.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use crate::choice::Load;
+
+/// The director plane's wire version.
+pub const VERSION: u8 = 1;
+/// A failure reason's length at most.
+pub const MAX_FAILURE: usize = 256;
+
+mod kind {
+    pub const LOAD: u8 = 1;
+}
+
+/// What a node tells the other members of an HA group every second.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadReport {
+    /// The group (VRRP virtual router id).
+    pub vrid: u8,
+    /// Its weight and cap, from its configuration.
+    pub weight: u32,
+    pub max_connections: u32,
+    /// Where a director relays to it (`None`: no scan port; it serves no relayed clients).
+    pub scan: Option<SocketAddr>,
+    pub load: Load,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("director message truncated")]
+    Truncated,
+    #[error("director message: {0}")]
+    Malformed(&'static str),
+    #[error("director message of version {0}, this node speaks {VERSION}")]
+    Version(u8),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DirectorMessage {
+    Load(LoadReport),
+}
+
+impl DirectorMessage {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![VERSION];
+        match self {
+            DirectorMessage::Load(report) => {
+                out.push(kind::LOAD);
+                out.push(report.vrid);
+                out.extend_from_slice(&report.weight.to_be_bytes());
+                out.extend_from_slice(&report.max_connections.to_be_bytes());
+                match report.scan {
+                    None => out.push(0),
+                    Some(SocketAddr::V4(v4)) => {
+                        out.push(4);
+                        out.extend_from_slice(&v4.ip().octets());
+                        out.extend_from_slice(&v4.port().to_be_bytes());
+                    }
+                    Some(SocketAddr::V6(v6)) => {
+                        out.push(6);
+                        out.extend_from_slice(&v6.ip().octets());
+                        out.extend_from_slice(&v6.port().to_be_bytes());
+                    }
+                }
+                let load = &report.load;
+                out.extend_from_slice(&load.active_connections.to_be_bytes());
+                out.extend_from_slice(&load.cpu_permille.to_be_bytes());
+                out.extend_from_slice(&load.memory_bytes.to_be_bytes());
+                out.push(u8::from(load.behind));
+                let failure = load
+                    .failure
+                    .as_deref()
+                    .map(|why| truncate(why, MAX_FAILURE));
+                match failure {
+                    None => out.push(0),
+                    Some(why) => {
+                        out.push(1);
+                        out.extend_from_slice(&(why.len() as u16).to_be_bytes());
+                        out.extend_from_slice(why.as_bytes());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<DirectorMessage, WireError> {
+        let mut reader = Reader { bytes };
+        let version = reader.u8()?;
+        if version != VERSION {
+            return Err(WireError::Version(version));
+        }
+        let message = match reader.u8()? {
+            kind::LOAD => {
+                let vrid = reader.u8()?;
+                let weight = reader.u32()?;
+                let max_connections = reader.u32()?;
+                let scan = match reader.u8()? {
+                    0 => None,
+                    4 => {
+                        let ip = Ipv4Addr::from(reader.array::<4>()?);
+                        Some(SocketAddr::new(IpAddr::V4(ip), reader.u16()?))
+                    }
+                    6 => {
+                        let ip = Ipv6Addr::from(reader.array::<16>()?);
+                        Some(SocketAddr::new(IpAddr::V6(ip), reader.u16()?))
+                    }
+                    _ => return Err(WireError::Malformed("scan address family")),
+                };
+                let active_connections = reader.u32()?;
+                let cpu_permille = reader.u16()?;
+                let memory_bytes = u64::from_be_bytes(reader.array::<8>()?);
+                let behind = match reader.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(WireError::Malformed("behind flag")),
+                };
+                let failure = match reader.u8()? {
+                    0 => None,
+                    1 => {
+                        let length = usize::from(reader.u16()?);
+                        if length > MAX_FAILURE {
+                            return Err(WireError::Malformed("failure reason too long"));
+                        }
+                        let text = reader.take(length)?;
+                        Some(
+                            std::str::from_utf8(text)
+                                .map_err(|_| WireError::Malformed("failure reason not UTF-8"))?
+                                .to_owned(),
+                        )
+                    }
+                    _ => return Err(WireError::Malformed("failure flag")),
+                };
+                DirectorMessage::Load(LoadReport {
+                    vrid,
+                    weight,
+                    max_connections,
+                    scan,
+                    load: Load {
+                        active_connections,
+                        cpu_permille,
+                        memory_bytes,
+                        failure,
+                        behind,
+                    },
+                })
+            }
+            _ => return Err(WireError::Malformed("message kind")),
+        };
+        if !reader.bytes.is_empty() {
+            return Err(WireError::Malformed("trailing bytes"));
+        }
+        Ok(message)
+    }
+}
+
+/// At most `limit` bytes, cut at a character boundary.
+fn truncate(text: &str, limit: usize) -> &str {
+    let mut end = text.len().min(limit);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl Reader<'_> {
+    fn take(&mut self, count: usize) -> Result<&[u8], WireError> {
+        if self.bytes.len() < count {
+            return Err(WireError::Truncated);
+        }
+        let (taken, rest) = self.bytes.split_at(count);
+        self.bytes = rest;
+        Ok(taken)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
+        let mut array = [0u8; N];
+        array.copy_from_slice(self.take(N)?);
+        Ok(array)
+    }
+
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, WireError> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+
+    fn u32(&mut self) -> Result<u32, WireError> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn report(failure: Option<&str>, scan: Option<SocketAddr>) -> DirectorMessage {
+        DirectorMessage::Load(LoadReport {
+            vrid: 51,
+            weight: 100,
+            max_connections: 5_000,
+            scan,
+            load: Load {
+                active_connections: 42,
+                cpu_permille: 350,
+                memory_bytes: 14_000_000,
+                failure: failure.map(str::to_owned),
+                behind: failure.is_some(),
+            },
+        })
+    }
+
+    #[test]
+    fn reports_round_trip() {
+        for message in [
+            report(None, None),
+            report(
+                Some("port 9090 not listening"),
+                "10.0.0.2:9190".parse().ok(),
+            ),
+            report(Some("ünïcode"), "[2001:db8::2]:9190".parse().ok()),
+        ] {
+            assert_eq!(DirectorMessage::decode(&message.encode()), Ok(message));
+        }
+    }
+
+    #[test]
+    fn truncated_trailing_and_other_versions_are_errors() {
+        let bytes = report(Some("x"), "10.0.0.2:9190".parse().ok()).encode();
+        for cut in 0..bytes.len() {
+            assert!(DirectorMessage::decode(&bytes[..cut]).is_err());
+        }
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert!(DirectorMessage::decode(&trailing).is_err());
+        let mut other = bytes;
+        other[0] = 2;
+        assert_eq!(DirectorMessage::decode(&other), Err(WireError::Version(2)));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_and_what_decodes_encodes_the_same(
+            bytes in proptest::collection::vec(any::<u8>(), 0..400)
+        ) {
+            if let Ok(message) = DirectorMessage::decode(&bytes) {
+                prop_assert_eq!(message.encode(), bytes);
+            }
+        }
+    }
+}
