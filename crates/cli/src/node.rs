@@ -479,11 +479,12 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
         ));
     }
     for (listener, _, _) in proxy_listeners {
-        tasks.spawn(
-            proxy
-                .clone()
-                .serve(listener, stop_accepting.clone(), connections.clone()),
-        );
+        tasks.spawn(proxy.clone().serve(
+            listener,
+            stop_accepting.clone(),
+            connections.clone(),
+            None,
+        ));
     }
     if start_drained {
         tracing::warn!(

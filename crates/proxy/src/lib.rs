@@ -11,6 +11,7 @@ mod decimal;
 pub mod error_page;
 pub mod http1;
 pub mod metrics;
+pub mod relay;
 pub mod resolve;
 pub mod scan_port;
 pub mod ssrf;
@@ -221,12 +222,14 @@ impl Proxy {
     }
 
     /// Accepts connections on `listener` until `shutdown` fires. Each connection runs on
-    /// its own task, tracked by `tracker` so a drain can wait for them.
+    /// its own task, tracked by `tracker` so a drain can wait for them. On a redirect port,
+    /// `dispatch` (the director) says whether a connection is served here or relayed.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
         shutdown: CancellationToken,
         tracker: TaskTracker,
+        dispatch: Option<Arc<dyn relay::Dispatch>>,
     ) {
         while let Some((stream, client)) = accept_next(&listener, &shutdown, "proxy").await {
             // Judged on the address before anything is read or held (security review F1).
@@ -248,9 +251,28 @@ impl Proxy {
             let slot = ConnectionSlot::take(&self.metrics.active_connections);
             let proxy = self.clone();
             let shutdown = shutdown.clone();
+            let route = match (&dispatch, stream.local_addr()) {
+                (Some(dispatch), Ok(local)) => match dispatch.route(client, local) {
+                    relay::Route::Serve => None,
+                    relay::Route::Relay(targets) => Some((dispatch.clone(), local, targets)),
+                    relay::Route::Refuse => {
+                        drop((slot, source_slot));
+                        self.shed(stream, &tracker);
+                        continue;
+                    }
+                },
+                _ => None,
+            };
             tracker.spawn(async move {
                 let _slots = (slot, source_slot);
-                conn::serve_connection(proxy, stream, client, shutdown).await;
+                match route {
+                    None => conn::serve_connection(proxy, stream, client, shutdown).await,
+                    Some((dispatch, local, targets)) => {
+                        proxy
+                            .relay(stream, client, local, targets, dispatch, shutdown)
+                            .await
+                    }
+                }
             });
         }
     }

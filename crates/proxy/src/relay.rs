@@ -1,0 +1,177 @@
+//! The director's relay (issue 11). A client connection accepted on a redirect port may be
+//! for a VIP this node directs: the binary's [`Dispatch`] says where it goes. Served here, it
+//! is an ordinary client connection; relayed, the director connects to the chosen node's scan
+//! port (trying the next candidate on a refused or timed-out connect, and serving the client
+//! itself when none is left), writes an authenticated PROXY v2 header naming the client, and
+//! splices bytes both ways in the kernel until both sides close. Every relayed connection is
+//! logged with its client, node, bytes each way and how it ended: scanning nodes never see a
+//! relay failure.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use palisade_identity::NodeId;
+use palisade_scan_header::{PairKey, RelayEnds, seal};
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Proxy, conn, tunnel};
+
+/// A connect to a scan port taking longer than this counts as a timeout (members share a
+/// network: a healthy one answers in well under a millisecond).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Where a client connection goes.
+pub enum Route {
+    /// Served by this node (not a VIP it directs, or its own share).
+    Serve,
+    /// To these nodes, in order (this node among them serves in-process).
+    Relay(Vec<RelayTarget>),
+    /// Nowhere: every candidate is at its connection cap.
+    Refuse,
+}
+
+/// One candidate scanning node.
+#[derive(Clone, Debug)]
+pub struct RelayTarget {
+    pub node: NodeId,
+    pub name: Arc<str>,
+    /// Its scan port (`None`: this node itself).
+    pub scan: Option<SocketAddr>,
+    pub key: Option<PairKey>,
+}
+
+/// What happened to a relay attempt, for the director's bookkeeping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayOutcome {
+    /// A connection to the node is up (or served here): counted until `Closed`.
+    Connected,
+    /// The connect was refused (or failed at once): the node is out now.
+    Refused,
+    TimedOut,
+    Closed,
+}
+
+/// The binary's director: where each new client connection goes, and what became of it.
+pub trait Dispatch: Send + Sync {
+    /// For a connection from `client` that reached `local` (a redirect port).
+    fn route(&self, client: SocketAddr, local: SocketAddr) -> Route;
+    /// `node`'s relay for a connection that reached `local`.
+    fn outcome(&self, local: SocketAddr, node: NodeId, outcome: RelayOutcome);
+    fn me(&self) -> NodeId;
+}
+
+/// How a relayed connection ended, for its log line.
+enum Ended {
+    Relayed(tunnel::TunnelBytes),
+    HeaderUnsent(std::io::Error),
+}
+
+impl Proxy {
+    /// Serves `stream` from `client` (accepted on `local`) where `route` says.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn relay(
+        self: Arc<Self>,
+        mut stream: TcpStream,
+        client: SocketAddr,
+        local: SocketAddr,
+        targets: Vec<RelayTarget>,
+        dispatch: Arc<dyn Dispatch>,
+        shutdown: CancellationToken,
+    ) {
+        let me = dispatch.me();
+        for target in targets {
+            let (Some(scan), Some(key)) = (target.scan, target.key.as_ref()) else {
+                if target.node == me {
+                    dispatch.outcome(local, me, RelayOutcome::Connected);
+                    conn::serve_connection(self.clone(), stream, client, shutdown).await;
+                    dispatch.outcome(local, me, RelayOutcome::Closed);
+                    return;
+                }
+                continue;
+            };
+            let connected = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(scan)).await;
+            let mut relay = match connected {
+                Ok(Ok(relay)) => relay,
+                Ok(Err(error)) => {
+                    tracing::warn!(%client, node = %target.name, %scan, %error, "relay connect failed: trying the next node");
+                    dispatch.outcome(local, target.node, RelayOutcome::Refused);
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!(%client, node = %target.name, %scan, "relay connect timed out: trying the next node");
+                    dispatch.outcome(local, target.node, RelayOutcome::TimedOut);
+                    continue;
+                }
+            };
+            let _ = relay.set_nodelay(true);
+            dispatch.outcome(local, target.node, RelayOutcome::Connected);
+            let ended = self
+                .relay_to(&mut stream, &mut relay, client, local, me, key)
+                .await;
+            dispatch.outcome(local, target.node, RelayOutcome::Closed);
+            match ended {
+                Ended::Relayed(bytes) => tracing::info!(
+                    %client,
+                    node = %target.name,
+                    bytes_from_client = bytes.from_client,
+                    bytes_to_client = bytes.to_client,
+                    "relayed connection closed"
+                ),
+                Ended::HeaderUnsent(error) => tracing::warn!(
+                    %client,
+                    node = %target.name,
+                    %error,
+                    "relayed connection failed before its header was sent"
+                ),
+            }
+            return;
+        }
+        // Nobody else took it: served here rather than failed.
+        dispatch.outcome(local, me, RelayOutcome::Connected);
+        conn::serve_connection(self.clone(), stream, client, shutdown).await;
+        dispatch.outcome(local, me, RelayOutcome::Closed);
+    }
+
+    async fn relay_to(
+        &self,
+        stream: &mut TcpStream,
+        relay: &mut TcpStream,
+        client: SocketAddr,
+        local: SocketAddr,
+        me: NodeId,
+        key: &PairKey,
+    ) -> Ended {
+        let ends = match (relay.local_addr(), relay.peer_addr()) {
+            (Ok(director), Ok(scanner)) => RelayEnds { director, scanner },
+            (Err(error), _) | (_, Err(error)) => return Ended::HeaderUnsent(error),
+        };
+        let mut nonce = [0u8; 16];
+        if let Err(error) = SystemRandom::new().fill(&mut nonce) {
+            return Ended::HeaderUnsent(std::io::Error::other(format!("{error:?}")));
+        }
+        let header = seal(client, local, me, key, ends, wall_ms(), nonce);
+        if let Err(error) = relay.write_all(&header).await {
+            return Ended::HeaderUnsent(error);
+        }
+        let bytes = tunnel::run(
+            stream,
+            BytesMut::new(),
+            relay,
+            BytesMut::new(),
+            self.config.tunnel_idle_timeout,
+        )
+        .await;
+        Ended::Relayed(bytes)
+    }
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}
