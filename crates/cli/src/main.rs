@@ -7,6 +7,7 @@ mod cluster_cli;
 mod cluster_plane;
 mod config;
 mod control;
+mod director_plane;
 mod file_watch;
 mod node;
 mod policy_install;

@@ -478,12 +478,17 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
             connections.clone(),
         ));
     }
-    for (listener, _, _) in proxy_listeners {
+    // Redirect ports ask the director (once the HA groups run) where each connection goes;
+    // test ports always serve here.
+    let dispatch = Arc::new(crate::director_plane::LateDispatch::default());
+    for (listener, _, kind) in proxy_listeners {
+        let dispatch: Option<Arc<dyn palisade_proxy::relay::Dispatch>> =
+            (kind == "redirect port").then(|| dispatch.clone() as _);
         tasks.spawn(proxy.clone().serve(
             listener,
             stop_accepting.clone(),
             connections.clone(),
-            None,
+            dispatch,
         ));
     }
     if start_drained {
@@ -523,6 +528,25 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
     registry.register_collector(Box::new(palisade_vrrp_linux::metrics::HaMetrics::new(
         groups.iter().map(|group| group.status.clone()).collect(),
     )));
+    // The director: with peer links (the group key) every healthy member serves clients.
+    if let (Some(mesh), Some(heartbeat), false) = (&mesh, &config.heartbeat, groups.is_empty()) {
+        let own = crate::director_plane::OwnReport {
+            weight: config.director.weight,
+            max_connections: config.director.max_connections,
+            scan: config.director.scan_listen,
+            active_connections: proxy.metrics().active_connections.clone(),
+        };
+        let plane = crate::director_plane::DirectorPlane::new(
+            store.node_id,
+            config.hostname.as_str(),
+            heartbeat.key.clone(),
+            &groups,
+            &config.director,
+            &own,
+        );
+        dispatch.set(plane.clone());
+        tasks.spawn(plane.run(mesh.clone(), own, stop.clone()));
+    }
     let control = Arc::new(
         crate::control::Control::new(
             config.hostname.clone(),

@@ -1,0 +1,351 @@
+//! The director in the node (issue 11): every second each member of an HA group tells the
+//! others its load on the peer links; the member holding the group's VIP (the director)
+//! chooses, for each client connection that reached the VIP, the scanning node that serves
+//! it (`palisade-director`), and the proxy relays it there (`palisade_proxy::relay`).
+//! Connections to a node's own address, and every test-port connection, are served where
+//! they land.
+//!
+//! Members authenticate on the peer links with the HA group key, and the scan port's pair
+//! keys derive from it; a group without peer links (keepalived as a peer) has no director:
+//! its VIP holder serves alone, as before.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use palisade_director::{Director, DirectorMessage, Load, LoadReport, Member, Reason, Settings};
+use palisade_identity::NodeId;
+use palisade_peer_link::mesh::{MeshEvent, MeshHandle};
+use palisade_proxy::relay::{Dispatch, RelayOutcome, RelayTarget, Route};
+use palisade_scan_header::PairKey;
+use palisade_vrrp::State;
+use palisade_vrrp_linux::driver::{GroupHandle, GroupStatus};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Members report this often.
+const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What this node says about itself.
+pub struct OwnReport {
+    pub weight: u32,
+    pub max_connections: u32,
+    /// Its scan port (an unspecified address: peers use the link's address).
+    pub scan: Option<SocketAddr>,
+    pub active_connections: prometheus_client::metrics::gauge::Gauge,
+}
+
+struct Group {
+    vrid: u8,
+    status: watch::Receiver<GroupStatus>,
+    state: Mutex<GroupState>,
+}
+
+struct GroupState {
+    director: Director,
+    /// Each member's scan port as it can be reached.
+    scans: HashMap<NodeId, SocketAddr>,
+}
+
+/// The director of every HA group this node is in.
+pub struct DirectorPlane {
+    me: NodeId,
+    name: Arc<str>,
+    group_key: Vec<u8>,
+    groups: Vec<Group>,
+    names: Mutex<HashMap<NodeId, Arc<str>>>,
+    epoch: Instant,
+}
+
+impl DirectorPlane {
+    pub fn new(
+        me: NodeId,
+        name: &str,
+        group_key: Vec<u8>,
+        groups: &[GroupHandle],
+        settings: &crate::config::DirectorSettings,
+        own: &OwnReport,
+    ) -> Arc<DirectorPlane> {
+        let groups = groups
+            .iter()
+            .map(|handle| {
+                let vrid = handle.status.borrow().vrid;
+                let settings = Settings {
+                    // Every member computes the same choice: the seed is the group's.
+                    seed: u64::from(vrid),
+                    balance_factor: settings.balance_factor,
+                    slow_start: settings.slow_start,
+                    report_interval: REPORT_INTERVAL,
+                    ..Settings::default()
+                };
+                let me_member = Member {
+                    id: me,
+                    name: name.to_owned(),
+                    weight: own.weight,
+                    max_connections: own.max_connections,
+                };
+                Group {
+                    vrid,
+                    status: handle.status.clone(),
+                    state: Mutex::new(GroupState {
+                        director: Director::new(settings, [me_member]),
+                        scans: HashMap::new(),
+                    }),
+                }
+            })
+            .collect();
+        Arc::new(DirectorPlane {
+            me,
+            name: Arc::from(name),
+            group_key,
+            groups,
+            names: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The group whose VIP `local` is, if this node directs it now.
+    fn directing(&self, local: IpAddr) -> Option<&Group> {
+        let local = local.to_canonical();
+        self.groups.iter().find(|group| {
+            let status = group.status.borrow();
+            status.state == State::Master && status.vips.contains(&local)
+        })
+    }
+
+    fn group_of(&self, local: IpAddr) -> Option<&Group> {
+        let local = local.to_canonical();
+        self.groups
+            .iter()
+            .find(|group| group.status.borrow().vips.contains(&local))
+    }
+
+    fn name_of(&self, node: NodeId) -> Arc<str> {
+        if node == self.me {
+            return self.name.clone();
+        }
+        let names = self
+            .names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        names
+            .get(&node)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(node.to_string()))
+    }
+
+    /// This node's load now, for its own report.
+    fn own_load(&self, group: &Group, own: &OwnReport) -> Load {
+        let status = group.status.borrow();
+        let failure = if status.drained {
+            Some("drained".to_owned())
+        } else if status.state == State::Fault {
+            Some("current state: failure (port monitor)".to_owned())
+        } else {
+            None
+        };
+        Load {
+            active_connections: own.active_connections.get().max(0) as u32,
+            cpu_permille: 0,
+            memory_bytes: resident_bytes(),
+            failure,
+            behind: false,
+        }
+    }
+
+    /// Every second: this node's report to every peer, and to its own director.
+    fn report(&self, mesh: &MeshHandle, own: &OwnReport) {
+        let now = self.now_ms();
+        for group in &self.groups {
+            let load = self.own_load(group, own);
+            let report = LoadReport {
+                vrid: group.vrid,
+                weight: own.weight,
+                max_connections: own.max_connections,
+                scan: own.scan,
+                load: load.clone(),
+            };
+            mesh.broadcast_director(DirectorMessage::Load(report).encode());
+            let mut state = group
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            state.director.report(self.me, load, now);
+        }
+    }
+
+    /// A member's report.
+    fn received(&self, from: NodeId, addr: IpAddr, bytes: &[u8]) {
+        let report = match DirectorMessage::decode(bytes) {
+            Ok(DirectorMessage::Load(report)) => report,
+            Err(error) => {
+                tracing::warn!(%from, %error, "director message refused");
+                return;
+            }
+        };
+        let Some(group) = self.groups.iter().find(|group| group.vrid == report.vrid) else {
+            return;
+        };
+        let name = self.name_of(from);
+        let now = self.now_ms();
+        let mut state = group
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let member = Member {
+            id: from,
+            name: name.to_string(),
+            weight: report.weight,
+            max_connections: report.max_connections,
+        };
+        if state.director.members().find(|known| known.id == from) != Some(&member) {
+            let members: Vec<Member> = state
+                .director
+                .members()
+                .filter(|known| known.id != from)
+                .cloned()
+                .chain([member])
+                .collect();
+            tracing::info!(instance = group.vrid, node = %name, weight = report.weight, "director: member of the group");
+            state.director.set_members(members);
+        }
+        match report.scan {
+            // An unspecified address: the one this link runs on.
+            Some(scan) if scan.ip().is_unspecified() => {
+                state.scans.insert(from, SocketAddr::new(addr, scan.port()));
+            }
+            Some(scan) => {
+                state.scans.insert(from, scan);
+            }
+            None => {
+                state.scans.remove(&from);
+            }
+        }
+        state.director.report(from, report.load, now);
+    }
+
+    /// Reports every second and takes the members' reports until `stop`.
+    pub async fn run(self: Arc<Self>, mesh: MeshHandle, own: OwnReport, stop: CancellationToken) {
+        let mut events = mesh.subscribe();
+        let mut tick = tokio::time::interval(REPORT_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => self.report(&mesh, &own),
+                event = events.recv() => match event {
+                    Ok(MeshEvent::PeerUp(peer)) => {
+                        let mut names = self.names.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        names.insert(peer.id, Arc::from(peer.name.as_str()));
+                    }
+                    Ok(MeshEvent::Director { from, addr, bytes }) => self.received(from, addr, &bytes),
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    }
+}
+
+impl Dispatch for DirectorPlane {
+    fn route(&self, client: SocketAddr, local: SocketAddr) -> Route {
+        let Some(group) = self.directing(local.ip()) else {
+            return Route::Serve;
+        };
+        let now = self.now_ms();
+        let state = group
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let choice = state.director.choose(client.ip(), self.me, now);
+        if choice.reason == Reason::AllAtCap {
+            return Route::Refuse;
+        }
+        let targets = choice
+            .order
+            .iter()
+            .map(|node| {
+                let (scan, key) = if *node == self.me {
+                    (None, None)
+                } else {
+                    (
+                        state.scans.get(node).copied(),
+                        Some(PairKey::from_group_key(&self.group_key, self.me, *node)),
+                    )
+                };
+                RelayTarget {
+                    node: *node,
+                    name: self.name_of(*node),
+                    scan,
+                    key,
+                }
+            })
+            .collect();
+        Route::Relay(targets)
+    }
+
+    fn outcome(&self, local: SocketAddr, node: NodeId, outcome: RelayOutcome) {
+        let Some(group) = self.group_of(local.ip()) else {
+            return;
+        };
+        let now = self.now_ms();
+        let mut state = group
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match outcome {
+            RelayOutcome::Connected => state.director.connected(node),
+            RelayOutcome::Closed => state.director.closed(node),
+            RelayOutcome::Refused => state.director.connect_refused(node, now),
+            RelayOutcome::TimedOut => state.director.connect_timed_out(node, now),
+        }
+    }
+
+    fn me(&self) -> NodeId {
+        self.me
+    }
+}
+
+/// The process's resident memory (from /proc/self/statm; 0 if unreadable).
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+/// The dispatch the proxy's listeners start with, filled in once the HA groups run.
+#[derive(Default)]
+pub struct LateDispatch(std::sync::OnceLock<Arc<DirectorPlane>>);
+
+impl LateDispatch {
+    pub fn set(&self, plane: Arc<DirectorPlane>) {
+        let _ = self.0.set(plane);
+    }
+}
+
+impl Dispatch for LateDispatch {
+    fn route(&self, client: SocketAddr, local: SocketAddr) -> Route {
+        match self.0.get() {
+            Some(plane) => plane.route(client, local),
+            None => Route::Serve,
+        }
+    }
+
+    fn outcome(&self, local: SocketAddr, node: NodeId, outcome: RelayOutcome) {
+        if let Some(plane) = self.0.get() {
+            plane.outcome(local, node, outcome);
+        }
+    }
+
+    fn me(&self) -> NodeId {
+        self.0
+            .get()
+            .map_or(NodeId::from_bytes([0; 16]), |plane| plane.me)
+    }
+}

@@ -1,0 +1,160 @@
+//! The director for real (issue 11): three palisade nodes of one HA group in network
+//! namespaces, linked with the group key; clients from many source addresses on the VIP are
+//! spread over all three (each answer names the node that served it), each client keeps its
+//! node, and when a scanning node is killed its clients move to the others at once (a
+//! refused relay connect is retried on the next node) and no new connection goes to it.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use palisade_e2e::ha::{HEARTBEAT_KEY, HEARTBEAT_PORT, HaNode};
+use palisade_e2e::netns::{Lab, LabHost, in_namespace, require_netns, wait_for};
+
+const BIN: &str = env!("CARGO_BIN_EXE_palisade");
+const CLIENTS: u8 = 48;
+
+/// The node that answers a non-proxy request on the VIP's redirect port from `source`
+/// (the error page names it), or `None`.
+fn served_by(client: &LabHost, source: Ipv4Addr, vip: Ipv4Addr) -> Option<String> {
+    in_namespace(&client.ns, || {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+        socket
+            .bind(&SocketAddr::new(IpAddr::V4(source), 0).into())
+            .ok()?;
+        socket
+            .connect_timeout(
+                &SocketAddr::new(IpAddr::V4(vip), 9090).into(),
+                Duration::from_secs(2),
+            )
+            .ok()?;
+        let mut stream: std::net::TcpStream = socket.into();
+        stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        response
+            .lines()
+            .find_map(|line| line.strip_prefix("X-Palisade-Node: "))
+            .map(|node| node.trim().to_owned())
+    })
+}
+
+fn heartbeat_to(peers: &[Ipv4Addr]) -> String {
+    let peers: Vec<String> = peers
+        .iter()
+        .map(|peer| format!("\"{peer}:{HEARTBEAT_PORT}\""))
+        .collect();
+    format!(
+        "[heartbeat]\nlisten = \"0.0.0.0:{HEARTBEAT_PORT}\"\npeers = [{}]\nkey = \"{HEARTBEAT_KEY}\"\n",
+        peers.join(", ")
+    )
+}
+
+#[test]
+fn the_director_spreads_sticky_clients_over_every_node_and_routes_around_a_dead_one() {
+    if !require_netns(
+        "the_director_spreads_sticky_clients_over_every_node_and_routes_around_a_dead_one",
+    ) {
+        return;
+    }
+    let mut lab = Lab::new(&["node1", "node2", "node3", "client"]);
+    let dir = palisade_e2e::node::TempDir::new("palisade-director");
+    let vip = lab.spare_addr(100);
+    let hosts: Vec<LabHost> = ["node1", "node2", "node3"]
+        .iter()
+        .map(|name| lab.host(name).clone())
+        .collect();
+    let client = lab.host("client").clone();
+    let mut nodes: Vec<HaNode> = hosts
+        .iter()
+        .zip([150u8, 100, 50])
+        .map(|(host, priority)| {
+            let others: Vec<Ipv4Addr> = hosts
+                .iter()
+                .filter(|other| other.name != host.name)
+                .map(|other| other.addr)
+                .collect();
+            HaNode::new(&dir.0, host, "100ms", priority, vip, &heartbeat_to(&others))
+        })
+        .collect();
+    for node in &mut nodes {
+        node.start(&mut lab, BIN);
+    }
+    let log_files: Vec<(String, std::path::PathBuf)> = nodes
+        .iter()
+        .map(|node| (node.name.clone(), node.log.clone()))
+        .collect();
+    let logs = || {
+        log_files
+            .iter()
+            .map(|(name, log)| {
+                format!(
+                    "--- {name}\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                )
+            })
+            .collect::<String>()
+    };
+    wait_for("node1 holds the VIP", Duration::from_secs(15), || {
+        hosts[0].has_address(vip)
+    });
+    let sources: Vec<Ipv4Addr> = (0..CLIENTS).map(|i| lab.spare_addr(150 + i)).collect();
+    for source in &sources {
+        let output = client.run(
+            "ip",
+            &["addr", "add", &format!("{source}/24"), "dev", "eth0"],
+        );
+        assert!(output.status.success(), "{output:?}");
+    }
+    // Every member reported: all three serve clients.
+    wait_for(
+        "all three nodes serve clients",
+        Duration::from_secs(15),
+        || {
+            let served: std::collections::HashSet<String> = sources
+                .iter()
+                .filter_map(|source| served_by(&client, *source, vip))
+                .collect();
+            served.len() == 3
+        },
+    );
+    let first: Vec<Option<String>> = sources
+        .iter()
+        .map(|source| served_by(&client, *source, vip))
+        .collect();
+    let mut counts = std::collections::HashMap::new();
+    for node in first.iter().flatten() {
+        *counts.entry(node.clone()).or_insert(0) += 1;
+    }
+    // 48 clients, equal weights: 16 each expected; a binomial spread stays well above 6.
+    for name in ["node1", "node2", "node3"] {
+        let count = counts.get(name).copied().unwrap_or(0);
+        assert!(count >= 6, "{name} served {count}: {counts:?}\n{}", logs());
+    }
+    // Sticky: the same client, the same node.
+    for (source, node) in sources.iter().zip(&first) {
+        assert_eq!(&served_by(&client, *source, vip), node, "{source} moved");
+    }
+    // The scanning node3 dies: its clients go to the others at once, nobody fails.
+    nodes[2].kill9();
+    for (source, node) in sources.iter().zip(&first) {
+        let now = served_by(&client, *source, vip);
+        assert!(
+            matches!(now.as_deref(), Some("node1" | "node2")),
+            "{source} (was {node:?}) got {now:?}\n{}",
+            logs()
+        );
+        if node.as_deref() != Some("node3") {
+            assert_eq!(&now, node, "a client of a live node moved");
+        }
+    }
+    assert!(
+        logs().contains("relay connect failed"),
+        "the first refused relay was retried on the next node\n{}",
+        logs()
+    );
+}
