@@ -58,6 +58,12 @@ pub trait NodeControl: Send + Sync + 'static {
     fn status(&self) -> serde_json::Value;
     /// Whether the operator has taken the node out of service.
     fn drained(&self) -> bool;
+    /// The director of each HA group as this node sees it (members, state, load), and with
+    /// `client`, which node serves that client and why (`palisade status --client`).
+    fn director(&self, client: Option<std::net::IpAddr>) -> serde_json::Value {
+        let _ = client;
+        serde_json::Value::Null
+    }
     /// Takes the node out of service. `Err` (nothing changed) when that would leave a VIP
     /// with nobody to take it over, unless `force`.
     fn drain(self: Arc<Self>, force: bool) -> BoxFuture<Result<serde_json::Value, ControlError>>;
@@ -226,6 +232,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/status", get(status))
+        .route("/director", get(director))
+        .route("/director/{client}", get(director_for_client))
         .route("/drain", post(drain))
         .route("/resume", post(resume))
         .route("/cluster", get(cluster_status))
@@ -356,6 +364,24 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
 
 async fn status(State(state): State<AdminState>) -> impl IntoResponse {
     Json(state.control.status())
+}
+
+async fn director(State(state): State<AdminState>) -> impl IntoResponse {
+    Json(state.control.director(None))
+}
+
+async fn director_for_client(
+    State(state): State<AdminState>,
+    axum::extract::Path(client): axum::extract::Path<String>,
+) -> Response {
+    match client.parse::<std::net::IpAddr>() {
+        Ok(client) => Json(state.control.director(Some(client))).into_response(),
+        Err(_) => (
+            StatusCode::BAD_REQUEST,
+            format!("{client:?} is not an IP address\n"),
+        )
+            .into_response(),
+    }
 }
 
 /// 503 while drained, so that load balancers and monitors in front of the node take it out

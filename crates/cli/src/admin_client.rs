@@ -142,6 +142,96 @@ pub fn status(admin: SocketAddr, json: bool) -> anyhow::Result<()> {
             vips.join(" "),
         );
     }
+    let (code, director) = request(admin, "GET", "/director", None, Duration::from_secs(5))?;
+    if code == 200 {
+        print_director(&director);
+    }
+    Ok(())
+}
+
+/// Each group's director view: members, their state and load.
+fn print_director(value: &serde_json::Value) {
+    for group in value["groups"].as_array().cloned().unwrap_or_default() {
+        let role = if group["directing"].as_bool() == Some(true) {
+            "this node directs"
+        } else {
+            "another node directs"
+        };
+        println!("director of VRID {} ({role}):", group["vrid"]);
+        println!(
+            "  {:<16} {:>6} {:>8} {:>11}  STATE",
+            "NODE", "WEIGHT", "RELAYED", "CONNECTIONS"
+        );
+        for member in group["members"].as_array().cloned().unwrap_or_default() {
+            println!(
+                "  {:<16} {:>6} {:>8} {:>11}  {}",
+                member["name"].as_str().unwrap_or("?"),
+                member["weight"],
+                member["relayed_connections"],
+                member["active_connections"]
+                    .as_u64()
+                    .map_or("-".to_owned(), |count| count.to_string()),
+                member["state"].as_str().unwrap_or("?"),
+            );
+        }
+    }
+}
+
+/// `palisade status --client IP`: which node serves that client, and why.
+pub fn status_for_client(
+    admin: SocketAddr,
+    client: std::net::IpAddr,
+    json: bool,
+) -> anyhow::Result<()> {
+    let (code, value) = request(
+        admin,
+        "GET",
+        &format!("/director/{client}"),
+        None,
+        Duration::from_secs(5),
+    )?;
+    if code != 200 {
+        anyhow::bail!("admin API answered {code}: {value}");
+    }
+    if json {
+        println!("{value:#}");
+        return Ok(());
+    }
+    let groups = value["groups"].as_array().cloned().unwrap_or_default();
+    if groups.is_empty() {
+        anyhow::bail!("this node has no director (no HA group with peer links)");
+    }
+    for group in groups {
+        let choice = &group["client"];
+        println!(
+            "VRID {}: client {} is served by {}: {}",
+            group["vrid"],
+            choice["client"].as_str().unwrap_or("?"),
+            choice["served_by"].as_str().unwrap_or("nobody"),
+            choice["why"].as_str().unwrap_or("?"),
+        );
+        if group["directing"].as_bool() != Some(true) {
+            println!(
+                "  (this node does not hold the VIP now: ask the director for its live counts)"
+            );
+        }
+        println!(
+            "  {:<16} {:>10} {:>8} {:>8}  STATE",
+            "NODE", "SCORE", "RELAYED", "BOUND"
+        );
+        for candidate in choice["candidates"].as_array().cloned().unwrap_or_default() {
+            println!(
+                "  {:<16} {:>10.3} {:>8} {:>8}  {}",
+                candidate["name"].as_str().unwrap_or("?"),
+                candidate["score"].as_f64().unwrap_or(0.0),
+                candidate["relayed_connections"],
+                candidate["bound"]
+                    .as_u64()
+                    .map_or("-".to_owned(), |bound| bound.to_string()),
+                candidate["out"].as_str().unwrap_or("in"),
+            );
+        }
+    }
     Ok(())
 }
 

@@ -35,6 +35,7 @@ pub struct Control {
     busy: tokio::sync::Mutex<()>,
     /// Central management, when this node is a cluster member.
     cluster: Option<crate::cluster_plane::ClusterPlane>,
+    director: Option<Arc<crate::director_plane::DirectorPlane>>,
     /// A save waiting for `palisade policy confirm`: its revision, and what cancels the
     /// automatic rollback.
     pending_confirm: tokio::sync::Mutex<Option<(String, tokio_util::sync::CancellationToken)>>,
@@ -107,6 +108,7 @@ impl Control {
     ) -> Control {
         Control {
             cluster: None,
+            director: None,
             pending_confirm: tokio::sync::Mutex::new(None),
             node,
             identity,
@@ -117,6 +119,15 @@ impl Control {
             drained: AtomicBool::new(drained),
             busy: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The director of the node's HA groups, when it has one.
+    pub fn with_director(
+        mut self,
+        director: Option<Arc<crate::director_plane::DirectorPlane>>,
+    ) -> Control {
+        self.director = director;
+        self
     }
 
     /// Central management's controls, on a cluster member.
@@ -1008,6 +1019,13 @@ impl NodeControl for Control {
                     .collect::<Vec<_>>()
             }),
         })
+    }
+
+    fn director(&self, client: Option<std::net::IpAddr>) -> serde_json::Value {
+        match &self.director {
+            Some(director) => director.describe(client),
+            None => serde_json::Value::Null,
+        }
     }
 
     fn drained(&self) -> bool {

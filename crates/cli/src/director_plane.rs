@@ -229,6 +229,79 @@ impl DirectorPlane {
         state.director.report(from, report.load, now);
     }
 
+    /// Each group's director as this node sees it; with `client`, that client's choice and
+    /// why (the seeds' "why does one box get all the traffic?").
+    pub fn describe(&self, client: Option<IpAddr>) -> serde_json::Value {
+        let now = self.now_ms();
+        let groups: Vec<serde_json::Value> = self
+            .groups
+            .iter()
+            .map(|group| {
+                let directing = group.status.borrow().state == State::Master;
+                let state = group.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let director = &state.director;
+                let members: Vec<serde_json::Value> = director
+                    .members()
+                    .map(|member| {
+                        let load = director.load(&member.id);
+                        serde_json::json!({
+                            "name": member.name,
+                            "node_id": member.id.to_string(),
+                            "weight": member.weight,
+                            "max_connections": member.max_connections,
+                            "state": match director.out(&member.id, now) {
+                                None => "in".to_owned(),
+                                Some(out) => format!("out: {out}"),
+                            },
+                            "relayed_connections": director.active(&member.id),
+                            "active_connections": load.map(|load| load.active_connections),
+                            "memory_bytes": load.map(|load| load.memory_bytes),
+                            "scan": state.scans.get(&member.id).map(ToString::to_string),
+                        })
+                    })
+                    .collect();
+                let client = client.map(|client| {
+                    let choice = director.choose(client, self.me, now);
+                    let name = |id: Option<&NodeId>| id.map(|id| self.name_of(*id).to_string());
+                    let why = match &choice.reason {
+                        Reason::Home => "its own node (rendezvous hashing of its address over the members' weights)".to_owned(),
+                        Reason::Overflow { home, active, bound } => format!(
+                            "its own node {} holds {active} connections, above its bound {bound} (bounded loads): the next node in its order",
+                            self.name_of(*home)
+                        ),
+                        Reason::HomeAtCap { home, cap } => format!(
+                            "its own node {} is at its cap of {cap} connections: the next node in its order",
+                            self.name_of(*home)
+                        ),
+                        Reason::FailOpen => "no node is eligible: the director serves it (fail-open)".to_owned(),
+                        Reason::AllAtCap => "every node is at its connection cap: refused".to_owned(),
+                    };
+                    serde_json::json!({
+                        "client": client.to_string(),
+                        "served_by": name(choice.order.first()),
+                        "home": name(choice.home.as_ref()),
+                        "why": why,
+                        "candidates": choice.candidates.iter().map(|candidate| serde_json::json!({
+                            "name": candidate.name,
+                            "score": candidate.score,
+                            "effective_weight": candidate.effective_weight,
+                            "out": candidate.out.as_ref().map(ToString::to_string),
+                            "relayed_connections": candidate.active,
+                            "bound": (candidate.bound != u32::MAX).then_some(candidate.bound),
+                        })).collect::<Vec<_>>(),
+                    })
+                });
+                serde_json::json!({
+                    "vrid": group.vrid,
+                    "directing": directing,
+                    "members": members,
+                    "client": client,
+                })
+            })
+            .collect();
+        serde_json::json!({ "groups": groups })
+    }
+
     /// Reports every second and takes the members' reports until `stop`.
     pub async fn run(self: Arc<Self>, mesh: MeshHandle, own: OwnReport, stop: CancellationToken) {
         let mut events = mesh.subscribe();

@@ -42,7 +42,8 @@ enum Command {
         #[arg(long)]
         policy: Option<PathBuf>,
     },
-    /// Show this node's HA groups: state, current master, priorities, advert interval.
+    /// Show this node's HA groups (state, current master, priorities, advert interval) and
+    /// their director: every member's state and load (the seeds' `mfend-lb -s`).
     Status {
         /// Admin address of the node to ask.
         #[arg(long, default_value = "127.0.0.1:4711")]
@@ -50,6 +51,9 @@ enum Command {
         /// Print the raw JSON.
         #[arg(long)]
         json: bool,
+        /// Which node serves this client address, and why (ask the director).
+        #[arg(long)]
+        client: Option<std::net::IpAddr>,
     },
     /// Take this node out of service: hand every VIP it holds to the next node in line (at
     /// once over the heartbeat), leave the elections, answer 503 on /healthz. In-flight and
@@ -326,7 +330,16 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => node::run(config),
         Command::CheckConfig { file, policy } => node::check_config(&file, policy.as_deref()),
-        Command::Status { admin, json } => admin_client::status(admin, json),
+        Command::Status {
+            admin,
+            json,
+            client: None,
+        } => admin_client::status(admin, json),
+        Command::Status {
+            admin,
+            json,
+            client: Some(client),
+        } => admin_client::status_for_client(admin, client, json),
         Command::Drain { admin, force } => admin_client::drain(admin, force),
         Command::Resume { admin } => admin_client::resume(admin),
         Command::Store {

@@ -529,6 +529,7 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
         groups.iter().map(|group| group.status.clone()).collect(),
     )));
     // The director: with peer links (the group key) every healthy member serves clients.
+    let mut director = None;
     if let (Some(mesh), Some(heartbeat), false) = (&mesh, &config.heartbeat, groups.is_empty()) {
         let own = crate::director_plane::OwnReport {
             weight: config.director.weight,
@@ -545,7 +546,8 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
             &own,
         );
         dispatch.set(plane.clone());
-        tasks.spawn(plane.run(mesh.clone(), own, stop.clone()));
+        tasks.spawn(plane.clone().run(mesh.clone(), own, stop.clone()));
+        director = Some(plane);
     }
     let control = Arc::new(
         crate::control::Control::new(
@@ -557,7 +559,8 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
             store.store.clone(),
             start_drained,
         )
-        .with_cluster(cluster.clone()),
+        .with_cluster(cluster.clone())
+        .with_director(director),
     );
     tasks.spawn(control.clone().resume_pending_confirm());
     let accounts = match &cluster {

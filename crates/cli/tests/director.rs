@@ -139,6 +139,30 @@ fn the_director_spreads_sticky_clients_over_every_node_and_routes_around_a_dead_
     for (source, node) in sources.iter().zip(&first) {
         assert_eq!(&served_by(&client, *source, vip), node, "{source} moved");
     }
+    // `palisade status --client` on the director names the node each client gets, and why.
+    for (source, node) in sources.iter().zip(&first).take(6) {
+        let output = hosts[0].run(BIN, &["status", "--client", &source.to_string()]);
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let expected = format!(
+            "client {source} is served by {}: its own node",
+            node.as_deref().unwrap_or("?")
+        );
+        assert!(text.contains(&expected), "{text}");
+    }
+    let output = hosts[0].run(BIN, &["status"]);
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        text.contains("director of VRID 51 (this node directs)"),
+        "{text}"
+    );
+    for name in ["node1", "node2", "node3"] {
+        assert!(
+            text.lines()
+                .any(|line| line.trim_start().starts_with(name) && line.ends_with("in")),
+            "{text}"
+        );
+    }
+
     // The scanning node3 dies: its clients go to the others at once, nobody fails.
     nodes[2].kill9();
     for (source, node) in sources.iter().zip(&first) {
