@@ -58,6 +58,11 @@ pub trait NodeControl: Send + Sync + 'static {
     fn status(&self) -> serde_json::Value;
     /// Whether the operator has taken the node out of service.
     fn drained(&self) -> bool;
+    /// The port monitor's last probe: every watched port and whether it listens (`Null`: no
+    /// monitor, the node is in no HA group).
+    fn monitor(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
     /// The director of each HA group as this node sees it (members, state, load), and with
     /// `client`, which node serves that client and why (`palisade status --client`).
     fn director(&self, client: Option<std::net::IpAddr>) -> serde_json::Value {
@@ -232,6 +237,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/status", get(status))
+        .route("/monitor", get(monitor))
         .route("/director", get(director))
         .route("/director/{client}", get(director_for_client))
         .route("/drain", post(drain))
@@ -364,6 +370,10 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
 
 async fn status(State(state): State<AdminState>) -> impl IntoResponse {
     Json(state.control.status())
+}
+
+async fn monitor(State(state): State<AdminState>) -> impl IntoResponse {
+    Json(state.control.monitor())
 }
 
 async fn director(State(state): State<AdminState>) -> impl IntoResponse {

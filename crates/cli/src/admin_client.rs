@@ -177,6 +177,48 @@ fn print_director(value: &serde_json::Value) {
     }
 }
 
+/// `palisade monitor [-v]`: the port monitor's last probe. Exits non-zero in failure, so a
+/// script can use it as a check.
+pub fn monitor(admin: SocketAddr, verbose: bool, json: bool) -> anyhow::Result<()> {
+    let (code, value) = request(admin, "GET", "/monitor", None, Duration::from_secs(5))?;
+    if code != 200 {
+        anyhow::bail!("admin API answered {code}: {value}");
+    }
+    if json {
+        println!("{value:#}");
+    }
+    if value.is_null() {
+        anyhow::bail!("no port monitor: this node is in no HA group");
+    }
+    let state = value["state"].as_str().unwrap_or("?");
+    if !json {
+        println!("current state: {state}");
+        if verbose {
+            for port in value["ports"].as_array().cloned().unwrap_or_default() {
+                let required = if port["required"].as_bool() == Some(true) {
+                    ""
+                } else {
+                    " (reported only)"
+                };
+                println!(
+                    "  {} {}: {}{required}",
+                    port["kind"].as_str().unwrap_or("?"),
+                    port["address"].as_str().unwrap_or("?"),
+                    if port["listening"].as_bool() == Some(true) {
+                        "listening"
+                    } else {
+                        "NOT LISTENING"
+                    },
+                );
+            }
+        }
+    }
+    if state != "healthy" {
+        anyhow::bail!("current state: failure");
+    }
+    Ok(())
+}
+
 /// `palisade status --client IP`: which node serves that client, and why.
 pub fn status_for_client(
     admin: SocketAddr,

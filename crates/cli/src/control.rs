@@ -36,6 +36,7 @@ pub struct Control {
     /// Central management, when this node is a cluster member.
     cluster: Option<crate::cluster_plane::ClusterPlane>,
     director: Option<Arc<crate::director_plane::DirectorPlane>>,
+    ports: Option<tokio::sync::watch::Receiver<Vec<palisade_health::PortState>>>,
     /// A save waiting for `palisade policy confirm`: its revision, and what cancels the
     /// automatic rollback.
     pending_confirm: tokio::sync::Mutex<Option<(String, tokio_util::sync::CancellationToken)>>,
@@ -109,6 +110,7 @@ impl Control {
         Control {
             cluster: None,
             director: None,
+            ports: None,
             pending_confirm: tokio::sync::Mutex::new(None),
             node,
             identity,
@@ -119,6 +121,15 @@ impl Control {
             drained: AtomicBool::new(drained),
             busy: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The port monitor's results, on a node of an HA group.
+    pub fn with_monitor(
+        mut self,
+        ports: Option<tokio::sync::watch::Receiver<Vec<palisade_health::PortState>>>,
+    ) -> Control {
+        self.ports = ports;
+        self
     }
 
     /// The director of the node's HA groups, when it has one.
@@ -1018,6 +1029,23 @@ impl NodeControl for Control {
                     }))
                     .collect::<Vec<_>>()
             }),
+        })
+    }
+
+    fn monitor(&self) -> serde_json::Value {
+        let Some(ports) = &self.ports else {
+            return serde_json::Value::Null;
+        };
+        let states = ports.borrow().clone();
+        let healthy = palisade_health::PortMonitor::healthy(&states);
+        serde_json::json!({
+            "state": if healthy { "healthy" } else { "failure" },
+            "ports": states.iter().map(|state| serde_json::json!({
+                "address": state.port.addr.to_string(),
+                "kind": state.port.kind,
+                "required": state.port.required,
+                "listening": state.listening,
+            })).collect::<Vec<_>>(),
         })
     }
 

@@ -55,6 +55,16 @@ enum Command {
         #[arg(long)]
         client: Option<std::net::IpAddr>,
     },
+    /// The port monitor (the seeds' swg-mon): whether every redirect port and the scan port
+    /// accept connections; `-v` lists each port (the test port is reported, never a failure).
+    Monitor {
+        #[arg(long, default_value = "127.0.0.1:4711")]
+        admin: std::net::SocketAddr,
+        #[arg(short, long)]
+        verbose: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Take this node out of service: hand every VIP it holds to the next node in line (at
     /// once over the heartbeat), leave the elections, answer 503 on /healthz. In-flight and
     /// new connections to the node's own addresses are still served. Survives restarts until
@@ -340,6 +350,11 @@ fn main() -> ExitCode {
             json,
             client: Some(client),
         } => admin_client::status_for_client(admin, client, json),
+        Command::Monitor {
+            admin,
+            verbose,
+            json,
+        } => admin_client::monitor(admin, verbose, json),
         Command::Drain { admin, force } => admin_client::drain(admin, force),
         Command::Resume { admin } => admin_client::resume(admin),
         Command::Store {

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, anyhow};
 use arc_swap::ArcSwap;
-use palisade_health::{Health, PortMonitor, PortMonitorConfig};
+use palisade_health::{Health, MonitoredPort, PortMonitor, PortMonitorConfig, PortState};
 use palisade_peer_link::mesh::{MeshConfig, MeshHandle};
 use palisade_policy::{CompiledPolicy, NodeIdentity};
 use palisade_proxy::access_log::AccessLog;
@@ -523,8 +523,11 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
         ),
         _ => None,
     };
-    let (groups, mesh) =
-        start_ha_groups(&config, group_specs, local, &mut registry, &tasks, &stop).await?;
+    let HaPlane {
+        groups,
+        mesh,
+        ports,
+    } = start_ha_groups(&config, group_specs, local, &mut registry, &tasks, &stop).await?;
     registry.register_collector(Box::new(palisade_vrrp_linux::metrics::HaMetrics::new(
         groups.iter().map(|group| group.status.clone()).collect(),
     )));
@@ -560,7 +563,8 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
             start_drained,
         )
         .with_cluster(cluster.clone())
-        .with_director(director),
+        .with_director(director)
+        .with_monitor(ports),
     );
     tasks.spawn(control.clone().resume_pending_confirm());
     let accounts = match &cluster {
@@ -649,6 +653,14 @@ async fn bind_retrying(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListe
 }
 
 /// Starts the health monitor and one VRRP driver per configured HA group.
+/// What the HA groups run with.
+struct HaPlane {
+    groups: Vec<GroupHandle>,
+    mesh: Option<MeshHandle>,
+    /// Each monitored port's state at the last probe (`palisade monitor -v`).
+    ports: Option<watch::Receiver<Vec<PortState>>>,
+}
+
 async fn start_ha_groups(
     config: &NodeConfig,
     specs: Vec<GroupSpec>,
@@ -656,24 +668,41 @@ async fn start_ha_groups(
     registry: &mut Registry,
     tasks: &TaskTracker,
     stop: &CancellationToken,
-) -> anyhow::Result<(Vec<GroupHandle>, Option<MeshHandle>)> {
+) -> anyhow::Result<HaPlane> {
     if config.vrrp.is_empty() {
-        return Ok((Vec::new(), None));
+        return Ok(HaPlane {
+            groups: Vec::new(),
+            mesh: None,
+            ports: None,
+        });
     }
-    // The redirect and test ports must all accept connections, as swg-mon demands.
-    let ports = config
-        .listen
-        .iter()
-        .chain(&config.test_listen)
-        .map(|addr| {
-            let ip = match addr.ip() {
-                IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-                IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-                ip => ip,
-            };
-            SocketAddr::new(ip, addr.port())
-        })
-        .collect();
+    // The redirect ports and the scan port must all accept connections, as swg-mon demands;
+    // the test port is watched and reported, but never fails the node.
+    let probe_addr = |addr: &SocketAddr| {
+        let ip = match addr.ip() {
+            IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        SocketAddr::new(ip, addr.port())
+    };
+    let watched = |addrs: &[SocketAddr], kind: &str, required: bool| -> Vec<MonitoredPort> {
+        addrs
+            .iter()
+            .map(|addr| MonitoredPort {
+                addr: probe_addr(addr),
+                kind: kind.to_owned(),
+                required,
+            })
+            .collect()
+    };
+    let mut ports = watched(&config.listen, "redirect port", true);
+    ports.extend(watched(
+        config.director.scan_listen.as_slice(),
+        "scan port",
+        true,
+    ));
+    ports.extend(watched(&config.test_listen, "test port", false));
     let monitor = PortMonitor::new(PortMonitorConfig {
         ports,
         interval: config.health.interval,
@@ -681,17 +710,18 @@ async fn start_ha_groups(
         rise: config.health.rise,
         fall: config.health.fall,
     });
-    let initially_healthy = monitor.probe().await;
-    let initial = if initially_healthy {
+    let first_probe = monitor.probe().await;
+    let initial = if PortMonitor::healthy(&first_probe) {
         Health::Healthy
     } else {
         Health::Failed
     };
     let (health_tx, mut health_rx) = watch::channel(initial);
+    let (port_states_tx, port_states) = watch::channel(first_probe);
     let monitor_stop = stop.clone();
     tasks.spawn(async move {
         tokio::select! {
-            () = monitor.run(initial, health_tx) => {}
+            () = monitor.run(initial, health_tx, port_states_tx) => {}
             () = monitor_stop.cancelled() => {}
         }
     });
@@ -743,7 +773,11 @@ async fn start_ha_groups(
         );
         handles.push(handle);
     }
-    Ok((handles, mesh))
+    Ok(HaPlane {
+        groups: handles,
+        mesh,
+        ports: Some(port_states),
+    })
 }
 
 fn group_spec(group: &crate::config::VrrpGroup, drained: bool) -> anyhow::Result<GroupSpec> {

@@ -105,9 +105,9 @@ fn master_by_priority_crash_moves_vip_and_higher_priority_preempts() {
 }
 
 /// Health drives the election: a master whose proxy stops being reachable on one of its
-/// ports (here its test port's address disappears) goes to FAULT and gives up the VIP; when
-/// the port is back it returns and preempts. A node whose port cannot even be bound refuses
-/// to start and never takes the VIP.
+/// redirect ports (here its address disappears) goes to FAULT and gives up the VIP; when the
+/// port is back it returns and preempts. A node whose port cannot even be bound refuses to
+/// start and never takes the VIP. `palisade monitor -v` names the port.
 #[test]
 fn unhealthy_proxy_gives_up_the_vip_and_takes_it_back_when_healthy() {
     if !require_netns("unhealthy_proxy_gives_up_the_vip_and_takes_it_back_when_healthy") {
@@ -151,13 +151,13 @@ fn unhealthy_proxy_gives_up_the_vip_and_takes_it_back_when_healthy() {
     assert!(node2_host.has_address(vip) && !node1_host.has_address(vip));
     drop(blocker);
 
-    // node1 with its test port on the service address: it preempts.
+    // node1 with a second redirect port on the service address: it preempts.
     let config_path = dir.0.join("node1-service.toml");
     let config = std::fs::read_to_string(&node1.config)
         .unwrap_or_default()
         .replace(
-            "test_listen = [\"0.0.0.0:9091\"]",
-            &format!("test_listen = [\"{service}:9091\"]"),
+            "listen = [\"0.0.0.0:9090\"]",
+            &format!("listen = [\"0.0.0.0:9090\", \"{service}:9092\"]"),
         );
     std::fs::write(&config_path, &config).unwrap_or_else(|error| panic!("{error}"));
     let log = dir.0.join("node1-service.log");
@@ -184,7 +184,22 @@ fn unhealthy_proxy_gives_up_the_vip_and_takes_it_back_when_healthy() {
         who_answers(&client, vip).as_deref() == Some("node2")
     });
     let text = logs();
-    assert!(text.contains("current state: failure"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "current state: failure (redirect port {service}:9092 not listening)"
+        )),
+        "{text}"
+    );
+    let monitor = node1_host.run(BIN, &["monitor", "-v"]);
+    let shown = String::from_utf8_lossy(&monitor.stdout).into_owned();
+    assert!(!monitor.status.success(), "{shown}");
+    assert!(
+        shown.contains("current state: failure")
+            && shown.contains(&format!("redirect port {service}:9092: NOT LISTENING"))
+            && shown.contains("redirect port 127.0.0.1:9090: listening")
+            && shown.contains("test port 127.0.0.1:9091: listening (reported only)"),
+        "{shown}"
+    );
     assert!(
         text.contains("VRRP_Instance(VI_1) Entering FAULT STATE"),
         "{text}"

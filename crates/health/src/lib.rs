@@ -11,4 +11,4 @@ mod hysteresis;
 mod monitor;
 
 pub use hysteresis::{Health, Hysteresis};
-pub use monitor::{PortMonitor, PortMonitorConfig};
+pub use monitor::{MonitoredPort, PortMonitor, PortMonitorConfig, PortState};

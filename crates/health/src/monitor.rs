@@ -1,5 +1,6 @@
-//! The port monitor: every redirect port must accept a TCP connection, as a whole (swg-mon:
-//! one port down means the node is failed, even if the others still listen).
+//! The port monitor: every redirect port (and the scan port) must accept a TCP connection, as
+//! a whole (swg-mon: one port down means the node is failed, even if the others still
+//! listen). The test port is watched and reported but never fails the node.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,10 +10,27 @@ use tokio::sync::watch;
 
 use crate::{Health, Hysteresis};
 
+/// One watched port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MonitoredPort {
+    pub addr: SocketAddr,
+    /// What it is ("redirect port", "scan port", "test port").
+    pub kind: String,
+    /// Whether the node fails when it does not accept connections.
+    pub required: bool,
+}
+
+/// A port's state at the last probe (`palisade monitor -v`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortState {
+    pub port: MonitoredPort,
+    pub listening: bool,
+}
+
 #[derive(Clone, Debug)]
 pub struct PortMonitorConfig {
-    /// Every address that must accept connections (redirect ports; the test port too).
-    pub ports: Vec<SocketAddr>,
+    /// Every address to watch.
+    pub ports: Vec<MonitoredPort>,
     pub interval: Duration,
     /// A connect attempt slower than this counts as a failure.
     pub timeout: Duration,
@@ -42,37 +60,60 @@ impl PortMonitor {
         PortMonitor { config }
     }
 
-    /// One probe: every port connects within the timeout.
-    pub async fn probe(&self) -> bool {
+    /// One probe of every port (each within the timeout).
+    pub async fn probe(&self) -> Vec<PortState> {
+        let mut states = Vec::with_capacity(self.config.ports.len());
         for port in &self.config.ports {
             let connected =
-                tokio::time::timeout(self.config.timeout, TcpStream::connect(port)).await;
-            if !matches!(connected, Ok(Ok(_))) {
-                return false;
-            }
+                tokio::time::timeout(self.config.timeout, TcpStream::connect(port.addr)).await;
+            states.push(PortState {
+                port: port.clone(),
+                listening: matches!(connected, Ok(Ok(_))),
+            });
         }
-        true
+        states
     }
 
-    /// Runs forever, sending every state change (starting from `initial`).
-    pub async fn run(self, initial: Health, state: watch::Sender<Health>) {
+    /// Whether a probe's result leaves the node healthy: every required port listens.
+    pub fn healthy(states: &[PortState]) -> bool {
+        states
+            .iter()
+            .all(|state| state.listening || !state.port.required)
+    }
+
+    /// Runs forever, sending every state change (starting from `initial`) and every probe's
+    /// per-port result.
+    pub async fn run(
+        self,
+        initial: Health,
+        state: watch::Sender<Health>,
+        ports: watch::Sender<Vec<PortState>>,
+    ) {
         let mut hysteresis = Hysteresis::new(self.config.rise, self.config.fall, initial);
         let mut tick = tokio::time::interval(self.config.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let success = self.probe().await;
+            let states = self.probe().await;
+            let success = PortMonitor::healthy(&states);
             if let Some(changed) = hysteresis.record(success) {
+                let down: Vec<String> = states
+                    .iter()
+                    .filter(|state| !state.listening && state.port.required)
+                    .map(|state| format!("{} {} not listening", state.port.kind, state.port.addr))
+                    .collect();
                 match changed {
                     Health::Failed => {
-                        tracing::warn!(ports = ?self.config.ports, "current state: {changed}")
+                        tracing::warn!("current state: {changed} ({})", down.join(", "))
                     }
-                    Health::Healthy => {
-                        tracing::info!(ports = ?self.config.ports, "current state: {changed}")
-                    }
+                    Health::Healthy => tracing::info!(
+                        ports = states.len(),
+                        "current state: {changed} (every monitored port listening)"
+                    ),
                 }
                 let _ = state.send(changed);
             }
+            ports.send_replace(states);
         }
     }
 }
@@ -91,15 +132,36 @@ mod tests {
             panic!("no local addr");
         };
         let monitor = PortMonitor::new(PortMonitorConfig {
-            ports: vec![addr],
+            ports: vec![
+                MonitoredPort {
+                    addr,
+                    kind: "redirect port".to_owned(),
+                    required: true,
+                },
+                // A test port that does not listen is reported, never a failure.
+                MonitoredPort {
+                    addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+                    kind: "test port".to_owned(),
+                    required: false,
+                },
+            ],
             interval: Duration::from_millis(10),
             timeout: Duration::from_millis(200),
             rise: 2,
             fall: 2,
         });
-        assert!(monitor.probe().await);
+        let states = monitor.probe().await;
+        assert!(PortMonitor::healthy(&states));
+        assert_eq!(
+            states
+                .iter()
+                .map(|state| state.listening)
+                .collect::<Vec<_>>(),
+            vec![true, false]
+        );
         let (sender, mut receiver) = watch::channel(Health::Healthy);
-        let task = tokio::spawn(monitor.run(Health::Healthy, sender));
+        let (ports, _) = watch::channel(Vec::new());
+        let task = tokio::spawn(monitor.run(Health::Healthy, sender, ports));
         drop(listener);
         let failed = tokio::time::timeout(
             Duration::from_secs(5),
