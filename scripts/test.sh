@@ -33,6 +33,9 @@ if [ "$require_all" = 1 ] && [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 export PALISADE_REQUIRE_ALL="$require_all"
+# A one-shot run gains nothing from incremental artifacts, and they grew the target
+# directory by tens of gigabytes (a full disk failed a run).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 # --- the tests ----------------------------------------------------------------------
 echo "==> cargo fmt --check"
