@@ -331,14 +331,16 @@ impl Dispatch for DirectorPlane {
             return Route::Serve;
         };
         let now = self.now_ms();
-        let state = group
+        let mut state = group
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let choice = state.director.choose(client.ip(), self.me, now);
-        if choice.reason == Reason::AllAtCap {
+        let Some(first) = choice.order.first() else {
             return Route::Refuse;
-        }
+        };
+        // Counted under the same lock as the choice: concurrent choices see it.
+        state.director.reserve(*first);
         let targets = choice
             .order
             .iter()
@@ -372,10 +374,17 @@ impl Dispatch for DirectorPlane {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match outcome {
+            RelayOutcome::Established => state.director.relay_up(node),
             RelayOutcome::Connected => state.director.connected(node),
             RelayOutcome::Closed => state.director.closed(node),
-            RelayOutcome::Refused => state.director.connect_refused(node, now),
-            RelayOutcome::TimedOut => state.director.connect_timed_out(node, now),
+            RelayOutcome::Refused => {
+                state.director.connect_refused(node, now);
+                state.director.closed(node);
+            }
+            RelayOutcome::TimedOut => {
+                state.director.connect_timed_out(node, now);
+                state.director.closed(node);
+            }
         }
     }
 

@@ -1,7 +1,8 @@
 //! The director for real (issue 11): three palisade nodes of one HA group in network
 //! namespaces, linked with the group key; clients from many source addresses on the VIP are
 //! spread over all three (each answer names the node that served it), each client keeps its
-//! node, and when a scanning node is killed its clients move to the others at once (a
+//! node (also across a director failover), a loaded node gets no new clients until its load
+//! is gone, and when a scanning node is killed its clients move to the others at once (a
 //! refused relay connect is retried on the next node) and no new connection goes to it.
 
 use std::io::{Read, Write};
@@ -43,6 +44,25 @@ fn served_by(client: &LabHost, source: Ipv4Addr, vip: Ipv4Addr) -> Option<String
     })
 }
 
+/// A connection from `source` to the VIP's redirect port, held open without a request (the
+/// director relays it at once and counts it until it closes).
+fn idle_connection(client: &LabHost, source: Ipv4Addr, vip: Ipv4Addr) -> std::net::TcpStream {
+    in_namespace(&client.ns, || {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .unwrap_or_else(|error| panic!("{error}"));
+        socket
+            .bind(&SocketAddr::new(IpAddr::V4(source), 0).into())
+            .unwrap_or_else(|error| panic!("{error}"));
+        socket
+            .connect_timeout(
+                &SocketAddr::new(IpAddr::V4(vip), 9090).into(),
+                Duration::from_secs(2),
+            )
+            .unwrap_or_else(|error| panic!("{error}"));
+        socket.into()
+    })
+}
+
 fn heartbeat_to(peers: &[Ipv4Addr]) -> String {
     let peers: Vec<String> = peers
         .iter()
@@ -78,7 +98,10 @@ fn the_director_spreads_sticky_clients_over_every_node_and_routes_around_a_dead_
                 .filter(|other| other.name != host.name)
                 .map(|other| other.addr)
                 .collect();
-            HaNode::new(&dir.0, host, "100ms", priority, vip, &heartbeat_to(&others))
+            // A short slow start: a member that flaps while the group forms is back at its
+            // full weight within a second.
+            let extra = format!("{}[director]\nslow_start = \"1s\"\n", heartbeat_to(&others));
+            HaNode::new(&dir.0, host, "100ms", priority, vip, &extra)
         })
         .collect();
     for node in &mut nodes {
@@ -122,10 +145,18 @@ fn the_director_spreads_sticky_clients_over_every_node_and_routes_around_a_dead_
             served.len() == 3
         },
     );
-    let first: Vec<Option<String>> = sources
-        .iter()
-        .map(|source| served_by(&client, *source, vip))
-        .collect();
+    // Settled: two rounds in a row give every client the same node.
+    let round = || -> Vec<Option<String>> {
+        sources
+            .iter()
+            .map(|source| served_by(&client, *source, vip))
+            .collect()
+    };
+    let mut first = round();
+    wait_for("the choice settles", Duration::from_secs(15), || {
+        let next = round();
+        std::mem::replace(&mut first, next) == first
+    });
     let mut counts = std::collections::HashMap::new();
     for node in first.iter().flatten() {
         *counts.entry(node.clone()).or_insert(0) += 1;
@@ -163,18 +194,93 @@ fn the_director_spreads_sticky_clients_over_every_node_and_routes_around_a_dead_
         );
     }
 
-    // The scanning node3 dies: its clients go to the others at once, nobody fails.
+    // A loaded node gets no more than its bound: two connections held open per client of
+    // node2, all homed on node2; once node2 holds 1.25 times its share of the director's
+    // live connections, the next ones go to each client's next node.
+    let node2_sources: Vec<Ipv4Addr> = sources
+        .iter()
+        .zip(&first)
+        .filter(|(_, node)| node.as_deref() == Some("node2"))
+        .map(|(source, _)| *source)
+        .collect();
+    let held: Vec<std::net::TcpStream> = node2_sources
+        .iter()
+        .flat_map(|source| [*source, *source])
+        .map(|source| idle_connection(&client, source, vip))
+        .collect();
+    let relayed = || -> std::collections::HashMap<String, u64> {
+        let output = hosts[0].run("curl", &["-s", "http://127.0.0.1:4711/director"]);
+        let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        value["groups"][0]["members"]
+            .as_array()
+            .map(|members| {
+                members
+                    .iter()
+                    .map(|member| {
+                        (
+                            member["name"].as_str().unwrap_or("?").to_owned(),
+                            member["relayed_connections"].as_u64().unwrap_or(0),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut counts = relayed();
+    wait_for(
+        "the director counts the held connections",
+        Duration::from_secs(10),
+        || {
+            counts = relayed();
+            counts.values().sum::<u64>() >= held.len() as u64
+        },
+    );
+    let total = counts.values().sum::<u64>();
+    let bound = (1.25 * total as f64 / 3.0).ceil() as u64 + 1;
+    let on_node2 = counts.get("node2").copied().unwrap_or(0);
+    assert!(
+        on_node2 <= bound && on_node2 < held.len() as u64,
+        "node2 holds {on_node2} of {total} (bound {bound}): {counts:?}"
+    );
+    drop(held);
+    wait_for(
+        "the held connections close",
+        Duration::from_secs(10),
+        || relayed().values().sum::<u64>() == 0,
+    );
+
+    // The director stops (a graceful stop hands its VIP to node2): every client of node2 and
+    // node3 keeps its node, node1's clients move to the others.
+    let node1_pid = nodes[0].pid.unwrap_or_else(|| panic!("node1 not started"));
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &node1_pid.to_string()])
+        .status();
+    wait_for("node2 holds the VIP", Duration::from_secs(10), || {
+        hosts[1].has_address(vip) && palisade_e2e::ha::is_dead(node1_pid)
+    });
+    for (source, node) in sources.iter().zip(&first) {
+        let now = served_by(&client, *source, vip);
+        if node.as_deref() == Some("node1") {
+            assert!(
+                matches!(now.as_deref(), Some("node2" | "node3")),
+                "{source} got {now:?}\n{}",
+                logs()
+            );
+        } else {
+            assert_eq!(&now, node, "{source} moved across the failover\n{}", logs());
+        }
+    }
+
+    // The scanning node3 dies: its clients go to node2 at once, nobody fails.
     nodes[2].kill9();
     for (source, node) in sources.iter().zip(&first) {
         let now = served_by(&client, *source, vip);
-        assert!(
-            matches!(now.as_deref(), Some("node1" | "node2")),
-            "{source} (was {node:?}) got {now:?}\n{}",
+        assert_eq!(
+            now.as_deref(),
+            Some("node2"),
+            "{source} (was {node:?})\n{}",
             logs()
         );
-        if node.as_deref() != Some("node3") {
-            assert_eq!(&now, node, "a client of a live node moved");
-        }
     }
     assert!(
         logs().contains("relay connect failed"),

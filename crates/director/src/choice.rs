@@ -262,9 +262,22 @@ impl Director {
     ///
     /// [`closed`]: Director::closed
     pub fn connected(&mut self, node: NodeId) {
+        self.reserve(node);
+        self.relay_up(node);
+    }
+
+    /// Counts a connection for `node` before its relay is up (at the choice, so concurrent
+    /// choices see it); [`closed`] releases it, whatever became of the relay.
+    ///
+    /// [`closed`]: Director::closed
+    pub fn reserve(&mut self, node: NodeId) {
         let state = self.state.entry(node).or_default();
-        state.timeouts = 0;
         state.active = state.active.saturating_add(1);
+    }
+
+    /// A relay connect to `node` succeeded: its run of timeouts ends.
+    pub fn relay_up(&mut self, node: NodeId) {
+        self.state.entry(node).or_default().timeouts = 0;
     }
 
     pub fn closed(&mut self, node: NodeId) {

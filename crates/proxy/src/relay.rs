@@ -45,20 +45,27 @@ pub struct RelayTarget {
     pub key: Option<PairKey>,
 }
 
-/// What happened to a relay attempt, for the director's bookkeeping.
+/// What happened to a relay attempt, for the director's bookkeeping. The first target of a
+/// [`Route::Relay`] is counted as connected by `route` itself (so that concurrent choices see
+/// each other: bounded loads must not overshoot); a failed attempt releases its count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RelayOutcome {
-    /// A connection to the node is up (or served here): counted until `Closed`.
+    /// The first target's relay is up (it was counted by `route`).
+    Established,
+    /// A later candidate took the connection (or this node serves it): counted until
+    /// `Closed`.
     Connected,
-    /// The connect was refused (or failed at once): the node is out now.
+    /// The connect was refused (or failed at once): the node is out now, its count released.
     Refused,
+    /// The connect timed out: its count released.
     TimedOut,
     Closed,
 }
 
 /// The binary's director: where each new client connection goes, and what became of it.
 pub trait Dispatch: Send + Sync {
-    /// For a connection from `client` that reached `local` (a redirect port).
+    /// For a connection from `client` that reached `local` (a redirect port). A relay's first
+    /// target is counted as connected from here on.
     fn route(&self, client: SocketAddr, local: SocketAddr) -> Route;
     /// `node`'s relay for a connection that reached `local`.
     fn outcome(&self, local: SocketAddr, node: NodeId, outcome: RelayOutcome);
@@ -84,14 +91,26 @@ impl Proxy {
         shutdown: CancellationToken,
     ) {
         let me = dispatch.me();
-        for target in targets {
+        for (index, target) in targets.into_iter().enumerate() {
+            // The first target was counted by `route`; a later one is counted when it takes
+            // the connection.
+            let take = |node| {
+                let outcome = if index > 0 {
+                    RelayOutcome::Connected
+                } else {
+                    RelayOutcome::Established
+                };
+                dispatch.outcome(local, node, outcome);
+            };
             let (Some(scan), Some(key)) = (target.scan, target.key.as_ref()) else {
                 if target.node == me {
-                    dispatch.outcome(local, me, RelayOutcome::Connected);
+                    take(me);
                     conn::serve_connection(self.clone(), stream, client, shutdown).await;
                     dispatch.outcome(local, me, RelayOutcome::Closed);
                     return;
                 }
+                // No scan port known: released like a refusal.
+                dispatch.outcome(local, target.node, RelayOutcome::Refused);
                 continue;
             };
             let connected = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(scan)).await;
@@ -109,7 +128,7 @@ impl Proxy {
                 }
             };
             let _ = relay.set_nodelay(true);
-            dispatch.outcome(local, target.node, RelayOutcome::Connected);
+            take(target.node);
             let ended = self
                 .relay_to(&mut stream, &mut relay, client, local, me, key)
                 .await;
