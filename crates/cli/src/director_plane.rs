@@ -226,7 +226,12 @@ impl DirectorPlane {
                 state.scans.remove(&from);
             }
         }
-        state.director.report(from, report.load, now);
+        let mut load = report.load;
+        if report.scan.is_none() && load.failure.is_none() {
+            // Nothing to relay to: never a client's node.
+            load.failure = Some("no scan port (director.scan_listen = \"off\")".to_owned());
+        }
+        state.director.report(from, load, now);
     }
 
     /// Each group's director as this node sees it; with `client`, that client's choice and
@@ -377,14 +382,8 @@ impl Dispatch for DirectorPlane {
             RelayOutcome::Established => state.director.relay_up(node),
             RelayOutcome::Connected => state.director.connected(node),
             RelayOutcome::Closed => state.director.closed(node),
-            RelayOutcome::Refused => {
-                state.director.connect_refused(node, now);
-                state.director.closed(node);
-            }
-            RelayOutcome::TimedOut => {
-                state.director.connect_timed_out(node, now);
-                state.director.closed(node);
-            }
+            RelayOutcome::Refused => state.director.connect_refused(node, now),
+            RelayOutcome::TimedOut => state.director.connect_timed_out(node, now),
         }
     }
 

@@ -176,6 +176,8 @@ struct State {
     last_timeout_ms: u64,
     /// It has been eligible before: coming back is a return (slow start).
     ever_in: bool,
+    /// Its weight went from 0 (maintenance) to more: its next eligibility is a return.
+    returning: bool,
     /// When it came back after being out: its slow start runs from here.
     back_ms: Option<u64>,
     /// The director's live connections to it.
@@ -216,12 +218,23 @@ impl Director {
         self.settings = settings;
     }
 
-    /// The replicated member list changed; what is known of members that stay is kept.
+    /// The replicated member list changed; what is known of members that stay is kept. A
+    /// member whose weight comes back from 0 (maintenance) returns through a slow start.
     pub fn set_members(&mut self, members: impl IntoIterator<Item = Member>) {
-        self.members = members
+        let members: BTreeMap<NodeId, Member> = members
             .into_iter()
             .map(|member| (member.id, member))
             .collect();
+        for (id, member) in &members {
+            let was_maintenance = self.members.get(id).is_some_and(|old| old.weight == 0);
+            if was_maintenance
+                && member.weight > 0
+                && let Some(state) = self.state.get_mut(id)
+            {
+                state.returning = true;
+            }
+        }
+        self.members = members;
         let members = &self.members;
         self.state.retain(|id, _| members.contains_key(id));
     }
@@ -302,8 +315,9 @@ impl Director {
         let state = self.state.entry(node).or_default();
         // Back after having been in (whether it went out by an event or by silence): a slow
         // start. A node's first eligibility (at the director's start) is no return.
-        if was_out && !is_out && state.ever_in {
+        if (was_out || state.returning) && !is_out && state.ever_in {
             state.back_ms = Some(now_ms);
+            state.returning = false;
         }
         state.ever_in |= !is_out;
     }
@@ -318,7 +332,10 @@ impl Director {
             return Some(Out::NoReports);
         };
         let interval = self.settings.report_interval.as_millis() as u64;
-        let last = state.last_report_ms?;
+        // State without a report (a connect counted first) is no report.
+        let Some(last) = state.last_report_ms else {
+            return Some(Out::NoReports);
+        };
         if now_ms.saturating_sub(last) > MISSED_REPORTS * interval {
             return Some(Out::NoReports);
         }
@@ -333,7 +350,9 @@ impl Director {
         if state.timeouts >= TIMEOUTS && !recovered(state.last_timeout_ms) {
             return Some(Out::TimedOut);
         }
-        let load = state.load.as_ref()?;
+        let Some(load) = state.load.as_ref() else {
+            return Some(Out::NoReports);
+        };
         if let Some(why) = &load.failure {
             return Some(Out::Failed(why.clone()));
         }

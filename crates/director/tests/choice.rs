@@ -336,6 +336,26 @@ fn a_returning_node_takes_its_clients_back_over_the_slow_start() {
 }
 
 #[test]
+fn a_node_back_from_maintenance_returns_through_a_slow_start_and_counts_alone_are_no_report() {
+    let mut director = director(&[1, 1, 1], no_overflow(), 1_000);
+    let mut maintenance = members(&[1, 1, 1]);
+    maintenance[1].weight = 0;
+    director.set_members(maintenance);
+    director.report(node(2), Load::default(), 2_000);
+    assert_eq!(director.out(&node(2), 2_000), Some(Out::Maintenance));
+    director.set_members(members(&[1, 1, 1]));
+    director.report(node(2), Load::default(), 3_000);
+    let choice = director.choose(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), node(1), 3_000);
+    let node2 = choice.candidates.iter().find(|c| c.id == node(2));
+    assert_eq!(node2.map(|c| c.effective_weight), Some(0.1), "slow start");
+    // A member the director only counted a connect for has not reported: out.
+    let mut fresh = Director::new(no_overflow(), members(&[1, 1]));
+    fresh.reserve(node(2));
+    fresh.connect_refused(node(2), 1_000);
+    assert_eq!(fresh.out(&node(2), 1_000), Some(Out::NoReports));
+}
+
+#[test]
 fn ipv6_clients_of_one_64_share_a_node_and_v4_mapped_is_v4() {
     let director = director(&[1, 1, 1, 1, 1], no_overflow(), 1_000);
     let a: IpAddr = "2001:db8:1:2::1".parse().unwrap_or_else(|_| unreachable!());

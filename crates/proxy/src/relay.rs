@@ -47,7 +47,8 @@ pub struct RelayTarget {
 
 /// What happened to a relay attempt, for the director's bookkeeping. The first target of a
 /// [`Route::Relay`] is counted as connected by `route` itself (so that concurrent choices see
-/// each other: bounded loads must not overshoot); a failed attempt releases its count.
+/// each other: bounded loads must not overshoot); every count is released by one `Closed`,
+/// sent by a guard, whether the relay failed, ended or panicked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RelayOutcome {
     /// The first target's relay is up (it was counted by `route`).
@@ -55,10 +56,10 @@ pub enum RelayOutcome {
     /// A later candidate took the connection (or this node serves it): counted until
     /// `Closed`.
     Connected,
-    /// The connect was refused (or failed at once): the node is out now, its count released.
+    /// The node refused the connect (or is unreachable): out now.
     Refused,
-    /// The connect timed out: its count released.
     TimedOut,
+    /// A counted connection ended, or its relay failed: its count is released.
     Closed,
 }
 
@@ -78,6 +79,33 @@ enum Ended {
     HeaderUnsent(std::io::Error),
 }
 
+/// A connection counted for `node` in the director: released (`Closed`) when dropped, so a
+/// relay that fails, ends or panics never leaves its count behind.
+struct Counted {
+    dispatch: Arc<dyn Dispatch>,
+    local: SocketAddr,
+    node: NodeId,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.dispatch
+            .outcome(self.local, self.node, RelayOutcome::Closed);
+    }
+}
+
+/// Whether a connect error says the node (not this one) cannot take connections.
+fn refused_by_node(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        error.kind(),
+        ErrorKind::ConnectionRefused
+            | ErrorKind::ConnectionReset
+            | ErrorKind::HostUnreachable
+            | ErrorKind::NetworkUnreachable
+    )
+}
+
 impl Proxy {
     /// Serves `stream` from `client` (accepted on `local`) where `route` says.
     #[allow(clippy::too_many_arguments)]
@@ -91,26 +119,34 @@ impl Proxy {
         shutdown: CancellationToken,
     ) {
         let me = dispatch.me();
+        let count = |node| Counted {
+            dispatch: dispatch.clone(),
+            local,
+            node,
+        };
+        // `route` counted the first target; a later one is counted when it takes the
+        // connection.
+        let mut counted = targets.first().map(|first| count(first.node));
         for (index, target) in targets.into_iter().enumerate() {
-            // The first target was counted by `route`; a later one is counted when it takes
-            // the connection.
             let take = |node| {
-                let outcome = if index > 0 {
-                    RelayOutcome::Connected
+                if index == 0 {
+                    dispatch.outcome(local, node, RelayOutcome::Established);
+                    None
                 } else {
-                    RelayOutcome::Established
-                };
-                dispatch.outcome(local, node, outcome);
+                    dispatch.outcome(local, node, RelayOutcome::Connected);
+                    Some(count(node))
+                }
             };
             let (Some(scan), Some(key)) = (target.scan, target.key.as_ref()) else {
                 if target.node == me {
-                    take(me);
+                    let _later = take(me);
                     conn::serve_connection(self.clone(), stream, client, shutdown).await;
-                    dispatch.outcome(local, me, RelayOutcome::Closed);
                     return;
                 }
-                // No scan port known: released like a refusal.
-                dispatch.outcome(local, target.node, RelayOutcome::Refused);
+                // No scan port known: the next one.
+                if index == 0 {
+                    counted = None;
+                }
                 continue;
             };
             let connected = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(scan)).await;
@@ -118,21 +154,28 @@ impl Proxy {
                 Ok(Ok(relay)) => relay,
                 Ok(Err(error)) => {
                     tracing::warn!(%client, node = %target.name, %scan, %error, "relay connect failed: trying the next node");
-                    dispatch.outcome(local, target.node, RelayOutcome::Refused);
+                    if refused_by_node(&error) {
+                        dispatch.outcome(local, target.node, RelayOutcome::Refused);
+                    }
+                    if index == 0 {
+                        counted = None;
+                    }
                     continue;
                 }
                 Err(_) => {
                     tracing::warn!(%client, node = %target.name, %scan, "relay connect timed out: trying the next node");
                     dispatch.outcome(local, target.node, RelayOutcome::TimedOut);
+                    if index == 0 {
+                        counted = None;
+                    }
                     continue;
                 }
             };
             let _ = relay.set_nodelay(true);
-            take(target.node);
+            let _later = take(target.node);
             let ended = self
                 .relay_to(&mut stream, &mut relay, client, local, me, key)
                 .await;
-            dispatch.outcome(local, target.node, RelayOutcome::Closed);
             match ended {
                 Ended::Relayed(bytes) => tracing::info!(
                     %client,
@@ -148,12 +191,14 @@ impl Proxy {
                     "relayed connection failed before its header was sent"
                 ),
             }
+            drop(counted);
             return;
         }
         // Nobody else took it: served here rather than failed.
+        drop(counted);
         dispatch.outcome(local, me, RelayOutcome::Connected);
+        let _served = count(me);
         conn::serve_connection(self.clone(), stream, client, shutdown).await;
-        dispatch.outcome(local, me, RelayOutcome::Closed);
     }
 
     async fn relay_to(

@@ -31,11 +31,11 @@ pub type ScanKeys = Arc<dyn Fn(NodeId) -> Vec<PairKey> + Send + Sync>;
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(3);
 /// Connections whose header has not been checked yet, at most.
 pub const MAX_UNAUTHENTICATED: usize = 256;
-/// Timestamps within this of the node's clock pass (members' clocks agree to well within it;
-/// central management refuses peers two minutes apart).
-const WINDOW_MS: u64 = 30_000;
-/// Nonces remembered at most (a window's worth of relayed connections at ~3,000 per second).
-const MAX_NONCES: usize = 100_000;
+/// Timestamps within this of the node's clock pass: more than central management's two
+/// minutes, so members it keeps together never refuse each other's relays here.
+const WINDOW_MS: u64 = 150_000;
+/// Nonces remembered at most (beyond, the oldest are forgotten: ~10 MB at most).
+const MAX_NONCES: usize = 200_000;
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Every reason a scan-port connection is refused, as counted.

@@ -15,7 +15,7 @@
 //! client's, as on any TCP connection (the scan port relies on the network between members
 //! for their integrity, as any PROXY protocol receiver does).
 
-use std::collections::HashMap;
+use std::collections::{HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 
 use palisade_identity::NodeId;
@@ -201,20 +201,25 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
 #[derive(Debug)]
 pub struct Verifier {
     window_ms: u64,
-    /// Nonces seen, with the time after which their header's timestamp is stale anyway.
-    seen: HashMap<[u8; 16], u64>,
+    /// Nonces seen, and in the order they came with the time after which their header's
+    /// timestamp is stale anyway (pruned from the front: O(1) per header).
+    seen: HashSet<[u8; 16]>,
+    order: VecDeque<(u64, [u8; 16])>,
     max_seen: usize,
 }
 
 impl Verifier {
     /// Timestamps within `window_ms` of this node's clock pass; nonces are remembered as
-    /// long, at most `max_seen` of them (a flood beyond that is refused as replays until
-    /// the oldest expire, never remembered without bound).
+    /// long, at most `max_seen` of them: beyond that the oldest is forgotten (never a
+    /// memory without bound, and never a refusal of genuine headers under load; a replay
+    /// of a forgotten one still needs the MAC-bound addresses of a relay connection the
+    /// kernel has not reused yet).
     pub fn new(window_ms: u64, max_seen: usize) -> Verifier {
         Verifier {
             window_ms,
-            seen: HashMap::new(),
-            max_seen,
+            seen: HashSet::new(),
+            order: VecDeque::new(),
+            max_seen: max_seen.max(1),
         }
     }
 
@@ -293,19 +298,32 @@ impl Verifier {
         if !authentic {
             return Err(Refusal::BadMac);
         }
-        let skew_ms = stamp as i64 - now_ms as i64;
-        if skew_ms.unsigned_abs() > self.window_ms {
+        if stamp.abs_diff(now_ms) > self.window_ms {
+            let skew_ms = i64::try_from(stamp.abs_diff(now_ms)).unwrap_or(i64::MAX);
             return Err(Refusal::Stale {
-                skew_ms,
+                skew_ms: if stamp < now_ms { -skew_ms } else { skew_ms },
                 window_ms: self.window_ms,
             });
         }
-        self.seen.retain(|_, expires| *expires > now_ms);
-        if self.seen.contains_key(&nonce) || self.seen.len() >= self.max_seen {
+        // Forget what is stale anyway (its header would be refused by its timestamp).
+        while let Some((expires, old)) = self.order.front().copied() {
+            if expires >= now_ms {
+                break;
+            }
+            self.order.pop_front();
+            self.seen.remove(&old);
+        }
+        if self.seen.contains(&nonce) {
             return Err(Refusal::Replayed);
         }
-        self.seen
-            .insert(nonce, stamp.saturating_add(self.window_ms));
+        if self.order.len() >= self.max_seen
+            && let Some((_, oldest)) = self.order.pop_front()
+        {
+            self.seen.remove(&oldest);
+        }
+        self.seen.insert(nonce);
+        self.order
+            .push_back((stamp.saturating_add(self.window_ms), nonce));
         Ok(Verified {
             client: addresses.0,
             destination: addresses.1,
