@@ -470,7 +470,10 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
     let stop_accepting = CancellationToken::new();
     let connections = TaskTracker::new();
     if let Some(listener) = scan_listener {
-        let gate = palisade_proxy::scan_port::ScanGate::new(scan_keys(&config, store.node_id));
+        let gate = palisade_proxy::scan_port::ScanGate::new(
+            scan_keys(&config, store.node_id),
+            scan_members(&config),
+        );
         tasks.spawn(proxy.clone().serve_scan_port(
             listener,
             gate,
@@ -902,6 +905,17 @@ fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
 /// holder of the key is a member, so the pair key is derived for whichever node id the
 /// header names; without one (keepalived peers) no director is known and the scan port
 /// refuses every header.
+/// The addresses a director may relay from: the group's members as the heartbeat lists them
+/// (their primary addresses, which relays leave from).
+fn scan_members(config: &NodeConfig) -> palisade_proxy::scan_port::ScanMembers {
+    let members: std::collections::HashSet<IpAddr> = config
+        .heartbeat
+        .iter()
+        .flat_map(|heartbeat| heartbeat.peers.iter().map(|peer| peer.ip().to_canonical()))
+        .collect();
+    Arc::new(move |ip| members.contains(&ip))
+}
+
 fn scan_keys(
     config: &NodeConfig,
     me: palisade_identity::NodeId,

@@ -194,6 +194,37 @@ async fn forged_lifted_plain_refused_and_silent_connections_are_reset() {
     );
     assert_eq!(refused(&node, "client_not_allowed"), 1.0);
 
+    // A genuine header from an address that is no member's (the heartbeat lists 127.0.0.1):
+    // reset at accept, before it reads a byte.
+    let outsider_socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .unwrap_or_else(|error| panic!("{error}"));
+    outsider_socket
+        .bind(&SocketAddr::from(([127, 0, 0, 2], 0)).into())
+        .unwrap_or_else(|error| panic!("{error}"));
+    outsider_socket
+        .connect(&node.scan.into())
+        .unwrap_or_else(|error| panic!("{error}"));
+    outsider_socket
+        .set_nonblocking(true)
+        .unwrap_or_else(|error| panic!("{error}"));
+    let mut stranger_stream =
+        TcpStream::from_std(outsider_socket.into()).unwrap_or_else(|error| panic!("{error}"));
+    let ends = RelayEnds {
+        director: stranger_stream
+            .local_addr()
+            .unwrap_or_else(|error| panic!("{error}")),
+        scanner: stranger_stream
+            .peer_addr()
+            .unwrap_or_else(|error| panic!("{error}")),
+    };
+    let mut bytes = seal(client, vip, director(), &key, ends, now_ms(), [5; 16]);
+    bytes.extend_from_slice(&get(&origin));
+    let _ = stranger_stream.write_all(&bytes).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stranger_stream.read_to_end(&mut answer)).await;
+    assert!(answer.is_empty());
+    assert_eq!(refused(&node, "not_a_member"), 1.0);
+
     // Nothing at all: reset after the 3 s header timeout.
     let started = std::time::Instant::now();
     let (answer, closed) = raw_exchange(node.scan, b"", Duration::from_secs(8)).await;

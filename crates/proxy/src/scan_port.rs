@@ -26,6 +26,9 @@ use crate::{Proxy, conn, ssrf};
 /// and the previous one while links re-key); none for a node that is not a member.
 pub type ScanKeys = Arc<dyn Fn(NodeId) -> Vec<PairKey> + Send + Sync>;
 
+/// Whether an address is a member's (only members may open a scan-port connection at all).
+pub type ScanMembers = Arc<dyn Fn(std::net::IpAddr) -> bool + Send + Sync>;
+
 /// The header must be complete this soon after accept (the PROXY spec: at least 3 s, to cover
 /// a TCP retransmit).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(3);
@@ -39,7 +42,8 @@ const MAX_NONCES: usize = 200_000;
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Every reason a scan-port connection is refused, as counted.
-pub const REFUSAL_REASONS: [&str; 13] = [
+pub const REFUSAL_REASONS: [&str; 14] = [
+    "not_a_member",
     "not_proxy_v2",
     "too_long",
     "malformed",
@@ -73,15 +77,19 @@ fn reason_of(refusal: &Refusal) -> &'static str {
 pub struct ScanGate {
     verifier: Mutex<Verifier>,
     keys: ScanKeys,
+    members: ScanMembers,
     unauthenticated: Arc<Semaphore>,
     log: LogThrottle,
 }
 
 impl ScanGate {
-    pub fn new(keys: ScanKeys) -> Arc<ScanGate> {
+    /// Headers checked with `keys`; connections from addresses `members` does not know are
+    /// reset at accept, before they hold one of the unauthenticated slots.
+    pub fn new(keys: ScanKeys, members: ScanMembers) -> Arc<ScanGate> {
         Arc::new(ScanGate {
             verifier: Mutex::new(Verifier::new(WINDOW_MS, MAX_NONCES)),
             keys,
+            members,
             unauthenticated: Arc::new(Semaphore::new(MAX_UNAUTHENTICATED)),
             log: LogThrottle::new(LOG_INTERVAL),
         })
@@ -122,6 +130,10 @@ impl Proxy {
     ) {
         while let Some((stream, peer)) = crate::accept_next(&listener, &shutdown, "scan port").await
         {
+            if !(gate.members)(peer.ip().to_canonical()) {
+                self.refuse_scan(stream, peer, "not_a_member", &gate, None);
+                continue;
+            }
             let Ok(permit) = gate.unauthenticated.clone().try_acquire_owned() else {
                 self.refuse_scan(stream, peer, "too_many_unauthenticated", &gate, None);
                 continue;
