@@ -46,6 +46,29 @@ struct GroupState {
     director: Director,
     /// Each member's scan port as it can be reached.
     scans: HashMap<NodeId, SocketAddr>,
+    /// Why each member was out at the last tick (`None`: in), to log changes once.
+    was_out: HashMap<NodeId, Option<palisade_director::Out>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct MemberLabels {
+    vrid: u8,
+    node: String,
+}
+
+/// The director's metrics, per group and member.
+#[derive(Clone, Default)]
+struct DirectorMetrics {
+    /// 1 while a member may get new clients.
+    member_in: prometheus_client::metrics::family::Family<
+        MemberLabels,
+        prometheus_client::metrics::gauge::Gauge,
+    >,
+    /// The director's live connections to each member (relayed, or served in-process).
+    connections: prometheus_client::metrics::family::Family<
+        MemberLabels,
+        prometheus_client::metrics::gauge::Gauge,
+    >,
 }
 
 /// The director of every HA group this node is in.
@@ -56,6 +79,7 @@ pub struct DirectorPlane {
     groups: Vec<Group>,
     names: Mutex<HashMap<NodeId, Arc<str>>>,
     epoch: Instant,
+    metrics: DirectorMetrics,
 }
 
 impl DirectorPlane {
@@ -66,7 +90,19 @@ impl DirectorPlane {
         groups: &[GroupHandle],
         settings: &crate::config::DirectorSettings,
         own: &OwnReport,
+        registry: &mut prometheus_client::registry::Registry,
     ) -> Arc<DirectorPlane> {
+        let metrics = DirectorMetrics::default();
+        registry.register(
+            "palisade_director_member_in",
+            "1 while the group's director may give the member new clients (0: out, see palisade status)",
+            metrics.member_in.clone(),
+        );
+        registry.register(
+            "palisade_director_connections",
+            "The director's live connections to each member (relayed, or served in-process)",
+            metrics.connections.clone(),
+        );
         let groups = groups
             .iter()
             .map(|handle| {
@@ -91,6 +127,7 @@ impl DirectorPlane {
                     state: Mutex::new(GroupState {
                         director: Director::new(settings, [me_member]),
                         scans: HashMap::new(),
+                        was_out: HashMap::new(),
                     }),
                 }
             })
@@ -102,6 +139,7 @@ impl DirectorPlane {
             groups,
             names: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
+            metrics,
         })
     }
 
@@ -145,7 +183,7 @@ impl DirectorPlane {
         let failure = if status.drained {
             Some("drained".to_owned())
         } else if status.state == State::Fault {
-            Some("current state: failure (port monitor)".to_owned())
+            Some("port monitor".to_owned())
         } else {
             None
         };
@@ -176,6 +214,41 @@ impl DirectorPlane {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             state.director.report(self.me, load, now);
+            self.review(group.vrid, &mut state, now);
+        }
+    }
+
+    /// Every second: each member's state, logged when it changes (the seeds' words) and in
+    /// the metrics. A member goes out by silence as well as by events, so it is looked at
+    /// on the clock, not only when something arrives.
+    fn review(&self, vrid: u8, state: &mut GroupState, now: u64) {
+        let members: Vec<(NodeId, String)> = (state.director.members())
+            .map(|member| (member.id, member.name.clone()))
+            .collect();
+        for (id, name) in members {
+            let out = state.director.out(&id, now);
+            let labels = MemberLabels {
+                vrid,
+                node: name.clone(),
+            };
+            self.metrics
+                .member_in
+                .get_or_create(&labels)
+                .set(i64::from(out.is_none()));
+            self.metrics
+                .connections
+                .get_or_create(&labels)
+                .set(i64::from(state.director.active(&id)));
+            let before = state.was_out.insert(id, out.clone());
+            match (before.flatten(), out) {
+                (None, Some(why)) if id != self.me => {
+                    tracing::warn!(instance = vrid, node = %name, "Scanning partner has failed: {name} gets no new clients ({why})")
+                }
+                (Some(_), None) if id != self.me => {
+                    tracing::info!(instance = vrid, node = %name, "Scanning partner {name} is back: it gets clients again (slow start)")
+                }
+                _ => {}
+            }
         }
     }
 

@@ -550,6 +550,7 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
             &groups,
             &config.director,
             &own,
+            &mut registry,
         );
         dispatch.set(plane.clone());
         tasks.spawn(plane.clone().run(mesh.clone(), own, stop.clone()));

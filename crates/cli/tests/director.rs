@@ -282,6 +282,17 @@ fn the_director_spreads_sticky_clients_over_every_node_and_routes_around_a_dead_
             logs()
         );
     }
+    // node2, now the director, says so in the seeds' words and in its metrics.
+    wait_for(
+        "node2 reports node3 failed",
+        Duration::from_secs(10),
+        || {
+            let metrics = hosts[1].run("curl", &["-s", "http://127.0.0.1:4711/metrics"]);
+            logs().contains("Scanning partner has failed: node3 gets no new clients")
+                && String::from_utf8_lossy(&metrics.stdout)
+                    .contains("palisade_director_member_in{vrid=\"51\",node=\"node3\"} 0")
+        },
+    );
     assert!(
         logs().contains("relay connect failed"),
         "the first refused relay was retried on the next node\n{}",

@@ -186,7 +186,7 @@ fn unhealthy_proxy_gives_up_the_vip_and_takes_it_back_when_healthy() {
     let text = logs();
     assert!(
         text.contains(&format!(
-            "current state: failure (redirect port {service}:9092 not listening)"
+            "current state: failure (redirect port {service}:9092 not listening: "
         )),
         "{text}"
     );

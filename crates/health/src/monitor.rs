@@ -25,6 +25,8 @@ pub struct MonitoredPort {
 pub struct PortState {
     pub port: MonitoredPort,
     pub listening: bool,
+    /// Why not, when not (the connect's error, or a timeout).
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -66,9 +68,25 @@ impl PortMonitor {
         for port in &self.config.ports {
             let connected =
                 tokio::time::timeout(self.config.timeout, TcpStream::connect(port.addr)).await;
+            let error = match connected {
+                Ok(Ok(_)) => None,
+                // Accepted, then reset (the scan port resets a non-member at once, and the
+                // reset can beat the connect's completion): something listens.
+                Ok(Err(error))
+                    if matches!(
+                        error.kind(),
+                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    None
+                }
+                Ok(Err(error)) => Some(error.to_string()),
+                Err(_) => Some(format!("no answer within {:?}", self.config.timeout)),
+            };
             states.push(PortState {
                 port: port.clone(),
-                listening: matches!(connected, Ok(Ok(_))),
+                listening: error.is_none(),
+                error,
             });
         }
         states
@@ -100,7 +118,14 @@ impl PortMonitor {
                 let down: Vec<String> = states
                     .iter()
                     .filter(|state| !state.listening && state.port.required)
-                    .map(|state| format!("{} {} not listening", state.port.kind, state.port.addr))
+                    .map(|state| {
+                        format!(
+                            "{} {} not listening: {}",
+                            state.port.kind,
+                            state.port.addr,
+                            state.error.as_deref().unwrap_or("?")
+                        )
+                    })
                     .collect();
                 match changed {
                     Health::Failed => {
@@ -121,6 +146,37 @@ impl PortMonitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A port that accepts and resets at once (the scan port does so to non-members)
+    /// listens: the reset may beat the connect's completion, and must not fail the node.
+    #[tokio::test]
+    async fn a_port_that_resets_at_accept_still_listens() {
+        let Ok(listener) = tokio::net::TcpListener::bind("127.0.0.1:0").await else {
+            panic!("bind failed");
+        };
+        let Ok(addr) = listener.local_addr() else {
+            panic!("no local addr");
+        };
+        let resetter = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                drop(stream);
+            }
+        });
+        let monitor = PortMonitor::new(PortMonitorConfig {
+            ports: vec![MonitoredPort {
+                addr,
+                kind: "scan port".to_owned(),
+                required: true,
+            }],
+            ..PortMonitorConfig::default()
+        });
+        for _ in 0..50 {
+            let states = monitor.probe().await;
+            assert!(PortMonitor::healthy(&states), "{states:?}");
+        }
+        resetter.abort();
+    }
 
     #[tokio::test]
     async fn a_closed_port_fails_the_node_and_reopening_recovers_it() {
