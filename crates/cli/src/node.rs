@@ -464,6 +464,22 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
         OwnAddresses::from_interfaces(),
     )
     .context("cannot start the proxy")?;
+    // Other members and the VIPs: their internal ports are closed to clients too (a VIP held
+    // by another node leads to that node).
+    proxy.set_member_addresses(
+        config
+            .heartbeat
+            .iter()
+            .flat_map(|heartbeat| heartbeat.peers.iter().map(SocketAddr::ip))
+            .chain(config.cluster.peers.iter().map(SocketAddr::ip))
+            .chain(
+                config
+                    .vrrp
+                    .iter()
+                    .flat_map(|group| group.vips.iter().copied()),
+            )
+            .collect(),
+    );
 
     let tasks = TaskTracker::new();
     let stop = CancellationToken::new();

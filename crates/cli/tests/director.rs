@@ -170,6 +170,32 @@ fn the_director_spreads_sticky_clients_over_every_node_and_routes_around_a_dead_
     for (source, node) in sources.iter().zip(&first) {
         assert_eq!(&served_by(&client, *source, vip), node, "{source} moved");
     }
+    // No client reaches another member's internal ports through a node: through node2's own
+    // address, node1's scan port and admin port, and the VIP's scan port, are a forwarding
+    // loop (508), not a proxied request.
+    for target in [
+        format!("http://{}:9190/", hosts[0].addr),
+        format!("http://{}:4711/metrics", hosts[0].addr),
+        format!("http://{vip}:9190/"),
+    ] {
+        let output = client.run(
+            "curl",
+            &[
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+                "-x",
+                &format!("http://{}:9090", hosts[1].addr),
+                &target,
+            ],
+        );
+        assert_eq!(String::from_utf8_lossy(&output.stdout), "508", "{target}");
+    }
+
     // `palisade status --client` on the director names the node each client gets, and why.
     for (source, node) in sources.iter().zip(&first).take(6) {
         let output = hosts[0].run(BIN, &["status", "--client", &source.to_string()]);

@@ -440,7 +440,9 @@ impl From<Refusal> for Denial {
                 denial.with_page("the destination address is not allowed by policy")
             }
             Refusal::SelfConnection { .. } => {
-                denial.with_page("the destination is this proxy itself (forwarding loop)")
+                denial.with_page(
+                    "the destination is this proxy itself or another member's internal port (forwarding loop)",
+                )
             }
         }
     }
@@ -810,10 +812,7 @@ async fn vet_destination(
         let judged = canonical(ip);
         let own_addresses = proxy.own_addresses.load();
         // Before any exemption: allow_destinations never opens an internal endpoint.
-        if proxy
-            .internal
-            .contains(&own_addresses, SocketAddr::new(judged, authority.port))
-        {
+        if proxy.internal_endpoint(&own_addresses, SocketAddr::new(judged, authority.port)) {
             first_refusal.get_or_insert(Refusal::SelfConnection {
                 addr: SocketAddr::new(judged, authority.port),
             });

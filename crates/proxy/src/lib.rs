@@ -129,6 +129,9 @@ pub struct Proxy {
     pool: Pool,
     /// Refreshed periodically: VIPs come and go with VRRP.
     own_addresses: ArcSwap<OwnAddresses>,
+    /// Other members' addresses and the groups' VIPs: their internal ports (scan, cluster,
+    /// admin, peer links) are as closed to clients as ours, wherever a VIP is.
+    member_addresses: ArcSwap<Vec<std::net::IpAddr>>,
     internal: InternalEndpoints,
     metrics: ProxyMetrics,
     access_log: AccessLog,
@@ -177,6 +180,7 @@ impl Proxy {
             resolver,
             pool,
             own_addresses: ArcSwap::from_pointee(own_addresses),
+            member_addresses: ArcSwap::from_pointee(Vec::new()),
             internal,
             metrics,
             access_log,
@@ -213,6 +217,23 @@ impl Proxy {
     /// Closes expired idle upstream connections; the binary calls this periodically.
     pub fn sweep_pool(&self) {
         self.pool.sweep();
+    }
+
+    /// The cluster's and HA groups' other addresses (members, VIPs): a proxied request to one
+    /// of them on one of this node's internal ports is refused like one to this node.
+    pub fn set_member_addresses(&self, addresses: Vec<std::net::IpAddr>) {
+        let addresses = addresses.into_iter().map(ssrf::canonical).collect();
+        self.member_addresses.store(Arc::new(addresses));
+    }
+
+    /// Whether `addr` is one of this node's, or another member's, internal endpoints.
+    fn internal_endpoint(&self, own: &OwnAddresses, addr: SocketAddr) -> bool {
+        self.internal.contains(own, addr)
+            || (self.config.own_ports.contains(&addr.port())
+                && self
+                    .member_addresses
+                    .load()
+                    .contains(&ssrf::canonical(addr.ip())))
     }
 
     /// Re-reads this machine's addresses (a VIP added or removed since the last look).
