@@ -1153,6 +1153,26 @@ impl Checker<'_> {
                         ),
                     });
                 }
+                // A VIP no redirect listener accepts is a group that directs nothing.
+                for vip in &group.vips {
+                    let accepted = listen.iter().any(|addr| {
+                        addr.ip() == *vip
+                            || (addr.ip().is_unspecified() && (addr.is_ipv6() || vip.is_ipv4()))
+                    });
+                    if !accepted {
+                        let listeners: Vec<String> =
+                            listen.iter().map(ToString::to_string).collect();
+                        self.errors.push(ConfigError {
+                            file: self.file.to_owned(),
+                            line: 0,
+                            column: 0,
+                            message: format!(
+                                "vrrp group {}: no redirect listener can receive traffic for VIP {vip} (proxy.listen = {listeners:?}): listen on 0.0.0.0 (or [::]) or on the VIP",
+                                group.name
+                            ),
+                        });
+                    }
+                }
                 vrrp.push(group);
             }
         }
@@ -1322,9 +1342,29 @@ mod tests {
     }
 
     #[test]
+    fn a_vip_no_redirect_listener_accepts_is_refused() {
+        let text = "[proxy]\nlisten = [\"127.0.0.1:9090\", \"10.0.0.5:9090\"]\n[[vrrp]]\nvrid = 7\nvips = [\"10.0.0.100/24\"]\n";
+        match parse(text, "p.toml") {
+            Err(errors) => assert!(
+                errors.to_string().contains(
+                    "vrrp group VI_7: no redirect listener can receive traffic for VIP 10.0.0.100"
+                ),
+                "{errors}"
+            ),
+            Ok(_) => panic!("a group whose VIP nothing listens on was accepted"),
+        }
+        for listen in ["0.0.0.0:9090", "10.0.0.100:9090", "[::]:9090"] {
+            let text = format!(
+                "[proxy]\nlisten = [\"{listen}\"]\n[[vrrp]]\nvrid = 7\nvips = [\"10.0.0.100/24\"]\n"
+            );
+            assert!(parse(&text, "p.toml").is_ok(), "{listen}");
+        }
+    }
+
+    #[test]
     fn vrrp_groups() {
         let config = parse(
-            "[[vrrp]]\nvrid = 7\npriority = 150\nadvert_interval = \"100ms\"\nvips = [\"10.0.0.100/24\", \"10.0.0.101/24\"]\n",
+            "[proxy]\nlisten = [\"0.0.0.0:9090\"]\n[[vrrp]]\nvrid = 7\npriority = 150\nadvert_interval = \"100ms\"\nvips = [\"10.0.0.100/24\", \"10.0.0.101/24\"]\n",
             "p.toml",
         );
         match config {
