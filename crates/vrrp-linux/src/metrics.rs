@@ -42,7 +42,12 @@ impl HaMetrics {
 type Read = fn(&Stats) -> u64;
 
 /// The counters, each with its metric name (without `_total`) and help.
-const COUNTERS: [(&str, &str, Read); 6] = [
+const COUNTERS: [(&str, &str, Read); 7] = [
+    (
+        "palisade_vrrp_address_list_errors",
+        "Adverts for this group's VRID carrying other virtual addresses (another device using the VRID?)",
+        |stats| stats.address_list_errors,
+    ),
     (
         "palisade_vrrp_adverts_received",
         "VRRP adverts that reached the state machine",

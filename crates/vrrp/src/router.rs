@@ -423,6 +423,9 @@ pub struct Stats {
     pub interval_errors: u64,
     pub auth_type_errors: u64,
     pub address_family_errors: u64,
+    /// Adverts for our VRID carrying another set of virtual addresses: another device using
+    /// this VRID on the segment (processed all the same, as RFC 5798 6.4.3 says; logged).
+    pub address_list_errors: u64,
     pub own_adverts: u64,
     /// Times the peer links lost this Backup's Master and a death confirmation was asked.
     pub death_confirmations: u64,
@@ -708,6 +711,15 @@ impl Router {
             });
         }
         self.stats.adverts_received += 1;
+        let mut theirs: Vec<IpAddr> = advert.addresses.clone();
+        let mut ours: Vec<IpAddr> = self.cfg.vips.clone();
+        theirs.sort_unstable();
+        theirs.dedup();
+        ours.sort_unstable();
+        ours.dedup();
+        if theirs != ours {
+            self.stats.address_list_errors += 1;
+        }
         if advert.priority == VrrpPriority::STOP {
             self.stats.priority_zero_received += 1;
         }

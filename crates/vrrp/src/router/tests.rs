@@ -810,3 +810,18 @@ fn election_winner_prefers_priority_then_higher_address() {
     assert_eq!(election_winner([(A, p(0))]), None);
     assert_eq!(election_winner(Vec::new()), None);
 }
+
+#[test]
+fn an_advert_with_other_virtual_addresses_is_counted_and_still_processed() {
+    let mut router = backup();
+    let mut foreign = advert_from(&cfg(B, 200), 200);
+    foreign.addresses = vec![IpAddr::V4(Ipv4Addr::new(10, 213, 0, 200))];
+    assert_eq!(router.handle_advert(T0 + us(1_000), B, foreign), Ok(()));
+    assert_eq!(router.stats().address_list_errors, 1);
+    assert_eq!(router.stats().adverts_received, 1);
+    // The same set in another order is ours.
+    let mut ours = advert_from(&cfg(B, 200), 200);
+    ours.addresses = vec![VIP, VIP];
+    assert_eq!(router.handle_advert(T0 + us(2_000), B, ours), Ok(()));
+    assert_eq!(router.stats().address_list_errors, 1);
+}
