@@ -638,8 +638,13 @@ impl Driver {
                         );
                         tracing::warn!("{}", failed.log_line(wall_ms()));
                     }
-                    // Missed events: the next digests repair whatever they carried.
-                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    // Missed events: the next digests repair whatever they carried; the
+                    // peers' names are read again from the mesh.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        for peer in self.mesh.peers() {
+                            self.names.insert(peer.id, peer.name.as_str().to_owned());
+                        }
+                    }
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 Some(query) = queries.recv() => self.answer(query).await,
@@ -677,8 +682,25 @@ impl Driver {
 
     /// A peer's hello: replication with it starts, stops or goes on as the checks say; a
     /// new refusal is logged once, in the seeds' words.
+    /// A peer's name: from its link-up event, or (an event missed) from the mesh's peers.
+    fn name_of(&mut self, peer: NodeId) -> String {
+        if let Some(name) = self.names.get(&peer) {
+            return name.clone();
+        }
+        let known = (self.mesh.peers().into_iter())
+            .find(|linked| linked.id == peer)
+            .map(|linked| linked.name.as_str().to_owned());
+        match known {
+            Some(name) => {
+                self.names.insert(peer, name.clone());
+                name
+            }
+            None => String::new(),
+        }
+    }
+
     fn hello(&mut self, from: NodeId, hello: &palisade_replication::Hello) {
-        let name = self.names.get(&from).cloned().unwrap_or_default();
+        let name = self.name_of(from);
         let now = wall_ms();
         let checked = self.gate.receive(from, &name, hello, now);
         if let Some(refusal) = &checked.new_refusal {
