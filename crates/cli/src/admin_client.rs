@@ -177,6 +177,23 @@ fn print_director(value: &serde_json::Value) {
     }
 }
 
+/// `palisade healthcheck`: asks the deep health check's endpoint.
+pub fn healthcheck(addr: SocketAddr) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .with_context(|| format!("cannot reach the deep health check on {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: palisade\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    print!("{body}");
+    if !response.starts_with("HTTP/1.1 200") {
+        anyhow::bail!("deep health check failing");
+    }
+    Ok(())
+}
+
 /// `palisade monitor [-v]`: the port monitor's last probe. Exits non-zero in failure, so a
 /// script can use it as a check.
 pub fn monitor(admin: SocketAddr, verbose: bool, json: bool) -> anyhow::Result<()> {

@@ -134,6 +134,11 @@ pub struct HealthConfig {
     pub timeout: Duration,
     pub rise: u32,
     pub fall: u32,
+    /// The deep health check's endpoint (200 only while a request through this node's own
+    /// proxy succeeds). Default 0.0.0.0:9099 on a node of an HA group, none otherwise.
+    pub deep_check_listen: Option<SocketAddr>,
+    pub deep_check_interval: Duration,
+    pub deep_check_timeout: Duration,
 }
 
 /// One problem in a config file.
@@ -263,6 +268,9 @@ mod raw {
         pub timeout: Option<Spanned<String>>,
         pub rise: Option<Spanned<i64>>,
         pub fall: Option<Spanned<i64>>,
+        pub deep_check_listen: Option<Spanned<String>>,
+        pub deep_check_interval: Option<Spanned<String>>,
+        pub deep_check_timeout: Option<Spanned<String>>,
     }
 
     #[derive(Deserialize, Default)]
@@ -1030,6 +1038,11 @@ impl Checker<'_> {
             .and_then(|heartbeat| self.heartbeat(heartbeat));
         let cluster = self.cluster(raw.cluster);
         let director = self.director(raw.director, !raw.vrrp.is_empty());
+        let deep_check_listen = match &raw.health.deep_check_listen {
+            Some(value) if value.get_ref() == "off" => None,
+            Some(value) => self.listen_addr(value, "health.deep_check_listen"),
+            None => (!raw.vrrp.is_empty()).then(|| SocketAddr::from(([0, 0, 0, 0], 9099))),
+        };
         // Every port this node serves: a proxied request to one of them on an own address is
         // a self-connection, whatever allow_destinations says.
         let mut own_ports: Vec<u16> = listen
@@ -1039,6 +1052,7 @@ impl Checker<'_> {
             .chain(heartbeat.as_ref().map(|heartbeat| &heartbeat.listen))
             .chain(std::iter::once(&cluster.listen))
             .chain(&director.scan_listen)
+            .chain(&deep_check_listen)
             .map(SocketAddr::port)
             .collect();
         own_ports.sort_unstable();
@@ -1100,6 +1114,8 @@ impl Checker<'_> {
                 ForwardedFor::Transparent,
             ),
             refuse_escaped_slashes: raw.proxy.refuse_escaped_slashes.unwrap_or(false),
+            // Set by the node when it starts its deep health check.
+            canary: None,
         };
         let drain_timeout = self.duration(
             raw.proxy.drain_timeout,
@@ -1189,6 +1205,17 @@ impl Checker<'_> {
             ),
             rise: self.integer(raw.health.rise, "health.rise", 1..=100, 2) as u32,
             fall: self.integer(raw.health.fall, "health.fall", 1..=100, 2) as u32,
+            deep_check_listen,
+            deep_check_interval: self.duration(
+                raw.health.deep_check_interval,
+                "health.deep_check_interval",
+                Duration::from_millis(500),
+            ),
+            deep_check_timeout: self.duration(
+                raw.health.deep_check_timeout,
+                "health.deep_check_timeout",
+                Duration::from_secs(1),
+            ),
         };
         NodeConfig {
             vrrp,

@@ -55,6 +55,14 @@ enum Command {
         #[arg(long)]
         client: Option<std::net::IpAddr>,
     },
+    /// The deep health check (seed 004): whether a request through this node's own proxy
+    /// succeeds end to end, as a load balancer in front of the node would ask it (exits
+    /// non-zero when it does not).
+    Healthcheck {
+        /// The deep health check's address.
+        #[arg(long, default_value = "127.0.0.1:9099")]
+        addr: std::net::SocketAddr,
+    },
     /// The port monitor (the seeds' swg-mon): whether every redirect port and the scan port
     /// accept connections; `-v` lists each port (the test port is reported, never a failure).
     Monitor {
@@ -350,6 +358,7 @@ fn main() -> ExitCode {
             json,
             client: Some(client),
         } => admin_client::status_for_client(admin, client, json),
+        Command::Healthcheck { addr } => admin_client::healthcheck(addr),
         Command::Monitor {
             admin,
             verbose,

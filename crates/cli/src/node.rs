@@ -455,6 +455,36 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
             .chain(&config.director.scan_listen)
             .map(SocketAddr::port),
     );
+    // The deep health check (seed 004): a canary origin on loopback, reached through this
+    // node's own proxy from a loopback source only the canary request may use.
+    let deep = match config.health.deep_check_listen {
+        Some(addr) => {
+            let canary_listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+                .await
+                .context("cannot listen for the deep health check's canary")?;
+            let origin = canary_listener
+                .local_addr()
+                .context("the canary listener has no address")?;
+            let ipv6 = config.listen.first().is_some_and(SocketAddr::is_ipv6);
+            let canary = palisade_health::deep::Canary::new(origin, ipv6)
+                .context("cannot make the deep health check's canary")?;
+            config.proxy.canary = Some(palisade_proxy::CanaryAccess {
+                source: canary.source,
+                url: format!("http://{origin}{}", palisade_health::deep::CANARY_PATH),
+                origin,
+                token: canary.token.clone(),
+            });
+            config.proxy.own_ports.push(origin.port());
+            let endpoint = bind_retrying(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (deep health check)"))?;
+            let bound = endpoint.local_addr().unwrap_or(addr);
+            config.proxy.own_ports.push(bound.port());
+            tracing::info!(addr = %bound, "Deep health check listening (200 only while a request through this node's proxy succeeds)");
+            Some((canary, canary_listener, endpoint))
+        }
+        None => None,
+    };
 
     let proxy = Proxy::new(
         config.proxy.clone(),
@@ -510,6 +540,70 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
             dispatch,
         ));
     }
+    let deep_state = match deep {
+        Some((canary, canary_listener, endpoint)) => {
+            let (canary_stop, token) = (stop.clone(), canary.token.clone());
+            tasks.spawn(async move {
+                tokio::select! {
+                    () = palisade_health::deep::serve_canary(canary_listener, token) => {}
+                    () = canary_stop.cancelled() => {}
+                }
+            });
+            // Through the first redirect listener, on this node's own address.
+            let target = config
+                .listen
+                .first()
+                .map(|addr| match addr.ip() {
+                    IpAddr::V4(v4) if v4.is_unspecified() => {
+                        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
+                    }
+                    IpAddr::V6(v6) if v6.is_unspecified() => {
+                        SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), addr.port())
+                    }
+                    _ => *addr,
+                })
+                .context("the deep health check needs a redirect listener")?;
+            let check =
+                palisade_health::deep::DeepCheck::new(palisade_health::deep::DeepCheckConfig {
+                    target,
+                    canary,
+                    interval: config.health.deep_check_interval,
+                    timeout: config.health.deep_check_timeout,
+                    rise: 2,
+                    fall: 3,
+                });
+            let first = check.probe().await;
+            let initial = if first.is_ok() {
+                Health::Healthy
+            } else {
+                Health::Failed
+            };
+            if let Err(why) = &first {
+                tracing::warn!("current state: failure (deep check: {why})");
+            }
+            let (deep_tx, deep_rx) = watch::channel((initial, first.err()));
+            let deep_stop = stop.clone();
+            tasks.spawn(async move {
+                tokio::select! {
+                    () = check.run(initial, deep_tx) => {}
+                    () = deep_stop.cancelled() => {}
+                }
+            });
+            let (endpoint_stop, name, state) = (
+                stop.clone(),
+                config.hostname.as_str().to_owned(),
+                deep_rx.clone(),
+            );
+            tasks.spawn(async move {
+                tokio::select! {
+                    () = palisade_health::deep::serve_endpoint(endpoint, name, state) => {}
+                    () = endpoint_stop.cancelled() => {}
+                }
+            });
+            Some(deep_rx)
+        }
+        None => None,
+    };
     if start_drained {
         tracing::warn!(
             "starting drained: out of every HA group, /healthz answers 503 (undo with `palisade resume`)"
@@ -546,7 +640,16 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
         groups,
         mesh,
         ports,
-    } = start_ha_groups(&config, group_specs, local, &mut registry, &tasks, &stop).await?;
+    } = start_ha_groups(
+        &config,
+        group_specs,
+        local,
+        deep_state.clone(),
+        &mut registry,
+        &tasks,
+        &stop,
+    )
+    .await?;
     registry.register_collector(Box::new(palisade_vrrp_linux::metrics::HaMetrics::new(
         groups.iter().map(|group| group.status.clone()).collect(),
     )));
@@ -685,6 +788,7 @@ async fn start_ha_groups(
     config: &NodeConfig,
     specs: Vec<GroupSpec>,
     local: palisade_peer_link::LocalIdentity,
+    deep: Option<watch::Receiver<palisade_health::deep::DeepState>>,
     registry: &mut Registry,
     tasks: &TaskTracker,
     stop: &CancellationToken,
@@ -745,11 +849,27 @@ async fn start_ha_groups(
             () = monitor_stop.cancelled() => {}
         }
     });
-    let (faulty_tx, faulty_rx) = watch::channel(initial == Health::Failed);
+    // The node is faulty while the port monitor or the deep check fails.
+    let deep_failed = |deep: &Option<watch::Receiver<palisade_health::deep::DeepState>>| {
+        deep.as_ref()
+            .is_some_and(|deep| deep.borrow().0 == Health::Failed)
+    };
+    let (faulty_tx, faulty_rx) = watch::channel(initial == Health::Failed || deep_failed(&deep));
     // Ends with the monitor (its sender dropped).
     tasks.spawn(async move {
-        while health_rx.changed().await.is_ok() {
-            let failed = *health_rx.borrow_and_update() == Health::Failed;
+        let mut deep = deep;
+        loop {
+            let changed = match deep.as_mut() {
+                Some(deep) => tokio::select! {
+                    changed = health_rx.changed() => changed.is_ok(),
+                    changed = deep.changed() => changed.is_ok(),
+                },
+                None => health_rx.changed().await.is_ok(),
+            };
+            if !changed {
+                break;
+            }
+            let failed = *health_rx.borrow_and_update() == Health::Failed || deep_failed(&deep);
             if faulty_tx.send(failed).is_err() {
                 break;
             }

@@ -7,6 +7,7 @@
 //! `fall` failures in a row or `rise` successes in a row, so one lost probe does not move a
 //! VIP and one lucky probe does not bring a broken node back.
 
+pub mod deep;
 mod hysteresis;
 mod monitor;
 

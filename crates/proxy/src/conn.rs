@@ -278,6 +278,10 @@ impl Exchange {
 
 impl Proxy {
     fn finish(&self, exchange: Exchange) {
+        // The deep health check's requests, several a second: neither logged nor counted.
+        if &*exchange.rule == CANARY_RULE {
+            return;
+        }
         self.metrics.record_request(
             exchange.decision,
             exchange.status,
@@ -543,6 +547,12 @@ async fn admit(
     exchange: &mut Exchange,
 ) -> Result<Admission, Denial> {
     let client_ip = canonical(client_addr.ip());
+    if let Some(canary) = &proxy.config.canary
+        && client_ip == canary.source
+        && (head.header("x-palisade-canary").is_some() || !policy.client_allowed(client_ip))
+    {
+        return admit_canary(canary, client_ip, head, policy, exchange);
+    }
     if !policy.client_allowed(client_ip) {
         let reason = format!("client {client_ip} is not allowed to use this proxy");
         return Err(Denial::new(403, Decision::Deny, reason).closing());
@@ -592,6 +602,48 @@ async fn admit(
         target,
         addresses,
         max_forwards,
+    })
+}
+
+/// The rule name of the deep health check's requests (no policy rule is named without a
+/// ruleset: no clash).
+const CANARY_RULE: &str = "deep-check";
+
+/// The deep health check's request: from its source, exactly the canary URL with the token.
+/// The policy engine runs as for any request (the check proves it answers); its verdict is
+/// not applied (an operator's policy blocking loopback must not fail every node), and the
+/// canary's own port is no self-connection for it.
+fn admit_canary(
+    canary: &crate::CanaryAccess,
+    client_ip: IpAddr,
+    head: &Head,
+    policy: &CompiledPolicy,
+    exchange: &mut Exchange,
+) -> Result<Admission, Denial> {
+    let token = head.header("x-palisade-canary");
+    if head.method() != "GET"
+        || head.target() != canary.url
+        || token != Some(canary.token.as_bytes())
+    {
+        let reason = "only the deep health check's canary request is served from this address";
+        return Err(Denial::new(403, Decision::Deny, reason).closing());
+    }
+    let target = parse_absolute(head.target())
+        .map_err(|error| Denial::new(400, Decision::Error, error.to_string()).closing())?;
+    let mut host_text = [0u8; 48];
+    let host = target.authority.host.policy_form(&mut host_text);
+    let _ = policy.evaluate(&RequestFacts {
+        client: client_ip,
+        method: head.method(),
+        host,
+        port: target.authority.port,
+        path: &target.path_and_query,
+    });
+    exchange.rule = Arc::from(CANARY_RULE);
+    Ok(Admission::Forward {
+        target,
+        addresses: vec![canary.origin.ip()],
+        max_forwards: None,
     })
 }
 

@@ -76,6 +76,22 @@ pub struct Config {
     /// Refuse (400) paths with `%2F` or `%5C`. Off by default: OCSP GET requests carry
     /// base64 with `%2F` in the path.
     pub refuse_escaped_slashes: bool,
+    /// The deep health check's canary (issue 11): its source address is admitted for the
+    /// canary request only, whatever the policy's client allowlist says.
+    pub canary: Option<CanaryAccess>,
+}
+
+/// How the deep health check reaches its canary through this proxy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CanaryAccess {
+    /// The loopback address the check connects from.
+    pub source: std::net::IpAddr,
+    /// The one request target served from it (`http://ORIGIN/palisade-canary`).
+    pub url: String,
+    /// The canary origin.
+    pub origin: SocketAddr,
+    /// The value of `X-Palisade-Canary` it must carry.
+    pub token: String,
 }
 
 /// What the node does with `X-Forwarded-For` on forwarded requests: Squid's `forwarded_for`
@@ -117,6 +133,7 @@ impl Default for Config {
             own_ports: Vec::new(),
             forwarded_for: ForwardedFor::default(),
             refuse_escaped_slashes: false,
+            canary: None,
         }
     }
 }
@@ -226,6 +243,14 @@ impl Proxy {
         self.member_addresses.store(Arc::new(addresses));
     }
 
+    /// Whether `ip` is the deep health check's source (admitted for the canary only).
+    pub(crate) fn is_canary_source(&self, ip: std::net::IpAddr) -> bool {
+        self.config
+            .canary
+            .as_ref()
+            .is_some_and(|canary| canary.source == ip)
+    }
+
     /// Whether `addr` is one of this node's, or another member's, internal endpoints.
     fn internal_endpoint(&self, own: &OwnAddresses, addr: SocketAddr) -> bool {
         self.internal.contains(own, addr)
@@ -255,7 +280,7 @@ impl Proxy {
         while let Some((stream, client)) = accept_next(&listener, &shutdown, "proxy").await {
             // Judged on the address before anything is read or held (security review F1).
             let client_ip = ssrf::canonical(client.ip());
-            if !self.policy.load().client_allowed(client_ip) {
+            if !self.policy.load().client_allowed(client_ip) && !self.is_canary_source(client_ip) {
                 self.refuse_connection(stream, client, RefusedReason::ClientNotAllowed);
                 continue;
             }
