@@ -153,24 +153,33 @@ pub fn status(admin: SocketAddr, json: bool) -> anyhow::Result<()> {
 fn print_director(value: &serde_json::Value) {
     for group in value["groups"].as_array().cloned().unwrap_or_default() {
         let role = if group["directing"].as_bool() == Some(true) {
-            "this node directs"
+            "this node directs".to_owned()
         } else {
-            "another node directs"
+            match group["director"].as_str() {
+                Some(name) => format!("{name} directs"),
+                None => "another node directs".to_owned(),
+            }
         };
         println!("director of VRID {} ({role}):", group["vrid"]);
         println!(
-            "  {:<16} {:>6} {:>8} {:>11}  STATE",
-            "NODE", "WEIGHT", "RELAYED", "CONNECTIONS"
+            "  {:<16} {:>6} {:>8} {:>11} {:>6}  STATE",
+            "NODE", "WEIGHT", "RELAYED", "CONNECTIONS", "CPU"
         );
         for member in group["members"].as_array().cloned().unwrap_or_default() {
             println!(
-                "  {:<16} {:>6} {:>8} {:>11}  {}",
+                "  {:<16} {:>6} {:>8} {:>11} {:>6}  {}",
                 member["name"].as_str().unwrap_or("?"),
                 member["weight"],
                 member["relayed_connections"],
                 member["active_connections"]
                     .as_u64()
                     .map_or("-".to_owned(), |count| count.to_string()),
+                member["cpu_permille"]
+                    .as_u64()
+                    .map_or("-".to_owned(), |permille| format!(
+                        "{:.1}%",
+                        permille as f64 / 10.0
+                    )),
                 member["state"].as_str().unwrap_or("?"),
             );
         }

@@ -80,6 +80,8 @@ pub struct DirectorPlane {
     names: Mutex<HashMap<NodeId, Arc<str>>>,
     epoch: Instant,
     metrics: DirectorMetrics,
+    /// The process's CPU time at the last report, for its CPU share.
+    cpu: Mutex<Option<(Instant, u64)>>,
 }
 
 impl DirectorPlane {
@@ -140,6 +142,7 @@ impl DirectorPlane {
             names: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
             metrics,
+            cpu: Mutex::new(None),
         })
     }
 
@@ -189,7 +192,7 @@ impl DirectorPlane {
         };
         Load {
             active_connections: own.active_connections.get().max(0) as u32,
-            cpu_permille: 0,
+            cpu_permille: self.cpu_permille(),
             memory_bytes: resident_bytes(),
             failure,
             behind: false,
@@ -315,7 +318,10 @@ impl DirectorPlane {
             .groups
             .iter()
             .map(|group| {
-                let directing = group.status.borrow().state == State::Master;
+                let (directing, master) = {
+                    let status = group.status.borrow();
+                    (status.state == State::Master, status.master)
+                };
                 let state = group.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 let director = &state.director;
                 let members: Vec<serde_json::Value> = director
@@ -334,6 +340,7 @@ impl DirectorPlane {
                             "relayed_connections": director.active(&member.id),
                             "active_connections": load.map(|load| load.active_connections),
                             "memory_bytes": load.map(|load| load.memory_bytes),
+                            "cpu_permille": load.map(|load| load.cpu_permille),
                             "scan": state.scans.get(&member.id).map(ToString::to_string),
                         })
                     })
@@ -369,9 +376,21 @@ impl DirectorPlane {
                         })).collect::<Vec<_>>(),
                     })
                 });
+                // The director by name: this node, or the member whose address is the
+                // group's master address.
+                let director_name = if directing {
+                    Some(self.name.to_string())
+                } else {
+                    master.and_then(|master| {
+                        (state.scans.iter())
+                            .find(|(_, scan)| scan.ip().to_canonical() == master.to_canonical())
+                            .map(|(id, _)| self.name_of(*id).to_string())
+                    })
+                };
                 serde_json::json!({
                     "vrid": group.vrid,
                     "directing": directing,
+                    "director": director_name,
                     "members": members,
                     "client": client,
                 })
@@ -465,6 +484,48 @@ impl Dispatch for DirectorPlane {
     }
 }
 
+impl DirectorPlane {
+    /// The process's CPU use since the last call, in thousandths of all the machine's cores
+    /// (0 the first time, or where /proc cannot be read).
+    fn cpu_permille(&self) -> u16 {
+        let Some(ticks) = process_cpu_ticks() else {
+            return 0;
+        };
+        let now = Instant::now();
+        let mut last = self
+            .cpu
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let share = last.map_or(0.0, |(then, before)| {
+            let elapsed = now.duration_since(then).as_secs_f64();
+            let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+                .ok()
+                .flatten()
+                .unwrap_or(100) as f64;
+            let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+            if elapsed <= 0.0 {
+                0.0
+            } else {
+                ticks.saturating_sub(before) as f64 / per_second / elapsed / cores
+            }
+        });
+        *last = Some((now, ticks));
+        (share * 1000.0).round().clamp(0.0, 1000.0) as u16
+    }
+}
+
+/// User and system CPU time of this process, in clock ticks (from /proc/self/stat).
+fn process_cpu_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command (which may hold spaces) start after its closing parenthesis.
+    let rest = stat.rsplit_once(')')?.1;
+    let mut fields = rest.split_whitespace();
+    // utime and stime are fields 14 and 15; the state (field 3) is the first after ')'.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
 /// The process's resident memory (from /proc/self/statm; 0 if unreadable).
 fn resident_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
@@ -501,5 +562,24 @@ impl Dispatch for LateDispatch {
         self.0
             .get()
             .map_or(NodeId::from_bytes([0; 16]), |plane| plane.me)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_cpu_time_is_read_and_grows_with_work() {
+        let Some(before) = process_cpu_ticks() else {
+            panic!("/proc/self/stat unreadable");
+        };
+        let started = Instant::now();
+        let mut spin = 0u64;
+        while started.elapsed() < Duration::from_millis(300) {
+            spin = std::hint::black_box(spin.wrapping_add(1));
+        }
+        let after = process_cpu_ticks().unwrap_or(0);
+        assert!(after > before, "{before} -> {after}");
     }
 }

@@ -206,6 +206,13 @@ fn the_director_spreads_sticky_clients_over_every_node_and_routes_around_a_dead_
         );
         assert!(text.contains(&expected), "{text}");
     }
+    // A scanning node names the director.
+    let output = hosts[2].run(BIN, &["status"]);
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        text.contains("director of VRID 51 (node1 directs)"),
+        "{text}"
+    );
     let output = hosts[0].run(BIN, &["status"]);
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
