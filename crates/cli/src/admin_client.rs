@@ -182,6 +182,10 @@ fn print_director(value: &serde_json::Value) {
                     )),
                 member["state"].as_str().unwrap_or("?"),
             );
+            if let Some(differ) = member["settings_differ"].as_array() {
+                let differ: Vec<&str> = differ.iter().filter_map(|d| d.as_str()).collect();
+                println!("    settings differ: {}", differ.join("; "));
+            }
         }
     }
 }

@@ -33,6 +33,8 @@ pub struct OwnReport {
     pub max_connections: u32,
     /// Its scan port (an unspecified address: peers use the link's address).
     pub scan: Option<SocketAddr>,
+    /// Each group's settings, by VRID.
+    pub settings: HashMap<u8, palisade_director::GroupSettings>,
     pub active_connections: prometheus_client::metrics::gauge::Gauge,
 }
 
@@ -40,6 +42,8 @@ struct Group {
     vrid: u8,
     status: watch::Receiver<GroupStatus>,
     state: Mutex<GroupState>,
+    /// This member's settings of the group (every member must have them alike).
+    settings: palisade_director::GroupSettings,
 }
 
 struct GroupState {
@@ -48,6 +52,8 @@ struct GroupState {
     scans: HashMap<NodeId, SocketAddr>,
     /// Why each member was out at the last tick (`None`: in), to log changes once.
     was_out: HashMap<NodeId, Option<palisade_director::Out>>,
+    /// Members whose group settings differ from this one's, and how.
+    settings_differ: HashMap<NodeId, Vec<String>>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
@@ -130,7 +136,9 @@ impl DirectorPlane {
                         director: Director::new(settings, [me_member]),
                         scans: HashMap::new(),
                         was_out: HashMap::new(),
+                        settings_differ: HashMap::new(),
                     }),
+                    settings: own.settings.get(&vrid).cloned().unwrap_or_default(),
                 }
             })
             .collect();
@@ -210,6 +218,7 @@ impl DirectorPlane {
                 max_connections: own.max_connections,
                 scan: own.scan,
                 load: load.clone(),
+                settings: group.settings.clone(),
             };
             mesh.broadcast_director(DirectorMessage::Load(report).encode());
             let mut state = group
@@ -302,6 +311,16 @@ impl DirectorPlane {
                 state.scans.remove(&from);
             }
         }
+        // Settings that must agree: a difference is logged once (and shown in status).
+        let differ = group.settings.differences(&report.settings);
+        let before = if differ.is_empty() {
+            state.settings_differ.remove(&from)
+        } else {
+            state.settings_differ.insert(from, differ.clone())
+        };
+        if !differ.is_empty() && before.as_ref() != Some(&differ) {
+            tracing::warn!(instance = group.vrid, node = %name, "HA group settings differ from {name}'s: {}; set them alike on every member", differ.join("; "));
+        }
         let mut load = report.load;
         if report.scan.is_none() && load.failure.is_none() {
             // Nothing to relay to: never a client's node.
@@ -342,6 +361,7 @@ impl DirectorPlane {
                             "memory_bytes": load.map(|load| load.memory_bytes),
                             "cpu_permille": load.map(|load| load.cpu_permille),
                             "scan": state.scans.get(&member.id).map(ToString::to_string),
+                            "settings_differ": state.settings_differ.get(&member.id),
                         })
                     })
                     .collect();

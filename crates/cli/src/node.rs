@@ -660,6 +660,21 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
             weight: config.director.weight,
             max_connections: config.director.max_connections,
             scan: config.director.scan_listen,
+            settings: config
+                .vrrp
+                .iter()
+                .map(|group| {
+                    (
+                        group.vrid,
+                        palisade_director::GroupSettings {
+                            vips: group.vips.clone(),
+                            advert_interval_cs: group.advert_interval_cs,
+                            version: group.version,
+                            redirect_ports: config.listen.iter().map(SocketAddr::port).collect(),
+                        },
+                    )
+                })
+                .collect(),
             active_connections: proxy.metrics().active_connections.clone(),
         };
         let plane = crate::director_plane::DirectorPlane::new(

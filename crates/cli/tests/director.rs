@@ -104,6 +104,14 @@ fn the_director_spreads_sticky_clients_over_every_node_and_routes_around_a_dead_
             HaNode::new(&dir.0, host, "100ms", priority, vip, &extra)
         })
         .collect();
+    // node3 also listens on 3128: the group's settings differ, which is reported.
+    let config3 = std::fs::read_to_string(&nodes[2].config)
+        .unwrap_or_default()
+        .replace(
+            "listen = [\"0.0.0.0:9090\"]",
+            "listen = [\"0.0.0.0:9090\", \"0.0.0.0:3128\"]",
+        );
+    std::fs::write(&nodes[2].config, config3).unwrap_or_else(|error| panic!("{error}"));
     for node in &mut nodes {
         node.start(&mut lab, BIN);
     }
@@ -206,6 +214,13 @@ fn the_director_spreads_sticky_clients_over_every_node_and_routes_around_a_dead_
         );
         assert!(text.contains(&expected), "{text}");
     }
+    assert!(
+        logs().contains(
+            "HA group settings differ from node3's: redirect ports [9090] here, [3128, 9090] there"
+        ),
+        "{}",
+        logs()
+    );
     // A scanning node names the director.
     let output = hosts[2].run(BIN, &["status"]);
     let text = String::from_utf8_lossy(&output.stdout).into_owned();

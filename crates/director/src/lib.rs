@@ -22,7 +22,7 @@
 mod choice;
 pub mod wire;
 
-pub use wire::{DirectorMessage, LoadReport};
+pub use wire::{DirectorMessage, GroupSettings, LoadReport};
 
 pub use choice::{
     Candidate, Choice, ClientKey, Director, Load, Member, Out, Reason, Settings, client_key,

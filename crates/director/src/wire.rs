@@ -9,6 +9,8 @@ use crate::choice::Load;
 pub const VERSION: u8 = 1;
 /// A failure reason's length at most.
 pub const MAX_FAILURE: usize = 256;
+/// Virtual addresses, and redirect ports, in a report at most.
+pub const MAX_LISTED: usize = 64;
 
 mod kind {
     pub const LOAD: u8 = 1;
@@ -25,6 +27,63 @@ pub struct LoadReport {
     /// Where a director relays to it (`None`: no scan port; it serves no relayed clients).
     pub scan: Option<SocketAddr>,
     pub load: Load,
+    /// The group's settings as this member has them (they must agree on every member).
+    pub settings: GroupSettings,
+}
+
+/// Settings every member of an HA group must have alike.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupSettings {
+    pub vips: Vec<IpAddr>,
+    pub advert_interval_cs: u16,
+    /// VRRP version (2 or 3).
+    pub version: u8,
+    pub redirect_ports: Vec<u16>,
+}
+
+impl GroupSettings {
+    /// What differs between this member's settings (`ours`) and another's, in words (empty:
+    /// they agree). Lists compare as sets.
+    pub fn differences(&self, theirs: &GroupSettings) -> Vec<String> {
+        let sorted = |list: &[IpAddr]| {
+            let mut list = list.to_vec();
+            list.sort_unstable();
+            list.dedup();
+            list
+        };
+        let mut differ = Vec::new();
+        if sorted(&self.vips) != sorted(&theirs.vips) {
+            differ.push(format!(
+                "VIPs {:?} here, {:?} there",
+                self.vips, theirs.vips
+            ));
+        }
+        if self.advert_interval_cs != theirs.advert_interval_cs {
+            differ.push(format!(
+                "advert interval {} ms here, {} ms there",
+                u32::from(self.advert_interval_cs) * 10,
+                u32::from(theirs.advert_interval_cs) * 10
+            ));
+        }
+        if self.version != theirs.version {
+            differ.push(format!(
+                "VRRP version {} here, {} there",
+                self.version, theirs.version
+            ));
+        }
+        let mut ours_ports = self.redirect_ports.clone();
+        let mut their_ports = theirs.redirect_ports.clone();
+        ours_ports.sort_unstable();
+        ours_ports.dedup();
+        their_ports.sort_unstable();
+        their_ports.dedup();
+        if ours_ports != their_ports {
+            differ.push(format!(
+                "redirect ports {ours_ports:?} here, {their_ports:?} there"
+            ));
+        }
+        differ
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -81,6 +140,29 @@ impl DirectorMessage {
                         out.extend_from_slice(why.as_bytes());
                     }
                 }
+                let settings = &report.settings;
+                let vips = &settings.vips[..settings.vips.len().min(MAX_LISTED)];
+                out.push(vips.len() as u8);
+                for vip in vips {
+                    match vip {
+                        IpAddr::V4(v4) => {
+                            out.push(4);
+                            out.extend_from_slice(&v4.octets());
+                        }
+                        IpAddr::V6(v6) => {
+                            out.push(6);
+                            out.extend_from_slice(&v6.octets());
+                        }
+                    }
+                }
+                out.extend_from_slice(&settings.advert_interval_cs.to_be_bytes());
+                out.push(settings.version);
+                let ports =
+                    &settings.redirect_ports[..settings.redirect_ports.len().min(MAX_LISTED)];
+                out.push(ports.len() as u8);
+                for port in ports {
+                    out.extend_from_slice(&port.to_be_bytes());
+                }
             }
         }
         out
@@ -133,6 +215,33 @@ impl DirectorMessage {
                     }
                     _ => return Err(WireError::Malformed("failure flag")),
                 };
+                let count = usize::from(reader.u8()?);
+                if count > MAX_LISTED {
+                    return Err(WireError::Malformed("too many VIPs"));
+                }
+                let mut vips = Vec::with_capacity(count);
+                for _ in 0..count {
+                    vips.push(match reader.u8()? {
+                        4 => IpAddr::V4(Ipv4Addr::from(reader.array::<4>()?)),
+                        6 => IpAddr::V6(Ipv6Addr::from(reader.array::<16>()?)),
+                        _ => return Err(WireError::Malformed("VIP address family")),
+                    });
+                }
+                let advert_interval_cs = reader.u16()?;
+                let version = reader.u8()?;
+                let count = usize::from(reader.u8()?);
+                if count > MAX_LISTED {
+                    return Err(WireError::Malformed("too many redirect ports"));
+                }
+                let redirect_ports = (0..count)
+                    .map(|_| reader.u16())
+                    .collect::<Result<Vec<u16>, WireError>>()?;
+                let settings = GroupSettings {
+                    vips,
+                    advert_interval_cs,
+                    version,
+                    redirect_ports,
+                };
                 DirectorMessage::Load(LoadReport {
                     vrid,
                     weight,
@@ -145,6 +254,7 @@ impl DirectorMessage {
                         failure,
                         behind,
                     },
+                    settings,
                 })
             }
             _ => return Err(WireError::Malformed("message kind")),
@@ -216,6 +326,19 @@ mod tests {
                 failure: failure.map(str::to_owned),
                 behind: failure.is_some(),
             },
+            settings: GroupSettings {
+                vips: vec![
+                    "10.0.0.100"
+                        .parse()
+                        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+                    "2001:db8::100"
+                        .parse()
+                        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+                ],
+                advert_interval_cs: 100,
+                version: 3,
+                redirect_ports: vec![9090, 3128],
+            },
         })
     }
 
@@ -256,5 +379,36 @@ mod tests {
                 prop_assert_eq!(message.encode(), bytes);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod settings_tests {
+    use super::*;
+
+    #[test]
+    fn differences_name_what_differs_and_lists_compare_as_sets() {
+        let ours = GroupSettings {
+            vips: vec![
+                IpAddr::V4(Ipv4Addr::new(10, 0, 0, 100)),
+                IpAddr::V4(Ipv4Addr::new(10, 0, 0, 101)),
+            ],
+            advert_interval_cs: 100,
+            version: 3,
+            redirect_ports: vec![9090, 3128],
+        };
+        let mut theirs = ours.clone();
+        theirs.vips.reverse();
+        theirs.redirect_ports.reverse();
+        assert!(ours.differences(&theirs).is_empty());
+        theirs.advert_interval_cs = 10;
+        theirs.redirect_ports = vec![9090];
+        assert_eq!(
+            ours.differences(&theirs),
+            vec![
+                "advert interval 1000 ms here, 100 ms there".to_owned(),
+                "redirect ports [3128, 9090] here, [9090] there".to_owned(),
+            ]
+        );
     }
 }
