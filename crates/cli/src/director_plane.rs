@@ -188,19 +188,19 @@ impl DirectorPlane {
             .unwrap_or_else(|| Arc::from(node.to_string()))
     }
 
-    /// This node's load now, for its own report.
-    fn own_load(&self, group: &Group, own: &OwnReport) -> Load {
+    /// This node's load now, for its own report (`cpu_permille` measured once per tick).
+    fn own_load(&self, group: &Group, own: &OwnReport, cpu_permille: u16) -> Load {
         let status = group.status.borrow();
         let failure = if status.drained {
             Some("drained".to_owned())
         } else if status.state == State::Fault {
-            Some("port monitor".to_owned())
+            Some("port monitor or deep check".to_owned())
         } else {
             None
         };
         Load {
             active_connections: own.active_connections.get().max(0) as u32,
-            cpu_permille: self.cpu_permille(),
+            cpu_permille,
             memory_bytes: resident_bytes(),
             failure,
             behind: false,
@@ -210,8 +210,9 @@ impl DirectorPlane {
     /// Every second: this node's report to every peer, and to its own director.
     fn report(&self, mesh: &MeshHandle, own: &OwnReport) {
         let now = self.now_ms();
+        let cpu = self.cpu_permille();
         for group in &self.groups {
-            let load = self.own_load(group, own);
+            let load = self.own_load(group, own, cpu);
             let report = LoadReport {
                 vrid: group.vrid,
                 weight: own.weight,

@@ -465,7 +465,7 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
             let origin = canary_listener
                 .local_addr()
                 .context("the canary listener has no address")?;
-            let ipv6 = config.listen.first().is_some_and(SocketAddr::is_ipv6);
+            let ipv6 = deep_check_target(&config).is_some_and(|target| target.is_ipv6());
             let canary = palisade_health::deep::Canary::new(origin, ipv6)
                 .context("cannot make the deep health check's canary")?;
             config.proxy.canary = Some(palisade_proxy::CanaryAccess {
@@ -549,20 +549,8 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
                     () = canary_stop.cancelled() => {}
                 }
             });
-            // Through the first redirect listener, on this node's own address.
-            let target = config
-                .listen
-                .first()
-                .map(|addr| match addr.ip() {
-                    IpAddr::V4(v4) if v4.is_unspecified() => {
-                        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
-                    }
-                    IpAddr::V6(v6) if v6.is_unspecified() => {
-                        SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), addr.port())
-                    }
-                    _ => *addr,
-                })
-                .context("the deep health check needs a redirect listener")?;
+            let target = deep_check_target(&config)
+                .context("the deep health check needs a redirect listener on an address of this node's own (not a VIP)")?;
             let check =
                 palisade_health::deep::DeepCheck::new(palisade_health::deep::DeepCheckConfig {
                     target,
@@ -1057,6 +1045,33 @@ fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
 /// holder of the key is a member, so the pair key is derived for whichever node id the
 /// header names; without one (keepalived peers) no director is known and the scan port
 /// refuses every header.
+/// Where the deep check reaches this node's proxy: a redirect listener on one of its own
+/// addresses (never a VIP: a backup does not hold it, and the director would relay it),
+/// IPv4 first (its loopback source can be chosen; IPv6 has only `::1`).
+fn deep_check_target(config: &NodeConfig) -> Option<SocketAddr> {
+    let vips: Vec<IpAddr> = config
+        .vrrp
+        .iter()
+        .flat_map(|group| group.vips.iter().copied())
+        .collect();
+    let own = |addr: &&SocketAddr| !vips.contains(&addr.ip());
+    let loopback = |addr: &SocketAddr| match addr.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
+        }
+        IpAddr::V6(v6) if v6.is_unspecified() => {
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), addr.port())
+        }
+        _ => *addr,
+    };
+    let candidates: Vec<&SocketAddr> = config.listen.iter().filter(own).collect();
+    candidates
+        .iter()
+        .find(|addr| addr.is_ipv4())
+        .or(candidates.first())
+        .map(|addr| loopback(addr))
+}
+
 /// The addresses a director may relay from: the group's members as the heartbeat lists them
 /// (their primary addresses, which relays leave from).
 fn scan_members(config: &NodeConfig) -> palisade_proxy::scan_port::ScanMembers {

@@ -160,10 +160,30 @@ fn the_director_spreads_sticky_clients_over_every_node_and_routes_around_a_dead_
             .map(|source| served_by(&client, *source, vip))
             .collect()
     };
+    // Settled: on the director every member is in at its full weight (no slow start left
+    // from members flapping while the group formed), and two rounds agree.
+    let settled = || {
+        let output = hosts[0].run(
+            "curl",
+            &[
+                "-s",
+                &format!("http://127.0.0.1:4711/director/{}", sources[0]),
+            ],
+        );
+        let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        let candidates = value["groups"][0]["client"]["candidates"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        candidates.len() == 3
+            && candidates.iter().all(|candidate| {
+                candidate["out"].is_null() && candidate["effective_weight"].as_f64() == Some(100.0)
+            })
+    };
     let mut first = round();
     wait_for("the choice settles", Duration::from_secs(15), || {
         let next = round();
-        std::mem::replace(&mut first, next) == first
+        settled() && std::mem::replace(&mut first, next) == first
     });
     let mut counts = std::collections::HashMap::new();
     for node in first.iter().flatten() {
@@ -176,7 +196,12 @@ fn the_director_spreads_sticky_clients_over_every_node_and_routes_around_a_dead_
     }
     // Sticky: the same client, the same node.
     for (source, node) in sources.iter().zip(&first) {
-        assert_eq!(&served_by(&client, *source, vip), node, "{source} moved");
+        assert_eq!(
+            &served_by(&client, *source, vip),
+            node,
+            "{source} moved\n{}",
+            logs()
+        );
     }
     // No client reaches another member's internal ports through a node: through node2's own
     // address, node1's scan port and admin port, and the VIP's scan port, are a forwarding

@@ -5,8 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::choice::Load;
 
-/// The director plane's wire version.
-pub const VERSION: u8 = 1;
+/// The director plane's wire version (2: load reports carry the group's settings).
+pub const VERSION: u8 = 2;
 /// A failure reason's length at most.
 pub const MAX_FAILURE: usize = 256;
 /// Virtual addresses, and redirect ports, in a report at most.
@@ -42,9 +42,19 @@ pub struct GroupSettings {
 }
 
 impl GroupSettings {
+    /// At most [`MAX_LISTED`] of each list, as a report carries them.
+    fn truncated(&self) -> GroupSettings {
+        let mut settings = self.clone();
+        settings.vips.truncate(MAX_LISTED);
+        settings.redirect_ports.truncate(MAX_LISTED);
+        settings
+    }
+
     /// What differs between this member's settings (`ours`) and another's, in words (empty:
     /// they agree). Lists compare as sets.
     pub fn differences(&self, theirs: &GroupSettings) -> Vec<String> {
+        // Reports carry at most MAX_LISTED of each: compare what both sides can see.
+        let (this, theirs) = (self.truncated(), theirs.truncated());
         let sorted = |list: &[IpAddr]| {
             let mut list = list.to_vec();
             list.sort_unstable();
@@ -52,26 +62,26 @@ impl GroupSettings {
             list
         };
         let mut differ = Vec::new();
-        if sorted(&self.vips) != sorted(&theirs.vips) {
+        if sorted(&this.vips) != sorted(&theirs.vips) {
             differ.push(format!(
                 "VIPs {:?} here, {:?} there",
-                self.vips, theirs.vips
+                this.vips, theirs.vips
             ));
         }
-        if self.advert_interval_cs != theirs.advert_interval_cs {
+        if this.advert_interval_cs != theirs.advert_interval_cs {
             differ.push(format!(
                 "advert interval {} ms here, {} ms there",
-                u32::from(self.advert_interval_cs) * 10,
+                u32::from(this.advert_interval_cs) * 10,
                 u32::from(theirs.advert_interval_cs) * 10
             ));
         }
-        if self.version != theirs.version {
+        if this.version != theirs.version {
             differ.push(format!(
                 "VRRP version {} here, {} there",
-                self.version, theirs.version
+                this.version, theirs.version
             ));
         }
-        let mut ours_ports = self.redirect_ports.clone();
+        let mut ours_ports = this.redirect_ports.clone();
         let mut their_ports = theirs.redirect_ports.clone();
         ours_ports.sort_unstable();
         ours_ports.dedup();
@@ -366,8 +376,8 @@ mod tests {
         trailing.push(0);
         assert!(DirectorMessage::decode(&trailing).is_err());
         let mut other = bytes;
-        other[0] = 2;
-        assert_eq!(DirectorMessage::decode(&other), Err(WireError::Version(2)));
+        other[0] = 1;
+        assert_eq!(DirectorMessage::decode(&other), Err(WireError::Version(1)));
     }
 
     proptest! {

@@ -21,6 +21,9 @@ use tokio::sync::watch;
 
 use crate::{Health, Hysteresis};
 
+/// Connections the endpoint serves at once.
+const ENDPOINT_CONNECTIONS: usize = 64;
+
 /// The path the canary answers.
 pub const CANARY_PATH: &str = "/palisade-canary";
 /// The header that carries the token.
@@ -246,15 +249,23 @@ pub async fn serve_endpoint(
     node: String,
     state: watch::Receiver<DeepState>,
 ) {
+    // Anyone who can reach the port must not be able to spend the node's descriptors: at
+    // most this many at once, the rest closed at accept.
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(ENDPOINT_CONNECTIONS));
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
         let (health, why) = state.borrow().clone();
         let node = node.clone();
         tokio::spawn(async move {
-            let _ = read_head(&mut stream, Duration::from_secs(2)).await;
+            let _slot = slot;
+            let _ = read_head(&mut stream, Duration::from_millis(500)).await;
             let (status, body) = match health {
                 Health::Healthy => ("200 OK", format!("ok {node}\n")),
                 Health::Failed => (

@@ -298,6 +298,8 @@ impl Proxy {
             let proxy = self.clone();
             let shutdown = shutdown.clone();
             let route = match (&dispatch, stream.local_addr()) {
+                // The deep health check is about this node: never relayed.
+                (Some(_), _) if self.is_canary_source(client_ip) => None,
                 (Some(dispatch), Ok(local)) => match dispatch.route(client, local) {
                     relay::Route::Serve => None,
                     relay::Route::Relay(targets) => Some((dispatch.clone(), local, targets)),
