@@ -431,7 +431,10 @@ impl Director {
                 .sum();
             for candidate in &mut candidates[..eligible] {
                 let share = total as f64 * candidate.effective_weight / weights;
-                candidate.bound = ((1.0 + epsilon) * share).ceil().max(1.0) as u32;
+                // One more than the paper's bound: at a handful of connections ((1 + ε)
+                // times a share below 1 is 1), a node holding one would be full and its
+                // clients would bounce between nodes; stickiness must hold at low load.
+                candidate.bound = ((1.0 + epsilon) * share).ceil() as u32 + 1;
             }
         }
         let home = candidates[0].id;

@@ -145,7 +145,8 @@ fn a_loaded_node_gets_no_new_clients_beyond_its_bound() {
         ..Settings::default()
     };
     let mut director = director(&[1, 1, 1], settings, 1_000);
-    // node1 holds 20 live connections, the others none: (1 + 0.25) * 21 / 3 = 8.75 -> 9.
+    // node1 holds 20 live connections, the others none: (1 + 0.25) * 21 / 3 = 8.75 -> 9,
+    // plus one.
     for _ in 0..20 {
         director.connected(node(1));
     }
@@ -161,7 +162,7 @@ fn a_loaded_node_gets_no_new_clients_beyond_its_bound() {
                 Reason::Overflow {
                     home: node(1),
                     active: 20,
-                    bound: 9
+                    bound: 10
                 }
             );
             // Its next node in the client's order.
@@ -181,6 +182,16 @@ fn a_loaded_node_gets_no_new_clients_beyond_its_bound() {
         })
         .count();
     assert_eq!(home_again, overflowed);
+    // At low load a connection or two still left on a node does not push its clients away.
+    director.connected(node(1));
+    let stays = clients
+        .iter()
+        .filter(|client| {
+            let choice = director.choose(**client, node(1), 1_000);
+            choice.home == Some(node(1)) && choice.reason == Reason::Home
+        })
+        .count();
+    assert_eq!(stays, overflowed);
 }
 
 #[test]
