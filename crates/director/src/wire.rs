@@ -55,14 +55,8 @@ impl GroupSettings {
     pub fn differences(&self, theirs: &GroupSettings) -> Vec<String> {
         // Reports carry at most MAX_LISTED of each: compare what both sides can see.
         let (this, theirs) = (self.truncated(), theirs.truncated());
-        let sorted = |list: &[IpAddr]| {
-            let mut list = list.to_vec();
-            list.sort_unstable();
-            list.dedup();
-            list
-        };
         let mut differ = Vec::new();
-        if sorted(&this.vips) != sorted(&theirs.vips) {
+        if as_set(&this.vips) != as_set(&theirs.vips) {
             differ.push(format!(
                 "VIPs {:?} here, {:?} there",
                 this.vips, theirs.vips
@@ -81,12 +75,8 @@ impl GroupSettings {
                 this.version, theirs.version
             ));
         }
-        let mut ours_ports = this.redirect_ports.clone();
-        let mut their_ports = theirs.redirect_ports.clone();
-        ours_ports.sort_unstable();
-        ours_ports.dedup();
-        their_ports.sort_unstable();
-        their_ports.dedup();
+        let (ours_ports, their_ports) =
+            (as_set(&this.redirect_ports), as_set(&theirs.redirect_ports));
         if ours_ports != their_ports {
             differ.push(format!(
                 "redirect ports {ours_ports:?} here, {their_ports:?} there"
@@ -94,6 +84,14 @@ impl GroupSettings {
         }
         differ
     }
+}
+
+/// A list sorted and without repeats, to compare as a set.
+fn as_set<T: Ord + Clone>(list: &[T]) -> Vec<T> {
+    let mut list = list.to_vec();
+    list.sort_unstable();
+    list.dedup();
+    list
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

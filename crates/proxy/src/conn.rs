@@ -584,15 +584,13 @@ async fn admit(
     if rule_path != received_path(head.target()) {
         exchange.rule_path = Some(rule_path.clone().into_owned());
     }
-    let mut host_text = [0u8; 48];
-    let host = target.authority.host.policy_form(&mut host_text);
-    let verdict = policy.evaluate(&RequestFacts {
-        client: client_ip,
-        method: head.method(),
-        host,
-        port: target.authority.port,
-        path: &rule_path,
-    });
+    let verdict = judge(
+        policy,
+        client_ip,
+        head.method(),
+        &target.authority,
+        &rule_path,
+    );
     exchange.rule = verdict.rule;
     if verdict.action == Action::Block {
         return Ok(Admission::Block);
@@ -602,6 +600,25 @@ async fn admit(
         target,
         addresses,
         max_forwards,
+    })
+}
+
+/// The policy's verdict on a request for `authority` (its host in the policy's form).
+fn judge(
+    policy: &CompiledPolicy,
+    client: IpAddr,
+    method: &str,
+    authority: &Authority,
+    path: &str,
+) -> palisade_policy::Verdict {
+    let mut host_text = [0u8; 48];
+    let host = authority.host.policy_form(&mut host_text);
+    policy.evaluate(&RequestFacts {
+        client,
+        method,
+        host,
+        port: authority.port,
+        path,
     })
 }
 
@@ -630,15 +647,13 @@ fn admit_canary(
     }
     let target = parse_absolute(head.target())
         .map_err(|error| Denial::new(400, Decision::Error, error.to_string()).closing())?;
-    let mut host_text = [0u8; 48];
-    let host = target.authority.host.policy_form(&mut host_text);
-    let _ = policy.evaluate(&RequestFacts {
-        client: client_ip,
-        method: head.method(),
-        host,
-        port: target.authority.port,
-        path: &target.path_and_query,
-    });
+    let _ = judge(
+        policy,
+        client_ip,
+        head.method(),
+        &target.authority,
+        &target.path_and_query,
+    );
     exchange.rule = Arc::from(CANARY_RULE);
     Ok(Admission::Forward {
         target,
@@ -670,15 +685,7 @@ async fn admit_connect(
         );
         return Err(Denial::new(403, Decision::Deny, reason));
     }
-    let mut host_text = [0u8; 48];
-    let host = authority.host.policy_form(&mut host_text);
-    let verdict = policy.evaluate(&RequestFacts {
-        client: client_ip,
-        method: "CONNECT",
-        host,
-        port: authority.port,
-        path: "",
-    });
+    let verdict = judge(policy, client_ip, "CONNECT", &authority, "");
     exchange.rule = verdict.rule;
     if verdict.action == Action::Block {
         return Ok(Admission::Block);

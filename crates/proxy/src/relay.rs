@@ -108,7 +108,6 @@ fn refused_by_node(error: &std::io::Error) -> bool {
 
 impl Proxy {
     /// Serves `stream` from `client` (accepted on `local`) where `route` says.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn relay(
         self: Arc<Self>,
         mut stream: TcpStream,
