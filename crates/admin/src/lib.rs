@@ -419,13 +419,9 @@ struct DrainRequest {
 
 async fn drain(
     State(state): State<AdminState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    _operator: Operator,
     Json(request): Json<DrainRequest>,
 ) -> Response {
-    if let Err(refused) = authorize(&state, peer, &headers).await {
-        return refused;
-    }
     control_response(state.control.clone().drain(request.force).await)
 }
 
@@ -435,13 +431,9 @@ struct ResumeRequest {}
 
 async fn resume(
     State(state): State<AdminState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    _operator: Operator,
     Json(ResumeRequest {}): Json<ResumeRequest>,
 ) -> Response {
-    if let Err(refused) = authorize(&state, peer, &headers).await {
-        return refused;
-    }
     control_response(state.control.clone().resume().await)
 }
 
@@ -451,13 +443,9 @@ async fn cluster_status(State(state): State<AdminState>) -> Response {
 
 async fn cluster_remove(
     State(state): State<AdminState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    _operator: Operator,
     Json(request): Json<ClusterRemove>,
 ) -> Response {
-    if let Err(refused) = authorize(&state, peer, &headers).await {
-        return refused;
-    }
     control_response(state.control.clone().cluster_remove(request.node_id).await)
 }
 
@@ -484,13 +472,9 @@ struct AddRequest {
 
 async fn cluster_add(
     State(state): State<AdminState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    _operator: Operator,
     Json(request): Json<AddRequest>,
 ) -> Response {
-    if let Err(refused) = authorize(&state, peer, &headers).await {
-        return refused;
-    }
     control_response(state.control.clone().cluster_add(request.address).await)
 }
 
@@ -513,15 +497,9 @@ async fn accounts_list(State(state): State<AdminState>) -> Response {
 
 async fn accounts_change(
     State(state): State<AdminState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Json(request): Json<AccountChange>,
+    Operator(who): Operator,
+    Json(mut request): Json<AccountChange>,
 ) -> Response {
-    let who = match authorize(&state, peer, &headers).await {
-        Ok(who) => who,
-        Err(refused) => return refused,
-    };
-    let mut request = request;
     if let Some(account) = who {
         request.saved_by = account;
     }
@@ -541,13 +519,9 @@ struct RotateRequest {
 
 async fn cluster_rotate_ca(
     State(state): State<AdminState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    _operator: Operator,
     Json(request): Json<RotateRequest>,
 ) -> Response {
-    if let Err(refused) = authorize(&state, peer, &headers).await {
-        return refused;
-    }
     control_response(
         state
             .control
@@ -559,39 +533,25 @@ async fn cluster_rotate_ca(
 
 async fn cluster_renew(
     State(state): State<AdminState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    _operator: Operator,
     Json(ConfirmRequest {}): Json<ConfirmRequest>,
 ) -> Response {
-    if let Err(refused) = authorize(&state, peer, &headers).await {
-        return refused;
-    }
     control_response(state.control.clone().cluster_renew().await)
 }
 
 async fn policy_confirm(
     State(state): State<AdminState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    _operator: Operator,
     Json(ConfirmRequest {}): Json<ConfirmRequest>,
 ) -> Response {
-    if let Err(refused) = authorize(&state, peer, &headers).await {
-        return refused;
-    }
     control_response(state.control.clone().policy_confirm().await)
 }
 
 async fn policy_rollback(
     State(state): State<AdminState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Json(request): Json<PolicyRollback>,
+    Operator(who): Operator,
+    Json(mut request): Json<PolicyRollback>,
 ) -> Response {
-    let who = match authorize(&state, peer, &headers).await {
-        Ok(who) => who,
-        Err(refused) => return refused,
-    };
-    let mut request = request;
     if let Some(account) = who {
         request.saved_by = account;
     }
@@ -600,15 +560,9 @@ async fn policy_rollback(
 
 async fn policy_apply(
     State(state): State<AdminState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Json(request): Json<PolicyApply>,
+    Operator(who): Operator,
+    Json(mut request): Json<PolicyApply>,
 ) -> Response {
-    let who = match authorize(&state, peer, &headers).await {
-        Ok(who) => who,
-        Err(refused) => return refused,
-    };
-    let mut request = request;
     if let Some(account) = who {
         request.saved_by = account;
     }
@@ -638,6 +592,24 @@ fn control_response(result: Result<serde_json::Value, ControlError>) -> Response
             Json(serde_json::json!({ "error": error })),
         )
             .into_response(),
+    }
+}
+
+/// The operator of a state-changing request, authorized (see [`authorize`]) before its body
+/// is read: `None` for this node itself, or the admin account named.
+struct Operator(Option<String>);
+
+impl axum::extract::FromRequestParts<AdminState> for Operator {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AdminState,
+    ) -> Result<Operator, Response> {
+        let ConnectInfo(peer) = ConnectInfo::<SocketAddr>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        authorize(state, peer, &parts.headers).await.map(Operator)
     }
 }
 
