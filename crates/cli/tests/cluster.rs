@@ -104,22 +104,7 @@ impl Member {
 
     /// The status code the node's proxy gives a request for `host` (403: blocked).
     fn proxy_code(&self, host: &str) -> String {
-        let output = self.host.run(
-            "curl",
-            &[
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "5",
-                "-x",
-                "http://127.0.0.1:9090",
-                &format!("http://{host}/"),
-            ],
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        (self.host).status_through("http://127.0.0.1:9090", &format!("http://{host}/"))
     }
 }
 
@@ -231,6 +216,17 @@ fn join(first: &Member, member: &Member) {
         &member.config.display().to_string(),
     ]);
     assert!(joined.contains("joined cluster"), "{joined}");
+}
+
+/// SIGTERM to `member`'s node `pid`, then waits until the process is gone.
+fn stop(member: &Member, pid: u32, members: &[Member]) {
+    member.host.run("kill", &["-TERM", &pid.to_string()]);
+    wait_for(
+        &format!("{} stopped", member.host.name),
+        Duration::from_secs(10),
+        members,
+        || palisade_e2e::ha::is_dead(pid),
+    );
 }
 
 /// Polls `condition` until it holds; panics naming `what`, with every member's log.
@@ -695,12 +691,7 @@ fn saves_on_both_sides_of_a_partition_converge_and_strangers_are_refused() {
     // is archived and it adopts this cluster's head (its old policy does not merge in).
     stranger.write_policy(&["stranger.example"], "the stranger's own cluster");
     applied_revision(&apply(stranger, "alone"), members);
-    stranger
-        .host
-        .run("kill", &["-TERM", &stranger_pid.to_string()]);
-    wait_for("stranger stopped", Duration::from_secs(10), members, || {
-        palisade_e2e::ha::is_dead(stranger_pid)
-    });
+    stop(stranger, stranger_pid, members);
     let trust = stranger
         .policy
         .parent()
@@ -825,10 +816,7 @@ fn clock_skew_is_a_405_and_an_incompatible_release_a_404() {
     assert_eq!(members[2].active(), None, "{}", all_logs(&members));
 
     // node3 upgraded to a compatible release (same minor): it replicates.
-    members[2].host.run("kill", &["-TERM", &node3.to_string()]);
-    wait_for("node3 stopped", Duration::from_secs(10), &members, || {
-        palisade_e2e::ha::is_dead(node3)
-    });
+    stop(&members[2], node3, &members);
     start_with_env(&mut lab, &members[2], &["PALISADE_TEST_RELEASE=0.1.99"]);
     wait_for(
         "node3 catches up",
@@ -999,10 +987,7 @@ fn a_save_some_member_cannot_compile_never_stays_the_head() {
     );
     let policy_file = members[1].policy.display().to_string();
     members[1].cli(&["policy", "apply", &policy_file, "--confirm", "4s"]);
-    members[1].host.run("kill", &["-TERM", &node2.to_string()]);
-    wait_for("node2 stopped", Duration::from_secs(10), &members, || {
-        palisade_e2e::ha::is_dead(node2)
-    });
+    stop(&members[1], node2, &members);
     start(&mut lab, &members[1]);
     for member in &members {
         wait_for(
@@ -1038,12 +1023,7 @@ fn a_node_down_during_saves_catches_up_and_a_kill_mid_save_loses_nothing() {
     let pids = form_cluster(&mut lab, &members);
 
     // node3 stops; two saves happen without it; it comes back and catches up.
-    members[2]
-        .host
-        .run("kill", &["-TERM", &pids[2].to_string()]);
-    wait_for("node3 stopped", Duration::from_secs(10), &members, || {
-        palisade_e2e::ha::is_dead(pids[2])
-    });
+    stop(&members[2], pids[2], &members);
     members[0].write_policy(&["first.example"], "while node3 was down");
     let first = applied_revision(&apply(&members[0], "first"), &members);
     wait_for(
@@ -1176,12 +1156,7 @@ fn a_removed_node_is_cut_off_and_refused_by_every_member() {
     });
 
     // node2 restarts: the stored bundle still keeps node3 out.
-    members[1]
-        .host
-        .run("kill", &["-TERM", &pids[1].to_string()]);
-    wait_for("node2 stopped", Duration::from_secs(10), &members, || {
-        palisade_e2e::ha::is_dead(pids[1])
-    });
+    stop(&members[1], pids[1], &members);
     start(&mut lab, &members[1]);
     wait_for(
         "node2 back with node1",
@@ -1244,12 +1219,7 @@ fn a_member_renews_its_certificate_through_the_ca_holder() {
         );
     }
     // node2 restarts on its new key and certificate, and links again.
-    members[1]
-        .host
-        .run("kill", &["-TERM", &pids[1].to_string()]);
-    wait_for("node2 stopped", Duration::from_secs(10), &members, || {
-        palisade_e2e::ha::is_dead(pids[1])
-    });
+    stop(&members[1], pids[1], &members);
     start(&mut lab, &members[1]);
     wait_for(
         "node2 links with its renewed certificate",
@@ -1370,12 +1340,7 @@ fn cluster_add_links_a_node_and_the_members_find_it() {
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );
-    members[2]
-        .host
-        .run("kill", &["-TERM", &outsider.to_string()]);
-    wait_for("node3 stopped", Duration::from_secs(10), &members, || {
-        palisade_e2e::ha::is_dead(outsider)
-    });
+    stop(&members[2], outsider, &members);
 
     init_and_start(&mut lab, &members);
     for member in &members[1..] {
@@ -1583,12 +1548,7 @@ fn a_ca_rotation_keeps_renewed_members_and_drops_the_others() {
     }
     // Restarts: node2 (renewed) links again; node3 (old certificate) is refused.
     for (index, pid) in [(1usize, pids[1]), (2, pids[2])] {
-        members[index]
-            .host
-            .run("kill", &["-TERM", &pid.to_string()]);
-        wait_for("stopped", Duration::from_secs(10), &members, || {
-            palisade_e2e::ha::is_dead(pid)
-        });
+        stop(&members[index], pid, &members);
         start(&mut lab, &members[index]);
     }
     wait_for(

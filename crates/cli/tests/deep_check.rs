@@ -50,17 +50,7 @@ fn the_deep_check_fails_while_the_proxy_accepts_but_does_not_proxy() {
     );
     node.wait_stderr("Deep health check listening", Duration::from_secs(10));
     let addr: SocketAddr = node
-        .stderr()
-        .lines()
-        .find(|line| line.contains("Deep health check listening"))
-        .and_then(|line| {
-            line.split("addr=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
+        .logged_addr(&["Deep health check listening"])
         .unwrap_or_else(|| panic!("no deep check address:\n{}", node.stderr()));
     let healthy = wait_answer(addr, "HTTP/1.1 200", &node);
     assert!(healthy.ends_with("ok test-node\n"), "{healthy}");

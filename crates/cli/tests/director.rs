@@ -5,19 +5,17 @@
 //! is gone, and when a scanning node is killed its clients move to the others at once (a
 //! refused relay connect is retried on the next node) and no new connection goes to it.
 
-use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use palisade_e2e::ha::{HEARTBEAT_KEY, HEARTBEAT_PORT, HaNode};
+use palisade_e2e::ha::{HEARTBEAT_KEY, HEARTBEAT_PORT, HaNode, answering_node};
 use palisade_e2e::netns::{Lab, LabHost, in_namespace, require_netns, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_palisade");
 const CLIENTS: u8 = 48;
 
-/// The node that answers a non-proxy request on the VIP's redirect port from `source`
-/// (the error page names it), or `None`.
-fn served_by(client: &LabHost, source: Ipv4Addr, vip: Ipv4Addr) -> Option<String> {
+/// A connection from `source` to the VIP's redirect port.
+fn connect_from(client: &LabHost, source: Ipv4Addr, vip: Ipv4Addr) -> Option<std::net::TcpStream> {
     in_namespace(&client.ns, || {
         let socket =
             socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
@@ -30,37 +28,20 @@ fn served_by(client: &LabHost, source: Ipv4Addr, vip: Ipv4Addr) -> Option<String
                 Duration::from_secs(2),
             )
             .ok()?;
-        let mut stream: std::net::TcpStream = socket.into();
-        stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .ok()?;
-        let mut response = String::new();
-        let _ = stream.read_to_string(&mut response);
-        response
-            .lines()
-            .find_map(|line| line.strip_prefix("X-Palisade-Node: "))
-            .map(|node| node.trim().to_owned())
+        Some(socket.into())
     })
+}
+
+/// The node that answers a non-proxy request on the VIP's redirect port from `source`
+/// (the error page names it), or `None`.
+fn served_by(client: &LabHost, source: Ipv4Addr, vip: Ipv4Addr) -> Option<String> {
+    answering_node(connect_from(client, source, vip)?, Duration::from_secs(3))
 }
 
 /// A connection from `source` to the VIP's redirect port, held open without a request (the
 /// director relays it at once and counts it until it closes).
 fn idle_connection(client: &LabHost, source: Ipv4Addr, vip: Ipv4Addr) -> std::net::TcpStream {
-    in_namespace(&client.ns, || {
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-            .unwrap_or_else(|error| panic!("{error}"));
-        socket
-            .bind(&SocketAddr::new(IpAddr::V4(source), 0).into())
-            .unwrap_or_else(|error| panic!("{error}"));
-        socket
-            .connect_timeout(
-                &SocketAddr::new(IpAddr::V4(vip), 9090).into(),
-                Duration::from_secs(2),
-            )
-            .unwrap_or_else(|error| panic!("{error}"));
-        socket.into()
-    })
+    connect_from(client, source, vip).unwrap_or_else(|| panic!("{source} cannot reach {vip}"))
 }
 
 fn heartbeat_to(peers: &[Ipv4Addr]) -> String {
@@ -211,22 +192,8 @@ fn the_director_spreads_sticky_clients_over_every_node_and_routes_around_a_dead_
         format!("http://{}:4711/metrics", hosts[0].addr),
         format!("http://{vip}:9190/"),
     ] {
-        let output = client.run(
-            "curl",
-            &[
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "5",
-                "-x",
-                &format!("http://{}:9090", hosts[1].addr),
-                &target,
-            ],
-        );
-        assert_eq!(String::from_utf8_lossy(&output.stdout), "508", "{target}");
+        let proxy = format!("http://{}:9090", hosts[1].addr);
+        assert_eq!(client.status_through(&proxy, &target), "508", "{target}");
     }
 
     // `palisade status --client` on the director names the node each client gets, and why.

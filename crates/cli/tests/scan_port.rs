@@ -43,17 +43,7 @@ fn scan_node() -> ScanNode {
     );
     node.wait_stderr("Scan port listening", WAIT);
     let scan = node
-        .stderr()
-        .lines()
-        .find(|line| line.contains("Scan port listening"))
-        .and_then(|line| {
-            line.split("addr=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
+        .logged_addr(&["Scan port listening"])
         .unwrap_or_else(|| panic!("no scan port in the log:\n{}", node.stderr()));
     let status = curl(&[&format!("http://{}/status", node.admin)]);
     let status: serde_json::Value = serde_json::from_slice(&status.body).unwrap_or_default();

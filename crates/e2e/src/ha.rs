@@ -118,7 +118,13 @@ pub fn probe(
     read_timeout: Duration,
 ) -> Option<String> {
     let address = SocketAddr::new(vip.into(), 9091);
-    let mut stream = TcpStream::connect_timeout(&address, connect_timeout).ok()?;
+    let stream = TcpStream::connect_timeout(&address, connect_timeout).ok()?;
+    answering_node(stream, read_timeout)
+}
+
+/// Sends a non-proxy request on `stream` and returns the node the error page names
+/// (`X-Palisade-Node`), if any.
+pub fn answering_node(mut stream: TcpStream, read_timeout: Duration) -> Option<String> {
     stream.set_read_timeout(Some(read_timeout)).ok()?;
     stream
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")

@@ -77,6 +77,26 @@ impl LabHost {
             .unwrap_or_else(|error| panic!("{program} in {}: {error}", self.ns))
     }
 
+    /// The status code `proxy` gives a request for `url` made with curl from this host.
+    pub fn status_through(&self, proxy: &str, url: &str) -> String {
+        let output = self.run(
+            "curl",
+            &[
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+                "-x",
+                proxy,
+                url,
+            ],
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     /// Addresses configured on `eth0`, as `ip -o addr` prints them.
     pub fn addresses(&self) -> String {
         String::from_utf8_lossy(&ip(&["-n", &self.ns, "-o", "addr", "show", "dev", "eth0"]).stdout)

@@ -137,20 +137,10 @@ impl NodeProcess {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("palisade exited at start ({status}):\n{}", self.stderr());
             }
-            let log = self.stderr();
-            let bound = |what: &str, kind: Option<&str>| {
-                log.lines()
-                    .filter(|line| line.contains(what))
-                    .filter(|line| kind.is_none_or(|kind| line.contains(kind)))
-                    .find_map(|line| {
-                        let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
-                        addr.parse::<SocketAddr>().ok()
-                    })
-            };
             if let (Some(proxy), Some(test_port), Some(admin)) = (
-                bound("Proxy listening", Some("redirect port")),
-                bound("Proxy listening", Some("test port")),
-                bound("Admin interface listening", None),
+                self.logged_addr(&["Proxy listening", "redirect port"]),
+                self.logged_addr(&["Proxy listening", "test port"]),
+                self.logged_addr(&["Admin interface listening"]),
             ) {
                 (self.proxy, self.test_port, self.admin) = (proxy, test_port, admin);
                 return;
@@ -160,6 +150,18 @@ impl NodeProcess {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The `addr=` of the first log line containing every one of `words` (what the node
+    /// bound, when it was asked for port 0).
+    pub fn logged_addr(&self, words: &[&str]) -> Option<SocketAddr> {
+        self.stderr()
+            .lines()
+            .filter(|line| words.iter().all(|word| line.contains(word)))
+            .find_map(|line| {
+                let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
+                addr.parse::<SocketAddr>().ok()
+            })
     }
 
     pub fn stderr(&self) -> String {
