@@ -238,3 +238,120 @@ fn wall_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| since.as_millis() as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use arc_swap::ArcSwap;
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+    use crate::access_log::{AccessLog, LogFormat, LogTarget};
+    use crate::metrics::ProxyMetrics;
+    use crate::ssrf::OwnAddresses;
+
+    /// Records every outcome the relay reports.
+    struct Recorder {
+        me: NodeId,
+        seen: Mutex<Vec<(NodeId, RelayOutcome)>>,
+    }
+
+    impl Dispatch for Recorder {
+        fn route(&self, _: SocketAddr, _: SocketAddr) -> Route {
+            Route::Serve
+        }
+
+        fn outcome(&self, _: SocketAddr, node: NodeId, outcome: RelayOutcome) {
+            if let Ok(mut seen) = self.seen.lock() {
+                seen.push((node, outcome));
+            }
+        }
+
+        fn me(&self) -> NodeId {
+            self.me
+        }
+    }
+
+    fn node(n: u8) -> NodeId {
+        NodeId::from_bytes([n; 16])
+    }
+
+    /// A scan port nobody listens on: a connect there is refused.
+    fn closed_port() -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0");
+        let addr = listener.and_then(|listener| listener.local_addr());
+        addr.unwrap_or_else(|error| panic!("{error}"))
+    }
+
+    /// Only `route`'s count of the first target is released when its connect fails; a later
+    /// candidate that fails was never counted and must not be released (counts drifted to
+    /// zero under failures before); whoever takes the connection is counted and released
+    /// once.
+    #[tokio::test]
+    async fn every_count_is_taken_and_released_once_whatever_the_connects_do() {
+        let policy = palisade_policy::compile(
+            palisade_policy::default_source(),
+            std::path::Path::new("default.toml"),
+            &palisade_policy::NodeIdentity::default(),
+        )
+        .unwrap_or_else(|errors| panic!("{errors:?}"));
+        let proxy = Proxy::new(
+            crate::Config::default(),
+            Arc::new(ArcSwap::from_pointee(policy)),
+            ProxyMetrics::new(&mut Registry::default()),
+            AccessLog::start(LogTarget::Off, LogFormat::Json, Default::default())
+                .unwrap_or_else(|error| panic!("{error}")),
+            OwnAddresses::new(Vec::new()),
+        )
+        .unwrap_or_else(|error| panic!("{error}"));
+        let recorder = Arc::new(Recorder {
+            me: node(9),
+            seen: Mutex::new(Vec::new()),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await;
+        let listener = listener.unwrap_or_else(|error| panic!("{error}"));
+        let local = listener
+            .local_addr()
+            .unwrap_or_else(|error| panic!("{error}"));
+        let client = TcpStream::connect(local).await;
+        let (accepted, peer) = listener
+            .accept()
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        // The client leaves at once: the node that takes it serves nothing.
+        drop(client);
+        let key = PairKey::from_secret(b"pair");
+        let target = |n: u8| RelayTarget {
+            node: node(n),
+            name: Arc::from(format!("node{n}")),
+            scan: Some(closed_port()),
+            key: Some(key.clone()),
+        };
+        proxy
+            .relay(
+                accepted,
+                peer,
+                local,
+                vec![target(1), target(2)],
+                recorder.clone(),
+                CancellationToken::new(),
+            )
+            .await;
+        let seen = recorder
+            .seen
+            .lock()
+            .map(|seen| seen.clone())
+            .unwrap_or_default();
+        assert_eq!(
+            seen,
+            vec![
+                (node(1), RelayOutcome::Refused),
+                (node(1), RelayOutcome::Closed),
+                (node(2), RelayOutcome::Refused),
+                (node(9), RelayOutcome::Connected),
+                (node(9), RelayOutcome::Closed),
+            ]
+        );
+    }
+}
