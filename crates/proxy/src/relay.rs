@@ -277,13 +277,6 @@ mod tests {
         NodeId::from_bytes([n; 16])
     }
 
-    /// A scan port nobody listens on: a connect there is refused.
-    fn closed_port() -> SocketAddr {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0");
-        let addr = listener.and_then(|listener| listener.local_addr());
-        addr.unwrap_or_else(|error| panic!("{error}"))
-    }
-
     /// Only `route`'s count of the first target is released when its connect fails; a later
     /// candidate that fails was never counted and must not be released (counts drifted to
     /// zero under failures before); whoever takes the connection is counted and released
@@ -322,10 +315,13 @@ mod tests {
         // The client leaves at once: the node that takes it serves nothing.
         drop(client);
         let key = PairKey::from_secret(b"pair");
-        let target = |n: u8| RelayTarget {
+        // Scan ports where connects are refused (held bound, not listening).
+        let (held1, port1) = palisade_e2e::node::closed_port();
+        let (held2, port2) = palisade_e2e::node::closed_port();
+        let target = |n: u8, port: u16| RelayTarget {
             node: node(n),
             name: Arc::from(format!("node{n}")),
-            scan: Some(closed_port()),
+            scan: Some(SocketAddr::from(([127, 0, 0, 1], port))),
             key: Some(key.clone()),
         };
         proxy
@@ -333,11 +329,12 @@ mod tests {
                 accepted,
                 peer,
                 local,
-                vec![target(1), target(2)],
+                vec![target(1, port1), target(2, port2)],
                 recorder.clone(),
                 CancellationToken::new(),
             )
             .await;
+        drop((held1, held2));
         let seen = recorder
             .seen
             .lock()
