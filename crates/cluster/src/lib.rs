@@ -864,26 +864,19 @@ impl Driver {
         }
     }
 
-    /// The head's policy does not compile here. The save behind it is refused cluster-wide
-    /// only when this node runs what that save was based on: the change is what fails, not
-    /// this node's own state, and the cluster goes back exactly to what this node runs (a
-    /// node far behind, or on the losing side of a merge, only reports: its refusals would
-    /// walk the cluster back through history).
+    /// The head's policy does not compile here: refused or reported, as the replica's rule
+    /// says ([`Replica::cannot_install`]).
     fn refuse(&mut self, head: RevisionId, why: &str) {
-        let history = self.replica.history();
-        let Some(save) = history.save_behind(&head) else {
-            return;
-        };
-        let based_on = history
-            .get(&save)
-            .and_then(|save| save.parents.first().copied());
-        if based_on != self.activation.0 {
-            tracing::warn!(revision = ?save, "this node cannot install revision {save:?} but does not run the revision it was based on: reported, not refused");
-            return;
-        }
         let name = self.own_name.clone();
-        if let Some(refusal) = self.replica.refuse(wall_ms(), save, &name, why) {
-            tracing::error!(revision = ?save, refusal = ?refusal.id, "this node cannot install policy revision {save:?}: refused cluster-wide, every node goes back to the revision it was based on: {why}");
+        match (self.replica).cannot_install(wall_ms(), head, self.activation.0, &name, why) {
+            palisade_replication::CannotInstall::Refused(refusal) => {
+                let save = refusal.parents.first().copied();
+                tracing::error!(revision = ?save, refusal = ?refusal.id, "this node cannot install policy revision {save:?}: refused cluster-wide, every node goes back to the revision it was based on: {why}");
+            }
+            palisade_replication::CannotInstall::Reported { save } => {
+                tracing::warn!(revision = ?save, "this node cannot install revision {save:?} but does not run the revision it was based on: reported, not refused");
+            }
+            palisade_replication::CannotInstall::Nothing => {}
         }
     }
 

@@ -24,6 +24,6 @@ pub mod wire;
 
 pub use history::{History, HistoryError, Inserted};
 pub use hlc::{ClockSkew, Hlc, HlcTime};
-pub use replica::{Base, Replica, ReplicaEvent, SaveError};
+pub use replica::{Base, CannotInstall, Replica, ReplicaEvent, SaveError};
 pub use revision::{ContentId, Revision, RevisionId, RevisionKind};
 pub use wire::{Hello, SyncMessage, WireError};

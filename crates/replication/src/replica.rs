@@ -52,6 +52,18 @@ struct Assembly {
     progressed: bool,
 }
 
+/// What [`Replica::cannot_install`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CannotInstall {
+    /// The save behind the head is refused cluster-wide (this refusal, pushed to every peer).
+    Refused(Revision),
+    /// This node does not run what that save was based on: only reported (its refusals would
+    /// walk the cluster back through history).
+    Reported { save: RevisionId },
+    /// Nothing to refuse (no such save, or refused already).
+    Nothing,
+}
+
 /// What the save was based on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Base {
@@ -402,6 +414,32 @@ impl Replica {
         Some(refusal)
     }
 
+    /// This node, running `running`, could not install `head` (its policy does not compile
+    /// here). The save behind it is refused only when this node runs exactly what that save
+    /// was based on: the change is what fails, not this node's own state, and the cluster
+    /// goes back exactly to what this node runs. A node far behind, or on the losing side of
+    /// a merge, only reports.
+    pub fn cannot_install(
+        &mut self,
+        wall_ms: u64,
+        head: RevisionId,
+        running: Option<RevisionId>,
+        node_name: &str,
+        reason: &str,
+    ) -> CannotInstall {
+        let Some(save) = self.history.save_behind(&head) else {
+            return CannotInstall::Nothing;
+        };
+        let based_on = (self.history.get(&save)).and_then(|save| save.parents.first().copied());
+        if based_on != running {
+            return CannotInstall::Reported { save };
+        }
+        match self.refuse(wall_ms, save, node_name, reason) {
+            Some(refusal) => CannotInstall::Refused(refusal),
+            None => CannotInstall::Nothing,
+        }
+    }
+
     /// A message from `peer`.
     pub fn handle(&mut self, from: NodeId, message: SyncMessage, wall_ms: u64) {
         match message {
@@ -619,6 +657,41 @@ mod tests {
             panic!("forced save refused");
         };
         assert_eq!(forced.parents, vec![second.id]);
+    }
+
+    #[test]
+    fn a_node_refuses_only_a_save_on_top_of_what_it_runs() {
+        let mut node = replica(1);
+        let saves: Vec<Revision> = (0..3u8)
+            .map(|n| {
+                let saved = node.save(
+                    1_000 + u64::from(n),
+                    Base::Head,
+                    ContentId::of(&[n]),
+                    "alice",
+                    "x",
+                );
+                saved.unwrap_or_else(|error| panic!("{error}"))
+            })
+            .collect();
+        // It runs the first save: the third builds on the second, not on what it runs.
+        assert_eq!(
+            node.cannot_install(2_000, saves[2].id, Some(saves[0].id), "node1", "bad"),
+            CannotInstall::Reported { save: saves[2].id }
+        );
+        assert_eq!(node.head().map(|head| head.id), Some(saves[2].id));
+        // It runs the second: the third is refused, and the second is the head again.
+        let refused = node.cannot_install(2_000, saves[2].id, Some(saves[1].id), "node1", "bad");
+        assert!(
+            matches!(&refused, CannotInstall::Refused(refusal) if refusal.parents == vec![saves[2].id]),
+            "{refused:?}"
+        );
+        assert_eq!(node.head().map(|head| head.id), Some(saves[1].id));
+        // Once is enough.
+        assert_eq!(
+            node.cannot_install(2_000, saves[2].id, Some(saves[1].id), "node1", "bad"),
+            CannotInstall::Nothing
+        );
     }
 
     #[test]
