@@ -191,6 +191,16 @@ async fn forged_lifted_plain_refused_and_silent_connections_are_reset() {
     outsider_socket
         .bind(&SocketAddr::from(([127, 0, 0, 2], 0)).into())
         .unwrap_or_else(|error| panic!("{error}"));
+    // Both ends are known before connecting: the node resets at accept, after which
+    // getpeername() fails (ENOTCONN), so they cannot be read from the socket afterwards.
+    let ends = RelayEnds {
+        director: outsider_socket
+            .local_addr()
+            .ok()
+            .and_then(|address| address.as_socket())
+            .unwrap_or_else(|| panic!("bound socket has an address")),
+        scanner: node.scan,
+    };
     outsider_socket
         .connect(&node.scan.into())
         .unwrap_or_else(|error| panic!("{error}"));
@@ -199,14 +209,6 @@ async fn forged_lifted_plain_refused_and_silent_connections_are_reset() {
         .unwrap_or_else(|error| panic!("{error}"));
     let mut stranger_stream =
         TcpStream::from_std(outsider_socket.into()).unwrap_or_else(|error| panic!("{error}"));
-    let ends = RelayEnds {
-        director: stranger_stream
-            .local_addr()
-            .unwrap_or_else(|error| panic!("{error}")),
-        scanner: stranger_stream
-            .peer_addr()
-            .unwrap_or_else(|error| panic!("{error}")),
-    };
     let mut bytes = seal(client, vip, director(), &key, ends, now_ms(), [5; 16]);
     bytes.extend_from_slice(&get(&origin));
     let _ = stranger_stream.write_all(&bytes).await;
