@@ -161,6 +161,15 @@ fn print_director(value: &serde_json::Value) {
             }
         };
         println!("director of VRID {} ({role}):", group["vrid"]);
+        if let Some(why) = group["failure"].as_str() {
+            if group["fail_open"].as_bool() == Some(true) {
+                println!(
+                    "  current state: failure (fail-open): no other member is healthy ({why})"
+                );
+            } else {
+                println!("  current state: failure ({why})");
+            }
+        }
         println!(
             "  {:<16} {:>6} {:>8} {:>11} {:>6}  STATE",
             "NODE", "WEIGHT", "RELAYED", "CONNECTIONS", "CPU"

@@ -36,6 +36,11 @@ pub struct OwnReport {
     /// Each group's settings, by VRID.
     pub settings: HashMap<u8, palisade_director::GroupSettings>,
     pub active_connections: prometheus_client::metrics::gauge::Gauge,
+    /// Why this node fails (port monitor, deep check), if it does.
+    pub failure: watch::Receiver<Option<String>>,
+    /// Per group (by VRID): told whether another member reports healthy (the fault gate's
+    /// fail-open).
+    pub others_healthy: HashMap<u8, watch::Sender<bool>>,
 }
 
 struct Group {
@@ -44,6 +49,8 @@ struct Group {
     state: Mutex<GroupState>,
     /// This member's settings of the group (every member must have them alike).
     settings: palisade_director::GroupSettings,
+    /// Whether another member reports healthy, as last told to the fault gate.
+    others_healthy: std::sync::atomic::AtomicBool,
 }
 
 struct GroupState {
@@ -88,6 +95,8 @@ pub struct DirectorPlane {
     metrics: DirectorMetrics,
     /// The process's CPU time at the last report, for its CPU share.
     cpu: Mutex<Option<(Instant, u64)>>,
+    /// Why this node fails, if it does (for status).
+    failure: watch::Receiver<Option<String>>,
 }
 
 impl DirectorPlane {
@@ -139,6 +148,7 @@ impl DirectorPlane {
                         settings_differ: HashMap::new(),
                     }),
                     settings: own.settings.get(&vrid).cloned().unwrap_or_default(),
+                    others_healthy: std::sync::atomic::AtomicBool::new(true),
                 }
             })
             .collect();
@@ -151,6 +161,7 @@ impl DirectorPlane {
             epoch: Instant::now(),
             metrics,
             cpu: Mutex::new(None),
+            failure: own.failure.clone(),
         })
     }
 
@@ -191,12 +202,12 @@ impl DirectorPlane {
     /// This node's load now, for its own report (`cpu_permille` measured once per tick).
     fn own_load(&self, group: &Group, own: &OwnReport, cpu_permille: u16) -> Load {
         let status = group.status.borrow();
+        // The node's own health, not its VRRP state: a node that fails open is not in FAULT
+        // but still fails.
         let failure = if status.drained {
             Some("drained".to_owned())
-        } else if status.state == State::Fault {
-            Some("port monitor or deep check".to_owned())
         } else {
-            None
+            own.failure.borrow().clone()
         };
         Load {
             active_connections: own.active_connections.get().max(0) as u32,
@@ -228,7 +239,27 @@ impl DirectorPlane {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             state.director.report(self.me, load, now);
             self.review(group.vrid, &mut state, now);
+            self.tell_fault_gate(group, &state, own, now);
         }
+    }
+
+    /// Whether another member of `group` reports healthy, for the group's fault gate. For
+    /// the first three report intervals nothing is known yet, so another member is taken to
+    /// be healthy: a node that fails at start faults rather than fail open.
+    fn tell_fault_gate(&self, group: &Group, state: &GroupState, own: &OwnReport, now: u64) {
+        let Some(gate) = own.others_healthy.get(&group.vrid) else {
+            return;
+        };
+        let settled = now > 3 * REPORT_INTERVAL.as_millis() as u64;
+        let others = !settled || state.director.others_healthy(self.me, now);
+        group
+            .others_healthy
+            .store(others, std::sync::atomic::Ordering::Relaxed);
+        gate.send_if_modified(|known| {
+            let modified = *known != others;
+            *known = others;
+            modified
+        });
     }
 
     /// Every second: each member's state, logged when it changes (the seeds' words) and in
@@ -266,7 +297,7 @@ impl DirectorPlane {
     }
 
     /// A member's report.
-    fn received(&self, from: NodeId, addr: IpAddr, bytes: &[u8]) {
+    fn received(&self, from: NodeId, addr: IpAddr, bytes: &[u8], own: &OwnReport) {
         let report = match DirectorMessage::decode(bytes) {
             Ok(DirectorMessage::Load(report)) => report,
             Err(error) => {
@@ -328,6 +359,7 @@ impl DirectorPlane {
             load.failure = Some("no scan port (director.scan_listen = \"off\")".to_owned());
         }
         state.director.report(from, load, now);
+        self.tell_fault_gate(group, &state, own, now);
     }
 
     /// Each group's director as this node sees it; with `client`, that client's choice and
@@ -408,9 +440,14 @@ impl DirectorPlane {
                             .map(|(id, _)| self.name_of(*id).to_string())
                     })
                 };
+                let failure = self.failure.borrow().clone();
+                let fail_open = failure.is_some()
+                    && !group.others_healthy.load(std::sync::atomic::Ordering::Relaxed);
                 serde_json::json!({
                     "vrid": group.vrid,
                     "directing": directing,
+                    "failure": failure,
+                    "fail_open": fail_open,
                     "director": director_name,
                     "members": members,
                     "client": client,
@@ -434,7 +471,7 @@ impl DirectorPlane {
                         let mut names = self.names.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                         names.insert(peer.id, Arc::from(peer.name.as_str()));
                     }
-                    Ok(MeshEvent::Director { from, addr, bytes }) => self.received(from, addr, &bytes),
+                    Ok(MeshEvent::Director { from, addr, bytes }) => self.received(from, addr, &bytes, &own),
                     Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },

@@ -1,5 +1,6 @@
 //! Wiring a node: data directory, policy, planes, signals, drain.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -628,6 +629,8 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
         groups,
         mesh,
         ports,
+        failure,
+        others_healthy,
     } = start_ha_groups(
         &config,
         group_specs,
@@ -664,6 +667,8 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
                 })
                 .collect(),
             active_connections: proxy.metrics().active_connections.clone(),
+            failure,
+            others_healthy,
         };
         let plane = crate::director_plane::DirectorPlane::new(
             store.node_id,
@@ -785,6 +790,11 @@ struct HaPlane {
     mesh: Option<MeshHandle>,
     /// Each monitored port's state at the last probe (`palisade monitor -v`).
     ports: Option<watch::Receiver<Vec<PortState>>>,
+    /// Why this node fails (port monitor, deep check), if it does.
+    failure: watch::Receiver<Option<String>>,
+    /// Per group (by VRID): whether another member reports healthy, which the director
+    /// plane tells each group's fault gate.
+    others_healthy: HashMap<u8, watch::Sender<bool>>,
 }
 
 async fn start_ha_groups(
@@ -801,6 +811,8 @@ async fn start_ha_groups(
             groups: Vec::new(),
             mesh: None,
             ports: None,
+            failure: watch::channel(None).1,
+            others_healthy: HashMap::new(),
         });
     }
     // The redirect ports and the scan port must all accept connections, as swg-mon demands;
@@ -852,13 +864,40 @@ async fn start_ha_groups(
             () = monitor_stop.cancelled() => {}
         }
     });
-    // The node is faulty while the port monitor or the deep check fails.
-    let deep_failed = |deep: &Option<watch::Receiver<palisade_health::deep::DeepState>>| {
-        deep.as_ref()
-            .is_some_and(|deep| deep.borrow().0 == Health::Failed)
+    // The node fails while the port monitor or the deep check does; why, for its load
+    // reports and the fail-open log.
+    let failure_now = |health: Health,
+                       ports: &[PortState],
+                       deep: &Option<watch::Receiver<palisade_health::deep::DeepState>>|
+     -> Option<String> {
+        let mut why = Vec::new();
+        if health == Health::Failed {
+            let down: Vec<String> = ports
+                .iter()
+                .filter(|port| port.port.required && !port.listening)
+                .map(|port| format!("{} {} not listening", port.port.kind, port.port.addr))
+                .collect();
+            if down.is_empty() {
+                why.push("port monitor".to_owned());
+            } else {
+                why.extend(down);
+            }
+        }
+        if let Some(deep) = deep {
+            let deep = deep.borrow();
+            if deep.0 == Health::Failed {
+                why.push(format!(
+                    "deep check: {}",
+                    deep.1.as_deref().unwrap_or("failing")
+                ));
+            }
+        }
+        (!why.is_empty()).then(|| why.join(", "))
     };
-    let (faulty_tx, faulty_rx) = watch::channel(initial == Health::Failed || deep_failed(&deep));
+    let initial_failure = failure_now(initial, &port_states.borrow(), &deep);
+    let (failure_tx, failure) = watch::channel(initial_failure.clone());
     // Ends with the monitor (its sender dropped).
+    let ports_seen = port_states.clone();
     tasks.spawn(async move {
         let mut deep = deep;
         loop {
@@ -872,8 +911,14 @@ async fn start_ha_groups(
             if !changed {
                 break;
             }
-            let failed = *health_rx.borrow_and_update() == Health::Failed || deep_failed(&deep);
-            if faulty_tx.send(failed).is_err() {
+            let health = *health_rx.borrow_and_update();
+            let why = failure_now(health, &ports_seen.borrow(), &deep);
+            failure_tx.send_if_modified(|now| {
+                let modified = *now != why;
+                *now = why;
+                modified
+            });
+            if failure_tx.is_closed() {
                 break;
             }
         }
@@ -901,11 +946,23 @@ async fn start_ha_groups(
         _ => None,
     };
     let mut handles = Vec::new();
+    let mut others_healthy = HashMap::new();
     for (group, spec) in config.vrrp.iter().zip(specs) {
-        let handle =
-            palisade_vrrp_linux::driver::spawn(spec, faulty_rx.clone(), mesh.clone(), tasks)
-                .await
-                .with_context(|| format!("cannot start HA group {}", group.name))?;
+        // Until the director plane knows better (or without one: no peer links, so nothing
+        // is known of the others), another member is taken to be healthy: a failing node
+        // faults.
+        let (others_tx, others_rx) = watch::channel(true);
+        others_healthy.insert(group.vrid, others_tx);
+        let (faulty_tx, faulty_rx) = watch::channel(initial_failure.is_some());
+        tasks.spawn(fault_gate(
+            group.name.clone(),
+            failure.clone(),
+            others_rx,
+            faulty_tx,
+        ));
+        let handle = palisade_vrrp_linux::driver::spawn(spec, faulty_rx, mesh.clone(), tasks)
+            .await
+            .with_context(|| format!("cannot start HA group {}", group.name))?;
         tracing::info!(
             instance = %group.name,
             vrid = group.vrid,
@@ -920,7 +977,57 @@ async fn start_ha_groups(
         groups: handles,
         mesh,
         ports: Some(port_states),
+        failure,
+        others_healthy,
     })
+}
+
+/// What one HA group's VRRP router is told of this node's health: faulty while the node
+/// fails, unless no other member of the group is healthy (fail-open: it stays in the
+/// election, so the best-priority node keeps the VIP and serves).
+async fn fault_gate(
+    instance: String,
+    mut failure: watch::Receiver<Option<String>>,
+    mut others_healthy: watch::Receiver<bool>,
+    faulty: watch::Sender<bool>,
+) {
+    let mut open = false;
+    let mut others_known = true;
+    loop {
+        let why = failure.borrow_and_update().clone();
+        let others = *others_healthy.borrow_and_update();
+        let fail_open = why.is_some() && !others;
+        match (&why, open, fail_open) {
+            (Some(why), false, true) => tracing::warn!(
+                instance = %instance,
+                "VRRP_Instance({instance}) current state: failure (fail-open): no other member of the group is healthy, so this node stays in the election and serves ({why})"
+            ),
+            (Some(why), true, false) => tracing::warn!(
+                instance = %instance,
+                "VRRP_Instance({instance}) fail-open over: another member is healthy; current state: failure ({why})"
+            ),
+            (None, true, _) => tracing::info!(
+                instance = %instance,
+                "VRRP_Instance({instance}) fail-open over: this node is healthy again"
+            ),
+            _ => {}
+        }
+        open = fail_open;
+        faulty.send_if_modified(|now| {
+            let next = why.is_some() && !fail_open;
+            let modified = *now != next;
+            *now = next;
+            modified
+        });
+        tokio::select! {
+            changed = failure.changed() => if changed.is_err() { return },
+            changed = others_healthy.changed(), if others_known => {
+                // The director plane is gone (or never came): keep its last word.
+                others_known = changed.is_ok();
+            },
+            () = faulty.closed() => return,
+        }
+    }
 }
 
 fn group_spec(group: &crate::config::VrrpGroup, drained: bool) -> anyhow::Result<GroupSpec> {

@@ -339,3 +339,128 @@ fn the_director_spreads_sticky_clients_over_every_node_and_routes_around_a_dead_
         logs()
     );
 }
+
+/// Health and the choice: a scanning node whose redirect port stops listening is out of the
+/// choice (its clients go to the director); when every member fails, the best-priority node
+/// keeps the VIP and serves (fail-open), and as soon as another member is healthy again the
+/// failing director faults and hands the VIP over.
+#[test]
+fn a_port_failure_takes_its_node_out_and_when_every_member_fails_one_serves() {
+    if !require_netns("a_port_failure_takes_its_node_out_and_when_every_member_fails_one_serves") {
+        return;
+    }
+    let mut lab = Lab::new(&["node1", "node2", "client"]);
+    let dir = palisade_e2e::node::TempDir::new("palisade-fail-open");
+    let vip = lab.spare_addr(100);
+    let hosts = [lab.host("node1").clone(), lab.host("node2").clone()];
+    let client = lab.host("client").clone();
+    // Each node has a second redirect port on a service address of its own, which the test
+    // takes away to fail the node's port monitor.
+    let services = [lab.spare_addr(60), lab.spare_addr(61)];
+    let set_service = |index: usize, present: bool| {
+        let cidr = format!("{}/24", services[index]);
+        let verb = if present { "add" } else { "del" };
+        let output = hosts[index].run("ip", &["addr", verb, &cidr, "dev", "eth0"]);
+        assert!(output.status.success(), "{output:?}");
+    };
+    let mut nodes: Vec<HaNode> = [(0, 150u8), (1, 100)]
+        .iter()
+        .map(|&(index, priority)| {
+            set_service(index, true);
+            let extra = format!(
+                "{}[director]\nslow_start = \"1s\"\n",
+                heartbeat_to(&[hosts[1 - index].addr])
+            );
+            let node = HaNode::new(&dir.0, &hosts[index], "100ms", priority, vip, &extra);
+            let config = std::fs::read_to_string(&node.config)
+                .unwrap_or_default()
+                .replace(
+                    "listen = [\"0.0.0.0:9090\"]",
+                    &format!("listen = [\"0.0.0.0:9090\", \"{}:9092\"]", services[index]),
+                );
+            std::fs::write(&node.config, config).unwrap_or_else(|error| panic!("{error}"));
+            node
+        })
+        .collect();
+    for node in &mut nodes {
+        node.start(&mut lab, BIN);
+    }
+    let log_files: Vec<std::path::PathBuf> = nodes.iter().map(|node| node.log.clone()).collect();
+    let log_of = |index: usize| std::fs::read_to_string(&log_files[index]).unwrap_or_default();
+    let logs = || format!("--- node1\n{}--- node2\n{}", log_of(0), log_of(1));
+    let sources: Vec<Ipv4Addr> = (0..16).map(|i| lab.spare_addr(150 + i)).collect();
+    for source in &sources {
+        let output = client.run(
+            "ip",
+            &["addr", "add", &format!("{source}/24"), "dev", "eth0"],
+        );
+        assert!(output.status.success(), "{output:?}");
+    }
+    let served = || -> std::collections::HashSet<String> {
+        sources
+            .iter()
+            .filter_map(|source| served_by(&client, *source, vip))
+            .collect()
+    };
+    wait_for("both nodes serve clients", Duration::from_secs(15), || {
+        hosts[0].has_address(vip) && served().len() == 2
+    });
+
+    // node2's redirect port on its service address goes: node2 fails (node1 is healthy, so
+    // node2 faults), and the director gives its clients to node1.
+    set_service(1, false);
+    wait_for(
+        "node2 is out and node1 serves every client",
+        Duration::from_secs(10),
+        || {
+            log_of(0).contains("Scanning partner has failed: node2 gets no new clients (current state: failure (redirect port")
+                && served() == std::collections::HashSet::from(["node1".to_owned()])
+        },
+    );
+    assert!(
+        log_of(1).contains("VRRP_Instance(VI_1) Entering FAULT STATE"),
+        "{}",
+        logs()
+    );
+
+    // node1's goes too: every member fails. node1, the best priority, keeps the VIP and
+    // serves (fail-open) instead of faulting with nobody to take over.
+    set_service(0, false);
+    wait_for("node1 fails open", Duration::from_secs(10), || {
+        log_of(0).contains("VRRP_Instance(VI_1) current state: failure (fail-open): no other member of the group is healthy")
+    });
+    assert!(
+        hosts[0].has_address(vip) && !log_of(0).contains("Entering FAULT STATE"),
+        "{}",
+        logs()
+    );
+    for source in &sources {
+        assert_eq!(
+            served_by(&client, *source, vip).as_deref(),
+            Some("node1"),
+            "{source}\n{}",
+            logs()
+        );
+    }
+    let output = hosts[0].run(BIN, &["status"]);
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        text.contains(
+            "current state: failure (fail-open): no other member is healthy (redirect port"
+        ),
+        "{text}"
+    );
+
+    // node2 is healthy again: node1 faults and node2 takes the VIP and every client.
+    set_service(1, true);
+    wait_for("node2 takes over", Duration::from_secs(10), || {
+        hosts[1].has_address(vip)
+            && !hosts[0].has_address(vip)
+            && served() == std::collections::HashSet::from(["node2".to_owned()])
+    });
+    assert!(
+        log_of(0).contains("VRRP_Instance(VI_1) fail-open over: another member is healthy"),
+        "{}",
+        logs()
+    );
+}

@@ -362,6 +362,30 @@ impl Director {
         None
     }
 
+    /// Whether a member other than `me` reports itself healthy (a fresh report without a
+    /// failure). While none does, a failing node fails open (as AWS NLB does when every
+    /// target is unhealthy): it stays in the VRRP election and serves, so priority, not
+    /// health, decides who holds the VIP and the best-priority node keeps it, instead of
+    /// every member faulting in turn (a traffic spike that fills each node's connection limit
+    /// would fail each deep check). A member that stopped reporting is gone, not healthy; a
+    /// drained one reports failure.
+    pub fn others_healthy(&self, me: NodeId, now_ms: u64) -> bool {
+        let interval = self.settings.report_interval.as_millis() as u64;
+        self.members.keys().any(|id| {
+            *id != me
+                && self.state.get(id).is_some_and(|state| {
+                    let fresh = state.last_report_ms.is_some_and(|last| {
+                        now_ms.saturating_sub(last) <= MISSED_REPORTS * interval
+                    });
+                    fresh
+                        && state
+                            .load
+                            .as_ref()
+                            .is_some_and(|load| load.failure.is_none())
+                })
+        })
+    }
+
     /// The weight a node has now: its configured weight, a tenth at a time during a slow
     /// start.
     fn effective_weight(&self, member: &Member, now_ms: u64) -> f64 {

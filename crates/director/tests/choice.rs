@@ -297,6 +297,43 @@ fn when_no_node_is_eligible_the_director_serves_itself_and_when_all_are_at_cap_r
 }
 
 #[test]
+fn a_node_sees_whether_any_other_member_reports_healthy_for_its_fail_open() {
+    let failing = |why: &str| Load {
+        failure: Some(why.to_owned()),
+        ..Load::default()
+    };
+    let mut group = director(&[1, 1, 1], no_overflow(), 1_000);
+    group.report(node(1), failing("port 9090 not listening"), 1_000);
+    assert!(
+        group.others_healthy(node(1), 1_000),
+        "node2 and node3 serve"
+    );
+    group.report(node(2), failing("deep check"), 1_000);
+    assert!(group.others_healthy(node(1), 1_000), "node3 still serves");
+    group.report(node(3), failing("drained"), 1_000);
+    // Every member fails: each comes to the same conclusion.
+    for id in [node(1), node(2), node(3)] {
+        assert!(!group.others_healthy(id, 1_000));
+    }
+    // node3 recovers: the others fault again; node3's own health is not its others'.
+    group.report(node(3), Load::default(), 1_500);
+    assert!(group.others_healthy(node(1), 1_500) && group.others_healthy(node(2), 1_500));
+    assert!(!group.others_healthy(node(3), 1_500));
+    // node3 falls silent (its host died): after three missed reports it is gone.
+    assert!(
+        group.others_healthy(node(1), 4_500),
+        "3 s since node3's report"
+    );
+    assert!(
+        !group.others_healthy(node(1), 4_501),
+        "node3 missed three reports"
+    );
+    // Alone in its group: nobody else.
+    let alone = director(&[1], no_overflow(), 1_000);
+    assert!(!alone.others_healthy(node(1), 1_000));
+}
+
+#[test]
 fn a_returning_node_takes_its_clients_back_over_the_slow_start() {
     let settings = Settings {
         slow_start: Duration::from_secs(10),
