@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use palisade_e2e::ha::{
     HaNode, SCHEDULING_MARGIN, heartbeat_section as heartbeat, master_down_interval, never_holds,
+    wait_status,
 };
 use palisade_e2e::netns::{Lab, LabHost, in_namespace, require_netns, wait_for};
 use palisade_identity::{Incarnation, NodeId, NodeName};
@@ -185,6 +186,77 @@ fn a_blackholed_link_is_noticed_and_is_only_a_hint() {
     let unknown = "palisade_peer_death_confirmations_total{answer=\"unknown\"}";
     assert!(metric(&host2, unknown).is_some_and(|count| count >= 1.0));
     assert_eq!(metric(&host1, "palisade_peer_links_peers_up"), Some(1.0));
+}
+
+/// Split brain seen over the links (issue 11): the VRRP adverts between the two nodes are
+/// blocked (multicast filtered on the path) while their peer link works. node2 cannot tell
+/// that from node1's death and takes over when its timer runs out, but node1's next status
+/// on the link proves node1 alive and Master: node2, which would lose the election, steps
+/// down, says so, counts it, and stays Backup while the adverts stay blocked.
+#[test]
+fn blocked_adverts_with_working_links_make_the_loser_step_down_and_stay_backup() {
+    if !require_netns("blocked_adverts_with_working_links_make_the_loser_step_down_and_stay_backup")
+    {
+        return;
+    }
+    let mut lab = Lab::new(&["node1", "node2"]);
+    let dir = palisade_e2e::node::TempDir::new("palisade-split-brain");
+    let vip = lab.spare_addr(100);
+    let (host1, host2) = (lab.host("node1").clone(), lab.host("node2").clone());
+    let (_node1, node2, logs) = live_pair(&mut lab, &dir.0, vip);
+    let nft = |rules: &str| {
+        let output = host2.run("nft", &[rules]);
+        assert!(
+            output.status.success(),
+            "nft {rules}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    // VRRP is IP protocol 112; the link (TCP) still flows.
+    nft(
+        "add table inet split; add chain inet split input { type filter hook input priority 0; }; add chain inet split output { type filter hook output priority 0; }; add rule inet split input ip protocol 112 drop; add rule inet split output ip protocol 112 drop",
+    );
+    wait_for(
+        "node2 steps down for node1",
+        Duration::from_secs(15),
+        || {
+            node2
+                .log_text()
+                .contains(&format!("split brain: {} is MASTER too", host1.addr))
+        },
+    );
+    assert!(
+        node2.log_text().contains("Transition to MASTER"),
+        "node2 took over first\n{}",
+        logs()
+    );
+    wait_for("node2 releases the VIP", Duration::from_secs(5), || {
+        !host2.has_address(vip)
+    });
+    assert!(host1.has_address(vip), "{}", logs());
+    assert_eq!(
+        metric(
+            &host2,
+            "palisade_vrrp_split_brain_stepdowns_total{instance=\"VI_1\"}"
+        ),
+        Some(1.0),
+        "{}",
+        logs()
+    );
+    // Still no adverts: node2 stays Backup for several Master_Down_Intervals.
+    let window = master_down_interval(Duration::from_secs(1), 100) * 2;
+    assert_eq!(never_holds(&host2, vip, window), Ok(()), "{}", logs());
+    assert!(host1.has_address(vip));
+
+    nft("delete table inet split");
+    wait_status(
+        &host2,
+        BIN,
+        "master",
+        &host1.addr.to_string(),
+        Duration::from_secs(10),
+    );
+    assert!(host1.has_address(vip) && !host2.has_address(vip));
 }
 
 /// A fake peer on a blocking socket in its own namespace.
@@ -370,6 +442,7 @@ fn a_second_link_survives_the_first_and_a_new_incarnation_replaces_both() {
     let in_line = Message::Ha(HaMessage::Status {
         vrid: 51,
         vrrp_priority: 100,
+        master: false,
     });
     first
         .send(&in_line)

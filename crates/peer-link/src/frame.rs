@@ -158,6 +158,7 @@ mod tests {
             Message::Ha(HaMessage::Status {
                 vrid: 51,
                 vrrp_priority: 150,
+                master: true,
             }),
             Message::Ha(HaMessage::Handover { vrid: 51 }),
             Message::Replication(vec![7; 60_000]),
@@ -202,6 +203,7 @@ mod tests {
             &Message::Ha(HaMessage::Status {
                 vrid: 51,
                 vrrp_priority: 100,
+                master: false,
             }),
             &mut frame,
         );

@@ -337,6 +337,7 @@ mod tests {
         let status = Message::Ha(HaMessage::Status {
             vrid: 51,
             vrrp_priority: 100,
+            master: false,
         });
         let mut frame = Vec::new();
         client.sealer.seal(&status, &mut frame);

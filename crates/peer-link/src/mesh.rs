@@ -1134,6 +1134,7 @@ mod tests {
         let status = HaMessage::Status {
             vrid: 51,
             vrrp_priority: 100,
+            master: false,
         };
         a.handle.broadcast(status);
         assert_eq!(

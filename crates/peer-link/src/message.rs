@@ -64,8 +64,14 @@ pub enum Message {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HaMessage {
     /// This node's current VRRP priority in a group (0: faulty, drained or leaving), so every
-    /// node knows who is next in line when the master dies.
-    Status { vrid: u8, vrrp_priority: u8 },
+    /// node knows who is next in line when the master dies; and whether it is the group's
+    /// master, so two masters whose adverts do not reach each other (the VRRP network split,
+    /// the links not) find out.
+    Status {
+        vrid: u8,
+        vrrp_priority: u8,
+        master: bool,
+    },
     /// "Take over this group now": sent by a leaving master to the next node in line.
     Handover { vrid: u8 },
 }
@@ -97,11 +103,12 @@ impl Message {
             Message::Ha(HaMessage::Status {
                 vrid,
                 vrrp_priority,
+                master,
             }) => (
                 plane::HA,
                 HA_VERSION,
                 ha_kind::STATUS,
-                Cow::Owned(vec![*vrid, *vrrp_priority]),
+                Cow::Owned(vec![*vrid, *vrrp_priority, u8::from(*master)]),
             ),
             Message::Ha(HaMessage::Handover { vrid }) => (
                 plane::HA,
@@ -148,10 +155,19 @@ impl Message {
                 _ => return Ok(None),
             },
             (plane::HA, HA_VERSION) => match (kind, payload) {
+                // Two bytes: a release before the master flag.
                 (ha_kind::STATUS, [vrid, vrrp_priority]) => Message::Ha(HaMessage::Status {
                     vrid: *vrid,
                     vrrp_priority: *vrrp_priority,
+                    master: false,
                 }),
+                (ha_kind::STATUS, [vrid, vrrp_priority, flags @ (0 | 1)]) => {
+                    Message::Ha(HaMessage::Status {
+                        vrid: *vrid,
+                        vrrp_priority: *vrrp_priority,
+                        master: *flags == 1,
+                    })
+                }
                 (ha_kind::HANDOVER, [vrid]) => Message::Ha(HaMessage::Handover { vrid: *vrid }),
                 (ha_kind::STATUS | ha_kind::HANDOVER, _) => {
                     return Err(FrameError::Malformed("HA message of the wrong length"));
@@ -169,5 +185,39 @@ impl Message {
             _ => return Ok(None),
         };
         Ok(Some(message))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_status(payload: &[u8]) -> Result<Option<Message>, FrameError> {
+        Message::decode(plane::HA, HA_VERSION, ha_kind::STATUS, payload)
+    }
+
+    #[test]
+    fn a_status_carries_the_master_flag_and_the_older_two_byte_form_still_reads() {
+        for master in [false, true] {
+            let status = Message::Ha(HaMessage::Status {
+                vrid: 51,
+                vrrp_priority: 150,
+                master,
+            });
+            let encoded = status.encode();
+            assert_eq!(encoded.payload.as_ref(), [51, 150, u8::from(master)]);
+            assert_eq!(decode_status(&encoded.payload), Ok(Some(status)));
+        }
+        assert_eq!(
+            decode_status(&[51, 100]),
+            Ok(Some(Message::Ha(HaMessage::Status {
+                vrid: 51,
+                vrrp_priority: 100,
+                master: false,
+            })))
+        );
+        for bad in [&[51, 100, 2][..], &[51, 100, 1, 0], &[51]] {
+            assert!(decode_status(bad).is_err(), "{bad:?}");
+        }
     }
 }

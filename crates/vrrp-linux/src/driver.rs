@@ -235,7 +235,7 @@ pub async fn spawn(
         status: status_tx,
         rx_warnings: palisade_log_throttle::LogThrottle::new(Duration::from_secs(10)),
         mesh,
-        advertised_priority: None,
+        advertised_status: None,
         handed_over_to: None,
         confirmed_tx,
         confirmed_rx,
@@ -264,7 +264,7 @@ struct Driver {
     /// Peer links to the other nodes, for take-over faster than the advert timer.
     mesh: Option<MeshHandle>,
     /// What our last status on the peer links said.
-    advertised_priority: Option<u8>,
+    advertised_status: Option<(u8, bool)>,
     /// The peer the last `SendHandover` went to.
     handed_over_to: Option<IpAddr>,
     /// Answers of the death confirmations the router asked for.
@@ -301,6 +301,8 @@ impl Driver {
         self.drive_actions().await;
         let mut health_open = true;
         let mut mesh_events = self.mesh.as_ref().map(MeshHandle::subscribe);
+        let mut repeat_status = tokio::time::interval(palisade_vrrp::STATUS_REPEAT);
+        repeat_status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self
                 .router
@@ -339,6 +341,10 @@ impl Driver {
                     }
                 },
                 Some((peer, answer)) = self.confirmed_rx.recv() => self.confirmed(peer, answer),
+                _ = repeat_status.tick(), if self.mesh.is_some() => {
+                    // Sent again below: proof of life for a peer's split-brain check.
+                    self.advertised_status = None;
+                }
                 command = commands.recv() => match command {
                     Some(GroupCommand::Shutdown(done)) => {
                         self.leave(Command::Shutdown).await;
@@ -403,10 +409,12 @@ impl Driver {
                     HaMessage::Status {
                         vrid: group,
                         vrrp_priority,
+                        master,
                     },
             } if group == vrid => PeerEvent::Status {
                 peer: from,
                 priority: VrrpPriority(vrrp_priority),
+                master,
             },
             MeshEvent::Ha {
                 from,
@@ -491,11 +499,13 @@ impl Driver {
                 State::Initialize | State::Fault => 0,
                 State::Backup | State::Master => self.router.priority().get(),
             };
-            if self.advertised_priority != Some(priority) {
-                self.advertised_priority = Some(priority);
+            let master = self.router.state() == State::Master;
+            if self.advertised_status != Some((priority, master)) {
+                self.advertised_status = Some((priority, master));
                 mesh.broadcast(HaMessage::Status {
                     vrid: self.router.vrid().get(),
                     vrrp_priority: priority,
+                    master,
                 });
             }
         }
@@ -549,6 +559,7 @@ impl Driver {
                 }
             }
             Action::RemoveVip(vip) => {
+                tracing::info!("VRRP_Instance({name}) removing protocol VIPs.");
                 if let Err(error) = self
                     .addresses
                     .remove(self.ifindex, &self.spec.interface, vip)
@@ -612,6 +623,13 @@ impl Driver {
         let reason = transition.reason.as_str();
         match (transition.from, transition.to) {
             (from, State::Master) if from != State::Master => {
+                if transition.reason == Reason::Preempted {
+                    // keepalived's words for a Backup that outranks the live Master.
+                    tracing::info!(
+                        reason,
+                        "VRRP_Instance({name}) forcing a new MASTER election"
+                    );
+                }
                 tracing::info!(reason, "VRRP_Instance({name}) Transition to MASTER STATE");
                 tracing::info!(reason, "VRRP_Instance({name}) Entering MASTER STATE");
             }
@@ -622,6 +640,16 @@ impl Driver {
                 if transition.reason == Reason::HigherPriorityAdvert {
                     tracing::info!(reason, "VRRP_Instance({name}) Received higher prio advert");
                 }
+                if transition.reason == Reason::SplitBrainPeerLink {
+                    let winner = self
+                        .router
+                        .master_address()
+                        .map_or_else(|| "another node".to_owned(), |winner| winner.to_string());
+                    tracing::warn!(
+                        reason,
+                        "VRRP_Instance({name}) split brain: {winner} is MASTER too (the peer links say so; its adverts do not reach this node) and wins the election: stepping down, staying BACKUP while it is alive (palisade_vrrp_split_brain_stepdowns_total)"
+                    );
+                }
                 tracing::info!(reason, "VRRP_Instance({name}) Entering BACKUP STATE");
             }
             (_, State::Fault) => {
@@ -630,6 +658,16 @@ impl Driver {
             (_, State::Initialize) => {
                 tracing::info!(reason, "VRRP_Instance({name}) Stopped (INIT STATE)");
             }
+        }
+        if transition.from != transition.to {
+            // mfend's line in the seeds, which operators grep for.
+            let lower = |state: State| state.to_string().to_lowercase();
+            tracing::info!(
+                reason,
+                "VRRP_Instance({name}) state={} previous={}",
+                lower(transition.to),
+                lower(transition.from)
+            );
         }
         let hook = match transition.to {
             State::Master => self.spec.notify.master.as_ref(),

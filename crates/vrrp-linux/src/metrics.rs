@@ -42,7 +42,7 @@ impl HaMetrics {
 type Read = fn(&Stats) -> u64;
 
 /// The counters, each with its metric name (without `_total`) and help.
-const COUNTERS: [(&str, &str, Read); 7] = [
+const COUNTERS: [(&str, &str, Read); 8] = [
     (
         "palisade_vrrp_address_list_errors",
         "Adverts for this group's VRID carrying other virtual addresses (another device using the VRID?)",
@@ -75,6 +75,11 @@ const COUNTERS: [(&str, &str, Read); 7] = [
         "palisade_vrrp_split_brain_heals",
         "Times this master heard a lower-priority master and re-announced",
         |stats| stats.split_brain_heals,
+    ),
+    (
+        "palisade_vrrp_split_brain_stepdowns",
+        "Times this master stepped down because the peer links named a better master whose adverts did not arrive (a split VRRP network)",
+        |stats| stats.split_brain_stepdowns,
     ),
 ];
 

@@ -58,7 +58,7 @@ mod types;
 pub use packet::{Advert, DecodeContext, DecodeError, EncodeError};
 pub use router::{
     Action, Command, CommandError, ConfigError, ConfigErrors, HANDOVER_OVERLAP, PeerEvent, Reason,
-    Router, RouterConfig, RxError, State, Stats, Transition, election_winner,
+    Router, RouterConfig, RxError, STATUS_REPEAT, State, Stats, Transition, election_winner,
 };
 pub use time::Instant;
 pub use types::{Centiseconds, Version, Vrid, VrrpPriority};

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use crate::router::election_winner;
+use crate::time::Instant;
 use crate::types::VrrpPriority;
 
 /// The other nodes of one HA group with the priority each last announced (0: out of the
@@ -14,6 +15,10 @@ use crate::types::VrrpPriority;
 #[derive(Clone, Debug, Default)]
 pub struct PeerTable {
     priorities: HashMap<IpAddr, VrrpPriority>,
+    /// Peers that say they are the group's Master.
+    masters: std::collections::HashSet<IpAddr>,
+    /// When each peer's latest status arrived.
+    heard_at: HashMap<IpAddr, Instant>,
 }
 
 impl PeerTable {
@@ -21,14 +26,40 @@ impl PeerTable {
         PeerTable::default()
     }
 
-    /// A peer announced its priority in this group.
-    pub fn set(&mut self, peer: IpAddr, priority: VrrpPriority) {
+    /// A peer announced its priority in this group, and whether it is Master.
+    pub fn set(&mut self, peer: IpAddr, priority: VrrpPriority, master: bool, now: Instant) {
         self.priorities.insert(peer, priority);
+        self.heard_at.insert(peer, now);
+        if master && priority != VrrpPriority::STOP {
+            self.masters.insert(peer);
+        } else {
+            self.masters.remove(&peer);
+        }
     }
 
     /// A peer left or was lost: it is in line no more.
     pub fn remove(&mut self, peer: IpAddr) {
         self.priorities.remove(&peer);
+        self.masters.remove(&peer);
+        self.heard_at.remove(&peer);
+    }
+
+    pub fn priority(&self, peer: IpAddr) -> Option<VrrpPriority> {
+        self.priorities.get(&peer).copied()
+    }
+
+    /// The live peers that say they are Master, with their priorities.
+    pub fn masters(&self) -> impl Iterator<Item = (IpAddr, VrrpPriority)> + '_ {
+        (self.masters.iter()).filter_map(|peer| Some((*peer, *self.priorities.get(peer)?)))
+    }
+
+    /// Those of [`PeerTable::masters`] whose latest status arrived at `since` or later.
+    pub fn masters_heard_since(
+        &self,
+        since: Instant,
+    ) -> impl Iterator<Item = (IpAddr, VrrpPriority)> + '_ {
+        self.masters()
+            .filter(move |(peer, _)| self.heard_at.get(peer).is_some_and(|at| *at >= since))
     }
 
     /// The node the election would pick among the live peers in the election, leaving out
@@ -68,9 +99,9 @@ mod tests {
     #[test]
     fn picks_priority_then_address_and_skips_the_dead_and_the_out() {
         let mut peers = PeerTable::new();
-        peers.set(addr(12), VrrpPriority(100));
-        peers.set(addr(13), VrrpPriority(100));
-        peers.set(addr(14), VrrpPriority(0));
+        peers.set(addr(12), VrrpPriority(100), false, Instant::ZERO);
+        peers.set(addr(13), VrrpPriority(100), false, Instant::ZERO);
+        peers.set(addr(14), VrrpPriority(0), false, Instant::ZERO);
         assert_eq!(peers.next_in_line(None, None), Some(addr(13)));
         assert_eq!(peers.next_in_line(None, Some(addr(13))), Some(addr(12)));
         assert_eq!(
@@ -97,7 +128,7 @@ mod tests {
         ) {
             let mut peers = PeerTable::new();
             for &(last, priority) in &table {
-                peers.set(addr(last), VrrpPriority(priority));
+                peers.set(addr(last), VrrpPriority(priority), false, Instant::ZERO);
             }
             let own = own.map(|(last, priority)| (addr(100 + last), VrrpPriority(priority)));
             let except = except.map(addr);

@@ -228,6 +228,10 @@ pub enum Reason {
     Preempted,
     /// This Master heard a lower-priority Master and re-announced its VIPs.
     SplitBrainHeal,
+    /// The peer links say another node is Master too (its adverts do not arrive: the VRRP
+    /// network is split, the links are not) and it would win the election: this one steps
+    /// down and stays Backup while that node is known alive and Master.
+    SplitBrainPeerLink,
 }
 
 impl Reason {
@@ -248,6 +252,7 @@ impl Reason {
             Reason::MasterDied => "master-died",
             Reason::Preempted => "preempted",
             Reason::SplitBrainHeal => "split-brain-heal",
+            Reason::SplitBrainPeerLink => "split-brain-peer-link",
         }
     }
 }
@@ -348,10 +353,12 @@ pub enum Action {
 /// virtual time in `sim::Lan` like every other rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PeerEvent {
-    /// The peer's VRRP priority in this group (0: stopped, faulty or drained).
+    /// The peer's VRRP priority in this group (0: stopped, faulty or drained), and whether
+    /// it is the group's Master.
     Status {
         peer: IpAddr,
         priority: VrrpPriority,
+        master: bool,
     },
     /// The peer said goodbye.
     Left { peer: IpAddr },
@@ -362,6 +369,11 @@ pub enum PeerEvent {
     /// The peer, leaving, asked this node to take over now.
     Handover { from: IpAddr },
 }
+
+/// How often a driver repeats its [`PeerEvent::Status`] on the peer links besides sending it
+/// on every change: a status that arrives after a peer became Master proves the sender
+/// alive (split-brain detection), where a link that has not yet timed out proves nothing.
+pub const STATUS_REPEAT: Duration = Duration::from_secs(1);
 
 /// How long a Master that hands over keeps its VIPs after telling its successor, so that
 /// connections arriving meanwhile are answered here rather than into a void.
@@ -429,6 +441,9 @@ pub struct Stats {
     pub own_adverts: u64,
     /// Times the peer links lost this Backup's Master and a death confirmation was asked.
     pub death_confirmations: u64,
+    /// Times this Master stepped down because the peer links named a better Master whose
+    /// adverts did not arrive (a split VRRP network).
+    pub split_brain_stepdowns: u64,
 }
 
 /// One VRRP virtual router, sans-IO: events and the time go in, [`Action`]s come out.
@@ -490,6 +505,15 @@ pub struct Router {
     peers: PeerTable,
     /// A Master that handed over releases its VIPs then.
     release_at: Option<Instant>,
+    /// A Master that the peer links told of a better Master checks then whether that one's
+    /// adverts arrived (see [`PeerEvent::Status`] handling).
+    split_check_at: Option<Instant>,
+    /// When this router last became Master: a peer's status newer than this proves that
+    /// peer alive while this one is Master.
+    master_since: Option<Instant>,
+    /// The better Master this one stepped down for over the peer links: this Backup does not
+    /// take over while the links say it is alive and Master.
+    split_winner: Option<IpAddr>,
 }
 
 impl Router {
@@ -518,6 +542,9 @@ impl Router {
             },
             peers: PeerTable::new(),
             release_at: None,
+            split_check_at: None,
+            master_since: None,
+            split_winner: None,
             cfg,
         })
     }
@@ -738,11 +765,31 @@ impl Router {
             self.release_at = None;
             self.remove_vips();
         }
+        if self.split_check_at.is_some_and(|at| at <= now) {
+            self.split_check_at = None;
+            if self.state == State::Master
+                && let Some(winner) = self.live_master_above()
+            {
+                self.split_brain_step_down(now, winner);
+                return;
+            }
+        }
         match self.state {
             State::Backup => {
                 if self.master_down_at.is_some_and(|at| at <= now) {
-                    // RFC 5798 section 6.4.2 (320)-(365).
-                    self.become_master(now, self.down_reason);
+                    let winner = self.split_winner.and_then(|winner| {
+                        self.master_above(self.peers.masters().filter(|(peer, _)| *peer == winner))
+                    });
+                    if let Some(winner) = winner {
+                        // No adverts, but the peer links say the Master this one stepped down
+                        // for is alive, Master and still the better one: taking over would
+                        // make two again.
+                        self.master_down_at = Some(now + self.master_down_interval());
+                        self.master_address = Some(winner);
+                    } else {
+                        // RFC 5798 section 6.4.2 (320)-(365).
+                        self.become_master(now, self.down_reason);
+                    }
                 }
             }
             State::Master => {
@@ -811,17 +858,27 @@ impl Router {
     /// See [`PeerEvent`]. An error only for a handover this node cannot take.
     pub fn handle_peer(&mut self, now: Instant, event: PeerEvent) -> Result<(), CommandError> {
         match event {
-            PeerEvent::Status { peer, priority } => self.peers.set(peer, priority),
-            PeerEvent::Left { peer } => self.peers.remove(peer),
+            PeerEvent::Status {
+                peer,
+                priority,
+                master,
+            } => {
+                self.peers.set(peer, priority, master, now);
+                if self.split_winner == Some(peer) && !master {
+                    self.split_winner = None;
+                }
+                self.arm_split_check(now);
+            }
+            PeerEvent::Left { peer } => self.forget_peer(peer),
             PeerEvent::LinkLost { peer } => {
-                self.peers.remove(peer);
+                self.forget_peer(peer);
                 if self.next_after_master(peer) {
                     self.stats.death_confirmations += 1;
                     self.actions.push_back(Action::ConfirmDeath { peer });
                 }
             }
             PeerEvent::Died { peer } => {
-                self.peers.remove(peer);
+                self.forget_peer(peer);
                 if self.next_after_master(peer) {
                     return self.take_over(now, Reason::MasterDied);
                 }
@@ -838,6 +895,59 @@ impl Router {
             }
         }
         Ok(())
+    }
+
+    fn forget_peer(&mut self, peer: IpAddr) {
+        self.peers.remove(peer);
+        if self.split_winner == Some(peer) {
+            self.split_winner = None;
+        }
+    }
+
+    /// A Master that the links say has a better Master beside it gives that one's adverts
+    /// two intervals to arrive (a plain preemption is settled by them, RFC 5798), then
+    /// looks again (`handle_timeout`).
+    fn arm_split_check(&mut self, now: Instant) {
+        if self.state == State::Master
+            && self.split_check_at.is_none()
+            && self.master_above(self.peers.masters()).is_some()
+        {
+            self.split_check_at = Some(now + 2 * self.cfg.advert_interval.to_duration());
+        }
+    }
+
+    /// Among `masters`, one that would win the election against this node (higher
+    /// priority, or equal and a higher address).
+    fn master_above(
+        &self,
+        masters: impl Iterator<Item = (IpAddr, VrrpPriority)>,
+    ) -> Option<IpAddr> {
+        let own = (self.cfg.primary_address, self.priority);
+        election_winner(masters.chain([own])).filter(|&winner| winner != own.0)
+    }
+
+    /// A better Master whose status reached this one since it became Master: proof that
+    /// it is alive and Master now, while its adverts do not arrive. A status from before
+    /// proves nothing: a Master whose host died (links not yet timed out) sent its last
+    /// status before this one took over.
+    fn live_master_above(&self) -> Option<IpAddr> {
+        let since = self.master_since?;
+        self.master_above(self.peers.masters_heard_since(since))
+    }
+
+    /// Master -> Backup: the peer links name `winner` as Master too, and it wins. Its adverts
+    /// do not arrive (or it would have been heard), so this node waits for them in vain:
+    /// it stays Backup while `winner` is linked and Master (see `handle_timeout`).
+    fn split_brain_step_down(&mut self, now: Instant, winner: IpAddr) {
+        self.stats.split_brain_stepdowns += 1;
+        self.split_winner = Some(winner);
+        self.cancel_timers();
+        self.remove_vips();
+        self.master_down_at = Some(now + self.master_down_interval());
+        self.down_reason = Reason::MasterDown;
+        self.master_address = Some(winner);
+        self.master_priority = self.peers.priority(winner);
+        self.enter(State::Backup, Reason::SplitBrainPeerLink);
     }
 
     /// Whether `peer` is this Backup's Master and this node is next in line without it.
@@ -892,6 +1002,7 @@ impl Router {
             self.adver_at,
             self.garp_refresh_at,
             self.release_at,
+            self.split_check_at,
         ]
         .into_iter()
         .flatten()
@@ -984,6 +1095,7 @@ impl Router {
         // Back to Master within the handover overlap: the VIPs stay.
         self.release_at = None;
         self.state = State::Master;
+        self.master_since = Some(now);
         self.master_down_at = None;
         self.master_address = Some(self.cfg.primary_address);
         self.stats.master_transitions += 1;
@@ -999,6 +1111,8 @@ impl Router {
         self.garp_refresh_at =
             (!self.cfg.garp_master_delay.is_zero()).then(|| now + self.cfg.garp_master_delay);
         self.notify(from, State::Master, reason);
+        // The links may already name a better Master (a split VRRP network).
+        self.arm_split_check(now);
     }
 
     /// Master -> Backup because `src` wins (RFC 5798 section 6.4.3 (685)-(710)).
@@ -1084,6 +1198,7 @@ impl Router {
     }
 
     fn cancel_timers(&mut self) {
+        self.split_check_at = None;
         self.master_down_at = None;
         self.adver_at = None;
         self.garp_refresh_at = None;

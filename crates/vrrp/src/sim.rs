@@ -24,7 +24,8 @@ use std::time::Duration;
 
 use crate::packet::{DecodeContext, REQUIRED_TTL, multicast_group};
 use crate::router::{
-    Action, Command, CommandError, ConfigErrors, PeerEvent, Router, RouterConfig, State,
+    Action, Command, CommandError, ConfigErrors, PeerEvent, Router, RouterConfig, STATUS_REPEAT,
+    State,
 };
 use crate::time::Instant;
 use crate::types::VrrpPriority;
@@ -62,11 +63,13 @@ struct Node {
     /// The VIPs configured on this node's interface.
     vips: BTreeSet<IpAddr>,
     /// The priority its peer links last reported (peer links only).
-    published: Option<VrrpPriority>,
+    published: Option<(VrrpPriority, bool)>,
     /// Which run of the process this is (a restart is a new incarnation).
     incarnation: u64,
     /// The incarnation of each other node this node last heard from.
     known: HashMap<usize, u64>,
+    /// When it next repeats its status on the peer links (peer links only).
+    status_due: Option<Instant>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -75,6 +78,8 @@ struct Link {
     /// Probability of losing a packet, in millionths.
     loss_ppm: u32,
     cut: bool,
+    /// Adverts are lost, the peer link still carries (multicast filtered on the path).
+    adverts_cut: bool,
 }
 
 #[derive(Debug)]
@@ -115,6 +120,7 @@ impl Lan {
             published: None,
             incarnation: 0,
             known: HashMap::new(),
+            status_due: None,
         });
         Ok(self.nodes.len() - 1)
     }
@@ -180,7 +186,13 @@ impl Lan {
         let packet = self.in_flight.keys().next().map(|&(at, _)| at);
         let timers = (self.nodes.iter())
             .filter(|node| node.up)
-            .filter_map(|node| node.router.poll_timeout());
+            .filter_map(|node| {
+                node.router
+                    .poll_timeout()
+                    .into_iter()
+                    .chain(node.status_due)
+                    .min()
+            });
         packet.into_iter().chain(timers).min()
     }
 
@@ -211,6 +223,7 @@ impl Lan {
     pub fn crash(&mut self, node: usize) {
         self.nodes[node].up = false;
         self.nodes[node].published = None;
+        self.nodes[node].status_due = None;
         let peer = self.nodes[node].cfg.primary_address;
         for to in self.others(node) {
             self.send_peer(node, to, PeerEvent::LinkLost { peer });
@@ -247,6 +260,7 @@ impl Lan {
         self.nodes[node].up = true;
         self.nodes[node].incarnation += 1;
         self.nodes[node].published = None;
+        self.nodes[node].status_due = None;
         self.start(node);
     }
 
@@ -296,6 +310,13 @@ impl Lan {
         self.link(b, a).cut = true;
     }
 
+    /// Adverts between `a` and `b` are lost both ways while their peer link still works:
+    /// the VRRP network split, the links not (a split brain the links detect).
+    pub fn split_adverts(&mut self, a: usize, b: usize) {
+        self.link(a, b).adverts_cut = true;
+        self.link(b, a).adverts_cut = true;
+    }
+
     /// Cuts `node` off from every other node.
     pub fn isolate(&mut self, node: usize) {
         for other in (0..self.nodes.len()).filter(|&other| other != node) {
@@ -307,6 +328,7 @@ impl Lan {
     pub fn heal(&mut self) {
         for link in self.links.values_mut() {
             link.cut = false;
+            link.adverts_cut = false;
             link.loss_ppm = 0;
         }
     }
@@ -357,6 +379,11 @@ impl Lan {
             if node.up && node.router.poll_timeout().is_some_and(|at| at <= now) {
                 node.router.handle_timeout(now);
                 self.drain(idx);
+            }
+        }
+        for idx in 0..self.nodes.len() {
+            if self.nodes[idx].up && self.nodes[idx].status_due.is_some_and(|at| at <= now) {
+                self.repeat_status(idx);
             }
         }
         true
@@ -410,7 +437,7 @@ impl Lan {
                     let ctx = DecodeContext::new(src, dst, REQUIRED_TTL);
                     for to in (0..self.nodes.len()).filter(|&to| to != node) {
                         let link = self.links.get(&(node, to)).copied().unwrap_or_default();
-                        if link.cut || self.lose(link.loss_ppm) {
+                        if link.cut || link.adverts_cut || self.lose(link.loss_ppm) {
                             continue;
                         }
                         let what = Delivered::Packet {
@@ -470,22 +497,54 @@ impl Lan {
             State::Initialize | State::Fault => VrrpPriority::STOP,
             State::Backup | State::Master => router.priority(),
         };
-        if self.nodes[node].published == Some(priority) {
+        let master = router.state() == State::Master;
+        if self.nodes[node].status_due.is_none() {
+            self.nodes[node].status_due = Some(self.now + STATUS_REPEAT);
+        }
+        if self.nodes[node].published == Some((priority, master)) {
             return;
         }
-        self.nodes[node].published = Some(priority);
+        self.nodes[node].published = Some((priority, master));
         let peer = self.nodes[node].cfg.primary_address;
         for to in self.others(node) {
-            self.send_peer(node, to, PeerEvent::Status { peer, priority });
+            let status = PeerEvent::Status {
+                peer,
+                priority,
+                master,
+            };
+            self.send_peer(node, to, status);
+        }
+    }
+
+    /// The driver repeats its status every [`STATUS_REPEAT`], so that a peer can tell a
+    /// live node from one whose host died before its link timed out.
+    fn repeat_status(&mut self, node: usize) {
+        self.nodes[node].status_due = Some(self.now + STATUS_REPEAT);
+        let Some((priority, master)) = self.nodes[node].published else {
+            return;
+        };
+        let peer = self.nodes[node].cfg.primary_address;
+        for to in self.others(node) {
+            let status = PeerEvent::Status {
+                peer,
+                priority,
+                master,
+            };
+            self.send_peer(node, to, status);
         }
     }
 
     /// Both nodes send their current status over their (re-made) link.
     fn exchange_statuses(&mut self, a: usize, b: usize) {
         for (from, to) in [(a, b), (b, a)] {
-            if let Some(priority) = self.nodes[from].published {
+            if let Some((priority, master)) = self.nodes[from].published {
                 let peer = self.nodes[from].cfg.primary_address;
-                self.send_peer(from, to, PeerEvent::Status { peer, priority });
+                let status = PeerEvent::Status {
+                    peer,
+                    priority,
+                    master,
+                };
+                self.send_peer(from, to, status);
             }
         }
     }

@@ -244,3 +244,95 @@ fn an_owner_back_in_service_within_the_overlap_keeps_its_vips() {
     assert_eq!(lan.masters(), [0]);
     assert_eq!(lan.vip_holders(VIP), [0]);
 }
+
+fn stepped_down_for_split_brain(lan: &Lan, node: usize, since: Instant) -> Vec<Instant> {
+    lan.actions_since(node, since)
+        .into_iter()
+        .filter_map(|(at, action)| match action {
+            Action::Notify(t) if t.reason == Reason::SplitBrainPeerLink => Some(at),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn adverts_lost_while_the_links_work_make_a_second_master_that_steps_down_and_stays_backup() {
+    let mut lan = three();
+    let split_at = lan.now();
+    // node1's adverts no longer reach node2 (and node2's not node1), the links still work.
+    lan.split_adverts(0, 1);
+    lan.run_for(Duration::from_secs(30));
+    // node2 took over when the adverts stopped (it cannot tell a split from a death at
+    // that moment), then node1's next status on the link proved node1 alive and Master: node2
+    // stepped down once, within a status period and two advert intervals, and stayed
+    // Backup for the rest of the split although no advert reached it.
+    let stepped = stepped_down_for_split_brain(&lan, 1, split_at);
+    assert_eq!(stepped.len(), 1, "{stepped:?}");
+    let Some((master_at, _)) = became_master(&lan, 1, split_at) else {
+        panic!("node2 took over when the adverts stopped");
+    };
+    assert!(
+        stepped[0] <= master_at + Duration::from_secs(3),
+        "{master_at:?} -> {:?}",
+        stepped[0]
+    );
+    assert_eq!(lan.masters(), [0]);
+    assert_eq!(lan.vip_holders(VIP), [0]);
+    assert_eq!(lan.router(1).stats().split_brain_stepdowns, 1);
+    assert_eq!(lan.router(1).state(), State::Backup);
+    assert_eq!(lan.router(1).master_address(), Some(addr(11)));
+    // node1, the better one, never stepped down.
+    assert_eq!(lan.router(0).stats().split_brain_stepdowns, 0);
+    assert_eq!(lan.router(0).stats().master_transitions, 1);
+
+    // node1 dies while the adverts are still split: its links close, node2 takes over.
+    let crashed_at = lan.now();
+    lan.crash(0);
+    lan.run_for(Duration::from_secs(10));
+    assert!(became_master(&lan, 1, crashed_at).is_some());
+    assert_eq!(lan.masters(), [1]);
+}
+
+#[test]
+fn the_better_node_taking_over_in_a_split_makes_the_old_master_step_down() {
+    let mut lan = three();
+    // node2 takes a higher priority than node1 while their adverts are split: without
+    // adverts it cannot preempt by the RFC, but it would win the election.
+    lan.split_adverts(0, 1);
+    lan.run_for(Duration::from_secs(30));
+    assert_eq!(lan.masters(), [0]);
+    let raised_at = lan.now();
+    let _ = lan.command(1, Command::SetPriority(VrrpPriority(200)));
+    // node2 no longer waits for node1: it takes over when its timer expires, and node1,
+    // told over the links, steps down and stays Backup.
+    lan.run_for(Duration::from_secs(30));
+    assert_eq!(lan.masters(), [1]);
+    assert!(became_master(&lan, 1, raised_at).is_some());
+    assert_eq!(stepped_down_for_split_brain(&lan, 0, raised_at).len(), 1);
+    // The adverts heal: the RFC agrees, one Master.
+    lan.heal();
+    lan.run_for(Duration::from_secs(30));
+    assert_eq!(lan.masters(), [1]);
+    assert_eq!(lan.vip_holders(VIP), [1]);
+}
+
+#[test]
+fn a_master_whose_host_died_before_its_links_timed_out_is_taken_over_without_delay() {
+    let mut lan = three();
+    // node1's host goes silent: no adverts, no statuses, and its links only time out later
+    // (no LinkLost here at all). Its last status is older than node2's takeover, so it
+    // proves nothing: node2 takes over at Master_Down_Interval and stays Master.
+    let cut_at = lan.now();
+    lan.isolate(0);
+    lan.run_for(Duration::from_secs(20));
+    let Some((master_at, reason)) = became_master(&lan, 1, cut_at) else {
+        panic!("node2 took over");
+    };
+    assert_eq!(reason, Reason::MasterDown);
+    assert!(master_at <= cut_at + lan.router(1).master_down_interval() + Duration::from_secs(1));
+    assert_eq!(
+        stepped_down_for_split_brain(&lan, 1, cut_at),
+        Vec::<Instant>::new()
+    );
+    assert!(lan.masters().contains(&1));
+}
