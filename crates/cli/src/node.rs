@@ -129,10 +129,13 @@ impl Node {
                 None
             }
         };
+        let heartbeat_peers: Vec<IpAddr> = (config.heartbeat.iter())
+            .flat_map(|heartbeat| heartbeat.peers.iter().map(SocketAddr::ip))
+            .collect();
         let group_specs = config
             .vrrp
             .iter()
-            .map(|group| group_spec(group, drained))
+            .map(|group| group_spec(group, &heartbeat_peers, drained))
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Node {
             config,
@@ -1030,7 +1033,11 @@ async fn fault_gate(
     }
 }
 
-fn group_spec(group: &crate::config::VrrpGroup, drained: bool) -> anyhow::Result<GroupSpec> {
+fn group_spec(
+    group: &crate::config::VrrpGroup,
+    heartbeat_peers: &[IpAddr],
+    drained: bool,
+) -> anyhow::Result<GroupSpec> {
     let ipv6 = group.vips.first().is_some_and(IpAddr::is_ipv6);
     let primary = match group.primary_address {
         Some(primary) => primary,
@@ -1051,6 +1058,12 @@ fn group_spec(group: &crate::config::VrrpGroup, drained: bool) -> anyhow::Result
         group.vips.clone(),
     );
     router.advert_interval = Centiseconds(group.advert_interval_cs);
+    // The members known from this node's config: its unicast peers, or its peer links'.
+    router.members = if group.unicast_peers.is_empty() {
+        heartbeat_peers.to_vec()
+    } else {
+        group.unicast_peers.clone()
+    };
     router.preempt = group.preempt;
     router.preempt_delay = group.preempt_delay;
     router.version = if group.version == 2 {

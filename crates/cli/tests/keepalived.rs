@@ -186,3 +186,52 @@ fn palisade_master_fails_over_to_keepalived_and_preempts_back() {
     let ka_log = std::fs::read_to_string(dir.0.join("ka-ka.log")).unwrap_or_default();
     assert!(ka_log.contains("Entering BACKUP STATE"), "{}", logs());
 }
+
+/// The seeds' warning: another device on the segment uses VRID 51. A keepalived that is no
+/// member of the palisade group (palisade's peer links name another node) advertises VRID 51
+/// with another virtual address: palisade says so in its log and counts it in its metrics.
+#[test]
+fn another_device_using_the_vrid_is_reported() {
+    if !require_netns("another_device_using_the_vrid_is_reported")
+        || !keepalived_available("another_device_using_the_vrid_is_reported")
+    {
+        return;
+    }
+    let mut lab = Lab::new(&["ka", "pal", "member"]);
+    let dir = palisade_e2e::node::TempDir::new("palisade-vrid-clash");
+    let (ka, pal, member) = (
+        lab.host("ka").clone(),
+        lab.host("pal").clone(),
+        lab.host("member").clone(),
+    );
+    // palisade's group: itself and "member" (never started), known from its peer links.
+    let extra = palisade_e2e::ha::heartbeat_section(member.addr);
+    let mut node = HaNode::new(&dir.0, &pal, "100ms", 100, lab.spare_addr(100), &extra);
+    node.start(&mut lab, BIN);
+    // keepalived, with a higher priority and another VIP, in VRID 51.
+    let ka_config = keepalived_config(&dir.0, &ka, 200, lab.spare_addr(101));
+    start_keepalived(&mut lab, &dir.0, &ka, &ka_config);
+    let metric = |name: &str| -> f64 {
+        let output = pal.run("curl", &["-s", "http://127.0.0.1:4711/metrics"]);
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    wait_for(
+        "palisade counts the stranger's adverts",
+        Duration::from_secs(15),
+        || {
+            metric("palisade_vrrp_non_member_adverts_total{instance=\"VI_1\"}") >= 1.0
+                && metric("palisade_vrrp_address_list_errors_total{instance=\"VI_1\"}") >= 1.0
+        },
+    );
+    let log = node.log_text();
+    assert!(
+        log.contains(&format!(
+            "received an advert for VRID 51 from {}, which is not a member of this group: another device using this VRID on the segment?",
+            ka.addr
+        )),
+        "{log}"
+    );
+}

@@ -471,8 +471,16 @@ impl Driver {
         }
         let ctx = DecodeContext::new(packet.source, packet.destination, packet.ttl);
         let now = self.now();
-        let clashes = self.router.stats().address_list_errors;
+        let (clashes, strangers) = (
+            self.router.stats().address_list_errors,
+            self.router.stats().non_member_adverts,
+        );
         match self.router.handle_packet(now, &ctx, &packet.payload) {
+            Ok(()) if self.router.stats().non_member_adverts > strangers => {
+                if let Some(suppressed) = self.rx_warnings.admit() {
+                    tracing::warn!(instance = %self.spec.name, source = %packet.source, suppressed, "VRRP_Instance({}) received an advert for VRID {} from {}, which is not a member of this group: another device using this VRID on the segment? (palisade_vrrp_non_member_adverts_total)", self.spec.name, self.router.vrid().get(), packet.source);
+                }
+            }
             Ok(()) if self.router.stats().address_list_errors > clashes => {
                 if let Some(suppressed) = self.rx_warnings.admit() {
                     tracing::warn!(instance = %self.spec.name, source = %packet.source, suppressed, "VRRP_Instance({}) received an advert for VRID {} from {} with other virtual addresses than ours: another device using this VRID on the segment? (palisade_vrrp_address_list_errors_total)", self.spec.name, self.router.vrid().get(), packet.source);

@@ -42,7 +42,7 @@ impl HaMetrics {
 type Read = fn(&Stats) -> u64;
 
 /// The counters, each with its metric name (without `_total`) and help.
-const COUNTERS: [(&str, &str, Read); 8] = [
+const COUNTERS: [(&str, &str, Read); 9] = [
     (
         "palisade_vrrp_address_list_errors",
         "Adverts for this group's VRID carrying other virtual addresses (another device using the VRID?)",
@@ -80,6 +80,11 @@ const COUNTERS: [(&str, &str, Read); 8] = [
         "palisade_vrrp_split_brain_stepdowns",
         "Times this master stepped down because the peer links named a better master whose adverts did not arrive (a split VRRP network)",
         |stats| stats.split_brain_stepdowns,
+    ),
+    (
+        "palisade_vrrp_non_member_adverts",
+        "Adverts for this group's VRID from a router that is not a member (another device using the VRID?)",
+        |stats| stats.non_member_adverts,
     ),
 ];
 

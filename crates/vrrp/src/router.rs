@@ -45,6 +45,11 @@ pub struct RouterConfig {
     /// A second burst this long after becoming Master (keepalived's
     /// `vrrp_garp_master_delay`, default 5 s); zero disables it.
     pub garp_master_delay: Duration,
+    /// The other members' primary addresses, when the node knows them (its unicast peers,
+    /// or its peer links' addresses); empty: unknown. An advert for this VRID from anyone
+    /// else is counted ([`Stats::non_member_adverts`]): another device using the VRID on the
+    /// segment, as the seeds warn. It is processed all the same (RFC 5798).
+    pub members: Vec<IpAddr>,
 }
 
 impl RouterConfig {
@@ -68,6 +73,7 @@ impl RouterConfig {
             version: Version::V3,
             garp_repeat: 5,
             garp_master_delay: Duration::from_secs(5),
+            members: Vec::new(),
         }
     }
 
@@ -438,6 +444,9 @@ pub struct Stats {
     /// Adverts for our VRID carrying another set of virtual addresses: another device using
     /// this VRID on the segment (processed all the same, as RFC 5798 6.4.3 says; logged).
     pub address_list_errors: u64,
+    /// Adverts for our VRID from a router that is not a member (see
+    /// [`RouterConfig::members`]); processed all the same, logged.
+    pub non_member_adverts: u64,
     pub own_adverts: u64,
     /// Times the peer links lost this Backup's Master and a death confirmation was asked.
     pub death_confirmations: u64,
@@ -746,6 +755,9 @@ impl Router {
         ours.dedup();
         if theirs != ours {
             self.stats.address_list_errors += 1;
+        }
+        if !self.cfg.members.is_empty() && !self.cfg.members.contains(&src) {
+            self.stats.non_member_adverts += 1;
         }
         if advert.priority == VrrpPriority::STOP {
             self.stats.priority_zero_received += 1;

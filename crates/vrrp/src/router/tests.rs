@@ -825,3 +825,35 @@ fn an_advert_with_other_virtual_addresses_is_counted_and_still_processed() {
     assert_eq!(router.handle_advert(T0 + us(2_000), B, ours), Ok(()));
     assert_eq!(router.stats().address_list_errors, 1);
 }
+
+#[test]
+fn an_advert_from_a_router_that_is_no_member_is_counted_and_still_processed() {
+    let mut config = cfg(A, 150);
+    config.members = vec![B];
+    let mut router = Router::new(config, T0).unwrap();
+    router.handle_startup(T0);
+    drain(&mut router);
+    let member = advert_from(&cfg(B, 100), 100);
+    assert_eq!(router.handle_advert(T0 + us(1_000), B, member), Ok(()));
+    assert_eq!(router.stats().non_member_adverts, 0);
+    let stranger = IpAddr::V4(Ipv4Addr::new(10, 213, 0, 99));
+    let theirs = advert_from(&cfg(stranger, 200), 200);
+    assert_eq!(
+        router.handle_advert(T0 + us(2_000), stranger, theirs),
+        Ok(())
+    );
+    assert_eq!(router.stats().non_member_adverts, 1);
+    assert_eq!(
+        router.master_address(),
+        Some(stranger),
+        "processed (RFC 5798)"
+    );
+    // Members unknown (no unicast peers, no peer links): nothing is counted.
+    let mut router = backup();
+    let theirs = advert_from(&cfg(stranger, 200), 200);
+    assert_eq!(
+        router.handle_advert(T0 + us(3_000), stranger, theirs),
+        Ok(())
+    );
+    assert_eq!(router.stats().non_member_adverts, 0);
+}
