@@ -977,3 +977,48 @@ fn ipv6_group_fails_over_and_the_client_follows_the_neighbour_advert() {
         who_answers(&hosts[2], vip).as_deref() == Some("node2")
     });
 }
+
+/// A master whose interface loses its link goes to FAULT (as keepalived does), so it neither
+/// advertises into nothing nor comes back claiming the VIP; when the link returns it is a
+/// healthy candidate again and, with the higher priority, preempts.
+#[test]
+fn a_master_whose_interface_goes_down_faults_and_returns_with_its_link() {
+    if !require_netns("a_master_whose_interface_goes_down_faults_and_returns_with_its_link") {
+        return;
+    }
+    let mut lab = Lab::new(&["node1", "node2"]);
+    let dir = palisade_e2e::node::TempDir::new("palisade-link-down");
+    let vip = lab.spare_addr(100);
+    let (host1, host2) = (lab.host("node1").clone(), lab.host("node2").clone());
+    let (node1, _node2, logs) = start_pair(&mut lab, &dir.0, vip, "100ms", false);
+    wait_for("node1 master", Duration::from_secs(10), || {
+        host1.has_address(vip)
+    });
+    let link = |state: &str| {
+        let output = host1.run("ip", &["link", "set", "eth0", state]);
+        assert!(output.status.success(), "{output:?}");
+    };
+    link("down");
+    wait_for(
+        "node1 faults and node2 takes over",
+        Duration::from_secs(10),
+        || {
+            let log = node1.log_text();
+            log.contains("VRRP_Instance(VI_1) Kernel is reporting: interface eth0 DOWN")
+                && log.contains("VRRP_Instance(VI_1) Entering FAULT STATE")
+                && host2.has_address(vip)
+        },
+    );
+    assert!(!host1.has_address(vip), "{}", logs());
+    link("up");
+    wait_for("node1 preempts again", Duration::from_secs(10), || {
+        host1.has_address(vip) && !host2.has_address(vip)
+    });
+    assert!(
+        node1
+            .log_text()
+            .contains("VRRP_Instance(VI_1) Kernel is reporting: interface eth0 UP"),
+        "{}",
+        logs()
+    );
+}

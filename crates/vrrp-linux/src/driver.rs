@@ -241,6 +241,8 @@ pub async fn spawn(
         confirmed_rx,
         hooks: crate::notify::HookRunner::start(name_for_hooks, notify_timeout, tasks),
         tasks: tasks.clone(),
+        unhealthy: false,
+        link_down: false,
     };
     tasks.spawn(driver.run(faulty, commands));
     Ok(GroupHandle {
@@ -248,6 +250,9 @@ pub async fn spawn(
         status,
     })
 }
+
+/// How often the driver looks at its interface's link state.
+const LINK_CHECK: Duration = Duration::from_millis(200);
 
 struct Driver {
     spec: GroupSpec,
@@ -274,6 +279,11 @@ struct Driver {
     hooks: crate::notify::HookRunner,
     /// The node's task tracker, for the death confirmations.
     tasks: tokio_util::task::TaskTracker,
+    /// The node's tracked health says it fails.
+    unhealthy: bool,
+    /// The interface is down or has lost its carrier: a Master there would advertise into
+    /// nothing and come back claiming the VIP, so it goes to FAULT (as keepalived does).
+    link_down: bool,
 }
 
 impl Driver {
@@ -286,7 +296,12 @@ impl Driver {
         mut faulty: watch::Receiver<bool>,
         mut commands: mpsc::Receiver<GroupCommand>,
     ) {
-        if *faulty.borrow_and_update() {
+        self.unhealthy = *faulty.borrow_and_update();
+        self.link_down = !self.addresses.link_up(self.ifindex).await.unwrap_or(true);
+        if self.link_down {
+            self.log_link();
+        }
+        if self.unhealthy || self.link_down {
             let now = self.now();
             let _ = self.router.handle_command(now, Command::Fault(true));
         }
@@ -303,6 +318,8 @@ impl Driver {
         let mut mesh_events = self.mesh.as_ref().map(MeshHandle::subscribe);
         let mut repeat_status = tokio::time::interval(palisade_vrrp::STATUS_REPEAT);
         repeat_status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut link_check = tokio::time::interval(LINK_CHECK);
+        link_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self
                 .router
@@ -324,9 +341,22 @@ impl Driver {
                     if changed.is_err() {
                         health_open = false;
                     } else {
-                        let unhealthy = *faulty.borrow_and_update();
+                        self.unhealthy = *faulty.borrow_and_update();
                         let now = self.now();
-                        let _ = self.router.handle_command(now, Command::Fault(unhealthy));
+                        let fault = self.unhealthy || self.link_down;
+                        let _ = self.router.handle_command(now, Command::Fault(fault));
+                    }
+                }
+                _ = link_check.tick() => {
+                    // A failed query says nothing: the last known state stands.
+                    if let Ok(up) = self.addresses.link_up(self.ifindex).await
+                        && up == self.link_down
+                    {
+                        self.link_down = !up;
+                        self.log_link();
+                        let now = self.now();
+                        let fault = self.unhealthy || self.link_down;
+                        let _ = self.router.handle_command(now, Command::Fault(fault));
                     }
                 }
                 event = next_mesh_event(&mut mesh_events) => match event {
@@ -623,6 +653,16 @@ impl Driver {
                     self.handed_over_to = Some(to);
                 }
             }
+        }
+    }
+
+    /// keepalived's words for a link change.
+    fn log_link(&self) {
+        let (name, interface) = (&self.spec.name, &self.spec.interface);
+        if self.link_down {
+            tracing::warn!(instance = %name, %interface, "VRRP_Instance({name}) Kernel is reporting: interface {interface} DOWN");
+        } else {
+            tracing::info!(instance = %name, %interface, "VRRP_Instance({name}) Kernel is reporting: interface {interface} UP");
         }
     }
 

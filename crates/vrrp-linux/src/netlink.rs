@@ -8,6 +8,7 @@ use std::net::IpAddr;
 
 use futures_util::stream::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
+use netlink_packet_route::link::LinkFlags;
 use rtnetlink::Handle;
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +57,23 @@ impl Addresses {
             // The kernel answers ENODEV for an unknown name.
             Err(rtnetlink::Error::NetlinkError(error)) if error.raw_code() == -libc::ENODEV => {
                 Err(NetlinkError::NoSuchInterface(name.to_owned()))
+            }
+            Err(error) => Err(NetlinkError::Query(error.to_string())),
+        }
+    }
+
+    /// Whether interface `index` is up and has a carrier (`IFF_UP` and `IFF_LOWER_UP`); a
+    /// vanished interface is down.
+    pub async fn link_up(&self, index: u32) -> Result<bool, NetlinkError> {
+        let mut links = self.handle.link().get().match_index(index).execute();
+        match links.try_next().await {
+            Ok(Some(link)) => {
+                let flags = link.header.flags;
+                Ok(flags.contains(LinkFlags::Up) && flags.contains(LinkFlags::LowerUp))
+            }
+            Ok(None) => Ok(false),
+            Err(rtnetlink::Error::NetlinkError(error)) if error.raw_code() == -libc::ENODEV => {
+                Ok(false)
             }
             Err(error) => Err(NetlinkError::Query(error.to_string())),
         }
