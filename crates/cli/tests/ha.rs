@@ -507,8 +507,9 @@ fn three_nodes_partition_heals_with_one_master_and_reannounce() {
     wait_for("node1 sole master", Duration::from_secs(10), || {
         holders(&hosts) == ["node1"]
     });
-    // Partition: node1's link goes down; node2 (120) takes over, node3 (100) stays backup.
-    hosts[0].set_link(&lab, false);
+    // Partition (a switch between: node1's own link keeps its carrier, so it stays master);
+    // node2 (120) takes over, node3 (100) stays backup.
+    hosts[0].partition(&lab, true);
     wait_for("node2 takes over", Duration::from_secs(5), || {
         hosts[1].has_address(vip)
     });
@@ -524,7 +525,7 @@ fn three_nodes_partition_heals_with_one_master_and_reannounce() {
         "client does not reach node2"
     );
     // Heal: one master again, the higher priority, and it re-announces.
-    hosts[0].set_link(&lab, true);
+    hosts[0].partition(&lab, false);
     wait_for("one master after heal", Duration::from_secs(5), || {
         holders(&hosts) == ["node1"]
     });

@@ -134,7 +134,30 @@ impl LabHost {
         );
     }
 
-    /// Sets the link of this host's bridge port down or up (a partition).
+    /// Cuts this host off from the others (`cut`) or joins it again, while its link keeps
+    /// its carrier: a partition further along the network (a switch between), which the node
+    /// cannot see on its own interface. nftables on the bridge drops every frame to or from
+    /// the host's port.
+    pub fn partition(&self, lab: &Lab, cut: bool) {
+        let port = lab.port_name(self);
+        let table = format!("cut_{port}");
+        let rules = if cut {
+            format!(
+                "add table bridge {table}; add chain bridge {table} forwarding {{ type filter hook forward priority 0; }}; add rule bridge {table} forwarding iifname \"{port}\" drop; add rule bridge {table} forwarding oifname \"{port}\" drop"
+            )
+        } else {
+            format!("delete table bridge {table}")
+        };
+        let output = ip(&["netns", "exec", &lab.bridge_ns, "nft", &rules]);
+        assert!(
+            output.status.success(),
+            "nft {rules}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// Sets the link of this host's bridge port down or up: its cable pulled (the node sees
+    /// its carrier go, and a VRRP master goes to FAULT).
     pub fn set_link(&self, lab: &Lab, up: bool) {
         let port = lab.port_name(self);
         ip(&[
