@@ -251,7 +251,7 @@ pub struct Limits {
     pub growth: f64,
     /// Growth in bytes below which a change is noise whatever its ratio.
     pub noise_bytes: f64,
-    /// Descriptors the late window's median may exceed the early one's by (tunnels and
+    /// Descriptors the late window's fewest may exceed the early one's by (tunnels and
     /// downloads in flight at the moment of a sample).
     pub fds_slack: f64,
 }
@@ -340,6 +340,9 @@ impl SoakReport {
             values.sort_by(f64::total_cmp);
             values[values.len() / 2]
         };
+        let minimum = |samples: &[&Sample], field: fn(&Sample) -> f64| {
+            (samples.iter().map(|sample| field(sample))).fold(f64::INFINITY, f64::min)
+        };
         let ratio = |field: fn(&Sample) -> f64| {
             let before = median(&early, field);
             if before > 0.0 {
@@ -356,8 +359,11 @@ impl SoakReport {
             late_heap_in_use_bytes: median(&late, |sample| sample.heap_in_use_bytes),
             early_rss_bytes: median(&early, |sample| sample.rss_bytes),
             late_rss_bytes: median(&late, |sample| sample.rss_bytes),
-            early_fds: median(&early, |sample| sample.open_fds),
-            late_fds: median(&late, |sample| sample.open_fds),
+            // The floor of each window, not its median: how many descriptors are in flight
+            // at a sample's moment swings with the load (a CI run saw a median 25 higher with
+            // nothing leaked), while a leak raises the floor.
+            early_fds: minimum(&early, |sample| sample.open_fds),
+            late_fds: minimum(&late, |sample| sample.open_fds),
         })
     }
 
@@ -861,7 +867,7 @@ mod tests {
     }
 
     #[test]
-    fn growth_compares_window_medians() {
+    fn growth_compares_window_medians_and_descriptor_floors() {
         let flat = series(
             |s| {
                 4e6 + if (s as u64).is_multiple_of(7) {
@@ -889,7 +895,22 @@ mod tests {
             (growth.heap_in_use - 4e6 / 5.5e6).abs() < 1e-9,
             "{growth:?}"
         );
-        assert_eq!((growth.early_fds, growth.late_fds), (75.0, 115.0));
+        assert_eq!((growth.early_fds, growth.late_fds), (70.0, 110.0));
+        // Descriptors in flight swinging with the load are no growth: the floor is the same.
+        let swinging = series(
+            |_| 4e6,
+            |s| {
+                if (s as u64).is_multiple_of(3) {
+                    60.0
+                } else {
+                    95.0
+                }
+            },
+        );
+        let growth = swinging
+            .growth(10.0..20.0, 50.0..60.0)
+            .unwrap_or_else(|| panic!("no windows"));
+        assert_eq!((growth.early_fds, growth.late_fds), (60.0, 60.0));
         assert!(leaking.growth(70.0..80.0, 50.0..60.0).is_none());
     }
 
@@ -907,7 +928,7 @@ mod tests {
             .check(&plan, &Limits::clear_leak())
             .expect_err("40 more descriptors");
         assert!(
-            error.contains("open descriptors grew from 75 to 115"),
+            error.contains("open descriptors grew from 70 to 110"),
             "{error}"
         );
         // 1 MiB more on 4 MB is 26%, but below the one-minute run's noise floor; the
