@@ -238,6 +238,9 @@ pub async fn start(prepared: Prepared, args: StartArgs<'_>) -> anyhow::Result<Cl
                     None => return,
                 },
             };
+            if stalled_by_test_hook(&bundle.document) {
+                continue;
+            }
             let accounts = bundle.lists.get(palisade_admin::accounts::ACCOUNTS_KEY).cloned();
             let result = activate(&installer, &policy_file, head, bundle).await;
             if result.is_ok() {
@@ -268,6 +271,22 @@ pub async fn start(prepared: Prepared, args: StartArgs<'_>) -> anyhow::Result<Cl
         trust,
         accounts,
     })
+}
+
+/// Debug builds only (the tests): a node started with `PALISADE_TEST_STALL_ACTIVATION=TEXT`
+/// never activates (nor reports) a replicated policy containing TEXT, as a node whose
+/// installs hang would not, so a node left behind the cluster's policy can be tested.
+fn stalled_by_test_hook(document: &str) -> bool {
+    #[cfg(debug_assertions)]
+    if let Ok(marker) = std::env::var("PALISADE_TEST_STALL_ACTIVATION")
+        && !marker.is_empty()
+        && document.contains(&marker)
+    {
+        tracing::warn!("policy activation stalled by PALISADE_TEST_STALL_ACTIVATION (test hook)");
+        return true;
+    }
+    let _ = document;
+    false
 }
 
 /// This build's release; debug builds (the tests) may claim another, to make a 404.

@@ -38,6 +38,8 @@ pub struct OwnReport {
     pub active_connections: prometheus_client::metrics::gauge::Gauge,
     /// Why this node fails (port monitor, deep check), if it does.
     pub failure: watch::Receiver<Option<String>>,
+    /// Why this node is behind the cluster's policy, if it is.
+    pub behind: watch::Receiver<Option<String>>,
     /// Per group (by VRID): told whether another member reports healthy (the fault gate's
     /// fail-open).
     pub others_healthy: HashMap<u8, watch::Sender<bool>>,
@@ -97,6 +99,8 @@ pub struct DirectorPlane {
     cpu: Mutex<Option<(Instant, u64)>>,
     /// Why this node fails, if it does (for status).
     failure: watch::Receiver<Option<String>>,
+    /// Why this node is behind the cluster's policy, if it is (for status).
+    behind: watch::Receiver<Option<String>>,
 }
 
 impl DirectorPlane {
@@ -162,6 +166,7 @@ impl DirectorPlane {
             metrics,
             cpu: Mutex::new(None),
             failure: own.failure.clone(),
+            behind: own.behind.clone(),
         })
     }
 
@@ -214,7 +219,7 @@ impl DirectorPlane {
             cpu_permille,
             memory_bytes: resident_bytes(),
             failure,
-            behind: false,
+            behind: own.behind.borrow().is_some(),
         }
     }
 
@@ -440,7 +445,8 @@ impl DirectorPlane {
                             .map(|(id, _)| self.name_of(*id).to_string())
                     })
                 };
-                let failure = self.failure.borrow().clone();
+                let failure = (self.failure.borrow().clone())
+                    .or_else(|| self.behind.borrow().clone());
                 let fail_open = failure.is_some()
                     && !group.others_healthy.load(std::sync::atomic::Ordering::Relaxed);
                 serde_json::json!({

@@ -628,6 +628,11 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
         ),
         _ => None,
     };
+    // A node behind the cluster's policy takes no director role and gets no clients.
+    let behind = match &cluster {
+        Some(cluster) => cluster.handle.behind(),
+        None => watch::channel(None).1,
+    };
     let HaPlane {
         groups,
         mesh,
@@ -638,7 +643,10 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
         &config,
         group_specs,
         local,
-        deep_state.clone(),
+        HealthInputs {
+            deep: deep_state.clone(),
+            behind: behind.clone(),
+        },
         &mut registry,
         &tasks,
         &stop,
@@ -671,6 +679,7 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
                 .collect(),
             active_connections: proxy.metrics().active_connections.clone(),
             failure,
+            behind,
             others_healthy,
         };
         let plane = crate::director_plane::DirectorPlane::new(
@@ -786,6 +795,14 @@ async fn bind_retrying(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListe
     }
 }
 
+/// What besides the port monitor decides whether this node may hold a VIP.
+struct HealthInputs {
+    /// The deep health check's state, when it runs.
+    deep: Option<watch::Receiver<palisade_health::deep::DeepState>>,
+    /// Why this node is behind the cluster's policy, if it is.
+    behind: watch::Receiver<Option<String>>,
+}
+
 /// Starts the health monitor and one VRRP driver per configured HA group.
 /// What the HA groups run with.
 struct HaPlane {
@@ -804,11 +821,12 @@ async fn start_ha_groups(
     config: &NodeConfig,
     specs: Vec<GroupSpec>,
     local: palisade_peer_link::LocalIdentity,
-    deep: Option<watch::Receiver<palisade_health::deep::DeepState>>,
+    inputs: HealthInputs,
     registry: &mut Registry,
     tasks: &TaskTracker,
     stop: &CancellationToken,
 ) -> anyhow::Result<HaPlane> {
+    let HealthInputs { deep, behind } = inputs;
     if config.vrrp.is_empty() {
         return Ok(HaPlane {
             groups: Vec::new(),
@@ -960,6 +978,7 @@ async fn start_ha_groups(
         tasks.spawn(fault_gate(
             group.name.clone(),
             failure.clone(),
+            behind.clone(),
             others_rx,
             faulty_tx,
         ));
@@ -986,18 +1005,24 @@ async fn start_ha_groups(
 }
 
 /// What one HA group's VRRP router is told of this node's health: faulty while the node
-/// fails, unless no other member of the group is healthy (fail-open: it stays in the
-/// election, so the best-priority node keeps the VIP and serves).
+/// fails or is behind the cluster's policy, unless no other member of the group is healthy
+/// (fail-open: it stays in the election, so the best-priority node keeps the VIP and serves;
+/// the last eligible node is never taken out).
 async fn fault_gate(
     instance: String,
     mut failure: watch::Receiver<Option<String>>,
+    mut behind: watch::Receiver<Option<String>>,
     mut others_healthy: watch::Receiver<bool>,
     faulty: watch::Sender<bool>,
 ) {
     let mut open = false;
     let mut others_known = true;
+    let mut behind_known = true;
     loop {
-        let why = failure.borrow_and_update().clone();
+        let why = failure
+            .borrow_and_update()
+            .clone()
+            .or_else(|| behind.borrow_and_update().clone());
         let others = *others_healthy.borrow_and_update();
         let fail_open = why.is_some() && !others;
         match (&why, open, fail_open) {
@@ -1024,6 +1049,7 @@ async fn fault_gate(
         });
         tokio::select! {
             changed = failure.changed() => if changed.is_err() { return },
+            changed = behind.changed(), if behind_known => behind_known = changed.is_ok(),
             changed = others_healthy.changed(), if others_known => {
                 // The director plane is gone (or never came): keep its last word.
                 others_known = changed.is_ok();

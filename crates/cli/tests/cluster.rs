@@ -1564,3 +1564,104 @@ fn a_ca_rotation_keeps_renewed_members_and_drops_the_others() {
     });
     assert_eq!(members[2].peers(), 0);
 }
+
+/// A member that runs an older policy than a reachable peer for more than 10 s (its
+/// activations hang: a debug-build hook) is behind: it says so, gives up its VIP and the
+/// director gives it no clients; once no reachable peer runs a newer policy (here the peer
+/// stops) it directs again, so the last eligible node is never taken out.
+#[test]
+fn a_node_behind_the_clusters_policy_takes_no_director_role_until_it_catches_up() {
+    if !require_netns(
+        "a_node_behind_the_clusters_policy_takes_no_director_role_until_it_catches_up",
+    ) {
+        return;
+    }
+    let mut lab = Lab::new(&["node1", "node2"]);
+    let dir = palisade_e2e::node::TempDir::new("palisade-cluster-behind");
+    let members = members(&lab, &dir.0, &["node1", "node2"]);
+    // One HA group: node2 has the better priority and directs at first.
+    let vip = lab.spare_addr(100);
+    for (member, priority, peer) in [
+        (&members[0], 100, members[1].host.addr),
+        (&members[1], 150, members[0].host.addr),
+    ] {
+        let mut config = std::fs::read_to_string(&member.config).unwrap_or_default();
+        config.push_str(&format!(
+            "[[vrrp]]\nname = \"VI_1\"\nvrid = 51\ninterface = \"eth0\"\npriority = {priority}\nadvert_interval = \"100ms\"\nvips = [\"{vip}/24\"]\n{}",
+            palisade_e2e::ha::heartbeat_section(peer)
+        ));
+        std::fs::write(&member.config, config).unwrap_or_else(|error| panic!("{error}"));
+    }
+    let node1 = init_and_start(&mut lab, &members);
+    join(&members[0], &members[1]);
+    start_with_env(
+        &mut lab,
+        &members[1],
+        &["PALISADE_TEST_STALL_ACTIVATION=stalls-on-node2"],
+    );
+    wait_for(
+        "node2 directs, linked to node1",
+        Duration::from_secs(20),
+        &members,
+        || members[1].host.has_address(vip) && members[1].peers() == 1,
+    );
+
+    // A save node2 cannot activate (it hangs there): node1 runs it, node2 does not.
+    members[0].write_policy(&["behind.example"], "stalls-on-node2");
+    let saved = applied_revision(&apply(&members[0], "node2 hangs on it"), &members);
+    wait_for("node1 runs it", Duration::from_secs(10), &members, || {
+        members[0].active().as_deref() == Some(saved.as_str())
+    });
+    let started = std::time::Instant::now();
+    wait_for(
+        "node2 is behind and gives the VIP to node1",
+        Duration::from_secs(25),
+        &members,
+        || {
+            members[1]
+                .log_text()
+                .contains("behind the cluster's policy: node1 runs revision")
+                && members[0].host.has_address(vip)
+                && !members[1].host.has_address(vip)
+        },
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "behind after {:?}: not before 10 s\n{}",
+        started.elapsed(),
+        all_logs(&members)
+    );
+    assert!(
+        members[1].log_text().contains("Entering FAULT STATE"),
+        "{}",
+        all_logs(&members)
+    );
+    // node1, now the director, gives node2 no clients, and says why.
+    wait_for(
+        "node1's director has node2 out",
+        Duration::from_secs(10),
+        &members,
+        || {
+            let output = members[0].run(&["status"]);
+            String::from_utf8_lossy(&output.stdout).lines().any(|line| {
+                line.trim_start().starts_with("node2")
+                    && line.ends_with("out: behind the cluster's policy")
+            })
+        },
+    );
+
+    // node1 stops: no reachable peer runs a newer policy, node2 is eligible again and takes
+    // the VIP (the last eligible node is never out).
+    stop(&members[0], node1, &members);
+    wait_for(
+        "node2 directs again",
+        Duration::from_secs(10),
+        &members,
+        || {
+            members[1].host.has_address(vip)
+                && members[1]
+                    .log_text()
+                    .contains("no reachable peer runs a newer policy now")
+        },
+    );
+}

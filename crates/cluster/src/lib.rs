@@ -272,6 +272,7 @@ pub struct ClusterHandle {
     saves: mpsc::Sender<SaveRequest>,
     queries: mpsc::Sender<Query>,
     active: watch::Receiver<Option<RevisionId>>,
+    behind: watch::Receiver<Option<String>>,
 }
 
 impl ClusterHandle {
@@ -397,6 +398,13 @@ impl ClusterHandle {
     pub fn active(&self) -> watch::Receiver<Option<RevisionId>> {
         self.active.clone()
     }
+
+    /// Why this node is behind the cluster's policy (a reachable peer has run a revision
+    /// this node has not refused but does not run, for more than [`BEHIND_AFTER`]), if it
+    /// is: it then takes no director role and gets no clients until it catches up.
+    pub fn behind(&self) -> watch::Receiver<Option<String>> {
+        self.behind.clone()
+    }
 }
 
 fn wall_ms() -> u64 {
@@ -460,6 +468,7 @@ pub fn start(
     let (saves_tx, saves) = mpsc::channel(16);
     let (queries_tx, queries) = mpsc::channel(16);
     let (active_tx, active) = watch::channel(None);
+    let (behind_tx, behind) = watch::channel(None);
     let events = mesh.subscribe();
     let driver = Driver {
         replica,
@@ -485,12 +494,15 @@ pub fn start(
         peer_activation: HashMap::new(),
         renewal: None,
         records,
+        behind_since: None,
+        behind: behind_tx,
     };
     tasks.spawn(driver.run(config.digest_interval, events, saves, queries, stop));
     Ok(ClusterHandle {
         saves: saves_tx,
         queries: queries_tx,
         active,
+        behind,
     })
 }
 
@@ -540,7 +552,14 @@ struct Driver {
     renewal: Option<(String, oneshot::Sender<Result<String, String>>)>,
     /// Every member's node record.
     records: palisade_replication::records::Records,
+    /// Since when a peer has run a newer policy than this node.
+    behind_since: Option<tokio::time::Instant>,
+    /// Why this node is behind, once it has been for [`BEHIND_AFTER`].
+    behind: watch::Sender<Option<String>>,
 }
+
+/// How long a node may run an older policy than a reachable peer before it is behind.
+pub const BEHIND_AFTER: Duration = Duration::from_secs(10);
 
 impl Driver {
     async fn run(
@@ -562,6 +581,7 @@ impl Driver {
                 _ = tick.tick() => {
                     self.replica.tick();
                     self.refresh_metrics();
+                    self.review_behind();
                     ticks = ticks.wrapping_add(1);
                     // Clocks drift and peers upgrade: the checks are made again, and node
                     // records compared, every few ticks (a link coming up does both at once;
@@ -909,6 +929,55 @@ impl Driver {
             tracing::error!(peer = %from, %name, revision = %id, "node {name} cannot install the cluster's policy revision {id:?} and keeps its last good policy: {why}");
         }
         self.peer_activation.insert(from, (active, refused));
+        self.review_behind();
+    }
+
+    /// Whether a peer this node replicates with runs a newer policy than this node (one it
+    /// has not refused), and for how long: past [`BEHIND_AFTER`] the node is behind.
+    fn review_behind(&mut self) {
+        let (mine, refused) = (
+            self.activation.0,
+            self.activation.1.as_ref().map(|(id, _)| *id),
+        );
+        let history = self.replica.history();
+        let newer = (self.peer_activation.iter())
+            .filter(|(peer, _)| self.gate.admitted(**peer))
+            .find_map(|(peer, (active, _))| {
+                let theirs = (*active)?;
+                (Some(theirs) != refused && history.runs_newer(mine.as_ref(), &theirs))
+                    .then_some((*peer, theirs))
+            });
+        let now = tokio::time::Instant::now();
+        let why = match newer {
+            None => {
+                self.behind_since = None;
+                None
+            }
+            Some((peer, theirs)) => {
+                let since = *self.behind_since.get_or_insert(now);
+                (now.duration_since(since) > BEHIND_AFTER).then(|| {
+                    let name = self.names.get(&peer).cloned().unwrap_or_default();
+                    let mine = mine.map_or_else(|| "none".to_owned(), |id| id.to_string());
+                    format!(
+                        "behind the cluster's policy: {name} runs revision {theirs}, this node {mine}"
+                    )
+                })
+            }
+        };
+        self.behind.send_if_modified(|known| {
+            if *known == why {
+                return false;
+            }
+            match &why {
+                Some(why) => tracing::warn!(
+                    "{why} (for more than {} s): this node takes no director role and gets no clients until it catches up",
+                    BEHIND_AFTER.as_secs()
+                ),
+                None => tracing::info!("no reachable peer runs a newer policy now: this node may direct and serve clients again"),
+            }
+            *known = why.clone();
+            true
+        });
     }
 
     /// Tells `to`, or every replicating peer, which node records this node holds.
@@ -1220,6 +1289,7 @@ impl Driver {
                     }
                 }
                 self.send_activation(None);
+                self.review_behind();
             }
             Query::Trust(signed) => {
                 self.apply_trust(&signed.bundle, None);

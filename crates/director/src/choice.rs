@@ -363,7 +363,7 @@ impl Director {
     }
 
     /// Whether a member other than `me` reports itself healthy (a fresh report without a
-    /// failure). While none does, a failing node fails open (as AWS NLB does when every
+    /// failure, and not behind the cluster's policy). While none does, a failing node fails open (as AWS NLB does when every
     /// target is unhealthy): it stays in the VRRP election and serves, so priority, not
     /// health, decides who holds the VIP and the best-priority node keeps it, instead of
     /// every member faulting in turn (a traffic spike that fills each node's connection limit
@@ -378,10 +378,8 @@ impl Director {
                         now_ms.saturating_sub(last) <= MISSED_REPORTS * interval
                     });
                     fresh
-                        && state
-                            .load
-                            .as_ref()
-                            .is_some_and(|load| load.failure.is_none())
+                        && (state.load.as_ref())
+                            .is_some_and(|load| load.failure.is_none() && !load.behind)
                 })
         })
     }

@@ -328,6 +328,16 @@ fn a_node_sees_whether_any_other_member_reports_healthy_for_its_fail_open() {
         !group.others_healthy(node(1), 4_501),
         "node3 missed three reports"
     );
+    // A member behind the cluster's policy is no healthy member either.
+    group.report(
+        node(3),
+        Load {
+            behind: true,
+            ..Load::default()
+        },
+        4_600,
+    );
+    assert!(!group.others_healthy(node(1), 4_600));
     // Alone in its group: nobody else.
     let alone = director(&[1], no_overflow(), 1_000);
     assert!(!alone.others_healthy(node(1), 1_000));

@@ -388,6 +388,22 @@ impl History {
         false
     }
 
+    /// Whether a peer that runs `theirs` runs a newer policy than this node, which runs
+    /// `mine`: a revision this node has not received, a descendant of its own, or the head
+    /// when this node does not run it. A peer that runs an ancestor of `mine`, or a losing
+    /// side of a merge, is behind itself, not this node.
+    pub fn runs_newer(&self, mine: Option<&RevisionId>, theirs: &RevisionId) -> bool {
+        let Some(mine) = mine else {
+            return true;
+        };
+        if mine == theirs {
+            return false;
+        }
+        !self.contains(theirs)
+            || self.is_ancestor(mine, theirs)
+            || self.head().is_some_and(|head| head.id == *theirs)
+    }
+
     /// The revisions added since the last call, parents first.
     pub fn take_added(&mut self) -> Vec<RevisionId> {
         std::mem::take(&mut self.added)
@@ -652,5 +668,42 @@ mod tests {
         assert!(history.is_ancestor(&base.id, &child.id));
         assert!(history.is_ancestor(&child.id, &child.id));
         assert!(!history.is_ancestor(&other.id, &child.id));
+    }
+
+    #[test]
+    fn a_peer_runs_newer_with_a_descendant_an_unknown_revision_or_the_head() {
+        let mut history = History::new();
+        let base = save(None, 1, 100, 1_000, "base");
+        let child = save(Some(&base), 1, 100, 2_000, "child");
+        let unknown = save(Some(&child), 2, 100, 3_000, "not here yet");
+        for revision in [&base, &child] {
+            insert(&mut history, revision);
+        }
+        assert!(
+            history.runs_newer(Some(&base.id), &child.id),
+            "a descendant"
+        );
+        assert!(
+            history.runs_newer(Some(&child.id), &unknown.id),
+            "not received"
+        );
+        assert!(history.runs_newer(None, &base.id), "this node runs none");
+        assert!(!history.runs_newer(Some(&child.id), &child.id), "the same");
+        assert!(
+            !history.runs_newer(Some(&child.id), &base.id),
+            "the peer is behind"
+        );
+        // Two concurrent saves and their merge, the head: newer than either side, and
+        // neither side is newer than it.
+        let other = save(Some(&base), 2, 200, 2_500, "other");
+        insert(&mut history, &other);
+        let _ = history.settle();
+        let Some(head) = history.head().map(|head| head.id) else {
+            panic!("the merge is the head");
+        };
+        for side in [&child.id, &other.id] {
+            assert!(history.runs_newer(Some(side), &head));
+            assert!(!history.runs_newer(Some(&head), side));
+        }
     }
 }
