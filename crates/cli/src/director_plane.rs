@@ -7,7 +7,10 @@
 //!
 //! Members authenticate on the peer links with the HA group key, and the scan port's pair
 //! keys derive from it; a group without peer links (keepalived as a peer) has no director:
-//! its VIP holder serves alone, as before.
+//! its VIP holder serves alone, as before. In a cluster, the group's members, their weights
+//! and caps come from the replicated node records (every node computes the same choice from
+//! the same configuration); a report from a node whose record does not declare the group is
+//! refused. Without a cluster they come from the members' own reports.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -26,6 +29,34 @@ use tokio_util::sync::CancellationToken;
 
 /// Members report this often.
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the cluster's node records are read again for the members.
+const RECORDS_INTERVAL: Duration = Duration::from_secs(2);
+
+/// A member of HA groups as the cluster's replicated configuration (its node record)
+/// declares it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Declared {
+    name: String,
+    vrids: Vec<u8>,
+    weight: u32,
+    max_connections: u32,
+}
+
+impl Declared {
+    /// From a node record (`cluster_plane::node_record`); `None` if it is unreadable.
+    fn of(bytes: &[u8]) -> Option<Declared> {
+        let record: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+        let vrids = (record["vrrp"].as_array()?.iter())
+            .filter_map(|group| u8::try_from(group["vrid"].as_u64()?).ok())
+            .collect();
+        Some(Declared {
+            name: record["name"].as_str()?.to_owned(),
+            vrids,
+            weight: u32::try_from(record["director"]["weight"].as_u64()?).ok()?,
+            max_connections: u32::try_from(record["director"]["max_connections"].as_u64()?).ok()?,
+        })
+    }
+}
 
 /// What this node says about itself.
 pub struct OwnReport {
@@ -101,6 +132,11 @@ pub struct DirectorPlane {
     failure: watch::Receiver<Option<String>>,
     /// Why this node is behind the cluster's policy, if it is (for status).
     behind: watch::Receiver<Option<String>>,
+    /// In a cluster: every member as its replicated node record declares it (`None`: no
+    /// cluster, or the records are not read yet; members then come from their reports).
+    declared: Mutex<Option<HashMap<NodeId, Declared>>>,
+    /// Reports refused because the sender's record does not declare the group, logged once.
+    undeclared: Mutex<std::collections::HashSet<(NodeId, u8)>>,
 }
 
 impl DirectorPlane {
@@ -167,6 +203,8 @@ impl DirectorPlane {
             cpu: Mutex::new(None),
             failure: own.failure.clone(),
             behind: own.behind.clone(),
+            declared: Mutex::new(None),
+            undeclared: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -315,6 +353,27 @@ impl DirectorPlane {
         };
         let name = self.name_of(from);
         let now = self.now_ms();
+        let declared = self
+            .declared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .map(|declared| {
+                declared
+                    .get(&from)
+                    .is_some_and(|member| member.vrids.contains(&report.vrid))
+            });
+        if declared == Some(false) {
+            let first = self
+                .undeclared
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert((from, report.vrid));
+            if first {
+                tracing::warn!(instance = report.vrid, node = %name, node_id = %from, "director: load report from {name} refused: the cluster's configuration does not declare it a member of VRID {} (it gets no clients)", report.vrid);
+            }
+            return;
+        }
         let mut state = group
             .state
             .lock()
@@ -325,7 +384,10 @@ impl DirectorPlane {
             weight: report.weight,
             max_connections: report.max_connections,
         };
-        if state.director.members().find(|known| known.id == from) != Some(&member) {
+        // In a cluster the records decide the members (`set_declared`).
+        if declared.is_none()
+            && state.director.members().find(|known| known.id == from) != Some(&member)
+        {
             let members: Vec<Member> = state
                 .director
                 .members()
@@ -463,15 +525,82 @@ impl DirectorPlane {
         serde_json::json!({ "groups": groups })
     }
 
-    /// Reports every second and takes the members' reports until `stop`.
-    pub async fn run(self: Arc<Self>, mesh: MeshHandle, own: OwnReport, stop: CancellationToken) {
+    /// In a cluster: the members of each group, with their weights and caps, as the node
+    /// records declare them (this node always, from its own configuration).
+    fn set_declared(&self, records: &[palisade_replication::records::NodeRecord]) {
+        let declared: HashMap<NodeId, Declared> = (records.iter())
+            .filter_map(|record| Some((record.node, Declared::of(&record.bytes)?)))
+            .collect();
+        let mut known = self
+            .declared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if known.as_ref() == Some(&declared) {
+            return;
+        }
+        {
+            let mut names = self
+                .names
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (id, member) in &declared {
+                names.insert(*id, Arc::from(member.name.as_str()));
+            }
+        }
+        for group in &self.groups {
+            let mut state = group
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let own = state
+                .director
+                .members()
+                .find(|member| member.id == self.me)
+                .cloned();
+            let members: Vec<Member> = (declared.iter())
+                .filter(|(id, member)| **id != self.me && member.vrids.contains(&group.vrid))
+                .map(|(id, member)| Member {
+                    id: *id,
+                    name: member.name.clone(),
+                    weight: member.weight,
+                    max_connections: member.max_connections,
+                })
+                .chain(own)
+                .collect();
+            if state.director.members().cloned().collect::<Vec<_>>() != members {
+                let names: Vec<&str> = members.iter().map(|member| member.name.as_str()).collect();
+                tracing::info!(instance = group.vrid, members = ?names, "director: members of the group from the cluster's configuration");
+                state.director.set_members(members);
+            }
+        }
+        *known = Some(declared);
+    }
+
+    /// Reports every second and takes the members' reports until `stop`; in a cluster
+    /// (`declared_by`) reads the members from its node records.
+    pub async fn run(
+        self: Arc<Self>,
+        mesh: MeshHandle,
+        own: OwnReport,
+        declared_by: Option<palisade_cluster::ClusterHandle>,
+        stop: CancellationToken,
+    ) {
         let mut events = mesh.subscribe();
         let mut tick = tokio::time::interval(REPORT_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut records = tokio::time::interval(RECORDS_INTERVAL);
+        records.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
                 _ = tick.tick() => self.report(&mesh, &own),
+                _ = records.tick(), if declared_by.is_some() => {
+                    if let Some(cluster) = &declared_by
+                        && let Ok(records) = cluster.records().await
+                    {
+                        self.set_declared(&records);
+                    }
+                }
                 event = events.recv() => match event {
                     Ok(MeshEvent::PeerUp(peer)) => {
                         let mut names = self.names.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -692,7 +692,12 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
             &mut registry,
         );
         dispatch.set(plane.clone());
-        tasks.spawn(plane.clone().run(mesh.clone(), own, stop.clone()));
+        let declared_by = cluster.as_ref().map(|cluster| cluster.handle.clone());
+        tasks.spawn(
+            plane
+                .clone()
+                .run(mesh.clone(), own, declared_by, stop.clone()),
+        );
         director = Some(plane);
     }
     let control = Arc::new(
