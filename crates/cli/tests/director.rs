@@ -175,6 +175,38 @@ fn the_director_spreads_sticky_clients_over_every_node_and_routes_around_a_dead_
         let count = counts.get(name).copied().unwrap_or(0);
         assert!(count >= 6, "{name} served {count}: {counts:?}\n{}", logs());
     }
+    // The scanning nodes' access logs name the real clients (the PROXY header's), never
+    // the director's address.
+    for name in ["node2", "node3"] {
+        let access_log = dir.0.join(format!("{name}-data/access.log"));
+        let text = std::fs::read_to_string(&access_log).unwrap_or_default();
+        let clients: std::collections::HashSet<String> = text
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter_map(|record| {
+                let client = record["client"].as_str()?.to_owned();
+                Some(
+                    client
+                        .rsplit_once(':')
+                        .map_or(client.clone(), |(ip, _)| ip.to_owned()),
+                )
+            })
+            .collect();
+        let theirs: Vec<String> = sources
+            .iter()
+            .zip(&first)
+            .filter(|(_, node)| node.as_deref() == Some(name))
+            .map(|(source, _)| source.to_string())
+            .collect();
+        assert!(
+            theirs.iter().all(|source| clients.contains(source)),
+            "{name}'s access log lacks some of its clients {theirs:?}: {clients:?}"
+        );
+        assert!(
+            !clients.contains(&hosts[0].addr.to_string()),
+            "{name} logged the director as a client: {clients:?}"
+        );
+    }
     // Sticky: the same client, the same node.
     for (source, node) in sources.iter().zip(&first) {
         assert_eq!(
