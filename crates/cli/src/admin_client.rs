@@ -171,15 +171,16 @@ fn print_director(value: &serde_json::Value) {
             }
         }
         println!(
-            "  {:<16} {:>6} {:>8} {:>11} {:>6}  STATE",
-            "NODE", "WEIGHT", "RELAYED", "CONNECTIONS", "CPU"
+            "  {:<16} {:>6} {:>8} {:>7} {:>11} {:>6}  STATE",
+            "NODE", "WEIGHT", "RELAYED", "STICKY", "CONNECTIONS", "CPU"
         );
         for member in group["members"].as_array().cloned().unwrap_or_default() {
             println!(
-                "  {:<16} {:>6} {:>8} {:>11} {:>6}  {}",
+                "  {:<16} {:>6} {:>8} {:>7} {:>11} {:>6}  {}",
                 member["name"].as_str().unwrap_or("?"),
                 member["weight"],
                 member["relayed_connections"],
+                member["sticky_clients"],
                 member["active_connections"]
                     .as_u64()
                     .map_or("-".to_owned(), |count| count.to_string()),

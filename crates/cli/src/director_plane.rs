@@ -94,7 +94,17 @@ struct GroupState {
     was_out: HashMap<NodeId, Option<palisade_director::Out>>,
     /// Members whose group settings differ from this one's, and how.
     settings_differ: HashMap<NodeId, Vec<String>>,
+    /// The sticky table as LVS persistence shows it (`mfend-lb -s`): each client this
+    /// director gave a node within [`STICKY_WINDOW`], and when. Status only: the choice
+    /// itself remembers nothing.
+    sticky: HashMap<palisade_director::ClientKey, (NodeId, u64)>,
 }
+
+/// How long a client counts as a node's sticky client after its last new connection.
+const STICKY_WINDOW: Duration = Duration::from_secs(300);
+/// At most this many clients in a sticky table (about 12 MiB); beyond it new clients are
+/// not counted until old ones expire.
+const STICKY_MAX: usize = 262_144;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 struct MemberLabels {
@@ -186,6 +196,7 @@ impl DirectorPlane {
                         scans: HashMap::new(),
                         was_out: HashMap::new(),
                         settings_differ: HashMap::new(),
+                        sticky: HashMap::new(),
                     }),
                     settings: own.settings.get(&vrid).cloned().unwrap_or_default(),
                     others_healthy: std::sync::atomic::AtomicBool::new(true),
@@ -309,6 +320,10 @@ impl DirectorPlane {
     /// the metrics. A member goes out by silence as well as by events, so it is looked at
     /// on the clock, not only when something arrives.
     fn review(&self, vrid: u8, state: &mut GroupState, now: u64) {
+        let window = STICKY_WINDOW.as_millis() as u64;
+        state
+            .sticky
+            .retain(|_, (_, seen)| now.saturating_sub(*seen) <= window);
         let members: Vec<(NodeId, String)> = (state.director.members())
             .map(|member| (member.id, member.name.clone()))
             .collect();
@@ -443,6 +458,10 @@ impl DirectorPlane {
                 };
                 let state = group.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 let director = &state.director;
+                let mut sticky: HashMap<NodeId, usize> = HashMap::new();
+                for (node, _) in state.sticky.values() {
+                    *sticky.entry(*node).or_default() += 1;
+                }
                 let members: Vec<serde_json::Value> = director
                     .members()
                     .map(|member| {
@@ -457,6 +476,7 @@ impl DirectorPlane {
                                 Some(out) => format!("out: {out}"),
                             },
                             "relayed_connections": director.active(&member.id),
+                            "sticky_clients": sticky.get(&member.id).copied().unwrap_or(0),
                             "active_connections": load.map(|load| load.active_connections),
                             "memory_bytes": load.map(|load| load.memory_bytes),
                             "cpu_permille": load.map(|load| load.cpu_permille),
@@ -631,6 +651,10 @@ impl Dispatch for DirectorPlane {
         };
         // Counted under the same lock as the choice: concurrent choices see it.
         state.director.reserve(*first);
+        let key = palisade_director::client_key(client.ip());
+        if state.sticky.len() < STICKY_MAX || state.sticky.contains_key(&key) {
+            state.sticky.insert(key, (*first, now));
+        }
         let targets = choice
             .order
             .iter()

@@ -266,6 +266,22 @@ fn the_director_spreads_sticky_clients_over_every_node_and_routes_around_a_dead_
         );
     }
 
+    // The sticky table (`mfend-lb -s`): each node's clients, as the last round gave them.
+    let output = hosts[0].run("curl", &["-s", "http://127.0.0.1:4711/director"]);
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+    for member in value["groups"][0]["members"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        let name = member["name"].as_str().unwrap_or("?").to_owned();
+        assert_eq!(
+            member["sticky_clients"].as_u64(),
+            Some(counts.get(&name).copied().unwrap_or(0)),
+            "{name}: {value:#}"
+        );
+    }
+
     // A loaded node gets no more than its bound: two connections held open per client of
     // node2, all homed on node2; once node2 holds 1.25 times its share of the director's
     // live connections, the next ones go to each client's next node.
