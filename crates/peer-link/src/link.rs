@@ -97,21 +97,42 @@ pub type NodeOfCertificate = Arc<dyn Fn(&[u8]) -> Option<palisade_identity::Node
 
 /// The exporter label binding a link's handshake to its TLS session.
 const EXPORTER_LABEL: &[u8] = b"EXPORTER-palisade-peer-link";
+/// The exporter label of the pair's scan-port key (issue 11): both ends of a TLS link
+/// export the same secret, which no one else can, so a director and a scanning node share a
+/// key without any configured secret.
+const SCAN_KEY_LABEL: &[u8] = b"EXPORTER-palisade-scan-port";
 
 /// What the link takes from a TLS session: the exporter secret its handshake is bound to,
 /// and the peer's certificate (DER).
 fn session_facts<Data>(
     connection: &tokio_rustls::rustls::ConnectionCommon<Data>,
-) -> Result<([u8; 32], Option<Vec<u8>>), LinkError> {
-    let mut secret = [0u8; 32];
-    connection
-        .export_keying_material(&mut secret, EXPORTER_LABEL, None)
-        .map_err(|error| LinkError::Tls(error.to_string()))?;
+) -> Result<SessionFacts, LinkError> {
+    let export = |label: &[u8]| {
+        let mut secret = [0u8; 32];
+        connection
+            .export_keying_material(&mut secret, label, None)
+            .map_err(|error| LinkError::Tls(error.to_string()))?;
+        Ok::<_, LinkError>(secret)
+    };
     let certificate = connection
         .peer_certificates()
         .and_then(|chain| chain.first())
         .map(|der| der.to_vec());
-    Ok((secret, certificate))
+    Ok(SessionFacts {
+        secret: export(EXPORTER_LABEL)?,
+        scan_secret: export(SCAN_KEY_LABEL)?,
+        certificate,
+    })
+}
+
+/// What a link takes from its TLS session.
+struct SessionFacts {
+    /// Binds the link's handshake to the session.
+    secret: [u8; 32],
+    /// The pair's scan-port key.
+    scan_secret: [u8; 32],
+    /// The peer's certificate (DER).
+    certificate: Option<Vec<u8>>,
 }
 
 /// Authenticates a connected TCP stream as `role` by `auth` and runs the link handshake.
@@ -143,7 +164,7 @@ pub async fn establish(
             Role::Server => {
                 let stream = configs.acceptor.accept(stream).await.map_err(tls_error)?;
                 let facts = session_facts(&**stream.get_ref().1)?;
-                if facts.1.is_none()
+                if facts.certificate.is_none()
                     && let Some(joins) = &tls.joins
                 {
                     joins(stream, remote);
@@ -152,15 +173,15 @@ pub async fn establish(
                 (Box::new(stream), facts)
             }
         };
-        let (boxed, (secret, certificate)) = secured;
-        Ok::<_, LinkError>((boxed, secret, certificate))
+        Ok::<_, LinkError>(secured)
     })
     .await
     .map_err(|_| LinkError::Timeout)??;
-    let (stream, secret, certificate) = secured;
-    let certified = certificate.as_deref().and_then(|der| (tls.node_of)(der));
-    let auth: Arc<dyn Authenticator> = Arc::new(crate::auth::GroupKey::new(&secret));
-    let link = handshake_over(stream, remote, role, auth, local).await?;
+    let (stream, facts) = secured;
+    let certified = (facts.certificate.as_deref()).and_then(|der| (tls.node_of)(der));
+    let auth: Arc<dyn Authenticator> = Arc::new(crate::auth::GroupKey::new(&facts.secret));
+    let mut link = handshake_over(stream, remote, role, auth, local).await?;
+    link.scan_secret = Some(facts.scan_secret);
     if certified != Some(link.peer.node_id) {
         return Err(LinkError::Identity {
             certificate: certified
@@ -236,6 +257,9 @@ pub struct Link {
     leftover: Vec<u8>,
     pub peer: PeerIdentity,
     pub remote: SocketAddr,
+    /// The pair's scan-port key, exported from the link's TLS session (none on a link
+    /// authenticated by the HA group key, whose pairs derive theirs from it).
+    pub scan_secret: Option<[u8; 32]>,
 }
 
 /// Runs the handshake as `role` on a connected TCP stream (tuned here).
@@ -292,6 +316,7 @@ pub async fn handshake_over(
         leftover: buffer,
         peer: established.peer,
         remote,
+        scan_secret: None,
     })
 }
 

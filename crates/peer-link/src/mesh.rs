@@ -159,6 +159,7 @@ enum Internal {
         /// The configured address this node dialled, for links it dialled.
         dialled: Option<SocketAddr>,
         sender: mpsc::Sender<Outgoing>,
+        scan_secret: Option<[u8; 32]>,
     },
     Received {
         link_id: u64,
@@ -209,6 +210,7 @@ pub struct MeshHandle {
     events: broadcast::Sender<MeshEvent>,
     peers: watch::Receiver<Vec<Peer>>,
     listen_addr: SocketAddr,
+    scan_secrets: Arc<std::sync::RwLock<HashMap<NodeId, Vec<[u8; 32]>>>>,
 }
 
 impl MeshHandle {
@@ -222,6 +224,19 @@ impl MeshHandle {
         let receiver = self.events.subscribe();
         let _ = self.commands.send(Command::Replay);
         receiver
+    }
+
+    /// The scan-port secrets this node shares with `peer`, one per TLS link up to it,
+    /// oldest first (empty without such a link). Both ends of a link export the same secret;
+    /// a director seals with its newest link's, a scanning node tries each (the two may each
+    /// have dialled a link of their own).
+    pub fn scan_secrets(&self, peer: NodeId) -> Vec<[u8; 32]> {
+        self.scan_secrets
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&peer)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The peers with a link up now.
@@ -302,6 +317,8 @@ struct Shared {
     stop: CancellationToken,
     /// Cancelled by [`MeshHandle::leave`]: no new links from then on.
     leaving: CancellationToken,
+    /// Each peer's scan-port keys, from its TLS links (see [`MeshHandle::scan_secrets`]).
+    scan_secrets: Arc<std::sync::RwLock<HashMap<NodeId, Vec<[u8; 32]>>>>,
 }
 
 /// Binds the link listener and starts the mesh's tasks under `tasks`; they all end once
@@ -325,7 +342,9 @@ pub async fn start(
         tasks: tasks.clone(),
         stop,
         leaving: CancellationToken::new(),
+        scan_secrets: Arc::default(),
     };
+    let shared_scan_secrets = shared.scan_secrets.clone();
     tasks.spawn(accept_loop(listener, shared.clone()));
     for peer in &config.peers {
         // Of a pair, the lower address dials. Cluster members may know each other from one
@@ -352,6 +371,7 @@ pub async fn start(
         our_statuses: BTreeMap::new(),
         peer_statuses: BTreeMap::new(),
         send_warnings: LogThrottle::new(Duration::from_secs(10)),
+        scan_secrets: BTreeMap::new(),
     };
     tasks.spawn(mesh.run(commands, internal));
     Ok(MeshHandle {
@@ -359,6 +379,7 @@ pub async fn start(
         events,
         peers,
         listen_addr,
+        scan_secrets: shared_scan_secrets,
     })
 }
 
@@ -564,6 +585,7 @@ async fn serve_link(link: Link, shared: &Shared, dialled: Option<SocketAddr>) {
         addr: link.remote.ip().to_canonical(),
         dialled,
         sender,
+        scan_secret: link.scan_secret,
     };
     if shared.internal.send(up).is_err() {
         return;
@@ -682,6 +704,8 @@ struct Mesh {
     /// Peers' latest status per (address, VRID), for late subscribers.
     peer_statuses: BTreeMap<(IpAddr, u8), HaMessage>,
     send_warnings: LogThrottle,
+    /// The exported scan-port secret of each TLS link up, and its peer.
+    scan_secrets: BTreeMap<u64, (NodeId, [u8; 32])>,
 }
 
 impl Mesh {
@@ -736,7 +760,14 @@ impl Mesh {
                 addr,
                 dialled,
                 sender,
-            } => self.link_up(link_id, peer, addr, dialled, sender),
+                scan_secret,
+            } => {
+                if let Some(secret) = scan_secret {
+                    self.scan_secrets.insert(link_id, (peer.node_id, secret));
+                }
+                self.link_up(link_id, peer, addr, dialled, sender);
+                self.publish_scan_secrets();
+            }
             Internal::Verified(target) => {
                 self.verified.insert(target);
             }
@@ -868,7 +899,29 @@ impl Mesh {
         }
     }
 
+    /// Every peer's scan-port keys (its links' exported secrets, oldest first) where the
+    /// scan port and the director read them.
+    fn publish_scan_secrets(&mut self) {
+        let link_owner = &self.link_owner;
+        self.scan_secrets
+            .retain(|link_id, _| link_owner.contains_key(link_id));
+        let mut by_node: HashMap<NodeId, Vec<[u8; 32]>> = HashMap::new();
+        for (node, secret) in self.scan_secrets.values() {
+            by_node.entry(*node).or_default().push(*secret);
+        }
+        *self
+            .shared
+            .scan_secrets
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = by_node;
+    }
+
     fn link_ended(&mut self, link_id: u64, end: Option<LinkEnd>) {
+        self.end_link(link_id, end);
+        self.publish_scan_secrets();
+    }
+
+    fn end_link(&mut self, link_id: u64, end: Option<LinkEnd>) {
         // Links this node closed itself are no longer owned: nothing to report.
         let Some(node_id) = self.link_owner.remove(&link_id) else {
             return;
@@ -1048,6 +1101,7 @@ impl Mesh {
             let _ = wait.await;
         }
         self.publish_peers();
+        self.publish_scan_secrets();
     }
 }
 
@@ -1341,6 +1395,20 @@ mod tests {
                 break;
             }
         }
+        // Both ends of a link export the same scan-port secret: the two nodes hold one in
+        // common (each may also hold one of a link it dialled itself, not yet the other's).
+        let (from_a, from_b) = (a.handle.scan_secrets(b.id), b.handle.scan_secrets(a.id));
+        assert!(
+            from_a.iter().any(|secret| from_b.contains(secret)),
+            "{} and {} secrets, none shared",
+            from_a.len(),
+            from_b.len()
+        );
+        assert!(
+            a.handle
+                .scan_secrets(NodeId::from_bytes([1; 16]))
+                .is_empty()
+        );
         // A node of another cluster's CA at an address b accepts links from.
         let stranger = tls_mesh(&other, [127, 0, 0, 5], b.handle.listen_addr()).await;
         let quiet = tokio::time::timeout(Duration::from_secs(1), async {
