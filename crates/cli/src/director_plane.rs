@@ -127,11 +127,45 @@ struct DirectorMetrics {
     >,
 }
 
+/// Where the scan port's pair keys come from.
+#[derive(Clone)]
+pub enum PairKeys {
+    /// Derived from the HA group key, for a group without a cluster.
+    GroupKey(Vec<u8>),
+    /// Exported from the pair's mutual-TLS cluster links (RFC 5705): no configured secret.
+    Links(MeshHandle),
+}
+
+impl PairKeys {
+    /// The key this node, directing, seals a relay to `node` with (its newest link's);
+    /// `None` while no link to `node` is up.
+    fn sealing(&self, me: NodeId, node: NodeId) -> Option<PairKey> {
+        match self {
+            PairKeys::GroupKey(key) => Some(PairKey::from_group_key(key, me, node)),
+            PairKeys::Links(mesh) => mesh
+                .scan_secrets(node)
+                .last()
+                .map(|secret| PairKey::from_secret(secret)),
+        }
+    }
+
+    /// The keys a header from `director` may be sealed with (this node scanning): one per
+    /// link up to it, since each end may have dialled its own.
+    pub fn verifying(&self, me: NodeId, director: NodeId) -> Vec<PairKey> {
+        match self {
+            PairKeys::GroupKey(key) => vec![PairKey::from_group_key(key, director, me)],
+            PairKeys::Links(mesh) => (mesh.scan_secrets(director).iter())
+                .map(|secret| PairKey::from_secret(secret))
+                .collect(),
+        }
+    }
+}
+
 /// The director of every HA group this node is in.
 pub struct DirectorPlane {
     me: NodeId,
     name: Arc<str>,
-    group_key: Vec<u8>,
+    keys: PairKeys,
     groups: Vec<Group>,
     names: Mutex<HashMap<NodeId, Arc<str>>>,
     epoch: Instant,
@@ -153,7 +187,7 @@ impl DirectorPlane {
     pub fn new(
         me: NodeId,
         name: &str,
-        group_key: Vec<u8>,
+        keys: PairKeys,
         groups: &[GroupHandle],
         settings: &crate::config::DirectorSettings,
         own: &OwnReport,
@@ -206,7 +240,7 @@ impl DirectorPlane {
         Arc::new(DirectorPlane {
             me,
             name: Arc::from(name),
-            group_key,
+            keys,
             groups,
             names: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
@@ -659,12 +693,13 @@ impl Dispatch for DirectorPlane {
             .order
             .iter()
             .map(|node| {
+                // A node without a key (no link up to it) is skipped by the relay.
                 let (scan, key) = if *node == self.me {
                     (None, None)
                 } else {
                     (
                         state.scans.get(node).copied(),
-                        Some(PairKey::from_group_key(&self.group_key, self.me, *node)),
+                        self.keys.sealing(self.me, *node),
                     )
                 };
                 RelayTarget {

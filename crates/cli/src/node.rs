@@ -519,11 +519,17 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
     let stop = CancellationToken::new();
     let stop_accepting = CancellationToken::new();
     let connections = TaskTracker::new();
+    // In a cluster the scan port's keys and members come from the cluster's links, which
+    // start later; without one, from the HA group key and the heartbeat's peers.
+    let cluster_links: Arc<std::sync::OnceLock<MeshHandle>> = Arc::default();
+    let in_cluster = prepared_cluster.is_some() && store.store.is_some();
     if let Some(listener) = scan_listener {
-        let gate = palisade_proxy::scan_port::ScanGate::new(
-            scan_keys(&config, store.node_id),
-            scan_members(&config),
-        );
+        let (keys, members) = if in_cluster {
+            cluster_scan_keys(cluster_links.clone(), store.node_id)
+        } else {
+            (scan_keys(&config, store.node_id), scan_members(&config))
+        };
+        let gate = palisade_proxy::scan_port::ScanGate::new(keys, members);
         tasks.spawn(proxy.clone().serve_scan_port(
             listener,
             gate,
@@ -628,6 +634,9 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
         ),
         _ => None,
     };
+    if let Some(cluster) = &cluster {
+        let _ = cluster_links.set(cluster.mesh.clone());
+    }
     // A node behind the cluster's policy takes no director role and gets no clients.
     let behind = match &cluster {
         Some(cluster) => cluster.handle.behind(),
@@ -655,9 +664,22 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
     registry.register_collector(Box::new(palisade_vrrp_linux::metrics::HaMetrics::new(
         groups.iter().map(|group| group.status.clone()).collect(),
     )));
-    // The director: with peer links (the group key) every healthy member serves clients.
+    // The director: with peer links every healthy member serves clients. In a cluster its
+    // reports ride the cluster's mutual-TLS links and the pair keys come from them; without
+    // one, the heartbeat's links and the HA group key.
+    let director_links = match (&cluster, &mesh, &config.heartbeat) {
+        (Some(cluster), _, _) => Some((
+            cluster.mesh.clone(),
+            crate::director_plane::PairKeys::Links(cluster.mesh.clone()),
+        )),
+        (None, Some(mesh), Some(heartbeat)) => Some((
+            mesh.clone(),
+            crate::director_plane::PairKeys::GroupKey(heartbeat.key.clone()),
+        )),
+        _ => None,
+    };
     let mut director = None;
-    if let (Some(mesh), Some(heartbeat), false) = (&mesh, &config.heartbeat, groups.is_empty()) {
+    if let (Some((director_mesh, keys)), false) = (director_links, groups.is_empty()) {
         let own = crate::director_plane::OwnReport {
             weight: config.director.weight,
             max_connections: config.director.max_connections,
@@ -685,7 +707,7 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
         let plane = crate::director_plane::DirectorPlane::new(
             store.node_id,
             config.hostname.as_str(),
-            heartbeat.key.clone(),
+            keys,
             &groups,
             &config.director,
             &own,
@@ -696,7 +718,7 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
         tasks.spawn(
             plane
                 .clone()
-                .run(mesh.clone(), own, declared_by, stop.clone()),
+                .run(director_mesh, own, declared_by, stop.clone()),
         );
         director = Some(plane);
     }
@@ -1232,6 +1254,31 @@ fn scan_members(config: &NodeConfig) -> palisade_proxy::scan_port::ScanMembers {
         .flat_map(|heartbeat| heartbeat.peers.iter().map(|peer| peer.ip().to_canonical()))
         .collect();
     Arc::new(move |ip| members.contains(&ip))
+}
+
+/// A cluster member's scan port: keys exported from its links to the director, members the
+/// peers its links prove (their link addresses, which relays leave from).
+fn cluster_scan_keys(
+    links: Arc<std::sync::OnceLock<MeshHandle>>,
+    me: palisade_identity::NodeId,
+) -> (
+    palisade_proxy::scan_port::ScanKeys,
+    palisade_proxy::scan_port::ScanMembers,
+) {
+    let for_keys = links.clone();
+    let keys: palisade_proxy::scan_port::ScanKeys =
+        Arc::new(move |director| match for_keys.get() {
+            Some(mesh) => {
+                crate::director_plane::PairKeys::Links(mesh.clone()).verifying(me, director)
+            }
+            None => Vec::new(),
+        });
+    let members: palisade_proxy::scan_port::ScanMembers = Arc::new(move |ip| {
+        links.get().is_some_and(|mesh| {
+            (mesh.watch_peers().borrow().iter()).any(|peer| peer.addr.to_canonical() == ip)
+        })
+    });
+    (keys, members)
 }
 
 fn scan_keys(

@@ -1666,81 +1666,102 @@ fn a_node_behind_the_clusters_policy_takes_no_director_role_until_it_catches_up(
     );
 }
 
-/// In a cluster the director's members come from the replicated configuration: node3 holds
-/// the HA group's key and declares the group in its own config, but is no cluster member, so
-/// the cluster's director refuses its load reports and never gives it clients, while node1
-/// and node2 (declared in their node records) both serve.
+/// In a cluster the director runs on the cluster's mutual-TLS links, with no `[heartbeat]`
+/// and no group key: the pair keys of the scan port are exported from the links, and the
+/// members come from the replicated configuration. node1 and node2 both serve clients
+/// through the VIP; node3 runs the same VRRP group (and holds a group key) but is no cluster
+/// member, so the director never counts it.
 #[test]
-fn the_directors_members_are_those_the_clusters_configuration_declares() {
-    if !require_netns("the_directors_members_are_those_the_clusters_configuration_declares") {
+fn a_clusters_director_runs_on_its_links_with_the_members_its_configuration_declares() {
+    if !require_netns(
+        "a_clusters_director_runs_on_its_links_with_the_members_its_configuration_declares",
+    ) {
         return;
     }
-    let mut lab = Lab::new(&["node1", "node2", "node3"]);
-    let dir = palisade_e2e::node::TempDir::new("palisade-cluster-members");
+    let mut lab = Lab::new(&["node1", "node2", "node3", "client"]);
+    let dir = palisade_e2e::node::TempDir::new("palisade-cluster-director");
     let members = members(&lab, &dir.0, &["node1", "node2"]);
-    let node3 = lab.host("node3").clone();
+    let (node3, client) = (lab.host("node3").clone(), lab.host("client").clone());
     let vip = lab.spare_addr(100);
-    let heartbeat = |peers: &[std::net::Ipv4Addr]| {
-        let peers: Vec<String> = (peers.iter())
-            .map(|peer| format!("\"{peer}:{}\"", palisade_e2e::ha::HEARTBEAT_PORT))
-            .collect();
-        format!(
-            "[heartbeat]\nlisten = \"0.0.0.0:{}\"\npeers = [{}]\nkey = \"{}\"\n",
-            palisade_e2e::ha::HEARTBEAT_PORT,
-            peers.join(", "),
-            palisade_e2e::ha::HEARTBEAT_KEY
-        )
-    };
-    let group = |priority: u8| {
-        format!(
-            "[[vrrp]]\nname = \"VI_1\"\nvrid = 51\ninterface = \"eth0\"\npriority = {priority}\nadvert_interval = \"100ms\"\nvips = [\"{vip}/24\"]\n"
-        )
-    };
-    let addrs = [members[0].host.addr, members[1].host.addr, node3.addr];
     for (index, member) in members.iter().enumerate() {
-        let others: Vec<_> = (0..3)
-            .filter(|other| *other != index)
-            .map(|other| addrs[other])
-            .collect();
         let mut config = std::fs::read_to_string(&member.config).unwrap_or_default();
-        config.push_str(&group(if index == 0 { 150 } else { 100 }));
-        config.push_str(&heartbeat(&others));
+        config.push_str(&format!(
+            "[[vrrp]]\nname = \"VI_1\"\nvrid = 51\ninterface = \"eth0\"\npriority = {}\nadvert_interval = \"100ms\"\nvips = [\"{vip}/24\"]\n[director]\nslow_start = \"1s\"\n",
+            if index == 0 { 150 } else { 100 }
+        ));
         std::fs::write(&member.config, config).unwrap_or_else(|error| panic!("{error}"));
     }
     form_cluster(&mut lab, &members);
-    // node3: the same group and key, in no cluster.
-    let mut stranger =
-        palisade_e2e::ha::HaNode::new(&dir.0, &node3, "100ms", 50, vip, &heartbeat(&addrs[..2]));
+    // node3: the same group, a group key and heartbeat links to both; in no cluster.
+    let heartbeat = format!(
+        "[heartbeat]\nlisten = \"0.0.0.0:{port}\"\npeers = [\"{}:{port}\", \"{}:{port}\"]\nkey = \"{}\"\n",
+        members[0].host.addr,
+        members[1].host.addr,
+        palisade_e2e::ha::HEARTBEAT_KEY,
+        port = palisade_e2e::ha::HEARTBEAT_PORT,
+    );
+    let mut stranger = palisade_e2e::ha::HaNode::new(&dir.0, &node3, "100ms", 50, vip, &heartbeat);
     stranger.start(&mut lab, BIN);
-    let log = |member: &Member| member.log_text();
+    let sources: Vec<std::net::Ipv4Addr> = (0..16).map(|i| lab.spare_addr(150 + i)).collect();
+    for source in &sources {
+        let output = client.run(
+            "ip",
+            &["addr", "add", &format!("{source}/24"), "dev", "eth0"],
+        );
+        assert!(output.status.success(), "{output:?}");
+    }
+    let served_by = |source: std::net::Ipv4Addr| -> Option<String> {
+        let stream = palisade_e2e::netns::in_namespace(&client.ns, || {
+            let socket =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+            socket
+                .bind(&std::net::SocketAddr::from((source, 0)).into())
+                .ok()?;
+            socket
+                .connect_timeout(
+                    &std::net::SocketAddr::from((vip, 9090)).into(),
+                    Duration::from_secs(2),
+                )
+                .ok()?;
+            Some(std::net::TcpStream::from(socket))
+        })?;
+        palisade_e2e::ha::answering_node(stream, Duration::from_secs(3))
+    };
     wait_for(
-        "node1 directs and refuses node3's reports",
-        Duration::from_secs(20),
+        "node1 directs and both members serve clients",
+        Duration::from_secs(30),
         &members,
         || {
+            let served: std::collections::HashSet<String> = sources
+                .iter()
+                .filter_map(|source| served_by(*source))
+                .collect();
             members[0].host.has_address(vip)
-                && log(&members[0]).contains(
-                    "load report from node3 refused: the cluster's configuration does not declare it a member of VRID 51",
-                )
+                && served
+                    == std::collections::HashSet::from(["node1".to_owned(), "node2".to_owned()])
         },
     );
-    // node1's director: node1 and node2, both in; node3 not a member.
-    wait_for(
-        "node1 and node2 in, node3 absent",
-        Duration::from_secs(10),
-        &members,
-        || {
-            let output = members[0].run(&["status"]);
-            let text = String::from_utf8_lossy(&output.stdout).into_owned();
-            let row = |name: &str| {
-                text.lines()
-                    .find(|line| line.trim_start().starts_with(name))
-                    .map(str::to_owned)
-            };
-            row("node1").is_some_and(|line| line.ends_with("in"))
-                && row("node2").is_some_and(|line| line.ends_with("in"))
-                && row("node3").is_none()
-        },
+    // node1's director: node1 and node2, both in; node3 no member.
+    let output = members[0].run(&["status"]);
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let row = |name: &str| {
+        text.lines()
+            .find(|line| line.trim_start().starts_with(name))
+            .map(str::to_owned)
+    };
+    assert!(
+        row("node1").is_some_and(|line| line.ends_with("in"))
+            && row("node2").is_some_and(|line| line.ends_with("in"))
+            && row("node3").is_none(),
+        "{text}"
+    );
+    // node2 admitted the relayed connections with a key from its link to node1.
+    assert!(
+        members[1]
+            .metric("palisade_scan_port_relayed_connections_total")
+            .is_some_and(|count| count >= 1.0),
+        "{}",
+        all_logs(&members)
     );
     assert!(
         !stranger.log_text().is_empty(),

@@ -875,9 +875,15 @@ impl Router {
                 priority,
                 master,
             } => {
+                let was_master = self.peers.masters().any(|(known, _)| known == peer);
                 self.peers.set(peer, priority, master, now);
                 if self.split_winner == Some(peer) && !master {
                     self.split_winner = None;
+                }
+                if was_master && !master && self.state == State::Master {
+                    // The other Master the links knew stepped down (its adverts may never
+                    // have reached this one): clients may still follow its ARPs.
+                    self.heal(now);
                 }
                 self.arm_split_check(now);
             }
@@ -1074,19 +1080,25 @@ impl Router {
             // (715)-(720) discard; and the split-brain heal.
             self.send_advert(self.priority);
             self.adver_at = Some(now + self.cfg.advert_interval.to_duration());
-            // No heal right after preempting (or the owner's startup): the preempted Master's
-            // last advert is expected, and our gratuitous ARPs, sent after its, are the newest.
-            // After a master-down takeover another router may have taken over at the same
-            // instant, and its ARPs may have arrived after ours: heal.
-            let holdoff = 3 * self.cfg.advert_interval.to_duration();
-            let recent = |at: Option<Instant>| at.is_some_and(|at| now < at + holdoff);
-            if !recent(self.last_heal) && !recent(self.preempted_at) {
-                self.last_heal = Some(now);
-                self.stats.split_brain_heals += 1;
-                self.add_vips();
-                self.announce_vips();
-                self.notify(State::Master, State::Master, Reason::SplitBrainHeal);
-            }
+            self.heal(now);
+        }
+    }
+
+    /// The split-brain heal: another Master existed beside this one, and clients may have
+    /// followed its gratuitous ARPs: re-announce the VIPs (and tell the hooks), at most once
+    /// per 3 x Advertisement_Interval. No heal right after preempting (or the owner's
+    /// startup): the preempted Master's last advert is expected, and our gratuitous ARPs, sent
+    /// after its, are the newest. After a master-down takeover another router may have taken
+    /// over at the same instant, and its ARPs may have arrived after ours: heal.
+    fn heal(&mut self, now: Instant) {
+        let holdoff = 3 * self.cfg.advert_interval.to_duration();
+        let recent = |at: Option<Instant>| at.is_some_and(|at| now < at + holdoff);
+        if !recent(self.last_heal) && !recent(self.preempted_at) {
+            self.last_heal = Some(now);
+            self.stats.split_brain_heals += 1;
+            self.add_vips();
+            self.announce_vips();
+            self.notify(State::Master, State::Master, Reason::SplitBrainHeal);
         }
     }
 

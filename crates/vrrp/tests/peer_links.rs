@@ -281,7 +281,20 @@ fn adverts_lost_while_the_links_work_make_a_second_master_that_steps_down_and_st
     assert_eq!(lan.router(1).stats().split_brain_stepdowns, 1);
     assert_eq!(lan.router(1).state(), State::Backup);
     assert_eq!(lan.router(1).master_address(), Some(addr(11)));
-    // node1, the better one, never stepped down.
+    // node1, the better one, never stepped down; it re-announced once node2 had (clients
+    // that followed node2's gratuitous ARPs come back).
+    let healed = lan
+        .actions_since(0, split_at)
+        .into_iter()
+        .find_map(|(at, action)| match action {
+            Action::Notify(t) if t.reason == Reason::SplitBrainHeal => Some(at),
+            _ => None,
+        });
+    assert!(
+        healed.is_some_and(|at| at >= stepped[0]),
+        "{healed:?} after {:?}",
+        stepped[0]
+    );
     assert_eq!(lan.router(0).stats().split_brain_stepdowns, 0);
     assert_eq!(lan.router(0).stats().master_transitions, 1);
 
