@@ -171,12 +171,12 @@ fn print_director(value: &serde_json::Value) {
             }
         }
         println!(
-            "  {:<16} {:>6} {:>8} {:>7} {:>11} {:>6}  STATE",
-            "NODE", "WEIGHT", "RELAYED", "STICKY", "CONNECTIONS", "CPU"
+            "  {:<16} {:>6} {:>8} {:>7} {:>11} {:>6}  {:<12}  STATE",
+            "NODE", "WEIGHT", "RELAYED", "STICKY", "CONNECTIONS", "CPU", "POLICY"
         );
         for member in group["members"].as_array().cloned().unwrap_or_default() {
             println!(
-                "  {:<16} {:>6} {:>8} {:>7} {:>11} {:>6}  {}",
+                "  {:<16} {:>6} {:>8} {:>7} {:>11} {:>6}  {:<12}  {}",
                 member["name"].as_str().unwrap_or("?"),
                 member["weight"],
                 member["relayed_connections"],
@@ -190,6 +190,9 @@ fn print_director(value: &serde_json::Value) {
                         "{:.1}%",
                         permille as f64 / 10.0
                     )),
+                member["policy_revision"]
+                    .as_str()
+                    .map_or("-", |revision| &revision[..revision.len().min(12)]),
                 member["state"].as_str().unwrap_or("?"),
             );
             if let Some(differ) = member["settings_differ"].as_array() {

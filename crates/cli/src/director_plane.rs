@@ -71,6 +71,8 @@ pub struct OwnReport {
     pub failure: watch::Receiver<Option<String>>,
     /// Why this node is behind the cluster's policy, if it is.
     pub behind: watch::Receiver<Option<String>>,
+    /// The policy revision live here.
+    pub policy: watch::Receiver<crate::policy_install::PolicyRevision>,
     /// Per group (by VRID): told whether another member reports healthy (the fault gate's
     /// fail-open).
     pub others_healthy: HashMap<u8, watch::Sender<bool>>,
@@ -303,6 +305,7 @@ impl DirectorPlane {
             memory_bytes: resident_bytes(),
             failure,
             behind: own.behind.borrow().is_some(),
+            policy_revision: Some(*own.policy.borrow().as_bytes()),
         }
     }
 
@@ -496,8 +499,24 @@ impl DirectorPlane {
                 for (node, _) in state.sticky.values() {
                     *sticky.entry(*node).or_default() += 1;
                 }
+                // The director: this node, or the member whose address is the group's master
+                // address.
+                let director_id = if directing {
+                    Some(self.me)
+                } else {
+                    master.and_then(|master| {
+                        (state.scans.iter())
+                            .find(|(_, scan)| scan.ip().to_canonical() == master.to_canonical())
+                            .map(|(id, _)| *id)
+                    })
+                };
+                // As `mfend-lb -s`: the director shows every member, a scanning node the
+                // director and itself.
                 let members: Vec<serde_json::Value> = director
                     .members()
+                    .filter(|member| {
+                        directing || member.id == self.me || Some(member.id) == director_id
+                    })
                     .map(|member| {
                         let load = director.load(&member.id);
                         serde_json::json!({
@@ -513,6 +532,9 @@ impl DirectorPlane {
                             "sticky_clients": sticky.get(&member.id).copied().unwrap_or(0),
                             "active_connections": load.map(|load| load.active_connections),
                             "memory_bytes": load.map(|load| load.memory_bytes),
+                            "policy_revision": load
+                                .and_then(|load| load.policy_revision)
+                                .map(|revision| revision.iter().map(|byte| format!("{byte:02x}")).collect::<String>()),
                             "cpu_permille": load.map(|load| load.cpu_permille),
                             "scan": state.scans.get(&member.id).map(ToString::to_string),
                             "settings_differ": state.settings_differ.get(&member.id),
@@ -550,17 +572,7 @@ impl DirectorPlane {
                         })).collect::<Vec<_>>(),
                     })
                 });
-                // The director by name: this node, or the member whose address is the
-                // group's master address.
-                let director_name = if directing {
-                    Some(self.name.to_string())
-                } else {
-                    master.and_then(|master| {
-                        (state.scans.iter())
-                            .find(|(_, scan)| scan.ip().to_canonical() == master.to_canonical())
-                            .map(|(id, _)| self.name_of(*id).to_string())
-                    })
-                };
+                let director_name = director_id.map(|id| self.name_of(id).to_string());
                 let failure = (self.failure.borrow().clone())
                     .or_else(|| self.behind.borrow().clone());
                 let fail_open = failure.is_some()

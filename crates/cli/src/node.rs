@@ -702,6 +702,7 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
             active_connections: proxy.metrics().active_connections.clone(),
             failure,
             behind,
+            policy: installer.revision(),
             others_healthy,
         };
         let plane = crate::director_plane::DirectorPlane::new(

@@ -31,6 +31,10 @@ impl PolicyRevision {
     pub fn short(&self) -> String {
         self.to_string()[..12].to_owned()
     }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
 }
 
 impl fmt::Display for PolicyRevision {

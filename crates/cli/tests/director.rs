@@ -252,6 +252,12 @@ fn the_director_spreads_sticky_clients_over_every_node_and_routes_around_a_dead_
         text.contains("director of VRID 51 (node1 directs)"),
         "{text}"
     );
+    // ... and lists the director and itself only, as `mfend-lb -s` on a scanning node.
+    let listed = |name: &str| text.lines().any(|line| line.trim_start().starts_with(name));
+    assert!(
+        listed("node1") && listed("node3") && !listed("node2"),
+        "{text}"
+    );
     let output = hosts[0].run(BIN, &["status"]);
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
@@ -278,6 +284,12 @@ fn the_director_spreads_sticky_clients_over_every_node_and_routes_around_a_dead_
         assert_eq!(
             member["sticky_clients"].as_u64(),
             Some(counts.get(&name).copied().unwrap_or(0)),
+            "{name}: {value:#}"
+        );
+        // Each member reports the policy revision it runs (the same lab policy on all).
+        assert_eq!(
+            member["policy_revision"].as_str().map(str::len),
+            Some(64),
             "{name}: {value:#}"
         );
     }

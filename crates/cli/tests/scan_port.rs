@@ -228,10 +228,18 @@ async fn forged_lifted_plain_refused_and_silent_connections_are_reset() {
     );
     assert_eq!(refused(&node, "header_timeout"), 1.0);
 
-    // A PROXY header on the redirect port is a bad request, never a client address.
+    // A PROXY header on the redirect port is a bad request, never a client address ...
     let mut bytes = lifted;
     bytes.extend_from_slice(&get(&origin));
     let (answer, _) = raw_exchange(node.node.proxy, &bytes, WAIT).await;
+    assert_eq!(
+        status_of(&answer),
+        400,
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    // ... and on the test port.
+    let (answer, _) = raw_exchange(node.node.test_port, &bytes, WAIT).await;
     assert_eq!(
         status_of(&answer),
         400,

@@ -58,6 +58,8 @@ pub struct Load {
     pub failure: Option<String>,
     /// Behind the cluster's policy for too long (central management).
     pub behind: bool,
+    /// The policy revision it runs (its compiled bundle's id), for status.
+    pub policy_revision: Option<[u8; 32]>,
 }
 
 /// Why a node gets no new clients.

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use crate::choice::Load;
 
 /// The director plane's wire version (2: load reports carry the group's settings).
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// A failure reason's length at most.
 pub const MAX_FAILURE: usize = 256;
 /// Virtual addresses, and redirect ports, in a report at most.
@@ -171,6 +171,13 @@ impl DirectorMessage {
                 for port in ports {
                     out.extend_from_slice(&port.to_be_bytes());
                 }
+                match &load.policy_revision {
+                    None => out.push(0),
+                    Some(revision) => {
+                        out.push(1);
+                        out.extend_from_slice(revision);
+                    }
+                }
             }
         }
         out
@@ -244,6 +251,11 @@ impl DirectorMessage {
                 let redirect_ports = (0..count)
                     .map(|_| reader.u16())
                     .collect::<Result<Vec<u16>, WireError>>()?;
+                let policy_revision = match reader.u8()? {
+                    0 => None,
+                    1 => Some(reader.array::<32>()?),
+                    _ => return Err(WireError::Malformed("policy revision flag")),
+                };
                 let settings = GroupSettings {
                     vips,
                     advert_interval_cs,
@@ -261,6 +273,7 @@ impl DirectorMessage {
                         memory_bytes,
                         failure,
                         behind,
+                        policy_revision,
                     },
                     settings,
                 })
@@ -333,6 +346,7 @@ mod tests {
                 memory_bytes: 14_000_000,
                 failure: failure.map(str::to_owned),
                 behind: failure.is_some(),
+                policy_revision: failure.is_some().then_some([7; 32]),
             },
             settings: GroupSettings {
                 vips: vec![
