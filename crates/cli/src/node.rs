@@ -652,9 +652,10 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
         &config,
         group_specs,
         local,
-        HealthInputs {
+        HaInputs {
             deep: deep_state.clone(),
             behind: behind.clone(),
+            cluster_links: cluster.as_ref().map(|cluster| cluster.mesh.clone()),
         },
         &mut registry,
         &tasks,
@@ -823,12 +824,15 @@ async fn bind_retrying(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListe
     }
 }
 
-/// What besides the port monitor decides whether this node may hold a VIP.
-struct HealthInputs {
+/// What the HA groups take from the rest of the node.
+struct HaInputs {
     /// The deep health check's state, when it runs.
     deep: Option<watch::Receiver<palisade_health::deep::DeepState>>,
     /// Why this node is behind the cluster's policy, if it is.
     behind: watch::Receiver<Option<String>>,
+    /// The cluster's links, which the groups' statuses and handovers ride when no
+    /// `[heartbeat]` gives them links of their own.
+    cluster_links: Option<MeshHandle>,
 }
 
 /// Starts the health monitor and one VRRP driver per configured HA group.
@@ -849,12 +853,16 @@ async fn start_ha_groups(
     config: &NodeConfig,
     specs: Vec<GroupSpec>,
     local: palisade_peer_link::LocalIdentity,
-    inputs: HealthInputs,
+    inputs: HaInputs,
     registry: &mut Registry,
     tasks: &TaskTracker,
     stop: &CancellationToken,
 ) -> anyhow::Result<HaPlane> {
-    let HealthInputs { deep, behind } = inputs;
+    let HaInputs {
+        deep,
+        behind,
+        cluster_links,
+    } = inputs;
     if config.vrrp.is_empty() {
         return Ok(HaPlane {
             groups: Vec::new(),
@@ -975,11 +983,25 @@ async fn start_ha_groups(
     let mesh = match (&config.heartbeat, specs.first()) {
         (Some(heartbeat), Some(first)) => {
             let incarnation = local.incarnation;
+            // Links leave from the primary address, so peers see the address VRRP knows this
+            // node by; an IPv6 group's primary is link-local, which a link cannot be bound to
+            // without its scope: such links leave from any address (statuses name the primary).
+            let primary = first.router.primary_address;
+            let local_addr = match primary {
+                IpAddr::V6(v6) if v6.is_unicast_link_local() => {
+                    if heartbeat.peers.iter().any(SocketAddr::is_ipv4) {
+                        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+                    } else {
+                        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+                    }
+                }
+                primary => primary,
+            };
             let mesh = palisade_peer_link::mesh::start(
                 MeshConfig {
                     listen: heartbeat.listen,
                     peers: heartbeat.peers.clone(),
-                    local_addr: first.router.primary_address,
+                    local_addr,
                     auth: palisade_peer_link::LinkAuth::group_key(&heartbeat.key),
                     identity: local,
                     metrics: palisade_peer_link::metrics::MeshMetrics::new(registry),
@@ -1010,7 +1032,8 @@ async fn start_ha_groups(
             others_rx,
             faulty_tx,
         ));
-        let handle = palisade_vrrp_linux::driver::spawn(spec, faulty_rx, mesh.clone(), tasks)
+        let links = mesh.clone().or_else(|| cluster_links.clone());
+        let handle = palisade_vrrp_linux::driver::spawn(spec, faulty_rx, links, tasks)
             .await
             .with_context(|| format!("cannot start HA group {}", group.name))?;
         tracing::info!(

@@ -1691,7 +1691,7 @@ fn a_clusters_director_runs_on_its_links_with_the_members_its_configuration_decl
         ));
         std::fs::write(&member.config, config).unwrap_or_else(|error| panic!("{error}"));
     }
-    form_cluster(&mut lab, &members);
+    let pids = form_cluster(&mut lab, &members);
     // node3: the same group, a group key and heartbeat links to both; in no cluster.
     let heartbeat = format!(
         "[heartbeat]\nlisten = \"0.0.0.0:{port}\"\npeers = [\"{}:{port}\", \"{}:{port}\"]\nkey = \"{}\"\n",
@@ -1768,4 +1768,19 @@ fn a_clusters_director_runs_on_its_links_with_the_members_its_configuration_decl
         "node3 ran: {}",
         stranger.log_text()
     );
+    // VRRP's statuses and handover ride the cluster's links too: node1 stops and hands the
+    // VIP to node2 at once (node3, no member, is never its successor).
+    stop(&members[0], pids[0], &members);
+    wait_for(
+        "node2 takes the VIP by handover over the cluster's links",
+        Duration::from_secs(10),
+        &members,
+        || {
+            members[1].host.has_address(vip)
+                && members[1]
+                    .log_text()
+                    .contains("handover received: taking over")
+        },
+    );
+    assert!(!node3.has_address(vip), "{}", stranger.log_text());
 }

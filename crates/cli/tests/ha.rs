@@ -930,18 +930,24 @@ fn ipv6_group_fails_over_and_the_client_follows_the_neighbour_advert() {
     }
     let holds = |host: &LabHost| host.addresses().contains(&format!(" {vip}/"));
     let policy = palisade_e2e::ha::lab_policy(&dir.0, "ipv6");
-    let config = |host: &LabHost, priority: u8| {
+    // Peer links over IPv4 (the group's adverts leave from link-local addresses, which the
+    // statuses name): the crash below is taken over at once, not at Master_Down_Interval.
+    let config = |host: &LabHost, priority: u8, peer: &LabHost| {
         let path = dir.0.join(format!("{}.toml", host.name));
         let text = format!(
-            "[node]\nhostname = \"{name}\"\ndata_dir = \"{data}\"\n[policy]\nfile = \"{policy}\"\n[proxy]\nlisten = [\"[::]:9090\"]\ntest_listen = [\"[::]:9091\"]\n[admin]\nlisten = \"127.0.0.1:4711\"\n[health]\ninterval = \"50ms\"\n[[vrrp]]\nname = \"VI_6\"\nvrid = 61\ninterface = \"eth0\"\npriority = {priority}\nadvert_interval = \"100ms\"\nvips = [\"{vip}/64\"]\n",
+            "[node]\nhostname = \"{name}\"\ndata_dir = \"{data}\"\n[policy]\nfile = \"{policy}\"\n[proxy]\nlisten = [\"[::]:9090\"]\ntest_listen = [\"[::]:9091\"]\n[admin]\nlisten = \"127.0.0.1:4711\"\n[health]\ninterval = \"50ms\"\n[[vrrp]]\nname = \"VI_6\"\nvrid = 61\ninterface = \"eth0\"\npriority = {priority}\nadvert_interval = \"1s\"\nvips = [\"{vip}/64\"]\n{heartbeat}",
             name = host.name,
             data = dir.0.join(format!("{}-data", host.name)).display(),
             policy = policy.display(),
+            heartbeat = palisade_e2e::ha::heartbeat_section(peer.addr),
         );
         std::fs::write(&path, text).unwrap_or_else(|error| panic!("{error}"));
         path.display().to_string()
     };
-    let (config1, config2) = (config(&hosts[0], 150), config(&hosts[1], 100));
+    let (config1, config2) = (
+        config(&hosts[0], 150, &hosts[1]),
+        config(&hosts[1], 100, &hosts[0]),
+    );
     let log1 = dir.0.join("node1.log");
     let log2 = dir.0.join("node2.log");
     let node1 = lab.spawn("node1", BIN, &["run", "--config", &config1], &log1);
@@ -968,12 +974,32 @@ fn ipv6_group_fails_over_and_the_client_follows_the_neighbour_advert() {
         logs()
     );
 
+    // The statuses on the links name each node's link-local primary: node1 knows node2 as
+    // the next in line, by the address VRRP knows it by.
+    wait_for("node1 knows its successor", Duration::from_secs(10), || {
+        let output = hosts[0].run(BIN, &["status", "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).is_ok_and(|status| {
+            status["groups"][0]["successor"]
+                .as_str()
+                .is_some_and(|successor| successor.starts_with("fe80::"))
+        })
+    });
+
+    let killed = std::time::Instant::now();
     let _ = std::process::Command::new("kill")
         .args(["-KILL", &node1.to_string()])
         .status();
     wait_for("node2 holds the IPv6 VIP", Duration::from_secs(5), || {
         holds(&hosts[1])
     });
+    // At once (the crash proved over the link), not after Master_Down_Interval (3.6 s).
+    assert!(
+        killed.elapsed() < Duration::from_millis(2_500),
+        "{:?}\n{}",
+        killed.elapsed(),
+        logs()
+    );
+    assert!(logs().contains("master died: taking over"), "{}", logs());
     wait_for("client follows node2", Duration::from_secs(3), || {
         who_answers(&hosts[2], vip).as_deref() == Some("node2")
     });

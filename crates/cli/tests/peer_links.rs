@@ -443,6 +443,8 @@ fn a_second_link_survives_the_first_and_a_new_incarnation_replaces_both() {
         vrid: 51,
         vrrp_priority: 100,
         master: false,
+        primary: std::net::IpAddr::V4(host2.addr),
+        group: palisade_vrrp_linux::driver::group_fingerprint(&[std::net::IpAddr::V4(vip)]),
     });
     first
         .send(&in_line)

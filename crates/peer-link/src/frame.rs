@@ -159,6 +159,8 @@ mod tests {
                 vrid: 51,
                 vrrp_priority: 150,
                 master: true,
+                primary: std::net::IpAddr::from([10, 213, 0, 11]),
+                group: 7,
             }),
             Message::Ha(HaMessage::Handover { vrid: 51 }),
             Message::Replication(vec![7; 60_000]),
@@ -204,6 +206,8 @@ mod tests {
                 vrid: 51,
                 vrrp_priority: 100,
                 master: false,
+                primary: std::net::IpAddr::from([10, 213, 0, 11]),
+                group: 7,
             }),
             &mut frame,
         );

@@ -338,6 +338,8 @@ mod tests {
             vrid: 51,
             vrrp_priority: 100,
             master: false,
+            primary: std::net::IpAddr::from([10, 213, 0, 11]),
+            group: 7,
         });
         let mut frame = Vec::new();
         client.sealer.seal(&status, &mut frame);

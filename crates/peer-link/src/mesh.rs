@@ -1189,6 +1189,8 @@ mod tests {
             vrid: 51,
             vrrp_priority: 100,
             master: false,
+            primary: std::net::IpAddr::from([10, 213, 0, 11]),
+            group: 7,
         };
         a.handle.broadcast(status);
         assert_eq!(

@@ -3,6 +3,8 @@
 //! then skipped and counted, so nodes of different releases keep their links (replication and the
 //! director's load reports arrive in later releases as planes of their own).
 
+use std::net::IpAddr;
+
 use crate::frame::FrameError;
 
 /// Plane numbers on the wire.
@@ -19,7 +21,8 @@ pub mod plane {
 
 /// Wire version of each plane this build speaks.
 pub const LINK_VERSION: u8 = 1;
-/// 2: a status says whether its sender is Master (issue 11). A peer of version 1 skips
+/// 2: a status says whether its sender is Master, its primary address and the group's
+/// fingerprint (issue 11). A peer of version 1 skips
 /// version-2 frames and this build skips its: the fast paths wait for both to upgrade,
 /// the RFC timers work meanwhile.
 pub const HA_VERSION: u8 = 2;
@@ -70,10 +73,18 @@ pub enum HaMessage {
     /// node knows who is next in line when the master dies; and whether it is the group's
     /// master, so two masters whose adverts do not reach each other (the VRRP network split,
     /// the links not) find out.
+    ///
+    /// It also names the sender's primary address in the group (the source of its adverts,
+    /// by which VRRP knows it; a link's address need not be it: an IPv6 group's adverts leave
+    /// from a link-local address, a cluster's links from any) and a fingerprint of the group's
+    /// virtual addresses, so that groups sharing a VRID on different segments of one cluster
+    /// stay apart.
     Status {
         vrid: u8,
         vrrp_priority: u8,
         master: bool,
+        primary: IpAddr,
+        group: u32,
     },
     /// "Take over this group now": sent by a leaving master to the next node in line.
     Handover { vrid: u8 },
@@ -107,12 +118,23 @@ impl Message {
                 vrid,
                 vrrp_priority,
                 master,
-            }) => (
-                plane::HA,
-                HA_VERSION,
-                ha_kind::STATUS,
-                Cow::Owned(vec![*vrid, *vrrp_priority, u8::from(*master)]),
-            ),
+                primary,
+                group,
+            }) => {
+                let mut payload = vec![*vrid, *vrrp_priority, u8::from(*master)];
+                match primary {
+                    IpAddr::V4(v4) => {
+                        payload.push(4);
+                        payload.extend_from_slice(&v4.octets());
+                    }
+                    IpAddr::V6(v6) => {
+                        payload.push(6);
+                        payload.extend_from_slice(&v6.octets());
+                    }
+                }
+                payload.extend_from_slice(&group.to_be_bytes());
+                (plane::HA, HA_VERSION, ha_kind::STATUS, Cow::Owned(payload))
+            }
             Message::Ha(HaMessage::Handover { vrid }) => (
                 plane::HA,
                 HA_VERSION,
@@ -158,11 +180,27 @@ impl Message {
                 _ => return Ok(None),
             },
             (plane::HA, HA_VERSION) => match (kind, payload) {
-                (ha_kind::STATUS, [vrid, vrrp_priority, flags @ (0 | 1)]) => {
+                (ha_kind::STATUS, [vrid, vrrp_priority, flags @ (0 | 1), rest @ ..]) => {
+                    let (primary, group) = match rest {
+                        [4, a, b, c, d, group @ ..] => (IpAddr::from([*a, *b, *c, *d]), group),
+                        [6, rest @ ..] if rest.len() == 20 => {
+                            let mut octets = [0u8; 16];
+                            octets.copy_from_slice(&rest[..16]);
+                            (IpAddr::from(octets), &rest[16..])
+                        }
+                        _ => {
+                            return Err(FrameError::Malformed("HA status of the wrong form"));
+                        }
+                    };
+                    let group: [u8; 4] = group
+                        .try_into()
+                        .map_err(|_| FrameError::Malformed("HA status of the wrong length"))?;
                     Message::Ha(HaMessage::Status {
                         vrid: *vrid,
                         vrrp_priority: *vrrp_priority,
                         master: *flags == 1,
+                        primary,
+                        group: u32::from_be_bytes(group),
                     })
                 }
                 (ha_kind::HANDOVER, [vrid]) => Message::Ha(HaMessage::Handover { vrid: *vrid }),
@@ -194,20 +232,43 @@ mod tests {
     }
 
     #[test]
-    fn a_status_carries_the_master_flag_and_decodes_only_in_its_one_form() {
-        for master in [false, true] {
+    fn a_status_carries_master_primary_and_group_and_decodes_only_in_its_one_form() {
+        let v6: IpAddr = "fe80::1".parse().unwrap_or(IpAddr::from([0u8; 16]));
+        for (master, primary) in [(false, IpAddr::from([10, 213, 0, 11])), (true, v6)] {
             let status = Message::Ha(HaMessage::Status {
                 vrid: 51,
                 vrrp_priority: 150,
                 master,
+                primary,
+                group: 0xdead_beef,
             });
             let encoded = status.encode();
-            assert_eq!(encoded.payload.as_ref(), [51, 150, u8::from(master)]);
+            let expected_len = if primary.is_ipv4() {
+                3 + 1 + 4 + 4
+            } else {
+                3 + 1 + 16 + 4
+            };
+            assert_eq!(encoded.payload.len(), expected_len);
             assert_eq!(decode_status(&encoded.payload), Ok(Some(status)));
         }
         // One encoding per message (the fuzz target checks frames seal back to their bytes).
-        for bad in [&[51, 100][..], &[51, 100, 2], &[51, 100, 1, 0], &[51]] {
+        let good = [51, 100, 1, 4, 10, 0, 0, 1, 0, 0, 0, 7];
+        assert!(decode_status(&good).is_ok());
+        let mut bad_flag = good;
+        bad_flag[2] = 2;
+        let mut bad_family = good;
+        bad_family[3] = 5;
+        for bad in [
+            &good[..11],
+            &bad_flag[..],
+            &bad_family[..],
+            &[51, 100, 1],
+            &[51],
+        ] {
             assert!(decode_status(bad).is_err(), "{bad:?}");
         }
+        let mut trailing = good.to_vec();
+        trailing.push(0);
+        assert!(decode_status(&trailing).is_err());
     }
 }

@@ -5,6 +5,7 @@
 //! MASTER STATE`, `Entering BACKUP STATE`, `Received higher prio advert`, `Sending gratuitous
 //! ARPs on IFACE for VIP`).
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -224,6 +225,7 @@ pub async fn spawn(
     let (confirmed_tx, confirmed_rx) = mpsc::unbounded_channel();
     let (status_tx, status) = watch::channel(status_of(&spec, &router, mesh.is_some()));
     let (name_for_hooks, notify_timeout) = (spec.name.clone(), spec.notify.timeout);
+    let fingerprint = group_fingerprint(&spec.router.vips);
     let driver = Driver {
         spec,
         ifindex,
@@ -243,6 +245,9 @@ pub async fn spawn(
         tasks: tasks.clone(),
         unhealthy: false,
         link_down: false,
+        fingerprint,
+        primaries: HashMap::new(),
+        link_of: HashMap::new(),
     };
     tasks.spawn(driver.run(faulty, commands));
     Ok(GroupHandle {
@@ -284,6 +289,32 @@ struct Driver {
     /// The interface is down or has lost its carrier: a Master there would advertise into
     /// nothing and come back claiming the VIP, so it goes to FAULT (as keepalived does).
     link_down: bool,
+    /// This group's fingerprint (see [`group_fingerprint`]).
+    fingerprint: u32,
+    /// Each peer link's address -> the peer's primary address in this group (its status
+    /// names it), and back.
+    primaries: HashMap<IpAddr, IpAddr>,
+    link_of: HashMap<IpAddr, IpAddr>,
+}
+
+/// A fingerprint of a group's virtual addresses (FNV-1a over them, sorted): statuses of a
+/// group with the same VRID elsewhere in a cluster carry another and are ignored.
+pub fn group_fingerprint(vips: &[IpAddr]) -> u32 {
+    let mut sorted = vips.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut hash: u32 = 0x811c_9dc5;
+    for vip in sorted {
+        let bytes: Vec<u8> = match vip {
+            IpAddr::V4(v4) => v4.octets().to_vec(),
+            IpAddr::V6(v6) => v6.octets().to_vec(),
+        };
+        for byte in bytes {
+            hash ^= u32::from(byte);
+            hash = hash.wrapping_mul(0x0100_0193);
+        }
+    }
+    hash
 }
 
 impl Driver {
@@ -437,28 +468,45 @@ impl Driver {
                 from,
                 message:
                     HaMessage::Status {
-                        vrid: group,
+                        vrid: group_vrid,
                         vrrp_priority,
                         master,
+                        primary,
+                        group,
                     },
-            } if group == vrid => PeerEvent::Status {
-                peer: from,
-                priority: VrrpPriority(vrrp_priority),
-                master,
-            },
+            } if group_vrid == vrid && group == self.fingerprint => {
+                // VRRP knows the peer by its primary address; the link may run on another.
+                if let Some(old) = self.primaries.insert(from, primary)
+                    && old != primary
+                {
+                    self.link_of.remove(&old);
+                }
+                self.link_of.insert(primary, from);
+                PeerEvent::Status {
+                    peer: primary,
+                    priority: VrrpPriority(vrrp_priority),
+                    master,
+                }
+            }
             MeshEvent::Ha {
                 from,
                 message: HaMessage::Handover { vrid: group },
             } if group == vrid => {
+                let from = self.primaries.get(&from).copied().unwrap_or(from);
                 tracing::info!(instance = %name, %from, "handover received: taking over");
                 PeerEvent::Handover { from }
             }
-            MeshEvent::PeerDown { peer, why } => match why {
-                Down::Left => PeerEvent::Left { peer: peer.addr },
-                Down::Lost => PeerEvent::LinkLost { peer: peer.addr },
-                // A new incarnation: the process this node knew is gone.
-                Down::Restarted => PeerEvent::Died { peer: peer.addr },
-            },
+            MeshEvent::PeerDown { peer, why } => {
+                // The mapping stays: a lost link's death confirmation dials that address,
+                // and the peer's next status on any link updates it.
+                let primary = self.primaries.get(&peer.addr).copied().unwrap_or(peer.addr);
+                match why {
+                    Down::Left => PeerEvent::Left { peer: primary },
+                    Down::Lost => PeerEvent::LinkLost { peer: primary },
+                    // A new incarnation: the process this node knew is gone.
+                    Down::Restarted => PeerEvent::Died { peer: primary },
+                }
+            }
             MeshEvent::Ha { .. }
             | MeshEvent::PeerUp(_)
             | MeshEvent::Replication { .. }
@@ -544,6 +592,8 @@ impl Driver {
                     vrid: self.router.vrid().get(),
                     vrrp_priority: priority,
                     master,
+                    primary: self.spec.router.primary_address,
+                    group: self.fingerprint,
                 });
             }
         }
@@ -636,8 +686,9 @@ impl Driver {
                 };
                 tracing::info!(instance = %name, master = %peer, "VRRP_Instance({name}) master's peer link lost: confirming with one dial");
                 let answers = self.confirmed_tx.clone();
+                let link = self.link_of.get(&peer).copied().unwrap_or(peer);
                 self.tasks.spawn(async move {
-                    let answer = mesh.confirm_death(peer).await;
+                    let answer = mesh.confirm_death(link).await;
                     let _ = answers.send((peer, answer));
                 });
             }
@@ -645,7 +696,7 @@ impl Driver {
                 if let Some(mesh) = &self.mesh {
                     tracing::info!(instance = %name, successor = %to, "handing over to the next node in line");
                     mesh.send_to(
-                        to,
+                        self.link_of.get(&to).copied().unwrap_or(to),
                         HaMessage::Handover {
                             vrid: self.router.vrid().get(),
                         },
