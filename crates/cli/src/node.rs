@@ -499,21 +499,21 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
     )
     .context("cannot start the proxy")?;
     // Other members and the VIPs: their internal ports are closed to clients too (a VIP held
-    // by another node leads to that node).
-    proxy.set_member_addresses(
-        config
-            .heartbeat
-            .iter()
-            .flat_map(|heartbeat| heartbeat.peers.iter().map(SocketAddr::ip))
-            .chain(config.cluster.peers.iter().map(SocketAddr::ip))
-            .chain(
-                config
-                    .vrrp
-                    .iter()
-                    .flat_map(|group| group.vips.iter().copied()),
-            )
-            .collect(),
-    );
+    // by another node leads to that node). Members the cluster's links prove are added as
+    // they link (below).
+    let configured_members: Vec<IpAddr> = config
+        .heartbeat
+        .iter()
+        .flat_map(|heartbeat| heartbeat.peers.iter().map(SocketAddr::ip))
+        .chain(config.cluster.peers.iter().map(SocketAddr::ip))
+        .chain(
+            config
+                .vrrp
+                .iter()
+                .flat_map(|group| group.vips.iter().copied()),
+        )
+        .collect();
+    proxy.set_member_addresses(configured_members.clone());
 
     let tasks = TaskTracker::new();
     let stop = CancellationToken::new();
@@ -770,8 +770,11 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
 
     {
         let (proxy, stop) = (proxy.clone(), stop.clone());
+        let cluster_links = cluster.as_ref().map(|cluster| cluster.mesh.watch_peers());
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
+            let mut members: std::collections::BTreeSet<IpAddr> =
+                configured_members.into_iter().collect();
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
@@ -779,6 +782,14 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
                 }
                 proxy.sweep_pool();
                 proxy.refresh_own_addresses();
+                // Members learnt at run time (`cluster add`, a join): kept once seen.
+                if let Some(links) = &cluster_links {
+                    let before = members.len();
+                    members.extend(links.borrow().iter().map(|peer| peer.addr));
+                    if members.len() != before {
+                        proxy.set_member_addresses(members.iter().copied().collect());
+                    }
+                }
             }
         });
     }

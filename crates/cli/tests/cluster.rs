@@ -1755,6 +1755,18 @@ fn a_clusters_director_runs_on_its_links_with_the_members_its_configuration_decl
             && row("node3").is_none(),
         "{text}"
     );
+    // node1's config names no peer (node2 joined it): node2's internal ports, learnt from
+    // the links, are closed to clients through node1 all the same (508, a forwarding loop).
+    let proxy = format!("http://{}:9090", members[0].host.addr);
+    for port in [9190, 4711, CLUSTER_PORT] {
+        let target = format!("http://{}:{port}/", members[1].host.addr);
+        wait_for(
+            &format!("{target} refused through node1"),
+            Duration::from_secs(10),
+            &members,
+            || client.status_through(&proxy, &target) == "508",
+        );
+    }
     // node2 admitted the relayed connections with a key from its link to node1.
     assert!(
         members[1]
