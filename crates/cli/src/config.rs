@@ -1158,13 +1158,15 @@ impl Checker<'_> {
         let mut seen = std::collections::HashSet::new();
         for group in raw.vrrp {
             if let Some(group) = self.vrrp_group(group) {
-                if !seen.insert((group.interface.clone(), group.vrid)) {
+                // The peer links' statuses and the director's reports name a group by its
+                // VRID: two groups of one node must not share one, even on two interfaces.
+                if !seen.insert(group.vrid) {
                     self.errors.push(ConfigError {
                         file: self.file.to_owned(),
                         line: 0,
                         column: 0,
                         message: format!(
-                            "vrrp: two groups with vrid {} on {}: VRIDs must differ per interface",
+                            "vrrp: two groups with vrid {} (the second on {}): a node's groups need distinct VRIDs",
                             group.vrid, group.interface
                         ),
                     });

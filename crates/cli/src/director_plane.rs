@@ -37,7 +37,9 @@ const RECORDS_INTERVAL: Duration = Duration::from_secs(2);
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Declared {
     name: String,
-    vrids: Vec<u8>,
+    /// Its groups: VRID and VIPs (sorted). A group is the same VRID with the same VIPs: a
+    /// cluster may span segments that each use VRID 51 for a group of their own.
+    groups: Vec<(u8, Vec<IpAddr>)>,
     weight: u32,
     max_connections: u32,
 }
@@ -46,15 +48,35 @@ impl Declared {
     /// From a node record (`cluster_plane::node_record`); `None` if it is unreadable.
     fn of(bytes: &[u8]) -> Option<Declared> {
         let record: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-        let vrids = (record["vrrp"].as_array()?.iter())
-            .filter_map(|group| u8::try_from(group["vrid"].as_u64()?).ok())
+        let groups = (record["vrrp"].as_array()?.iter())
+            .filter_map(|group| {
+                let vrid = u8::try_from(group["vrid"].as_u64()?).ok()?;
+                let mut vips: Vec<IpAddr> = (group["vips"].as_array()?.iter())
+                    .filter_map(|vip| vip.as_str()?.parse().ok())
+                    .collect();
+                vips.sort_unstable();
+                vips.dedup();
+                Some((vrid, vips))
+            })
             .collect();
         Some(Declared {
             name: record["name"].as_str()?.to_owned(),
-            vrids,
+            groups,
             weight: u32::try_from(record["director"]["weight"].as_u64()?).ok()?,
             max_connections: u32::try_from(record["director"]["max_connections"].as_u64()?).ok()?,
         })
+    }
+}
+
+impl Declared {
+    /// Whether it declares `group`: its VRID with the same VIPs.
+    fn declares(&self, group: &Group) -> bool {
+        let mut vips = group.settings.vips.clone();
+        vips.sort_unstable();
+        vips.dedup();
+        self.groups
+            .iter()
+            .any(|(vrid, theirs)| *vrid == group.vrid && *theirs == vips)
     }
 }
 
@@ -293,11 +315,16 @@ impl DirectorPlane {
     fn own_load(&self, group: &Group, own: &OwnReport, cpu_permille: u16) -> Load {
         let status = group.status.borrow();
         // The node's own health, not its VRRP state: a node that fails open is not in FAULT
-        // but still fails.
+        // but still fails. A FAULT for any other reason than health or a stale policy is a
+        // lost link on the VRRP interface: no healthy member for the others' fail-open.
         let failure = if status.drained {
             Some("drained".to_owned())
+        } else if let Some(why) = own.failure.borrow().clone() {
+            Some(why)
+        } else if status.state == State::Fault && own.behind.borrow().is_none() {
+            Some("FAULT: its VRRP interface has no link".to_owned())
         } else {
-            own.failure.borrow().clone()
+            None
         };
         Load {
             active_connections: own.active_connections.get().max(0) as u32,
@@ -413,7 +440,7 @@ impl DirectorPlane {
             .map(|declared| {
                 declared
                     .get(&from)
-                    .is_some_and(|member| member.vrids.contains(&report.vrid))
+                    .is_some_and(|member| member.declares(group))
             });
         if declared == Some(false) {
             let first = self
@@ -624,7 +651,7 @@ impl DirectorPlane {
                 .find(|member| member.id == self.me)
                 .cloned();
             let members: Vec<Member> = (declared.iter())
-                .filter(|(id, member)| **id != self.me && member.vrids.contains(&group.vrid))
+                .filter(|(id, member)| **id != self.me && member.declares(group))
                 .map(|(id, member)| Member {
                     id: *id,
                     name: member.name.clone(),

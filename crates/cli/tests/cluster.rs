@@ -1669,8 +1669,9 @@ fn a_node_behind_the_clusters_policy_takes_no_director_role_until_it_catches_up(
 /// In a cluster the director runs on the cluster's mutual-TLS links, with no `[heartbeat]`
 /// and no group key: the pair keys of the scan port are exported from the links, and the
 /// members come from the replicated configuration. node1 and node2 both serve clients
-/// through the VIP; node3 runs the same VRRP group (and holds a group key) but is no cluster
-/// member, so the director never counts it.
+/// through the VIP; node3 runs the same VRRP group and holds a group key, but it is no
+/// cluster member: no link the director listens on accepts it, so it can neither report nor
+/// be chosen, and as a lower-priority VRRP backup it never takes the VIP.
 #[test]
 fn a_clusters_director_runs_on_its_links_with_the_members_its_configuration_declares() {
     if !require_netns(

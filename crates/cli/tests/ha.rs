@@ -1000,6 +1000,12 @@ fn ipv6_group_fails_over_and_the_client_follows_the_neighbour_advert() {
         logs()
     );
     assert!(logs().contains("master died: taking over"), "{}", logs());
+    // Each knew the other's link-local adverts as a member's (learnt from the statuses).
+    assert!(
+        !logs().contains("which is not a member of this group"),
+        "{}",
+        logs()
+    );
     wait_for("client follows node2", Duration::from_secs(3), || {
         who_answers(&hosts[2], vip).as_deref() == Some("node2")
     });

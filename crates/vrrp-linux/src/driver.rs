@@ -482,6 +482,7 @@ impl Driver {
                     self.link_of.remove(&old);
                 }
                 self.link_of.insert(primary, from);
+                self.router.learn_member(primary);
                 PeerEvent::Status {
                     peer: primary,
                     priority: VrrpPriority(vrrp_priority),

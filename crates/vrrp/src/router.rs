@@ -789,8 +789,14 @@ impl Router {
         match self.state {
             State::Backup => {
                 if self.master_down_at.is_some_and(|at| at <= now) {
+                    // Held only while the winner's statuses keep coming: a winner whose host
+                    // died is taken over within two status periods, not at its link's timeout.
+                    let fresh = now - 2 * STATUS_REPEAT;
                     let winner = self.split_winner.and_then(|winner| {
-                        self.master_above(self.peers.masters().filter(|(peer, _)| *peer == winner))
+                        self.master_above(
+                            (self.peers.masters_heard_since(fresh))
+                                .filter(|(peer, _)| *peer == winner),
+                        )
                     });
                     if let Some(winner) = winner {
                         // No adverts, but the peer links say the Master this one stepped down
@@ -867,6 +873,15 @@ impl Router {
         }
     }
 
+    /// A member's primary address learnt at run time (a peer's status names it): its adverts
+    /// are a member's, although the configured list named it by another address (its peer
+    /// link's). Changes nothing while the members are unknown.
+    pub fn learn_member(&mut self, primary: IpAddr) {
+        if !self.cfg.members.is_empty() && !self.cfg.members.contains(&primary) {
+            self.cfg.members.push(primary);
+        }
+    }
+
     /// See [`PeerEvent`]. An error only for a handover this node cannot take.
     pub fn handle_peer(&mut self, now: Instant, event: PeerEvent) -> Result<(), CommandError> {
         match event {
@@ -875,7 +890,11 @@ impl Router {
                 priority,
                 master,
             } => {
-                let was_master = self.peers.masters().any(|(known, _)| known == peer);
+                // Master beside this one, by a status heard since this one became Master (a
+                // handover's old Master said so before: no split brain, no heal).
+                let was_master = self.master_since.is_some_and(|since| {
+                    (self.peers.masters_heard_since(since)).any(|(known, _)| known == peer)
+                });
                 self.peers.set(peer, priority, master, now);
                 if self.split_winner == Some(peer) && !master {
                     self.split_winner = None;
@@ -1033,6 +1052,10 @@ impl Router {
 impl Router {
     /// RFC 5798 section 6.4.2, "If an ADVERTISEMENT is received" in Backup.
     fn backup_receives(&mut self, now: Instant, src: IpAddr, advert: &Advert) {
+        if self.split_winner == Some(src) {
+            // Its adverts arrive again: the split is over, the RFC rules are enough.
+            self.split_winner = None;
+        }
         if advert.priority == VrrpPriority::STOP {
             // (380)-(385): the Master resigned; wait only Skew_Time.
             self.master_down_at = Some(now + self.skew_time());

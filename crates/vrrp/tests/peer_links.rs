@@ -156,6 +156,8 @@ fn a_leaving_master_hands_over_to_the_next_in_line_and_releases_after_the_overla
     lan.run_for(Duration::from_secs(10));
     assert_eq!(lan.masters(), [1]);
     assert_eq!(became_master(&lan, 2, left_at), None);
+    // A handover is no split brain: the old Master's "no longer Master" status heals nothing.
+    assert_eq!(lan.router(1).stats().split_brain_heals, 0);
 }
 
 #[test]

@@ -848,6 +848,29 @@ fn an_advert_from_a_router_that_is_no_member_is_counted_and_still_processed() {
         Some(stranger),
         "processed (RFC 5798)"
     );
+    // A member known by its link's address, learnt by its primary (its status named it).
+    let link_local: IpAddr = "fe80::2".parse().unwrap();
+    let vip6: IpAddr = "fd00::100".parse().unwrap();
+    let mut v6_config = RouterConfig::new(
+        vrid(51),
+        VrrpPriority(150),
+        "fe80::1".parse().unwrap(),
+        vec![vip6],
+    );
+    v6_config.members = vec![B];
+    let mut v6 = Router::new(v6_config, T0).unwrap();
+    v6.handle_startup(T0);
+    drain(&mut v6);
+    let mut theirs = advert_from(&cfg(B, 100), 100);
+    theirs.addresses = vec![vip6];
+    assert_eq!(
+        v6.handle_advert(T0 + us(1_000), link_local, theirs.clone()),
+        Ok(())
+    );
+    assert_eq!(v6.stats().non_member_adverts, 1, "not learnt yet");
+    v6.learn_member(link_local);
+    assert_eq!(v6.handle_advert(T0 + us(2_000), link_local, theirs), Ok(()));
+    assert_eq!(v6.stats().non_member_adverts, 1, "a member now");
     // Members unknown (no unicast peers, no peer links): nothing is counted.
     let mut router = backup();
     let theirs = advert_from(&cfg(stranger, 200), 200);
