@@ -122,6 +122,8 @@ struct GroupState {
     /// director gave a node within [`STICKY_WINDOW`], and when. Status only: the choice
     /// itself remembers nothing.
     sticky: HashMap<palisade_director::ClientKey, (NodeId, u64)>,
+    /// The member whose latest report says it directs (holds the VIP), and when.
+    directed_by: Option<(NodeId, u64)>,
 }
 
 /// How long a client counts as a node's sticky client after its last new connection.
@@ -255,6 +257,7 @@ impl DirectorPlane {
                         was_out: HashMap::new(),
                         settings_differ: HashMap::new(),
                         sticky: HashMap::new(),
+                        directed_by: None,
                     }),
                     settings: own.settings.get(&vrid).cloned().unwrap_or_default(),
                     others_healthy: std::sync::atomic::AtomicBool::new(true),
@@ -349,6 +352,7 @@ impl DirectorPlane {
                 scan: own.scan,
                 load: load.clone(),
                 settings: group.settings.clone(),
+                directing: group.status.borrow().state == State::Master,
             };
             mesh.broadcast_director(DirectorMessage::Load(report).encode());
             let mut state = group
@@ -499,6 +503,11 @@ impl DirectorPlane {
         if !differ.is_empty() && before.as_ref() != Some(&differ) {
             tracing::warn!(instance = group.vrid, node = %name, "HA group settings differ from {name}'s: {}; set them alike on every member", differ.join("; "));
         }
+        if report.directing {
+            state.directed_by = Some((from, now));
+        } else if state.directed_by.is_some_and(|(id, _)| id == from) {
+            state.directed_by = None;
+        }
         let mut load = report.load;
         if report.scan.is_none() && load.failure.is_none() {
             // Nothing to relay to: never a client's node.
@@ -526,16 +535,24 @@ impl DirectorPlane {
                 for (node, _) in state.sticky.values() {
                     *sticky.entry(*node).or_default() += 1;
                 }
-                // The director: this node, or the member whose address is the group's master
-                // address.
+                // The director: this node, or the member whose fresh report says it directs,
+                // else the member whose address is the group's master address.
+                let fresh = 3 * REPORT_INTERVAL.as_millis() as u64;
                 let director_id = if directing {
                     Some(self.me)
                 } else {
-                    master.and_then(|master| {
-                        (state.scans.iter())
-                            .find(|(_, scan)| scan.ip().to_canonical() == master.to_canonical())
-                            .map(|(id, _)| *id)
-                    })
+                    (state.directed_by)
+                        .filter(|(_, at)| now.saturating_sub(*at) <= fresh)
+                        .map(|(id, _)| id)
+                        .or_else(|| {
+                            master.and_then(|master| {
+                                (state.scans.iter())
+                                    .find(|(_, scan)| {
+                                        scan.ip().to_canonical() == master.to_canonical()
+                                    })
+                                    .map(|(id, _)| *id)
+                            })
+                        })
                 };
                 // As `mfend-lb -s`: the director shows every member, a scanning node the
                 // director and itself.

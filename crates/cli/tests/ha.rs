@@ -985,6 +985,13 @@ fn ipv6_group_fails_over_and_the_client_follows_the_neighbour_advert() {
         })
     });
 
+    // node2 names its director, although VRRP knows node1 by a link-local address that is
+    // none of node1's link or scan addresses: node1's reports say it directs.
+    wait_for("node2 names its director", Duration::from_secs(10), || {
+        let output = hosts[1].run(BIN, &["status"]);
+        String::from_utf8_lossy(&output.stdout).contains("director of VRID 61 (node1 directs)")
+    });
+
     let killed = std::time::Instant::now();
     let _ = std::process::Command::new("kill")
         .args(["-KILL", &node1.to_string()])

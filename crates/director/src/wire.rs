@@ -29,6 +29,8 @@ pub struct LoadReport {
     pub load: Load,
     /// The group's settings as this member has them (they must agree on every member).
     pub settings: GroupSettings,
+    /// It holds the group's VIP (it directs): how a scanning node names its director.
+    pub directing: bool,
 }
 
 /// Settings every member of an HA group must have alike.
@@ -178,6 +180,7 @@ impl DirectorMessage {
                         out.extend_from_slice(revision);
                     }
                 }
+                out.push(u8::from(report.directing));
             }
         }
         out
@@ -256,6 +259,11 @@ impl DirectorMessage {
                     1 => Some(reader.array::<32>()?),
                     _ => return Err(WireError::Malformed("policy revision flag")),
                 };
+                let directing = match reader.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(WireError::Malformed("directing flag")),
+                };
                 let settings = GroupSettings {
                     vips,
                     advert_interval_cs,
@@ -276,6 +284,7 @@ impl DirectorMessage {
                         policy_revision,
                     },
                     settings,
+                    directing,
                 })
             }
             _ => return Err(WireError::Malformed("message kind")),
@@ -361,6 +370,7 @@ mod tests {
                 version: 3,
                 redirect_ports: vec![9090, 3128],
             },
+            directing: scan.is_some(),
         })
     }
 
