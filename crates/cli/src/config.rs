@@ -1415,6 +1415,13 @@ mod tests {
                 "palisade.toml:4:24: vrrp.vips[1] = \"nope\": not an IP address (ADDRESS or ADDRESS/PREFIX)",
             ],
         );
+        // One VRID per node, even on two interfaces: statuses and reports name groups by it.
+        check_errors(
+            "[proxy]\nlisten = [\"0.0.0.0:9090\"]\n[[vrrp]]\nvrid = 7\ninterface = \"eth0\"\nvips = [\"10.0.0.100/24\"]\n[[vrrp]]\nvrid = 7\ninterface = \"eth1\"\nvips = [\"10.1.0.100/24\"]\n",
+            &[
+                "palisade.toml:0:0: vrrp: two groups with vrid 7 (the second on eth1): a node's groups need distinct VRIDs",
+            ],
+        );
     }
 
     #[test]

@@ -71,12 +71,14 @@ impl Declared {
 impl Declared {
     /// Whether it declares `group`: its VRID with the same VIPs.
     fn declares(&self, group: &Group) -> bool {
-        let mut vips = group.settings.vips.clone();
+        self.declares_vips(group.vrid, &group.settings.vips)
+    }
+
+    fn declares_vips(&self, vrid: u8, vips: &[IpAddr]) -> bool {
+        let mut vips = vips.to_vec();
         vips.sort_unstable();
         vips.dedup();
-        self.groups
-            .iter()
-            .any(|(vrid, theirs)| *vrid == group.vrid && *theirs == vips)
+        (self.groups.iter()).any(|(declared, theirs)| *declared == vrid && *theirs == vips)
     }
 }
 
@@ -876,6 +878,24 @@ impl Dispatch for LateDispatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_declares_a_group_by_its_vrid_and_the_same_vips() {
+        let record = serde_json::json!({
+            "name": "node2",
+            "director": {"weight": 100, "max_connections": 0},
+            "vrrp": [{"vrid": 51, "vips": ["10.0.0.100", "10.0.0.101"]}],
+        });
+        let Some(declared) = Declared::of(record.to_string().as_bytes()) else {
+            panic!("a readable record");
+        };
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        assert!(declared.declares_vips(51, &[ip("10.0.0.101"), ip("10.0.0.100")]));
+        // Another segment's group with the same VRID, or another VRID: not this group.
+        assert!(!declared.declares_vips(51, &[ip("10.9.0.100")]));
+        assert!(!declared.declares_vips(52, &[ip("10.0.0.100"), ip("10.0.0.101")]));
+        assert!(Declared::of(b"not json").is_none());
+    }
 
     #[test]
     fn this_process_cpu_time_is_read_and_grows_with_work() {

@@ -3,6 +3,7 @@
 //! refused; saves on both sides of a partition converge by the seeds' rule with the loser in
 //! history; a node of another CA never gets a link.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -106,6 +107,16 @@ impl Member {
     fn proxy_code(&self, host: &str) -> String {
         (self.host).status_through("http://127.0.0.1:9090", &format!("http://{host}/"))
     }
+}
+
+/// Appends HA group `VI_1` (VRID 51 on eth0, `vip`) with `priority` and advert `interval` to
+/// `member`'s config, then `extra` (more tables).
+fn add_ha_group(member: &Member, priority: u8, interval: &str, vip: Ipv4Addr, extra: &str) {
+    let mut config = std::fs::read_to_string(&member.config).unwrap_or_default();
+    config.push_str(&format!(
+        "[[vrrp]]\nname = \"VI_1\"\nvrid = 51\ninterface = \"eth0\"\npriority = {priority}\nadvert_interval = \"{interval}\"\nvips = [\"{vip}/24\"]\n{extra}"
+    ));
+    std::fs::write(&member.config, config).unwrap_or_else(|error| panic!("{error}"));
 }
 
 fn policy(note: &str) -> String {
@@ -747,12 +758,8 @@ fn clock_skew_is_a_405_and_an_incompatible_release_a_404() {
         (&members[0], 150, members[1].host.addr),
         (&members[1], 100, members[0].host.addr),
     ] {
-        let mut config = std::fs::read_to_string(&member.config).unwrap_or_default();
-        config.push_str(&format!(
-            "[[vrrp]]\nname = \"VI_1\"\nvrid = 51\ninterface = \"eth0\"\npriority = {priority}\nadvert_interval = \"1s\"\nvips = [\"{vip}/24\"]\n{}",
-            palisade_e2e::ha::heartbeat_section(peer)
-        ));
-        std::fs::write(&member.config, config).unwrap_or_else(|error| panic!("{error}"));
+        let heartbeat = palisade_e2e::ha::heartbeat_section(peer);
+        add_ha_group(member, priority, "1s", vip, &heartbeat);
     }
     let node1 = init_and_start(&mut lab, &members);
     for member in &members[1..] {
@@ -1585,12 +1592,8 @@ fn a_node_behind_the_clusters_policy_takes_no_director_role_until_it_catches_up(
         (&members[0], 100, members[1].host.addr),
         (&members[1], 150, members[0].host.addr),
     ] {
-        let mut config = std::fs::read_to_string(&member.config).unwrap_or_default();
-        config.push_str(&format!(
-            "[[vrrp]]\nname = \"VI_1\"\nvrid = 51\ninterface = \"eth0\"\npriority = {priority}\nadvert_interval = \"100ms\"\nvips = [\"{vip}/24\"]\n{}",
-            palisade_e2e::ha::heartbeat_section(peer)
-        ));
-        std::fs::write(&member.config, config).unwrap_or_else(|error| panic!("{error}"));
+        let heartbeat = palisade_e2e::ha::heartbeat_section(peer);
+        add_ha_group(member, priority, "100ms", vip, &heartbeat);
     }
     let node1 = init_and_start(&mut lab, &members);
     join(&members[0], &members[1]);
@@ -1684,13 +1687,14 @@ fn a_clusters_director_runs_on_its_links_with_the_members_its_configuration_decl
     let members = members(&lab, &dir.0, &["node1", "node2"]);
     let (node3, client) = (lab.host("node3").clone(), lab.host("client").clone());
     let vip = lab.spare_addr(100);
-    for (index, member) in members.iter().enumerate() {
-        let mut config = std::fs::read_to_string(&member.config).unwrap_or_default();
-        config.push_str(&format!(
-            "[[vrrp]]\nname = \"VI_1\"\nvrid = 51\ninterface = \"eth0\"\npriority = {}\nadvert_interval = \"100ms\"\nvips = [\"{vip}/24\"]\n[director]\nslow_start = \"1s\"\n",
-            if index == 0 { 150 } else { 100 }
-        ));
-        std::fs::write(&member.config, config).unwrap_or_else(|error| panic!("{error}"));
+    for (member, priority) in [(&members[0], 150), (&members[1], 100)] {
+        add_ha_group(
+            member,
+            priority,
+            "100ms",
+            vip,
+            "[director]\nslow_start = \"1s\"\n",
+        );
     }
     let pids = form_cluster(&mut lab, &members);
     // node3: the same group, a group key and heartbeat links to both; in no cluster.

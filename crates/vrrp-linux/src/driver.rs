@@ -247,7 +247,6 @@ pub async fn spawn(
         link_down: false,
         fingerprint,
         primaries: HashMap::new(),
-        link_of: HashMap::new(),
     };
     tasks.spawn(driver.run(faulty, commands));
     Ok(GroupHandle {
@@ -292,9 +291,8 @@ struct Driver {
     /// This group's fingerprint (see [`group_fingerprint`]).
     fingerprint: u32,
     /// Each peer link's address -> the peer's primary address in this group (its status
-    /// names it), and back.
+    /// names it).
     primaries: HashMap<IpAddr, IpAddr>,
-    link_of: HashMap<IpAddr, IpAddr>,
 }
 
 /// A fingerprint of a group's virtual addresses (FNV-1a over them, sorted): statuses of a
@@ -476,12 +474,9 @@ impl Driver {
                     },
             } if group_vrid == vrid && group == self.fingerprint => {
                 // VRRP knows the peer by its primary address; the link may run on another.
-                if let Some(old) = self.primaries.insert(from, primary)
-                    && old != primary
-                {
-                    self.link_of.remove(&old);
-                }
-                self.link_of.insert(primary, from);
+                // One link per primary: the one its newest status came over.
+                self.primaries.retain(|_, known| *known != primary);
+                self.primaries.insert(from, primary);
                 self.router.learn_member(primary);
                 PeerEvent::Status {
                     peer: primary,
@@ -687,7 +682,7 @@ impl Driver {
                 };
                 tracing::info!(instance = %name, master = %peer, "VRRP_Instance({name}) master's peer link lost: confirming with one dial");
                 let answers = self.confirmed_tx.clone();
-                let link = self.link_of.get(&peer).copied().unwrap_or(peer);
+                let link = self.link_of(peer);
                 self.tasks.spawn(async move {
                     let answer = mesh.confirm_death(link).await;
                     let _ = answers.send((peer, answer));
@@ -697,7 +692,7 @@ impl Driver {
                 if let Some(mesh) = &self.mesh {
                     tracing::info!(instance = %name, successor = %to, "handing over to the next node in line");
                     mesh.send_to(
-                        self.link_of.get(&to).copied().unwrap_or(to),
+                        self.link_of(to),
                         HaMessage::Handover {
                             vrid: self.router.vrid().get(),
                         },
@@ -706,6 +701,14 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// The link address of the peer VRRP knows by `primary` (itself, if no status named it:
+    /// a group whose links run on the VRRP addresses).
+    fn link_of(&self, primary: IpAddr) -> IpAddr {
+        (self.primaries.iter())
+            .find(|(_, known)| **known == primary)
+            .map_or(primary, |(link, _)| *link)
     }
 
     /// keepalived's words for a link change.

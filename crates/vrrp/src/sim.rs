@@ -505,45 +505,39 @@ impl Lan {
             return;
         }
         self.nodes[node].published = Some((priority, master));
-        let peer = self.nodes[node].cfg.primary_address;
-        for to in self.others(node) {
-            let status = PeerEvent::Status {
-                peer,
-                priority,
-                master,
-            };
-            self.send_peer(node, to, status);
-        }
+        self.send_status(node);
     }
 
     /// The driver repeats its status every [`STATUS_REPEAT`], so that a peer can tell a
     /// live node from one whose host died before its link timed out.
     fn repeat_status(&mut self, node: usize) {
         self.nodes[node].status_due = Some(self.now + STATUS_REPEAT);
-        let Some((priority, master)) = self.nodes[node].published else {
-            return;
-        };
-        let peer = self.nodes[node].cfg.primary_address;
-        for to in self.others(node) {
-            let status = PeerEvent::Status {
-                peer,
-                priority,
-                master,
-            };
-            self.send_peer(node, to, status);
+        self.send_status(node);
+    }
+
+    /// `node`'s last published status, as its peers get it.
+    fn published_status(&self, node: usize) -> Option<PeerEvent> {
+        let (priority, master) = self.nodes[node].published?;
+        Some(PeerEvent::Status {
+            peer: self.nodes[node].cfg.primary_address,
+            priority,
+            master,
+        })
+    }
+
+    /// Sends `node`'s last published status to every other node.
+    fn send_status(&mut self, node: usize) {
+        if let Some(status) = self.published_status(node) {
+            for to in self.others(node) {
+                self.send_peer(node, to, status);
+            }
         }
     }
 
     /// Both nodes send their current status over their (re-made) link.
     fn exchange_statuses(&mut self, a: usize, b: usize) {
         for (from, to) in [(a, b), (b, a)] {
-            if let Some((priority, master)) = self.nodes[from].published {
-                let peer = self.nodes[from].cfg.primary_address;
-                let status = PeerEvent::Status {
-                    peer,
-                    priority,
-                    master,
-                };
+            if let Some(status) = self.published_status(from) {
                 self.send_peer(from, to, status);
             }
         }

@@ -351,3 +351,46 @@ fn a_master_whose_host_died_before_its_links_timed_out_is_taken_over_without_del
     );
     assert!(lan.masters().contains(&1));
 }
+
+#[test]
+fn a_split_brain_winner_whose_host_goes_silent_is_taken_over_once_its_statuses_stop() {
+    let mut lan = three();
+    lan.split_adverts(0, 1);
+    lan.run_for(Duration::from_secs(30));
+    assert_eq!(lan.masters(), [0]);
+    assert_eq!(lan.router(1).stats().split_brain_stepdowns, 1);
+    // node1's host goes silent: no adverts, no statuses, and here its links never report
+    // the loss. node2 held back only while node1's statuses kept coming: it takes over.
+    let silent_at = lan.now();
+    lan.isolate(0);
+    let limit = 2 * palisade_vrrp::STATUS_REPEAT + 2 * lan.router(1).master_down_interval();
+    lan.run_for(limit);
+    assert!(
+        became_master(&lan, 1, silent_at).is_some_and(|(at, _)| at <= silent_at + limit),
+        "node2 never took over from the silent winner"
+    );
+}
+
+#[test]
+fn a_split_brain_hold_ends_when_the_winners_adverts_arrive_again() {
+    let mut lan = three();
+    lan.split_adverts(0, 1);
+    lan.run_for(Duration::from_secs(30));
+    assert_eq!(lan.router(1).stats().split_brain_stepdowns, 1);
+    // The adverts flow again: the hold is over, so when node1 later dies without a word
+    // on its links (isolated), node2 takes over at Master_Down_Interval.
+    lan.heal();
+    lan.run_for(Duration::from_secs(5));
+    let silent_at = lan.now();
+    lan.isolate(0);
+    lan.run_for(Duration::from_secs(10));
+    let Some((at, reason)) = became_master(&lan, 1, silent_at) else {
+        panic!("node2 never took over");
+    };
+    assert_eq!(reason, Reason::MasterDown);
+    assert!(
+        at <= silent_at + lan.router(1).master_down_interval() + LATENCY,
+        "{:?} after the silence",
+        at - silent_at
+    );
+}
