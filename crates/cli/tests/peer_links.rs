@@ -343,7 +343,14 @@ impl FakePeer {
             match self.stream.read(&mut chunk) {
                 Ok(0) => return Err("closed by the node".to_owned()),
                 Ok(read) => self.input.extend_from_slice(&chunk[..read]),
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                // The read timeout passed, or a signal interrupted the read: try again.
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
+                    ) => {}
                 Err(error) => return Err(format!("read: {error}")),
             }
             while let Some((message, used)) = self
