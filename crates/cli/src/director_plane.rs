@@ -100,6 +100,8 @@ pub struct OwnReport {
     /// Per group (by VRID): told whether another member reports healthy (the fault gate's
     /// fail-open).
     pub others_healthy: HashMap<u8, watch::Sender<bool>>,
+    /// The connections directors relay to this node's scan port (none without one).
+    pub relayed: Option<Arc<palisade_proxy::scan_port::RelayedClients>>,
 }
 
 struct Group {
@@ -126,7 +128,14 @@ struct GroupState {
     sticky: HashMap<palisade_director::ClientKey, (NodeId, u64)>,
     /// The member whose latest report says it directs (holds the VIP), and when.
     directed_by: Option<(NodeId, u64)>,
+    /// Per member: cancelled to cut every relay to it (its host is gone).
+    cuts: HashMap<NodeId, CancellationToken>,
+    /// Members whose scan port is being probed now.
+    probing: std::collections::HashSet<NodeId>,
 }
+
+/// A probe of a silent member's scan port fails after this (members share a network).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long a client counts as a node's sticky client after its last new connection.
 const STICKY_WINDOW: Duration = Duration::from_secs(300);
@@ -209,6 +218,8 @@ pub struct DirectorPlane {
     declared: Mutex<Option<HashMap<NodeId, Declared>>>,
     /// Reports refused because the sender's record does not declare the group, logged once.
     undeclared: Mutex<std::collections::HashSet<(NodeId, u8)>>,
+    /// Peers with a link up now.
+    linked: Mutex<std::collections::HashSet<NodeId>>,
 }
 
 impl DirectorPlane {
@@ -260,6 +271,8 @@ impl DirectorPlane {
                         settings_differ: HashMap::new(),
                         sticky: HashMap::new(),
                         directed_by: None,
+                        cuts: HashMap::new(),
+                        probing: std::collections::HashSet::new(),
                     }),
                     settings: own.settings.get(&vrid).cloned().unwrap_or_default(),
                     others_healthy: std::sync::atomic::AtomicBool::new(true),
@@ -279,6 +292,7 @@ impl DirectorPlane {
             behind: own.behind.clone(),
             declared: Mutex::new(None),
             undeclared: Mutex::new(std::collections::HashSet::new()),
+            linked: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -342,7 +356,7 @@ impl DirectorPlane {
     }
 
     /// Every second: this node's report to every peer, and to its own director.
-    fn report(&self, mesh: &MeshHandle, own: &OwnReport) {
+    fn report(self: &Arc<Self>, mesh: &MeshHandle, own: &OwnReport) {
         let now = self.now_ms();
         let cpu = self.cpu_permille();
         for group in &self.groups {
@@ -365,6 +379,105 @@ impl DirectorPlane {
             self.review(group.vrid, &mut state, now);
             self.tell_fault_gate(group, &state, own, now);
         }
+        self.cut_dead_directors(own, now);
+    }
+
+    /// A scanning node cuts the relays of a director confirmed dead: another member directs
+    /// now and no link to the old one is up (a lost link alone is only a hint). The
+    /// connections are reset and their upstream fetches dropped; their clients were on the
+    /// dead director and are gone or tickled by the new one.
+    fn cut_dead_directors(&self, own: &OwnReport, now: u64) {
+        let Some(relayed) = &own.relayed else {
+            return;
+        };
+        let fresh = 3 * REPORT_INTERVAL.as_millis() as u64;
+        let directors_now: Vec<NodeId> = (self.groups.iter())
+            .filter_map(|group| {
+                if group.status.borrow().state == State::Master {
+                    return Some(self.me);
+                }
+                let state = group
+                    .state
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                (state.directed_by)
+                    .filter(|(_, at)| now.saturating_sub(*at) <= fresh)
+                    .map(|(id, _)| id)
+            })
+            .collect();
+        if directors_now.is_empty() {
+            return;
+        }
+        let linked = self
+            .linked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for director in relayed.directors() {
+            if director == self.me
+                || linked.contains(&director)
+                || directors_now.contains(&director)
+            {
+                continue;
+            }
+            self.cut_director(
+                own,
+                director,
+                "another member directs now and no link to it is up",
+            );
+        }
+    }
+
+    fn cut_director(&self, own: &OwnReport, director: NodeId, why: &str) {
+        let Some(relayed) = &own.relayed else {
+            return;
+        };
+        let cut = relayed.cut(director);
+        if cut > 0 {
+            let name = self.name_of(director);
+            tracing::warn!(director = %name, connections = cut, "director {name} is confirmed dead ({why}): the {cut} connections it relayed here are reset and their upstream fetches dropped");
+        }
+    }
+
+    /// A member's relays, cut (its scan port stopped answering while its reports stopped:
+    /// its host is gone). Each client is reset at once rather than left waiting.
+    fn cut_relays_to(&self, vrid: u8, node: NodeId) {
+        let Some(group) = self.groups.iter().find(|group| group.vrid == vrid) else {
+            return;
+        };
+        let mut state = group
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.probing.remove(&node);
+        let relays = state.director.active(&node);
+        if let Some(cut) = state.cuts.remove(&node) {
+            cut.cancel();
+            let name = self.name_of(node);
+            tracing::warn!(instance = vrid, node = %name, relays, "Scanning partner {name} does not answer on its scan port and sends no reports: its {relays} relayed connections are cut (their clients reset)");
+        }
+    }
+
+    /// Probes the scan port of a member that stopped reporting while the director relays
+    /// to it: a failed probe cuts those relays.
+    fn probe(self: &Arc<Self>, vrid: u8, node: NodeId, scan: SocketAddr) {
+        let plane = self.clone();
+        tokio::spawn(async move {
+            let probe =
+                tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(scan)).await;
+            match probe {
+                Ok(Ok(_alive)) => {
+                    if let Some(group) = plane.groups.iter().find(|group| group.vrid == vrid) {
+                        let mut state = group
+                            .state
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        state.probing.remove(&node);
+                    }
+                }
+                Ok(Err(_)) | Err(_) => plane.cut_relays_to(vrid, node),
+            }
+        });
     }
 
     /// Whether another member of `group` reports healthy, for the group's fault gate. For
@@ -389,7 +502,7 @@ impl DirectorPlane {
     /// Every second: each member's state, logged when it changes (the seeds' words) and in
     /// the metrics. A member goes out by silence as well as by events, so it is looked at
     /// on the clock, not only when something arrives.
-    fn review(&self, vrid: u8, state: &mut GroupState, now: u64) {
+    fn review(self: &Arc<Self>, vrid: u8, state: &mut GroupState, now: u64) {
         let window = STICKY_WINDOW.as_millis() as u64;
         state
             .sticky
@@ -411,6 +524,15 @@ impl DirectorPlane {
                 .connections
                 .get_or_create(&labels)
                 .set(i64::from(state.director.active(&id)));
+            if out == Some(palisade_director::Out::NoReports)
+                && id != self.me
+                && state.director.active(&id) > 0
+                && state.cuts.contains_key(&id)
+                && let Some(scan) = state.scans.get(&id).copied()
+                && state.probing.insert(id)
+            {
+                self.probe(vrid, id, scan);
+            }
             let before = state.was_out.insert(id, out.clone());
             match (before.flatten(), out) {
                 (None, Some(why)) if id != self.me => {
@@ -717,12 +839,56 @@ impl DirectorPlane {
                     Ok(MeshEvent::PeerUp(peer)) => {
                         let mut names = self.names.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                         names.insert(peer.id, Arc::from(peer.name.as_str()));
+                        drop(names);
+                        self.linked.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(peer.id);
                     }
+                    Ok(MeshEvent::PeerDown { peer, why }) => self.peer_down(&mesh, &own, peer, why),
                     Ok(MeshEvent::Director { from, addr, bytes }) => self.received(from, addr, &bytes, &own),
                     Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },
             }
+        }
+    }
+}
+
+impl DirectorPlane {
+    /// A peer's last link ended. A new incarnation proves its process gone; a lost link is
+    /// only a hint, proved by one dial (a refused port); an orderly stop drains its own
+    /// relays.
+    fn peer_down(
+        self: &Arc<Self>,
+        mesh: &MeshHandle,
+        own: &OwnReport,
+        peer: palisade_peer_link::mesh::Peer,
+        why: palisade_peer_link::mesh::Down,
+    ) {
+        use palisade_peer_link::mesh::Down;
+        self.linked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&peer.id);
+        let relays_here =
+            (own.relayed.as_ref()).is_some_and(|relayed| relayed.directors().contains(&peer.id));
+        match why {
+            Down::Restarted if relays_here => {
+                self.cut_director(own, peer.id, "it came back as a new process");
+            }
+            Down::Lost if relays_here => {
+                let (mesh, relayed) = (mesh.clone(), own.relayed.clone());
+                let name = self.name_of(peer.id);
+                tokio::spawn(async move {
+                    if mesh.confirm_death(peer.addr).await.proves_death()
+                        && let Some(relayed) = relayed
+                    {
+                        let cut = relayed.cut(peer.id);
+                        if cut > 0 {
+                            tracing::warn!(director = %name, connections = cut, "director {name} is confirmed dead (its link port refused a dial): the {cut} connections it relayed here are reset and their upstream fetches dropped");
+                        }
+                    }
+                });
+            }
+            _ => {}
         }
     }
 }
@@ -752,12 +918,13 @@ impl Dispatch for DirectorPlane {
             .iter()
             .map(|node| {
                 // A node without a key (no link up to it) is skipped by the relay.
-                let (scan, key) = if *node == self.me {
-                    (None, None)
+                let (scan, key, cut) = if *node == self.me {
+                    (None, None, CancellationToken::new())
                 } else {
                     (
                         state.scans.get(node).copied(),
                         self.keys.sealing(self.me, *node),
+                        state.cuts.entry(*node).or_default().clone(),
                     )
                 };
                 RelayTarget {
@@ -765,6 +932,7 @@ impl Dispatch for DirectorPlane {
                     name: self.name_of(*node),
                     scan,
                     key,
+                    cut,
                 }
             })
             .collect();

@@ -523,6 +523,7 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
     // start later; without one, from the HA group key and the heartbeat's peers.
     let cluster_links: Arc<std::sync::OnceLock<MeshHandle>> = Arc::default();
     let in_cluster = prepared_cluster.is_some() && store.store.is_some();
+    let mut relayed = None;
     if let Some(listener) = scan_listener {
         let (keys, members) = if in_cluster {
             cluster_scan_keys(cluster_links.clone(), store.node_id)
@@ -530,6 +531,7 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
             (scan_keys(&config, store.node_id), scan_members(&config))
         };
         let gate = palisade_proxy::scan_port::ScanGate::new(keys, members);
+        relayed = Some(gate.relayed());
         tasks.spawn(proxy.clone().serve_scan_port(
             listener,
             gate,
@@ -705,6 +707,7 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
             behind,
             policy: installer.revision(),
             others_healthy,
+            relayed,
         };
         let plane = crate::director_plane::DirectorPlane::new(
             store.node_id,

@@ -95,8 +95,12 @@ pub(crate) async fn serve_connection(
     stream: TcpStream,
     addr: SocketAddr,
     shutdown: CancellationToken,
+    unclean: UncleanClose,
 ) {
     let _ = stream.set_nodelay(true);
+    if unclean == UncleanClose::Reset {
+        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    }
     let mut client = Client {
         stream,
         buf: BytesMut::new(),
@@ -138,8 +142,24 @@ pub(crate) async fn serve_connection(
             read_buffers::put(std::mem::take(&mut client.buf));
         }
     }
+    if unclean == UncleanClose::Reset {
+        // An orderly end: the response written must still be delivered.
+        let _ = socket2::SockRef::from(&client.stream).set_linger(None);
+    }
     linger_close(client.stream).await;
     tracing::trace!(client.addr = %addr, "Connection closed");
+}
+
+/// How a connection's socket closes when its task does not end it in order (the process
+/// dies, the task is aborted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum UncleanClose {
+    /// The kernel's default: a FIN after what was written.
+    Fin,
+    /// A reset (`SO_LINGER` 0 until the orderly close): connections a director relays, or
+    /// serves as director, so a client never takes a dead node's FIN for the end of a body
+    /// read until close, and the director passes it on as a reset.
+    Reset,
 }
 
 /// Closes gracefully: send FIN, then read and discard what the client still sends for a

@@ -314,7 +314,16 @@ impl Proxy {
             tracker.spawn(async move {
                 let _slots = (slot, source_slot);
                 match route {
-                    None => conn::serve_connection(proxy, stream, client, shutdown).await,
+                    None => {
+                        conn::serve_connection(
+                            proxy,
+                            stream,
+                            client,
+                            shutdown,
+                            conn::UncleanClose::Fin,
+                        )
+                        .await
+                    }
                     Some((dispatch, local, targets)) => {
                         proxy
                             .relay(stream, client, local, targets, dispatch, shutdown)

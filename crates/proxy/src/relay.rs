@@ -6,12 +6,18 @@
 //! splices bytes both ways in the kernel until both sides close. Every relayed connection is
 //! logged with its client, node, bytes each way and how it ended: scanning nodes never see a
 //! relay failure.
+//!
+//! Nobody hangs (issue 12): the client's and the relay's sockets close with a reset unless
+//! the relay ends in order (`SO_LINGER` 0 until then, so also when this process dies), a
+//! reset or failure on either side is passed on to the other as a reset, the relay socket
+//! gives up on unacknowledged data after [`USER_TIMEOUT`] (`TCP_USER_TIMEOUT`), and the
+//! director cuts every relay to a node whose scan port stopped answering
+//! ([`RelayTarget::cut`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use palisade_identity::NodeId;
 use palisade_scan_header::{PairKey, RelayEnds, seal};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -24,6 +30,10 @@ use crate::{Proxy, conn, tunnel};
 /// A connect to a scan port taking longer than this counts as a timeout (members share a
 /// network: a healthy one answers in well under a millisecond).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// A relay socket whose sent data stays unacknowledged this long fails (`TCP_USER_TIMEOUT`):
+/// the other node's host is gone. Members share a network, so a live one acknowledges in
+/// well under this, retransmits included.
+pub const USER_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Where a client connection goes.
 pub enum Route {
@@ -43,6 +53,9 @@ pub struct RelayTarget {
     /// Its scan port (`None`: this node itself).
     pub scan: Option<SocketAddr>,
     pub key: Option<PairKey>,
+    /// Fires when the director cuts every relay to this node (its scan port stopped
+    /// answering while its reports stopped: the host is gone).
+    pub cut: CancellationToken,
 }
 
 /// What happened to a relay attempt, for the director's bookkeeping. The first target of a
@@ -75,8 +88,18 @@ pub trait Dispatch: Send + Sync {
 
 /// How a relayed connection ended, for its log line.
 enum Ended {
-    Relayed(tunnel::TunnelBytes),
+    Relayed(tunnel::TunnelBytes, tunnel::RelayEnd),
     HeaderUnsent(std::io::Error),
+}
+
+/// Makes `stream` close with a reset unless [`orderly`] is called first.
+fn reset_unless_orderly(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
+
+/// An orderly end: close with a FIN after what was written.
+fn orderly(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(None);
 }
 
 /// A connection counted for `node` in the director: released (`Closed`) when dropped, so a
@@ -110,7 +133,7 @@ impl Proxy {
     /// Serves `stream` from `client` (accepted on `local`) where `route` says.
     pub(crate) async fn relay(
         self: Arc<Self>,
-        mut stream: TcpStream,
+        stream: TcpStream,
         client: SocketAddr,
         local: SocketAddr,
         targets: Vec<RelayTarget>,
@@ -118,6 +141,9 @@ impl Proxy {
         shutdown: CancellationToken,
     ) {
         let me = dispatch.me();
+        // Until the relay ends in order, this client's socket closes with a reset (also when
+        // this process dies).
+        reset_unless_orderly(&stream);
         let count = |node| Counted {
             dispatch: dispatch.clone(),
             local,
@@ -139,7 +165,14 @@ impl Proxy {
             let (Some(scan), Some(key)) = (target.scan, target.key.as_ref()) else {
                 if target.node == me {
                     let _later = take(me);
-                    conn::serve_connection(self.clone(), stream, client, shutdown).await;
+                    conn::serve_connection(
+                        self.clone(),
+                        stream,
+                        client,
+                        shutdown,
+                        conn::UncleanClose::Reset,
+                    )
+                    .await;
                     return;
                 }
                 // No scan port known: the next one.
@@ -171,17 +204,38 @@ impl Proxy {
                 }
             };
             let _ = relay.set_nodelay(true);
+            reset_unless_orderly(&relay);
+            let _ = socket2::SockRef::from(&relay).set_tcp_user_timeout(Some(USER_TIMEOUT));
             let _later = take(target.node);
             let ended = self
-                .relay_to(&mut stream, &mut relay, client, local, me, key)
+                .relay_to(&stream, &mut relay, client, local, me, key, &target.cut)
                 .await;
             match ended {
-                Ended::Relayed(bytes) => tracing::info!(
+                Ended::Relayed(bytes, tunnel::RelayEnd::Closed) => {
+                    orderly(&stream);
+                    orderly(&relay);
+                    tracing::info!(
+                        %client,
+                        node = %target.name,
+                        bytes_from_client = bytes.from_client,
+                        bytes_to_client = bytes.to_client,
+                        "relayed connection closed"
+                    );
+                }
+                Ended::Relayed(bytes, tunnel::RelayEnd::Reset) => tracing::info!(
                     %client,
                     node = %target.name,
                     bytes_from_client = bytes.from_client,
                     bytes_to_client = bytes.to_client,
-                    "relayed connection closed"
+                    "relayed connection failed on one side: both reset"
+                ),
+                Ended::Relayed(bytes, tunnel::RelayEnd::Aborted) => tracing::warn!(
+                    %client,
+                    node = %target.name,
+                    bytes_from_client = bytes.from_client,
+                    bytes_to_client = bytes.to_client,
+                    "relayed connection cut: {} stopped answering (client reset)",
+                    target.name
                 ),
                 Ended::HeaderUnsent(error) => tracing::warn!(
                     %client,
@@ -197,17 +251,26 @@ impl Proxy {
         drop(counted);
         dispatch.outcome(local, me, RelayOutcome::Connected);
         let _served = count(me);
-        conn::serve_connection(self.clone(), stream, client, shutdown).await;
+        conn::serve_connection(
+            self.clone(),
+            stream,
+            client,
+            shutdown,
+            conn::UncleanClose::Reset,
+        )
+        .await;
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn relay_to(
         &self,
-        stream: &mut TcpStream,
+        stream: &TcpStream,
         relay: &mut TcpStream,
         client: SocketAddr,
         local: SocketAddr,
         me: NodeId,
         key: &PairKey,
+        cut: &CancellationToken,
     ) -> Ended {
         let ends = match (relay.local_addr(), relay.peer_addr()) {
             (Ok(director), Ok(scanner)) => RelayEnds { director, scanner },
@@ -221,15 +284,8 @@ impl Proxy {
         if let Err(error) = relay.write_all(&header).await {
             return Ended::HeaderUnsent(error);
         }
-        let bytes = tunnel::run(
-            stream,
-            BytesMut::new(),
-            relay,
-            BytesMut::new(),
-            self.config.tunnel_idle_timeout,
-        )
-        .await;
-        Ended::Relayed(bytes)
+        let (bytes, end) = tunnel::relay(stream, relay, self.config.tunnel_idle_timeout, cut).await;
+        Ended::Relayed(bytes, end)
     }
 }
 
@@ -277,19 +333,14 @@ mod tests {
         NodeId::from_bytes([n; 16])
     }
 
-    /// Only `route`'s count of the first target is released when its connect fails; a later
-    /// candidate that fails was never counted and must not be released (counts drifted to
-    /// zero under failures before); whoever takes the connection is counted and released
-    /// once.
-    #[tokio::test]
-    async fn every_count_is_taken_and_released_once_whatever_the_connects_do() {
+    fn test_proxy() -> Arc<Proxy> {
         let policy = palisade_policy::compile(
             palisade_policy::default_source(),
             std::path::Path::new("default.toml"),
             &palisade_policy::NodeIdentity::default(),
         )
         .unwrap_or_else(|errors| panic!("{errors:?}"));
-        let proxy = Proxy::new(
+        Proxy::new(
             crate::Config::default(),
             Arc::new(ArcSwap::from_pointee(policy)),
             ProxyMetrics::new(&mut Registry::default()),
@@ -297,7 +348,16 @@ mod tests {
                 .unwrap_or_else(|error| panic!("{error}")),
             OwnAddresses::new(Vec::new()),
         )
-        .unwrap_or_else(|error| panic!("{error}"));
+        .unwrap_or_else(|error| panic!("{error}"))
+    }
+
+    /// Only `route`'s count of the first target is released when its connect fails; a later
+    /// candidate that fails was never counted and must not be released (counts drifted to
+    /// zero under failures before); whoever takes the connection is counted and released
+    /// once.
+    #[tokio::test]
+    async fn every_count_is_taken_and_released_once_whatever_the_connects_do() {
+        let proxy = test_proxy();
         let recorder = Arc::new(Recorder {
             me: node(9),
             seen: Mutex::new(Vec::new()),
@@ -323,6 +383,7 @@ mod tests {
             name: Arc::from(format!("node{n}")),
             scan: Some(SocketAddr::from(([127, 0, 0, 1], port))),
             key: Some(key.clone()),
+            cut: CancellationToken::new(),
         };
         proxy
             .relay(
@@ -349,6 +410,124 @@ mod tests {
                 (node(9), RelayOutcome::Connected),
                 (node(9), RelayOutcome::Closed),
             ]
+        );
+    }
+
+    /// A relay between a client and a scan port we hold (`scan` end), from the director's
+    /// side: returns the client's end, the scan port's end (header read), and the cut.
+    async fn relayed_pair() -> (TcpStream, TcpStream, CancellationToken) {
+        let proxy = test_proxy();
+        let recorder = Arc::new(Recorder {
+            me: node(9),
+            seen: Mutex::new(Vec::new()),
+        });
+        let bind = |_| tokio::net::TcpListener::bind("127.0.0.1:0");
+        let (front, scan) = (bind(0).await, bind(1).await);
+        let (front, scan) = (
+            front.unwrap_or_else(|error| panic!("{error}")),
+            scan.unwrap_or_else(|error| panic!("{error}")),
+        );
+        let (local, scan_addr) = (
+            front.local_addr().unwrap_or_else(|error| panic!("{error}")),
+            scan.local_addr().unwrap_or_else(|error| panic!("{error}")),
+        );
+        let client = TcpStream::connect(local)
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        let (accepted, peer) = front
+            .accept()
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        let cut = CancellationToken::new();
+        let target = RelayTarget {
+            node: node(1),
+            name: Arc::from("node1"),
+            scan: Some(scan_addr),
+            key: Some(PairKey::from_secret(b"pair")),
+            cut: cut.clone(),
+        };
+        tokio::spawn(proxy.relay(
+            accepted,
+            peer,
+            local,
+            vec![target],
+            recorder,
+            CancellationToken::new(),
+        ));
+        let (mut scanner, _) = scan
+            .accept()
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        let mut prefix = [0u8; palisade_scan_header::PREFIX_LEN];
+        tokio::io::AsyncReadExt::read_exact(&mut scanner, &mut prefix)
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        let length = palisade_scan_header::header_length(&prefix)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("a PROXY v2 header"));
+        let mut rest = vec![0u8; length - prefix.len()];
+        tokio::io::AsyncReadExt::read_exact(&mut scanner, &mut rest)
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        (client, scanner, cut)
+    }
+
+    /// What the client's next read gives within 5 s: `Ok(n)` bytes (0: a FIN), or the error.
+    async fn client_read(client: &mut TcpStream) -> std::io::Result<usize> {
+        let mut buf = [0u8; 64];
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read(client, &mut buf),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("the client was left hanging"))
+    }
+
+    /// A scanning node whose process dies resets its relay connections; the director passes
+    /// the reset on to the client as a reset (a FIN could pass for the end of a body read
+    /// until close), also while the client sends nothing.
+    #[tokio::test]
+    async fn a_reset_from_the_scanning_node_reaches_the_client_as_a_reset() {
+        let (mut client, scanner, _cut) = relayed_pair().await;
+        crate::admission::reset(scanner);
+        let read = client_read(&mut client).await;
+        assert_eq!(
+            read.map_err(|error| error.kind()),
+            Err(std::io::ErrorKind::ConnectionReset)
+        );
+    }
+
+    /// An orderly end stays orderly: bytes written just before the scanning node's FIN all
+    /// reach the client, then a FIN.
+    #[tokio::test]
+    async fn an_orderly_end_delivers_everything_then_a_fin() {
+        let (mut client, mut scanner, _cut) = relayed_pair().await;
+        let body = vec![7u8; 300_000];
+        tokio::io::AsyncWriteExt::write_all(&mut scanner, &body)
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        drop(scanner);
+        let mut got = Vec::new();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read_to_end(&mut client, &mut got),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("hanging"))
+        .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(got.len(), body.len());
+    }
+
+    /// The director cuts the relays to a node whose host is gone: the client is reset at once.
+    #[tokio::test]
+    async fn a_cut_relay_resets_its_client() {
+        let (mut client, _scanner, cut) = relayed_pair().await;
+        cut.cancel();
+        let read = client_read(&mut client).await;
+        assert_eq!(
+            read.map_err(|error| error.kind()),
+            Err(std::io::ErrorKind::ConnectionReset)
         );
     }
 }

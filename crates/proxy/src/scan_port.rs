@@ -3,7 +3,17 @@
 //! the connection is served exactly like a client's own, under that client's address (the
 //! policy's client allowlist, per-source caps, the access log). A connection that sends
 //! anything else, too slowly, or too much is reset, counted, and logged at a bounded rate.
+//!
+//! Nobody hangs (issue 12): a scan-port socket closes with a reset unless its connection ends
+//! in order (`SO_LINGER` 0, so also when this process dies: the director passes the reset on
+//! to its client), gives up on unacknowledged data after `TCP_USER_TIMEOUT`, and every
+//! connection is listed under its director ([`RelayedClients`]): the binary cuts a confirmed
+//! dead director's connections (and their upstream fetches), and tells a new director the
+//! clients the dead one relayed here, whom it then tickles.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -73,6 +83,91 @@ fn reason_of(refusal: &Refusal) -> &'static str {
     }
 }
 
+/// The connections relayed to this node, by director.
+#[derive(Default)]
+pub struct RelayedClients {
+    next: AtomicU64,
+    by_director: Mutex<HashMap<NodeId, DirectorRelays>>,
+}
+
+#[derive(Default)]
+struct DirectorRelays {
+    /// Cancelled to cut every connection this director relays here.
+    cut: CancellationToken,
+    /// Each connection's client and the address it connected to (a VIP and redirect port).
+    clients: HashMap<u64, (SocketAddr, SocketAddr)>,
+}
+
+/// One listed connection: unlisted when dropped.
+struct Listed<'a> {
+    relayed: &'a RelayedClients,
+    director: NodeId,
+    id: u64,
+}
+
+impl Drop for Listed<'_> {
+    fn drop(&mut self) {
+        let mut by_director = self.relayed.lock();
+        if let Some(relays) = by_director.get_mut(&self.director) {
+            relays.clients.remove(&self.id);
+            if relays.clients.is_empty() {
+                by_director.remove(&self.director);
+            }
+        }
+    }
+}
+
+impl RelayedClients {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, DirectorRelays>> {
+        self.by_director
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn list(
+        &self,
+        director: NodeId,
+        client: SocketAddr,
+        to: SocketAddr,
+    ) -> (Listed<'_>, CancellationToken) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut by_director = self.lock();
+        let relays = by_director.entry(director).or_default();
+        relays.clients.insert(id, (client, to));
+        let cut = relays.cut.clone();
+        (
+            Listed {
+                relayed: self,
+                director,
+                id,
+            },
+            cut,
+        )
+    }
+
+    /// Cuts every connection `director` relays here (it is confirmed dead): each is reset
+    /// and its upstream fetch dropped. Returns how many were cut.
+    pub fn cut(&self, director: NodeId) -> usize {
+        let Some(relays) = self.lock().remove(&director) else {
+            return 0;
+        };
+        relays.cut.cancel();
+        relays.clients.len()
+    }
+
+    /// Every connection `director` relays here: (client, the address it connected to).
+    pub fn clients_of(&self, director: NodeId) -> Vec<(SocketAddr, SocketAddr)> {
+        (self.lock().get(&director))
+            .map(|relays| relays.clients.values().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// The directors that relay connections here now.
+    pub fn directors(&self) -> Vec<NodeId> {
+        self.lock().keys().copied().collect()
+    }
+}
+
 /// What the scan port checks headers with.
 pub struct ScanGate {
     verifier: Mutex<Verifier>,
@@ -80,6 +175,7 @@ pub struct ScanGate {
     members: ScanMembers,
     unauthenticated: Arc<Semaphore>,
     log: LogThrottle,
+    relayed: Arc<RelayedClients>,
 }
 
 impl ScanGate {
@@ -92,7 +188,13 @@ impl ScanGate {
             members,
             unauthenticated: Arc::new(Semaphore::new(MAX_UNAUTHENTICATED)),
             log: LogThrottle::new(LOG_INTERVAL),
+            relayed: Arc::default(),
         })
+    }
+
+    /// The connections relayed here now, by director.
+    pub fn relayed(&self) -> Arc<RelayedClients> {
+        self.relayed.clone()
     }
 }
 
@@ -138,6 +240,11 @@ impl Proxy {
                 self.refuse_scan(stream, peer, "too_many_unauthenticated", &gate, None);
                 continue;
             };
+            // A reset unless the connection ends in order (also when this process dies), and
+            // no waiting on a dead director's host for unacknowledged data.
+            let socket = socket2::SockRef::from(&stream);
+            let _ = socket.set_linger(Some(Duration::ZERO));
+            let _ = socket.set_tcp_user_timeout(Some(crate::relay::USER_TIMEOUT));
             let (proxy, gate, shutdown) = (self.clone(), gate.clone(), shutdown.clone());
             tracker.spawn(async move {
                 proxy
@@ -212,7 +319,15 @@ impl Proxy {
             source_slot,
         );
         self.metrics.scan_relayed.inc();
-        conn::serve_connection(self.clone(), stream, client, shutdown).await;
+        let (_listed, cut) = gate
+            .relayed
+            .list(verified.director, client, verified.destination);
+        tokio::select! {
+            () = conn::serve_connection(self.clone(), stream, client, shutdown, conn::UncleanClose::Reset) => {}
+            // Its director is confirmed dead: the connection (reset as it drops) and its
+            // upstream fetch end now.
+            () = cut.cancelled() => {}
+        }
     }
 
     fn refuse_scan(
@@ -238,5 +353,41 @@ impl Proxy {
                 LOG_INTERVAL.as_secs()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn connections_are_listed_by_director_cut_together_and_unlisted_when_they_end() {
+        let relayed = RelayedClients::default();
+        let (a, b) = (NodeId::from_bytes([1; 16]), NodeId::from_bytes([2; 16]));
+        let vip = addr(3128);
+        let (first, cut_a) = relayed.list(a, addr(1), vip);
+        let (second, cut_a2) = relayed.list(a, addr(2), vip);
+        let (other, cut_b) = relayed.list(b, addr(3), vip);
+        let mut of_a = relayed.clients_of(a);
+        of_a.sort();
+        assert_eq!(of_a, vec![(addr(1), vip), (addr(2), vip)]);
+        drop(first);
+        assert_eq!(relayed.clients_of(a), vec![(addr(2), vip)]);
+        assert_eq!(relayed.cut(a), 1);
+        assert!(cut_a.is_cancelled() && cut_a2.is_cancelled());
+        assert!(!cut_b.is_cancelled(), "another director's connections stay");
+        assert_eq!(relayed.directors(), vec![b]);
+        // A connection that ends after its director was cut unlists nothing else.
+        drop(second);
+        assert_eq!(relayed.clients_of(b), vec![(addr(3), vip)]);
+        drop(other);
+        assert!(relayed.directors().is_empty());
+        // The next connection from a cut director gets a fresh, uncut token.
+        let (_again, cut_again) = relayed.list(a, addr(4), vip);
+        assert!(!cut_again.is_cancelled());
     }
 }

@@ -17,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// Per-direction copy buffer of the fallback path.
 const COPY_BUFFER: usize = 32 * 1024;
@@ -31,11 +32,140 @@ pub struct TunnelBytes {
     pub to_client: u64,
 }
 
+/// How a relay ([`relay`]) ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayEnd {
+    /// Both sides closed (or the tunnel idled out): an orderly end.
+    Closed,
+    /// One side failed (a reset, a timeout of its socket): the other must be reset too.
+    Reset,
+    /// Cut from outside (`abort` fired).
+    Aborted,
+}
+
 /// Moves bytes until both directions are closed or the tunnel was idle for `idle`.
 ///
 /// `client_pending` are bytes the client sent after its request head (optimistic data);
 /// `upstream_pending` are bytes the origin sent after its response head.
 pub async fn run(
+    client: &mut TcpStream,
+    client_pending: BytesMut,
+    upstream: &mut TcpStream,
+    upstream_pending: BytesMut,
+    idle: Duration,
+) -> TunnelBytes {
+    run_inner(client, client_pending, upstream, upstream_pending, idle).await
+}
+
+/// A director's relay: like [`run`], but a failure of either side (a reset, its socket's
+/// user timeout) ends both directions at once and says so, and `abort` cuts it from
+/// outside: the caller resets both sockets then, so a client never takes a cut relay for
+/// an orderly end (a FIN can look like the end of a body read until close).
+pub async fn relay(
+    client: &TcpStream,
+    relay: &TcpStream,
+    idle: Duration,
+    abort: &CancellationToken,
+) -> (TunnelBytes, RelayEnd) {
+    let stop = abort.child_token();
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let bytes = match (Pipe::new(), Pipe::new()) {
+        (Ok(up_pipe), Ok(down_pipe)) => {
+            let activity = Activity::new();
+            let (from_client, to_client) = tokio::join!(
+                splice_direction(
+                    client,
+                    relay,
+                    BytesMut::new(),
+                    up_pipe,
+                    idle,
+                    &activity,
+                    Some(Stopping {
+                        stop: &stop,
+                        failed: &failed
+                    })
+                ),
+                splice_direction(
+                    relay,
+                    client,
+                    BytesMut::new(),
+                    down_pipe,
+                    idle,
+                    &activity,
+                    Some(Stopping {
+                        stop: &stop,
+                        failed: &failed
+                    })
+                ),
+            );
+            TunnelBytes {
+                from_client,
+                to_client,
+            }
+        }
+        // No pipe (descriptor limit): copied, cut on the first failure too.
+        _ => {
+            let activity = Activity::new();
+            let stopping = || Stopping {
+                stop: &stop,
+                failed: &failed,
+            };
+            let (from_client, to_client) = tokio::join!(
+                copy_shared(client, relay, idle, &activity, stopping()),
+                copy_shared(relay, client, idle, &activity, stopping()),
+            );
+            TunnelBytes {
+                from_client,
+                to_client,
+            }
+        }
+    };
+    let end = if abort.is_cancelled() {
+        RelayEnd::Aborted
+    } else if failed.load(Ordering::Relaxed) {
+        RelayEnd::Reset
+    } else {
+        RelayEnd::Closed
+    };
+    (bytes, end)
+}
+
+/// A relay's shared stop: the first direction that fails stops the other.
+#[derive(Clone, Copy)]
+struct Stopping<'a> {
+    stop: &'a CancellationToken,
+    failed: &'a std::sync::atomic::AtomicBool,
+}
+
+impl Stopping<'_> {
+    fn fail(self) {
+        self.failed.store(true, Ordering::Relaxed);
+        self.stop.cancel();
+    }
+}
+
+/// A relay direction failed: stop the other (a tunnel without `stopping` runs on).
+fn fail(stopping: Option<Stopping<'_>>) {
+    if let Some(stopping) = stopping {
+        stopping.fail();
+    }
+}
+
+/// Waits for `ready`, or `None` once `stopping` (if any) stops.
+async fn unless_stopped<F: std::future::Future<Output = io::Result<()>>>(
+    ready: F,
+    stopping: Option<Stopping<'_>>,
+) -> Option<io::Result<()>> {
+    match stopping {
+        None => Some(ready.await),
+        Some(stopping) => tokio::select! {
+            ready = ready => Some(ready),
+            () = stopping.stop.cancelled() => None,
+        },
+    }
+}
+
+async fn run_inner(
     client: &mut TcpStream,
     client_pending: BytesMut,
     upstream: &mut TcpStream,
@@ -48,14 +178,23 @@ pub async fn run(
             let client = &*client;
             let upstream = &*upstream;
             let (from_client, to_client) = tokio::join!(
-                splice_direction(client, upstream, client_pending, up_pipe, idle, &activity),
+                splice_direction(
+                    client,
+                    upstream,
+                    client_pending,
+                    up_pipe,
+                    idle,
+                    &activity,
+                    None
+                ),
                 splice_direction(
                     upstream,
                     client,
                     upstream_pending,
                     down_pipe,
                     idle,
-                    &activity
+                    &activity,
+                    None
                 ),
             );
             TunnelBytes {
@@ -214,6 +353,7 @@ async fn splice_direction(
     pipe: Pipe,
     idle: Duration,
     activity: &Activity,
+    stopping: Option<Stopping<'_>>,
 ) -> u64 {
     let mut moved = 0u64;
     if !pending.is_empty() {
@@ -227,9 +367,13 @@ async fn splice_direction(
     'tunnel: loop {
         // Socket -> pipe. The pipe is empty here, so EAGAIN means "no data yet".
         let in_pipe = loop {
-            match tokio::time::timeout(idle, from.readable()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => break 'tunnel,
+            match tokio::time::timeout(idle, unless_stopped(from.readable(), stopping)).await {
+                Ok(Some(Ok(()))) => {}
+                Ok(None) => break 'tunnel,
+                Ok(Some(Err(_))) => {
+                    fail(stopping);
+                    break 'tunnel;
+                }
                 Err(_) if activity.idle_for() >= idle => break 'tunnel,
                 Err(_) => continue,
             }
@@ -237,7 +381,10 @@ async fn splice_direction(
                 Ok(0) => break 'tunnel,
                 Ok(spliced) => break spliced,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(_) => break 'tunnel,
+                Err(_) => {
+                    fail(stopping);
+                    break 'tunnel;
+                }
             }
         };
         activity.touch();
@@ -245,9 +392,13 @@ async fn splice_direction(
         let mut left = in_pipe;
         while left > 0 {
             // A peer that stops reading must not hold the tunnel open forever either.
-            match tokio::time::timeout(idle, to.writable()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => break 'tunnel,
+            match tokio::time::timeout(idle, unless_stopped(to.writable(), stopping)).await {
+                Ok(Some(Ok(()))) => {}
+                Ok(None) => break 'tunnel,
+                Ok(Some(Err(_))) => {
+                    fail(stopping);
+                    break 'tunnel;
+                }
                 Err(_) if activity.idle_for() >= idle => break 'tunnel,
                 Err(_) => continue,
             }
@@ -257,12 +408,18 @@ async fn splice_direction(
                     moved += written as u64;
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(_) => break 'tunnel,
+                Err(_) => {
+                    fail(stopping);
+                    break 'tunnel;
+                }
             }
         }
     }
-    // Pass the half-close on; the other direction keeps running until it ends too.
-    let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
+    // Pass the half-close on; the other direction keeps running until it ends too. A
+    // stopped relay sends no FIN: the caller resets both sides.
+    if stopping.is_none_or(|stopping| !stopping.stop.is_cancelled()) {
+        let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
+    }
     moved
 }
 
@@ -317,6 +474,66 @@ async fn copy_direction(
         copied += read as u64;
     }
     let _ = to.shutdown().await;
+    copied
+}
+
+/// A relay's copy of one direction through a small buffer (no pipe could be made): the
+/// first failure of either side stops both.
+async fn copy_shared(
+    from: &TcpStream,
+    to: &TcpStream,
+    idle: Duration,
+    activity: &Activity,
+    stopping: Stopping<'_>,
+) -> u64 {
+    let mut copied = 0u64;
+    let mut buf = vec![0u8; COPY_BUFFER];
+    'copy: loop {
+        let read = match tokio::time::timeout(idle, unless_stopped(from.readable(), Some(stopping)))
+            .await
+        {
+            Ok(None) => break,
+            Ok(Some(Err(_))) => {
+                stopping.fail();
+                break;
+            }
+            Ok(Some(Ok(()))) => match from.try_read(&mut buf) {
+                Ok(0) => break,
+                Ok(read) => read,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(_) => {
+                    stopping.fail();
+                    break;
+                }
+            },
+            Err(_) if activity.idle_for() >= idle => break,
+            Err(_) => continue,
+        };
+        activity.touch();
+        let mut rest = &buf[..read];
+        while !rest.is_empty() {
+            match tokio::time::timeout(idle, unless_stopped(to.writable(), Some(stopping))).await {
+                Ok(Some(Ok(()))) => {}
+                Ok(None) | Err(_) => break 'copy,
+                Ok(Some(Err(_))) => {
+                    stopping.fail();
+                    break 'copy;
+                }
+            }
+            match to.try_write(rest) {
+                Ok(written) => rest = &rest[written..],
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(_) => {
+                    stopping.fail();
+                    break 'copy;
+                }
+            }
+        }
+        copied += read as u64;
+    }
+    if !stopping.stop.is_cancelled() {
+        let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
+    }
     copied
 }
 
