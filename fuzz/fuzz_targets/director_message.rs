@@ -1,4 +1,4 @@
-//! Director messages (members' load reports): no input panics the decoder, and whatever
+//! Director messages (members' load reports, connection lists): no input panics the decoder, and whatever
 //! decodes encodes to the same bytes; a decoded report fed to a director never panics it.
 #![no_main]
 
@@ -13,7 +13,15 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert_eq!(message.encode(), data);
-    let DirectorMessage::Load(report) = message;
+    let DirectorMessage::Load(report) = message else {
+        // A connection list: every pair makes a tickle or is refused, never a panic.
+        if let DirectorMessage::Connections(list) = message {
+            for (client, vip) in list.added.iter().chain(&list.removed) {
+                let _ = palisade_director::tickle::packet(*vip, *client);
+            }
+        }
+        return;
+    };
     let node = NodeId::from_bytes([2; 16]);
     let mut director = Director::new(
         Settings::default(),

@@ -19,10 +19,14 @@
 //!   refused, and when no node is eligible the director serves the client itself
 //!   (fail-open).
 
+//! - When a director's host dies, the member that takes over makes each client of the dead
+//!   director fail at once (issue 12) with a *tickle ACK* ([`tickle`]), as CTDB does.
+
 mod choice;
+pub mod tickle;
 pub mod wire;
 
-pub use wire::{DirectorMessage, GroupSettings, LoadReport};
+pub use wire::{ConnectionList, DirectorMessage, GroupSettings, ListKind, LoadReport};
 
 pub use choice::{
     Candidate, Choice, ClientKey, Director, Load, Member, Out, Reason, Settings, client_key,

@@ -3,6 +3,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use palisade_identity::NodeId;
+
 use crate::choice::Load;
 
 /// The director plane's wire version (2: load reports carry the group's settings).
@@ -12,8 +14,41 @@ pub const MAX_FAILURE: usize = 256;
 /// Virtual addresses, and redirect ports, in a report at most.
 pub const MAX_LISTED: usize = 64;
 
+/// Connections in one [`ConnectionList`] at most (added and removed together): a list of
+/// IPv6 pairs then fits one peer-link frame. Longer lists go as several messages.
+pub const MAX_CONNECTIONS: usize = 1_500;
+
 mod kind {
     pub const LOAD: u8 = 1;
+    pub const CONNECTIONS: u8 = 2;
+}
+
+/// One client connection through a director: the client's address and port, and the VIP
+/// and redirect port it connected to.
+pub type Connection = (SocketAddr, SocketAddr);
+
+/// What a list of connections is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListKind {
+    /// A scanning node's connections relayed by `director`, which it holds confirmed dead:
+    /// the clients a new director tickles.
+    Orphans,
+    /// The director's own share (served in-process), all of it: replaces what was known.
+    ShareFull,
+    /// The director's own share, what changed since its last list.
+    ShareDelta,
+}
+
+/// Connections a director carried (issue 12): so that the member taking over from a dead
+/// director can make each client fail at once (a tickle ACK) instead of hanging.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionList {
+    pub vrid: u8,
+    /// The director that carried them.
+    pub director: NodeId,
+    pub kind: ListKind,
+    pub added: Vec<Connection>,
+    pub removed: Vec<Connection>,
 }
 
 /// What a node tells the other members of an HA group every second.
@@ -109,6 +144,7 @@ pub enum WireError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DirectorMessage {
     Load(LoadReport),
+    Connections(ConnectionList),
 }
 
 impl DirectorMessage {
@@ -181,6 +217,27 @@ impl DirectorMessage {
                     }
                 }
                 out.push(u8::from(report.directing));
+            }
+            DirectorMessage::Connections(list) => {
+                out.push(kind::CONNECTIONS);
+                out.push(list.vrid);
+                out.extend_from_slice(list.director.as_bytes());
+                out.push(match list.kind {
+                    ListKind::Orphans => 1,
+                    ListKind::ShareFull => 2,
+                    ListKind::ShareDelta => 3,
+                });
+                // At most MAX_CONNECTIONS in all, the added ones first.
+                let added = &list.added[..list.added.len().min(MAX_CONNECTIONS)];
+                let room = MAX_CONNECTIONS - added.len();
+                let removed = &list.removed[..list.removed.len().min(room)];
+                for connections in [added, removed] {
+                    out.extend_from_slice(&(connections.len() as u16).to_be_bytes());
+                    for (client, vip) in connections {
+                        put_addr(&mut out, *client);
+                        put_addr(&mut out, *vip);
+                    }
+                }
             }
         }
         out
@@ -287,6 +344,36 @@ impl DirectorMessage {
                     directing,
                 })
             }
+            kind::CONNECTIONS => {
+                let vrid = reader.u8()?;
+                let director = NodeId::from_bytes(reader.array::<16>()?);
+                let kind = match reader.u8()? {
+                    1 => ListKind::Orphans,
+                    2 => ListKind::ShareFull,
+                    3 => ListKind::ShareDelta,
+                    _ => return Err(WireError::Malformed("connection list kind")),
+                };
+                let mut lists = [Vec::new(), Vec::new()];
+                let mut total = 0;
+                for list in &mut lists {
+                    let count = usize::from(reader.u16()?);
+                    total += count;
+                    if total > MAX_CONNECTIONS {
+                        return Err(WireError::Malformed("too many connections"));
+                    }
+                    for _ in 0..count {
+                        list.push((reader.addr()?, reader.addr()?));
+                    }
+                }
+                let [added, removed] = lists;
+                DirectorMessage::Connections(ConnectionList {
+                    vrid,
+                    director,
+                    kind,
+                    added,
+                    removed,
+                })
+            }
             _ => return Err(WireError::Malformed("message kind")),
         };
         if !reader.bytes.is_empty() {
@@ -294,6 +381,21 @@ impl DirectorMessage {
         }
         Ok(message)
     }
+}
+
+/// An address and port: family (4 or 6), address, port.
+fn put_addr(out: &mut Vec<u8>, addr: SocketAddr) {
+    match addr {
+        SocketAddr::V4(v4) => {
+            out.push(4);
+            out.extend_from_slice(&v4.ip().octets());
+        }
+        SocketAddr::V6(v6) => {
+            out.push(6);
+            out.extend_from_slice(&v6.ip().octets());
+        }
+    }
+    out.extend_from_slice(&addr.port().to_be_bytes());
 }
 
 /// At most `limit` bytes, cut at a character boundary.
@@ -335,6 +437,15 @@ impl Reader<'_> {
 
     fn u32(&mut self) -> Result<u32, WireError> {
         Ok(u32::from_be_bytes(self.array()?))
+    }
+
+    fn addr(&mut self) -> Result<SocketAddr, WireError> {
+        let ip = match self.u8()? {
+            4 => IpAddr::V4(Ipv4Addr::from(self.array::<4>()?)),
+            6 => IpAddr::V6(Ipv6Addr::from(self.array::<16>()?)),
+            _ => return Err(WireError::Malformed("address family")),
+        };
+        Ok(SocketAddr::new(ip, self.u16()?))
     }
 }
 
@@ -385,6 +496,60 @@ mod tests {
             report(Some("ünïcode"), "[2001:db8::2]:9190".parse().ok()),
         ] {
             assert_eq!(DirectorMessage::decode(&message.encode()), Ok(message));
+        }
+    }
+
+    fn connections(kind: ListKind, added: usize, removed: usize) -> DirectorMessage {
+        let pair = |n: usize| -> Connection {
+            let client = if n.is_multiple_of(2) {
+                SocketAddr::from(([10, 0, (n >> 8) as u8, n as u8], 40_000 + n as u16))
+            } else {
+                SocketAddr::from(([0x2001, 0xdb8, 0, 0, 0, 0, 0, n as u16], 50_000))
+            };
+            (client, SocketAddr::from(([10, 0, 0, 100], 3128)))
+        };
+        DirectorMessage::Connections(ConnectionList {
+            vrid: 51,
+            director: NodeId::from_bytes([3; 16]),
+            kind,
+            added: (0..added).map(pair).collect(),
+            removed: (added..added + removed).map(pair).collect(),
+        })
+    }
+
+    #[test]
+    fn connection_lists_round_trip_and_are_bounded() {
+        for message in [
+            connections(ListKind::Orphans, 3, 0),
+            connections(ListKind::ShareFull, 0, 0),
+            connections(ListKind::ShareDelta, 2, 5),
+            connections(
+                ListKind::ShareDelta,
+                MAX_CONNECTIONS / 2,
+                MAX_CONNECTIONS / 2,
+            ),
+        ] {
+            let bytes = message.encode();
+            assert!(
+                bytes.len() <= 65_000,
+                "one peer-link frame: {}",
+                bytes.len()
+            );
+            assert_eq!(DirectorMessage::decode(&bytes), Ok(message));
+        }
+        // A list too long for one message keeps the first MAX_CONNECTIONS.
+        let long = connections(ListKind::Orphans, MAX_CONNECTIONS + 10, 4);
+        let Ok(DirectorMessage::Connections(decoded)) = DirectorMessage::decode(&long.encode())
+        else {
+            panic!("decodes");
+        };
+        assert_eq!(
+            (decoded.added.len(), decoded.removed.len()),
+            (MAX_CONNECTIONS, 0)
+        );
+        let bytes = connections(ListKind::ShareDelta, 2, 2).encode();
+        for cut in 0..bytes.len() {
+            assert!(DirectorMessage::decode(&bytes[..cut]).is_err());
         }
     }
 
