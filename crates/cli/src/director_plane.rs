@@ -17,7 +17,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use palisade_director::{Director, DirectorMessage, Load, LoadReport, Member, Reason, Settings};
+use palisade_director::wire::Connection;
+use palisade_director::{
+    ConnectionList, Director, DirectorMessage, ListKind, Load, LoadReport, Member, Reason, Settings,
+};
 use palisade_identity::NodeId;
 use palisade_peer_link::mesh::{MeshEvent, MeshHandle};
 use palisade_proxy::relay::{Dispatch, RelayOutcome, RelayTarget, Route};
@@ -29,6 +32,11 @@ use tokio_util::sync::CancellationToken;
 
 /// Members report this often.
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// A director shares the changes to its in-process connections at most this often; a new
+/// director's first report, and dead directors, are looked at this often too.
+const SHARE_INTERVAL: Duration = Duration::from_millis(200);
+/// Connections listed at most per director (its own share, or what is known of another's).
+const SHARE_MAX: usize = 262_144;
 /// How often the cluster's node records are read again for the members.
 const RECORDS_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -104,8 +112,40 @@ pub struct OwnReport {
     pub relayed: Option<Arc<palisade_proxy::scan_port::RelayedClients>>,
 }
 
+/// The connections this node serves in-process as a group's director, and what changed
+/// since the group last heard.
+#[derive(Default)]
+struct Share {
+    next: u64,
+    current: HashMap<u64, Connection>,
+    added: Vec<Connection>,
+    removed: Vec<Connection>,
+}
+
+/// One listed connection of a [`Share`]: unlisted when dropped.
+struct Shared {
+    share: Arc<Mutex<Share>>,
+    id: u64,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let mut share = self
+            .share
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(connection) = share.current.remove(&self.id) {
+            share.removed.push(connection);
+        }
+    }
+}
+
 struct Group {
     vrid: u8,
+    /// This node's in-process connections while it directs.
+    share: Arc<Mutex<Share>>,
+    /// Whether it directed at the last share tick (a new director reports at once).
+    was_directing: std::sync::atomic::AtomicBool,
     status: watch::Receiver<GroupStatus>,
     state: Mutex<GroupState>,
     /// This member's settings of the group (every member must have them alike).
@@ -220,6 +260,11 @@ pub struct DirectorPlane {
     undeclared: Mutex<std::collections::HashSet<(NodeId, u8)>>,
     /// Peers with a link up now.
     linked: Mutex<std::collections::HashSet<NodeId>>,
+    /// Other directors' connections, by group and director: their shares, and scanning
+    /// nodes' orphans of them. Tickled when that director is confirmed dead and this node
+    /// directs the group.
+    known: Mutex<HashMap<(u8, NodeId), std::collections::HashSet<Connection>>>,
+    tickled: prometheus_client::metrics::counter::Counter,
 }
 
 impl DirectorPlane {
@@ -243,6 +288,12 @@ impl DirectorPlane {
             "The director's live connections to each member (relayed, or served in-process)",
             metrics.connections.clone(),
         );
+        let tickled = prometheus_client::metrics::counter::Counter::default();
+        registry.register(
+            "palisade_director_tickled_connections",
+            "Client connections of a dead director this node tickled after taking its VIP over (each with 3 out-of-window ACKs, so the client fails at once)",
+            tickled.clone(),
+        );
         let groups = groups
             .iter()
             .map(|handle| {
@@ -263,6 +314,8 @@ impl DirectorPlane {
                 };
                 Group {
                     vrid,
+                    share: Arc::default(),
+                    was_directing: std::sync::atomic::AtomicBool::new(false),
                     status: handle.status.clone(),
                     state: Mutex::new(GroupState {
                         director: Director::new(settings, [me_member]),
@@ -293,6 +346,8 @@ impl DirectorPlane {
             declared: Mutex::new(None),
             undeclared: Mutex::new(std::collections::HashSet::new()),
             linked: Mutex::new(std::collections::HashSet::new()),
+            known: Mutex::new(HashMap::new()),
+            tickled,
         })
     }
 
@@ -379,64 +434,136 @@ impl DirectorPlane {
             self.review(group.vrid, &mut state, now);
             self.tell_fault_gate(group, &state, own, now);
         }
-        self.cut_dead_directors(own, now);
     }
 
-    /// A scanning node cuts the relays of a director confirmed dead: another member directs
-    /// now and no link to the old one is up (a lost link alone is only a hint). The
-    /// connections are reset and their upstream fetches dropped; their clients were on the
-    /// dead director and are gone or tickled by the new one.
-    fn cut_dead_directors(&self, own: &OwnReport, now: u64) {
-        let Some(relayed) = &own.relayed else {
-            return;
-        };
-        let fresh = 3 * REPORT_INTERVAL.as_millis() as u64;
-        let directors_now: Vec<NodeId> = (self.groups.iter())
-            .filter_map(|group| {
-                if group.status.borrow().state == State::Master {
-                    return Some(self.me);
-                }
-                let state = group
-                    .state
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                (state.directed_by)
-                    .filter(|(_, at)| now.saturating_sub(*at) <= fresh)
-                    .map(|(id, _)| id)
-            })
-            .collect();
-        if directors_now.is_empty() {
-            return;
+    /// Whether `director` is confirmed dead as the director of group `vrid`: another member
+    /// directs the group now (VRRP moved the VIP: its adverts stopped) and no link to it is
+    /// up (a lost link alone is only a hint; a false failover must never reset a healthy
+    /// director's clients).
+    fn confirmed_dead(&self, director: NodeId, vrid: u8, now: u64) -> bool {
+        if director == self.me
+            || (self.linked.lock())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains(&director)
+        {
+            return false;
         }
+        let Some(group) = self.groups.iter().find(|group| group.vrid == vrid) else {
+            return false;
+        };
+        if group.status.borrow().state == State::Master {
+            return true;
+        }
+        let fresh = 3 * REPORT_INTERVAL.as_millis() as u64;
+        let state = group
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (state.directed_by)
+            .is_some_and(|(id, at)| id != director && now.saturating_sub(at) <= fresh)
+    }
+
+    /// The group whose VIP `vip` is, if this node directs it now.
+    fn directing_vip(&self, vip: IpAddr) -> Option<&Group> {
+        self.directing(vip)
+    }
+
+    /// Every director confirmed dead: a scanning node cuts the connections it relayed here
+    /// (reset, their upstream fetches dropped) and hands their list to whoever directs now
+    /// (itself, or the group); the member that directs tickles every client of the dead one
+    /// it knows of (its own list, the scanning nodes', the dead one's shared in-process
+    /// share).
+    fn settle_dead(&self, mesh: &MeshHandle, own: &OwnReport, now: u64) {
+        // Each director that may be dead, with the groups it directed (by its connections).
         let linked = self
             .linked
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        for director in relayed.directors() {
-            if director == self.me
-                || linked.contains(&director)
-                || directors_now.contains(&director)
-            {
+        let mut candidates: HashMap<NodeId, std::collections::HashSet<u8>> = HashMap::new();
+        if let Some(relayed) = &own.relayed {
+            for director in relayed.directors() {
+                if director == self.me || linked.contains(&director) {
+                    continue;
+                }
+                let vrids = candidates.entry(director).or_default();
+                for (_, vip) in relayed.clients_of(director) {
+                    vrids.extend(self.group_of(vip.ip()).map(|group| group.vrid));
+                }
+            }
+        }
+        for (vrid, director) in (self.known.lock())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+        {
+            if !linked.contains(director) {
+                candidates.entry(*director).or_default().insert(*vrid);
+            }
+        }
+        for (director, vrids) in candidates {
+            if !(vrids.iter()).any(|vrid| self.confirmed_dead(director, *vrid, now)) {
                 continue;
             }
-            self.cut_director(
-                own,
-                director,
-                "another member directs now and no link to it is up",
-            );
+            let name = self.name_of(director);
+            let mut tickle = Vec::new();
+            let relayed_here = (own.relayed.as_ref()).map(|relayed| relayed.cut(director));
+            if let Some(cut) = relayed_here.filter(|cut| !cut.is_empty()) {
+                tracing::warn!(director = %name, connections = cut.len(), "director {name} is confirmed dead (another member directs now and no link to it is up): the {} connections it relayed here are reset and their upstream fetches dropped", cut.len());
+                for group in &self.groups {
+                    let (here, rest): (Vec<Connection>, Vec<Connection>) = cut
+                        .iter()
+                        .filter(|(_, vip)| {
+                            group.settings.vips.contains(&vip.ip().to_canonical())
+                                || group
+                                    .status
+                                    .borrow()
+                                    .vips
+                                    .contains(&vip.ip().to_canonical())
+                        })
+                        .partition(|(_, vip)| self.directing_vip(vip.ip()).is_some());
+                    tickle.extend(here);
+                    for chunk in rest.chunks(palisade_director::wire::MAX_CONNECTIONS) {
+                        let list = ConnectionList {
+                            vrid: group.vrid,
+                            director,
+                            kind: ListKind::Orphans,
+                            added: chunk.to_vec(),
+                            removed: Vec::new(),
+                        };
+                        mesh.broadcast_director(DirectorMessage::Connections(list).encode());
+                    }
+                }
+            }
+            let mut known = self
+                .known
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for group in &self.groups {
+                // Known but not directing: whoever directs has its own copy.
+                if let Some(connections) = known.remove(&(group.vrid, director))
+                    && group.status.borrow().state == State::Master
+                {
+                    tickle.extend(connections);
+                }
+            }
+            drop(known);
+            self.tickle(director, tickle);
         }
     }
 
-    fn cut_director(&self, own: &OwnReport, director: NodeId, why: &str) {
-        let Some(relayed) = &own.relayed else {
+    /// Tickles each client of a dead director from the VIP it connected to (only VIPs this
+    /// node holds), [`palisade_director::tickle::REPEAT`] times.
+    fn tickle(&self, director: NodeId, mut connections: Vec<Connection>) {
+        connections.retain(|(_, vip)| self.directing_vip(vip.ip()).is_some());
+        connections.sort_unstable();
+        connections.dedup();
+        if connections.is_empty() {
             return;
-        };
-        let cut = relayed.cut(director);
-        if cut > 0 {
-            let name = self.name_of(director);
-            tracing::warn!(director = %name, connections = cut, "director {name} is confirmed dead ({why}): the {cut} connections it relayed here are reset and their upstream fetches dropped");
         }
+        let name = self.name_of(director);
+        tracing::warn!(director = %name, connections = connections.len(), "tickling the {} client connections of dead director {name} from the VIP, so each fails now instead of hanging", connections.len());
+        self.tickled.inc_by(connections.len() as u64);
+        tokio::task::spawn_blocking(move || send_tickles(&connections));
     }
 
     /// A member's relays, cut (its scan port stopped answering while its reports stopped:
@@ -546,10 +673,144 @@ impl DirectorPlane {
         }
     }
 
+    /// Every [`SHARE_INTERVAL`]: a new director reports at once (scanning nodes then know
+    /// whom to give a dead director's connections), a director shares what changed in its
+    /// in-process connections, and dead directors are settled.
+    fn share_tick(self: &Arc<Self>, mesh: &MeshHandle, own: &OwnReport) {
+        let mut new_director = false;
+        for group in &self.groups {
+            let directing = group.status.borrow().state == State::Master;
+            let was = group
+                .was_directing
+                .swap(directing, std::sync::atomic::Ordering::Relaxed);
+            new_director |= directing && !was;
+            let (added, removed) = {
+                let mut share = group
+                    .share
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                (
+                    std::mem::take(&mut share.added),
+                    std::mem::take(&mut share.removed),
+                )
+            };
+            if directing && (!added.is_empty() || !removed.is_empty()) {
+                self.send_share(mesh, group.vrid, ListKind::ShareDelta, added, removed);
+            }
+        }
+        if new_director {
+            self.report(mesh, own);
+        }
+        self.settle_dead(mesh, own, self.now_ms());
+    }
+
+    /// This node's whole in-process share of every group it directs (a peer just linked).
+    fn share_all(&self, mesh: &MeshHandle) {
+        for group in &self.groups {
+            if group.status.borrow().state != State::Master {
+                continue;
+            }
+            let current: Vec<Connection> = (group.share.lock())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .current
+                .values()
+                .copied()
+                .collect();
+            self.send_share(mesh, group.vrid, ListKind::ShareFull, current, Vec::new());
+        }
+    }
+
+    /// A share in as many messages as it takes (a full one: the first replaces, the rest add).
+    fn send_share(
+        &self,
+        mesh: &MeshHandle,
+        vrid: u8,
+        kind: ListKind,
+        added: Vec<Connection>,
+        removed: Vec<Connection>,
+    ) {
+        let max = palisade_director::wire::MAX_CONNECTIONS;
+        let mut first = true;
+        let send = |kind, added: &[Connection], removed: &[Connection]| {
+            let list = ConnectionList {
+                vrid,
+                director: self.me,
+                kind,
+                added: added.to_vec(),
+                removed: removed.to_vec(),
+            };
+            mesh.broadcast_director(DirectorMessage::Connections(list).encode());
+        };
+        let mut chunks = added.chunks(max).peekable();
+        if chunks.peek().is_none() && kind == ListKind::ShareFull {
+            send(kind, &[], &[]);
+        }
+        for chunk in chunks {
+            send(if first { kind } else { ListKind::ShareDelta }, chunk, &[]);
+            first = false;
+        }
+        for chunk in removed.chunks(max) {
+            send(ListKind::ShareDelta, &[], chunk);
+        }
+    }
+
+    /// Another member's connection list: a director's share, or a scanning node's orphans
+    /// of a dead director (settled at once: the tickles should not wait).
+    fn received_connections(
+        &self,
+        from: NodeId,
+        list: ConnectionList,
+        mesh: &MeshHandle,
+        own: &OwnReport,
+    ) {
+        if !self.groups.iter().any(|group| group.vrid == list.vrid) {
+            return;
+        }
+        // A share is its sender's own; orphans may name any director but the sender.
+        let own_share = matches!(list.kind, ListKind::ShareFull | ListKind::ShareDelta);
+        if own_share != (list.director == from) || list.director == self.me {
+            tracing::warn!(node = %self.name_of(from), "director: connection list refused (it names the wrong director)");
+            return;
+        }
+        let orphans = list.kind == ListKind::Orphans;
+        {
+            let mut known = self
+                .known
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let entry = known.entry((list.vrid, list.director)).or_default();
+            if list.kind == ListKind::ShareFull {
+                entry.clear();
+            }
+            for connection in list.added {
+                if entry.len() < SHARE_MAX {
+                    entry.insert(connection);
+                }
+            }
+            for connection in &list.removed {
+                entry.remove(connection);
+            }
+        }
+        if orphans {
+            self.settle_dead(mesh, own, self.now_ms());
+        }
+    }
+
     /// A member's report.
-    fn received(&self, from: NodeId, addr: IpAddr, bytes: &[u8], own: &OwnReport) {
+    fn received(
+        &self,
+        from: NodeId,
+        addr: IpAddr,
+        bytes: &[u8],
+        mesh: &MeshHandle,
+        own: &OwnReport,
+    ) {
         let report = match DirectorMessage::decode(bytes) {
             Ok(DirectorMessage::Load(report)) => report,
+            Ok(DirectorMessage::Connections(list)) => {
+                self.received_connections(from, list, mesh, own);
+                return;
+            }
             Err(error) => {
                 tracing::warn!(%from, %error, "director message refused");
                 return;
@@ -824,10 +1085,13 @@ impl DirectorPlane {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut records = tokio::time::interval(RECORDS_INTERVAL);
         records.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut share_tick = tokio::time::interval(SHARE_INTERVAL);
+        share_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
                 _ = tick.tick() => self.report(&mesh, &own),
+                _ = share_tick.tick() => self.share_tick(&mesh, &own),
                 _ = records.tick(), if declared_by.is_some() => {
                     if let Some(cluster) = &declared_by
                         && let Ok(records) = cluster.records().await
@@ -841,9 +1105,13 @@ impl DirectorPlane {
                         names.insert(peer.id, Arc::from(peer.name.as_str()));
                         drop(names);
                         self.linked.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(peer.id);
+                        // It is alive: what was known of its connections is stale (its full
+                        // share follows), and it hears this node's whole share.
+                        self.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|(_, director), _| *director != peer.id);
+                        self.share_all(&mesh);
                     }
                     Ok(MeshEvent::PeerDown { peer, why }) => self.peer_down(&mesh, &own, peer, why),
-                    Ok(MeshEvent::Director { from, addr, bytes }) => self.received(from, addr, &bytes, &own),
+                    Ok(MeshEvent::Director { from, addr, bytes }) => self.received(from, addr, &bytes, &mesh, &own),
                     Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },
@@ -872,7 +1140,12 @@ impl DirectorPlane {
             (own.relayed.as_ref()).is_some_and(|relayed| relayed.directors().contains(&peer.id));
         match why {
             Down::Restarted if relays_here => {
-                self.cut_director(own, peer.id, "it came back as a new process");
+                // Its kernel reset its clients' connections when the process died.
+                if let Some(relayed) = &own.relayed {
+                    let cut = relayed.cut(peer.id).len();
+                    let name = self.name_of(peer.id);
+                    tracing::warn!(director = %name, connections = cut, "director {name} came back as a new process: the {cut} connections it relayed here are reset and their upstream fetches dropped");
+                }
             }
             Down::Lost if relays_here => {
                 let (mesh, relayed) = (mesh.clone(), own.relayed.clone());
@@ -881,7 +1154,7 @@ impl DirectorPlane {
                     if mesh.confirm_death(peer.addr).await.proves_death()
                         && let Some(relayed) = relayed
                     {
-                        let cut = relayed.cut(peer.id);
+                        let cut = relayed.cut(peer.id).len();
                         if cut > 0 {
                             tracing::warn!(director = %name, connections = cut, "director {name} is confirmed dead (its link port refused a dial): the {cut} connections it relayed here are reset and their upstream fetches dropped");
                         }
@@ -959,6 +1232,25 @@ impl Dispatch for DirectorPlane {
 
     fn me(&self) -> NodeId {
         self.me
+    }
+
+    fn serving_here(&self, client: SocketAddr, local: SocketAddr) -> Option<Box<dyn Send + Sync>> {
+        let group = self.directing(local.ip())?;
+        let mut share = group
+            .share
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if share.current.len() >= SHARE_MAX {
+            return None;
+        }
+        let id = share.next;
+        share.next += 1;
+        share.current.insert(id, (client, local));
+        share.added.push((client, local));
+        Some(Box::new(Shared {
+            share: group.share.clone(),
+            id,
+        }))
     }
 }
 
@@ -1040,6 +1332,45 @@ impl Dispatch for LateDispatch {
         self.0
             .get()
             .map_or(NodeId::from_bytes([0; 16]), |plane| plane.me)
+    }
+
+    fn serving_here(&self, client: SocketAddr, local: SocketAddr) -> Option<Box<dyn Send + Sync>> {
+        self.0.get()?.serving_here(client, local)
+    }
+}
+
+/// Sends each connection's client its tickles from the VIP it connected to, on raw sockets
+/// (this node holds the VIP now); [`palisade_director::tickle::REPEAT`] rounds,
+/// [`palisade_director::tickle::SPACING`] apart. Blocking: run on a blocking thread.
+fn send_tickles(connections: &[Connection]) {
+    use palisade_director::tickle;
+    use socket2::{Domain, Protocol, Socket, Type};
+    // IPPROTO_RAW: the packet carries its own IP header (the VIP as source).
+    let raw = |domain| Socket::new(domain, Type::RAW, Some(Protocol::from(255)));
+    let (v4, v6) = (raw(Domain::IPV4), raw(Domain::IPV6));
+    if let Err(error) = &v4 {
+        tracing::warn!(%error, "tickles cannot be sent (raw IPv4 socket): clients of the dead director wait for their own timeouts");
+    }
+    let packets: Vec<(SocketAddr, Vec<u8>)> = (connections.iter())
+        .filter_map(|(client, vip)| Some((*client, tickle::packet(*vip, *client)?)))
+        .collect();
+    for round in 0..tickle::REPEAT {
+        if round > 0 {
+            std::thread::sleep(tickle::SPACING);
+        }
+        for (client, packet) in &packets {
+            let socket = match client {
+                SocketAddr::V4(_) => v4.as_ref(),
+                SocketAddr::V6(_) => v6.as_ref(),
+            };
+            let Ok(socket) = socket else {
+                continue;
+            };
+            let to = socket2::SockAddr::from(SocketAddr::new(client.ip(), 0));
+            if let Err(error) = socket.send_to(packet, &to) {
+                tracing::debug!(%client, %error, "tickle not sent");
+            }
+        }
     }
 }
 

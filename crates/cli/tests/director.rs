@@ -5,38 +5,14 @@
 //! is gone, and when a scanning node is killed its clients move to the others at once (a
 //! refused relay connect is retried on the next node) and no new connection goes to it.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use palisade_e2e::ha::{HEARTBEAT_KEY, HEARTBEAT_PORT, HaNode, answering_node};
-use palisade_e2e::netns::{Lab, LabHost, in_namespace, require_netns, wait_for};
+use palisade_e2e::ha::{HEARTBEAT_KEY, HEARTBEAT_PORT, HaNode, connect_from, served_by};
+use palisade_e2e::netns::{Lab, LabHost, require_netns, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_palisade");
 const CLIENTS: u8 = 48;
-
-/// A connection from `source` to the VIP's redirect port.
-fn connect_from(client: &LabHost, source: Ipv4Addr, vip: Ipv4Addr) -> Option<std::net::TcpStream> {
-    in_namespace(&client.ns, || {
-        let socket =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
-        socket
-            .bind(&SocketAddr::new(IpAddr::V4(source), 0).into())
-            .ok()?;
-        socket
-            .connect_timeout(
-                &SocketAddr::new(IpAddr::V4(vip), 9090).into(),
-                Duration::from_secs(2),
-            )
-            .ok()?;
-        Some(socket.into())
-    })
-}
-
-/// The node that answers a non-proxy request on the VIP's redirect port from `source`
-/// (the error page names it), or `None`.
-fn served_by(client: &LabHost, source: Ipv4Addr, vip: Ipv4Addr) -> Option<String> {
-    answering_node(connect_from(client, source, vip)?, Duration::from_secs(3))
-}
 
 /// A connection from `source` to the VIP's redirect port, held open without a request (the
 /// director relays it at once and counts it until it closes).

@@ -225,3 +225,27 @@ pub fn start_pair(
     };
     (node1, node2, logs)
 }
+
+/// A connection from `source` (an address of `client`'s) to port 9090 of `vip`.
+pub fn connect_from(client: &LabHost, source: Ipv4Addr, vip: Ipv4Addr) -> Option<TcpStream> {
+    in_namespace(&client.ns, || {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+        socket
+            .bind(&SocketAddr::new(IpAddr::V4(source), 0).into())
+            .ok()?;
+        socket
+            .connect_timeout(
+                &SocketAddr::new(IpAddr::V4(vip), 9090).into(),
+                Duration::from_secs(2),
+            )
+            .ok()?;
+        Some(socket.into())
+    })
+}
+
+/// The node that answers a non-proxy request on the VIP's redirect port from `source`
+/// (the error page names it), or `None`.
+pub fn served_by(client: &LabHost, source: Ipv4Addr, vip: Ipv4Addr) -> Option<String> {
+    answering_node(connect_from(client, source, vip)?, Duration::from_secs(3))
+}

@@ -47,7 +47,8 @@ struct Shared {
 /// An HTTP origin on 127.0.0.1 with these routes:
 /// `/small` 100 bytes; `/echo` the request body; `/chunked` a chunked body ("hello world");
 /// `/big/N` N bytes (Content-Length); `/bigchunked/N` N bytes chunked; `/status/N` status N;
-/// `/slow/MS` answers after MS milliseconds; `/ws` 101 upgrade then echo.
+/// `/slow/MS` answers after MS milliseconds; `/ws` 101 upgrade then echo. `/big/N` honours
+/// `Range: bytes=S-` with a 206.
 pub struct Origin {
     pub addr: SocketAddr,
     shared: Arc<Shared>,
@@ -72,10 +73,27 @@ impl Origin {
         Origin::start_with("127.0.0.1:0", shared).await
     }
 
+    /// An origin on a listener bound elsewhere (in a lab namespace: a socket stays in the
+    /// namespace it was made in), keeping no record of requests.
+    pub async fn start_listening(listener: std::net::TcpListener) -> Origin {
+        let _ = listener.set_nonblocking(true);
+        let listener = TcpListener::from_std(listener)
+            .unwrap_or_else(|error| panic!("origin listener: {error}"));
+        let shared = Shared {
+            unrecorded: true,
+            ..Shared::default()
+        };
+        Origin::serve(listener, shared)
+    }
+
     async fn start_with(bind: &str, shared: Shared) -> Origin {
         let listener = TcpListener::bind(bind)
             .await
             .unwrap_or_else(|error| panic!("origin bind: {error}"));
+        Origin::serve(listener, shared)
+    }
+
+    fn serve(listener: TcpListener, shared: Shared) -> Origin {
         let addr = listener
             .local_addr()
             .unwrap_or_else(|error| panic!("origin addr: {error}"));
@@ -143,6 +161,9 @@ async fn handle(shared: Arc<Shared>, mut request: Request<Incoming>) -> Response
         })
         .collect();
     let path = request.uri().path().to_owned();
+    let range = (request.headers().get("range"))
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
     if path == "/ws" {
         let upgrade = hyper::upgrade::on(&mut request);
         record(&shared, method, uri, headers, Vec::new());
@@ -181,13 +202,30 @@ async fn handle(shared: Arc<Shared>, mut request: Request<Incoming>) -> Response
             }
             .boxed(),
         ),
-        "big" => Response::new(
-            Repeat {
-                remaining: argument,
-                exact: true,
-            }
-            .boxed(),
-        ),
+        // `Range: bytes=N-` is honoured (206), so a cut download can resume (`curl -C -`).
+        "big" => match range_start(&range).filter(|start| *start < argument) {
+            Some(start) => Response::builder()
+                .status(StatusCode::PARTIAL_CONTENT)
+                .header(
+                    "content-range",
+                    format!("bytes {start}-{}/{argument}", argument - 1),
+                )
+                .body(
+                    Repeat {
+                        remaining: argument - start,
+                        exact: true,
+                    }
+                    .boxed(),
+                )
+                .unwrap_or_default(),
+            None => Response::new(
+                Repeat {
+                    remaining: argument,
+                    exact: true,
+                }
+                .boxed(),
+            ),
+        },
         "bigchunked" => Response::new(
             Repeat {
                 remaining: argument,
@@ -231,6 +269,16 @@ fn record(
 }
 
 /// A body of `remaining` bytes in 64 KiB frames, with or without a known length.
+/// N of a `Range: bytes=N-` header.
+fn range_start(range: &Option<String>) -> Option<u64> {
+    range
+        .as_deref()?
+        .strip_prefix("bytes=")?
+        .strip_suffix('-')?
+        .parse()
+        .ok()
+}
+
 struct Repeat {
     remaining: u64,
     exact: bool,

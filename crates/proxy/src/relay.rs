@@ -84,6 +84,16 @@ pub trait Dispatch: Send + Sync {
     /// `node`'s relay for a connection that reached `local`.
     fn outcome(&self, local: SocketAddr, node: NodeId, outcome: RelayOutcome);
     fn me(&self) -> NodeId;
+    /// A connection from `client` to `local` this node serves in-process as its director:
+    /// listed while the guard lives (the director shares its list with the group, so that
+    /// whoever takes over from it can tickle these clients).
+    fn serving_here(
+        &self,
+        _client: SocketAddr,
+        _local: SocketAddr,
+    ) -> Option<Box<dyn Send + Sync>> {
+        None
+    }
 }
 
 /// How a relayed connection ended, for its log line.
@@ -165,6 +175,7 @@ impl Proxy {
             let (Some(scan), Some(key)) = (target.scan, target.key.as_ref()) else {
                 if target.node == me {
                     let _later = take(me);
+                    let _listed = dispatch.serving_here(client, local);
                     conn::serve_connection(
                         self.clone(),
                         stream,
@@ -251,6 +262,7 @@ impl Proxy {
         drop(counted);
         dispatch.outcome(local, me, RelayOutcome::Connected);
         let _served = count(me);
+        let _listed = dispatch.serving_here(client, local);
         conn::serve_connection(
             self.clone(),
             stream,

@@ -146,13 +146,13 @@ impl RelayedClients {
     }
 
     /// Cuts every connection `director` relays here (it is confirmed dead): each is reset
-    /// and its upstream fetch dropped. Returns how many were cut.
-    pub fn cut(&self, director: NodeId) -> usize {
+    /// and its upstream fetch dropped. Returns them: (client, the address it connected to).
+    pub fn cut(&self, director: NodeId) -> Vec<(SocketAddr, SocketAddr)> {
         let Some(relays) = self.lock().remove(&director) else {
-            return 0;
+            return Vec::new();
         };
         relays.cut.cancel();
-        relays.clients.len()
+        relays.clients.into_values().collect()
     }
 
     /// Every connection `director` relays here: (client, the address it connected to).
@@ -377,7 +377,7 @@ mod tests {
         assert_eq!(of_a, vec![(addr(1), vip), (addr(2), vip)]);
         drop(first);
         assert_eq!(relayed.clients_of(a), vec![(addr(2), vip)]);
-        assert_eq!(relayed.cut(a), 1);
+        assert_eq!(relayed.cut(a), vec![(addr(2), vip)]);
         assert!(cut_a.is_cancelled() && cut_a2.is_cancelled());
         assert!(!cut_b.is_cancelled(), "another director's connections stay");
         assert_eq!(relayed.directors(), vec![b]);
