@@ -561,7 +561,10 @@ impl DirectorPlane {
             return;
         }
         let name = self.name_of(director);
-        tracing::warn!(director = %name, connections = connections.len(), "tickling the {} client connections of dead director {name} from the VIP, so each fails now instead of hanging", connections.len());
+        let first: Vec<String> = (connections.iter().take(8))
+            .map(|(client, vip)| format!("{client}->{vip}"))
+            .collect();
+        tracing::warn!(director = %name, connections = connections.len(), first = ?first, "tickling the {} client connections of dead director {name} from the VIP, so each fails now instead of hanging", connections.len());
         self.tickled.inc_by(connections.len() as u64);
         tokio::task::spawn_blocking(move || send_tickles(&connections));
     }

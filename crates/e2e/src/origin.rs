@@ -48,7 +48,7 @@ struct Shared {
 /// `/small` 100 bytes; `/echo` the request body; `/chunked` a chunked body ("hello world");
 /// `/big/N` N bytes (Content-Length); `/bigchunked/N` N bytes chunked; `/status/N` status N;
 /// `/slow/MS` answers after MS milliseconds; `/ws` 101 upgrade then echo. `/big/N` honours
-/// `Range: bytes=S-` with a 206.
+/// `Range: bytes=S-` with a 206. `/drip/N`: N bytes at 800 KB/s (Range too).
 pub struct Origin {
     pub addr: SocketAddr,
     shared: Arc<Shared>,
@@ -226,6 +226,27 @@ async fn handle(shared: Arc<Shared>, mut request: Request<Incoming>) -> Response
                 .boxed(),
             ),
         },
+        // `/drip/N`: N bytes (Content-Length) at 800 KB/s, 16 KiB every 20 ms, honouring
+        // `Range: bytes=S-`: a download that stays in flight, read as it arrives.
+        "drip" => {
+            let start = range_start(&range).filter(|start| *start < argument);
+            let body = Drip {
+                remaining: argument - start.unwrap_or(0),
+                pause: None,
+            }
+            .boxed();
+            match start {
+                Some(start) => Response::builder()
+                    .status(StatusCode::PARTIAL_CONTENT)
+                    .header(
+                        "content-range",
+                        format!("bytes {start}-{}/{argument}", argument - 1),
+                    )
+                    .body(body)
+                    .unwrap_or_default(),
+                None => Response::new(body),
+            }
+        }
         "bigchunked" => Response::new(
             Repeat {
                 remaining: argument,
@@ -269,6 +290,46 @@ fn record(
 }
 
 /// A body of `remaining` bytes in 64 KiB frames, with or without a known length.
+/// A fixed-length body sent slowly: [`DRIP_CHUNK`] bytes every [`DRIP_EVERY`].
+struct Drip {
+    remaining: u64,
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+const DRIP_CHUNK: usize = 16 * 1024;
+const DRIP_EVERY: Duration = Duration::from_millis(20);
+
+impl Body for Drip {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        if let Some(pause) = self.pause.as_mut()
+            && pause.as_mut().poll(cx).is_pending()
+        {
+            return Poll::Pending;
+        }
+        self.pause = Some(Box::pin(tokio::time::sleep(DRIP_EVERY)));
+        let take = self.remaining.min(DRIP_CHUNK as u64) as usize;
+        self.remaining -= take as u64;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&BLOCK[..take])))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}
+
 /// N of a `Range: bytes=N-` header.
 fn range_start(range: &Option<String>) -> Option<u64> {
     range

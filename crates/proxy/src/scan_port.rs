@@ -83,12 +83,23 @@ fn reason_of(refusal: &Refusal) -> &'static str {
     }
 }
 
-/// The connections relayed to this node, by director.
+/// The connections relayed to this node, by director; those that ended within
+/// [`RECENT`] too: a connection whose director's host died often fails here (its socket's
+/// user timeout) before anyone has taken over, and its client still needs its tickle.
 #[derive(Default)]
 pub struct RelayedClients {
     next: AtomicU64,
     by_director: Mutex<HashMap<NodeId, DirectorRelays>>,
+    recent: Mutex<std::collections::VecDeque<Ended>>,
 }
+
+/// A connection that ended: when, its director, (client, the address it connected to).
+type Ended = (std::time::Instant, NodeId, (SocketAddr, SocketAddr));
+
+/// How long an ended connection is still listed for tickles.
+pub const RECENT: Duration = Duration::from_secs(15);
+/// Ended connections listed at most.
+const RECENT_MAX: usize = 65_536;
 
 #[derive(Default)]
 struct DirectorRelays {
@@ -108,11 +119,20 @@ struct Listed<'a> {
 impl Drop for Listed<'_> {
     fn drop(&mut self) {
         let mut by_director = self.relayed.lock();
-        if let Some(relays) = by_director.get_mut(&self.director) {
-            relays.clients.remove(&self.id);
-            if relays.clients.is_empty() {
-                by_director.remove(&self.director);
+        let Some(relays) = by_director.get_mut(&self.director) else {
+            return;
+        };
+        let ended = relays.clients.remove(&self.id);
+        if relays.clients.is_empty() {
+            by_director.remove(&self.director);
+        }
+        drop(by_director);
+        if let Some(connection) = ended {
+            let mut recent = self.relayed.recent();
+            if recent.len() >= RECENT_MAX {
+                recent.pop_front();
             }
+            recent.push_back((std::time::Instant::now(), self.director, connection));
         }
     }
 }
@@ -122,6 +142,21 @@ impl RelayedClients {
         self.by_director
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The connections that ended within [`RECENT`] (older ones pruned).
+    fn recent(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Ended>> {
+        let mut recent = self
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while recent
+            .front()
+            .is_some_and(|(ended, _, _)| ended.elapsed() > RECENT)
+        {
+            recent.pop_front();
+        }
+        recent
     }
 
     fn list(
@@ -147,24 +182,46 @@ impl RelayedClients {
 
     /// Cuts every connection `director` relays here (it is confirmed dead): each is reset
     /// and its upstream fetch dropped. Returns them: (client, the address it connected to).
+    /// Those that ended within [`RECENT`] come with them (and are forgotten).
     pub fn cut(&self, director: NodeId) -> Vec<(SocketAddr, SocketAddr)> {
-        let Some(relays) = self.lock().remove(&director) else {
-            return Vec::new();
-        };
-        relays.cut.cancel();
-        relays.clients.into_values().collect()
+        let mut cut: Vec<(SocketAddr, SocketAddr)> = Vec::new();
+        if let Some(relays) = self.lock().remove(&director) {
+            relays.cut.cancel();
+            cut.extend(relays.clients.into_values());
+        }
+        let mut recent = self.recent();
+        recent.retain(|(_, of, connection)| {
+            if *of == director {
+                cut.push(*connection);
+            }
+            *of != director
+        });
+        cut
     }
 
-    /// Every connection `director` relays here: (client, the address it connected to).
+    /// Every connection `director` relays here, and those that ended within [`RECENT`]:
+    /// (client, the address it connected to).
     pub fn clients_of(&self, director: NodeId) -> Vec<(SocketAddr, SocketAddr)> {
-        (self.lock().get(&director))
+        let mut clients: Vec<(SocketAddr, SocketAddr)> = (self.lock().get(&director))
             .map(|relays| relays.clients.values().copied().collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        clients.extend(
+            (self.recent().iter())
+                .filter(|(_, of, _)| *of == director)
+                .map(|(_, _, connection)| *connection),
+        );
+        clients
     }
 
-    /// The directors that relay connections here now.
+    /// The directors that relay connections here now or did within [`RECENT`].
     pub fn directors(&self) -> Vec<NodeId> {
-        self.lock().keys().copied().collect()
+        let mut directors: Vec<NodeId> = self.lock().keys().copied().collect();
+        for (_, director, _) in self.recent().iter() {
+            if !directors.contains(director) {
+                directors.push(*director);
+            }
+        }
+        directors
     }
 }
 
@@ -372,20 +429,31 @@ mod tests {
         let (first, cut_a) = relayed.list(a, addr(1), vip);
         let (second, cut_a2) = relayed.list(a, addr(2), vip);
         let (other, cut_b) = relayed.list(b, addr(3), vip);
-        let mut of_a = relayed.clients_of(a);
-        of_a.sort();
-        assert_eq!(of_a, vec![(addr(1), vip), (addr(2), vip)]);
+        let sorted = |mut list: Vec<(SocketAddr, SocketAddr)>| {
+            list.sort();
+            list
+        };
+        assert_eq!(
+            sorted(relayed.clients_of(a)),
+            vec![(addr(1), vip), (addr(2), vip)]
+        );
+        // One that ended is still listed for a while (its client may still need a tickle).
         drop(first);
-        assert_eq!(relayed.clients_of(a), vec![(addr(2), vip)]);
-        assert_eq!(relayed.cut(a), vec![(addr(2), vip)]);
+        assert_eq!(
+            sorted(relayed.clients_of(a)),
+            vec![(addr(1), vip), (addr(2), vip)]
+        );
+        assert_eq!(sorted(relayed.cut(a)), vec![(addr(1), vip), (addr(2), vip)]);
         assert!(cut_a.is_cancelled() && cut_a2.is_cancelled());
         assert!(!cut_b.is_cancelled(), "another director's connections stay");
         assert_eq!(relayed.directors(), vec![b]);
-        // A connection that ends after its director was cut unlists nothing else.
+        assert!(relayed.clients_of(a).is_empty(), "a cut forgets them");
+        // A connection that ends after its director was cut lists nothing again.
         drop(second);
+        assert!(relayed.clients_of(a).is_empty());
         assert_eq!(relayed.clients_of(b), vec![(addr(3), vip)]);
         drop(other);
-        assert!(relayed.directors().is_empty());
+        assert_eq!(relayed.directors(), vec![b], "ended, still recent");
         // The next connection from a cut director gets a fresh, uncut token.
         let (_again, cut_again) = relayed.list(a, addr(4), vip);
         assert!(!cut_again.is_cancelled());
