@@ -16,15 +16,14 @@ use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use palisade_e2e::ha::{HaNode, connect_from, heartbeat_section, served_by};
-use palisade_e2e::netns::{Lab, LabHost, in_namespace, require_netns, wait_for};
-use palisade_e2e::origin::Origin;
+use palisade_e2e::director_lab::{DirectorLab, ORIGIN_PORT};
+use palisade_e2e::ha::connect_from;
+use palisade_e2e::netns::{LabHost, require_netns, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_palisade");
 /// The download: long enough at the origin's pace (800 KB/s) to be in flight when the
 /// director dies.
 const SIZE: u64 = 40_000_000;
-const ORIGIN_PORT: u16 = 8080;
 
 /// curl through the VIP from `source`, writing to `file` (`resume`: `-C -`).
 fn download(
@@ -76,109 +75,6 @@ fn exit_within(child: &mut Child, timeout: Duration) -> Option<i32> {
     None
 }
 
-/// node1 (director, priority 150) and node2 (100) of one HA group with a director, a client
-/// host with an address whose node is node1 (served in-process) and one whose node is node2
-/// (relayed), and an origin on the lab's network.
-struct Setup {
-    lab: Lab,
-    dir: palisade_e2e::node::TempDir,
-    vip: Ipv4Addr,
-    client: LabHost,
-    origin: LabHost,
-    hosts: [LabHost; 2],
-    nodes: [HaNode; 2],
-    /// A client address served by node1, one served by node2.
-    on: [Ipv4Addr; 2],
-    _origin: Origin,
-    _runtime: tokio::runtime::Runtime,
-}
-
-impl Setup {
-    fn new() -> Setup {
-        let mut lab = Lab::new(&["node1", "node2", "client", "origin"]);
-        let dir = palisade_e2e::node::TempDir::new("palisade-nobody-hangs");
-        let vip = lab.spare_addr(100);
-        let (client, origin_host) = (lab.host("client").clone(), lab.host("origin").clone());
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap_or_else(|error| panic!("{error}"));
-        let listener = in_namespace(&origin_host.ns, || {
-            std::net::TcpListener::bind(("0.0.0.0", ORIGIN_PORT))
-        })
-        .unwrap_or_else(|error| panic!("origin bind: {error}"));
-        let origin = runtime.block_on(Origin::start_listening(listener));
-        let (host1, host2) = (lab.host("node1").clone(), lab.host("node2").clone());
-        let extra = |peer| {
-            format!(
-                "{}[director]\nslow_start = \"1s\"\n",
-                heartbeat_section(peer)
-            )
-        };
-        let mut node1 = HaNode::new(&dir.0, &host1, "1s", 150, vip, &extra(host2.addr));
-        let mut node2 = HaNode::new(&dir.0, &host2, "1s", 100, vip, &extra(host1.addr));
-        // The origin is on the lab's network, which the default rules keep clients from.
-        for name in ["node1", "node2"] {
-            std::fs::write(
-                dir.0.join(format!("{name}-policy.toml")),
-                "default_action = \"allow\"\n[access]\nclients = [\"127.0.0.0/8\", \"10.213.0.0/16\"]\nallow_destinations = [\"10.213.0.0/16\"]\nconnect_ports = [8080]\n",
-            )
-            .unwrap_or_else(|error| panic!("{error}"));
-        }
-        node2.start(&mut lab, BIN);
-        node1.start(&mut lab, BIN);
-        wait_for("node1 holds the VIP", Duration::from_secs(15), || {
-            host1.has_address(vip)
-        });
-        // Client addresses: one whose node is node1 (the director serves it in-process), one
-        // whose node is node2 (relayed to node2's scan port).
-        let sources: Vec<Ipv4Addr> = (0..16).map(|i| lab.spare_addr(150 + i)).collect();
-        for source in &sources {
-            let output = client.run(
-                "ip",
-                &["addr", "add", &format!("{source}/24"), "dev", "eth0"],
-            );
-            assert!(output.status.success(), "{output:?}");
-        }
-        let mut homed = (None, None);
-        wait_for("clients of both nodes", Duration::from_secs(20), || {
-            for source in &sources {
-                match served_by(&client, *source, vip).as_deref() {
-                    Some("node1") => homed.0 = Some(*source),
-                    Some("node2") => homed.1 = Some(*source),
-                    _ => {}
-                }
-            }
-            homed.0.is_some() && homed.1.is_some()
-        });
-        let (Some(on_node1), Some(on_node2)) = homed else {
-            panic!("no clients of both nodes");
-        };
-        Setup {
-            lab,
-            dir,
-            vip,
-            client,
-            origin: origin_host,
-            hosts: [host1, host2],
-            nodes: [node1, node2],
-            on: [on_node1, on_node2],
-            _origin: origin,
-            _runtime: runtime,
-        }
-    }
-
-    fn logs(&self) -> String {
-        let read = |log: &Path| std::fs::read_to_string(log).unwrap_or_default();
-        format!(
-            "node1:\n{}\nnode2:\n{}",
-            read(&self.nodes[0].log),
-            read(&self.nodes[1].log)
-        )
-    }
-}
-
 #[test]
 fn when_the_directors_host_dies_every_client_fails_at_once_and_resumes_through_the_next() {
     if !require_netns(
@@ -186,7 +82,7 @@ fn when_the_directors_host_dies_every_client_fails_at_once_and_resumes_through_t
     ) {
         return;
     }
-    let mut setup = Setup::new();
+    let mut setup = DirectorLab::new(BIN);
     let (vip, [on_node1, on_node2]) = (setup.vip, setup.on);
     let (client, origin_host) = (setup.client.clone(), setup.origin.clone());
     let [host1, host2] = setup.hosts.clone();
@@ -280,7 +176,7 @@ fn when_the_directors_host_dies_every_client_fails_at_once_and_resumes_through_t
 
 /// A CONNECT tunnel to the origin through the VIP from `source`, established (200 read) and
 /// left idle.
-fn idle_tunnel(setup: &Setup, source: Ipv4Addr) -> std::net::TcpStream {
+fn idle_tunnel(setup: &DirectorLab, source: Ipv4Addr) -> std::net::TcpStream {
     let mut stream = connect_from(&setup.client, source, setup.vip)
         .unwrap_or_else(|| panic!("{source} cannot reach the VIP"));
     let target = format!("{}:{ORIGIN_PORT}", setup.origin.addr);
@@ -309,7 +205,7 @@ fn idle_tunnel(setup: &Setup, source: Ipv4Addr) -> std::net::TcpStream {
 }
 
 /// What the client's idle tunnel reads within `within`: it must be a reset.
-fn assert_reset_within(stream: &mut std::net::TcpStream, within: Duration, setup: &Setup) {
+fn assert_reset_within(stream: &mut std::net::TcpStream, within: Duration, setup: &DirectorLab) {
     let _ = stream.set_read_timeout(Some(within));
     let started = Instant::now();
     let mut buf = [0u8; 64];
@@ -334,7 +230,7 @@ fn a_scanning_nodes_crash_reaches_its_relayed_clients_as_a_reset() {
     if !require_netns("a_scanning_nodes_crash_reaches_its_relayed_clients_as_a_reset") {
         return;
     }
-    let mut setup = Setup::new();
+    let mut setup = DirectorLab::new(BIN);
     let mut tunnel = idle_tunnel(&setup, setup.on[1]);
     // node2's process dies; its host lives: its kernel closes the relay (SO_LINGER 0: a
     // reset), and node1 passes the reset on. A FIN would read as the tunnel's orderly end.
@@ -347,7 +243,7 @@ fn a_scanning_nodes_host_death_cuts_even_an_idle_relay() {
     if !require_netns("a_scanning_nodes_host_death_cuts_even_an_idle_relay") {
         return;
     }
-    let setup = Setup::new();
+    let setup = DirectorLab::new(BIN);
     let mut tunnel = idle_tunnel(&setup, setup.on[1]);
     // node2's host is cut off: nothing in flight on the idle relay, so only the director's
     // probe (after three missed load reports) can tell; then it cuts node2's relays.

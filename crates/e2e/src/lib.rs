@@ -2,6 +2,7 @@
 //! clients on loopback, and palisade nodes as child processes. Traffic goes to 127.0.0.0/8
 //! only. (Network namespaces for the multi-host tests come with the HA issues.)
 
+pub mod director_lab;
 pub mod dns;
 pub mod ha;
 pub mod netns;

@@ -1,0 +1,120 @@
+//! Two palisade nodes of one HA group with a director in a lab (issue 12's tests and the
+//! relay-cost benchmark): node1 (priority 150) directs, node2 (100) scans; a client host with
+//! one address served by each node; an origin on the lab's network (port 8080) the nodes'
+//! policy lets clients reach, CONNECT included.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::ha::{HaNode, heartbeat_section, served_by};
+use crate::netns::{Lab, LabHost, in_namespace, wait_for};
+use crate::origin::Origin;
+
+/// The origin's port on its lab host.
+pub const ORIGIN_PORT: u16 = 8080;
+
+/// node1 (director, priority 150) and node2 (100) of one HA group with a director, a client
+/// host with an address whose node is node1 (served in-process) and one whose node is node2
+/// (relayed), and an origin on the lab's network.
+pub struct DirectorLab {
+    pub lab: Lab,
+    pub dir: crate::node::TempDir,
+    pub vip: Ipv4Addr,
+    pub client: LabHost,
+    pub origin: LabHost,
+    pub hosts: [LabHost; 2],
+    pub nodes: [HaNode; 2],
+    /// A client address served by node1, one served by node2.
+    pub on: [Ipv4Addr; 2],
+    _origin: Origin,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl DirectorLab {
+    /// Starts both nodes (`binary`) and waits until each serves a client address.
+    pub fn new(binary: &str) -> DirectorLab {
+        let mut lab = Lab::new(&["node1", "node2", "client", "origin"]);
+        let dir = crate::node::TempDir::new("palisade-nobody-hangs");
+        let vip = lab.spare_addr(100);
+        let (client, origin_host) = (lab.host("client").clone(), lab.host("origin").clone());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap_or_else(|error| panic!("{error}"));
+        let listener = in_namespace(&origin_host.ns, || {
+            std::net::TcpListener::bind(("0.0.0.0", ORIGIN_PORT))
+        })
+        .unwrap_or_else(|error| panic!("origin bind: {error}"));
+        let origin = runtime.block_on(Origin::start_listening(listener));
+        let (host1, host2) = (lab.host("node1").clone(), lab.host("node2").clone());
+        let extra = |peer| {
+            format!(
+                "{}[director]\nslow_start = \"1s\"\n",
+                heartbeat_section(peer)
+            )
+        };
+        let mut node1 = HaNode::new(&dir.0, &host1, "1s", 150, vip, &extra(host2.addr));
+        let mut node2 = HaNode::new(&dir.0, &host2, "1s", 100, vip, &extra(host1.addr));
+        // The origin is on the lab's network, which the default rules keep clients from.
+        for name in ["node1", "node2"] {
+            std::fs::write(
+                dir.0.join(format!("{name}-policy.toml")),
+                "default_action = \"allow\"\n[access]\nclients = [\"127.0.0.0/8\", \"10.213.0.0/16\"]\nallow_destinations = [\"10.213.0.0/16\"]\nconnect_ports = [8080]\n",
+            )
+            .unwrap_or_else(|error| panic!("{error}"));
+        }
+        node2.start(&mut lab, binary);
+        node1.start(&mut lab, binary);
+        wait_for("node1 holds the VIP", Duration::from_secs(15), || {
+            host1.has_address(vip)
+        });
+        // Client addresses: one whose node is node1 (the director serves it in-process), one
+        // whose node is node2 (relayed to node2's scan port).
+        let sources: Vec<Ipv4Addr> = (0..16).map(|i| lab.spare_addr(150 + i)).collect();
+        for source in &sources {
+            let output = client.run(
+                "ip",
+                &["addr", "add", &format!("{source}/24"), "dev", "eth0"],
+            );
+            assert!(output.status.success(), "{output:?}");
+        }
+        let mut homed = (None, None);
+        wait_for("clients of both nodes", Duration::from_secs(20), || {
+            for source in &sources {
+                match served_by(&client, *source, vip).as_deref() {
+                    Some("node1") => homed.0 = Some(*source),
+                    Some("node2") => homed.1 = Some(*source),
+                    _ => {}
+                }
+            }
+            homed.0.is_some() && homed.1.is_some()
+        });
+        let (Some(on_node1), Some(on_node2)) = homed else {
+            panic!("no clients of both nodes");
+        };
+        DirectorLab {
+            lab,
+            dir,
+            vip,
+            client,
+            origin: origin_host,
+            hosts: [host1, host2],
+            nodes: [node1, node2],
+            on: [on_node1, on_node2],
+            _origin: origin,
+            _runtime: runtime,
+        }
+    }
+
+    /// Both nodes' logs, for assertion messages.
+    pub fn logs(&self) -> String {
+        let read = |log: &Path| std::fs::read_to_string(log).unwrap_or_default();
+        format!(
+            "node1:\n{}\nnode2:\n{}",
+            read(&self.nodes[0].log),
+            read(&self.nodes[1].log)
+        )
+    }
+}
