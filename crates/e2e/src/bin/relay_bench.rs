@@ -1,0 +1,310 @@
+//! What the director's relay costs (issue 12, section 4): one client address whose node is
+//! node2, sent the same traffic straight to node2's own address (served there: "direct") and
+//! to the VIP (node1 directs and relays it to node2's scan port: "relayed"), in the same run
+//! and alternating, in network namespaces on one machine:
+//! - bulk CONNECT: a 1 GiB download through a tunnel, MB/s;
+//! - a fixed rate of new connections each with one small GET (`Connection: close`): latency
+//!   p50 / p99, and the machine's CPU (all cores, from /proc/stat) per request;
+//! - the new-connection rate, closed loop (32 at a time);
+//! - machine CPU per relayed GiB.
+//!
+//! Usage: relay-bench PALISADE_BINARY [RUNS] [RATE] (needs root, iproute2, nftables)
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use palisade_e2e::director_lab::{DirectorLab, ORIGIN_PORT};
+use palisade_e2e::netns::in_namespace;
+
+const BULK: u64 = 1 << 30;
+const FIXED_FOR: Duration = Duration::from_secs(10);
+const CLOSED_FOR: Duration = Duration::from_secs(5);
+const CLOSED_CONCURRENCY: usize = 32;
+
+/// Busy and total jiffies of all cores, from /proc/stat.
+fn cpu_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = (stat.lines().next().unwrap_or_default().split_whitespace())
+        .skip(1)
+        .filter_map(|field| field.parse().ok())
+        .collect();
+    // user, nice, system, irq, softirq: not idle, iowait or steal (another guest's time).
+    let field = |index: usize| fields.get(index).copied().unwrap_or(0);
+    let busy = field(0) + field(1) + field(2) + field(5) + field(6);
+    (busy, fields.iter().take(8).sum())
+}
+
+/// CPU-seconds the machine was busy (all cores) while `work` ran, and its result.
+fn measure_cpu<T>(work: impl FnOnce() -> T) -> (f64, T) {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let (busy_before, _) = cpu_jiffies();
+    let result = work();
+    let (busy_after, _) = cpu_jiffies();
+    ((busy_after - busy_before) as f64 / ticks, result)
+}
+
+/// User + system CPU-seconds of process `pid` so far (from /proc/PID/stat).
+fn process_cpu(pid: Option<u32>) -> f64 {
+    let Some(pid) = pid else { return 0.0 };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // utime and stime are fields 14 and 15 (11 and 12 after the state, which is no number).
+    let ticks = fields.get(10).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0);
+    ticks as f64 / 100.0
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// A connection from `source` to port 9090 of `to`, made inside the client's namespace.
+fn connect(lab: &DirectorLab, source: Ipv4Addr, to: Ipv4Addr) -> std::net::TcpStream {
+    palisade_e2e::ha::connect_from(&lab.client, source, to)
+        .unwrap_or_else(|| panic!("{source} cannot reach {to}:9090"))
+}
+
+/// Reads a response head (through its blank line).
+fn read_head(stream: &mut std::net::TcpStream) -> Vec<u8> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            other => panic!("head: {other:?}"),
+        }
+    }
+    head
+}
+
+/// Downloads `BULK` bytes through a CONNECT tunnel to the origin; MB/s.
+fn bulk(lab: &DirectorLab, source: Ipv4Addr, to: Ipv4Addr) -> f64 {
+    let mut stream = connect(lab, source, to);
+    let target = format!("{}:{ORIGIN_PORT}", lab.origin.addr);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let connect = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
+    stream
+        .write_all(connect.as_bytes())
+        .unwrap_or_else(|error| panic!("{error}"));
+    let head = read_head(&mut stream);
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let started = Instant::now();
+    let get = format!("GET /big/{BULK} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(get.as_bytes())
+        .unwrap_or_else(|error| panic!("{error}"));
+    let _ = read_head(&mut stream);
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0u64;
+    while got < BULK {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(read) => got += read as u64,
+            Err(error) => panic!("bulk read after {got} bytes: {error}"),
+        }
+    }
+    assert_eq!(got, BULK, "the whole body");
+    BULK as f64 / started.elapsed().as_secs_f64() / 1e6
+}
+
+/// One small GET on a new connection from `source` to `to`; its latency.
+async fn one_request(source: Ipv4Addr, to: Ipv4Addr, origin: Ipv4Addr) -> Option<Duration> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = Instant::now();
+    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    socket.bind(SocketAddr::new(IpAddr::V4(source), 0)).ok()?;
+    let mut stream = socket
+        .connect(SocketAddr::new(IpAddr::V4(to), 9090))
+        .await
+        .ok()?;
+    let request = format!(
+        "GET http://{origin}:{ORIGIN_PORT}/small HTTP/1.1\r\nHost: {origin}:{ORIGIN_PORT}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.ok()?;
+    response
+        .starts_with(b"HTTP/1.1 200")
+        .then(|| started.elapsed())
+}
+
+/// `rate` requests a second for `FIXED_FOR`, open loop; (latencies sorted, failures).
+fn fixed_rate(
+    lab: &DirectorLab,
+    source: Ipv4Addr,
+    to: Ipv4Addr,
+    rate: u32,
+) -> (Vec<Duration>, usize) {
+    let origin = lab.origin.addr;
+    in_namespace(&lab.client.ns, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|error| panic!("{error}"));
+        runtime.block_on(async move {
+            let count = (rate as u64 * FIXED_FOR.as_secs()) as usize;
+            let start = tokio::time::Instant::now();
+            let mut tasks = Vec::with_capacity(count);
+            for i in 0..count {
+                tokio::time::sleep_until(
+                    start + Duration::from_secs_f64(i as f64 / f64::from(rate)),
+                )
+                .await;
+                tasks.push(tokio::spawn(one_request(source, to, origin)));
+            }
+            let mut latencies = Vec::with_capacity(count);
+            let mut failed = 0;
+            for task in tasks {
+                match task.await {
+                    Ok(Some(latency)) => latencies.push(latency),
+                    _ => failed += 1,
+                }
+            }
+            latencies.sort();
+            (latencies, failed)
+        })
+    })
+}
+
+/// New connections (one small GET each) per second, `CLOSED_CONCURRENCY` at a time.
+fn closed_loop(lab: &DirectorLab, source: Ipv4Addr, to: Ipv4Addr) -> f64 {
+    let origin = lab.origin.addr;
+    in_namespace(&lab.client.ns, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|error| panic!("{error}"));
+        runtime.block_on(async move {
+            let deadline = tokio::time::Instant::now() + CLOSED_FOR;
+            let workers: Vec<_> = (0..CLOSED_CONCURRENCY)
+                .map(|_| {
+                    tokio::spawn(async move {
+                        let mut done = 0u64;
+                        while tokio::time::Instant::now() < deadline {
+                            if one_request(source, to, origin).await.is_some() {
+                                done += 1;
+                            }
+                        }
+                        done
+                    })
+                })
+                .collect();
+            let mut done = 0;
+            for worker in workers {
+                done += worker.await.unwrap_or(0);
+            }
+            done as f64 / CLOSED_FOR.as_secs_f64()
+        })
+    })
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let index = ((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1);
+    sorted
+        .get(index)
+        .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let Some(binary) = args.next() else {
+        eprintln!("usage: relay-bench PALISADE_BINARY [RUNS] [RATE]");
+        std::process::exit(2);
+    };
+    let runs: usize = args.next().and_then(|runs| runs.parse().ok()).unwrap_or(3);
+    let rate: u32 = args
+        .next()
+        .and_then(|rate| rate.parse().ok())
+        .unwrap_or(500);
+    let lab = DirectorLab::new(&binary);
+    let source = lab.on[1];
+    let paths = [("direct", lab.hosts[1].addr), ("relayed", lab.vip)];
+    let mut results: Vec<[Vec<f64>; 7]> = vec![Default::default(), Default::default()];
+    for run in 0..runs {
+        for (index, (name, to)) in paths.iter().enumerate() {
+            let (cpu, mbps) = measure_cpu(|| bulk(&lab, source, *to));
+            let cpu_per_gib = cpu / (BULK as f64 / (1u64 << 30) as f64);
+            let nodes_before = [process_cpu(lab.nodes[0].pid), process_cpu(lab.nodes[1].pid)];
+            // PERF=FILE: a profile of the director (node1) during the relayed fixed rate.
+            let perf = (std::env::var("PERF").ok())
+                .filter(|_| *name == "relayed" && run == 0)
+                .and_then(|file| {
+                    std::process::Command::new("perf")
+                        .args(["record", "-F", "999", "-g", "-o", &file, "-p"])
+                        .arg(lab.nodes[0].pid.unwrap_or(0).to_string())
+                        .args(["--", "sleep", "8"])
+                        .stderr(std::process::Stdio::null())
+                        .spawn()
+                        .ok()
+                });
+            let (cpu_fixed, (latencies, failed)) =
+                measure_cpu(|| fixed_rate(&lab, source, *to, rate));
+            let per_request_ms = cpu_fixed * 1000.0 / latencies.len().max(1) as f64;
+            if let Some(mut perf) = perf {
+                let _ = perf.wait();
+            }
+            let per_node: Vec<String> = (0..2)
+                .map(|node| {
+                    let used = process_cpu(lab.nodes[node].pid) - nodes_before[node];
+                    format!(
+                        "node{} {:.3}",
+                        node + 1,
+                        used * 1000.0 / latencies.len().max(1) as f64
+                    )
+                })
+                .collect();
+            eprintln!("  CPU-ms per request by process: {}", per_node.join(", "));
+            let closed = closed_loop(&lab, source, *to);
+            let (p50, p99) = (percentile(&latencies, 0.50), percentile(&latencies, 0.99));
+            eprintln!(
+                "run {run} {name}: bulk {mbps:.0} MB/s ({cpu_per_gib:.2} CPU-s/GiB), {rate}/s: p50 {p50:.3} ms p99 {p99:.3} ms, {per_request_ms:.3} CPU-ms/request, {failed} failed; closed loop {closed:.0} conn/s"
+            );
+            let row = &mut results[index];
+            row[0].push(mbps);
+            row[1].push(cpu_per_gib);
+            row[2].push(p50);
+            row[3].push(p99);
+            row[4].push(per_request_ms);
+            row[5].push(closed);
+            row[6].push(failed as f64);
+        }
+    }
+    println!(
+        "| path | bulk CONNECT MB/s | CPU-s per GiB | p50 ms at {rate}/s | p99 ms at {rate}/s | CPU-ms per request | new conn/s (closed loop) | failed |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    let mut medians = Vec::new();
+    for (index, (name, _)) in paths.iter().enumerate() {
+        let row: Vec<f64> = results[index]
+            .iter_mut()
+            .map(|values| median(values))
+            .collect();
+        println!(
+            "| {name} | {:.0} | {:.2} | {:.3} | {:.3} | {:.3} | {:.0} | {:.0} |",
+            row[0], row[1], row[2], row[3], row[4], row[5], row[6]
+        );
+        medians.push(row);
+    }
+    let (direct, relayed) = (&medians[0], &medians[1]);
+    println!(
+        "\nrelayed / direct: bulk {:.0}% (goal >= 85%), p99 added {:.3} ms (goal <= 0.3), CPU per request +{:.3} ms, per GiB +{:.2} s, new connections {:.0}%; medians of {runs} runs",
+        100.0 * relayed[0] / direct[0],
+        relayed[3] - direct[3],
+        relayed[4] - direct[4],
+        relayed[1] - direct[1],
+        100.0 * relayed[5] / direct[5],
+    );
+    drop(lab);
+}
