@@ -175,15 +175,8 @@ impl Proxy {
             let (Some(scan), Some(key)) = (target.scan, target.key.as_ref()) else {
                 if target.node == me {
                     let _later = take(me);
-                    let _listed = dispatch.serving_here(client, local);
-                    conn::serve_connection(
-                        self.clone(),
-                        stream,
-                        client,
-                        shutdown,
-                        conn::UncleanClose::Reset,
-                    )
-                    .await;
+                    self.serve_here(stream, client, local, &*dispatch, shutdown)
+                        .await;
                     return;
                 }
                 // No scan port known: the next one.
@@ -262,6 +255,20 @@ impl Proxy {
         drop(counted);
         dispatch.outcome(local, me, RelayOutcome::Connected);
         let _served = count(me);
+        self.serve_here(stream, client, local, &*dispatch, shutdown)
+            .await;
+    }
+
+    /// Serves a client this node directs in-process, listed in its share while it lasts
+    /// (so whoever takes over can tickle it) and reset should this process die.
+    async fn serve_here(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        client: SocketAddr,
+        local: SocketAddr,
+        dispatch: &dyn Dispatch,
+        shutdown: CancellationToken,
+    ) {
         let _listed = dispatch.serving_here(client, local);
         conn::serve_connection(
             self.clone(),
