@@ -17,6 +17,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use palisade_director::takeover::{self, Known, Share};
 use palisade_director::wire::Connection;
 use palisade_director::{
     ConnectionList, Director, DirectorMessage, ListKind, Load, LoadReport, Member, Reason, Settings,
@@ -35,8 +36,6 @@ const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// A director shares the changes to its in-process connections at most this often; a new
 /// director's first report, and dead directors, are looked at this often too.
 const SHARE_INTERVAL: Duration = Duration::from_millis(200);
-/// Connections listed at most per director (its own share, or what is known of another's).
-const SHARE_MAX: usize = 262_144;
 /// How often the cluster's node records are read again for the members.
 const RECORDS_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -112,17 +111,7 @@ pub struct OwnReport {
     pub relayed: Option<Arc<palisade_proxy::scan_port::RelayedClients>>,
 }
 
-/// The connections this node serves in-process as a group's director, and what changed
-/// since the group last heard.
-#[derive(Default)]
-struct Share {
-    next: u64,
-    current: HashMap<u64, Connection>,
-    added: Vec<Connection>,
-    removed: Vec<Connection>,
-}
-
-/// One listed connection of a [`Share`]: unlisted when dropped.
+/// One listed connection of a group's [`Share`]: unlisted when dropped.
 struct Shared {
     share: Arc<Mutex<Share>>,
     id: u64,
@@ -130,13 +119,9 @@ struct Shared {
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        let mut share = self
-            .share
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(connection) = share.current.remove(&self.id) {
-            share.removed.push(connection);
-        }
+        (self.share.lock())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unlist(self.id);
     }
 }
 
@@ -263,7 +248,7 @@ pub struct DirectorPlane {
     /// Other directors' connections, by group and director: their shares, and scanning
     /// nodes' orphans of them. Tickled when that director is confirmed dead and this node
     /// directs the group.
-    known: Mutex<HashMap<(u8, NodeId), std::collections::HashSet<Connection>>>,
+    known: Mutex<Known>,
     tickled: prometheus_client::metrics::counter::Counter,
 }
 
@@ -346,7 +331,7 @@ impl DirectorPlane {
             declared: Mutex::new(None),
             undeclared: Mutex::new(std::collections::HashSet::new()),
             linked: Mutex::new(std::collections::HashSet::new()),
-            known: Mutex::new(HashMap::new()),
+            known: Mutex::new(Known::default()),
             tickled,
         })
     }
@@ -436,36 +421,32 @@ impl DirectorPlane {
         }
     }
 
-    /// Whether `director` is confirmed dead as the director of group `vrid`: another member
-    /// directs the group now (VRRP moved the VIP: its adverts stopped) and no link to it is
-    /// up (a lost link alone is only a hint; a false failover must never reset a healthy
-    /// director's clients).
-    fn confirmed_dead(&self, director: NodeId, vrid: u8, now: u64) -> bool {
-        if director == self.me
-            || (self.linked.lock())
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .contains(&director)
-        {
-            return false;
-        }
+    /// Whether `director` is confirmed dead as the director of group `vrid`
+    /// ([`takeover::confirmed_dead`]), `linked` being the peers with a link up.
+    fn confirmed_dead(
+        &self,
+        director: NodeId,
+        vrid: u8,
+        linked: &std::collections::HashSet<NodeId>,
+        now: u64,
+    ) -> bool {
         let Some(group) = self.groups.iter().find(|group| group.vrid == vrid) else {
             return false;
         };
-        if group.status.borrow().state == State::Master {
-            return true;
-        }
+        let directing = group.status.borrow().state == State::Master;
         let fresh = 3 * REPORT_INTERVAL.as_millis() as u64;
-        let state = group
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        (state.directed_by)
-            .is_some_and(|(id, at)| id != director && now.saturating_sub(at) <= fresh)
-    }
-
-    /// The group whose VIP `vip` is, if this node directs it now.
-    fn directing_vip(&self, vip: IpAddr) -> Option<&Group> {
-        self.directing(vip)
+        let directed_by = (group.state.lock())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .directed_by
+            .filter(|(_, at)| now.saturating_sub(*at) <= fresh)
+            .map(|(id, _)| id);
+        takeover::confirmed_dead(
+            director,
+            self.me,
+            linked.contains(&director),
+            directing,
+            directed_by,
+        )
     }
 
     /// Every director confirmed dead: a scanning node cuts the connections it relayed here
@@ -474,12 +455,12 @@ impl DirectorPlane {
     /// it knows of (its own list, the scanning nodes', the dead one's shared in-process
     /// share).
     fn settle_dead(&self, mesh: &MeshHandle, own: &OwnReport, now: u64) {
-        // Each director that may be dead, with the groups it directed (by its connections).
         let linked = self
             .linked
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
+        // Each director that may be dead, with the groups it directed (by its connections).
         let mut candidates: HashMap<NodeId, std::collections::HashSet<u8>> = HashMap::new();
         if let Some(relayed) = &own.relayed {
             for director in relayed.directors() {
@@ -494,44 +475,36 @@ impl DirectorPlane {
         }
         for (vrid, director) in (self.known.lock())
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .keys()
+            .directors()
         {
-            if !linked.contains(director) {
-                candidates.entry(*director).or_default().insert(*vrid);
+            if !linked.contains(&director) {
+                candidates.entry(director).or_default().insert(vrid);
             }
         }
         for (director, vrids) in candidates {
-            if !(vrids.iter()).any(|vrid| self.confirmed_dead(director, *vrid, now)) {
+            if !(vrids.iter()).any(|vrid| self.confirmed_dead(director, *vrid, &linked, now)) {
                 continue;
             }
             let name = self.name_of(director);
             let mut tickle = Vec::new();
-            let relayed_here = (own.relayed.as_ref()).map(|relayed| relayed.cut(director));
-            if let Some(cut) = relayed_here.filter(|cut| !cut.is_empty()) {
+            let cut = (own.relayed.as_ref()).map_or_else(Vec::new, |relayed| relayed.cut(director));
+            if !cut.is_empty() {
                 tracing::warn!(director = %name, connections = cut.len(), "director {name} is confirmed dead (another member directs now and no link to it is up): the {} connections it relayed here are reset and their upstream fetches dropped", cut.len());
-                for group in &self.groups {
-                    let (here, rest): (Vec<Connection>, Vec<Connection>) = cut
-                        .iter()
-                        .filter(|(_, vip)| {
-                            group.settings.vips.contains(&vip.ip().to_canonical())
-                                || group
-                                    .status
-                                    .borrow()
-                                    .vips
-                                    .contains(&vip.ip().to_canonical())
-                        })
-                        .partition(|(_, vip)| self.directing_vip(vip.ip()).is_some());
-                    tickle.extend(here);
-                    for chunk in rest.chunks(palisade_director::wire::MAX_CONNECTIONS) {
-                        let list = ConnectionList {
-                            vrid: group.vrid,
-                            director,
-                            kind: ListKind::Orphans,
-                            added: chunk.to_vec(),
-                            removed: Vec::new(),
-                        };
-                        mesh.broadcast_director(DirectorMessage::Connections(list).encode());
-                    }
+            }
+            // Those of a VIP this node holds it tickles; the others go to the group.
+            let mut orphans: HashMap<u8, Vec<Connection>> = HashMap::new();
+            for (client, vip) in cut {
+                if self.directing(vip.ip()).is_some() {
+                    tickle.push((client, vip));
+                } else if let Some(group) = self.group_of(vip.ip()) {
+                    orphans.entry(group.vrid).or_default().push((client, vip));
+                }
+            }
+            for (vrid, connections) in orphans {
+                let messages =
+                    ConnectionList::messages(vrid, director, ListKind::Orphans, &connections, &[]);
+                for list in messages {
+                    mesh.broadcast_director(DirectorMessage::Connections(list).encode());
                 }
             }
             let mut known = self
@@ -540,9 +513,8 @@ impl DirectorPlane {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             for group in &self.groups {
                 // Known but not directing: whoever directs has its own copy.
-                if let Some(connections) = known.remove(&(group.vrid, director))
-                    && group.status.borrow().state == State::Master
-                {
+                let connections = known.take(group.vrid, director);
+                if group.status.borrow().state == State::Master {
                     tickle.extend(connections);
                 }
             }
@@ -554,7 +526,7 @@ impl DirectorPlane {
     /// Tickles each client of a dead director from the VIP it connected to (only VIPs this
     /// node holds), [`palisade_director::tickle::REPEAT`] times.
     fn tickle(&self, director: NodeId, mut connections: Vec<Connection>) {
-        connections.retain(|(_, vip)| self.directing_vip(vip.ip()).is_some());
+        connections.retain(|(_, vip)| self.directing(vip.ip()).is_some());
         connections.sort_unstable();
         connections.dedup();
         if connections.is_empty() {
@@ -687,18 +659,11 @@ impl DirectorPlane {
                 .was_directing
                 .swap(directing, std::sync::atomic::Ordering::Relaxed);
             new_director |= directing && !was;
-            let (added, removed) = {
-                let mut share = group
-                    .share
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                (
-                    std::mem::take(&mut share.added),
-                    std::mem::take(&mut share.removed),
-                )
-            };
-            if directing && (!added.is_empty() || !removed.is_empty()) {
-                self.send_share(mesh, group.vrid, ListKind::ShareDelta, added, removed);
+            let (added, removed) = (group.share.lock())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .changes();
+            if directing {
+                self.send_share(mesh, group.vrid, ListKind::ShareDelta, &added, &removed);
             }
         }
         if new_director {
@@ -713,47 +678,24 @@ impl DirectorPlane {
             if group.status.borrow().state != State::Master {
                 continue;
             }
-            let current: Vec<Connection> = (group.share.lock())
+            let all = (group.share.lock())
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .current
-                .values()
-                .copied()
-                .collect();
-            self.send_share(mesh, group.vrid, ListKind::ShareFull, current, Vec::new());
+                .all();
+            self.send_share(mesh, group.vrid, ListKind::ShareFull, &all, &[]);
         }
     }
 
-    /// A share in as many messages as it takes (a full one: the first replaces, the rest add).
+    /// This node's share of group `vrid`, in as many messages as it takes.
     fn send_share(
         &self,
         mesh: &MeshHandle,
         vrid: u8,
         kind: ListKind,
-        added: Vec<Connection>,
-        removed: Vec<Connection>,
+        added: &[Connection],
+        removed: &[Connection],
     ) {
-        let max = palisade_director::wire::MAX_CONNECTIONS;
-        let mut first = true;
-        let send = |kind, added: &[Connection], removed: &[Connection]| {
-            let list = ConnectionList {
-                vrid,
-                director: self.me,
-                kind,
-                added: added.to_vec(),
-                removed: removed.to_vec(),
-            };
+        for list in ConnectionList::messages(vrid, self.me, kind, added, removed) {
             mesh.broadcast_director(DirectorMessage::Connections(list).encode());
-        };
-        let mut chunks = added.chunks(max).peekable();
-        if chunks.peek().is_none() && kind == ListKind::ShareFull {
-            send(kind, &[], &[]);
-        }
-        for chunk in chunks {
-            send(if first { kind } else { ListKind::ShareDelta }, chunk, &[]);
-            first = false;
-        }
-        for chunk in removed.chunks(max) {
-            send(ListKind::ShareDelta, &[], chunk);
         }
     }
 
@@ -769,30 +711,13 @@ impl DirectorPlane {
         if !self.groups.iter().any(|group| group.vrid == list.vrid) {
             return;
         }
-        // A share is its sender's own; orphans may name any director but the sender.
-        let own_share = matches!(list.kind, ListKind::ShareFull | ListKind::ShareDelta);
-        if own_share != (list.director == from) || list.director == self.me {
-            tracing::warn!(node = %self.name_of(from), "director: connection list refused (it names the wrong director)");
-            return;
-        }
         let orphans = list.kind == ListKind::Orphans;
-        {
-            let mut known = self
-                .known
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let entry = known.entry((list.vrid, list.director)).or_default();
-            if list.kind == ListKind::ShareFull {
-                entry.clear();
-            }
-            for connection in list.added {
-                if entry.len() < SHARE_MAX {
-                    entry.insert(connection);
-                }
-            }
-            for connection in &list.removed {
-                entry.remove(connection);
-            }
+        let applied = (self.known.lock())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .apply(from, self.me, list);
+        if let Err(error) = applied {
+            tracing::warn!(node = %self.name_of(from), "director: connection list refused: {error}");
+            return;
         }
         if orphans {
             self.settle_dead(mesh, own, self.now_ms());
@@ -1110,7 +1035,7 @@ impl DirectorPlane {
                         self.linked.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(peer.id);
                         // It is alive: what was known of its connections is stale (its full
                         // share follows), and it hears this node's whole share.
-                        self.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|(_, director), _| *director != peer.id);
+                        self.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner).forget(peer.id);
                         self.share_all(&mesh);
                     }
                     Ok(MeshEvent::PeerDown { peer, why }) => self.peer_down(&mesh, &own, peer, why),
@@ -1239,17 +1164,9 @@ impl Dispatch for DirectorPlane {
 
     fn serving_here(&self, client: SocketAddr, local: SocketAddr) -> Option<Box<dyn Send + Sync>> {
         let group = self.directing(local.ip())?;
-        let mut share = group
-            .share
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if share.current.len() >= SHARE_MAX {
-            return None;
-        }
-        let id = share.next;
-        share.next += 1;
-        share.current.insert(id, (client, local));
-        share.added.push((client, local));
+        let id = (group.share.lock())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .list((client, local))?;
         Some(Box::new(Shared {
             share: group.share.clone(),
             id,
@@ -1349,11 +1266,10 @@ fn send_tickles(connections: &[Connection]) {
     use palisade_director::tickle;
     use socket2::{Domain, Protocol, Socket, Type};
     // IPPROTO_RAW: the packet carries its own IP header (the VIP as source).
-    let raw = |domain| Socket::new(domain, Type::RAW, Some(Protocol::from(255)));
+    let raw = |domain| Socket::new(domain, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW)));
     let (v4, v6) = (raw(Domain::IPV4), raw(Domain::IPV6));
-    if let Err(error) = &v4 {
-        tracing::warn!(%error, "tickles cannot be sent (raw IPv4 socket): clients of the dead director wait for their own timeouts");
-    }
+    let mut unsent = 0usize;
+    let mut last_error = None;
     let packets: Vec<(SocketAddr, Vec<u8>)> = (connections.iter())
         .filter_map(|(client, vip)| Some((*client, tickle::packet(*vip, *client)?)))
         .collect();
@@ -1366,14 +1282,19 @@ fn send_tickles(connections: &[Connection]) {
                 SocketAddr::V4(_) => v4.as_ref(),
                 SocketAddr::V6(_) => v6.as_ref(),
             };
-            let Ok(socket) = socket else {
-                continue;
-            };
             let to = socket2::SockAddr::from(SocketAddr::new(client.ip(), 0));
-            if let Err(error) = socket.send_to(packet, &to) {
-                tracing::debug!(%client, %error, "tickle not sent");
+            let sent = match socket {
+                Ok(socket) => socket.send_to(packet, &to).map(drop),
+                Err(error) => Err(std::io::Error::new(error.kind(), error.to_string())),
+            };
+            if let Err(error) = sent {
+                unsent += 1;
+                last_error = Some(error);
             }
         }
+    }
+    if let Some(error) = last_error {
+        tracing::warn!(unsent, %error, "{unsent} of {} tickles were not sent: those clients wait for their own timeouts", packets.len() * tickle::REPEAT as usize);
     }
 }
 

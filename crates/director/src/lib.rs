@@ -23,6 +23,7 @@
 //!   director fail at once (issue 12) with a *tickle ACK* ([`tickle`]), as CTDB does.
 
 mod choice;
+pub mod takeover;
 pub mod tickle;
 pub mod wire;
 

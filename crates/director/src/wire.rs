@@ -147,6 +147,46 @@ pub enum DirectorMessage {
     Connections(ConnectionList),
 }
 
+impl ConnectionList {
+    /// `added` and `removed` as messages of at most [`MAX_CONNECTIONS`] each: a full share's
+    /// first message is `ShareFull` (also when empty) and the rest `ShareDelta`; orphans and
+    /// changes keep their kind.
+    pub fn messages(
+        vrid: u8,
+        director: NodeId,
+        kind: ListKind,
+        added: &[Connection],
+        removed: &[Connection],
+    ) -> Vec<ConnectionList> {
+        let list = |kind, added: &[Connection], removed: &[Connection]| ConnectionList {
+            vrid,
+            director,
+            kind,
+            added: added.to_vec(),
+            removed: removed.to_vec(),
+        };
+        let later = match kind {
+            ListKind::ShareFull => ListKind::ShareDelta,
+            other => other,
+        };
+        let mut messages: Vec<ConnectionList> = (added.chunks(MAX_CONNECTIONS))
+            .map(|chunk| list(later, chunk, &[]))
+            .chain(
+                removed
+                    .chunks(MAX_CONNECTIONS)
+                    .map(|chunk| list(later, &[], chunk)),
+            )
+            .collect();
+        if kind == ListKind::ShareFull {
+            match messages.first_mut() {
+                Some(first) if !first.added.is_empty() => first.kind = ListKind::ShareFull,
+                _ => messages.insert(0, list(ListKind::ShareFull, &[], &[])),
+            }
+        }
+        messages
+    }
+}
+
 impl DirectorMessage {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![VERSION];
@@ -551,6 +591,48 @@ mod tests {
         for cut in 0..bytes.len() {
             assert!(DirectorMessage::decode(&bytes[..cut]).is_err());
         }
+    }
+
+    #[test]
+    fn long_lists_split_into_messages_and_a_full_share_always_starts_with_one() {
+        let pairs = |count: usize| -> Vec<Connection> {
+            (0..count)
+                .map(|n| {
+                    (
+                        SocketAddr::from(([10, 0, (n >> 8) as u8, n as u8], 40_000)),
+                        SocketAddr::from(([10, 0, 0, 100], 3128)),
+                    )
+                })
+                .collect()
+        };
+        let director = NodeId::from_bytes([3; 16]);
+        let kinds = |messages: &[ConnectionList]| -> Vec<(ListKind, usize, usize)> {
+            (messages.iter())
+                .map(|message| (message.kind, message.added.len(), message.removed.len()))
+                .collect()
+        };
+        let full = ConnectionList::messages(51, director, ListKind::ShareFull, &pairs(4_000), &[]);
+        assert_eq!(
+            kinds(&full),
+            vec![
+                (ListKind::ShareFull, MAX_CONNECTIONS, 0),
+                (ListKind::ShareDelta, MAX_CONNECTIONS, 0),
+                (ListKind::ShareDelta, 1_000, 0),
+            ]
+        );
+        let empty = ConnectionList::messages(51, director, ListKind::ShareFull, &[], &[]);
+        assert_eq!(kinds(&empty), vec![(ListKind::ShareFull, 0, 0)]);
+        let changes =
+            ConnectionList::messages(51, director, ListKind::ShareDelta, &pairs(2), &pairs(1_600));
+        assert_eq!(
+            kinds(&changes),
+            vec![
+                (ListKind::ShareDelta, 2, 0),
+                (ListKind::ShareDelta, 0, MAX_CONNECTIONS),
+                (ListKind::ShareDelta, 0, 100),
+            ]
+        );
+        assert!(ConnectionList::messages(51, director, ListKind::Orphans, &[], &[]).is_empty());
     }
 
     #[test]

@@ -13,9 +13,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use nix::fcntl::{OFlag, SpliceFFlags, splice};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::Interest;
 use tokio::net::TcpStream;
-use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -54,7 +53,15 @@ pub async fn run(
     upstream_pending: BytesMut,
     idle: Duration,
 ) -> TunnelBytes {
-    run_inner(client, client_pending, upstream, upstream_pending, idle).await
+    tunnel(
+        client,
+        client_pending,
+        upstream,
+        upstream_pending,
+        idle,
+        None,
+    )
+    .await
 }
 
 /// A director's relay: like [`run`], but a failure of either side (a reset, its socket's
@@ -67,62 +74,20 @@ pub async fn relay(
     idle: Duration,
     abort: &CancellationToken,
 ) -> (TunnelBytes, RelayEnd) {
+    // Cancelled by the first direction that fails, or with `abort`.
     let stop = abort.child_token();
-    let failed = std::sync::atomic::AtomicBool::new(false);
-    let bytes = match (Pipe::new(), Pipe::new()) {
-        (Ok(up_pipe), Ok(down_pipe)) => {
-            let activity = Activity::new();
-            let (from_client, to_client) = tokio::join!(
-                splice_direction(
-                    client,
-                    relay,
-                    BytesMut::new(),
-                    up_pipe,
-                    idle,
-                    &activity,
-                    Some(Stopping {
-                        stop: &stop,
-                        failed: &failed
-                    })
-                ),
-                splice_direction(
-                    relay,
-                    client,
-                    BytesMut::new(),
-                    down_pipe,
-                    idle,
-                    &activity,
-                    Some(Stopping {
-                        stop: &stop,
-                        failed: &failed
-                    })
-                ),
-            );
-            TunnelBytes {
-                from_client,
-                to_client,
-            }
-        }
-        // No pipe (descriptor limit): copied, cut on the first failure too.
-        _ => {
-            let activity = Activity::new();
-            let stopping = || Stopping {
-                stop: &stop,
-                failed: &failed,
-            };
-            let (from_client, to_client) = tokio::join!(
-                copy_shared(client, relay, idle, &activity, stopping()),
-                copy_shared(relay, client, idle, &activity, stopping()),
-            );
-            TunnelBytes {
-                from_client,
-                to_client,
-            }
-        }
-    };
+    let bytes = tunnel(
+        client,
+        BytesMut::new(),
+        relay,
+        BytesMut::new(),
+        idle,
+        Some(&stop),
+    )
+    .await;
     let end = if abort.is_cancelled() {
         RelayEnd::Aborted
-    } else if failed.load(Ordering::Relaxed) {
+    } else if stop.is_cancelled() {
         RelayEnd::Reset
     } else {
         RelayEnd::Closed
@@ -130,54 +95,20 @@ pub async fn relay(
     (bytes, end)
 }
 
-/// A relay's shared stop: the first direction that fails stops the other.
-#[derive(Clone, Copy)]
-struct Stopping<'a> {
-    stop: &'a CancellationToken,
-    failed: &'a std::sync::atomic::AtomicBool,
-}
-
-impl Stopping<'_> {
-    fn fail(self) {
-        self.failed.store(true, Ordering::Relaxed);
-        self.stop.cancel();
-    }
-}
-
-/// A relay direction failed: stop the other (a tunnel without `stopping` runs on).
-fn fail(stopping: Option<Stopping<'_>>) {
-    if let Some(stopping) = stopping {
-        stopping.fail();
-    }
-}
-
-/// Waits for `ready`, or `None` once `stopping` (if any) stops.
-async fn unless_stopped<F: std::future::Future<Output = io::Result<()>>>(
-    ready: F,
-    stopping: Option<Stopping<'_>>,
-) -> Option<io::Result<()>> {
-    match stopping {
-        None => Some(ready.await),
-        Some(stopping) => tokio::select! {
-            ready = ready => Some(ready),
-            () = stopping.stop.cancelled() => None,
-        },
-    }
-}
-
-async fn run_inner(
-    client: &mut TcpStream,
+/// Both directions, spliced (copied if no pipe can be made). With `stop`, a direction that
+/// fails cancels it, and both directions end once it is cancelled, without passing a FIN on.
+async fn tunnel(
+    client: &TcpStream,
     client_pending: BytesMut,
-    upstream: &mut TcpStream,
+    upstream: &TcpStream,
     upstream_pending: BytesMut,
     idle: Duration,
+    stop: Option<&CancellationToken>,
 ) -> TunnelBytes {
     let activity = Activity::new();
-    match (Pipe::new(), Pipe::new()) {
+    let (from_client, to_client) = match (Pipe::new(), Pipe::new()) {
         (Ok(up_pipe), Ok(down_pipe)) => {
-            let client = &*client;
-            let upstream = &*upstream;
-            let (from_client, to_client) = tokio::join!(
+            tokio::join!(
                 splice_direction(
                     client,
                     upstream,
@@ -185,7 +116,7 @@ async fn run_inner(
                     up_pipe,
                     idle,
                     &activity,
-                    None
+                    stop
                 ),
                 splice_direction(
                     upstream,
@@ -194,38 +125,47 @@ async fn run_inner(
                     down_pipe,
                     idle,
                     &activity,
-                    None
+                    stop
                 ),
-            );
-            TunnelBytes {
-                from_client,
-                to_client,
-            }
+            )
         }
-        _ => {
-            let (mut client_read, mut client_write) = client.split();
-            let (mut upstream_read, mut upstream_write) = upstream.split();
-            let (from_client, to_client) = tokio::join!(
-                copy_direction(
-                    &mut client_read,
-                    &mut upstream_write,
-                    client_pending,
-                    idle,
-                    &activity
-                ),
-                copy_direction(
-                    &mut upstream_read,
-                    &mut client_write,
-                    upstream_pending,
-                    idle,
-                    &activity
-                ),
-            );
-            TunnelBytes {
-                from_client,
-                to_client,
-            }
-        }
+        // No pipe (descriptor limit): through a small buffer.
+        _ => tokio::join!(
+            copy_direction(client, upstream, client_pending, idle, &activity, stop),
+            copy_direction(upstream, client, upstream_pending, idle, &activity, stop),
+        ),
+    };
+    TunnelBytes {
+        from_client,
+        to_client,
+    }
+}
+
+/// A direction failed: stop the other (a tunnel without `stop` runs on).
+fn fail(stop: Option<&CancellationToken>) {
+    if let Some(stop) = stop {
+        stop.cancel();
+    }
+}
+
+/// Waits for `ready`, or `None` once `stop` (if any) is cancelled.
+async fn unless_stopped<F: std::future::Future<Output = io::Result<()>>>(
+    ready: F,
+    stop: Option<&CancellationToken>,
+) -> Option<io::Result<()>> {
+    match stop {
+        None => Some(ready.await),
+        Some(stop) => tokio::select! {
+            ready = ready => Some(ready),
+            () = stop.cancelled() => None,
+        },
+    }
+}
+
+/// Passes the half-close on, unless the tunnel was stopped (its caller resets both sides).
+fn pass_half_close(to: &TcpStream, stop: Option<&CancellationToken>) {
+    if stop.is_none_or(|stop| !stop.is_cancelled()) {
+        let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
     }
 }
 
@@ -353,7 +293,7 @@ async fn splice_direction(
     pipe: Pipe,
     idle: Duration,
     activity: &Activity,
-    stopping: Option<Stopping<'_>>,
+    stop: Option<&CancellationToken>,
 ) -> u64 {
     let mut moved = 0u64;
     if !pending.is_empty() {
@@ -367,11 +307,11 @@ async fn splice_direction(
     'tunnel: loop {
         // Socket -> pipe. The pipe is empty here, so EAGAIN means "no data yet".
         let in_pipe = loop {
-            match tokio::time::timeout(idle, unless_stopped(from.readable(), stopping)).await {
+            match tokio::time::timeout(idle, unless_stopped(from.readable(), stop)).await {
                 Ok(Some(Ok(()))) => {}
                 Ok(None) => break 'tunnel,
                 Ok(Some(Err(_))) => {
-                    fail(stopping);
+                    fail(stop);
                     break 'tunnel;
                 }
                 Err(_) if activity.idle_for() >= idle => break 'tunnel,
@@ -382,7 +322,7 @@ async fn splice_direction(
                 Ok(spliced) => break spliced,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(_) => {
-                    fail(stopping);
+                    fail(stop);
                     break 'tunnel;
                 }
             }
@@ -392,11 +332,11 @@ async fn splice_direction(
         let mut left = in_pipe;
         while left > 0 {
             // A peer that stops reading must not hold the tunnel open forever either.
-            match tokio::time::timeout(idle, unless_stopped(to.writable(), stopping)).await {
+            match tokio::time::timeout(idle, unless_stopped(to.writable(), stop)).await {
                 Ok(Some(Ok(()))) => {}
                 Ok(None) => break 'tunnel,
                 Ok(Some(Err(_))) => {
-                    fail(stopping);
+                    fail(stop);
                     break 'tunnel;
                 }
                 Err(_) if activity.idle_for() >= idle => break 'tunnel,
@@ -409,17 +349,14 @@ async fn splice_direction(
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(_) => {
-                    fail(stopping);
+                    fail(stop);
                     break 'tunnel;
                 }
             }
         }
     }
-    // Pass the half-close on; the other direction keeps running until it ends too. A
-    // stopped relay sends no FIN: the caller resets both sides.
-    if stopping.is_none_or(|stopping| !stopping.stop.is_cancelled()) {
-        let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
-    }
+    // The other direction keeps running until it ends too.
+    pass_half_close(to, stop);
     moved
 }
 
@@ -436,17 +373,19 @@ async fn write_all_shared(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()
     Ok(())
 }
 
+/// One direction through a small buffer (no pipe could be made).
 async fn copy_direction(
-    from: &mut ReadHalf<'_>,
-    to: &mut WriteHalf<'_>,
+    from: &TcpStream,
+    to: &TcpStream,
     pending: BytesMut,
     idle: Duration,
     activity: &Activity,
+    stop: Option<&CancellationToken>,
 ) -> u64 {
     let mut copied = 0u64;
     if !pending.is_empty() {
         // Bounded like every other tunnel write: a peer that never reads is idle.
-        let written = tokio::time::timeout(idle, to.write_all(&pending)).await;
+        let written = tokio::time::timeout(idle, write_all_shared(to, &pending)).await;
         if !matches!(written, Ok(Ok(()))) {
             return copied;
         }
@@ -455,46 +394,10 @@ async fn copy_direction(
     drop(pending);
     let mut buf = vec![0u8; COPY_BUFFER];
     loop {
-        let read = match tokio::time::timeout(idle, from.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break,
-            Ok(Ok(read)) => read,
-            Err(_) => {
-                // Idle only if the other direction was quiet too.
-                if activity.idle_for() >= idle {
-                    break;
-                }
-                continue;
-            }
-        };
-        activity.touch();
-        let written = tokio::time::timeout(idle, to.write_all(&buf[..read])).await;
-        if !matches!(written, Ok(Ok(()))) {
-            break;
-        }
-        copied += read as u64;
-    }
-    let _ = to.shutdown().await;
-    copied
-}
-
-/// A relay's copy of one direction through a small buffer (no pipe could be made): the
-/// first failure of either side stops both.
-async fn copy_shared(
-    from: &TcpStream,
-    to: &TcpStream,
-    idle: Duration,
-    activity: &Activity,
-    stopping: Stopping<'_>,
-) -> u64 {
-    let mut copied = 0u64;
-    let mut buf = vec![0u8; COPY_BUFFER];
-    'copy: loop {
-        let read = match tokio::time::timeout(idle, unless_stopped(from.readable(), Some(stopping)))
-            .await
-        {
+        let read = match tokio::time::timeout(idle, unless_stopped(from.readable(), stop)).await {
             Ok(None) => break,
             Ok(Some(Err(_))) => {
-                stopping.fail();
+                fail(stop);
                 break;
             }
             Ok(Some(Ok(()))) => match from.try_read(&mut buf) {
@@ -502,38 +405,35 @@ async fn copy_shared(
                 Ok(read) => read,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(_) => {
-                    stopping.fail();
+                    fail(stop);
                     break;
                 }
             },
+            // Idle only if the other direction was quiet too.
             Err(_) if activity.idle_for() >= idle => break,
             Err(_) => continue,
         };
         activity.touch();
-        let mut rest = &buf[..read];
-        while !rest.is_empty() {
-            match tokio::time::timeout(idle, unless_stopped(to.writable(), Some(stopping))).await {
-                Ok(Some(Ok(()))) => {}
-                Ok(None) | Err(_) => break 'copy,
-                Ok(Some(Err(_))) => {
-                    stopping.fail();
-                    break 'copy;
-                }
+        let written = tokio::time::timeout(idle, async {
+            match stop {
+                None => Some(write_all_shared(to, &buf[..read]).await),
+                Some(stop) => tokio::select! {
+                    written = write_all_shared(to, &buf[..read]) => Some(written),
+                    () = stop.cancelled() => None,
+                },
             }
-            match to.try_write(rest) {
-                Ok(written) => rest = &rest[written..],
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(_) => {
-                    stopping.fail();
-                    break 'copy;
-                }
+        })
+        .await;
+        match written {
+            Ok(Some(Ok(()))) => copied += read as u64,
+            Ok(Some(Err(_))) => {
+                fail(stop);
+                break;
             }
+            Ok(None) | Err(_) => break,
         }
-        copied += read as u64;
     }
-    if !stopping.stop.is_cancelled() {
-        let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
-    }
+    pass_half_close(to, stop);
     copied
 }
 
