@@ -1707,31 +1707,8 @@ fn a_clusters_director_runs_on_its_links_with_the_members_its_configuration_decl
     );
     let mut stranger = palisade_e2e::ha::HaNode::new(&dir.0, &node3, "100ms", 50, vip, &heartbeat);
     stranger.start(&mut lab, BIN);
-    let sources: Vec<std::net::Ipv4Addr> = (0..16).map(|i| lab.spare_addr(150 + i)).collect();
-    for source in &sources {
-        let output = client.run(
-            "ip",
-            &["addr", "add", &format!("{source}/24"), "dev", "eth0"],
-        );
-        assert!(output.status.success(), "{output:?}");
-    }
-    let served_by = |source: std::net::Ipv4Addr| -> Option<String> {
-        let stream = palisade_e2e::netns::in_namespace(&client.ns, || {
-            let socket =
-                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
-            socket
-                .bind(&std::net::SocketAddr::from((source, 0)).into())
-                .ok()?;
-            socket
-                .connect_timeout(
-                    &std::net::SocketAddr::from((vip, 9090)).into(),
-                    Duration::from_secs(2),
-                )
-                .ok()?;
-            Some(std::net::TcpStream::from(socket))
-        })?;
-        palisade_e2e::ha::answering_node(stream, Duration::from_secs(3))
-    };
+    let sources = client.add_client_addresses(&lab, 16);
+    let served_by = |source: std::net::Ipv4Addr| palisade_e2e::ha::served_by(&client, source, vip);
     wait_for(
         "node1 directs and both members serve clients",
         Duration::from_secs(30),

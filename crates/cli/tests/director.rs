@@ -90,14 +90,7 @@ fn the_director_spreads_sticky_clients_over_every_node_and_routes_around_a_dead_
     wait_for("node1 holds the VIP", Duration::from_secs(15), || {
         hosts[0].has_address(vip)
     });
-    let sources: Vec<Ipv4Addr> = (0..CLIENTS).map(|i| lab.spare_addr(150 + i)).collect();
-    for source in &sources {
-        let output = client.run(
-            "ip",
-            &["addr", "add", &format!("{source}/24"), "dev", "eth0"],
-        );
-        assert!(output.status.success(), "{output:?}");
-    }
+    let sources = client.add_client_addresses(&lab, CLIENTS);
     // Every member reported: all three serve clients.
     wait_for(
         "all three nodes serve clients",
@@ -424,14 +417,7 @@ fn a_port_failure_takes_its_node_out_and_when_every_member_fails_one_serves() {
     let log_files: Vec<std::path::PathBuf> = nodes.iter().map(|node| node.log.clone()).collect();
     let log_of = |index: usize| std::fs::read_to_string(&log_files[index]).unwrap_or_default();
     let logs = || format!("--- node1\n{}--- node2\n{}", log_of(0), log_of(1));
-    let sources: Vec<Ipv4Addr> = (0..16).map(|i| lab.spare_addr(150 + i)).collect();
-    for source in &sources {
-        let output = client.run(
-            "ip",
-            &["addr", "add", &format!("{source}/24"), "dev", "eth0"],
-        );
-        assert!(output.status.success(), "{output:?}");
-    }
+    let sources = client.add_client_addresses(&lab, 16);
     let served = || -> std::collections::HashSet<String> {
         sources
             .iter()

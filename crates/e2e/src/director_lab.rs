@@ -72,14 +72,7 @@ impl DirectorLab {
         });
         // Client addresses: one whose node is node1 (the director serves it in-process), one
         // whose node is node2 (relayed to node2's scan port).
-        let sources: Vec<Ipv4Addr> = (0..16).map(|i| lab.spare_addr(150 + i)).collect();
-        for source in &sources {
-            let output = client.run(
-                "ip",
-                &["addr", "add", &format!("{source}/24"), "dev", "eth0"],
-            );
-            assert!(output.status.success(), "{output:?}");
-        }
+        let sources = client.add_client_addresses(&lab, 16);
         let mut homed = (None, None);
         wait_for("clients of both nodes", Duration::from_secs(20), || {
             for source in &sources {

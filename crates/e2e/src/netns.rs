@@ -103,6 +103,20 @@ impl LabHost {
             .into_owned()
     }
 
+    /// Adds `count` client addresses from `.150` on (`eth0`, /24), for tests that need
+    /// clients at many source addresses; returns them.
+    pub fn add_client_addresses(&self, lab: &Lab, count: u8) -> Vec<Ipv4Addr> {
+        let sources: Vec<Ipv4Addr> = (0..count).map(|i| lab.spare_addr(150 + i)).collect();
+        for source in &sources {
+            let output = self.run(
+                "ip",
+                &["addr", "add", &format!("{source}/24"), "dev", "eth0"],
+            );
+            assert!(output.status.success(), "{output:?}");
+        }
+        sources
+    }
+
     /// Whether `address` is configured on `eth0` (a VIP held here).
     pub fn has_address(&self, address: Ipv4Addr) -> bool {
         self.addresses().contains(&format!(" {address}/"))

@@ -202,58 +202,12 @@ async fn handle(shared: Arc<Shared>, mut request: Request<Incoming>) -> Response
             }
             .boxed(),
         ),
-        // `Range: bytes=N-` is honoured (206), so a cut download can resume (`curl -C -`).
-        "big" => match range_start(&range).filter(|start| *start < argument) {
-            Some(start) => Response::builder()
-                .status(StatusCode::PARTIAL_CONTENT)
-                .header(
-                    "content-range",
-                    format!("bytes {start}-{}/{argument}", argument - 1),
-                )
-                .body(
-                    Repeat {
-                        remaining: argument - start,
-                        exact: true,
-                    }
-                    .boxed(),
-                )
-                .unwrap_or_default(),
-            None => Response::new(
-                Repeat {
-                    remaining: argument,
-                    exact: true,
-                }
-                .boxed(),
-            ),
-        },
-        // `/drip/N`: N bytes (Content-Length) at 800 KB/s, 16 KiB every 20 ms, honouring
-        // `Range: bytes=S-`: a download that stays in flight, read as it arrives.
-        "drip" => {
-            let start = range_start(&range).filter(|start| *start < argument);
-            let body = Drip {
-                remaining: argument - start.unwrap_or(0),
-                pause: None,
-            }
-            .boxed();
-            match start {
-                Some(start) => Response::builder()
-                    .status(StatusCode::PARTIAL_CONTENT)
-                    .header(
-                        "content-range",
-                        format!("bytes {start}-{}/{argument}", argument - 1),
-                    )
-                    .body(body)
-                    .unwrap_or_default(),
-                None => Response::new(body),
-            }
-        }
-        "bigchunked" => Response::new(
-            Repeat {
-                remaining: argument,
-                exact: false,
-            }
-            .boxed(),
-        ),
+        // `Range: bytes=S-` is honoured (206), so a cut download can resume (`curl -C -`).
+        "big" => ranged(argument, &range, false),
+        // `/drip/N`: the same at 800 KB/s (16 KiB every 20 ms): a download that stays in
+        // flight, read as it arrives.
+        "drip" => ranged(argument, &range, true),
+        "bigchunked" => Response::new(Repeat::new(argument, false, false).boxed()),
         "status" => Response::builder()
             .status(StatusCode::from_u16(argument as u16).unwrap_or(StatusCode::OK))
             .body(full(Bytes::new()))
@@ -290,16 +244,57 @@ fn record(
 }
 
 /// A body of `remaining` bytes in 64 KiB frames, with or without a known length.
-/// A fixed-length body sent slowly: [`DRIP_CHUNK`] bytes every [`DRIP_EVERY`].
-struct Drip {
-    remaining: u64,
-    pause: Option<Pin<Box<tokio::time::Sleep>>>,
+/// `len` bytes of a repeated byte with Content-Length, from the start of `range` if it asks
+/// for one inside them (206), paced or not.
+fn ranged(len: u64, range: &Option<String>, paced: bool) -> Response<OriginBody> {
+    let start = range_start(range).filter(|start| *start < len);
+    let body = Repeat::new(len - start.unwrap_or(0), true, paced).boxed();
+    match start {
+        Some(start) => Response::builder()
+            .status(StatusCode::PARTIAL_CONTENT)
+            .header("content-range", format!("bytes {start}-{}/{len}", len - 1))
+            .body(body)
+            .unwrap_or_default(),
+        None => Response::new(body),
+    }
 }
 
+/// A paced body's chunk and the pause after each.
 const DRIP_CHUNK: usize = 16 * 1024;
 const DRIP_EVERY: Duration = Duration::from_millis(20);
 
-impl Body for Drip {
+/// N of a `Range: bytes=N-` header.
+fn range_start(range: &Option<String>) -> Option<u64> {
+    range
+        .as_deref()?
+        .strip_prefix("bytes=")?
+        .strip_suffix('-')?
+        .parse()
+        .ok()
+}
+
+struct Repeat {
+    remaining: u64,
+    exact: bool,
+    /// Paced: [`DRIP_CHUNK`] bytes every [`DRIP_EVERY`] (the pause before the next chunk).
+    paced: bool,
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Repeat {
+    fn new(remaining: u64, exact: bool, paced: bool) -> Repeat {
+        Repeat {
+            remaining,
+            exact,
+            paced,
+            pause: None,
+        }
+    }
+}
+
+static BLOCK: [u8; 64 * 1024] = [b'z'; 64 * 1024];
+
+impl Body for Repeat {
     type Data = Bytes;
     type Error = Infallible;
 
@@ -315,50 +310,13 @@ impl Body for Drip {
         {
             return Poll::Pending;
         }
-        self.pause = Some(Box::pin(tokio::time::sleep(DRIP_EVERY)));
-        let take = self.remaining.min(DRIP_CHUNK as u64) as usize;
-        self.remaining -= take as u64;
-        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&BLOCK[..take])))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.remaining == 0
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.remaining)
-    }
-}
-
-/// N of a `Range: bytes=N-` header.
-fn range_start(range: &Option<String>) -> Option<u64> {
-    range
-        .as_deref()?
-        .strip_prefix("bytes=")?
-        .strip_suffix('-')?
-        .parse()
-        .ok()
-}
-
-struct Repeat {
-    remaining: u64,
-    exact: bool,
-}
-
-static BLOCK: [u8; 64 * 1024] = [b'z'; 64 * 1024];
-
-impl Body for Repeat {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if self.remaining == 0 {
-            return Poll::Ready(None);
-        }
-        let take = self.remaining.min(BLOCK.len() as u64) as usize;
+        let chunk = if self.paced {
+            self.pause = Some(Box::pin(tokio::time::sleep(DRIP_EVERY)));
+            DRIP_CHUNK
+        } else {
+            BLOCK.len()
+        };
+        let take = self.remaining.min(chunk as u64) as usize;
         self.remaining -= take as u64;
         Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&BLOCK[..take])))))
     }

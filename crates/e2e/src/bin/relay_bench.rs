@@ -148,65 +148,63 @@ fn fixed_rate(
     rate: u32,
 ) -> (Vec<Duration>, usize) {
     let origin = lab.origin.addr;
+    in_client(lab, async move {
+        let count = (rate as u64 * FIXED_FOR.as_secs()) as usize;
+        let start = tokio::time::Instant::now();
+        let mut tasks = Vec::with_capacity(count);
+        for i in 0..count {
+            tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / f64::from(rate)))
+                .await;
+            tasks.push(tokio::spawn(one_request(source, to, origin)));
+        }
+        let mut latencies = Vec::with_capacity(count);
+        let mut failed = 0;
+        for task in tasks {
+            match task.await {
+                Ok(Some(latency)) => latencies.push(latency),
+                _ => failed += 1,
+            }
+        }
+        latencies.sort();
+        (latencies, failed)
+    })
+}
+
+/// Runs `work` on a runtime of its own inside the client's namespace (its sockets are the
+/// client's).
+fn in_client<T: Send>(lab: &DirectorLab, work: impl std::future::Future<Output = T> + Send) -> T {
     in_namespace(&lab.client.ns, || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .unwrap_or_else(|error| panic!("{error}"));
-        runtime.block_on(async move {
-            let count = (rate as u64 * FIXED_FOR.as_secs()) as usize;
-            let start = tokio::time::Instant::now();
-            let mut tasks = Vec::with_capacity(count);
-            for i in 0..count {
-                tokio::time::sleep_until(
-                    start + Duration::from_secs_f64(i as f64 / f64::from(rate)),
-                )
-                .await;
-                tasks.push(tokio::spawn(one_request(source, to, origin)));
-            }
-            let mut latencies = Vec::with_capacity(count);
-            let mut failed = 0;
-            for task in tasks {
-                match task.await {
-                    Ok(Some(latency)) => latencies.push(latency),
-                    _ => failed += 1,
-                }
-            }
-            latencies.sort();
-            (latencies, failed)
-        })
+            .unwrap_or_else(|error| panic!("{error}"))
+            .block_on(work)
     })
 }
 
 /// New connections (one small GET each) per second, `CLOSED_CONCURRENCY` at a time.
 fn closed_loop(lab: &DirectorLab, source: Ipv4Addr, to: Ipv4Addr) -> f64 {
     let origin = lab.origin.addr;
-    in_namespace(&lab.client.ns, || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap_or_else(|error| panic!("{error}"));
-        runtime.block_on(async move {
-            let deadline = tokio::time::Instant::now() + CLOSED_FOR;
-            let workers: Vec<_> = (0..CLOSED_CONCURRENCY)
-                .map(|_| {
-                    tokio::spawn(async move {
-                        let mut done = 0u64;
-                        while tokio::time::Instant::now() < deadline {
-                            if one_request(source, to, origin).await.is_some() {
-                                done += 1;
-                            }
+    in_client(lab, async move {
+        let deadline = tokio::time::Instant::now() + CLOSED_FOR;
+        let workers: Vec<_> = (0..CLOSED_CONCURRENCY)
+            .map(|_| {
+                tokio::spawn(async move {
+                    let mut done = 0u64;
+                    while tokio::time::Instant::now() < deadline {
+                        if one_request(source, to, origin).await.is_some() {
+                            done += 1;
                         }
-                        done
-                    })
+                    }
+                    done
                 })
-                .collect();
-            let mut done = 0;
-            for worker in workers {
-                done += worker.await.unwrap_or(0);
-            }
-            done as f64 / CLOSED_FOR.as_secs_f64()
-        })
+            })
+            .collect();
+        let mut done = 0;
+        for worker in workers {
+            done += worker.await.unwrap_or(0);
+        }
+        done as f64 / CLOSED_FOR.as_secs_f64()
     })
 }
 
