@@ -13,6 +13,7 @@ require_all="${PALISADE_REQUIRE_ALL:-0}"
 packages=()
 command -v curl >/dev/null || packages+=(curl)
 command -v python3 >/dev/null || packages+=(python3)
+python3 -c 'import urllib3' 2>/dev/null || packages+=(python3-urllib3)  # the drain tests' load
 command -v ip >/dev/null || packages+=(iproute2)
 command -v kill >/dev/null || packages+=(procps)
 command -v keepalived >/dev/null || packages+=(keepalived)   # a real VRRP peer

@@ -71,7 +71,10 @@ pub trait NodeControl: Send + Sync + 'static {
     }
     /// Takes the node out of service. `Err` (nothing changed) when that would leave a VIP
     /// with nobody to take it over, unless `force`.
-    fn drain(self: Arc<Self>, force: bool) -> BoxFuture<Result<serde_json::Value, ControlError>>;
+    fn drain(
+        self: Arc<Self>,
+        drain: DrainRequest,
+    ) -> BoxFuture<Result<serde_json::Value, ControlError>>;
     /// Puts a drained node back in service.
     fn resume(self: Arc<Self>) -> BoxFuture<Result<serde_json::Value, ControlError>>;
     /// Central management: this node's view of the cluster.
@@ -410,11 +413,16 @@ async fn healthz(State(state): State<AdminState>) -> impl IntoResponse {
 /// The body of `POST /drain`. The endpoints that change state take JSON only: a browser
 /// cannot send `application/json` cross-origin without a CORS preflight, which this API never
 /// answers, so a web page cannot drain a node through a browser on it.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DrainRequest {
+pub struct DrainRequest {
+    /// Even when no other healthy node is known to take over a VIP this node holds.
     #[serde(default)]
-    force: bool,
+    pub force: bool,
+    /// Hand the VIPs over at once and close nothing in order (the connections through this
+    /// director then fail).
+    #[serde(default)]
+    pub now: bool,
 }
 
 async fn drain(
@@ -422,7 +430,7 @@ async fn drain(
     _operator: Operator,
     Json(request): Json<DrainRequest>,
 ) -> Response {
-    control_response(state.control.clone().drain(request.force).await)
+    control_response(state.control.clone().drain(request).await)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -738,7 +746,10 @@ mod tests {
         fn drained(&self) -> bool {
             false
         }
-        fn drain(self: Arc<Self>, _: bool) -> BoxFuture<Result<serde_json::Value, ControlError>> {
+        fn drain(
+            self: Arc<Self>,
+            _: DrainRequest,
+        ) -> BoxFuture<Result<serde_json::Value, ControlError>> {
             Box::pin(async { Ok(serde_json::Value::Null) })
         }
         fn resume(self: Arc<Self>) -> BoxFuture<Result<serde_json::Value, ControlError>> {

@@ -87,6 +87,19 @@ pub fn status(admin: SocketAddr, json: bool) -> anyhow::Result<()> {
             None => println!("node id {id}"),
         }
     }
+    let connections = &value["connections"];
+    if let Some(open) = connections["open"].as_u64() {
+        match connections["cut_in_ms"].as_u64() {
+            Some(cut_in) if open > 0 && connections["closing"].as_bool() == Some(true) => println!(
+                "connections: {open} open, each closing after its current response; the rest cut in {:.1} s",
+                cut_in as f64 / 1000.0
+            ),
+            _ if connections["closing"].as_bool() == Some(true) => {
+                println!("connections: {open} open, each closing after its current response")
+            }
+            _ => println!("connections: {open} open"),
+        }
+    }
     if let Some(revision) = value["policy"]["revision"].as_str() {
         println!("policy revision {}", revision.get(..12).unwrap_or(revision));
     }
@@ -322,8 +335,8 @@ pub fn status_for_client(
 
 /// `palisade drain`: takes the node out of service, handing every VIP it holds to the next
 /// node in line.
-pub fn drain(admin: SocketAddr, force: bool) -> anyhow::Result<()> {
-    let body = serde_json::json!({ "force": force });
+pub fn drain(admin: SocketAddr, force: bool, now: bool) -> anyhow::Result<()> {
+    let body = serde_json::json!({ "force": force, "now": now });
     let (code, value) = request(
         admin,
         "POST",

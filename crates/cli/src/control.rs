@@ -36,6 +36,10 @@ pub struct Control {
     /// Central management, when this node is a cluster member.
     cluster: Option<crate::cluster_plane::ClusterPlane>,
     director: Option<Arc<crate::director_plane::DirectorPlane>>,
+    /// The data plane, whose connections a drain closes, and how long they get.
+    proxy: Option<(Arc<palisade_proxy::Proxy>, Duration)>,
+    /// The drain of connections under way, if any.
+    closing: std::sync::Mutex<Option<Closing>>,
     ports: Option<tokio::sync::watch::Receiver<Vec<palisade_health::PortState>>>,
     /// A save waiting for `palisade policy confirm`: its revision, and what cancels the
     /// automatic rollback.
@@ -110,6 +114,8 @@ impl Control {
         Control {
             cluster: None,
             director: None,
+            proxy: None,
+            closing: std::sync::Mutex::new(None),
             ports: None,
             pending_confirm: tokio::sync::Mutex::new(None),
             node,
@@ -141,6 +147,17 @@ impl Control {
         self
     }
 
+    /// The data plane: a drain closes its connections in order and cuts what is still open
+    /// after `drain_timeout`.
+    pub fn with_proxy(
+        mut self,
+        proxy: Arc<palisade_proxy::Proxy>,
+        drain_timeout: Duration,
+    ) -> Control {
+        self.proxy = Some((proxy, drain_timeout));
+        self
+    }
+
     /// Central management's controls, on a cluster member.
     pub fn with_cluster(mut self, cluster: Option<crate::cluster_plane::ClusterPlane>) -> Control {
         self.cluster = cluster;
@@ -165,10 +182,13 @@ impl Control {
             .collect()
     }
 
-    async fn drain_now(self: Arc<Self>, force: bool) -> Result<serde_json::Value, ControlError> {
+    async fn drain_now(
+        self: Arc<Self>,
+        drain: palisade_admin::DrainRequest,
+    ) -> Result<serde_json::Value, ControlError> {
         let _busy = self.busy.lock().await;
         let orphaned = self.orphaned_vips();
-        if !orphaned.is_empty() && !force {
+        if !orphaned.is_empty() && !drain.force {
             return Err(ControlError::Conflict(format!(
                 "no other healthy node is in line to take over ({}); nothing changed. \
                  `palisade drain --force` releases the VIPs anyway",
@@ -184,6 +204,7 @@ impl Control {
         if !self.drained.swap(true, Ordering::SeqCst) {
             tracing::warn!(node = %self.node, "node drained: leaving every HA group, /healthz answers 503");
         }
+        self.close_connections();
         // Every group at once: each may wait up to an advert interval or so for its
         // successor's first advert.
         let tasks: Vec<_> = (self.groups.iter().cloned())
@@ -210,6 +231,12 @@ impl Control {
         if self.drained.swap(false, Ordering::SeqCst) {
             tracing::warn!(node = %self.node, "node resumed: back in every HA group");
         }
+        if let Some(closing) = self.closing_slot().take() {
+            closing.stop.cancel();
+        }
+        if let Some((proxy, _)) = &self.proxy {
+            proxy.resume_connections();
+        }
         let mut reports = Vec::new();
         for group in &self.groups {
             let resumed = group.drain(false).await;
@@ -224,6 +251,100 @@ impl Control {
             reports.push(report);
         }
         Ok(serde_json::json!({ "node": self.node, "drained": false, "groups": reports }))
+    }
+}
+
+/// A drain of the node's connections: they close after their current response, and what is
+/// still open at the deadline is cut.
+struct Closing {
+    started: std::time::Instant,
+    deadline: std::time::Instant,
+    /// A resume: the deadline no longer applies.
+    stop: tokio_util::sync::CancellationToken,
+}
+
+/// How often a drain looks whether every connection has closed.
+const CLOSING_POLL: Duration = Duration::from_millis(100);
+
+impl Control {
+    fn closing_slot(&self) -> std::sync::MutexGuard<'_, Option<Closing>> {
+        self.closing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Closes every connection in order: each after its current response (with
+    /// `Connection: close`), idle kept-alive ones now; at `drain_timeout` whatever is still
+    /// open (tunnels, long downloads) is reset. Listeners keep accepting: a client that the
+    /// director sent before it learnt of the drain is still served, once.
+    fn close_connections(&self) {
+        let Some((proxy, timeout)) = self.proxy.clone() else {
+            return;
+        };
+        proxy.drain_connections();
+        let mut slot = self.closing_slot();
+        if slot.is_some() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let stop = tokio_util::sync::CancellationToken::new();
+        *slot = Some(Closing {
+            started,
+            deadline: started + timeout,
+            stop: stop.clone(),
+        });
+        tracing::info!(
+            open = proxy.open_connections(),
+            timeout = ?timeout,
+            "closing every connection after its current response"
+        );
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::from_std(started + timeout);
+            loop {
+                let open = proxy.open_connections();
+                if open <= 0 {
+                    tracing::info!(
+                        after_ms = started.elapsed().as_millis() as u64,
+                        "drain: every connection has closed"
+                    );
+                    return;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    tracing::warn!(
+                        open,
+                        "drain_timeout reached: cutting the connections still open (tunnels, long downloads)"
+                    );
+                    proxy.cut_connections();
+                    return;
+                }
+                let next = (tokio::time::Instant::now() + CLOSING_POLL).min(deadline);
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep_until(next) => {}
+                }
+            }
+        });
+    }
+
+    /// The node's connections for `status`: how many are open, and while a drain closes
+    /// them, since when and how long until the rest are cut.
+    fn connections_json(&self) -> serde_json::Value {
+        let Some((proxy, _)) = &self.proxy else {
+            return serde_json::Value::Null;
+        };
+        let mut value = serde_json::json!({
+            "open": proxy.open_connections().max(0),
+            "closing": proxy.draining(),
+        });
+        if let Some(closing) = self.closing_slot().as_ref() {
+            value["closing_for_ms"] = (closing.started.elapsed().as_millis() as u64).into();
+            value["cut_in_ms"] = (closing
+                .deadline
+                .saturating_duration_since(std::time::Instant::now())
+                .as_millis() as u64)
+                .into();
+        }
+        value
     }
 }
 
@@ -1016,6 +1137,7 @@ impl NodeControl for Control {
             "node_priority": self.identity["node_priority"],
             "policy": { "revision": self.policy_revision.borrow().to_string() },
             "drained": self.drained(),
+            "connections": self.connections_json(),
             "cluster": self.cluster.as_ref().map(|cluster| cluster.cluster_id.clone()),
             "groups": groups,
             "peers": self.mesh.as_ref().map(|mesh| {
@@ -1060,8 +1182,11 @@ impl NodeControl for Control {
         self.drained.load(Ordering::SeqCst)
     }
 
-    fn drain(self: Arc<Self>, force: bool) -> BoxFuture<Result<serde_json::Value, ControlError>> {
-        Box::pin(self.drain_now(force))
+    fn drain(
+        self: Arc<Self>,
+        drain: palisade_admin::DrainRequest,
+    ) -> BoxFuture<Result<serde_json::Value, ControlError>> {
+        Box::pin(self.drain_now(drain))
     }
 
     fn resume(self: Arc<Self>) -> BoxFuture<Result<serde_json::Value, ControlError>> {

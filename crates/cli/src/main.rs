@@ -84,6 +84,10 @@ enum Command {
         /// Drain even if no other healthy node is known to take over a VIP this node holds.
         #[arg(long)]
         force: bool,
+        /// Hand the VIPs over at once and close nothing in order: the connections through
+        /// this director fail, and clients retry.
+        #[arg(long)]
+        now: bool,
     },
     /// Put a drained node back in service.
     Resume {
@@ -364,7 +368,7 @@ fn main() -> ExitCode {
             verbose,
             json,
         } => admin_client::monitor(admin, verbose, json),
-        Command::Drain { admin, force } => admin_client::drain(admin, force),
+        Command::Drain { admin, force, now } => admin_client::drain(admin, force, now),
         Command::Resume { admin } => admin_client::resume(admin),
         Command::Store {
             action: StoreAction::Export { config },

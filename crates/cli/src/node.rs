@@ -329,6 +329,8 @@ pub struct RunningNode {
     connections: TaskTracker,
     /// Closes the proxy listeners.
     stop_accepting: CancellationToken,
+    /// Closes and, at the deadline, cuts the connections.
+    proxy: Arc<palisade_proxy::Proxy>,
     groups: Vec<GroupHandle>,
     /// The HA heartbeat mesh and the cluster's, when they run.
     meshes: Vec<MeshHandle>,
@@ -354,6 +356,7 @@ impl RunningNode {
             mesh.leave().await;
         }
         self.stop_accepting.cancel();
+        self.proxy.drain_connections();
         self.connections.close();
         let in_flight = self.connections.len();
         tracing::info!(connections = in_flight, timeout = ?self.drain_timeout, "stopped accepting; waiting for in-flight requests");
@@ -363,8 +366,11 @@ impl RunningNode {
         {
             tracing::warn!(
                 connections = self.connections.len(),
-                "drain timeout reached; closing remaining connections"
+                "drain timeout reached; cutting the remaining connections"
             );
+            // A reset each: a FIN could pass for the end of a body read until close.
+            self.proxy.cut_connections();
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.connections.wait()).await;
         } else {
             tracing::info!("drained");
         }
@@ -606,8 +612,9 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
     };
     if start_drained {
         tracing::warn!(
-            "starting drained: out of every HA group, /healthz answers 503 (undo with `palisade resume`)"
+            "starting drained: out of every HA group, /healthz answers 503, each connection closes after one response (undo with `palisade resume`)"
         );
+        proxy.drain_connections();
     }
     let local = palisade_peer_link::LocalIdentity {
         node_id: store.node_id,
@@ -739,6 +746,7 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
         )
         .with_cluster(cluster.clone())
         .with_director(director)
+        .with_proxy(proxy.clone(), config.drain_timeout)
         .with_monitor(ports),
     );
     tasks.spawn(control.clone().resume_pending_confirm());
@@ -813,6 +821,7 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
         stop,
         connections,
         stop_accepting,
+        proxy,
         groups,
         meshes,
         drain_timeout: config.drain_timeout,

@@ -34,6 +34,11 @@ pub struct DirectorLab {
 impl DirectorLab {
     /// Starts both nodes (`binary`) and waits until each serves a client address.
     pub fn new(binary: &str) -> DirectorLab {
+        DirectorLab::with_proxy_settings(binary, "")
+    }
+
+    /// The same, with `proxy` (TOML keys) added to both nodes' `[proxy]` table.
+    pub fn with_proxy_settings(binary: &str, proxy: &str) -> DirectorLab {
         let mut lab = Lab::new(&["node1", "node2", "client", "origin"]);
         let dir = crate::node::TempDir::new("palisade-nobody-hangs");
         let vip = lab.spare_addr(100);
@@ -57,6 +62,11 @@ impl DirectorLab {
         };
         let mut node1 = HaNode::new(&dir.0, &host1, "1s", 150, vip, &extra(host2.addr));
         let mut node2 = HaNode::new(&dir.0, &host2, "1s", 100, vip, &extra(host1.addr));
+        for node in [&node1, &node2] {
+            let config = std::fs::read_to_string(&node.config).unwrap_or_default();
+            let config = config.replacen("[proxy]\n", &format!("[proxy]\n{proxy}"), 1);
+            std::fs::write(&node.config, config).unwrap_or_else(|error| panic!("{error}"));
+        }
         // The origin is on the lab's network, which the default rules keep clients from.
         for name in ["node1", "node2"] {
             std::fs::write(

@@ -16,10 +16,10 @@ use palisade_policy::{Action, BlockPageContext, CompiledPolicy, RequestFacts};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::Proxy;
 use crate::access_log::{AccessRecord, Decision};
+use crate::drain::Ending;
 use crate::error_page::{Stamp, error_response, html_response};
 use crate::http1::head::{find_head_end, parse_request};
 use crate::http1::{Framing, Head, HeadError, Version};
@@ -89,12 +89,14 @@ struct Client {
     addr: SocketAddr,
 }
 
-/// Serves one accepted connection until it closes.
+/// Serves one accepted connection until it closes, the drain closes it after a response,
+/// or the drain's deadline cuts it (with a reset: a FIN could pass for the end of a body
+/// read until close).
 pub(crate) async fn serve_connection(
     proxy: Arc<Proxy>,
     stream: TcpStream,
     addr: SocketAddr,
-    shutdown: CancellationToken,
+    ending: Ending,
     unclean: UncleanClose,
 ) {
     let _ = stream.set_nodelay(true);
@@ -106,41 +108,15 @@ pub(crate) async fn serve_connection(
         buf: BytesMut::new(),
         addr,
     };
-    let mut first = true;
-    loop {
-        let head = match read_request_head(&proxy, &mut client, &shutdown, first).await {
-            HeadRead::Head(head) => head,
-            HeadRead::Closed => break,
-            HeadRead::Invalid(error) => {
-                let mut exchange =
-                    Exchange::new(&proxy, &client, Cow::Borrowed("-"), "-".to_owned());
-                exchange.reason = error.to_string();
-                // The connection closes next, delivered or not.
-                let _ = respond_error(
-                    &proxy,
-                    &mut client,
-                    &mut exchange,
-                    error.status(),
-                    &error.to_string(),
-                    true,
-                )
-                .await;
-                proxy.finish(exchange);
-                break;
-            }
-        };
-        first = false;
-        // Boxed: the request future is large, and an idle kept-alive connection should not
-        // carry its space while it waits for the next request.
-        let keep_alive = Box::pin(handle_request(&proxy, &mut client, head, &shutdown)).await;
-        if !keep_alive {
-            break;
-        }
-        if client.buf.is_empty() {
-            // Give the memory back while the connection idles (to this thread's spare
-            // buffers: the next request, on any connection, takes it from there).
-            read_buffers::put(std::mem::take(&mut client.buf));
-        }
+    let cut = tokio::select! {
+        biased;
+        () = serve_requests(&proxy, &mut client, &ending) => false,
+        () = ending.cut.cancelled() => true,
+    };
+    if cut {
+        let _ = socket2::SockRef::from(&client.stream).set_linger(Some(Duration::ZERO));
+        tracing::debug!(client.addr = %addr, "connection cut at the drain's deadline");
+        return;
     }
     if unclean == UncleanClose::Reset {
         // An orderly end: the response written must still be delivered.
@@ -148,6 +124,45 @@ pub(crate) async fn serve_connection(
     }
     linger_close(client.stream).await;
     tracing::trace!(client.addr = %addr, "Connection closed");
+}
+
+/// Requests, one after another, while the connection may be kept alive.
+async fn serve_requests(proxy: &Arc<Proxy>, client: &mut Client, ending: &Ending) {
+    let mut first = true;
+    loop {
+        let head = match read_request_head(proxy, client, ending, first).await {
+            HeadRead::Head(head) => head,
+            HeadRead::Closed => return,
+            HeadRead::Invalid(error) => {
+                let mut exchange = Exchange::new(proxy, client, Cow::Borrowed("-"), "-".to_owned());
+                exchange.reason = error.to_string();
+                // The connection closes next, delivered or not.
+                let _ = respond_error(
+                    proxy,
+                    client,
+                    &mut exchange,
+                    error.status(),
+                    &error.to_string(),
+                    true,
+                )
+                .await;
+                proxy.finish(exchange);
+                return;
+            }
+        };
+        first = false;
+        // Boxed: the request future is large, and an idle kept-alive connection should not
+        // carry its space while it waits for the next request.
+        let keep_alive = Box::pin(handle_request(proxy, client, head, ending)).await;
+        if !keep_alive {
+            return;
+        }
+        if client.buf.is_empty() {
+            // Give the memory back while the connection idles (to this thread's spare
+            // buffers: the next request, on any connection, takes it from there).
+            read_buffers::put(std::mem::take(&mut client.buf));
+        }
+    }
 }
 
 /// How a connection's socket closes when its task does not end it in order (the process
@@ -191,7 +206,7 @@ enum HeadRead {
 async fn read_request_head(
     proxy: &Proxy,
     client: &mut Client,
-    shutdown: &CancellationToken,
+    ending: &Ending,
     first: bool,
 ) -> HeadRead {
     let limits = proxy.config.head_limits;
@@ -220,11 +235,12 @@ async fn read_request_head(
             Err(error) => return HeadRead::Invalid(error),
         }
         // Between requests, wait for readability without holding a buffer, and let a drain
-        // close idle connections.
+        // close idle connections (a new connection is served once, even while draining:
+        // whoever sent it there had not heard of the drain yet).
         if client.buf.is_empty() {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return HeadRead::Closed,
+                () = ending.closing(), if !first => return HeadRead::Closed,
                 ready = tokio::time::timeout(idle, client.stream.readable()) => {
                     if !matches!(ready, Ok(Ok(()))) {
                         return HeadRead::Closed;
@@ -526,7 +542,7 @@ async fn handle_request(
     proxy: &Arc<Proxy>,
     client: &mut Client,
     head: Head,
-    shutdown: &CancellationToken,
+    ending: &Ending,
 ) -> bool {
     let mut exchange = Exchange::new(proxy, client, head.method_owned(), head.target().to_owned());
     exchange.from_client = head.len() as u64;
@@ -552,7 +568,7 @@ async fn handle_request(
                 addresses,
                 max_forwards,
             };
-            forward::forward(proxy, client, &head, plan, exchange, shutdown).await
+            forward::forward(proxy, client, &head, plan, exchange, ending).await
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod access_log;
 pub mod admission;
 mod conn;
 mod decimal;
+mod drain;
 pub mod error_page;
 pub mod http1;
 pub mod metrics;
@@ -169,6 +170,9 @@ pub struct Proxy {
     /// Shed connections that linger to deliver their 503; bounded so that shedding costs
     /// nothing that grows with the overload.
     shed_lingering: Arc<tokio::sync::Semaphore>,
+    /// `palisade drain` and the stop: which connections close after their response, which
+    /// are cut.
+    drain: drain::NodeDrain,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -211,6 +215,7 @@ impl Proxy {
             sources,
             refused_log: LogThrottle::new(REFUSED_LOG_INTERVAL),
             shed_lingering: Arc::new(tokio::sync::Semaphore::new(SHED_LINGER_MAX)),
+            drain: drain::NodeDrain::default(),
         }))
     }
 
@@ -267,6 +272,34 @@ impl Proxy {
             .store(std::sync::Arc::new(OwnAddresses::from_interfaces()));
     }
 
+    /// Drains the node's connections: each closes after its current response (with
+    /// `Connection: close`), idle kept-alive ones at once. Listeners keep accepting; what
+    /// they accept closes after one response.
+    pub fn drain_connections(&self) {
+        self.drain.close();
+    }
+
+    /// Whether the node's connections are draining.
+    pub fn draining(&self) -> bool {
+        self.drain.is_closing()
+    }
+
+    /// The drain's deadline: every connection still open (tunnels, long downloads, relays)
+    /// is reset now.
+    pub fn cut_connections(&self) {
+        self.drain.cut();
+    }
+
+    /// Back in service after a drain.
+    pub fn resume_connections(&self) {
+        self.drain.resume();
+    }
+
+    /// Client connections open now (redirect, test and scan ports; relays included).
+    pub fn open_connections(&self) -> i64 {
+        self.metrics.active_connections.get()
+    }
+
     /// Accepts connections on `listener` until `shutdown` fires. Each connection runs on
     /// its own task, tracked by `tracker` so a drain can wait for them. On a redirect port,
     /// `dispatch` (the director) says whether a connection is served here or relayed.
@@ -296,7 +329,6 @@ impl Proxy {
             // limit; uncounted by a guard, so even a panicking task gives its slot back.
             let slot = ConnectionSlot::take(&self.metrics.active_connections);
             let proxy = self.clone();
-            let shutdown = shutdown.clone();
             let route = match (&dispatch, stream.local_addr()) {
                 // The deep health check is about this node: never relayed.
                 (Some(_), _) if self.is_canary_source(client_ip) => None,
@@ -311,6 +343,7 @@ impl Proxy {
                 },
                 _ => None,
             };
+            let ending = self.drain.ending();
             tracker.spawn(async move {
                 let _slots = (slot, source_slot);
                 match route {
@@ -319,15 +352,19 @@ impl Proxy {
                             proxy,
                             stream,
                             client,
-                            shutdown,
+                            ending,
                             conn::UncleanClose::Fin,
                         )
                         .await
                     }
                     Some((dispatch, local, targets)) => {
-                        proxy
-                            .relay(stream, client, local, targets, dispatch, shutdown)
-                            .await
+                        let cut = ending.cut.clone();
+                        // A relay's sockets close with a reset until it ends in order, so
+                        // dropping it at the drain's deadline resets both ends.
+                        tokio::select! {
+                            () = proxy.relay(stream, client, local, targets, dispatch, ending) => {}
+                            () = cut.cancelled() => {}
+                        }
                     }
                 }
             });

@@ -25,6 +25,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::drain::Ending;
 use crate::{Proxy, conn, tunnel};
 
 /// A connect to a scan port taking longer than this counts as a timeout (members share a
@@ -148,7 +149,7 @@ impl Proxy {
         local: SocketAddr,
         targets: Vec<RelayTarget>,
         dispatch: Arc<dyn Dispatch>,
-        shutdown: CancellationToken,
+        ending: Ending,
     ) {
         let me = dispatch.me();
         // Until the relay ends in order, this client's socket closes with a reset (also when
@@ -175,7 +176,7 @@ impl Proxy {
             let (Some(scan), Some(key)) = (target.scan, target.key.as_ref()) else {
                 if target.node == me {
                     let _later = take(me);
-                    self.serve_here(stream, client, local, &*dispatch, shutdown)
+                    self.serve_here(stream, client, local, &*dispatch, ending)
                         .await;
                     return;
                 }
@@ -255,7 +256,7 @@ impl Proxy {
         drop(counted);
         dispatch.outcome(local, me, RelayOutcome::Connected);
         let _served = count(me);
-        self.serve_here(stream, client, local, &*dispatch, shutdown)
+        self.serve_here(stream, client, local, &*dispatch, ending)
             .await;
     }
 
@@ -267,14 +268,14 @@ impl Proxy {
         client: SocketAddr,
         local: SocketAddr,
         dispatch: &dyn Dispatch,
-        shutdown: CancellationToken,
+        ending: Ending,
     ) {
         let _listed = dispatch.serving_here(client, local);
         conn::serve_connection(
             self.clone(),
             stream,
             client,
-            shutdown,
+            ending,
             conn::UncleanClose::Reset,
         )
         .await;
@@ -411,7 +412,7 @@ mod tests {
                 local,
                 vec![target(1, port1), target(2, port2)],
                 recorder.clone(),
-                CancellationToken::new(),
+                crate::drain::NodeDrain::default().ending(),
             )
             .await;
         drop((held1, held2));
@@ -471,7 +472,7 @@ mod tests {
             local,
             vec![target],
             recorder,
-            CancellationToken::new(),
+            crate::drain::NodeDrain::default().ending(),
         ));
         let (mut scanner, _) = scan
             .accept()

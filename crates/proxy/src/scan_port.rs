@@ -91,6 +91,8 @@ pub struct RelayedClients {
     next: AtomicU64,
     by_director: Mutex<HashMap<NodeId, DirectorRelays>>,
     recent: Mutex<std::collections::VecDeque<Ended>>,
+    /// Directors that drain, until when: what they relay closes after its response.
+    draining: Mutex<HashMap<NodeId, std::time::Instant>>,
 }
 
 /// A connection that ended: when, its director, (client, the address it connected to).
@@ -105,6 +107,8 @@ const RECENT_MAX: usize = 65_536;
 struct DirectorRelays {
     /// Cancelled to cut every connection this director relays here.
     cut: CancellationToken,
+    /// Cancelled when this director drains: its connections close after their response.
+    close: CancellationToken,
     /// Each connection's client and the address it connected to (a VIP and redirect port).
     clients: HashMap<u64, (SocketAddr, SocketAddr)>,
 }
@@ -159,17 +163,36 @@ impl RelayedClients {
         recent
     }
 
+    fn draining(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, std::time::Instant>> {
+        let mut draining = self
+            .draining
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        draining.retain(|_, until| *until > now);
+        draining
+    }
+
+    /// Lists a connection `director` relays here: its listing, what cuts it and what
+    /// closes it after its response.
     fn list(
         &self,
         director: NodeId,
         client: SocketAddr,
         to: SocketAddr,
-    ) -> (Listed<'_>, CancellationToken) {
+    ) -> (Listed<'_>, CancellationToken, CancellationToken) {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let draining = self.draining().contains_key(&director);
         let mut by_director = self.lock();
         let relays = by_director.entry(director).or_default();
         relays.clients.insert(id, (client, to));
-        let cut = relays.cut.clone();
+        if draining {
+            relays.close.cancel();
+        } else if relays.close.is_cancelled() {
+            // Its drain lapsed: later connections are kept alive again.
+            relays.close = CancellationToken::new();
+        }
+        let (cut, close) = (relays.cut.clone(), relays.close.clone());
         (
             Listed {
                 relayed: self,
@@ -177,7 +200,28 @@ impl RelayedClients {
                 id,
             },
             cut,
+            close,
         )
+    }
+
+    /// `director` drains: every connection it relays here (and those it relays within
+    /// `for_at_most`) closes after its current response, idle ones at once. Its clients'
+    /// packets reach it only until its drain ends.
+    pub fn close_director(&self, director: NodeId, for_at_most: Duration) {
+        self.draining()
+            .insert(director, std::time::Instant::now() + for_at_most);
+        if let Some(relays) = self.lock().get(&director) {
+            relays.close.cancel();
+        }
+    }
+
+    /// `director` is back in service (or its drain ended): connections it relays from now on
+    /// are kept alive as usual.
+    pub fn resume_director(&self, director: NodeId) {
+        self.draining().remove(&director);
+        if let Some(relays) = self.lock().get_mut(&director) {
+            relays.close = CancellationToken::new();
+        }
     }
 
     /// Cuts every connection `director` relays here (it is confirmed dead): each is reset
@@ -302,11 +346,9 @@ impl Proxy {
             let socket = socket2::SockRef::from(&stream);
             let _ = socket.set_linger(Some(Duration::ZERO));
             let _ = socket.set_tcp_user_timeout(Some(crate::relay::USER_TIMEOUT));
-            let (proxy, gate, shutdown) = (self.clone(), gate.clone(), shutdown.clone());
+            let (proxy, gate) = (self.clone(), gate.clone());
             tracker.spawn(async move {
-                proxy
-                    .scan_connection(stream, peer, gate, permit, shutdown)
-                    .await;
+                proxy.scan_connection(stream, peer, gate, permit).await;
             });
         }
     }
@@ -317,7 +359,6 @@ impl Proxy {
         peer: std::net::SocketAddr,
         gate: Arc<ScanGate>,
         permit: tokio::sync::OwnedSemaphorePermit,
-        shutdown: CancellationToken,
     ) {
         let header = match tokio::time::timeout(HEADER_TIMEOUT, read_header(&mut stream)).await {
             Ok(Ok(header)) => header,
@@ -376,11 +417,12 @@ impl Proxy {
             source_slot,
         );
         self.metrics.scan_relayed.inc();
-        let (_listed, cut) = gate
-            .relayed
-            .list(verified.director, client, verified.destination);
+        let (_listed, cut, director_close) =
+            gate.relayed
+                .list(verified.director, client, verified.destination);
+        let ending = self.drain.ending().with_director(director_close);
         tokio::select! {
-            () = conn::serve_connection(self.clone(), stream, client, shutdown, conn::UncleanClose::Reset) => {}
+            () = conn::serve_connection(self.clone(), stream, client, ending, conn::UncleanClose::Reset) => {}
             // Its director is confirmed dead: the connection (reset as it drops) and its
             // upstream fetch end now.
             () = cut.cancelled() => {}
@@ -426,9 +468,9 @@ mod tests {
         let relayed = RelayedClients::default();
         let (a, b) = (NodeId::from_bytes([1; 16]), NodeId::from_bytes([2; 16]));
         let vip = addr(3128);
-        let (first, cut_a) = relayed.list(a, addr(1), vip);
-        let (second, cut_a2) = relayed.list(a, addr(2), vip);
-        let (other, cut_b) = relayed.list(b, addr(3), vip);
+        let (first, cut_a, _) = relayed.list(a, addr(1), vip);
+        let (second, cut_a2, _) = relayed.list(a, addr(2), vip);
+        let (other, cut_b, _) = relayed.list(b, addr(3), vip);
         let sorted = |mut list: Vec<(SocketAddr, SocketAddr)>| {
             list.sort();
             list
@@ -455,7 +497,35 @@ mod tests {
         drop(other);
         assert_eq!(relayed.directors(), vec![b], "ended, still recent");
         // The next connection from a cut director gets a fresh, uncut token.
-        let (_again, cut_again) = relayed.list(a, addr(4), vip);
+        let (_again, cut_again, _) = relayed.list(a, addr(4), vip);
         assert!(!cut_again.is_cancelled());
+    }
+
+    #[test]
+    fn a_directors_drain_closes_its_connections_and_those_it_relays_until_it_resumes() {
+        let relayed = RelayedClients::default();
+        let (a, b) = (NodeId::from_bytes([1; 16]), NodeId::from_bytes([2; 16]));
+        let vip = addr(3128);
+        let (_first, _, close_first) = relayed.list(a, addr(1), vip);
+        let (_other, _, close_other) = relayed.list(b, addr(2), vip);
+        relayed.close_director(a, Duration::from_secs(60));
+        assert!(close_first.is_cancelled());
+        assert!(
+            !close_other.is_cancelled(),
+            "another director's connections stay open"
+        );
+        let (_later, cut_later, close_later) = relayed.list(a, addr(3), vip);
+        assert!(
+            close_later.is_cancelled(),
+            "relayed during its drain: closes after one response"
+        );
+        assert!(!cut_later.is_cancelled(), "closed in order, not cut");
+        relayed.resume_director(a);
+        let (_resumed, _, close_resumed) = relayed.list(a, addr(4), vip);
+        assert!(!close_resumed.is_cancelled());
+        // A drain that is never ended lapses.
+        relayed.close_director(b, Duration::ZERO);
+        let (_lapsed, _, close_lapsed) = relayed.list(b, addr(5), vip);
+        assert!(close_other.is_cancelled() && !close_lapsed.is_cancelled());
     }
 }

@@ -10,13 +10,13 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::{
     Client, Denial, Exchange, READ_CHUNK, WriteError, client_wants_keep_alive, connect_upstream,
     refuse, respond_error, write_all_timed, write_client,
 };
 use crate::access_log::Decision;
+use crate::drain::Ending;
 use crate::http1::chunked::{LAST_CHUNK, encode_chunk_header};
 use crate::http1::head::{find_head_end, parse_response};
 use crate::http1::{ChunkError, ChunkedDecoder, Decoded, Framing, Head, HeadError, Version};
@@ -104,7 +104,7 @@ pub(super) async fn forward(
     head: &Head,
     plan: Plan,
     mut exchange: Exchange,
-    shutdown: &CancellationToken,
+    ending: &Ending,
 ) -> bool {
     let Plan {
         target,
@@ -225,7 +225,7 @@ pub(super) async fn forward(
     // that case neither connection can be reused.
     let request_complete = body_state == BodyState::Complete;
     let client_keep_alive =
-        request_complete && client_wants_keep_alive(head) && !shutdown.is_cancelled();
+        request_complete && client_wants_keep_alive(head) && !ending.is_closing();
     let (client_framing, client_keep_alive) =
         client_framing(&response, head.version, client_keep_alive);
     let mut out = BytesMut::with_capacity(512);
