@@ -5,6 +5,7 @@
 //! answers 503 so that load balancers in front of the node follow, and a marker in the
 //! node's store keeps the node drained across restarts until `palisade resume`.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -204,18 +205,63 @@ impl Control {
         if !self.drained.swap(true, Ordering::SeqCst) {
             tracing::warn!(node = %self.node, "node drained: leaving every HA group, /healthz answers 503");
         }
-        self.close_connections();
+        // A director keeps the connections it has: once its VIPs move, their packets come
+        // back to it (the second chance) until they have ended or drain_timeout cuts them.
+        let mut second_chance: HashMap<u8, Result<usize, String>> = HashMap::new();
+        if !drain.now
+            && let (Some(director), Some((_, timeout))) = (&self.director, &self.proxy)
+        {
+            for group in &self.groups {
+                let vrid = {
+                    let status = group.status.borrow();
+                    (status.state == State::Master).then_some(status.vrid)
+                };
+                let Some(vrid) = vrid else { continue };
+                let begun = director.begin_handover(vrid, *timeout).await;
+                match &begun {
+                    Ok(confirmed) => tracing::info!(
+                        instance = vrid,
+                        confirmed,
+                        "drain: this director's connections stay with it after the VIP moves (the members send their packets back) until they end, at most {timeout:?}"
+                    ),
+                    Err(why) => tracing::warn!(
+                        instance = vrid,
+                        "drain: the connections through this director will be reset when its VIP moves: {why}"
+                    ),
+                }
+                second_chance.insert(vrid, begun);
+            }
+        }
+        let kept: Vec<u8> = (second_chance.iter())
+            .filter(|(_, begun)| begun.is_ok())
+            .map(|(vrid, _)| *vrid)
+            .collect();
+        if let Some((proxy, _)) = &self.proxy {
+            proxy.drain_connections();
+        }
         // Every group at once: each may wait up to an advert interval or so for its
         // successor's first advert.
         let tasks: Vec<_> = (self.groups.iter().cloned())
             .map(|group| tokio::spawn(drain_group(group)))
             .collect();
         let mut reports = Vec::new();
-        for task in tasks {
-            reports.push(task.await.unwrap_or_else(
+        for (task, group) in tasks.into_iter().zip(&self.groups) {
+            let mut report = task.await.unwrap_or_else(
                 |error| serde_json::json!({ "error": format!("drain task failed: {error}") }),
-            ));
+            );
+            match second_chance.remove(&group.status.borrow().vrid) {
+                Some(Ok(confirmed)) => {
+                    report["connections_kept"] =
+                        serde_json::json!({ "members_confirmed": confirmed })
+                }
+                Some(Err(why)) => report["connections_reset"] = why.into(),
+                None => {}
+            }
+            reports.push(report);
         }
+        // Only once the VIPs have moved: a drain that ended before (no connection open yet)
+        // would end the second chance of connections accepted until the move.
+        self.close_connections(kept);
         Ok(serde_json::json!({ "node": self.node, "drained": true, "groups": reports }))
     }
 
@@ -261,6 +307,9 @@ struct Closing {
     deadline: std::time::Instant,
     /// A resume: the deadline no longer applies.
     stop: tokio_util::sync::CancellationToken,
+    /// Groups whose connections came back to this director after its VIPs moved: their
+    /// second chance ends with the drain.
+    handovers: Arc<std::sync::Mutex<Vec<u8>>>,
 }
 
 /// How often a drain looks whether every connection has closed.
@@ -277,22 +326,41 @@ impl Control {
     /// `Connection: close`), idle kept-alive ones now; at `drain_timeout` whatever is still
     /// open (tunnels, long downloads) is reset. Listeners keep accepting: a client that the
     /// director sent before it learnt of the drain is still served, once.
-    fn close_connections(&self) {
+    fn close_connections(&self, handovers: Vec<u8>) {
         let Some((proxy, timeout)) = self.proxy.clone() else {
             return;
         };
         proxy.drain_connections();
         let mut slot = self.closing_slot();
-        if slot.is_some() {
+        if let Some(closing) = slot.as_ref() {
+            (closing.handovers.lock())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend(handovers);
             return;
         }
         let started = std::time::Instant::now();
         let stop = tokio_util::sync::CancellationToken::new();
+        let handovers = Arc::new(std::sync::Mutex::new(handovers));
         *slot = Some(Closing {
             started,
             deadline: started + timeout,
             stop: stop.clone(),
+            handovers: handovers.clone(),
         });
+        let director = self.director.clone();
+        // Whichever way the drain ends, the second chance ends with it.
+        let end_handovers = move || {
+            let vrids = std::mem::take(
+                &mut *handovers
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            if let Some(director) = &director {
+                for vrid in vrids {
+                    director.end_handover(vrid);
+                }
+            }
+        };
         tracing::info!(
             open = proxy.open_connections(),
             timeout = ?timeout,
@@ -307,6 +375,7 @@ impl Control {
                         after_ms = started.elapsed().as_millis() as u64,
                         "drain: every connection has closed"
                     );
+                    end_handovers();
                     return;
                 }
                 if tokio::time::Instant::now() >= deadline {
@@ -315,11 +384,15 @@ impl Control {
                         "drain_timeout reached: cutting the connections still open (tunnels, long downloads)"
                     );
                     proxy.cut_connections();
+                    end_handovers();
                     return;
                 }
                 let next = (tokio::time::Instant::now() + CLOSING_POLL).min(deadline);
                 tokio::select! {
-                    () = stop.cancelled() => return,
+                    () = stop.cancelled() => {
+                        end_handovers();
+                        return;
+                    }
                     () = tokio::time::sleep_until(next) => {}
                 }
             }

@@ -32,6 +32,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// Members report this often.
+mod handover;
+
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// A director shares the changes to its in-process connections at most this often; a new
 /// director's first report, and dead directors, are looked at this often too.
@@ -250,6 +252,12 @@ pub struct DirectorPlane {
     /// directs the group.
     known: Mutex<Known>,
     tickled: prometheus_client::metrics::counter::Counter,
+    /// The links, once [`DirectorPlane::run`] has them.
+    mesh: std::sync::OnceLock<MeshHandle>,
+    /// A drain's second chance: what this node forwards or receives.
+    handovers: Mutex<handover::Handovers>,
+    /// Members that confirmed they forward this director's connections, by group.
+    ready: watch::Sender<std::collections::HashSet<(u8, NodeId)>>,
 }
 
 impl DirectorPlane {
@@ -333,6 +341,9 @@ impl DirectorPlane {
             linked: Mutex::new(std::collections::HashSet::new()),
             known: Mutex::new(Known::default()),
             tickled,
+            mesh: std::sync::OnceLock::new(),
+            handovers: Mutex::default(),
+            ready: watch::Sender::new(std::collections::HashSet::new()),
         })
     }
 
@@ -486,6 +497,9 @@ impl DirectorPlane {
                 continue;
             }
             let name = self.name_of(director);
+            // Its packets must no longer go to it: its clients' answers to the tickles
+            // must reach this node's kernel.
+            self.expire_forwarding(Some(director));
             let mut tickle = Vec::new();
             let cut = (own.relayed.as_ref()).map_or_else(Vec::new, |relayed| relayed.cut(director));
             if !cut.is_empty() {
@@ -669,6 +683,7 @@ impl DirectorPlane {
         if new_director {
             self.report(mesh, own);
         }
+        self.expire_forwarding(None);
         self.settle_dead(mesh, own, self.now_ms());
     }
 
@@ -726,7 +741,7 @@ impl DirectorPlane {
 
     /// A member's report.
     fn received(
-        &self,
+        self: &Arc<Self>,
         from: NodeId,
         addr: IpAddr,
         bytes: &[u8],
@@ -737,6 +752,10 @@ impl DirectorPlane {
             Ok(DirectorMessage::Load(report)) => report,
             Ok(DirectorMessage::Connections(list)) => {
                 self.received_connections(from, list, mesh, own);
+                return;
+            }
+            Ok(DirectorMessage::Handover(handover)) => {
+                self.received_handover(from, handover, own);
                 return;
             }
             Err(error) => {
@@ -1009,6 +1028,7 @@ impl DirectorPlane {
         stop: CancellationToken,
     ) {
         let mut events = mesh.subscribe();
+        let _ = self.mesh.set(mesh.clone());
         let mut tick = tokio::time::interval(REPORT_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut records = tokio::time::interval(RECORDS_INTERVAL);

@@ -651,6 +651,10 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
         Some(cluster) => cluster.handle.behind(),
         None => watch::channel(None).1,
     };
+    if !group_specs.is_empty() {
+        // A drain's second chance that an earlier process left (it died mid-drain).
+        let _ = tokio::task::spawn_blocking(palisade_vrrp_linux::second_chance::clear_stale).await;
+    }
     let HaPlane {
         groups,
         mesh,

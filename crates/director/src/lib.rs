@@ -27,7 +27,9 @@ pub mod takeover;
 pub mod tickle;
 pub mod wire;
 
-pub use wire::{ConnectionList, DirectorMessage, GroupSettings, ListKind, LoadReport};
+pub use wire::{
+    ConnectionList, DirectorMessage, GroupSettings, Handover, HandoverPhase, ListKind, LoadReport,
+};
 
 pub use choice::{
     Candidate, Choice, ClientKey, Director, Load, Member, Out, Reason, Settings, client_key,

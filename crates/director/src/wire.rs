@@ -21,6 +21,7 @@ pub const MAX_CONNECTIONS: usize = 1_500;
 mod kind {
     pub const LOAD: u8 = 1;
     pub const CONNECTIONS: u8 = 2;
+    pub const HANDOVER: u8 = 3;
 }
 
 /// One client connection through a director: the client's address and port, and the VIP
@@ -37,6 +38,29 @@ pub enum ListKind {
     ShareFull,
     /// The director's own share, what changed since its last list.
     ShareDelta,
+}
+
+/// A director's drain (issue 12 §2): it hands its VIPs over but keeps serving the
+/// connections it has until they end, so whoever directs next sends their packets back to it
+/// (a second chance) instead of resetting them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Handover {
+    pub vrid: u8,
+    /// The director that drains.
+    pub director: NodeId,
+    pub phase: HandoverPhase,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandoverPhase {
+    /// From the director: send packets of connections you do not know to `forward_to` (its
+    /// address on the group's network) for at most `for_ms`, and close what it relays to
+    /// you after each response.
+    Begin { forward_to: IpAddr, for_ms: u32 },
+    /// From a member: its forwarding is in place (the director hands over after this).
+    Ready,
+    /// From the director: its connections have ended (or were cut); stop forwarding.
+    Done,
 }
 
 /// Connections a director carried (issue 12): so that the member taking over from a dead
@@ -145,6 +169,7 @@ pub enum WireError {
 pub enum DirectorMessage {
     Load(LoadReport),
     Connections(ConnectionList),
+    Handover(Handover),
 }
 
 impl ConnectionList {
@@ -277,6 +302,20 @@ impl DirectorMessage {
                         put_addr(&mut out, *client);
                         put_addr(&mut out, *vip);
                     }
+                }
+            }
+            DirectorMessage::Handover(handover) => {
+                out.push(kind::HANDOVER);
+                out.push(handover.vrid);
+                out.extend_from_slice(handover.director.as_bytes());
+                match handover.phase {
+                    HandoverPhase::Begin { forward_to, for_ms } => {
+                        out.push(1);
+                        put_addr(&mut out, SocketAddr::new(forward_to, 0));
+                        out.extend_from_slice(&for_ms.to_be_bytes());
+                    }
+                    HandoverPhase::Ready => out.push(2),
+                    HandoverPhase::Done => out.push(3),
                 }
             }
         }
@@ -412,6 +451,27 @@ impl DirectorMessage {
                     kind,
                     added,
                     removed,
+                })
+            }
+            kind::HANDOVER => {
+                let vrid = reader.u8()?;
+                let director = NodeId::from_bytes(reader.array::<16>()?);
+                let phase = match reader.u8()? {
+                    1 => {
+                        let forward_to = reader.addr()?.ip();
+                        HandoverPhase::Begin {
+                            forward_to,
+                            for_ms: reader.u32()?,
+                        }
+                    }
+                    2 => HandoverPhase::Ready,
+                    3 => HandoverPhase::Done,
+                    _ => return Err(WireError::Malformed("handover phase")),
+                };
+                DirectorMessage::Handover(Handover {
+                    vrid,
+                    director,
+                    phase,
                 })
             }
             _ => return Err(WireError::Malformed("message kind")),
@@ -591,6 +651,54 @@ mod tests {
         for cut in 0..bytes.len() {
             assert!(DirectorMessage::decode(&bytes[..cut]).is_err());
         }
+    }
+
+    #[test]
+    fn handovers_round_trip_and_refuse_a_torn_or_unknown_phase() {
+        let director = NodeId::from_bytes([7; 16]);
+        for (forward_to, phase) in [
+            (None, HandoverPhase::Ready),
+            (None, HandoverPhase::Done),
+            (
+                Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2))),
+                HandoverPhase::Ready,
+            ),
+            (
+                Some("fe80::2".parse().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))),
+                HandoverPhase::Ready,
+            ),
+        ] {
+            let phase = match forward_to {
+                Some(forward_to) => HandoverPhase::Begin {
+                    forward_to,
+                    for_ms: 30_000,
+                },
+                None => phase,
+            };
+            let message = DirectorMessage::Handover(Handover {
+                vrid: 51,
+                director,
+                phase,
+            });
+            let bytes = message.encode();
+            assert_eq!(DirectorMessage::decode(&bytes), Ok(message));
+            for cut in 0..bytes.len() {
+                assert!(DirectorMessage::decode(&bytes[..cut]).is_err());
+            }
+        }
+        let mut bytes = DirectorMessage::Handover(Handover {
+            vrid: 51,
+            director,
+            phase: HandoverPhase::Done,
+        })
+        .encode();
+        if let Some(last) = bytes.last_mut() {
+            *last = 9;
+        }
+        assert_eq!(
+            DirectorMessage::decode(&bytes),
+            Err(WireError::Malformed("handover phase"))
+        );
     }
 
     #[test]

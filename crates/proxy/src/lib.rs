@@ -343,6 +343,9 @@ impl Proxy {
                 },
                 _ => None,
             };
+            if dispatch.is_some() {
+                keep_replies_from_vip(&stream);
+            }
             let ending = self.drain.ending();
             tracker.spawn(async move {
                 let _slots = (slot, source_slot);
@@ -420,6 +423,25 @@ impl Proxy {
                 let _ = socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Write);
             }
         }
+    }
+}
+
+/// Lets a connection accepted on a redirect port keep answering from its VIP after the VIP
+/// has moved (`IP_TRANSPARENT`): a director's drain hands the VIP over and still serves the
+/// connections it has, whose packets the next director sends back (the second chance).
+/// Without `CAP_NET_ADMIN` the option is refused; then such a drain resets them instead.
+fn keep_replies_from_vip(stream: &TcpStream) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    let socket = socket2::SockRef::from(stream);
+    let set = match stream.local_addr() {
+        Ok(SocketAddr::V4(_)) => socket.set_ip_transparent_v4(true),
+        Ok(SocketAddr::V6(_)) => socket.set_ip_transparent_v6(true),
+        Err(error) => Err(error),
+    };
+    if let Err(error) = set {
+        WARNED.call_once(|| {
+            tracing::warn!(%error, "cannot make director connections transparent (needs CAP_NET_ADMIN): a director's drain will reset its connections when the VIP moves");
+        });
     }
 }
 

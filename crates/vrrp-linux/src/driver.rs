@@ -55,6 +55,8 @@ pub struct GroupStatus {
     pub name: String,
     pub vrid: u8,
     pub interface: String,
+    /// This node's own address in the group (its adverts' source).
+    pub primary: IpAddr,
     pub state: State,
     pub priority: u8,
     pub master: Option<IpAddr>,
@@ -793,6 +795,7 @@ fn status_of(spec: &GroupSpec, router: &Router, heartbeat: bool) -> GroupStatus 
         name: spec.name.clone(),
         vrid: router.vrid().get(),
         interface: spec.interface.clone(),
+        primary: spec.router.primary_address,
         state: router.state(),
         priority: router.priority().get(),
         master: match router.state() {

@@ -186,6 +186,7 @@ mod tests {
             name: "VI_1".to_owned(),
             vrid: 51,
             interface: "eth0".to_owned(),
+            primary: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
             state: State::Master,
             priority: 150,
             master: Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))),
