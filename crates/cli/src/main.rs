@@ -73,10 +73,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Take this node out of service: hand every VIP it holds to the next node in line (at
-    /// once over the heartbeat), leave the elections, answer 503 on /healthz. In-flight and
-    /// new connections to the node's own addresses are still served. Survives restarts until
-    /// `palisade resume`.
+    /// Take this node out of service without failing a request: leave the director's choice
+    /// and the elections, answer 503 on /healthz, close each connection after its current
+    /// response (reset what is still open at proxy.drain_timeout). A director hands its VIPs
+    /// to the next node in line at once and keeps serving the connections it has (the next
+    /// director sends their packets back) until they end. Survives restarts until `palisade
+    /// resume`.
     Drain {
         /// Admin address of the node to drain.
         #[arg(long, default_value = "127.0.0.1:4711")]
