@@ -1084,6 +1084,10 @@ impl DirectorPlane {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&peer.id);
+        if why == Down::Restarted {
+            // Its sockets are gone: what a drain of it still sent back would reach nobody.
+            self.expire_forwarding(Some(peer.id));
+        }
         let relays_here =
             (own.relayed.as_ref()).is_some_and(|relayed| relayed.directors().contains(&peer.id));
         match why {

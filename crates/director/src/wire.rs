@@ -311,7 +311,7 @@ impl DirectorMessage {
                 match handover.phase {
                     HandoverPhase::Begin { forward_to, for_ms } => {
                         out.push(1);
-                        put_addr(&mut out, SocketAddr::new(forward_to, 0));
+                        put_ip(&mut out, forward_to);
                         out.extend_from_slice(&for_ms.to_be_bytes());
                     }
                     HandoverPhase::Ready => out.push(2),
@@ -458,7 +458,7 @@ impl DirectorMessage {
                 let director = NodeId::from_bytes(reader.array::<16>()?);
                 let phase = match reader.u8()? {
                     1 => {
-                        let forward_to = reader.addr()?.ip();
+                        let forward_to = reader.ip()?;
                         HandoverPhase::Begin {
                             forward_to,
                             for_ms: reader.u32()?,
@@ -484,6 +484,19 @@ impl DirectorMessage {
 }
 
 /// An address and port: family (4 or 6), address, port.
+fn put_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            out.push(4);
+            out.extend_from_slice(&v4.octets());
+        }
+        IpAddr::V6(v6) => {
+            out.push(6);
+            out.extend_from_slice(&v6.octets());
+        }
+    }
+}
+
 fn put_addr(out: &mut Vec<u8>, addr: SocketAddr) {
     match addr {
         SocketAddr::V4(v4) => {
@@ -539,12 +552,16 @@ impl Reader<'_> {
         Ok(u32::from_be_bytes(self.array()?))
     }
 
-    fn addr(&mut self) -> Result<SocketAddr, WireError> {
-        let ip = match self.u8()? {
+    fn ip(&mut self) -> Result<IpAddr, WireError> {
+        Ok(match self.u8()? {
             4 => IpAddr::V4(Ipv4Addr::from(self.array::<4>()?)),
             6 => IpAddr::V6(Ipv6Addr::from(self.array::<16>()?)),
             _ => return Err(WireError::Malformed("address family")),
-        };
+        })
+    }
+
+    fn addr(&mut self) -> Result<SocketAddr, WireError> {
+        let ip = self.ip()?;
         Ok(SocketAddr::new(ip, self.u16()?))
     }
 }

@@ -23,6 +23,8 @@ const READY_WAIT: Duration = Duration::from_secs(2);
 /// A member forwards this much longer than the director's drain may last (its `Done` may be
 /// late or lost).
 const FORWARD_MARGIN: Duration = Duration::from_secs(5);
+/// The longest drain a member forwards for, whatever a director asks.
+const FORWARD_MAX: Duration = Duration::from_secs(3600);
 
 /// A drain's second chance, as this node takes part in it.
 #[derive(Default)]
@@ -154,14 +156,20 @@ impl DirectorPlane {
                 tracing::warn!(node = %name, "director: handover for another node refused");
             }
             HandoverPhase::Begin { forward_to, for_ms } => {
-                let for_at_most = Duration::from_millis(u64::from(for_ms));
+                let for_at_most = Duration::from_millis(u64::from(for_ms)).min(FORWARD_MAX);
+                let (interface, vips, master) = {
+                    let status = group.status.borrow();
+                    (status.interface.clone(), status.vips.clone(), status.master)
+                };
+                // Packets go back only to the group's master as VRRP knows it: a member
+                // cannot have another's traffic sent to an address of its choosing.
+                if master != Some(forward_to) {
+                    tracing::warn!(instance = handover.vrid, director = %name, %forward_to, master = ?master, "director {name} drains, but {forward_to} is not the group's master here: its connections are not sent back");
+                    return;
+                }
                 if let Some(relayed) = &own.relayed {
                     relayed.close_director(from, for_at_most + FORWARD_MARGIN);
                 }
-                let (interface, vips) = {
-                    let status = group.status.borrow();
-                    (status.interface.clone(), status.vips.clone())
-                };
                 let ports = group.settings.redirect_ports.clone();
                 let (plane, vrid) = (self.clone(), handover.vrid);
                 tokio::spawn(async move {
