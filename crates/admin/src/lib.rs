@@ -77,6 +77,19 @@ pub trait NodeControl: Send + Sync + 'static {
     ) -> BoxFuture<Result<serde_json::Value, ControlError>>;
     /// Puts a drained node back in service.
     fn resume(self: Arc<Self>) -> BoxFuture<Result<serde_json::Value, ControlError>>;
+    /// `palisade fault`: a fault a drill injects into this node (crash, cut its VRRP
+    /// interfaces for a while, stop).
+    fn fault(
+        self: Arc<Self>,
+        fault: FaultRequest,
+    ) -> BoxFuture<Result<serde_json::Value, ControlError>> {
+        let _ = fault;
+        Box::pin(async {
+            Err(ControlError::Unavailable(
+                "this node takes no faults".to_owned(),
+            ))
+        })
+    }
     /// Central management: this node's view of the cluster.
     fn cluster_status(self: Arc<Self>) -> BoxFuture<Result<serde_json::Value, ControlError>> {
         Box::pin(async { Err(not_a_member()) })
@@ -245,6 +258,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/director/{client}", get(director_for_client))
         .route("/drain", post(drain))
         .route("/resume", post(resume))
+        .route("/fault", post(fault))
         .route("/cluster", get(cluster_status))
         .route("/cluster/remove", post(cluster_remove))
         .route("/cluster/renew", post(cluster_renew))
@@ -431,6 +445,25 @@ async fn drain(
     Json(request): Json<DrainRequest>,
 ) -> Response {
     control_response(state.control.clone().drain(request).await)
+}
+
+/// The body of `POST /fault` (`palisade fault`, used by `palisade drill`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultRequest {
+    /// `crash` (the process is killed), `cut-link` (every VRRP interface drops all traffic
+    /// for `seconds`), `stop` (an orderly stop, as on SIGTERM).
+    pub kind: String,
+    #[serde(default)]
+    pub seconds: Option<u64>,
+}
+
+async fn fault(
+    State(state): State<AdminState>,
+    _operator: Operator,
+    Json(request): Json<FaultRequest>,
+) -> Response {
+    control_response(state.control.clone().fault(request).await)
 }
 
 #[derive(Debug, Default, Deserialize)]

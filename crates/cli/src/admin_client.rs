@@ -393,6 +393,29 @@ pub fn drain(admin: SocketAddr, force: bool, now: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `palisade fault`: a drill's fault, injected into the node behind `admin`.
+pub fn fault(admin: SocketAddr, kind: &str, seconds: u64) -> anyhow::Result<()> {
+    let body = serde_json::json!({ "kind": kind, "seconds": seconds });
+    let (code, value) = request(
+        admin,
+        "POST",
+        "/fault",
+        Some(&body),
+        Duration::from_secs(10),
+    )?;
+    if code != 200 {
+        anyhow::bail!(
+            "fault refused ({code}): {}",
+            value["error"].as_str().unwrap_or("no reason given")
+        );
+    }
+    println!(
+        "node {}: fault {kind} injected",
+        value["node"].as_str().unwrap_or("?")
+    );
+    Ok(())
+}
+
 /// `palisade resume`: puts a drained node back in service.
 pub fn resume(admin: SocketAddr) -> anyhow::Result<()> {
     let body = serde_json::json!({});

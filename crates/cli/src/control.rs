@@ -1266,6 +1266,39 @@ impl NodeControl for Control {
         Box::pin(self.resume_now())
     }
 
+    fn fault(
+        self: Arc<Self>,
+        fault: palisade_admin::FaultRequest,
+    ) -> BoxFuture<Result<serde_json::Value, ControlError>> {
+        Box::pin(async move {
+            match fault.kind.as_str() {
+                "crash" => crate::fault::crash_soon(),
+                "stop" => crate::fault::stop_soon(),
+                "cut-link" => {
+                    let seconds =
+                        Duration::from_secs(fault.seconds.unwrap_or(10)).min(crate::fault::CUT_MAX);
+                    let interfaces: Vec<String> = (self.groups.iter())
+                        .map(|group| group.status.borrow().interface.clone())
+                        .collect();
+                    if interfaces.is_empty() {
+                        return Err(ControlError::Invalid(
+                            "this node is in no HA group: no link to cut".to_owned(),
+                        ));
+                    }
+                    crate::fault::cut_link(&interfaces, seconds)
+                        .await
+                        .map_err(ControlError::Failed)?;
+                }
+                other => {
+                    return Err(ControlError::Invalid(format!(
+                        "unknown fault {other:?} (crash, cut-link, stop)"
+                    )));
+                }
+            }
+            Ok(serde_json::json!({ "node": self.node, "fault": fault.kind }))
+        })
+    }
+
     fn cluster_status(self: Arc<Self>) -> BoxFuture<Result<serde_json::Value, ControlError>> {
         Box::pin(self.cluster_status_now())
     }

@@ -653,7 +653,12 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
     };
     if !group_specs.is_empty() {
         // A drain's second chance that an earlier process left (it died mid-drain).
-        let _ = tokio::task::spawn_blocking(palisade_vrrp_linux::second_chance::clear_stale).await;
+        let _ = tokio::task::spawn_blocking(|| {
+            palisade_vrrp_linux::second_chance::clear_stale();
+            // And a drill's cut of the links (`palisade fault cut-link`).
+            crate::fault::remove_cut();
+        })
+        .await;
     }
     let HaPlane {
         groups,

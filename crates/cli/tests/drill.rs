@@ -1,0 +1,87 @@
+//! `palisade drill` against a two-node lab (issue 12 §3): run from the client host, it
+//! reaches the nodes through `ip netns exec`, injects the fault and reports. A crash of the
+//! director must be detected and taken over within a few seconds with no request left
+//! hanging; a drain of the director must lose no response mid-way.
+
+use palisade_e2e::director_lab::{DirectorLab, ORIGIN_PORT};
+use palisade_e2e::netns::require_netns;
+
+const BIN: &str = env!("CARGO_BIN_EXE_palisade");
+
+/// Runs a drill with `fault` from the client host and returns its JSON report.
+fn drill(lab: &DirectorLab, fault: &str) -> serde_json::Value {
+    let nodes: Vec<String> = (lab.hosts.iter())
+        .map(|host| format!("{}=ip netns exec {} {BIN}", host.name, host.ns))
+        .collect();
+    let url = format!("http://{}:{ORIGIN_PORT}/big/2000", lab.origin.addr);
+    let output = lab
+        .client
+        .command(BIN)
+        .args(["drill", "--json", "--fault", fault])
+        .args(["--proxy", &format!("{}:9090", lab.vip), "--url", &url])
+        .args(["--source", &lab.on[0].to_string()])
+        .args(["--before", "2", "--after", "8", "--hang", "5"])
+        .args(["--connections", "4", "--rate", "40"])
+        .args(nodes.iter().flat_map(|node| ["--node", node.as_str()]))
+        .output()
+        .expect("palisade drill");
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+            panic!(
+                "drill report ({error}): {}\n{}\n{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr),
+                lab.logs()
+            )
+        });
+    eprintln!("drill {fault}: {report}");
+    report
+}
+
+#[test]
+fn a_drill_that_kills_the_director_reports_the_takeover_and_nobody_hanging() {
+    if !require_netns("a_drill_that_kills_the_director_reports_the_takeover_and_nobody_hanging") {
+        return;
+    }
+    let lab = DirectorLab::new(BIN);
+    let report = drill(&lab, "kill-director");
+    assert_eq!(report["target"], "node1");
+    assert_eq!(report["hanging"], 0, "{report}");
+    let takeover = report["takeover_ms"].as_u64().expect("a takeover was seen");
+    assert!(takeover < 5_000, "takeover after {takeover} ms");
+    assert!(
+        report["detection_ms"]
+            .as_u64()
+            .is_some_and(|detection| detection <= takeover)
+    );
+    assert!(
+        report["failed_before_response"].as_u64().unwrap_or(0)
+            + report["failed_mid_response"].as_u64().unwrap_or(0)
+            > 0,
+        "killing the director fails the requests it had: {report}"
+    );
+    let back = report["first_success_after_failure_ms"]
+        .as_u64()
+        .expect("service came back");
+    assert!(back < 6_000, "first success {back} ms after the fault");
+}
+
+#[test]
+fn a_drill_that_drains_the_director_loses_no_response() {
+    if !require_netns("a_drill_that_drains_the_director_loses_no_response") {
+        return;
+    }
+    let lab = DirectorLab::new(BIN);
+    let report = drill(&lab, "drain-director");
+    assert_eq!(report["target"], "node1");
+    assert_eq!(report["hanging"], 0, "{report}");
+    assert_eq!(report["failed_mid_response"], 0, "{report}");
+    assert!(
+        report["takeover_ms"].as_u64().is_some(),
+        "the VIP moved: {report}"
+    );
+    assert!(
+        report["requests_ok"].as_u64().unwrap_or(0) >= 200,
+        "{report}"
+    );
+}
