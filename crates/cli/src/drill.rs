@@ -22,19 +22,44 @@ use http_body_util::BodyExt;
 
 use report::{Ended, Request, Timeline};
 
-/// What to inject and how to reach the nodes.
+/// What to inject and how to reach the nodes (`palisade drill`'s flags).
+#[derive(clap::Args, Debug)]
 pub struct DrillArgs {
-    pub proxy: SocketAddr,
+    /// The proxy through the VIP (VIP:redirect port).
+    #[arg(long)]
+    pub proxy: std::net::SocketAddr,
+    /// What to fetch through it: an absolute http:// URL the policy allows.
+    #[arg(long)]
     pub url: String,
+    /// kill-director, cut-director-link, stop-scanning-node, drain-director or
+    /// drain-scanning-node.
+    #[arg(long)]
     pub fault: Option<String>,
+    /// Instead of a named fault: a shell command that injects one (e.g. into keepalived
+    /// and Squid).
+    #[arg(long)]
     pub fault_command: Option<String>,
+    /// How to run palisade on a node: NAME=COMMAND (e.g. node1="ssh root@node1 palisade").
+    #[arg(long = "node")]
     pub nodes: Vec<String>,
+    /// Kept-alive client connections.
+    #[arg(long, default_value = "8")]
     pub connections: u32,
+    /// Requests a second in all.
+    #[arg(long, default_value = "50")]
     pub rate: u32,
-    pub before: Duration,
-    pub after: Duration,
-    pub hang: Duration,
-    pub source: Option<IpAddr>,
+    /// Seconds of traffic before the fault, and after it.
+    #[arg(long, default_value = "3")]
+    pub before: u64,
+    #[arg(long, default_value = "15")]
+    pub after: u64,
+    /// Seconds without an answer or an error after which a request counts as hanging.
+    #[arg(long, default_value = "10")]
+    pub hang: u64,
+    /// The client address to send from.
+    #[arg(long)]
+    pub source: Option<std::net::IpAddr>,
+    #[arg(long)]
     pub json: bool,
 }
 
@@ -161,7 +186,7 @@ pub fn drill(args: DrillArgs) -> anyhow::Result<()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
     (timeline.detected_ms, timeline.takeover_ms) = takeover(&seen, timeline.fault_ms);
-    let report = report::summarize(&timeline, args.hang.as_millis() as u64);
+    let report = report::summarize(&timeline, args.hang * 1_000);
     let fault = args.fault.clone().unwrap_or_else(|| "command".to_owned());
     if args.json {
         let mut value = serde_json::to_value(&report)?;
@@ -297,7 +322,12 @@ async fn run_load(
     let requests: Arc<Mutex<Vec<Request>>> = Arc::default();
     let lost = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let fault_ms = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
-    let end = started + args.before + args.after;
+    let (before, after, hang) = (
+        Duration::from_secs(args.before),
+        Duration::from_secs(args.after),
+        Duration::from_secs(args.hang),
+    );
+    let end = started + before + after;
     let interval =
         Duration::from_secs_f64(f64::from(args.connections) / f64::from(args.rate.max(1)));
     let uri: hyper::Uri = args.url.parse().context("--url is not a URL")?;
@@ -309,7 +339,7 @@ async fn run_load(
             fault_ms.clone(),
             uri.clone(),
         );
-        let (proxy, source, hang) = (args.proxy, args.source, args.hang);
+        let (proxy, source) = (args.proxy, args.source);
         let first = tokio::time::Instant::from_std(
             started + interval.mul_f64(f64::from(index) / f64::from(args.connections)),
         );
@@ -351,7 +381,7 @@ async fn run_load(
             }
         }));
     }
-    tokio::time::sleep_until(tokio::time::Instant::from_std(started + args.before)).await;
+    tokio::time::sleep_until(tokio::time::Instant::from_std(started + before)).await;
     fault_ms.store(
         started.elapsed().as_millis() as u64,
         std::sync::atomic::Ordering::Relaxed,

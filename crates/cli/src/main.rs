@@ -115,44 +115,7 @@ enum Command {
     /// through the VIP, and report the times to detection, VIP takeover and the first
     /// success, the requests and connections lost, and the requests left hanging (exits
     /// non-zero if any).
-    Drill {
-        /// The proxy through the VIP (VIP:redirect port).
-        #[arg(long)]
-        proxy: std::net::SocketAddr,
-        /// What to fetch through it: an absolute http:// URL the policy allows.
-        #[arg(long)]
-        url: String,
-        /// kill-director, cut-director-link, stop-scanning-node, drain-director or
-        /// drain-scanning-node.
-        #[arg(long)]
-        fault: Option<String>,
-        /// Instead of a named fault: a shell command that injects one (e.g. into keepalived
-        /// and Squid).
-        #[arg(long)]
-        fault_command: Option<String>,
-        /// How to run palisade on a node: NAME=COMMAND (e.g. node1="ssh root@node1 palisade").
-        #[arg(long = "node")]
-        nodes: Vec<String>,
-        /// Kept-alive client connections.
-        #[arg(long, default_value = "8")]
-        connections: u32,
-        /// Requests a second in all.
-        #[arg(long, default_value = "50")]
-        rate: u32,
-        /// Seconds of traffic before the fault, and after it.
-        #[arg(long, default_value = "3")]
-        before: u64,
-        #[arg(long, default_value = "15")]
-        after: u64,
-        /// Seconds without an answer or an error after which a request counts as hanging.
-        #[arg(long, default_value = "10")]
-        hang: u64,
-        /// The client address to send from.
-        #[arg(long)]
-        source: Option<std::net::IpAddr>,
-        #[arg(long)]
-        json: bool,
-    },
+    Drill(drill::DrillArgs),
     /// Back up or restore the node's store (identity, drain marker) as versioned JSON, to
     /// move it to another release or machine. The node must be stopped: a running node
     /// holds its store's lock.
@@ -433,33 +396,7 @@ fn main() -> ExitCode {
             seconds,
             admin,
         } => admin_client::fault(admin, &kind, seconds),
-        Command::Drill {
-            proxy,
-            url,
-            fault,
-            fault_command,
-            nodes,
-            connections,
-            rate,
-            before,
-            after,
-            hang,
-            source,
-            json,
-        } => drill::drill(drill::DrillArgs {
-            proxy,
-            url,
-            fault,
-            fault_command,
-            nodes,
-            connections,
-            rate,
-            before: std::time::Duration::from_secs(before),
-            after: std::time::Duration::from_secs(after),
-            hang: std::time::Duration::from_secs(hang),
-            source,
-            json,
-        }),
+        Command::Drill(args) => drill::drill(args),
         Command::Store {
             action: StoreAction::Export { config },
         } => node::store_export(config),

@@ -59,6 +59,31 @@ fn open_connections(host: &LabHost) -> Option<u64> {
     status["connections"]["open"].as_u64()
 }
 
+/// Waits for `tunnel` to be reset at the drain's deadline (not before), then for `host`'s
+/// node to have no connection left.
+fn assert_cut_at_the_deadline(mut tunnel: TcpStream, drained_at: Instant, host: &LabHost) {
+    tunnel
+        .set_read_timeout(Some(DRAIN_TIMEOUT + Duration::from_secs(5)))
+        .expect("timeout");
+    let mut rest = Vec::new();
+    let read = tunnel.read_to_end(&mut rest);
+    let cut_after = drained_at.elapsed();
+    assert!(
+        matches!(&read, Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset),
+        "the tunnel should be reset at the drain's deadline, read {read:?} after {cut_after:?}"
+    );
+    assert!(
+        cut_after >= DRAIN_TIMEOUT - Duration::from_millis(300)
+            && cut_after < DRAIN_TIMEOUT + Duration::from_secs(2),
+        "tunnel cut after {cut_after:?}, drain_timeout {DRAIN_TIMEOUT:?}"
+    );
+    wait_for(
+        &format!("{} has no connection left", host.name),
+        Duration::from_secs(5),
+        || open_connections(host) == Some(0),
+    );
+}
+
 #[test]
 fn a_scanning_nodes_drain_moves_its_clients_and_fails_no_request() {
     if !require_netns("a_scanning_nodes_drain_moves_its_clients_and_fails_no_request") {
@@ -84,7 +109,7 @@ fn a_scanning_nodes_drain_moves_its_clients_and_fails_no_request() {
             seconds: 10,
         },
     );
-    let mut tunnel = open_tunnel(&lab, lab.on[1]);
+    let tunnel = open_tunnel(&lab, lab.on[1]);
     // The load's kept-alive connections and the tunnel are open on node2.
     wait_for("node2 serves the load", Duration::from_secs(10), || {
         open_connections(node2).is_some_and(|open| open >= 3)
@@ -101,25 +126,7 @@ fn a_scanning_nodes_drain_moves_its_clients_and_fails_no_request() {
     );
 
     // The idle tunnel is cut at the deadline, with a reset, not before.
-    tunnel
-        .set_read_timeout(Some(DRAIN_TIMEOUT + Duration::from_secs(5)))
-        .expect("timeout");
-    let read = tunnel.read(&mut [0u8; 64]);
-    let cut_after = drained_at.elapsed();
-    assert!(
-        matches!(&read, Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset),
-        "the tunnel should be reset at the drain's deadline, read {read:?} after {cut_after:?}"
-    );
-    assert!(
-        cut_after >= DRAIN_TIMEOUT - Duration::from_millis(300)
-            && cut_after < DRAIN_TIMEOUT + Duration::from_secs(2),
-        "tunnel cut after {cut_after:?}, drain_timeout {DRAIN_TIMEOUT:?}"
-    );
-    wait_for(
-        "node2 has no connection left",
-        Duration::from_secs(5),
-        || open_connections(node2) == Some(0),
-    );
+    assert_cut_at_the_deadline(tunnel, drained_at, node2);
 
     let report = load.finish();
     eprintln!(
@@ -229,26 +236,7 @@ fn a_directors_drain_keeps_its_connections_after_the_vip_moves() {
         lab.logs()
     );
     // ... until the drain's deadline resets it.
-    tunnel
-        .set_read_timeout(Some(DRAIN_TIMEOUT + Duration::from_secs(5)))
-        .expect("timeout");
-    let mut rest = Vec::new();
-    let read = tunnel.read_to_end(&mut rest);
-    let cut_after = drained_at.elapsed();
-    assert!(
-        matches!(&read, Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset),
-        "the tunnel should be reset at the drain's deadline, read {read:?} after {cut_after:?}"
-    );
-    assert!(
-        cut_after >= DRAIN_TIMEOUT - Duration::from_millis(300)
-            && cut_after < DRAIN_TIMEOUT + Duration::from_secs(2),
-        "tunnel cut after {cut_after:?}, drain_timeout {DRAIN_TIMEOUT:?}"
-    );
-    wait_for(
-        "node1 has no connection left",
-        Duration::from_secs(5),
-        || open_connections(node1) == Some(0),
-    );
+    assert_cut_at_the_deadline(tunnel, drained_at, node1);
 
     for (load, source) in loads.into_iter().zip(lab.on) {
         let report = load.finish();

@@ -3,37 +3,29 @@
 //! director must be detected and taken over within a few seconds with no request left
 //! hanging; a drain of the director must lose no response mid-way.
 
-use palisade_e2e::director_lab::{DirectorLab, ORIGIN_PORT};
+use palisade_e2e::director_lab::DirectorLab;
 use palisade_e2e::netns::require_netns;
 
 const BIN: &str = env!("CARGO_BIN_EXE_palisade");
 
-/// Runs a drill with `fault` from the client host and returns its JSON report.
+/// Runs a drill with `fault` from the client host, from a client node1 serves.
 fn drill(lab: &DirectorLab, fault: &str) -> serde_json::Value {
-    let nodes: Vec<String> = (lab.hosts.iter())
-        .map(|host| format!("{}=ip netns exec {} {BIN}", host.name, host.ns))
-        .collect();
-    let url = format!("http://{}:{ORIGIN_PORT}/big/2000", lab.origin.addr);
-    let output = lab
-        .client
-        .command(BIN)
-        .args(["drill", "--json", "--fault", fault])
-        .args(["--proxy", &format!("{}:9090", lab.vip), "--url", &url])
-        .args(["--source", &lab.on[0].to_string()])
-        .args(["--before", "2", "--after", "8", "--hang", "5"])
-        .args(["--connections", "4", "--rate", "40"])
-        .args(nodes.iter().flat_map(|node| ["--node", node.as_str()]))
-        .output()
-        .expect("palisade drill");
-    let report: serde_json::Value =
-        serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
-            panic!(
-                "drill report ({error}): {}\n{}\n{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr),
-                lab.logs()
-            )
-        });
+    let settings = [
+        "--before",
+        "2",
+        "--after",
+        "8",
+        "--hang",
+        "5",
+        "--connections",
+        "4",
+    ];
+    let report = lab.drill(
+        BIN,
+        fault,
+        lab.on[0],
+        &[&settings[..], &["--rate", "40"]].concat(),
+    );
     eprintln!("drill {fault}: {report}");
     report
 }

@@ -255,16 +255,7 @@ impl DirectorMessage {
                 let vips = &settings.vips[..settings.vips.len().min(MAX_LISTED)];
                 out.push(vips.len() as u8);
                 for vip in vips {
-                    match vip {
-                        IpAddr::V4(v4) => {
-                            out.push(4);
-                            out.extend_from_slice(&v4.octets());
-                        }
-                        IpAddr::V6(v6) => {
-                            out.push(6);
-                            out.extend_from_slice(&v6.octets());
-                        }
-                    }
+                    put_ip(&mut out, *vip);
                 }
                 out.extend_from_slice(&settings.advert_interval_cs.to_be_bytes());
                 out.push(settings.version);
@@ -375,11 +366,7 @@ impl DirectorMessage {
                 }
                 let mut vips = Vec::with_capacity(count);
                 for _ in 0..count {
-                    vips.push(match reader.u8()? {
-                        4 => IpAddr::V4(Ipv4Addr::from(reader.array::<4>()?)),
-                        6 => IpAddr::V6(Ipv6Addr::from(reader.array::<16>()?)),
-                        _ => return Err(WireError::Malformed("VIP address family")),
-                    });
+                    vips.push(reader.ip()?);
                 }
                 let advert_interval_cs = reader.u16()?;
                 let version = reader.u8()?;
@@ -483,7 +470,7 @@ impl DirectorMessage {
     }
 }
 
-/// An address and port: family (4 or 6), address, port.
+/// An address: family (4 or 6), then its octets.
 fn put_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
@@ -497,6 +484,7 @@ fn put_ip(out: &mut Vec<u8>, ip: IpAddr) {
     }
 }
 
+/// An address and port: the address as [`put_ip`], then the port.
 fn put_addr(out: &mut Vec<u8>, addr: SocketAddr) {
     match addr {
         SocketAddr::V4(v4) => {

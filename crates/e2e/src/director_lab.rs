@@ -111,6 +111,40 @@ impl DirectorLab {
         }
     }
 
+    /// Runs `palisade drill` (`binary`) with `fault` from the client host, its load from
+    /// `source`, reaching the nodes through `ip netns exec`; `settings` are further flags
+    /// (timing, load). Returns its JSON report.
+    pub fn drill(
+        &self,
+        binary: &str,
+        fault: &str,
+        source: Ipv4Addr,
+        settings: &[&str],
+    ) -> serde_json::Value {
+        let nodes: Vec<String> = (self.hosts.iter())
+            .map(|host| format!("{}=ip netns exec {} {binary}", host.name, host.ns))
+            .collect();
+        let url = format!("http://{}:{ORIGIN_PORT}/big/2000", self.origin.addr);
+        let output = self
+            .client
+            .command(binary)
+            .args(["drill", "--json", "--fault", fault])
+            .args(["--proxy", &format!("{}:9090", self.vip), "--url", &url])
+            .args(["--source", &source.to_string()])
+            .args(settings)
+            .args(nodes.iter().flat_map(|node| ["--node", node.as_str()]))
+            .output()
+            .unwrap_or_else(|error| panic!("palisade drill: {error}"));
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+            panic!(
+                "drill report ({error}): {}\n{}\n{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr),
+                self.logs()
+            )
+        })
+    }
+
     /// Both nodes' logs, for assertion messages.
     pub fn logs(&self) -> String {
         let read = |log: &Path| std::fs::read_to_string(log).unwrap_or_default();

@@ -1,0 +1,74 @@
+//! `palisade drill` for each of its faults against a fresh two-node lab (the nobody-hangs
+//! lab: director node1, scanning node2, 1 s adverts, heartbeat links), from the client host,
+//! with the load from a client of the node the fault hits, RUNS times each; prints a table
+//! of medians and every run's figures.
+//!
+//! Usage: drill-bench PALISADE_BINARY [RUNS] (needs root, iproute2, nftables)
+
+use palisade_e2e::director_lab::DirectorLab;
+
+const FAULTS: [&str; 5] = [
+    "kill-director",
+    "cut-director-link",
+    "stop-scanning-node",
+    "drain-director",
+    "drain-scanning-node",
+];
+
+/// The figures of one drill, as its JSON report has them.
+const FIELDS: [&str; 8] = [
+    "detection_ms",
+    "takeover_ms",
+    "first_success_after_failure_ms",
+    "failed_before_response",
+    "failed_mid_response",
+    "connections_lost",
+    "hanging",
+    "requests_after_fault",
+];
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let Some(binary) = args.next() else {
+        eprintln!("usage: drill-bench PALISADE_BINARY [RUNS]");
+        std::process::exit(2);
+    };
+    let runs: usize = args.next().and_then(|runs| runs.parse().ok()).unwrap_or(3);
+    println!("| fault | {} |", FIELDS.join(" | "));
+    println!("|---|{}|", FIELDS.map(|_| "---:").join("|"));
+    for fault in FAULTS {
+        let mut reports = Vec::new();
+        for _ in 0..runs {
+            let lab = DirectorLab::new(&binary);
+            reports.push(drill(&lab, &binary, fault));
+        }
+        let median = |field: &str| {
+            let mut values: Vec<u64> = (reports.iter())
+                .filter_map(|report| report[field].as_u64())
+                .collect();
+            values.sort_unstable();
+            match values.get(values.len() / 2) {
+                Some(value) if values.len() == reports.len() => value.to_string(),
+                Some(value) => format!("{value} ({} of {})", values.len(), reports.len()),
+                None => "-".to_owned(),
+            }
+        };
+        let cells: Vec<String> = FIELDS.iter().map(|field| median(field)).collect();
+        println!("| {fault} | {} |", cells.join(" | "));
+        for report in &reports {
+            eprintln!("{fault}: {report}");
+        }
+    }
+}
+
+fn drill(lab: &DirectorLab, binary: &str, fault: &str) -> serde_json::Value {
+    // A client of the node the fault hits: node1 directs, node2 scans.
+    let source = if fault.ends_with("scanning-node") {
+        lab.on[1]
+    } else {
+        lab.on[0]
+    };
+    let settings = ["--before", "2", "--after", "12", "--hang", "10"];
+    let load = ["--connections", "8", "--rate", "100"];
+    lab.drill(binary, fault, source, &[&settings[..], &load[..]].concat())
+}
