@@ -46,16 +46,21 @@ fn a_drill_that_kills_the_director_reports_the_takeover_and_nobody_hanging() {
             .as_u64()
             .is_some_and(|detection| detection <= takeover)
     );
+    // At most the request in flight on each of the 4 connections is lost (whether one was
+    // in flight at the kill is chance), and service comes back within seconds.
+    let failed = report["failed_before_response"].as_u64().unwrap_or(0)
+        + report["failed_mid_response"].as_u64().unwrap_or(0);
+    assert!(failed <= 4, "only requests in flight are lost: {report}");
     assert!(
-        report["failed_before_response"].as_u64().unwrap_or(0)
-            + report["failed_mid_response"].as_u64().unwrap_or(0)
-            > 0,
-        "killing the director fails the requests it had: {report}"
+        report["requests_ok"].as_u64().unwrap_or(0) >= 250,
+        "the load ran on: {report}"
     );
-    let back = report["first_success_after_failure_ms"]
-        .as_u64()
-        .expect("service came back");
-    assert!(back < 6_000, "first success {back} ms after the fault");
+    if failed > 0 {
+        let back = report["first_success_after_failure_ms"]
+            .as_u64()
+            .expect("service came back");
+        assert!(back < 6_000, "first success {back} ms after the fault");
+    }
 }
 
 #[test]
