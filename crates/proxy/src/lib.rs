@@ -343,9 +343,6 @@ impl Proxy {
                 },
                 _ => None,
             };
-            if dispatch.is_some() {
-                keep_replies_from_vip(&stream);
-            }
             let ending = self.drain.ending();
             tracker.spawn(async move {
                 let _slots = (slot, source_slot);
@@ -426,11 +423,12 @@ impl Proxy {
     }
 }
 
-/// Lets a connection accepted on a redirect port keep answering from its VIP after the VIP
-/// has moved (`IP_TRANSPARENT`): a director's drain hands the VIP over and still serves the
+/// Lets a connection this node directs keep answering from its VIP after the VIP has moved
+/// (`IP_TRANSPARENT`; set only on a director, so a node without the privilege that directs
+/// nothing never warns): a director's drain hands the VIP over and still serves the
 /// connections it has, whose packets the next director sends back (the second chance).
 /// Without `CAP_NET_ADMIN` the option is refused; then such a drain resets them instead.
-fn keep_replies_from_vip(stream: &TcpStream) {
+pub(crate) fn keep_replies_from_vip(stream: &TcpStream) {
     static WARNED: std::sync::Once = std::sync::Once::new();
     let socket = socket2::SockRef::from(stream);
     let set = match stream.local_addr() {

@@ -155,6 +155,8 @@ impl Proxy {
         // Until the relay ends in order, this client's socket closes with a reset (also when
         // this process dies).
         reset_unless_orderly(&stream);
+        // This node directs: should it drain, the connection outlives its VIP here.
+        crate::keep_replies_from_vip(&stream);
         let count = |node| Counted {
             dispatch: dispatch.clone(),
             local,
