@@ -278,7 +278,7 @@ impl Control {
             tracing::warn!(node = %self.node, "node resumed: back in every HA group");
         }
         if let Some(closing) = self.closing_slot().take() {
-            closing.stop.cancel();
+            closing.over.cancel();
         }
         if let Some((proxy, _)) = &self.proxy {
             proxy.resume_connections();
@@ -305,11 +305,12 @@ impl Control {
 struct Closing {
     started: std::time::Instant,
     deadline: std::time::Instant,
-    /// A resume: the deadline no longer applies.
-    stop: tokio_util::sync::CancellationToken,
+    /// Cancelled when it is over: every connection closed, the deadline cut the rest, or a
+    /// resume.
+    over: tokio_util::sync::CancellationToken,
     /// Groups whose connections came back to this director after its VIPs moved: their
-    /// second chance ends with the drain.
-    handovers: Arc<std::sync::Mutex<Vec<u8>>>,
+    /// second chance ends with the drain. `None` once it has ended.
+    handovers: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
 }
 
 /// How often a drain looks whether every connection has closed.
@@ -332,35 +333,38 @@ impl Control {
         };
         proxy.drain_connections();
         let mut slot = self.closing_slot();
-        if let Some(closing) = slot.as_ref() {
-            (closing.handovers.lock())
+        if let Some(closing) = slot.as_ref()
+            && let Some(running) = (closing.handovers.lock())
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .extend(handovers);
+                .as_mut()
+        {
+            running.extend(handovers);
             return;
         }
         let started = std::time::Instant::now();
-        let stop = tokio_util::sync::CancellationToken::new();
-        let handovers = Arc::new(std::sync::Mutex::new(handovers));
+        let over = tokio_util::sync::CancellationToken::new();
+        let handovers = Arc::new(std::sync::Mutex::new(Some(handovers)));
         *slot = Some(Closing {
             started,
             deadline: started + timeout,
-            stop: stop.clone(),
+            over: over.clone(),
             handovers: handovers.clone(),
         });
         let director = self.director.clone();
+        let resumed = over.clone();
         // Whichever way the drain ends, the second chance ends with it.
-        let end_handovers = move || {
-            let vrids = std::mem::take(
-                &mut *handovers
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner),
-            );
+        let end = move || {
+            let vrids = (handovers.lock())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            over.cancel();
             if let Some(director) = &director {
-                for vrid in vrids {
+                for vrid in vrids.into_iter().flatten() {
                     director.end_handover(vrid);
                 }
             }
         };
+
         tracing::info!(
             open = proxy.open_connections(),
             timeout = ?timeout,
@@ -375,7 +379,7 @@ impl Control {
                         after_ms = started.elapsed().as_millis() as u64,
                         "drain: every connection has closed"
                     );
-                    end_handovers();
+                    end();
                     return;
                 }
                 if tokio::time::Instant::now() >= deadline {
@@ -384,13 +388,13 @@ impl Control {
                         "drain_timeout reached: cutting the connections still open (tunnels, long downloads)"
                     );
                     proxy.cut_connections();
-                    end_handovers();
+                    end();
                     return;
                 }
                 let next = (tokio::time::Instant::now() + CLOSING_POLL).min(deadline);
                 tokio::select! {
-                    () = stop.cancelled() => {
-                        end_handovers();
+                    () = resumed.cancelled() => {
+                        end();
                         return;
                     }
                     () = tokio::time::sleep_until(next) => {}
@@ -409,7 +413,9 @@ impl Control {
             "open": proxy.open_connections().max(0),
             "closing": proxy.draining(),
         });
-        if let Some(closing) = self.closing_slot().as_ref() {
+        if let Some(closing) = self.closing_slot().as_ref()
+            && !closing.over.is_cancelled()
+        {
             value["closing_for_ms"] = (closing.started.elapsed().as_millis() as u64).into();
             value["cut_in_ms"] = (closing
                 .deadline

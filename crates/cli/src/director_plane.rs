@@ -31,9 +31,9 @@ use palisade_vrrp_linux::driver::{GroupHandle, GroupStatus};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// Members report this often.
 mod handover;
 
+/// Members report this often.
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// A director shares the changes to its in-process connections at most this often; a new
 /// director's first report, and dead directors, are looked at this often too.

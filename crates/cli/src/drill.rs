@@ -176,11 +176,10 @@ pub fn drill(args: DrillArgs) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     let started = Instant::now();
     let adverts = watch_adverts(started);
-    let timeline = runtime.block_on(run_load(&args, started, inject))?;
+    let mut timeline = runtime.block_on(run_load(&args, started, inject))?;
     if let Some(mut undo) = undo {
         let _ = undo.stdout(to_stderr()).status();
     }
-    let mut timeline = timeline;
     let seen = adverts
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -382,11 +381,8 @@ async fn run_load(
         }));
     }
     tokio::time::sleep_until(tokio::time::Instant::from_std(started + before)).await;
-    fault_ms.store(
-        started.elapsed().as_millis() as u64,
-        std::sync::atomic::Ordering::Relaxed,
-    );
-    let fault_at = fault_ms.load(std::sync::atomic::Ordering::Relaxed);
+    let fault_at = started.elapsed().as_millis() as u64;
+    fault_ms.store(fault_at, std::sync::atomic::Ordering::Relaxed);
     let mut child = inject.spawn().context("cannot run the fault's command")?;
     for worker in workers {
         let _ = worker.await;

@@ -2,13 +2,16 @@
 //! each of its clients (issue 12), sans-IO: the director's own list of the connections it
 //! serves in-process ([`Share`], shared with the group as changes), what a member knows of
 //! other directors' connections ([`Known`]: their shares, and scanning nodes' orphans), and
-//! when a director counts as dead ([`confirmed_dead`]).
+//! when a director counts as dead ([`confirmed_dead`]); and what a member does with a
+//! draining director's handover messages ([`handover_step`], issue 12 §2).
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::time::Duration;
 
 use palisade_identity::NodeId;
 
-use crate::wire::{Connection, ConnectionList, ListKind};
+use crate::wire::{Connection, ConnectionList, Handover, HandoverPhase, ListKind};
 
 /// Connections listed at most per director (its own share, or what is known of another's).
 pub const SHARE_MAX: usize = 262_144;
@@ -132,6 +135,55 @@ impl Known {
         self.by_director
             .remove(&(vrid, director))
             .unwrap_or_default()
+    }
+}
+
+/// A member forwards this much longer than a draining director asked (its `Done` may be
+/// late or lost).
+pub const FORWARD_MARGIN: Duration = Duration::from_secs(5);
+/// The longest a member forwards for, whatever a director asks.
+pub const FORWARD_MAX: Duration = Duration::from_secs(3600);
+
+/// What a member does with a handover message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandoverStep {
+    /// A member confirms it forwards this node's connections (this node drains).
+    Confirmed,
+    /// Send packets of connections not seen starting here to `to`, for at most `for_at_most`
+    /// (the margin included), and close what the director relays here after each response.
+    Forward { to: IpAddr, for_at_most: Duration },
+    /// The director's drain is over: stop forwarding, keep its connections alive again.
+    Stop,
+    /// Not for this node.
+    Ignore,
+    /// Refused, with the reason for the log.
+    Refuse(&'static str),
+}
+
+/// The rules of a drain's second chance for a member `me` that got `handover` from `from`,
+/// its VRRP knowing `master` as the group's master: only a director begins or ends its own
+/// drain; packets go back only to the group's master (a member cannot have another's
+/// traffic sent to an address of its choosing), for at most [`FORWARD_MAX`].
+pub fn handover_step(
+    me: NodeId,
+    from: NodeId,
+    handover: &Handover,
+    master: Option<IpAddr>,
+) -> HandoverStep {
+    match handover.phase {
+        HandoverPhase::Ready if handover.director == me => HandoverStep::Confirmed,
+        HandoverPhase::Ready => HandoverStep::Ignore,
+        _ if handover.director != from => {
+            HandoverStep::Refuse("only a director may begin or end its own drain")
+        }
+        HandoverPhase::Begin { forward_to, .. } if master != Some(forward_to) => {
+            HandoverStep::Refuse("its address is not the group's master here")
+        }
+        HandoverPhase::Begin { forward_to, for_ms } => HandoverStep::Forward {
+            to: forward_to,
+            for_at_most: Duration::from_millis(u64::from(for_ms)).min(FORWARD_MAX) + FORWARD_MARGIN,
+        },
+        HandoverPhase::Done => HandoverStep::Stop,
     }
 }
 
@@ -289,5 +341,82 @@ mod tests {
         );
         known.forget(node(director));
         assert_eq!(known.directors().count(), 0);
+    }
+
+    #[test]
+    fn a_member_forwards_only_a_directors_own_drain_to_the_master_it_knows_for_a_bounded_time() {
+        let (me, director, other) = (
+            NodeId::from_bytes([1; 16]),
+            NodeId::from_bytes([2; 16]),
+            NodeId::from_bytes([3; 16]),
+        );
+        let master = IpAddr::from([10, 0, 0, 2]);
+        let handover = |director, phase| Handover {
+            vrid: 51,
+            director,
+            phase,
+        };
+        let begin = |for_ms| HandoverPhase::Begin {
+            forward_to: master,
+            for_ms,
+        };
+        assert_eq!(
+            handover_step(
+                me,
+                director,
+                &handover(director, begin(30_000)),
+                Some(master)
+            ),
+            HandoverStep::Forward {
+                to: master,
+                for_at_most: Duration::from_secs(30) + FORWARD_MARGIN
+            }
+        );
+        assert_eq!(
+            handover_step(
+                me,
+                director,
+                &handover(director, begin(u32::MAX)),
+                Some(master)
+            ),
+            HandoverStep::Forward {
+                to: master,
+                for_at_most: FORWARD_MAX + FORWARD_MARGIN
+            },
+            "capped"
+        );
+        assert!(matches!(
+            handover_step(me, other, &handover(director, begin(1)), Some(master)),
+            HandoverStep::Refuse(_)
+        ));
+        assert!(matches!(
+            handover_step(
+                me,
+                director,
+                &handover(director, begin(1)),
+                Some(IpAddr::from([10, 0, 0, 9]))
+            ),
+            HandoverStep::Refuse(_)
+        ));
+        assert!(matches!(
+            handover_step(me, director, &handover(director, begin(1)), None),
+            HandoverStep::Refuse(_)
+        ));
+        assert_eq!(
+            handover_step(me, director, &handover(director, HandoverPhase::Done), None),
+            HandoverStep::Stop
+        );
+        assert!(matches!(
+            handover_step(me, other, &handover(director, HandoverPhase::Done), None),
+            HandoverStep::Refuse(_)
+        ));
+        assert_eq!(
+            handover_step(me, other, &handover(me, HandoverPhase::Ready), None),
+            HandoverStep::Confirmed
+        );
+        assert_eq!(
+            handover_step(me, other, &handover(director, HandoverPhase::Ready), None),
+            HandoverStep::Ignore
+        );
     }
 }

@@ -91,8 +91,6 @@ pub struct RelayedClients {
     next: AtomicU64,
     by_director: Mutex<HashMap<NodeId, DirectorRelays>>,
     recent: Mutex<std::collections::VecDeque<Ended>>,
-    /// Directors that drain, until when: what they relay closes after its response.
-    draining: Mutex<HashMap<NodeId, std::time::Instant>>,
 }
 
 /// A connection that ended: when, its director, (client, the address it connected to).
@@ -109,8 +107,27 @@ struct DirectorRelays {
     cut: CancellationToken,
     /// Cancelled when this director drains: its connections close after their response.
     close: CancellationToken,
+    /// Until when this director drains (what it relays meanwhile closes after one response);
+    /// kept while it drains even with no connection listed.
+    draining_until: Option<std::time::Instant>,
     /// Each connection's client and the address it connected to (a VIP and redirect port).
     clients: HashMap<u64, (SocketAddr, SocketAddr)>,
+}
+
+impl DirectorRelays {
+    /// Whether the director drains now; a drain that lapsed is forgotten, and connections
+    /// relayed from then on are kept alive again.
+    fn draining(&mut self) -> bool {
+        match self.draining_until {
+            Some(until) if until > std::time::Instant::now() => true,
+            Some(_) => {
+                self.draining_until = None;
+                self.close = CancellationToken::new();
+                false
+            }
+            None => false,
+        }
+    }
 }
 
 /// One listed connection: unlisted when dropped.
@@ -127,7 +144,7 @@ impl Drop for Listed<'_> {
             return;
         };
         let ended = relays.clients.remove(&self.id);
-        if relays.clients.is_empty() {
+        if relays.clients.is_empty() && !relays.draining() {
             by_director.remove(&self.director);
         }
         drop(by_director);
@@ -163,16 +180,6 @@ impl RelayedClients {
         recent
     }
 
-    fn draining(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, std::time::Instant>> {
-        let mut draining = self
-            .draining
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = std::time::Instant::now();
-        draining.retain(|_, until| *until > now);
-        draining
-    }
-
     /// Lists a connection `director` relays here: its listing, what cuts it and what
     /// closes it after its response.
     fn list(
@@ -182,16 +189,11 @@ impl RelayedClients {
         to: SocketAddr,
     ) -> (Listed<'_>, CancellationToken, CancellationToken) {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let draining = self.draining().contains_key(&director);
         let mut by_director = self.lock();
         let relays = by_director.entry(director).or_default();
         relays.clients.insert(id, (client, to));
-        if draining {
-            relays.close.cancel();
-        } else if relays.close.is_cancelled() {
-            // Its drain lapsed: later connections are kept alive again.
-            relays.close = CancellationToken::new();
-        }
+        // A lapsed drain is forgotten here (a fresh close token).
+        relays.draining();
         let (cut, close) = (relays.cut.clone(), relays.close.clone());
         (
             Listed {
@@ -208,19 +210,22 @@ impl RelayedClients {
     /// `for_at_most`) closes after its current response, idle ones at once. Its clients'
     /// packets reach it only until its drain ends.
     pub fn close_director(&self, director: NodeId, for_at_most: Duration) {
-        self.draining()
-            .insert(director, std::time::Instant::now() + for_at_most);
-        if let Some(relays) = self.lock().get(&director) {
-            relays.close.cancel();
-        }
+        let mut by_director = self.lock();
+        let relays = by_director.entry(director).or_default();
+        relays.draining_until = Some(std::time::Instant::now() + for_at_most);
+        relays.close.cancel();
     }
 
     /// `director` is back in service (or its drain ended): connections it relays from now on
     /// are kept alive as usual.
     pub fn resume_director(&self, director: NodeId) {
-        self.draining().remove(&director);
-        if let Some(relays) = self.lock().get_mut(&director) {
+        let mut by_director = self.lock();
+        if let Some(relays) = by_director.get_mut(&director) {
+            relays.draining_until = None;
             relays.close = CancellationToken::new();
+            if relays.clients.is_empty() {
+                by_director.remove(&director);
+            }
         }
     }
 
@@ -259,7 +264,11 @@ impl RelayedClients {
 
     /// The directors that relay connections here now or did within [`RECENT`].
     pub fn directors(&self) -> Vec<NodeId> {
-        let mut directors: Vec<NodeId> = self.lock().keys().copied().collect();
+        // A draining director stays in the map without connections: not listed here.
+        let mut directors: Vec<NodeId> = (self.lock().iter())
+            .filter(|(_, relays)| !relays.clients.is_empty())
+            .map(|(director, _)| *director)
+            .collect();
         for (_, director, _) in self.recent().iter() {
             if !directors.contains(director) {
                 directors.push(*director);

@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use palisade_director::takeover::{self, HandoverStep};
 use palisade_director::{DirectorMessage, Handover, HandoverPhase};
 use palisade_identity::NodeId;
 use palisade_vrrp::State;
@@ -20,11 +21,6 @@ use super::{DirectorPlane, OwnReport};
 
 /// How long a draining director waits for the members to confirm their forwarding.
 const READY_WAIT: Duration = Duration::from_secs(2);
-/// A member forwards this much longer than the director's drain may last (its `Done` may be
-/// late or lost).
-const FORWARD_MARGIN: Duration = Duration::from_secs(5);
-/// The longest drain a member forwards for, whatever a director asks.
-const FORWARD_MAX: Duration = Duration::from_secs(3600);
 
 /// A drain's second chance, as this node takes part in it.
 #[derive(Default)]
@@ -102,18 +98,18 @@ impl DirectorPlane {
         let all_ready = |ready: &HashSet<(u8, NodeId)>| {
             (members.iter()).all(|member| ready.contains(&(vrid, *member)))
         };
-        let waited = tokio::time::timeout(READY_WAIT, ready.wait_for(all_ready)).await;
-        let confirmed = (members.iter())
-            .filter(|member| self.ready.borrow().contains(&(vrid, **member)))
-            .count();
-        if waited.is_err() {
-            let missing: Vec<String> = (members.iter())
-                .filter(|member| !self.ready.borrow().contains(&(vrid, **member)))
-                .map(|member| self.name_of(*member).to_string())
+        let _ = tokio::time::timeout(READY_WAIT, ready.wait_for(all_ready)).await;
+        let (confirmed, missing): (Vec<NodeId>, Vec<NodeId>) = {
+            let ready = self.ready.borrow();
+            (members.iter()).partition(|member| ready.contains(&(vrid, **member)))
+        };
+        if !missing.is_empty() {
+            let missing: Vec<Arc<str>> = (missing.into_iter())
+                .map(|member| self.name_of(member))
                 .collect();
             tracing::warn!(instance = vrid, missing = ?missing, "drain: not every member confirmed it will send back this director's connections within {READY_WAIT:?}; if one of them takes the VIP, the connections through this director are reset");
         }
-        Ok(confirmed)
+        Ok(confirmed.len())
     }
 
     /// This director's drain of group `vrid` is over (its connections ended or were cut):
@@ -144,39 +140,30 @@ impl DirectorPlane {
             return;
         };
         let name = self.name_of(from);
-        match handover.phase {
-            HandoverPhase::Ready if handover.director == self.me => {
-                self.ready.send_modify(|ready| {
-                    ready.insert((handover.vrid, from));
-                });
+        let master = group.status.borrow().master;
+        match takeover::handover_step(self.me, from, &handover, master) {
+            HandoverStep::Confirmed => self.ready.send_modify(|ready| {
+                ready.insert((handover.vrid, from));
+            }),
+            HandoverStep::Ignore => {}
+            HandoverStep::Refuse(why) => {
+                tracing::warn!(instance = handover.vrid, node = %name, master = ?master, "director: handover from {name} refused: {why}; its connections are not sent back");
             }
-            HandoverPhase::Ready => {}
-            // Only a director drains itself.
-            _ if handover.director != from => {
-                tracing::warn!(node = %name, "director: handover for another node refused");
-            }
-            HandoverPhase::Begin { forward_to, for_ms } => {
-                let for_at_most = Duration::from_millis(u64::from(for_ms)).min(FORWARD_MAX);
-                let (interface, vips, master) = {
-                    let status = group.status.borrow();
-                    (status.interface.clone(), status.vips.clone(), status.master)
-                };
-                // Packets go back only to the group's master as VRRP knows it: a member
-                // cannot have another's traffic sent to an address of its choosing.
-                if master != Some(forward_to) {
-                    tracing::warn!(instance = handover.vrid, director = %name, %forward_to, master = ?master, "director {name} drains, but {forward_to} is not the group's master here: its connections are not sent back");
-                    return;
-                }
+            HandoverStep::Forward { to, for_at_most } => {
                 if let Some(relayed) = &own.relayed {
-                    relayed.close_director(from, for_at_most + FORWARD_MARGIN);
+                    relayed.close_director(from, for_at_most);
                 }
+                let (interface, vips) = {
+                    let status = group.status.borrow();
+                    (status.interface.clone(), status.vips.clone())
+                };
                 let ports = group.settings.redirect_ports.clone();
                 let (plane, vrid) = (self.clone(), handover.vrid);
                 tokio::spawn(async move {
-                    match Forwarding::install(vrid, forward_to, &interface, &vips, &ports).await {
+                    match Forwarding::install(vrid, to, &interface, &vips, &ports).await {
                         Ok(forwarding) => {
-                            tracing::info!(instance = vrid, director = %name, %forward_to, "director {name} drains: packets of its connections that reach this node go back to it for at most {for_at_most:?}");
-                            let until = Instant::now() + for_at_most + FORWARD_MARGIN;
+                            tracing::info!(instance = vrid, director = %name, forward_to = %to, "director {name} drains: packets of its connections that reach this node go back to it for at most {for_at_most:?}");
+                            let until = Instant::now() + for_at_most;
                             let replaced = plane
                                 .handovers()
                                 .forwarding
@@ -199,7 +186,7 @@ impl DirectorPlane {
                     }
                 });
             }
-            HandoverPhase::Done => {
+            HandoverStep::Stop => {
                 let ended = self.handovers().forwarding.remove(&(handover.vrid, from));
                 if ended.is_some() {
                     tracing::info!(instance = handover.vrid, director = %name, "director {name} finished its drain: its connections are no longer sent back to it");
