@@ -61,11 +61,17 @@ pub(crate) fn request(
 
 /// `palisade status`: the node's HA groups.
 pub fn status(admin: SocketAddr, json: bool) -> anyhow::Result<()> {
-    let (code, value) = request(admin, "GET", "/status", None, Duration::from_secs(5))?;
+    let (code, mut value) = request(admin, "GET", "/status", None, Duration::from_secs(5))?;
     if code != 200 {
         anyhow::bail!("admin API answered {code}: {value}");
     }
     if json {
+        // The director's view too (as the text shows it): which members it chooses now.
+        if let Ok((200, director)) =
+            request(admin, "GET", "/director", None, Duration::from_secs(5))
+        {
+            value["director"] = director;
+        }
         println!("{value:#}");
         return Ok(());
     }

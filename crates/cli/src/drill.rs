@@ -1,6 +1,7 @@
 //! `palisade drill`: a fault of the operator's choice injected into a test cluster while
 //! steady traffic goes through the VIP, and what clients saw: time to detection and to VIP
-//! takeover (VRRP adverts seen on the wire), to the first success after the first failure,
+//! takeover (VRRP adverts seen on the wire; for a scanning node's fault, detection is when
+//! the director's view, polled every 100 ms, has it out), to the first success after the first failure,
 //! the requests and kept-alive connections lost, and the requests left hanging (neither an
 //! answer nor an error within `--hang`: must be 0).
 //!
@@ -89,6 +90,7 @@ enum Target {
 }
 
 /// A node as `--node NAME=COMMAND` names it.
+#[derive(Clone)]
 struct Node {
     name: String,
     command: String,
@@ -112,28 +114,75 @@ impl Node {
         command
     }
 
-    /// Whether this node directs a group now (`status --json`).
-    fn directs(&self) -> anyhow::Result<bool> {
+    /// `status --json`: its groups, and its director's view of the members.
+    fn status(&self) -> anyhow::Result<serde_json::Value> {
         let output = self
             .run("status --json")
             .output()
             .with_context(|| format!("{}: cannot run {}", self.name, self.command))?;
-        let status: serde_json::Value = serde_json::from_slice(&output.stdout)
-            .with_context(|| format!("{}: `status --json` answered no JSON", self.name))?;
-        Ok((status["groups"].as_array().into_iter().flatten())
-            .any(|group| group["state"] == "MASTER"))
+        serde_json::from_slice(&output.stdout)
+            .with_context(|| format!("{}: `status --json` answered no JSON", self.name))
     }
+}
+
+/// Whether the node whose `status --json` this is directs a group now.
+fn directs(status: &serde_json::Value) -> bool {
+    (status["groups"].as_array().into_iter().flatten()).any(|group| group["state"] == "MASTER")
+}
+
+/// Whether the director's view in `status` (its `status --json`) has `member` out of its
+/// choice (drained, failed, its reports missed), in any group.
+fn member_out(status: &serde_json::Value, member: &str) -> bool {
+    let groups = status["director"]["groups"]
+        .as_array()
+        .into_iter()
+        .flatten();
+    (groups.flat_map(|group| group["members"].as_array().into_iter().flatten())).any(|node| {
+        node["name"] == member && node["state"].as_str().is_some_and(|state| state != "in")
+    })
+}
+
+/// Polls `director`'s view every 100 ms (from a thread) and records when (ms since
+/// `started`) it had `member` out of its choice: a scanning node's fault changes no VRRP
+/// advert, so its detection is the director taking it out. Stops once `done` is set.
+fn watch_member_out(
+    director: Node,
+    member: String,
+    started: Instant,
+    done: Arc<std::sync::atomic::AtomicBool>,
+) -> Arc<Mutex<Vec<u64>>> {
+    let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            if director
+                .status()
+                .is_ok_and(|status| member_out(&status, &member))
+            {
+                // When the answer came: never earlier than the director knew.
+                let at = started.elapsed().as_millis() as u64;
+                record
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(at);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    seen
 }
 
 pub fn drill(args: DrillArgs) -> anyhow::Result<()> {
     let nodes = (args.nodes.iter())
         .map(|text| Node::parse(text))
         .collect::<anyhow::Result<Vec<Node>>>()?;
-    // What to run at the fault, and what after.
-    let (inject, undo, target_name): (
+    // What to run at the fault, what after, and for a scanning node's fault the director
+    // whose view tells when it took the node out.
+    let (inject, undo, target_name, watch): (
         std::process::Command,
         Option<std::process::Command>,
         String,
+        Option<(Node, String)>,
     ) = match (&args.fault, &args.fault_command) {
         (Some(fault), None) => {
             let (_, target, run, undo) = FAULTS
@@ -146,26 +195,33 @@ pub fn drill(args: DrillArgs) -> anyhow::Result<()> {
             let mut director = None;
             let mut scanning = None;
             for node in &nodes {
-                if node.directs()? {
+                let status = node.status()?;
+                if directs(&status) {
                     director.get_or_insert(node);
                 } else {
-                    scanning.get_or_insert(node);
+                    // Its name as the director's view has it.
+                    let name = status["node"].as_str().unwrap_or(&node.name).to_owned();
+                    scanning.get_or_insert((node, name));
                 }
             }
-            let node = match target {
-                Target::Director => director.context("no --node directs a group now")?,
-                Target::Scanning => scanning.context("no --node is a scanning node only")?,
+            let (node, watch) = match target {
+                Target::Director => (director.context("no --node directs a group now")?, None),
+                Target::Scanning => {
+                    let (node, name) = scanning.context("no --node is a scanning node only")?;
+                    (node, director.map(|director| (director.clone(), name)))
+                }
             };
             (
                 node.run(run),
                 undo.map(|undo| node.run(undo)),
                 node.name.clone(),
+                watch,
             )
         }
         (None, Some(command)) => {
             let mut shell = std::process::Command::new("sh");
             shell.args(["-c", command]);
-            (shell, None, "--fault-command".to_owned())
+            (shell, None, "--fault-command".to_owned(), None)
         }
         _ => anyhow::bail!("name one fault: --fault NAME or --fault-command COMMAND"),
     };
@@ -176,7 +232,11 @@ pub fn drill(args: DrillArgs) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     let started = Instant::now();
     let adverts = watch_adverts(started);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let out_seen = (watch.clone())
+        .map(|(director, member)| watch_member_out(director, member, started, done.clone()));
     let mut timeline = runtime.block_on(run_load(&args, started, inject))?;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
     if let Some(mut undo) = undo {
         let _ = undo.stdout(to_stderr()).status();
     }
@@ -185,6 +245,15 @@ pub fn drill(args: DrillArgs) -> anyhow::Result<()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
     (timeline.detected_ms, timeline.takeover_ms) = takeover(&seen, timeline.fault_ms);
+    if let Some(out_seen) = out_seen {
+        // The VIP does not move: detection is the director's.
+        let fault_ms = timeline.fault_ms;
+        timeline.detected_ms = (out_seen.lock())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .copied()
+            .find(|at| *at >= fault_ms);
+    }
     let report = report::summarize(&timeline, args.hang * 1_000);
     let fault = args.fault.clone().unwrap_or_else(|| "command".to_owned());
     if args.json {
@@ -482,6 +551,26 @@ mod tests {
         assert_eq!(takeover(&crash, 1_500), (Some(4_600), Some(4_600)));
         // A fault that moves nothing.
         assert_eq!(takeover(&crash[..2], 1_500), (None, None));
+    }
+
+    #[test]
+    fn a_member_is_out_when_the_directors_view_says_anything_but_in() {
+        let status = |state: &str| {
+            serde_json::json!({
+                "groups": [{ "state": "MASTER" }],
+                "director": { "groups": [{ "members": [
+                    { "name": "node1", "state": "in" },
+                    { "name": "node2", "state": state },
+                ] }] },
+            })
+        };
+        assert!(directs(&status("in")));
+        assert!(!member_out(&status("in"), "node2"));
+        assert!(member_out(&status("out: drained"), "node2"));
+        assert!(!member_out(&status("out: drained"), "node1"));
+        assert!(!member_out(&status("out: drained"), "node3"));
+        // A node without a director view (no `director` key) has nobody out.
+        assert!(!member_out(&serde_json::json!({ "groups": [] }), "node2"));
     }
 
     #[test]

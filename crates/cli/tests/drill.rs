@@ -1,15 +1,22 @@
 //! `palisade drill` against a two-node lab (issue 12 §3): run from the client host, it
 //! reaches the nodes through `ip netns exec`, injects the fault and reports. A crash of the
 //! director must be detected and taken over within a few seconds with no request left
-//! hanging; a drain of the director must lose no response mid-way.
+//! hanging; a drain of the director must lose no response mid-way; a drain of a scanning
+//! node must lose nothing, and the drill must see the director take the node out.
 
 use palisade_e2e::director_lab::DirectorLab;
 use palisade_e2e::netns::require_netns;
 
 const BIN: &str = env!("CARGO_BIN_EXE_palisade");
 
-/// Runs a drill with `fault` from the client host, from a client node1 serves.
+/// Runs a drill with `fault` from the client host, from a client of the node it hits
+/// (node1 directs, node2 scans).
 fn drill(lab: &DirectorLab, fault: &str) -> serde_json::Value {
+    let source = if fault.ends_with("scanning-node") {
+        lab.on[1]
+    } else {
+        lab.on[0]
+    };
     let settings = [
         "--before",
         "2",
@@ -23,7 +30,7 @@ fn drill(lab: &DirectorLab, fault: &str) -> serde_json::Value {
     let report = lab.drill(
         BIN,
         fault,
-        lab.on[0],
+        source,
         &[&settings[..], &["--rate", "40"]].concat(),
     );
     eprintln!("drill {fault}: {report}");
@@ -79,6 +86,30 @@ fn a_drill_that_drains_the_director_loses_no_response() {
     );
     assert!(
         report["requests_ok"].as_u64().unwrap_or(0) >= 200,
+        "{report}"
+    );
+}
+
+#[test]
+fn a_drill_that_drains_a_scanning_node_sees_the_director_take_it_out() {
+    if !require_netns("a_drill_that_drains_a_scanning_node_sees_the_director_take_it_out") {
+        return;
+    }
+    let lab = DirectorLab::new(BIN);
+    let report = drill(&lab, "drain-scanning-node");
+    assert_eq!(report["target"], "node2");
+    assert_eq!(report["hanging"], 0, "{report}");
+    // The VIP stays; detection is the director's view of node2, polled every 100 ms.
+    assert!(report["takeover_ms"].is_null(), "{report}");
+    let detection = report["detection_ms"]
+        .as_u64()
+        .expect("the director took node2 out");
+    assert!(detection < 3_000, "detected after {detection} ms: {report}");
+    let failed = report["failed_before_response"].as_u64().unwrap_or(0)
+        + report["failed_mid_response"].as_u64().unwrap_or(0);
+    assert_eq!(failed, 0, "a drain loses nothing: {report}");
+    assert!(
+        report["requests_ok"].as_u64().unwrap_or(0) >= 250,
         "{report}"
     );
 }

@@ -31,6 +31,21 @@ pub struct DirectorLab {
     _runtime: tokio::runtime::Runtime,
 }
 
+/// An origin on `host`'s lab address, port [`ORIGIN_PORT`], and the runtime serving it.
+pub fn lab_origin(host: &LabHost) -> (Origin, tokio::runtime::Runtime) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|error| panic!("{error}"));
+    let listener = in_namespace(&host.ns, || {
+        std::net::TcpListener::bind(("0.0.0.0", ORIGIN_PORT))
+    })
+    .unwrap_or_else(|error| panic!("origin bind: {error}"));
+    let origin = runtime.block_on(Origin::start_listening(listener));
+    (origin, runtime)
+}
+
 impl DirectorLab {
     /// Starts both nodes (`binary`) and waits until each serves a client address.
     pub fn new(binary: &str) -> DirectorLab {
@@ -43,16 +58,7 @@ impl DirectorLab {
         let dir = crate::node::TempDir::new("palisade-nobody-hangs");
         let vip = lab.spare_addr(100);
         let (client, origin_host) = (lab.host("client").clone(), lab.host("origin").clone());
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap_or_else(|error| panic!("{error}"));
-        let listener = in_namespace(&origin_host.ns, || {
-            std::net::TcpListener::bind(("0.0.0.0", ORIGIN_PORT))
-        })
-        .unwrap_or_else(|error| panic!("origin bind: {error}"));
-        let origin = runtime.block_on(Origin::start_listening(listener));
+        let (origin, runtime) = lab_origin(&origin_host);
         let (host1, host2) = (lab.host("node1").clone(), lab.host("node2").clone());
         let extra = |peer| {
             format!(

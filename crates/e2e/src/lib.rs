@@ -9,6 +9,7 @@ pub mod netns;
 pub mod node;
 pub mod origin;
 pub mod soak;
+pub mod squid_pair;
 pub mod steady_load;
 
 use std::net::SocketAddr;

@@ -1,11 +1,15 @@
 //! `palisade drill` for each of its faults against a fresh two-node lab (the nobody-hangs
 //! lab: director node1, scanning node2, 1 s adverts, heartbeat links), from the client host,
 //! with the load from a client of the node the fault hits, RUNS times each; prints a table
-//! of medians and every run's figures.
+//! of medians and every run's figures. Then the same faults, where one applies, against the
+//! stack palisade replaces: Squid behind keepalived (`palisade_e2e::squid_pair`), through
+//! `palisade drill --fault-command`.
 //!
-//! Usage: drill-bench PALISADE_BINARY [RUNS] (needs root, iproute2, nftables)
+//! Usage: drill-bench PALISADE_BINARY [RUNS] (needs root, iproute2, nftables, keepalived,
+//! squid; `STACKS=palisade` or `STACKS=keepalived` runs one stack only)
 
 use palisade_e2e::director_lab::DirectorLab;
+use palisade_e2e::squid_pair::SquidPair;
 
 const FAULTS: [&str; 5] = [
     "kill-director",
@@ -34,32 +38,58 @@ fn main() {
         std::process::exit(2);
     };
     let runs: usize = args.next().and_then(|runs| runs.parse().ok()).unwrap_or(3);
-    println!("| fault | {} |", FIELDS.join(" | "));
-    println!("|---|{}|", FIELDS.map(|_| "---:").join("|"));
+    // STACKS=palisade or STACKS=keepalived: one of the two only.
+    let stacks = std::env::var("STACKS").unwrap_or_else(|_| "palisade,keepalived".to_owned());
+    println!("| stack | fault | {} |", FIELDS.join(" | "));
+    println!("|---|---|{}|", FIELDS.map(|_| "---:").join("|"));
     for fault in FAULTS {
-        let mut reports = Vec::new();
-        for _ in 0..runs {
-            let lab = DirectorLab::new(&binary);
-            reports.push(drill(&lab, &binary, fault));
-        }
-        let median = |field: &str| {
-            let mut values: Vec<u64> = (reports.iter())
-                .filter_map(|report| report[field].as_u64())
-                .collect();
-            values.sort_unstable();
-            match values.get(values.len() / 2) {
-                Some(value) if values.len() == reports.len() => value.to_string(),
-                Some(value) => format!("{value} ({} of {})", values.len(), reports.len()),
-                None => "-".to_owned(),
+        for stack in ["palisade", "keepalived"] {
+            if !stacks.split(',').any(|wanted| wanted == stack) {
+                continue;
             }
-        };
-        let cells: Vec<String> = FIELDS.iter().map(|field| median(field)).collect();
-        println!("| {fault} | {} |", cells.join(" | "));
-        for report in &reports {
-            eprintln!("{fault}: {report}");
+            let mut reports = Vec::new();
+            for _ in 0..runs {
+                let report = if stack == "palisade" {
+                    let lab = DirectorLab::new(&binary);
+                    Some(drill(&lab, &binary, fault))
+                } else {
+                    let pair = SquidPair::start();
+                    pair.drill(&binary, fault, &[&SETTINGS[..], &LOAD[..]].concat())
+                };
+                reports.extend(report);
+            }
+            if reports.is_empty() {
+                // No equivalent in keepalived + Squid: its backup serves nothing.
+                continue;
+            }
+            let median = |field: &str| {
+                let mut values: Vec<u64> = (reports.iter())
+                    .filter_map(|report| report[field].as_u64())
+                    .collect();
+                values.sort_unstable();
+                match values.get(values.len() / 2) {
+                    Some(value) if values.len() == reports.len() => value.to_string(),
+                    Some(value) => format!("{value} ({} of {})", values.len(), reports.len()),
+                    None => "-".to_owned(),
+                }
+            };
+            let cells: Vec<String> = FIELDS.iter().map(|field| median(field)).collect();
+            let name = if stack == "palisade" {
+                "palisade"
+            } else {
+                "keepalived + Squid"
+            };
+            println!("| {name} | {fault} | {} |", cells.join(" | "));
+            for report in &reports {
+                eprintln!("{stack} {fault}: {report}");
+            }
         }
     }
 }
+
+/// Timing and load of every drill, both stacks alike.
+const SETTINGS: [&str; 6] = ["--before", "2", "--after", "12", "--hang", "10"];
+const LOAD: [&str; 4] = ["--connections", "8", "--rate", "100"];
 
 fn drill(lab: &DirectorLab, binary: &str, fault: &str) -> serde_json::Value {
     // A client of the node the fault hits: node1 directs, node2 scans.
@@ -68,7 +98,5 @@ fn drill(lab: &DirectorLab, binary: &str, fault: &str) -> serde_json::Value {
     } else {
         lab.on[0]
     };
-    let settings = ["--before", "2", "--after", "12", "--hang", "10"];
-    let load = ["--connections", "8", "--rate", "100"];
-    lab.drill(binary, fault, source, &[&settings[..], &load[..]].concat())
+    lab.drill(binary, fault, source, &[&SETTINGS[..], &LOAD[..]].concat())
 }

@@ -227,6 +227,26 @@ fn main() {
         .and_then(|rate| rate.parse().ok())
         .unwrap_or(500);
     let lab = DirectorLab::new(&binary);
+    // PIN=1: the director (node1) on CPU 1, everything else (node2, the client, the origin)
+    // on CPU 0, as if the director were its own machine, which it is in a deployment: on
+    // this 2-core VM its hop otherwise takes CPU from the client, origin and scanning node.
+    if std::env::var_os("PIN").is_some() {
+        let pins = [
+            (lab.nodes[0].pid, "1"),
+            (lab.nodes[1].pid, "0"),
+            (Some(std::process::id()), "0"),
+        ];
+        for (pid, cpu) in pins {
+            let pid = pid.unwrap_or_else(|| panic!("a node without a pid"));
+            let pinned = std::process::Command::new("taskset")
+                .args(["-a", "-p", "-c", cpu, &pid.to_string()])
+                .stdout(std::process::Stdio::null())
+                .status()
+                .unwrap_or_else(|error| panic!("taskset: {error}"));
+            assert!(pinned.success(), "taskset -c {cpu} {pid}");
+        }
+        eprintln!("pinned: director on CPU 1, node2, client and origin on CPU 0");
+    }
     let source = lab.on[1];
     let paths = [("direct", lab.hosts[1].addr), ("relayed", lab.vip)];
     let mut results: Vec<[Vec<f64>; 7]> = vec![Default::default(), Default::default()];
@@ -234,6 +254,13 @@ fn main() {
         for (index, (name, to)) in paths.iter().enumerate() {
             let (cpu, mbps) = measure_cpu(|| bulk(&lab, source, *to));
             let cpu_per_gib = cpu / (BULK as f64 / (1u64 << 30) as f64);
+            // BULK_ONLY=1: the bulk figure alone (quick turns while tuning the splice loop).
+            if std::env::var_os("BULK_ONLY").is_some() {
+                eprintln!("run {run} {name}: bulk {mbps:.0} MB/s ({cpu_per_gib:.2} CPU-s/GiB)");
+                results[index][0].push(mbps);
+                results[index][1].push(cpu_per_gib);
+                continue;
+            }
             let nodes_before = [process_cpu(lab.nodes[0].pid), process_cpu(lab.nodes[1].pid)];
             // PERF=FILE: a profile of the director (node1) during the relayed fixed rate.
             let perf = (std::env::var("PERF").ok())
