@@ -1,7 +1,7 @@
 //! The stack palisade replaces, in a lab, for the drill's comparison (issue 12 §3): Squid on
 //! two nodes behind keepalived (VRRPv3, 1 s adverts, priority 150 and 100, the same VIP
 //! and redirect port as the palisade lab), each keepalived tracking its own Squid with a
-//! `vrrp_script` as operators set it up (`kill -0` of Squid's pid every second, 2 falls), a
+//! `vrrp_script` as operators set it up (its port answers curl, every second, 2 falls), a
 //! client host and an origin on the lab's network (port 8080).
 //!
 //! Faults are shell commands for `palisade drill --fault-command`, the nearest equivalent of
@@ -45,8 +45,7 @@ impl SquidPair {
         let mut keepalived_pids = [0; 2];
         for (index, (host, priority)) in hosts.iter().zip([150u8, 100]).enumerate() {
             squid_pids[index] = start_squid(&mut lab, &dir.0, host);
-            keepalived_pids[index] =
-                start_keepalived(&mut lab, &dir.0, host, priority, vip, squid_pids[index]);
+            keepalived_pids[index] = start_keepalived(&mut lab, &dir.0, host, priority, vip);
         }
         wait_for("ka1 holds the VIP", Duration::from_secs(20), || {
             hosts[0].has_address(vip)
@@ -64,12 +63,41 @@ impl SquidPair {
             _runtime: runtime,
         };
         // Squid takes a moment to listen after it starts.
-        wait_for(
-            "Squid answers through the VIP",
-            Duration::from_secs(20),
-            || pair.answers(),
-        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !pair.answers() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "Squid does not answer through the VIP within 30 s:\n{}",
+                pair.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         pair
+    }
+
+    /// Both nodes' Squid and keepalived logs, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut logs = String::new();
+        for host in &self.hosts {
+            for file in [
+                format!("{}-squid/cache.log", host.name),
+                format!("{}-squid/stderr.log", host.name),
+                format!("{}-keepalived.log", host.name),
+            ] {
+                let text = std::fs::read_to_string(self.dir.0.join(&file)).unwrap_or_default();
+                logs.push_str(&format!("--- {file}\n{text}\n"));
+            }
+        }
+        logs
+    }
+
+    /// Whether palisade's `fault` has an equivalent in this stack: not a scanning node's
+    /// (the backup serves nothing until it takes over).
+    pub fn applies(fault: &str) -> bool {
+        matches!(
+            fault,
+            "kill-director" | "cut-director-link" | "drain-director"
+        )
     }
 
     /// Whether a GET through the VIP comes back 200 (curl in the client's namespace).
@@ -168,18 +196,19 @@ fn start_squid(lab: &mut Lab, dir: &std::path::Path, host: &LabHost) -> u32 {
     )
 }
 
-/// keepalived on `host`, VRRPv3 with 1 s adverts, tracking Squid (`squid_pid`) every second
-/// with two falls, as keepalived's own examples do for a proxy. Returns its pid.
+/// keepalived on `host`, VRRPv3 with 1 s adverts, tracking its Squid every second with two
+/// falls, as operators' guides do for a proxy: curl gets an answer from Squid's port (any
+/// HTTP answer will do; a refused connection fails). A check of the process by its pid would
+/// not see a crash here: the killed Squid stays a zombie until the lab reaps it.
 fn start_keepalived(
     lab: &mut Lab,
     dir: &std::path::Path,
     host: &LabHost,
     priority: u8,
     vip: Ipv4Addr,
-    squid_pid: u32,
 ) -> u32 {
     let config = format!(
-        "global_defs {{\n  router_id {name}\n  vrrp_version 3\n  script_user root\n}}\nvrrp_script chk_squid {{\n  script \"/bin/kill -0 {squid_pid}\"\n  interval 1\n  fall 2\n  rise 2\n}}\nvrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority {priority}\n  advert_int 1\n  virtual_ipaddress {{\n    {vip}/24 dev eth0\n  }}\n  track_script {{\n    chk_squid\n  }}\n}}\n",
+        "global_defs {{\n  router_id {name}\n  vrrp_version 3\n  script_user root\n}}\nvrrp_script chk_squid {{\n  script \"/usr/bin/curl -s -o /dev/null --max-time 1 http://127.0.0.1:{PROXY_PORT}/\"\n  interval 1\n  fall 2\n  rise 2\n}}\nvrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority {priority}\n  advert_int 1\n  virtual_ipaddress {{\n    {vip}/24 dev eth0\n  }}\n  track_script {{\n    chk_squid\n  }}\n}}\n",
         name = host.name,
     );
     let path = dir.join(format!("{}-keepalived.conf", host.name));

@@ -27,6 +27,11 @@ const COPY_BUFFER: usize = 32 * 1024;
 /// 1 MiB is also `fs.pipe-max-size`'s default, the most an unprivileged process may ask for.
 const BULK_PIPE_SIZE: usize = 1024 * 1024;
 const GROW_AFTER: u64 = 256 * 1024;
+/// A grown pipe idle (empty, its source quiet) this long shrinks back to the kernel's
+/// default: its 256-slot array is 16 KiB of unreclaimable kernel memory (`kmalloc-16k`), the
+/// default's 1 KiB; a later burst grows it again.
+const SHRINK_AFTER: Duration = Duration::from_secs(2);
+const DEFAULT_PIPE_SIZE: usize = 64 * 1024;
 /// Bytes asked of one splice into the pipe: the splice stops at what the pipe holds.
 const SPLICE_CHUNK: usize = BULK_PIPE_SIZE;
 
@@ -225,6 +230,18 @@ impl Pipe {
         Ok(spliced)
     }
 
+    /// Back to the default size, counting afresh towards growing again. Only while empty.
+    fn shrink(&mut self) {
+        if self.grown {
+            let _ = nix::fcntl::fcntl(
+                &self.write,
+                nix::fcntl::FcntlArg::F_SETPIPE_SZ(DEFAULT_PIPE_SIZE as i32),
+            );
+            self.grown = false;
+            self.filled = 0;
+        }
+    }
+
     /// One non-blocking splice of at most `left` bytes from the pipe into `to`.
     fn drain_to(&self, to: &TcpStream, left: usize) -> io::Result<usize> {
         to.try_io(Interest::WRITABLE, || {
@@ -331,7 +348,13 @@ async fn splice_direction(
     'tunnel: loop {
         // Socket -> pipe. The pipe is empty here, so EAGAIN means "no data yet".
         let in_pipe = loop {
-            match tokio::time::timeout(idle, unless_stopped(from.readable(), stop)).await {
+            // A grown pipe that waits this long gives its large slot array back.
+            let wait = if pipe.grown {
+                idle.min(SHRINK_AFTER)
+            } else {
+                idle
+            };
+            match tokio::time::timeout(wait, unless_stopped(from.readable(), stop)).await {
                 Ok(Some(Ok(()))) => {}
                 Ok(None) => break 'tunnel,
                 Ok(Some(Err(_))) => {
@@ -339,7 +362,10 @@ async fn splice_direction(
                     break 'tunnel;
                 }
                 Err(_) if activity.idle_for() >= idle => break 'tunnel,
-                Err(_) => continue,
+                Err(_) => {
+                    pipe.shrink();
+                    continue;
+                }
             }
             match pipe.fill_from(from, SPLICE_CHUNK) {
                 Ok(0) => break 'tunnel,
@@ -484,5 +510,68 @@ impl Activity {
     fn idle_for(&self) -> Duration {
         let last = Duration::from_millis(self.last_millis.load(Ordering::Relaxed));
         self.start.elapsed().saturating_sub(last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A connected pair of loopback sockets.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (client.expect("connect"), accepted.expect("accept").0)
+    }
+
+    fn capacity(pipe: &Pipe) -> i32 {
+        nix::fcntl::fcntl(&pipe.write, nix::fcntl::FcntlArg::F_GETPIPE_SZ).expect("size")
+    }
+
+    #[tokio::test]
+    async fn a_pipe_grows_after_bulk_and_shrinks_back_when_empty() {
+        let (mut sender, from) = pair().await;
+        let (to, mut receiver) = pair().await;
+        let mut pipe = Pipe::new().expect("pipe");
+        assert_eq!(capacity(&pipe), DEFAULT_PIPE_SIZE as i32);
+        let total = 2 * GROW_AFTER as usize;
+        let writer = tokio::spawn(async move {
+            sender.write_all(&vec![7u8; total]).await.expect("write");
+            sender
+        });
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0u8; total];
+            receiver.read_exact(&mut got).await.expect("read");
+            got
+        });
+        let mut moved = 0;
+        while moved < total {
+            from.readable().await.expect("readable");
+            let spliced = match pipe.fill_from(&from, SPLICE_CHUNK) {
+                Ok(spliced) => spliced,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(error) => panic!("{error}"),
+            };
+            let mut left = spliced;
+            while left > 0 {
+                to.writable().await.expect("writable");
+                match pipe.drain_to(&to, left) {
+                    Ok(written) => left -= written,
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(error) => panic!("{error}"),
+                }
+            }
+            moved += spliced;
+        }
+        let _sender = writer.await.expect("writer");
+        assert!(reader.await.expect("reader").iter().all(|byte| *byte == 7));
+        assert!(pipe.grown);
+        assert_eq!(capacity(&pipe), BULK_PIPE_SIZE as i32);
+        pipe.shrink();
+        assert_eq!(capacity(&pipe), DEFAULT_PIPE_SIZE as i32);
+        assert_eq!((pipe.grown, pipe.filled), (false, 0));
     }
 }

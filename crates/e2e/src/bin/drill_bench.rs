@@ -20,13 +20,14 @@ const FAULTS: [&str; 5] = [
 ];
 
 /// The figures of one drill, as its JSON report has them.
-const FIELDS: [&str; 8] = [
+const FIELDS: [&str; 9] = [
     "detection_ms",
     "takeover_ms",
     "first_success_after_failure_ms",
     "failed_before_response",
     "failed_mid_response",
     "connections_lost",
+    "longest_wait_for_an_error_ms",
     "hanging",
     "requests_after_fault",
 ];
@@ -52,9 +53,11 @@ fn main() {
                 let report = if stack == "palisade" {
                     let lab = DirectorLab::new(&binary);
                     Some(drill(&lab, &binary, fault))
-                } else {
+                } else if SquidPair::applies(fault) {
                     let pair = SquidPair::start();
                     pair.drill(&binary, fault, &[&SETTINGS[..], &LOAD[..]].concat())
+                } else {
+                    None
                 };
                 reports.extend(report);
             }

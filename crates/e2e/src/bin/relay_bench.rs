@@ -119,6 +119,109 @@ fn bulk(lab: &DirectorLab, source: Ipv4Addr, to: Ipv4Addr) -> f64 {
     BULK as f64 / started.elapsed().as_secs_f64() / 1e6
 }
 
+/// Kernel memory in use, KiB: `MemTotal - MemAvailable`, unreclaimable slab, and TCP
+/// buffers (`/proc/net/sockstat`'s pages, counted for every namespace), machine-wide.
+fn kernel_memory() -> (i64, i64, i64) {
+    let sockstat = std::fs::read_to_string("/proc/net/sockstat").unwrap_or_default();
+    let tcp_pages: i64 = (sockstat.lines())
+        .find_map(|line| line.strip_prefix("TCP:"))
+        .and_then(|rest| {
+            rest.split_whitespace()
+                .skip_while(|word| *word != "mem")
+                .nth(1)
+        })
+        .and_then(|pages| pages.parse().ok())
+        .unwrap_or(0);
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |name: &str| -> i64 {
+        (meminfo.lines())
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (
+        field("MemTotal:") - field("MemAvailable:"),
+        field("SUnreclaim:"),
+        tcp_pages * 4,
+    )
+}
+
+/// Opens `many` CONNECT tunnels to the origin through `to` and reports the memory they hold per
+/// tunnel (client, director and scanning node together, as the machine sees it): idle and
+/// just opened (small pipes), then after a 1 MiB download through each (pipes grown, empty).
+fn many_tunnels(lab: &DirectorLab, source: Ipv4Addr, to: Ipv4Addr, many: usize, name: &str) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    // Each tunnel holds a client socket here and an origin connection in this process.
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+    let settle = || std::thread::sleep(Duration::from_secs(2));
+    settle();
+    let before = kernel_memory();
+    let target = format!("{}:{ORIGIN_PORT}", lab.origin.addr);
+    let mut tunnels: Vec<std::net::TcpStream> = (0..many)
+        .map(|_| {
+            let mut stream = connect(lab, source, to);
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+            let connect = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
+            stream
+                .write_all(connect.as_bytes())
+                .unwrap_or_else(|error| panic!("{error}"));
+            let head = read_head(&mut stream);
+            assert!(head.starts_with(b"HTTP/1.1 200"), "tunnel refused");
+            stream
+        })
+        .collect();
+    settle();
+    let idle = kernel_memory();
+    let mut buf = vec![0u8; 256 * 1024];
+    for stream in &mut tunnels {
+        let get = format!("GET /big/1048576 HTTP/1.1\r\nHost: {target}\r\n\r\n");
+        stream
+            .write_all(get.as_bytes())
+            .unwrap_or_else(|error| panic!("{error}"));
+        let _ = read_head(stream);
+        let mut left = 1u64 << 20;
+        while left > 0 {
+            match stream.read(&mut buf[..(left.min(256 * 1024) as usize)]) {
+                Ok(0) | Err(_) => panic!("download cut with {left} bytes left"),
+                Ok(read) => left -= read as u64,
+            }
+        }
+    }
+    // Just after (pipes grown, empty), then once they have shrunk back (2 s idle).
+    std::thread::sleep(Duration::from_millis(500));
+    let grown = kernel_memory();
+    std::thread::sleep(Duration::from_secs(3));
+    let shrunk = kernel_memory();
+    let per = |after: (i64, i64, i64)| {
+        let each = |now: i64, then: i64| (now - then) as f64 / many as f64;
+        format!(
+            "{:.1} used, {:.1} unreclaimable slab, {:.1} TCP buffers",
+            each(after.0, before.0),
+            each(after.1, before.1),
+            each(after.2, before.2)
+        )
+    };
+    let rss = |pid: Option<u32>| -> i64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", pid.unwrap_or(0)))
+            .unwrap_or_default();
+        (status.lines())
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    println!(
+        "{many} {name} tunnels, KiB each (machine-wide: client, nodes, origin): idle {}; just after 1 MiB each {}; 3.5 s later {}; RSS now node1 {} KiB, node2 {} KiB",
+        per(idle),
+        per(grown),
+        per(shrunk),
+        rss(lab.nodes[0].pid),
+        rss(lab.nodes[1].pid),
+    );
+    drop(tunnels);
+}
+
 /// One small GET on a new connection from `source` to `to`; its latency.
 async fn one_request(source: Ipv4Addr, to: Ipv4Addr, origin: Ipv4Addr) -> Option<Duration> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -249,6 +352,17 @@ fn main() {
     }
     let source = lab.on[1];
     let paths = [("direct", lab.hosts[1].addr), ("relayed", lab.vip)];
+    // MANY=N: the kernel memory N tunnels hold (idle, then after each moved 1 MiB), relayed
+    // and direct.
+    if let Some(many) = std::env::var("MANY")
+        .ok()
+        .and_then(|many| many.parse().ok())
+    {
+        for (name, to) in paths {
+            many_tunnels(&lab, source, to, many, name);
+        }
+        return;
+    }
     let mut results: Vec<[Vec<f64>; 7]> = vec![Default::default(), Default::default()];
     for run in 0..runs {
         for (index, (name, to)) in paths.iter().enumerate() {
