@@ -125,6 +125,8 @@ pub struct StartArgs<'a> {
     pub installer: Arc<PolicyInstaller>,
     pub policy_file: PathBuf,
     pub metrics: MeshMetrics,
+    /// The links' pings and silence, from the node's fastest VRRP adverts.
+    pub link_timing: palisade_peer_link::link::LinkTiming,
     pub cluster_metrics: palisade_cluster::metrics::ClusterMetrics,
     pub own_record: serde_json::Value,
     pub tasks: &'a TaskTracker,
@@ -161,6 +163,7 @@ pub async fn start(prepared: Prepared, args: StartArgs<'_>) -> anyhow::Result<Cl
             auth,
             identity: args.local,
             metrics: args.metrics,
+            timing: args.link_timing,
         },
         args.tasks,
         args.stop.clone(),

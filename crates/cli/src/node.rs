@@ -621,6 +621,7 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
         incarnation: palisade_identity::Incarnation::random(),
         name: config.hostname.clone(),
     };
+    let link_timing = link_timing(&config);
     let cluster = match (prepared_cluster, &store.store) {
         (Some(prepared), Some(node_store)) => Some(
             crate::cluster_plane::start(
@@ -633,6 +634,7 @@ async fn start_node(node: Node) -> anyhow::Result<RunningNode> {
                     installer: installer.clone(),
                     policy_file: policy_file.clone(),
                     metrics: palisade_peer_link::metrics::MeshMetrics::for_cluster(&mut registry),
+                    link_timing,
                     cluster_metrics: palisade_cluster::metrics::ClusterMetrics::new(&mut registry),
                     own_record: crate::cluster_plane::node_record(&config, store.node_id),
                     tasks: &tasks,
@@ -1037,6 +1039,7 @@ async fn start_ha_groups(
                     auth: palisade_peer_link::LinkAuth::group_key(&heartbeat.key),
                     identity: local,
                     metrics: palisade_peer_link::metrics::MeshMetrics::new(registry),
+                    timing: link_timing(config),
                 },
                 tasks,
                 stop.clone(),
@@ -1352,4 +1355,14 @@ fn scan_keys(
         }
         None => Arc::new(|_| Vec::new()),
     }
+}
+
+/// Links ping as fast as the node's fastest adverts, so a dead peer's link is down by the
+/// time VRRP moves its VIP (the director's tickles wait for both).
+fn link_timing(config: &NodeConfig) -> palisade_peer_link::link::LinkTiming {
+    (config.vrrp.iter())
+        .map(|group| Duration::from_millis(u64::from(group.advert_interval_cs) * 10))
+        .min()
+        .map(palisade_peer_link::link::LinkTiming::for_advert_interval)
+        .unwrap_or_default()
 }

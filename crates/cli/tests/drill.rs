@@ -113,3 +113,46 @@ fn a_drill_that_drains_a_scanning_node_sees_the_director_take_it_out() {
         "{report}"
     );
 }
+
+/// With 100 ms adverts the VIP moves within half a second of the director's link being cut;
+/// the clients waiting on the cut director must then fail within a second (the tickles),
+/// not at the peer link's default 3 s silence.
+#[test]
+fn a_cut_link_with_fast_adverts_ends_the_waiting_clients_within_a_second_of_the_takeover() {
+    if !require_netns(
+        "a_cut_link_with_fast_adverts_ends_the_waiting_clients_within_a_second_of_the_takeover",
+    ) {
+        return;
+    }
+    let lab = DirectorLab::with_advert_interval(BIN, "100ms");
+    let settings = [
+        "--before",
+        "2",
+        "--after",
+        "6",
+        "--hang",
+        "5",
+        "--connections",
+        "4",
+        "--rate",
+        "40",
+    ];
+    let report = lab.drill(BIN, "cut-director-link", lab.on[0], &settings);
+    eprintln!("drill cut-director-link, 100 ms adverts: {report}");
+    assert_eq!(report["hanging"], 0, "{report}");
+    let takeover = report["takeover_ms"].as_u64().expect("a takeover was seen");
+    assert!(takeover < 1_500, "takeover after {takeover} ms: {report}");
+    if let Some(wait) = report["longest_wait_for_an_error_ms"].as_u64() {
+        // A request sent just before the cut waits for the takeover, then at most a second.
+        assert!(
+            wait <= takeover + 1_000,
+            "a client waited {wait} ms for its error, the takeover took {takeover} ms: {report}"
+        );
+    }
+    assert!(
+        report["first_success_after_failure_ms"]
+            .as_u64()
+            .is_none_or(|back| back < takeover + 1_000),
+        "{report}"
+    );
+}

@@ -77,6 +77,8 @@ pub enum Out {
     Refused,
     /// Three relay connects in a row timed out.
     TimedOut,
+    /// Its peer link went down, and no report came since.
+    LinkDown,
 }
 
 impl fmt::Display for Out {
@@ -88,6 +90,7 @@ impl fmt::Display for Out {
             Out::Behind => f.write_str("behind the cluster's policy"),
             Out::Refused => f.write_str("refused a relay connect"),
             Out::TimedOut => f.write_str("three relay connects timed out"),
+            Out::LinkDown => f.write_str("its peer link is down"),
         }
     }
 }
@@ -184,6 +187,8 @@ struct State {
     back_ms: Option<u64>,
     /// The director's live connections to it.
     active: u32,
+    /// When its peer link went down.
+    link_lost_ms: Option<u64>,
 }
 
 /// Missed reports before a node is out.
@@ -254,6 +259,16 @@ impl Director {
         let state = self.state.entry(node).or_default();
         state.last_report_ms = Some(now_ms);
         state.load = Some(load);
+        self.settle(node, was_out, now_ms);
+    }
+
+    /// The last peer link to `node` went down: out until it reports again (over a new
+    /// link). No report could arrive meanwhile, so it would be out after three missed reports
+    /// anyway; this spares the clients sent to it in between a relay connect that times out
+    /// (a dead host) before the next node is tried.
+    pub fn link_lost(&mut self, node: NodeId, now_ms: u64) {
+        let was_out = self.out(&node, now_ms).is_some();
+        self.state.entry(node).or_default().link_lost_ms = Some(now_ms);
         self.settle(node, was_out, now_ms);
     }
 
@@ -340,6 +355,9 @@ impl Director {
         };
         if now_ms.saturating_sub(last) > MISSED_REPORTS * interval {
             return Some(Out::NoReports);
+        }
+        if state.link_lost_ms.is_some_and(|lost| last <= lost) {
+            return Some(Out::LinkDown);
         }
         let retry = self.settings.retry_after.as_millis() as u64;
         // Out until retry_after has passed and a report came since.

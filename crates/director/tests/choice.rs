@@ -414,6 +414,26 @@ fn a_node_back_from_maintenance_returns_through_a_slow_start_and_counts_alone_ar
 }
 
 #[test]
+fn a_node_whose_link_went_down_is_out_until_it_reports_again() {
+    let mut director = director(&[1, 1, 1], no_overflow(), 1_000);
+    director.report(node(2), Load::default(), 1_500);
+    director.link_lost(node(2), 1_600);
+    assert_eq!(director.out(&node(2), 1_600), Some(Out::LinkDown));
+    assert_eq!(director.out(&node(3), 1_600), None, "the others stay in");
+    // Its clients go elsewhere, not to a node whose relay connect would time out.
+    for client in addresses(50, 7, false) {
+        let choice = director.choose(client, node(1), 1_700);
+        assert_ne!(choice.order.first(), Some(&node(2)), "{client}");
+    }
+    // A report (over a new link) puts it back, through a slow start.
+    director.report(node(2), Load::default(), 2_000);
+    assert_eq!(director.out(&node(2), 2_000), None);
+    let choice = director.choose(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), node(1), 2_000);
+    let node2 = choice.candidates.iter().find(|c| c.id == node(2));
+    assert_eq!(node2.map(|c| c.effective_weight), Some(0.1), "slow start");
+}
+
+#[test]
 fn ipv6_clients_of_one_64_share_a_node_and_v4_mapped_is_v4() {
     let director = director(&[1, 1, 1, 1, 1], no_overflow(), 1_000);
     let a: IpAddr = "2001:db8:1:2::1".parse().unwrap_or_else(|_| unreachable!());

@@ -54,6 +54,15 @@ impl DirectorLab {
 
     /// The same, with `proxy` (TOML keys) added to both nodes' `[proxy]` table.
     pub fn with_proxy_settings(binary: &str, proxy: &str) -> DirectorLab {
+        DirectorLab::with_settings(binary, "1s", proxy)
+    }
+
+    /// The same, with VRRP adverts every `advert_interval` (e.g. "100ms").
+    pub fn with_advert_interval(binary: &str, advert_interval: &str) -> DirectorLab {
+        DirectorLab::with_settings(binary, advert_interval, "")
+    }
+
+    fn with_settings(binary: &str, advert_interval: &str, proxy: &str) -> DirectorLab {
         let mut lab = Lab::new(&["node1", "node2", "client", "origin"]);
         let dir = crate::node::TempDir::new("palisade-nobody-hangs");
         let vip = lab.spare_addr(100);
@@ -66,8 +75,22 @@ impl DirectorLab {
                 heartbeat_section(peer)
             )
         };
-        let mut node1 = HaNode::new(&dir.0, &host1, "1s", 150, vip, &extra(host2.addr));
-        let mut node2 = HaNode::new(&dir.0, &host2, "1s", 100, vip, &extra(host1.addr));
+        let mut node1 = HaNode::new(
+            &dir.0,
+            &host1,
+            advert_interval,
+            150,
+            vip,
+            &extra(host2.addr),
+        );
+        let mut node2 = HaNode::new(
+            &dir.0,
+            &host2,
+            advert_interval,
+            100,
+            vip,
+            &extra(host1.addr),
+        );
         for node in [&node1, &node2] {
             let config = std::fs::read_to_string(&node.config).unwrap_or_default();
             let config = config.replacen("[proxy]\n", &format!("[proxy]\n{proxy}"), 1);

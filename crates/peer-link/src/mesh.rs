@@ -53,6 +53,8 @@ pub struct MeshConfig {
     pub auth: LinkAuth,
     pub identity: LocalIdentity,
     pub metrics: MeshMetrics,
+    /// How the links ping and when silence drops one.
+    pub timing: link::LinkTiming,
 }
 
 /// A peer as its links proved it to be.
@@ -593,7 +595,7 @@ async fn serve_link(link: Link, shared: &Shared, dialled: Option<SocketAddr>) {
     let internal = shared.internal.clone();
     let skipped = shared.config.metrics.skipped_frames.clone();
     let end = link
-        .run(outgoing, skipped, |message| {
+        .run(shared.config.timing, outgoing, skipped, |message| {
             let _ = internal.send(Internal::Received { link_id, message });
         })
         .await;
@@ -1145,6 +1147,7 @@ mod tests {
                 name,
             },
             metrics: MeshMetrics::default(),
+            timing: Default::default(),
         };
         let Ok(handle) = start(config, &tasks, stop.clone()).await else {
             panic!("mesh did not start");
