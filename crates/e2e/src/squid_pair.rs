@@ -1,5 +1,5 @@
 //! The stack palisade replaces, in a lab, for the drill's comparison (issue 12 §3): Squid on
-//! two nodes behind keepalived (VRRPv3, 1 s adverts, priority 150 and 100, the same VIP
+//! two nodes behind keepalived (VRRPv3, adverts every second unless told otherwise, priority 150 and 100, the same VIP
 //! and redirect port as the palisade lab), each keepalived tracking its own Squid with a
 //! `vrrp_script` as operators set it up (its port answers curl, every second, 2 falls), a
 //! client host and an origin on the lab's network (port 8080).
@@ -33,8 +33,9 @@ pub struct SquidPair {
 }
 
 impl SquidPair {
-    /// Starts both nodes and waits until ka1 holds the VIP and Squid answers through it.
-    pub fn start() -> SquidPair {
+    /// Starts both nodes (VRRP adverts every `advert`) and waits until ka1 holds the VIP
+    /// and Squid answers through it.
+    pub fn start(advert: Duration) -> SquidPair {
         let mut lab = Lab::new(&["ka1", "ka2", "client", "origin"]);
         let dir = crate::node::TempDir::new("palisade-squid-pair");
         let vip = lab.spare_addr(100);
@@ -45,7 +46,8 @@ impl SquidPair {
         let mut keepalived_pids = [0; 2];
         for (index, (host, priority)) in hosts.iter().zip([150u8, 100]).enumerate() {
             squid_pids[index] = start_squid(&mut lab, &dir.0, host);
-            keepalived_pids[index] = start_keepalived(&mut lab, &dir.0, host, priority, vip);
+            keepalived_pids[index] =
+                start_keepalived(&mut lab, &dir.0, host, priority, vip, advert);
         }
         wait_for("ka1 holds the VIP", Duration::from_secs(20), || {
             hosts[0].has_address(vip)
@@ -206,10 +208,12 @@ fn start_keepalived(
     host: &LabHost,
     priority: u8,
     vip: Ipv4Addr,
+    advert: Duration,
 ) -> u32 {
     let config = format!(
-        "global_defs {{\n  router_id {name}\n  vrrp_version 3\n  script_user root\n}}\nvrrp_script chk_squid {{\n  script \"/usr/bin/curl -s -o /dev/null --max-time 1 http://127.0.0.1:{PROXY_PORT}/\"\n  interval 1\n  fall 2\n  rise 2\n}}\nvrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority {priority}\n  advert_int 1\n  virtual_ipaddress {{\n    {vip}/24 dev eth0\n  }}\n  track_script {{\n    chk_squid\n  }}\n}}\n",
+        "global_defs {{\n  router_id {name}\n  vrrp_version 3\n  script_user root\n}}\nvrrp_script chk_squid {{\n  script \"/usr/bin/curl -s -o /dev/null --max-time 1 http://127.0.0.1:{PROXY_PORT}/\"\n  interval 1\n  fall 2\n  rise 2\n}}\nvrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority {priority}\n  advert_int {advert}\n  virtual_ipaddress {{\n    {vip}/24 dev eth0\n  }}\n  track_script {{\n    chk_squid\n  }}\n}}\n",
         name = host.name,
+        advert = advert.as_secs_f64(),
     );
     let path = dir.join(format!("{}-keepalived.conf", host.name));
     std::fs::write(&path, config).unwrap_or_else(|error| panic!("{error}"));

@@ -6,7 +6,8 @@
 //! `palisade drill --fault-command`.
 //!
 //! Usage: drill-bench PALISADE_BINARY [RUNS] (needs root, iproute2, nftables, keepalived,
-//! squid; `STACKS=palisade` or `STACKS=keepalived` runs one stack only)
+//! squid; `STACKS=palisade` or `STACKS=keepalived` runs one stack only; `ADVERT=100ms`
+//! sets both stacks' advert interval, 1 s by default)
 
 use palisade_e2e::director_lab::DirectorLab;
 use palisade_e2e::squid_pair::SquidPair;
@@ -41,6 +42,12 @@ fn main() {
     let runs: usize = args.next().and_then(|runs| runs.parse().ok()).unwrap_or(3);
     // STACKS=palisade or STACKS=keepalived: one of the two only.
     let stacks = std::env::var("STACKS").unwrap_or_else(|_| "palisade,keepalived".to_owned());
+    // ADVERT=100ms: both stacks advertise every 100 ms instead of every second.
+    let advert = std::env::var("ADVERT").unwrap_or_else(|_| "1s".to_owned());
+    let advert_ms: u64 = match advert.strip_suffix("ms") {
+        Some(ms) => ms.parse().unwrap_or(1_000),
+        None => advert.trim_end_matches('s').parse::<u64>().unwrap_or(1) * 1_000,
+    };
     println!("| stack | fault | {} |", FIELDS.join(" | "));
     println!("|---|---|{}|", FIELDS.map(|_| "---:").join("|"));
     for fault in FAULTS {
@@ -51,10 +58,10 @@ fn main() {
             let mut reports = Vec::new();
             for _ in 0..runs {
                 let report = if stack == "palisade" {
-                    let lab = DirectorLab::new(&binary);
+                    let lab = DirectorLab::with_advert_interval(&binary, &advert);
                     Some(drill(&lab, &binary, fault))
                 } else if SquidPair::applies(fault) {
-                    let pair = SquidPair::start();
+                    let pair = SquidPair::start(std::time::Duration::from_millis(advert_ms));
                     pair.drill(&binary, fault, &[&SETTINGS[..], &LOAD[..]].concat())
                 } else {
                     None
