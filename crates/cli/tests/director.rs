@@ -362,10 +362,14 @@ fn the_director_spreads_sticky_clients_over_every_node_and_routes_around_a_dead_
                     .contains("palisade_director_member_in{vrid=\"51\",node=\"node3\"} 0")
         },
     );
+    // Either the director heard node3's link close first (its kernel closed it with the
+    // process) and sent nobody there, or a client reached it first: that refused relay was
+    // retried on the next node.
+    let text = logs();
     assert!(
-        logs().contains("relay connect failed"),
-        "the first refused relay was retried on the next node\n{}",
-        logs()
+        text.contains("gets no new clients (its peer link is down)")
+            || text.contains("relay connect failed"),
+        "node3 was taken out for its link, or a refused relay was retried\n{text}"
     );
 }
 
