@@ -1,8 +1,9 @@
 //! The stack palisade replaces, in a lab, for the drill's comparison (issue 12 §3): Squid on
-//! two nodes behind keepalived (VRRPv3, adverts every second unless told otherwise, priority 150 and 100, the same VIP
-//! and redirect port as the palisade lab), each keepalived tracking its own Squid with a
-//! `vrrp_script` as operators set it up (its port answers curl, every second, 2 falls), a
-//! client host and an origin on the lab's network (port 8080).
+//! two nodes behind keepalived (VRRPv3, adverts every second unless told otherwise,
+//! priorities 150 and 100, the same VIP and redirect port as the palisade lab), each
+//! keepalived tracking its own Squid with a `vrrp_script` as operators set it up (its port
+//! answers curl, every second, 2 falls), a client host and an origin on the lab's network
+//! (port 8080).
 //!
 //! Faults are shell commands for `palisade drill --fault-command`, the nearest equivalent of
 //! each palisade fault ([`SquidPair::fault_command`]).
