@@ -640,10 +640,8 @@ impl DirectorPlane {
                 .connections
                 .get_or_create(&labels)
                 .set(i64::from(state.director.active(&id)));
-            if matches!(
-                out,
-                Some(palisade_director::Out::NoReports | palisade_director::Out::LinkDown)
-            ) && id != self.me
+            if out == Some(palisade_director::Out::NoReports)
+                && id != self.me
                 && state.director.active(&id) > 0
                 && state.cuts.contains_key(&id)
                 && let Some(scan) = state.scans.get(&id).copied()
@@ -1087,16 +1085,19 @@ impl DirectorPlane {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&peer.id);
         // No report can come without a link: new clients go elsewhere now rather than after
-        // three missed reports, each first trying a relay connect that may time out.
-        let now = self.now_ms();
-        for group in &self.groups {
-            let mut state = group
-                .state
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            state.director.link_lost(peer.id, now);
-            self.review(group.vrid, &mut state, now);
-            self.tell_fault_gate(group, &state, own, now);
+        // three missed reports, each first trying a relay connect that may time out. (A
+        // restarted peer's new link is already up.)
+        if why != Down::Restarted {
+            let now = self.now_ms();
+            for group in &self.groups {
+                let mut state = group
+                    .state
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                state.director.link_lost(peer.id, why == Down::Left, now);
+                self.review(group.vrid, &mut state, now);
+                self.tell_fault_gate(group, &state, own, now);
+            }
         }
         if why == Down::Restarted {
             // Its sockets are gone: what a drain of it still sent back would reach nobody.

@@ -235,8 +235,9 @@ pub fn drill(args: DrillArgs) -> anyhow::Result<()> {
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let out_seen = (watch.clone())
         .map(|(director, member)| watch_member_out(director, member, started, done.clone()));
-    let mut timeline = runtime.block_on(run_load(&args, started, inject))?;
+    let load = runtime.block_on(run_load(&args, started, inject));
     done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut timeline = load?;
     if let Some(mut undo) = undo {
         let _ = undo.stdout(to_stderr()).status();
     }

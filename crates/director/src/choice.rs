@@ -79,6 +79,8 @@ pub enum Out {
     TimedOut,
     /// Its peer link went down, and no report came since.
     LinkDown,
+    /// It said goodbye on its peer link (an orderly stop), and no report came since.
+    Stopping,
 }
 
 impl fmt::Display for Out {
@@ -91,6 +93,7 @@ impl fmt::Display for Out {
             Out::Refused => f.write_str("refused a relay connect"),
             Out::TimedOut => f.write_str("three relay connects timed out"),
             Out::LinkDown => f.write_str("its peer link is down"),
+            Out::Stopping => f.write_str("it is stopping"),
         }
     }
 }
@@ -189,6 +192,8 @@ struct State {
     active: u32,
     /// When its peer link went down.
     link_lost_ms: Option<u64>,
+    /// The link ended with a goodbye: it is stopping, not lost.
+    stopping: bool,
 }
 
 /// Missed reports before a node is out.
@@ -259,16 +264,27 @@ impl Director {
         let state = self.state.entry(node).or_default();
         state.last_report_ms = Some(now_ms);
         state.load = Some(load);
+        // A report came over a link that is up (events arrive in order).
+        state.link_lost_ms = None;
+        state.stopping = false;
         self.settle(node, was_out, now_ms);
     }
 
-    /// The last peer link to `node` went down: out until it reports again (over a new
-    /// link). No report could arrive meanwhile, so it would be out after three missed reports
-    /// anyway; this spares the clients sent to it in between a relay connect that times out
-    /// (a dead host) before the next node is tried.
-    pub fn link_lost(&mut self, node: NodeId, now_ms: u64) {
+    /// The last peer link to `node` went down (`goodbye`: it said so, an orderly stop): out
+    /// until it reports again (over a new link). No report could arrive meanwhile, so it
+    /// would be out after three missed reports anyway; this spares the clients sent to it in
+    /// between a relay connect that times out (a dead host) before the next node is tried.
+    /// A lost link turns into [`Out::NoReports`] once three reports are missed (the driver
+    /// then probes the node's scan port); a stopping node stays [`Out::Stopping`] (it is
+    /// draining what it has: no probe must cut that).
+    pub fn link_lost(&mut self, node: NodeId, goodbye: bool, now_ms: u64) {
+        if !self.members.contains_key(&node) {
+            return;
+        }
         let was_out = self.out(&node, now_ms).is_some();
-        self.state.entry(node).or_default().link_lost_ms = Some(now_ms);
+        let state = self.state.entry(node).or_default();
+        state.link_lost_ms = Some(now_ms);
+        state.stopping = goodbye;
         self.settle(node, was_out, now_ms);
     }
 
@@ -353,10 +369,13 @@ impl Director {
         let Some(last) = state.last_report_ms else {
             return Some(Out::NoReports);
         };
+        if state.link_lost_ms.is_some() && state.stopping {
+            return Some(Out::Stopping);
+        }
         if now_ms.saturating_sub(last) > MISSED_REPORTS * interval {
             return Some(Out::NoReports);
         }
-        if state.link_lost_ms.is_some_and(|lost| last <= lost) {
+        if state.link_lost_ms.is_some() {
             return Some(Out::LinkDown);
         }
         let retry = self.settings.retry_after.as_millis() as u64;

@@ -417,7 +417,7 @@ fn a_node_back_from_maintenance_returns_through_a_slow_start_and_counts_alone_ar
 fn a_node_whose_link_went_down_is_out_until_it_reports_again() {
     let mut director = director(&[1, 1, 1], no_overflow(), 1_000);
     director.report(node(2), Load::default(), 1_500);
-    director.link_lost(node(2), 1_600);
+    director.link_lost(node(2), false, 1_600);
     assert_eq!(director.out(&node(2), 1_600), Some(Out::LinkDown));
     assert_eq!(director.out(&node(3), 1_600), None, "the others stay in");
     // Its clients go elsewhere, not to a node whose relay connect would time out.
@@ -425,12 +425,24 @@ fn a_node_whose_link_went_down_is_out_until_it_reports_again() {
         let choice = director.choose(client, node(1), 1_700);
         assert_ne!(choice.order.first(), Some(&node(2)), "{client}");
     }
-    // A report (over a new link) puts it back, through a slow start.
+    // A report (over a new link) puts it back, through a slow start, even one in the same
+    // millisecond as the loss (a restarted node's new link comes up before the old one's
+    // end is noticed).
+    director.link_lost(node(2), false, 2_000);
     director.report(node(2), Load::default(), 2_000);
     assert_eq!(director.out(&node(2), 2_000), None);
     let choice = director.choose(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), node(1), 2_000);
     let node2 = choice.candidates.iter().find(|c| c.id == node(2));
     assert_eq!(node2.map(|c| c.effective_weight), Some(0.1), "slow start");
+    // A lost link becomes missed reports (the driver then probes its scan port)...
+    director.link_lost(node(2), false, 2_100);
+    assert_eq!(director.out(&node(2), 4_999), Some(Out::LinkDown));
+    assert_eq!(director.out(&node(2), 5_001), Some(Out::NoReports));
+    // ...a goodbye stays a stop (it drains what it has: nothing may probe and cut it).
+    director.report(node(2), Load::default(), 6_000);
+    director.link_lost(node(2), true, 6_100);
+    assert_eq!(director.out(&node(2), 6_100), Some(Out::Stopping));
+    assert_eq!(director.out(&node(2), 60_000), Some(Out::Stopping));
 }
 
 #[test]

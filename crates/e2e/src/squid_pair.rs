@@ -199,7 +199,7 @@ fn start_squid(lab: &mut Lab, dir: &std::path::Path, host: &LabHost) -> u32 {
     )
 }
 
-/// keepalived on `host`, VRRPv3 with 1 s adverts, tracking its Squid every second with two
+/// keepalived on `host`, VRRPv3 with adverts every `advert`, tracking its Squid every second with two
 /// falls, as operators' guides do for a proxy: curl gets an answer from Squid's port (any
 /// HTTP answer will do; a refused connection fails). A check of the process by its pid would
 /// not see a crash here: the killed Squid stays a zombie until the lab reaps it.

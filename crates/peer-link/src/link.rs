@@ -1,6 +1,6 @@
 //! One link over TCP: the handshake on a connected stream, then a task that opens what
 //! arrives, sends what the mesh queues, pings every second and drops a link that carries
-//! nothing for three seconds (faster with fast VRRP adverts: [`LinkTiming`]). Sockets keep
+//! nothing for three of the peer's pings (faster with fast VRRP adverts: [`LinkTiming`]). Sockets keep
 //! TCP keepalive and a 3 s `TCP_USER_TIMEOUT`, so a
 //! peer that vanishes without a FIN (host down, path cut) surfaces as an error instead of a
 //! link that looks up for hours (security review F3).
@@ -29,35 +29,69 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(1);
 pub const SILENCE_TIMEOUT: Duration = Duration::from_secs(3);
 /// The fastest pings a link sends, whatever the adverts.
 pub const FASTEST_PING: Duration = Duration::from_millis(100);
+/// The shortest silence that drops a link: one lost segment and its retransmission (Linux's
+/// 200 ms minimum RTO) must not pass for a death.
+pub const SHORTEST_SILENCE: Duration = Duration::from_millis(500);
+/// Missed pings (at the peer's pace) that drop a link.
+const MISSED_PINGS: u32 = 3;
 
-/// How often a link pings, and after how much silence it is dropped.
+/// How often this end pings. The other end drops the link after three of its pings'
+/// worth of silence, at the pace it sees them arrive ([`PeerPace`]): two nodes with
+/// different adverts each time out on the other's pace, not their own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LinkTiming {
     pub ping: Duration,
-    pub silence: Duration,
 }
 
 impl Default for LinkTiming {
     fn default() -> LinkTiming {
         LinkTiming {
             ping: PING_INTERVAL,
-            silence: SILENCE_TIMEOUT,
         }
     }
 }
 
 impl LinkTiming {
     /// Pings as often as the node's fastest VRRP adverts (at most every second, at least
-    /// every [`FASTEST_PING`]) and three missed pings drop the link. A dead peer's link is
-    /// then down by the time VRRP's Master_Down_Interval (three adverts and the skew) moves
-    /// its VIP, and the new director's tickles need wait no longer than the takeover: with a
-    /// fixed 3 s silence, 100 ms adverts moved the VIP in 0.35 s and the clients waited till 3 s.
+    /// every [`FASTEST_PING`]). A dead peer's link is then down about when VRRP's
+    /// Master_Down_Interval (three adverts and the skew) moves its VIP, and the new
+    /// director's tickles need wait little longer than the takeover: with a fixed 3 s
+    /// silence, 100 ms adverts moved the VIP in 0.35 s and the clients waited till 3 s.
     pub fn for_advert_interval(fastest_advert: Duration) -> LinkTiming {
-        let ping = fastest_advert.clamp(FASTEST_PING, PING_INTERVAL);
         LinkTiming {
-            ping,
-            silence: ping * 3,
+            ping: fastest_advert.clamp(FASTEST_PING, PING_INTERVAL),
         }
+    }
+}
+
+/// The peer's ping pace as this end sees it: the longest of the last three gaps between its
+/// pings (pings queued behind a stall arrive together, with short gaps; the longest gap is
+/// the pace), and the default pace until three gaps were seen.
+#[derive(Debug, Default)]
+struct PeerPace {
+    last: Option<tokio::time::Instant>,
+    gaps: [Duration; 3],
+    seen: usize,
+}
+
+impl PeerPace {
+    fn ping(&mut self, now: tokio::time::Instant) {
+        if let Some(last) = self.last {
+            self.gaps[self.seen % self.gaps.len()] = now.saturating_duration_since(last);
+            self.seen += 1;
+        }
+        self.last = Some(now);
+    }
+
+    /// How long the link may carry nothing before it is dropped.
+    fn silence(&self) -> Duration {
+        if self.seen < self.gaps.len() {
+            return SILENCE_TIMEOUT;
+        }
+        let pace = (self.gaps.iter().copied().max())
+            .unwrap_or(PING_INTERVAL)
+            .min(PING_INTERVAL);
+        (pace * MISSED_PINGS).max(SHORTEST_SILENCE)
     }
 }
 /// Unacknowledged data for this long fails the socket (`TCP_USER_TIMEOUT`).
@@ -232,7 +266,7 @@ pub async fn establish(
 pub enum LinkEnd {
     /// The peer said `Bye` before closing: an orderly stop.
     Bye,
-    /// Closed or reset without `Bye`, or silent for [`LinkTiming::silence`]: the peer's process
+    /// Closed or reset without `Bye`, or silent for three of its pings: the peer's process
     /// may have died, or the path failed. A hint only.
     Lost(Lost),
     /// A frame failed authentication or made no sense: the link is dropped. Proves nothing
@@ -395,6 +429,7 @@ impl Link {
         let mut ping = tokio::time::interval(timing.ping);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut heard = tokio::time::Instant::now();
+        let mut pace = PeerPace::default();
         loop {
             // Open whatever whole frames are buffered.
             loop {
@@ -404,7 +439,7 @@ impl Link {
                         heard = tokio::time::Instant::now();
                         match opened {
                             Opened::Message(Message::Bye) => return Some(LinkEnd::Bye),
-                            Opened::Message(Message::Ping) => {}
+                            Opened::Message(Message::Ping) => pace.ping(heard),
                             Opened::Message(message) => received(message),
                             Opened::Skipped { plane, version } => {
                                 skipped_frames.inc();
@@ -420,20 +455,28 @@ impl Link {
                     Err(error) => return Some(LinkEnd::Rejected(error)),
                 }
             }
+            let silence = pace.silence();
+            // Biased: whatever arrived (after a stalled write, say) is read before the
+            // silence is judged.
             let to_send = tokio::select! {
+                biased;
+                _ = ping.tick() => Outgoing::Send(Message::Ping),
                 read_result = read.read_buf(&mut input) => match read_result {
                     Ok(0) => return Some(LinkEnd::Lost(Lost::Closed)),
-                    Ok(_) => continue,
+                    Ok(_) => {
+                        // Any byte is a sign of life, a whole frame or not.
+                        heard = tokio::time::Instant::now();
+                        continue;
+                    }
                     Err(error) => return Some(LinkEnd::Lost(Lost::Error(error.kind()))),
                 },
-                _ = ping.tick() => Outgoing::Send(Message::Ping),
-                () = tokio::time::sleep_until(heard + timing.silence) => {
-                    return Some(LinkEnd::Lost(Lost::Silent(timing.silence)));
-                }
                 next = outgoing.recv() => match next {
                     Some(next) => next,
                     None => return None,
                 },
+                () = tokio::time::sleep_until(heard + silence) => {
+                    return Some(LinkEnd::Lost(Lost::Silent(silence)));
+                }
             };
             frame.clear();
             let (message, done) = match to_send {
@@ -463,15 +506,37 @@ mod tests {
 
     #[test]
     fn links_ping_as_fast_as_the_adverts_within_bounds() {
-        let at = |ms| LinkTiming::for_advert_interval(Duration::from_millis(ms));
-        assert_eq!(at(1_000), LinkTiming::default());
-        assert_eq!(at(3_000), LinkTiming::default());
-        let fast = at(100);
-        assert_eq!(fast.ping, Duration::from_millis(100));
-        // Down within Master_Down_Interval's three adverts (plus skew).
-        assert_eq!(fast.silence, Duration::from_millis(300));
-        assert_eq!(at(250).silence, Duration::from_millis(750));
-        // Never pings faster than every 100 ms.
-        assert_eq!(at(20), fast);
+        let at = |ms| LinkTiming::for_advert_interval(Duration::from_millis(ms)).ping;
+        assert_eq!(at(1_000), PING_INTERVAL);
+        assert_eq!(at(3_000), PING_INTERVAL);
+        assert_eq!(at(250), Duration::from_millis(250));
+        // Never faster than every 100 ms.
+        assert_eq!(at(20), FASTEST_PING);
+    }
+
+    #[test]
+    fn the_silence_that_drops_a_link_follows_the_peers_pace() {
+        let start = tokio::time::Instant::now();
+        let after = |pings: &[u64]| {
+            let mut pace = PeerPace::default();
+            for at in pings {
+                pace.ping(start + Duration::from_millis(*at));
+            }
+            pace.silence()
+        };
+        // Until three gaps are seen: the default.
+        assert_eq!(after(&[0, 100, 200]), SILENCE_TIMEOUT);
+        // A peer pinging every 250 ms: three of its pings.
+        assert_eq!(after(&[0, 250, 500, 750]), Duration::from_millis(750));
+        // Every 100 ms: not below the floor.
+        assert_eq!(after(&[0, 100, 200, 300]), SHORTEST_SILENCE);
+        // A peer with 1 s adverts seen by one with 100 ms adverts: its own pace, 3 s.
+        assert_eq!(after(&[0, 1_000, 2_000, 3_000]), SILENCE_TIMEOUT);
+        // Pings queued behind a stall arrive together: the longest recent gap counts.
+        assert_eq!(
+            after(&[0, 1_000, 2_000, 2_001, 2_002]),
+            SILENCE_TIMEOUT,
+            "a burst does not shorten the silence"
+        );
     }
 }

@@ -54,8 +54,9 @@ mod ha_kind {
 /// What a link carries after its handshake.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
-    /// Sent every second by both ends: a link that carries nothing for three seconds is
-    /// dropped (a hint that the peer may be gone, never proof).
+    /// Sent every second by both ends (as often as the node's fastest adverts, down to every
+    /// 100 ms): a link that carries nothing for three of the peer's pings (at least 500 ms)
+    /// is dropped (a hint that the peer may be gone, never proof).
     Ping,
     /// An orderly goodbye: the connection closing after this is not a crash.
     Bye,

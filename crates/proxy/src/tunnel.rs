@@ -218,6 +218,7 @@ impl Pipe {
         if !self.grown {
             self.filled += spliced as u64;
             if self.filled >= GROW_AFTER {
+                // Marked grown even if the kernel refuses: no fcntl per splice after that.
                 self.grown = true;
                 // Best effort: the small pipe still works, and an unprivileged process may
                 // be over its pipe-buffer allowance (`fs.pipe-user-pages-soft`).
@@ -232,11 +233,14 @@ impl Pipe {
 
     /// Back to the default size, counting afresh towards growing again. Only while empty.
     fn shrink(&mut self) {
-        if self.grown {
-            let _ = nix::fcntl::fcntl(
+        // A failed shrink (never expected of an empty pipe) is tried again at the next wait.
+        if self.grown
+            && nix::fcntl::fcntl(
                 &self.write,
                 nix::fcntl::FcntlArg::F_SETPIPE_SZ(DEFAULT_PIPE_SIZE as i32),
-            );
+            )
+            .is_ok()
+        {
             self.grown = false;
             self.filled = 0;
         }
