@@ -38,33 +38,8 @@ vrrp_instance VI_1 {{
 }
 
 fn start_keepalived(lab: &mut Lab, dir: &Path, host: &LabHost, config: &Path) -> u32 {
-    let pid = |suffix: &str| {
-        dir.join(format!("ka-{}.{suffix}.pid", host.name))
-            .display()
-            .to_string()
-    };
-    let config = config.display().to_string();
-    let log = dir.join(format!("ka-{}.log", host.name));
-    lab.spawn(
-        &host.name,
-        "keepalived",
-        &[
-            "-n",
-            "-l",
-            "-D",
-            "-G",
-            "-P",
-            "-f",
-            &config,
-            "-p",
-            &pid("main"),
-            "-r",
-            &pid("vrrp"),
-            "-c",
-            &pid("chk"),
-        ],
-        &log,
-    )
+    let files = dir.join(format!("ka-{}", host.name));
+    palisade_e2e::ha::spawn_keepalived(lab, &host.name, config, &files)
 }
 
 fn signal_namespace(host: &LabHost, signal: &str, process: &str) {

@@ -90,6 +90,34 @@ vips = ["{vip}/24"]
     }
 }
 
+/// keepalived in the foreground on `host`, VRRP only, with `config`: its log is `FILES.log`
+/// and its pid files `FILES.{main,vrrp,chk}.pid` (`files`: a path prefix in the test's
+/// directory). Returns its pid.
+pub fn spawn_keepalived(lab: &mut Lab, host: &str, config: &Path, files: &Path) -> u32 {
+    let file = |suffix: &str| format!("{}.{suffix}", files.display());
+    let config = config.display().to_string();
+    lab.spawn(
+        host,
+        "keepalived",
+        &[
+            "-n",
+            "-l",
+            "-D",
+            "-G",
+            "-P",
+            "-f",
+            &config,
+            "-p",
+            &file("main.pid"),
+            "-r",
+            &file("vrrp.pid"),
+            "-c",
+            &file("chk.pid"),
+        ],
+        Path::new(&file("log")),
+    )
+}
+
 /// Writes `<dir>/<name>-policy.toml`: clients on the lab's networks (IPv4 and the ULA
 /// prefixes the IPv6 tests use) may use the proxy. The built-in policy serves loopback only
 /// and resets everyone else at accept, so [`probe`] would see nothing.

@@ -218,28 +218,10 @@ fn start_keepalived(
     );
     let path = dir.join(format!("{}-keepalived.conf", host.name));
     std::fs::write(&path, config).unwrap_or_else(|error| panic!("{error}"));
-    let pid = |suffix: &str| {
-        dir.join(format!("{}.{suffix}.pid", host.name))
-            .display()
-            .to_string()
-    };
-    lab.spawn(
+    crate::ha::spawn_keepalived(
+        lab,
         &host.name,
-        "keepalived",
-        &[
-            "-n",
-            "-l",
-            "-D",
-            "-P",
-            "-f",
-            &path.display().to_string(),
-            "-p",
-            &pid("main"),
-            "-r",
-            &pid("vrrp"),
-            "-c",
-            &pid("chk"),
-        ],
-        &dir.join(format!("{}-keepalived.log", host.name)),
+        &path,
+        &dir.join(format!("{}-keepalived", host.name)),
     )
 }

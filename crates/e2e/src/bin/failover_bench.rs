@@ -181,29 +181,11 @@ fn start_node(
         );
         let ka_path = dir.join(format!("{tag}-ka.conf"));
         let _ = std::fs::write(&ka_path, ka_config);
-        let pid = |suffix: &str| {
-            dir.join(format!("{tag}.{suffix}.pid"))
-                .display()
-                .to_string()
-        };
-        lab.spawn(
+        palisade_e2e::ha::spawn_keepalived(
+            lab,
             &host.name,
-            "keepalived",
-            &[
-                "-n",
-                "-l",
-                "-G",
-                "-P",
-                "-f",
-                &ka_path.display().to_string(),
-                "-p",
-                &pid("main"),
-                "-r",
-                &pid("vrrp"),
-                "-c",
-                &pid("chk"),
-            ],
-            &dir.join(format!("{tag}-ka.log")),
+            &ka_path,
+            &dir.join(format!("{tag}-ka")),
         );
     }
     Node { host: host.clone() }
