@@ -65,17 +65,40 @@ impl SquidPair {
             _origin: origin,
             _runtime: runtime,
         };
-        // Squid takes a moment to listen after it starts.
+        // Squid takes a moment to listen after it starts, and a keepalived whose check ran
+        // before its Squid listened is in FAULT until two checks pass: a drill must start
+        // with both nodes ready, ka1 MASTER and ka2 BACKUP, as in a deployment.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while !pair.answers() {
+        let ready = || {
+            pair.answers(pair.vip)
+                && pair.answers(pair.hosts[0].addr)
+                && pair.answers(pair.hosts[1].addr)
+                && pair.vrrp_state(0).as_deref() == Some("MASTER")
+                && pair.vrrp_state(1).as_deref() == Some("BACKUP")
+        };
+        while !ready() {
             assert!(
                 std::time::Instant::now() < deadline,
-                "Squid does not answer through the VIP within 30 s:\n{}",
+                "the Squid pair is not ready within 30 s (both Squids answering, ka1 MASTER, ka2 BACKUP):\n{}",
                 pair.logs()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
         pair
+    }
+
+    /// The VRRP state node `index`'s keepalived last entered, from its log.
+    fn vrrp_state(&self, index: usize) -> Option<String> {
+        let log = self
+            .dir
+            .0
+            .join(format!("{}-keepalived.log", self.hosts[index].name));
+        let text = std::fs::read_to_string(log).ok()?;
+        let line = text.lines().rev().find(|line| line.contains("Entering "))?;
+        ["MASTER", "BACKUP", "FAULT"]
+            .into_iter()
+            .find(|state| line.contains(&format!("Entering {state} STATE")))
+            .map(str::to_owned)
     }
 
     /// Both nodes' Squid and keepalived logs, for failure messages.
@@ -103,8 +126,9 @@ impl SquidPair {
         )
     }
 
-    /// Whether a GET through the VIP comes back 200 (curl in the client's namespace).
-    fn answers(&self) -> bool {
+    /// Whether a GET through the proxy at `through` (the VIP, or one node) comes back 200
+    /// (curl in the client's namespace).
+    fn answers(&self, through: Ipv4Addr) -> bool {
         let output = self
             .client
             .command("curl")
@@ -117,7 +141,7 @@ impl SquidPair {
                 "--max-time",
                 "2",
             ])
-            .args(["--proxy", &format!("http://{}:{PROXY_PORT}", self.vip)])
+            .args(["--proxy", &format!("http://{through}:{PROXY_PORT}")])
             .arg(self.url())
             .output();
         output.is_ok_and(|output| output.stdout == b"200")
