@@ -1084,10 +1084,13 @@ impl DirectorPlane {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&peer.id);
-        // No report can come without a link: new clients go elsewhere now rather than after
-        // three missed reports, each first trying a relay connect that may time out. (A
-        // restarted peer's new link is already up.)
-        if why != Down::Restarted {
+        if why == Down::Restarted {
+            // Its sockets are gone: what a drain of it still sent back would reach nobody. (Its
+            // new link is already up: it stays in the choice.)
+            self.expire_forwarding(Some(peer.id));
+        } else {
+            // No report can come without a link: new clients go elsewhere now rather than
+            // after three missed reports, each first trying a relay connect that may time out.
             let now = self.now_ms();
             for group in &self.groups {
                 let mut state = group
@@ -1098,10 +1101,6 @@ impl DirectorPlane {
                 self.review(group.vrid, &mut state, now);
                 self.tell_fault_gate(group, &state, own, now);
             }
-        }
-        if why == Down::Restarted {
-            // Its sockets are gone: what a drain of it still sent back would reach nobody.
-            self.expire_forwarding(Some(peer.id));
         }
         let relays_here =
             (own.relayed.as_ref()).is_some_and(|relayed| relayed.directors().contains(&peer.id));

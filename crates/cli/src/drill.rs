@@ -1,9 +1,9 @@
 //! `palisade drill`: a fault of the operator's choice injected into a test cluster while
 //! steady traffic goes through the VIP, and what clients saw: time to detection and to VIP
 //! takeover (VRRP adverts seen on the wire; for a scanning node's fault, detection is when
-//! the director's view, polled every 100 ms, has it out), to the first success after the first failure,
-//! the requests and kept-alive connections lost, and the requests left hanging (neither an
-//! answer nor an error within `--hang`: must be 0).
+//! the director's view, polled every 100 ms, has it out), to the first success after the
+//! first failure, the requests and kept-alive connections lost, and the requests left hanging
+//! (neither an answer nor an error within `--hang`: must be 0).
 //!
 //! The drill runs on a client host on the VIP's network (root, for the raw VRRP socket). It
 //! reaches each node by running `palisade` there (`--node NAME=COMMAND`, e.g. `ssh root@node1
@@ -233,8 +233,8 @@ pub fn drill(args: DrillArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let adverts = watch_adverts(started);
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let out_seen = (watch.clone())
-        .map(|(director, member)| watch_member_out(director, member, started, done.clone()));
+    let out_seen =
+        watch.map(|(director, member)| watch_member_out(director, member, started, done.clone()));
     let load = runtime.block_on(run_load(&args, started, inject));
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut timeline = load?;

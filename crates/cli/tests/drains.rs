@@ -19,38 +19,11 @@ use std::net::{Ipv4Addr, TcpStream};
 use std::time::{Duration, Instant};
 
 use palisade_e2e::director_lab::{DirectorLab, ORIGIN_PORT};
-use palisade_e2e::ha::connect_from;
 use palisade_e2e::netns::{LabHost, require_netns, wait_for};
 use palisade_e2e::steady_load::{Load, SteadyLoad, epoch_now};
 
 const BIN: &str = env!("CARGO_BIN_EXE_palisade");
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(4);
-
-/// A CONNECT tunnel from `source` through the VIP to the origin, established and idle.
-fn open_tunnel(lab: &DirectorLab, source: Ipv4Addr) -> TcpStream {
-    let mut tunnel = connect_from(&lab.client, source, lab.vip).expect("connect to the VIP");
-    let target = format!("{}:{ORIGIN_PORT}", lab.origin.addr);
-    tunnel
-        .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
-        .expect("send CONNECT");
-    tunnel
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match tunnel.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            other => panic!("CONNECT answer: {other:?}"),
-        }
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 200"),
-        "CONNECT refused: {}",
-        String::from_utf8_lossy(&head)
-    );
-    tunnel
-}
 
 /// The connections `host`'s node has open, from `palisade status`.
 fn open_connections(host: &LabHost) -> Option<u64> {
@@ -109,7 +82,7 @@ fn a_scanning_nodes_drain_moves_its_clients_and_fails_no_request() {
             seconds: 10,
         },
     );
-    let tunnel = open_tunnel(&lab, lab.on[1]);
+    let tunnel = lab.tunnel(lab.on[1], lab.vip);
     // The load's kept-alive connections and the tunnel are open on node2.
     wait_for("node2 serves the load", Duration::from_secs(10), || {
         open_connections(node2).is_some_and(|open| open >= 3)
@@ -206,7 +179,7 @@ fn a_directors_drain_keeps_its_connections_after_the_vip_moves() {
             )
         })
         .collect();
-    let mut tunnel = open_tunnel(&lab, lab.on[0]);
+    let mut tunnel = lab.tunnel(lab.on[0], lab.vip);
     wait_for("node1 serves the load", Duration::from_secs(10), || {
         open_connections(node1).is_some_and(|open| open >= 5)
     });

@@ -10,14 +10,13 @@
 //! host dies, the director notices the missed reports, probes its scan port and cuts its
 //! relays, so even an idle tunnel's client is told.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
 use palisade_e2e::director_lab::{DirectorLab, ORIGIN_PORT};
-use palisade_e2e::ha::connect_from;
 use palisade_e2e::netns::{LabHost, require_netns, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_palisade");
@@ -174,36 +173,6 @@ fn when_the_directors_host_dies_every_client_fails_at_once_and_resumes_through_t
     }
 }
 
-/// A CONNECT tunnel to the origin through the VIP from `source`, established (200 read) and
-/// left idle.
-fn idle_tunnel(setup: &DirectorLab, source: Ipv4Addr) -> std::net::TcpStream {
-    let mut stream = connect_from(&setup.client, source, setup.vip)
-        .unwrap_or_else(|| panic!("{source} cannot reach the VIP"));
-    let target = format!("{}:{ORIGIN_PORT}", setup.origin.addr);
-    let request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .unwrap_or_else(|error| panic!("{error}"));
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match stream.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            other => panic!(
-                "tunnel head: {other:?} after {:?}",
-                String::from_utf8_lossy(&head)
-            ),
-        }
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    stream
-}
-
 /// What the client's idle tunnel reads within `within`: it must be a reset.
 fn assert_reset_within(stream: &mut std::net::TcpStream, within: Duration, setup: &DirectorLab) {
     let _ = stream.set_read_timeout(Some(within));
@@ -231,7 +200,7 @@ fn a_scanning_nodes_crash_reaches_its_relayed_clients_as_a_reset() {
         return;
     }
     let mut setup = DirectorLab::new(BIN);
-    let mut tunnel = idle_tunnel(&setup, setup.on[1]);
+    let mut tunnel = setup.tunnel(setup.on[1], setup.vip);
     // node2's process dies; its host lives: its kernel closes the relay (SO_LINGER 0: a
     // reset), and node1 passes the reset on. A FIN would read as the tunnel's orderly end.
     setup.nodes[1].kill9();
@@ -244,7 +213,7 @@ fn a_scanning_nodes_host_death_cuts_even_an_idle_relay() {
         return;
     }
     let setup = DirectorLab::new(BIN);
-    let mut tunnel = idle_tunnel(&setup, setup.on[1]);
+    let mut tunnel = setup.tunnel(setup.on[1], setup.vip);
     // node2's host is cut off: nothing in flight on the idle relay, so only the director's
     // probe (after three missed load reports) can tell; then it cuts node2's relays.
     setup.hosts[1].partition(&setup.lab, true);

@@ -190,10 +190,16 @@ struct State {
     back_ms: Option<u64>,
     /// The director's live connections to it.
     active: u32,
-    /// When its peer link went down.
-    link_lost_ms: Option<u64>,
-    /// The link ended with a goodbye: it is stopping, not lost.
-    stopping: bool,
+    /// How its last peer link ended, if no report came since.
+    link_down: Option<LinkDown>,
+}
+
+/// How a member's last peer link ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LinkDown {
+    Lost,
+    /// With a goodbye: it is stopping.
+    Goodbye,
 }
 
 /// Missed reports before a node is out.
@@ -265,8 +271,7 @@ impl Director {
         state.last_report_ms = Some(now_ms);
         state.load = Some(load);
         // A report came over a link that is up (events arrive in order).
-        state.link_lost_ms = None;
-        state.stopping = false;
+        state.link_down = None;
         self.settle(node, was_out, now_ms);
     }
 
@@ -282,9 +287,11 @@ impl Director {
             return;
         }
         let was_out = self.out(&node, now_ms).is_some();
-        let state = self.state.entry(node).or_default();
-        state.link_lost_ms = Some(now_ms);
-        state.stopping = goodbye;
+        self.state.entry(node).or_default().link_down = Some(if goodbye {
+            LinkDown::Goodbye
+        } else {
+            LinkDown::Lost
+        });
         self.settle(node, was_out, now_ms);
     }
 
@@ -369,13 +376,13 @@ impl Director {
         let Some(last) = state.last_report_ms else {
             return Some(Out::NoReports);
         };
-        if state.link_lost_ms.is_some() && state.stopping {
+        if state.link_down == Some(LinkDown::Goodbye) {
             return Some(Out::Stopping);
         }
         if now_ms.saturating_sub(last) > MISSED_REPORTS * interval {
             return Some(Out::NoReports);
         }
-        if state.link_lost_ms.is_some() {
+        if state.link_down == Some(LinkDown::Lost) {
             return Some(Out::LinkDown);
         }
         let retry = self.settings.retry_after.as_millis() as u64;

@@ -3,11 +3,12 @@
 //! one address served by each node; an origin on the lab's network (port 8080) the nodes'
 //! policy lets clients reach, CONNECT included.
 
-use std::net::Ipv4Addr;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
-use crate::ha::{HaNode, heartbeat_section, served_by};
+use crate::ha::{HaNode, connect_from, heartbeat_section, served_by};
 use crate::netns::{Lab, LabHost, in_namespace, wait_for};
 use crate::origin::Origin;
 
@@ -29,6 +30,23 @@ pub struct DirectorLab {
     pub on: [Ipv4Addr; 2],
     _origin: Origin,
     _runtime: tokio::runtime::Runtime,
+}
+
+/// Reads an HTTP response head through its blank line, a byte at a time so that nothing
+/// after it is consumed.
+pub fn read_head(stream: &mut TcpStream) -> Vec<u8> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            other => panic!(
+                "response head: {other:?} after {:?}",
+                String::from_utf8_lossy(&head)
+            ),
+        }
+    }
+    head
 }
 
 /// An origin on `host`'s lab address, port [`ORIGIN_PORT`], and the runtime serving it.
@@ -138,6 +156,25 @@ impl DirectorLab {
             _origin: origin,
             _runtime: runtime,
         }
+    }
+
+    /// A CONNECT tunnel to the origin from `source` through port 9090 of `to` (the VIP, or a
+    /// node's own address), established (its 200 read) with a 5 s read timeout.
+    pub fn tunnel(&self, source: Ipv4Addr, to: Ipv4Addr) -> TcpStream {
+        let mut stream = connect_from(&self.client, source, to)
+            .unwrap_or_else(|| panic!("{source} cannot reach {to}:9090"));
+        let target = format!("{}:{ORIGIN_PORT}", self.origin.addr);
+        stream
+            .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+            .unwrap_or_else(|error| panic!("send CONNECT: {error}"));
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let head = read_head(&mut stream);
+        assert!(
+            head.starts_with(b"HTTP/1.1 200"),
+            "CONNECT refused: {}",
+            String::from_utf8_lossy(&head)
+        );
+        stream
     }
 
     /// Runs `palisade drill` (`binary`) with `fault` from the client host, its load from

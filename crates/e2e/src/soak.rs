@@ -698,18 +698,7 @@ async fn sample_loop(
 }
 
 fn rss_bytes(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| {
-            rest.trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-        .map_or(0.0, |kib| kib * 1024.0)
+    crate::node::rss_kib(pid) as f64 * 1024.0
 }
 
 async fn scrape(admin: SocketAddr) -> Option<String> {

@@ -129,22 +129,8 @@ impl SquidPair {
     /// Whether a GET through the proxy at `through` (the VIP, or one node) comes back 200
     /// (curl in the client's namespace).
     fn answers(&self, through: Ipv4Addr) -> bool {
-        let output = self
-            .client
-            .command("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "2",
-            ])
-            .args(["--proxy", &format!("http://{through}:{PROXY_PORT}")])
-            .arg(self.url())
-            .output();
-        output.is_ok_and(|output| output.stdout == b"200")
+        let proxy = format!("http://{through}:{PROXY_PORT}");
+        self.client.status_through(&proxy, &self.url()) == "200"
     }
 
     /// What the drill fetches: the same 2 KB body as in the palisade lab.

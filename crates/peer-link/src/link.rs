@@ -1,9 +1,9 @@
 //! One link over TCP: the handshake on a connected stream, then a task that opens what
-//! arrives, sends what the mesh queues, pings every second and drops a link that carries
-//! nothing for three of the peer's pings (faster with fast VRRP adverts: [`LinkTiming`]). Sockets keep
-//! TCP keepalive and a 3 s `TCP_USER_TIMEOUT`, so a
-//! peer that vanishes without a FIN (host down, path cut) surfaces as an error instead of a
-//! link that looks up for hours (security review F3).
+//! arrives, sends what the mesh queues, pings every second (faster with fast VRRP adverts:
+//! [`LinkTiming`]) and drops a link that carries nothing for three of the peer's pings.
+//! Sockets keep TCP keepalive and a 3 s `TCP_USER_TIMEOUT`, so a peer that vanishes without a
+//! FIN (host down, path cut) surfaces as an error instead of a link that looks up for hours
+//! (security review F3).
 
 use std::io;
 use std::net::SocketAddr;
@@ -34,6 +34,8 @@ pub const FASTEST_PING: Duration = Duration::from_millis(100);
 pub const SHORTEST_SILENCE: Duration = Duration::from_millis(500);
 /// Missed pings (at the peer's pace) that drop a link.
 const MISSED_PINGS: u32 = 3;
+/// Unacknowledged data for this long fails the socket (`TCP_USER_TIMEOUT`).
+pub const USER_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How often this end pings. The other end drops the link after three of its pings'
 /// worth of silence, at the pace it sees them arrive ([`PeerPace`]): two nodes with
@@ -94,8 +96,6 @@ impl PeerPace {
         (pace * MISSED_PINGS).max(SHORTEST_SILENCE)
     }
 }
-/// Unacknowledged data for this long fails the socket (`TCP_USER_TIMEOUT`).
-pub const USER_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {

@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Per-direction copy buffer of the fallback path.
 const COPY_BUFFER: usize = 32 * 1024;
+/// The kernel's default pipe size, where every pipe starts.
+const DEFAULT_PIPE_SIZE: usize = 64 * 1024;
 /// A pipe starts at the kernel's default size (64 KiB) and grows to `BULK_PIPE_SIZE` once
 /// `GROW_AFTER` bytes went through it: a bulk transfer then moves 1 MiB per splice (a third
 /// of the splices and wake-ups per GiB of a 256 KiB pipe, measured in BENCHMARKS.md), while
@@ -31,7 +33,6 @@ const GROW_AFTER: u64 = 256 * 1024;
 /// default: its 256-slot array is 16 KiB of unreclaimable kernel memory (`kmalloc-16k`), the
 /// default's 1 KiB; a later burst grows it again.
 const SHRINK_AFTER: Duration = Duration::from_secs(2);
-const DEFAULT_PIPE_SIZE: usize = 64 * 1024;
 /// Bytes asked of one splice into the pipe: the splice stops at what the pipe holds.
 const SPLICE_CHUNK: usize = BULK_PIPE_SIZE;
 

@@ -44,10 +44,12 @@ fn main() {
     let stacks = std::env::var("STACKS").unwrap_or_else(|_| "palisade,keepalived".to_owned());
     // ADVERT=100ms: both stacks advertise every 100 ms instead of every second.
     let advert = std::env::var("ADVERT").unwrap_or_else(|_| "1s".to_owned());
-    let advert_ms: u64 = match advert.strip_suffix("ms") {
-        Some(ms) => ms.parse().unwrap_or(1_000),
-        None => advert.trim_end_matches('s').parse::<u64>().unwrap_or(1) * 1_000,
+    let Some(advert_ms) = milliseconds(&advert) else {
+        eprintln!("ADVERT={advert}: expected milliseconds or seconds, e.g. 100ms or 1s");
+        std::process::exit(2);
     };
+    // Both stacks get the same interval, whatever way it was written.
+    let advert = format!("{advert_ms}ms");
     println!("| stack | fault | {} |", FIELDS.join(" | "));
     println!("|---|---|{}|", FIELDS.map(|_| "---:").join("|"));
     for fault in FAULTS {
@@ -94,6 +96,14 @@ fn main() {
                 eprintln!("{stack} {fault}: {report}");
             }
         }
+    }
+}
+
+/// "100ms" or "1s" in milliseconds.
+fn milliseconds(text: &str) -> Option<u64> {
+    match text.strip_suffix("ms") {
+        Some(ms) => ms.parse().ok(),
+        None => (text.strip_suffix('s')?.parse::<u64>().ok()).map(|seconds| seconds * 1_000),
     }
 }
 

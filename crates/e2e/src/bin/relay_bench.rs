@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use palisade_e2e::director_lab::{DirectorLab, ORIGIN_PORT};
+use palisade_e2e::director_lab::{DirectorLab, ORIGIN_PORT, read_head};
 use palisade_e2e::netns::in_namespace;
 
 const BULK: u64 = 1 << 30;
@@ -66,40 +66,11 @@ fn median(values: &mut [f64]) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// A connection from `source` to port 9090 of `to`, made inside the client's namespace.
-fn connect(lab: &DirectorLab, source: Ipv4Addr, to: Ipv4Addr) -> std::net::TcpStream {
-    palisade_e2e::ha::connect_from(&lab.client, source, to)
-        .unwrap_or_else(|| panic!("{source} cannot reach {to}:9090"))
-}
-
-/// Reads a response head (through its blank line).
-fn read_head(stream: &mut std::net::TcpStream) -> Vec<u8> {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match stream.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            other => panic!("head: {other:?}"),
-        }
-    }
-    head
-}
-
 /// Downloads `BULK` bytes through a CONNECT tunnel to the origin; MB/s.
 fn bulk(lab: &DirectorLab, source: Ipv4Addr, to: Ipv4Addr) -> f64 {
-    let mut stream = connect(lab, source, to);
+    let mut stream = lab.tunnel(source, to);
     let target = format!("{}:{ORIGIN_PORT}", lab.origin.addr);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    let connect = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
-    stream
-        .write_all(connect.as_bytes())
-        .unwrap_or_else(|error| panic!("{error}"));
-    let head = read_head(&mut stream);
-    assert!(
-        head.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
     let started = Instant::now();
     let get = format!("GET /big/{BULK} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
     stream
@@ -161,14 +132,8 @@ fn many_tunnels(lab: &DirectorLab, source: Ipv4Addr, to: Ipv4Addr, many: usize, 
     let target = format!("{}:{ORIGIN_PORT}", lab.origin.addr);
     let mut tunnels: Vec<std::net::TcpStream> = (0..many)
         .map(|_| {
-            let mut stream = connect(lab, source, to);
+            let stream = lab.tunnel(source, to);
             let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-            let connect = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
-            stream
-                .write_all(connect.as_bytes())
-                .unwrap_or_else(|error| panic!("{error}"));
-            let head = read_head(&mut stream);
-            assert!(head.starts_with(b"HTTP/1.1 200"), "tunnel refused");
             stream
         })
         .collect();
@@ -203,14 +168,7 @@ fn many_tunnels(lab: &DirectorLab, source: Ipv4Addr, to: Ipv4Addr, many: usize, 
             each(after.2, before.2)
         )
     };
-    let rss = |pid: Option<u32>| -> i64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", pid.unwrap_or(0)))
-            .unwrap_or_default();
-        (status.lines())
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
+    let rss = |pid: Option<u32>| palisade_e2e::node::rss_kib(pid.unwrap_or(0));
     println!(
         "{many} {name} tunnels, KiB each (machine-wide: client, nodes, origin): idle {}; just after 1 MiB each {}; 3.5 s later {}; RSS now node1 {} KiB, node2 {} KiB",
         per(idle),
